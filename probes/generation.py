@@ -1,0 +1,254 @@
+"""Batched generation with per-token Assistant-Axis scores from the same forward pass.
+
+Convention (used everywhere in axiswatch): the score of a generated token is
+the projection, at the monitor layer, of the residual stream at the position
+whose forward pass produced that token (the last input position of that
+decoding step). Scores therefore arrive together with their token, come from
+no extra forward pass, and equal ``hidden_states[L + 1][:, p - 1]`` of a
+teacher-forced pass over the finished text, for a token at position ``p``.
+Hidden states and scores stay on the device during a step and leave it once
+per step, together with the sampled tokens (never one host sync per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from probes.hooks import layer_hooks
+from probes.models import LoadedModel, format_chat
+from probes.ops import cap, project, steer
+
+
+@dataclass(frozen=True)
+class CapPlan:
+    """Capping at several layers: unit vectors ``[k, d]`` and floors ``[k]``."""
+
+    layers: tuple[int, ...]
+    vectors: torch.Tensor
+    taus: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SteerPlan:
+    layer: int
+    vector: torch.Tensor  # unit [d]
+    coeff: float  # absolute coefficient (already scaled by the mean norm if asked)
+
+
+@dataclass
+class GenerationOptions:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Generated:
+    """One finished sequence: content tokens only (no end-of-turn marker)."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    text: str
+    scores: list[float]
+    pre_cap_scores: list[float]
+    capped: bool
+    finish_reason: str  # "stop" | "length"
+    layer_means: torch.Tensor | None = None  # [n_layers, d] mean over content-producing positions
+    layer_norms: torch.Tensor | None = None  # [n_layers] mean residual norm over the same positions
+
+
+class StepSink(Protocol):
+    """Receives each decoding step; may switch capping on for some rows."""
+
+    def put(self, step: int, tokens: torch.Tensor, scores: torch.Tensor, content: torch.Tensor) -> torch.Tensor | None:
+        """``tokens [b]`` long, ``scores [b]`` float, ``content [b]`` bool (on CPU).
+
+        Return a bool ``[b]`` mask of rows to cap from the next token on, or None."""
+
+    def end(self) -> None: ...
+
+
+def stop_token_ids(lm: LoadedModel) -> set[int]:
+    tok, ids = lm.tokenizer, set()
+    for t in (tok.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None)):
+        if isinstance(t, int):
+            ids.add(t)
+        elif isinstance(t, (list, tuple)):
+            ids.update(int(x) for x in t)
+    for s in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
+        i = tok.convert_tokens_to_ids(s) if s in tok.get_vocab() else None
+        if isinstance(i, int):
+            ids.add(i)
+    return ids
+
+
+def token_pieces(tokenizer, ids: list[int]) -> list[str]:
+    """Per-token text pieces whose concatenation is ``decode(ids)``."""
+    pieces, prev = [], ""
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
+        pieces.append(text[len(prev):] if text.startswith(prev) else text)
+        prev = text
+    return pieces
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _sample(logits: torch.Tensor, opts: GenerationOptions, gen: torch.Generator | None) -> torch.Tensor:
+    if opts.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / opts.temperature, -1)
+    if opts.top_p < 1.0:
+        sorted_p, idx = probs.sort(-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < opts.top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def encode_prompts(lm: LoadedModel, prompts: list[list[dict] | str]) -> dict:
+    texts = [p if isinstance(p, str) else format_chat(lm.tokenizer, p) for p in prompts]
+    return lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+
+
+@torch.no_grad()
+def generate(
+    lm: LoadedModel,
+    prompts: list[list[dict] | str],
+    opts: GenerationOptions | None = None,
+    *,
+    axis: torch.Tensor | None = None,
+    monitor_layer: int | None = None,
+    capping: CapPlan | None = None,
+    cap_rows: torch.Tensor | None = None,
+    steering: SteerPlan | None = None,
+    collect_means: bool = False,
+    sink: StepSink | None = None,
+) -> list[Generated]:
+    """Generate for a batch of chats (message lists or pre-rendered strings).
+
+    ``axis`` is the unit axis ``[d]`` scored at ``monitor_layer``. ``capping``
+    applies to the rows in ``cap_rows`` (bool ``[b]``; all rows when None),
+    and a ``sink`` may add rows while generating.
+    """
+    opts = opts or GenerationOptions()
+    model, b = lm.model, len(prompts)
+    enc = encode_prompts(lm, prompts)
+    input_ids, attn = enc["input_ids"], enc["attention_mask"]
+    dev = input_ids.device
+    stops = torch.tensor(sorted(stop_token_ids(lm)), device=dev)
+    gen = torch.Generator(device=dev).manual_seed(opts.seed) if opts.seed is not None else None
+
+    n_layers = lm.n_layers
+    scores_now = torch.zeros(b, device=dev)
+    pre_now = torch.zeros(b, device=dev)
+    last_hidden: dict[int, torch.Tensor] = {}
+    active = (cap_rows.clone() if cap_rows is not None else torch.ones(b, dtype=torch.bool)).to(dev)
+    if capping is None:
+        active[:] = False
+
+    fns: dict[int, list] = {}
+
+    def add(layer, fn):
+        fns.setdefault(layer, []).append(fn)
+
+    if steering is not None:
+        add(steering.layer, lambda h: steer(h, steering.vector.to(h.device), steering.coeff))
+    if axis is not None and monitor_layer is not None:
+        v = axis.to(dev).float()
+
+        def score_pre(h):
+            s = project(h[:, -1], v)
+            pre_now.copy_(s)
+            scores_now.copy_(s)
+
+        add(monitor_layer, score_pre)
+    if capping is not None:
+        vecs, taus = capping.vectors.to(dev).float(), capping.taus.to(dev).float()
+        for k, layer in enumerate(capping.layers):
+            def cap_fn(h, k=k):
+                tau = torch.where(active, taus[k], torch.tensor(float("-inf"), device=dev))
+                return cap(h, vecs[k], tau.view(-1, *([1] * (h.dim() - 2))))
+
+            add(layer, cap_fn)
+        if axis is not None and monitor_layer in capping.layers:
+            def score_post(h):
+                scores_now.copy_(project(h[:, -1], v))
+
+            add(monitor_layer, score_post)
+    if collect_means:
+        for layer in range(n_layers):
+            add(layer, lambda h, layer=layer: last_hidden.__setitem__(layer, h[:, -1].float()) or None)
+        sums = torch.zeros(b, n_layers, lm.hidden_size, device=dev)
+        norm_sums = torch.zeros(b, n_layers, device=dev)
+        counts = torch.zeros(b, device=dev)
+
+    finished = torch.zeros(b, dtype=torch.bool, device=dev)
+    out_tokens, out_scores, out_pre, out_content, cap_on = [], [], [], [], []
+    position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
+    past = None
+    cache_kw = _cache_kwarg(model)
+    step_ids, step_pos = input_ids, position_ids
+    with layer_hooks(model, fns, lm.layers_path):
+        for step in range(opts.max_new_tokens):
+            out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
+                        use_cache=True, **{cache_kw: past})
+            past = getattr(out, cache_kw)
+            nxt = _sample(out.logits[:, -1], opts, gen)
+            is_stop = torch.isin(nxt, stops)
+            content = ~finished & ~is_stop
+            if collect_means:
+                stacked = torch.stack([last_hidden[i] for i in range(n_layers)], 1)
+                sums += stacked * content.view(-1, 1, 1)
+                norm_sums += stacked.norm(dim=-1) * content.view(-1, 1)
+                counts += content
+            # one host transfer per step: tokens, scores, masks together
+            host = torch.stack([nxt.float(), scores_now, pre_now, content.float(), active.float()]).cpu()
+            tok_h, sc_h, pre_h, cont_h, act_h = host[0].long(), host[1], host[2], host[3].bool(), host[4].bool()
+            out_tokens.append(tok_h); out_scores.append(sc_h); out_pre.append(pre_h)
+            out_content.append(cont_h); cap_on.append(act_h)
+            if sink is not None:
+                more = sink.put(step, tok_h, sc_h, cont_h)
+                if more is not None and capping is not None:
+                    active |= more.to(dev)
+            finished |= is_stop
+            if bool(finished.all()):
+                break
+            nxt = torch.where(finished, torch.full_like(nxt, lm.tokenizer.pad_token_id), nxt)
+            attn = torch.cat([attn, (~finished).long().unsqueeze(-1)], -1)
+            step_ids = nxt.unsqueeze(-1)
+            step_pos = step_pos[:, -1:] + 1
+    if sink is not None:
+        sink.end()
+
+    results = []
+    T = len(out_tokens)
+    toks = torch.stack(out_tokens, 1) if T else torch.zeros(b, 0, dtype=torch.long)
+    sc, pr = (torch.stack(out_scores, 1), torch.stack(out_pre, 1)) if T else (toks.float(), toks.float())
+    cont = torch.stack(out_content, 1) if T else toks.bool()
+    capm = torch.stack(cap_on, 1) if T else toks.bool()
+    for i in range(b):
+        m = cont[i]
+        ids = toks[i][m].tolist()
+        stopped = bool((~m).any()) and T > 0
+        results.append(Generated(
+            token_ids=ids,
+            tokens=token_pieces(lm.tokenizer, ids),
+            text=lm.tokenizer.decode(ids, skip_special_tokens=True),
+            scores=sc[i][m].tolist() if axis is not None else [],
+            pre_cap_scores=pr[i][m].tolist() if axis is not None else [],
+            capped=bool(capm[i][m].any()) if capping is not None else False,
+            finish_reason="stop" if stopped else "length",
+            layer_means=(sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
+            layer_norms=(norm_sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
+        ))
+    return results

@@ -1,0 +1,62 @@
+"""The one module that registers forward hooks.
+
+Hooks are only ever installed through :func:`layer_hooks`, a context manager
+that removes every handle on exit, exceptions included. A hook function gets
+the output of decoder block ``L`` (``[batch, positions, hidden]``, which is
+``hidden_states[L + 1]``) and returns a replacement tensor or ``None`` to
+leave it unchanged. Hook functions never do I/O: they hand results to a sink.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping
+
+import torch
+
+from probes.layers import find_layers
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def _wrap(fn: HookFn):
+    def hook(_module, _inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = fn(hidden)
+        if new is None or new is hidden:
+            return None
+        if isinstance(output, tuple):
+            return (new,) + tuple(output[1:])
+        return new
+
+    return hook
+
+
+@contextmanager
+def layer_hooks(
+    model: torch.nn.Module,
+    fns: Mapping[int, HookFn | list[HookFn]],
+    layers_path: str | None = None,
+) -> Iterator[None]:
+    """Install ``fns[L]`` on decoder block ``L`` for the duration of the block.
+
+    Several functions for one layer run in list order, each seeing the
+    previous one's result.
+    """
+    layers = find_layers(model, layers_path)
+    handles = []
+    try:
+        for layer, fn in sorted(fns.items()):
+            if not 0 <= layer < len(layers):
+                raise IndexError(f"layer {layer} out of range: the model has {len(layers)} decoder blocks")
+            for f in fn if isinstance(fn, list) else [fn]:
+                handles.append(layers[layer].register_forward_hook(_wrap(f)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def hook_count(model: torch.nn.Module, layers_path: str | None = None) -> int:
+    """Number of forward hooks currently on the decoder blocks (tests use it)."""
+    return sum(len(layer._forward_hooks) for layer in find_layers(model, layers_path))

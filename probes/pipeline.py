@@ -1,0 +1,269 @@
+"""``compute-axis``: the paper's pipeline, resumable step by step.
+
+Steps, each checkpointed in the work folder so a rerun skips finished work:
+
+1. ``plan.json``      the jobs (roles x prompts x questions, plus default prompts)
+2. ``gen/NNNNN.*``    batched greedy generation; per response the mean residual
+                      activation over its content tokens at every layer
+                      (``[n_layers, hidden]``) and the mean residual norm
+3. ``judge.jsonl``    0-3 role-adherence score per role response
+4. the axis folder    role vectors (score-3 answers), default vector, axis,
+                      PCA, calibration statistics, monitor layer, report + plots
+
+Activations follow the scoring convention of :mod:`probes.generation`: the
+positions whose forward pass produced each content token, so the calibration
+statistics are on the same scale as live per-token scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from probes.artifacts import AxisArtifact
+from probes.errors import InputError
+from probes.generation import GenerationOptions, generate
+from probes.judge import Judge, JudgeItem
+from probes.models import LoadedModel
+from probes.ops import percentiles, project, unit
+from probes.roles import Job, Preset, plan_jobs
+from probes.stats import abs_cos, auroc, pca
+
+log = logging.getLogger(__name__)
+PCTS = (5, 10, 25, 50, 75, 90, 95)
+MIN_SCORE3 = 3  # answers needed for a role vector from score-3 answers alone
+
+
+# --- step 1: plan -----------------------------------------------------------------------
+
+def write_plan(work: Path, lm: LoadedModel, preset: Preset, roles=None, questions=None) -> list[Job]:
+    jobs = plan_jobs(preset, lm.display_name, roles, questions)
+    plan = {"model_id": lm.model_id, "preset": asdict(preset), "jobs": [asdict(j) for j in jobs]}
+    path = work / "plan.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old["model_id"] != plan["model_id"] or old["preset"] != plan["preset"] or old["jobs"] != plan["jobs"]:
+            raise InputError(f"{work} holds a run with another model, preset or data; "
+                             "use a new --work folder or --fresh to start over")
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(plan))
+    return jobs
+
+
+def read_plan(work: Path) -> tuple[list[Job], dict]:
+    plan = json.loads((work / "plan.json").read_text())
+    jobs = [Job(**{**j, "keywords": tuple(j["keywords"])}) for j in plan["jobs"]]
+    return jobs, plan
+
+
+# --- step 2: generation -----------------------------------------------------------------
+
+def _shards(jobs: list[Job], lm: LoadedModel, batch_size: int) -> list[list[Job]]:
+    """Batches of jobs with similar prompt lengths (less padding), in a stable order."""
+    lengths = {j.id: len(lm.tokenizer(j.question + (j.system or ""))["input_ids"]) for j in jobs}
+    ordered = sorted(jobs, key=lambda j: (lengths[j.id], j.id))
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset, batch_size: int = 48) -> None:
+    gen_dir = work / "gen"
+    gen_dir.mkdir(exist_ok=True)
+    shards = _shards(jobs, lm, batch_size)
+    todo = [(i, s) for i, s in enumerate(shards) if not (gen_dir / f"{i:05d}.json").exists()]
+    opts = GenerationOptions(max_new_tokens=preset.max_new_tokens)
+    done = len(shards) - len(todo)
+    with tqdm(total=len(jobs), initial=sum(len(s) for i, s in enumerate(shards) if (gen_dir / f"{i:05d}.json").exists()),
+              desc="generate", unit="resp", disable=False, mininterval=2) as bar:
+        for i, shard in todo:
+            outs = generate(lm, [j.messages() for j in shard], opts, collect_means=True)
+            save_file({"means": torch.stack([o.layer_means for o in outs]).contiguous(),
+                       "norms": torch.stack([o.layer_norms for o in outs]).contiguous()},
+                      gen_dir / f"{i:05d}.safetensors")
+            records = [{"id": j.id, "text": o.text, "n_tokens": len(o.token_ids), "finish": o.finish_reason}
+                       for j, o in zip(shard, outs)]
+            # the JSON is written last: its presence marks the shard complete
+            tmp = gen_dir / f"{i:05d}.json.tmp"
+            tmp.write_text(json.dumps(records))
+            tmp.rename(gen_dir / f"{i:05d}.json")
+            bar.update(len(shard))
+    log.info("generation: %d shards, %d were already done", len(shards), done)
+
+
+def load_generations(work: Path) -> tuple[dict[str, dict], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    texts, means, norms = {}, {}, {}
+    for js in sorted((work / "gen").glob("*.json")):
+        recs = json.loads(js.read_text())
+        tensors = load_file(str(js.with_suffix(".safetensors")))
+        for k, r in enumerate(recs):
+            texts[r["id"]] = r
+            means[r["id"]] = tensors["means"][k]
+            norms[r["id"]] = tensors["norms"][k]
+    return texts, means, norms
+
+
+# --- step 3: judging --------------------------------------------------------------------
+
+def run_judge(work: Path, jobs: list[Job], texts: dict[str, dict], judge: Judge, batch: int = 32) -> dict[str, int]:
+    path = work / "judge.jsonl"
+    scores: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("judge") == judge.name:
+                scores[rec["id"]] = rec["score"]
+    todo = [j for j in jobs if j.kind == "role" and j.id not in scores and j.id in texts]
+    with path.open("a") as f, tqdm(total=len(todo), desc=f"judge ({judge.name})", unit="resp", disable=False, mininterval=2) as bar:
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            items = [JudgeItem(j.role, j.system or "", j.question, texts[j.id]["text"], j.keywords) for j in chunk]
+            for j, s in zip(chunk, judge.score(items)):
+                scores[j.id] = int(s)
+                f.write(json.dumps({"id": j.id, "score": int(s), "judge": judge.name}) + "\n")
+            f.flush()
+            bar.update(len(chunk))
+    return scores
+
+
+# --- step 4: vectors, axis, PCA, calibration --------------------------------------------
+
+def role_vectors(jobs: list[Job], means: dict[str, torch.Tensor], scores: dict[str, int],
+                 min_score3: int = MIN_SCORE3) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Mean of each role's score-3 fit answers. Fallback (documented, reported):
+    fewer than ``min_score3`` such answers -> use answers scored >= 2; none of
+    those either -> the role is left out."""
+    by_role: dict[str, list[Job]] = {}
+    for j in jobs:
+        if j.kind == "role" and j.split == "fit" and j.id in means:
+            by_role.setdefault(j.role, []).append(j)
+    vectors, info = {}, {}
+    for role, js in by_role.items():
+        s3 = [j for j in js if scores.get(j.id) == 3]
+        s2 = [j for j in js if scores.get(j.id, 0) >= 2]
+        if len(s3) >= min_score3:
+            use, how = s3, "score3"
+        elif s2:
+            use, how = s2, "score>=2 (fallback)"
+            log.warning("role %s: only %d score-3 answers; using %d answers scored >= 2", role, len(s3), len(s2))
+        else:
+            info[role] = {"n_answers": len(js), "n_score3": 0, "used": 0, "rule": "excluded"}
+            log.warning("role %s: no answer scored >= 2; left out of the axis", role)
+            continue
+        vectors[role] = torch.stack([means[j.id] for j in use]).mean(0)
+        info[role] = {"n_answers": len(js), "n_score3": len(s3), "used": len(use), "rule": how}
+    return vectors, info
+
+
+def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, torch.Tensor],
+             scores: dict[str, int], model_id: str, provenance: dict) -> tuple[AxisArtifact, dict]:
+    vectors, role_info = role_vectors(jobs, means, scores)
+    if len(vectors) < 2:
+        raise InputError(f"only {len(vectors)} role vectors could be formed; the axis needs at least 2 "
+                         "(too few answers judged in role: try a larger preset)")
+    fit_default = [j for j in jobs if j.kind == "default" and j.split == "fit" and j.id in means]
+    if not fit_default:
+        raise InputError("no default answers were generated")
+    default = torch.stack([means[j.id] for j in fit_default]).mean(0)  # [L, d]
+    names = sorted(vectors)
+    R = torch.stack([vectors[n] for n in names])  # [r, L, d]
+    axis = default - R.mean(0)  # [L, d], toward the Assistant
+    n_layers = axis.shape[0]
+
+    def proj(ids: list[str], layer: int) -> torch.Tensor:
+        if not ids:
+            return torch.zeros(0)
+        return project(torch.stack([means[i][layer] for i in ids]), unit(axis[layer]))
+
+    groups = {
+        "default_fit": [j.id for j in fit_default],
+        "role_fit": [j.id for j in jobs if j.kind == "role" and j.split == "fit" and j.id in means],
+        "role3_fit": [j.id for j in jobs if j.kind == "role" and j.split == "fit" and scores.get(j.id) == 3],
+        "default_heldout": [j.id for j in jobs if j.kind == "default" and j.split == "heldout" and j.id in means],
+        "role3_heldout": [j.id for j in jobs if j.kind == "role" and j.split == "heldout" and scores.get(j.id) == 3],
+    }
+    layers, pcs = {}, {}
+    for L in range(n_layers):
+        comps, var = pca(R[:, L], k=min(10, len(names)))
+        pcs[L] = comps[0]
+        p = {g: proj(ids, L) for g, ids in groups.items()}
+        layers[str(L)] = {
+            "default": percentiles(p["default_fit"], PCTS),
+            "roles": percentiles(p["role_fit"], PCTS),
+            "roles_score3": percentiles(p["role3_fit"], PCTS),
+            "calibration_all": percentiles(torch.cat([p["default_fit"], p["role_fit"]]), PCTS),
+            "default_mean": float(p["default_fit"].mean()),
+            "roles_mean": float(p["role_fit"].mean()) if p["role_fit"].numel() else None,
+            "mean_norm": float(torch.stack([norms[i][L] for i in groups["default_fit"] + groups["role_fit"]]).mean()),
+            "abs_cos_pc1_axis": abs_cos(pcs[L], axis[L]),
+            "variance_explained": [round(float(v), 5) for v in var],
+            "auroc_fit": auroc(p["default_fit"], p["role3_fit"]),
+            "auroc_heldout": auroc(p["default_heldout"], p["role3_heldout"]),
+        }
+    lo, hi = n_layers // 3, n_layers - 3
+    # monitor layer: chosen on fit data only (held-out AUROC stays an honest check)
+    monitor = max(range(lo, hi + 1), key=lambda L: layers[str(L)]["abs_cos_pc1_axis"] * layers[str(L)]["auroc_fit"])
+    order = project(R[:, monitor], unit(axis[monitor]))
+    roles_along = sorted(zip(names, order.tolist()), key=lambda t: t[1])
+    art = AxisArtifact(axis=axis, model_id=model_id, monitor_layer=monitor,
+                       calibration={"layers": layers, "percentiles": list(PCTS),
+                                    "convention": "per-response mean over content-producing positions"},
+                       provenance=provenance, default_vector=default, role_vectors=vectors)
+    report = {
+        "model_id": model_id, "monitor_layer": monitor,
+        "monitor_layer_rule": f"argmax |cos(PC1, axis)| x fit AUROC over layers {lo}..{hi}",
+        "n_roles_used": len(names), "roles": role_info,
+        "counts": {g: len(ids) for g, ids in groups.items()},
+        "judge_distribution": {str(s): sum(1 for j in jobs if j.kind == "role" and scores.get(j.id) == s) for s in range(4)},
+        "at_monitor_layer": {k: layers[str(monitor)][k] for k in ("abs_cos_pc1_axis", "auroc_fit", "auroc_heldout", "variance_explained")},
+        "per_layer": {k: [layers[str(L)][k] for L in range(n_layers)] for k in ("abs_cos_pc1_axis", "auroc_fit", "auroc_heldout")},
+        "roles_along_axis": [{"role": n, "projection": round(v, 4)} for n, v in roles_along],
+        "default_projection": float(project(default[monitor], unit(axis[monitor]))),
+        "provenance": provenance,
+    }
+    return art, report
+
+
+def finite(x):
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return x
+
+
+# --- the whole pipeline -------------------------------------------------------------------
+
+def compute_axis(lm: LoadedModel, work: Path, out: Path, preset: Preset, judge: Judge,
+                 batch_size: int = 48, roles=None, questions=None) -> tuple[AxisArtifact, dict]:
+    """Run (or resume) every step and write the axis artifact and its report to ``out``."""
+    import time
+
+    from probes.report import plot_axis_report
+
+    t0 = time.perf_counter()
+    jobs = write_plan(work, lm, preset, roles, questions)
+    run_generation(work, lm, jobs, preset, batch_size)
+    texts, means, norms = load_generations(work)
+    missing = [j.id for j in jobs if j.id not in texts]
+    if missing:
+        raise InputError(f"{len(missing)} planned responses are missing from {work / 'gen'}; rerun to finish")
+    scores = run_judge(work, jobs, texts, judge)
+    provenance = {"preset": preset.name, "preset_config": asdict(preset), "judge": judge.name,
+                  "n_jobs": len(jobs), "model_source": lm.source, "work": str(work)}
+    art, report = fit_axis(jobs, means, norms, scores, lm.model_id, provenance)
+    art.save(out)
+    report["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
+    report["mean_response_tokens"] = round(sum(t["n_tokens"] for t in texts.values()) / len(texts), 1)
+    (out / "report.json").write_text(json.dumps(finite(report), indent=1))
+    plot_axis_report(report, art.calibration["layers"], out)
+    return art, report

@@ -1,0 +1,138 @@
+"""Hooks and generation on the real default model: the identities the design promises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probes.audit import score_conversation
+from probes.generation import CapPlan, GenerationOptions, SteerPlan, generate
+from probes.hooks import hook_count, layer_hooks
+from probes.models import format_chat
+from probes.ops import project
+
+LAYER = 12
+CHAT = [{"role": "system", "content": "You are a pirate captain."}, {"role": "user", "content": "Who are you?"}]
+
+
+def _logits(lm, text):
+    ids = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        return lm.model(input_ids=ids, use_cache=False).logits
+
+
+def test_cap_below_every_projection_is_bit_identical(lm, rand_axis):
+    text = format_chat(lm.tokenizer, CHAT) + "Arr, I be the captain of this ship."
+    plain = _logits(lm, text)
+    layers = tuple(range(14, 20))
+    plan = CapPlan(layers, rand_axis.repeat(len(layers), 1), torch.full((len(layers),), -1e6))
+    # capping through generate's hooks: compare the first-step logits via a one-token generation's scores
+    from probes.ops import cap
+
+    fns = {L: (lambda h, k=k: cap(h, plan.vectors[k], plan.taus[k])) for k, L in enumerate(layers)}
+    with layer_hooks(lm.model, fns):
+        capped = _logits(lm, text)
+    assert torch.equal(plain, capped)
+
+
+def test_capping_changes_logits_when_tau_is_high(lm, rand_axis):
+    from probes.ops import cap
+
+    text = format_chat(lm.tokenizer, CHAT)
+    plain = _logits(lm, text)
+    with layer_hooks(lm.model, {16: lambda h: cap(h, rand_axis, 50.0)}):
+        capped = _logits(lm, text)
+    assert not torch.allclose(plain, capped)
+
+
+def test_hooks_are_removed_even_on_exceptions(lm):
+    before = hook_count(lm.model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with layer_hooks(lm.model, {3: lambda h: None, 5: [lambda h: None, lambda h: None]}):
+            assert hook_count(lm.model) == before + 3
+            raise RuntimeError("boom")
+    assert hook_count(lm.model) == before
+    with pytest.raises(IndexError):
+        with layer_hooks(lm.model, {999: lambda h: None}):
+            pass
+    assert hook_count(lm.model) == before
+
+
+def test_generation_scores_equal_output_hidden_states(lm, rand_axis):
+    """Scores taken in the hook during cached generation == projections of
+    output_hidden_states (layer L = hidden_states[L+1]) at the producing positions."""
+    prompts = [CHAT, [{"role": "user", "content": "What is the capital of France?"}]]
+    outs = generate(lm, prompts, GenerationOptions(max_new_tokens=12), axis=rand_axis, monitor_layer=LAYER)
+    for msgs, g in zip(prompts, outs):
+        assert len(g.scores) == len(g.token_ids) > 0
+        prompt_ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + g.token_ids])
+        with torch.no_grad():
+            hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[LAYER + 1][0]
+        n = len(prompt_ids)
+        expected = project(hs[n - 1 : n - 1 + len(g.token_ids)], rand_axis)
+        assert torch.allclose(torch.tensor(g.scores), expected, atol=1e-3), (g.scores[:4], expected[:4])
+
+
+def test_generation_makes_one_forward_pass_per_token(lm, rand_axis):
+    calls = []
+    handle = lm.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=10), axis=rand_axis, monitor_layer=LAYER)[0]
+    finally:
+        handle.remove()
+    steps = len(g.token_ids) + (1 if g.finish_reason == "stop" else 0)
+    assert len(calls) == steps
+
+
+def test_batched_generation_matches_single(lm, rand_axis):
+    """Left padding and position ids: a row's tokens and scores do not depend on its batch mates."""
+    a = [{"role": "user", "content": "Name a colour."}]
+    b = [{"role": "user", "content": "Write one sentence about the history of the printing press in Europe."}]
+    opts = GenerationOptions(max_new_tokens=8)
+    single = generate(lm, [a], opts, axis=rand_axis, monitor_layer=LAYER)[0]
+    both = generate(lm, [b, a], opts, axis=rand_axis, monitor_layer=LAYER)[1]
+    assert single.token_ids == both.token_ids
+    assert torch.allclose(torch.tensor(single.scores), torch.tensor(both.scores), atol=1e-3)
+
+
+def test_audit_scores_equal_generation_scores(lm, rand_axis):
+    g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=16), axis=rand_axis, monitor_layer=LAYER)[0]
+    turns = score_conversation(lm, CHAT + [{"role": "assistant", "content": g.text}], rand_axis, LAYER)
+    assert len(turns) == 1 and turns[0].index == 2
+    assert "".join(turns[0].tokens).strip() == g.text.strip()
+    assert len(turns[0].scores) == len(g.scores)
+    assert torch.allclose(torch.tensor(turns[0].scores), torch.tensor(g.scores), atol=1e-3)
+
+
+def test_capping_in_generation_raises_scores_and_records_flag(lm, rand_axis):
+    opts = GenerationOptions(max_new_tokens=8)
+    base = generate(lm, [CHAT], opts, axis=rand_axis, monitor_layer=LAYER)[0]
+    high = max(base.scores) + 5.0
+    plan = CapPlan((LAYER,), rand_axis.unsqueeze(0), torch.tensor([high]))
+    capped = generate(lm, [CHAT, CHAT], opts, axis=rand_axis, monitor_layer=LAYER, capping=plan,
+                      cap_rows=torch.tensor([True, False]))
+    assert capped[0].capped and not capped[1].capped
+    assert min(capped[0].scores) >= high - 1e-3  # the monitor layer is floored
+    assert capped[0].pre_cap_scores[0] == pytest.approx(base.scores[0], abs=1e-3)  # pre-cap of the first token
+    assert capped[1].token_ids == base.token_ids  # the uncapped row is untouched
+
+
+def test_steering_moves_scores(lm, rand_axis):
+    opts = GenerationOptions(max_new_tokens=6)
+    base = generate(lm, [CHAT], opts, axis=rand_axis, monitor_layer=LAYER)[0]
+    up = generate(lm, [CHAT], opts, axis=rand_axis, monitor_layer=LAYER,
+                  steering=SteerPlan(LAYER, rand_axis, 10.0))[0]
+    assert up.scores[0] == pytest.approx(base.scores[0] + 10.0, abs=1e-3)
+
+
+def test_collect_means_over_content_positions(lm):
+    g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=6), collect_means=True)[0]
+    prompt_ids = lm.tokenizer(format_chat(lm.tokenizer, CHAT), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + g.token_ids])
+    with torch.no_grad():
+        hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    n, k = len(prompt_ids), len(g.token_ids)
+    for L in (0, 15, lm.n_layers - 2):
+        expected = hs[L + 1][0, n - 1 : n - 1 + k].mean(0)
+        assert torch.allclose(g.layer_means[L], expected, atol=1e-3)
