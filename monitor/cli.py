@@ -58,7 +58,10 @@ def _load(s: Settings):
 def cli(ctx, verbose):
     """axiswatch: persona-drift monitoring on the Assistant Axis."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = Settings.from_env()
+    try:
+        ctx.obj = Settings.from_env()
+    except AxiswatchError as e:
+        raise click.UsageError(str(e)) from None
 
 
 @cli.command("compute-axis")

@@ -28,10 +28,15 @@ class Settings:
     def from_env(cls, env: dict | None = None) -> "Settings":
         env = os.environ if env is None else env
         get = lambda k, d=None: env.get(f"AXISWATCH_{k}") or d  # noqa: E731
+        batch = get("BATCH_SIZE", "16")
+        if not batch.isdigit() or int(batch) < 1:
+            from probes.errors import InputError
+
+            raise InputError(f"AXISWATCH_BATCH_SIZE must be a positive integer, not {batch!r}")
         return cls(model=get("MODEL", "default"), device=get("DEVICE", "cpu"), dtype=get("DTYPE", "float32"),
                    cache_dir=get("CACHE_DIR"), axis=get("AXIS"), capping=get("CAPPING"),
                    layers_path=get("LAYERS_PATH"), judge=get("JUDGE", "offline"),
-                   batch_size=int(get("BATCH_SIZE", "16")))
+                   batch_size=int(batch))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

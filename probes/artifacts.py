@@ -107,8 +107,12 @@ def _read_json(path: Path, kind: str) -> dict:
     if not isinstance(meta, dict):
         raise ArtifactError(f"{kind} metadata {path} must be a JSON object")
     version = meta.get("format_version")
+    required = {"axis": ("model_id", "monitor_layer", "n_layers", "hidden_size"), "capping": ("id", "layers", "taus")}[kind]
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {version!r} is not supported (this axiswatch reads {FORMAT_VERSION})")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path} lacks {', '.join(missing)}")
     return meta
 
 
@@ -159,6 +163,8 @@ class CappingConfig:
                                 f"(layers={len(self.layers)}, vectors={tuple(self.vectors.shape)}, taus={len(self.taus)})")
         if not all(math.isfinite(t) for t in self.taus):
             raise ArtifactError(f"capping config {self.id!r} has non-finite taus")
+        if bool((self.vectors.float().norm(dim=-1) == 0).any()) or not torch.isfinite(self.vectors).all():
+            raise ArtifactError(f"capping config {self.id!r} has a zero or non-finite vector")
         self.vectors = unit(self.vectors)
 
     def meta(self) -> dict:
@@ -235,7 +241,10 @@ def import_paper_capping(path: str | Path, experiment_id: str | None = None, mod
         for iv in exp["interventions"]:
             spec = vectors[iv["vector"]]
             layers.append(int(spec["layer"]))
-            vecs.append(-unit(torch.as_tensor(spec["vector"]).float().flatten()))
+            raw = torch.as_tensor(spec["vector"]).float().flatten()
+            if float(raw.norm()) == 0 or not torch.isfinite(raw).all():
+                raise ArtifactError(f"{path}: vector {iv['vector']!r} is zero or non-finite")
+            vecs.append(-unit(raw))
             taus.append(-float(iv["cap"]))
     except StopIteration:
         ids = [str(e.get("id")) for e in obj.get("experiments", [])]

@@ -75,7 +75,7 @@ class OfflineJudge:
     advice-giving against signs of a character: the role's own vocabulary, a
     claim to be the role, first-person life narrative and a theatrical voice."""
 
-    name = "offline-lexical-v3"
+    name = "offline-lexical-v4"
 
     def features(self, item: JudgeItem) -> dict:
         text = item.response.strip()
@@ -101,7 +101,8 @@ class OfflineJudge:
         if f["generic"] and f["first_person"] < 0.06:
             persona -= 1
         if f["assistant"]:
-            return 2 if persona >= 1 else 1
+            # first-person words are part of AI disclaimers ("I don't have..."): only role signals count here
+            return 2 if (f["hits"] >= 1 or f["claim"] or f["voice"]) else 1
         return 3 if persona >= 2 else 2 if persona == 1 else 1
 
     def score(self, items: Sequence[JudgeItem]) -> list[int]:

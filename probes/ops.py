@@ -32,13 +32,13 @@ def cap(h: torch.Tensor, v_unit: torch.Tensor, tau: float | torch.Tensor) -> tor
 
     ``tau`` may be a scalar or broadcast against the leading dims (for example
     ``[b, 1]`` with ``-inf`` for rows that must not be capped). Where the
-    projection already is at or above ``tau`` the activation is returned
+    projection already is at or above ``tau`` the values come back
     bit-identical.
     """
     proj = project(h, v_unit)
     delta = (torch.as_tensor(tau, dtype=torch.float32, device=h.device) - proj).clamp_min(0.0)
-    if not bool((delta > 0).any()):
-        return h
+    # no data-dependent early exit: that would cost a host sync per layer on an accelerator;
+    # adding an exact 0 leaves float32 and bfloat16 values bit-identical
     return (h.float() + delta.unsqueeze(-1) * v_unit.float()).to(h.dtype)
 
 
@@ -69,5 +69,5 @@ def percentiles(x: torch.Tensor, qs: tuple[float, ...]) -> dict[str, float]:
     """Named percentiles of a 1-d tensor, e.g. ``{"p25": ...}`` (empty dict for empty x)."""
     if x.numel() == 0:
         return {}
-    vals = torch.quantile(x.float(), torch.tensor([q / 100 for q in qs]))
+    vals = torch.quantile(x.float(), torch.tensor([q / 100 for q in qs], device=x.device))
     return {f"p{int(q) if float(q).is_integer() else q}": float(v) for q, v in zip(qs, vals)}

@@ -45,7 +45,7 @@ MIN_SCORE3 = 3  # answers needed for a role vector from score-3 answers alone
 
 def write_plan(work: Path, lm: LoadedModel, preset: Preset, roles=None, questions=None) -> list[Job]:
     jobs = plan_jobs(preset, lm.display_name, roles, questions)
-    plan = {"model_id": lm.model_id, "preset": asdict(preset), "jobs": [asdict(j) for j in jobs]}
+    plan = json.loads(json.dumps({"model_id": lm.model_id, "preset": asdict(preset), "jobs": [asdict(j) for j in jobs]}))
     path = work / "plan.json"
     if path.exists():
         old = json.loads(path.read_text())
@@ -208,7 +208,9 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
         }
     lo, hi = n_layers // 3, n_layers - 3
     # monitor layer: chosen on fit data only (held-out AUROC stays an honest check)
-    monitor = max(range(lo, hi + 1), key=lambda L: layers[str(L)]["abs_cos_pc1_axis"] * layers[str(L)]["auroc_fit"])
+    # monitoring needs separation: the layer whose projection best separates default from in-role
+    # answers on the fit questions; |cos(PC1, axis)| breaks ties
+    monitor = max(range(lo, hi + 1), key=lambda L: (round(layers[str(L)]["auroc_fit"], 3), layers[str(L)]["abs_cos_pc1_axis"]))
     order = project(R[:, monitor], unit(axis[monitor]))
     roles_along = sorted(zip(names, order.tolist()), key=lambda t: t[1])
     art = AxisArtifact(axis=axis, model_id=model_id, monitor_layer=monitor,
@@ -217,7 +219,7 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
                        provenance=provenance, default_vector=default, role_vectors=vectors)
     report = {
         "model_id": model_id, "monitor_layer": monitor,
-        "monitor_layer_rule": f"argmax |cos(PC1, axis)| x fit AUROC over layers {lo}..{hi}",
+        "monitor_layer_rule": f"argmax fit AUROC (default vs score-3 role answers), then |cos(PC1, axis)|, over layers {lo}..{hi}",
         "n_roles_used": len(names), "roles": role_info,
         "counts": {g: len(ids) for g, ids in groups.items()},
         "judge_distribution": {str(s): sum(1 for j in jobs if j.kind == "role" and scores.get(j.id) == s) for s in range(4)},
@@ -264,6 +266,10 @@ def compute_axis(lm: LoadedModel, work: Path, out: Path, preset: Preset, judge: 
     art.save(out)
     report["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     report["mean_response_tokens"] = round(sum(t["n_tokens"] for t in texts.values()) / len(texts), 1)
+    if judge.name.startswith("offline"):
+        from probes.judge import agreement
+
+        report["judge_agreement"] = agreement(judge)
     (out / "report.json").write_text(json.dumps(finite(report), indent=1))
     plot_axis_report(report, art.calibration["layers"], out)
     return art, report

@@ -46,7 +46,8 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     roles = report["roles_along_axis"]
     fig, ax = plt.subplots(figsize=(7, max(4, 0.13 * len(roles))))
     vals = [r["projection"] for r in roles]
-    ax.barh(range(len(roles)), vals, color=["#c44e52" if v < report["default_projection"] else "#55a868" for v in vals])
+    ax.hlines(range(len(roles)), min(vals + [report["default_projection"]]), vals, color="#dddddd", lw=0.5)
+    ax.plot(vals, range(len(roles)), "o", ms=3, color="#c44e52")
     ax.axvline(report["default_projection"], color="black", lw=1, label="default Assistant")
     ax.set_yticks(range(len(roles)), [r["role"] for r in roles], fontsize=5)
     ax.set(xlabel=f"projection on the unit axis at layer {m}", title="Roles along the Assistant Axis")

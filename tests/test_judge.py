@@ -1,0 +1,213 @@
+"""Role-adherence judges: the offline lexical judge, kappa, and the OpenAI-compatible client."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from probes.errors import JudgeError
+from probes.judge import (
+    RUBRIC,
+    JudgeItem,
+    OfflineJudge,
+    OpenAIJudge,
+    agreement,
+    claims_non_assistant,
+    cohen_kappa,
+)
+
+PIRATE_PROMPT = "You are a pirate. Speak like a pirate and never break character."
+PIRATE_KW = ("ship", "sea", "matey", "arr", "treasure")
+
+
+def _pirate(response: str) -> JudgeItem:
+    return JudgeItem("pirate", PIRATE_PROMPT, "What do you do on a typical day?", response, PIRATE_KW)
+
+
+# --- OfflineJudge -------------------------------------------------------------------------
+
+def test_offline_refusal_scores_0():
+    assert OfflineJudge().score_one(_pirate("I can't pretend to be a pirate.")) == 0
+
+
+def test_offline_ai_assistant_scores_1():
+    item = _pirate("As an AI language model, I don't have personal experiences. Here are some tips...")
+    assert OfflineJudge().score_one(item) == 1
+
+
+def test_offline_ai_assistant_without_first_person_scores_1():
+    # the same answer with no first-person pronoun does score 1 (isolates the bug above)
+    item = _pirate("As an AI language model, there are no personal experiences here. Here are some tips...")
+    assert OfflineJudge().score_one(item) == 1
+
+
+def test_offline_in_role_pirate_scores_3():
+    item = _pirate("Arr, matey! I've sailed these seas for forty years aboard me ship...")
+    assert OfflineJudge().score_one(item) == 3
+    longer = _pirate("Arr, matey! I've sailed these seas for forty years aboard me ship, chasin' treasure "
+                     "and fightin' storms from dawn till dusk.")
+    assert OfflineJudge().score_one(longer) == 3
+
+
+def test_offline_degenerate_loop_scores_0():
+    assert OfflineJudge().score_one(_pirate("alone, " * 30)) == 0
+    assert OfflineJudge().score_one(_pirate("   ")) == 0
+
+
+def test_offline_score_is_batch_of_score_one():
+    j = OfflineJudge()
+    items = [_pirate("I can't pretend to be a pirate."), _pirate("alone, " * 30)]
+    assert j.score(items) == [0, 0]
+
+
+# --- claims_non_assistant -----------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["I am a wandering spirit of the forest.",
+                                  "My name is Elena and I grew up in Rome."])
+def test_claims_non_assistant_true(text):
+    assert claims_non_assistant(text) is True
+
+
+@pytest.mark.parametrize("text", ["I am a helpful AI assistant.", "I'm here to help you."])
+def test_claims_non_assistant_false(text):
+    assert claims_non_assistant(text) is False
+
+
+# --- cohen_kappa ----------------------------------------------------------------------------
+
+def test_kappa_perfect_agreement():
+    assert cohen_kappa([0, 1, 2, 3, 3], [0, 1, 2, 3, 3]) == 1.0
+    assert cohen_kappa([2, 2, 2], [2, 2, 2]) == 1.0
+
+
+def test_kappa_hand_computed():
+    # a: 0,1,2,2,1,0   b: 0,1,2,1,1,2   -> 4 of 6 agree, po = 2/3
+    # marginals a: 0:2 1:2 2:2, b: 0:1 1:3 2:2 -> pe = (2*1 + 2*3 + 2*2)/36 = 1/3
+    # kappa = (2/3 - 1/3) / (1 - 1/3) = 0.5
+    assert cohen_kappa([0, 1, 2, 2, 1, 0], [0, 1, 2, 1, 1, 2]) == pytest.approx(0.5)
+    # two categories: po = 3/4, pe = .5*.25 + .5*.75 = .5 -> kappa 0.5
+    assert cohen_kappa([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.5)
+    # total disagreement with balanced marginals -> -1
+    assert cohen_kappa([0, 1, 0, 1], [1, 0, 1, 0]) == pytest.approx(-1.0)
+
+
+def test_kappa_rejects_bad_input():
+    with pytest.raises(ValueError):
+        cohen_kappa([0, 1, 2], [0, 1])
+    with pytest.raises(ValueError):
+        cohen_kappa([], [])
+
+
+# --- agreement on the bundled labels -------------------------------------------------------
+
+def test_agreement_regression_floor():
+    out = agreement(OfflineJudge())
+    assert out["n"] == 200
+    assert out["judge"] == OfflineJudge.name
+    assert out["test"]["kappa"] > 0.4  # measured about 0.49
+    for split in ("all", "dev", "test"):
+        assert 0.0 <= out[split]["accuracy"] <= 1.0
+
+
+# --- OpenAIJudge against a real local HTTP server ---------------------------------------------
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def judge_server(no_proxy):
+    """Start a chat-completions server replying ``content`` (or HTTP ``status``).
+
+    Returns (base_url, requests) where requests collects
+    {"path", "auth", "body"} for every POST."""
+    servers = []
+
+    def start(content: str = "3", status: int = 200):
+        requests: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
+                                 "body": json.loads(raw or b"null")})
+                if self.path != "/v1/chat/completions":
+                    self._reply(404, {"error": "not found"})
+                elif status != 200:
+                    self._reply(status, {"error": "boom"})
+                else:
+                    self._reply(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+            def _reply(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_openai_judge_scores_and_request_shape(judge_server):
+    base, requests = judge_server("3")
+    judge = OpenAIJudge(base, "judge-model", api_key="KEY", timeout=5)
+    items = [_pirate("Arr, matey!"), _pirate("As an AI, I can help.")]
+    assert judge.score(items) == [3, 3]
+    assert len(requests) == 2
+    for req, item in zip(requests, items):
+        assert req["path"] == "/v1/chat/completions"
+        assert req["auth"] == "Bearer KEY"
+        body = req["body"]
+        assert body["model"] == "judge-model"
+        assert body["messages"][0] == {"role": "system", "content": RUBRIC}
+        user = body["messages"][1]
+        assert user["role"] == "user"
+        assert PIRATE_PROMPT in user["content"] and item.response in user["content"]
+    assert judge.name == "openai:judge-model"
+
+
+def test_openai_judge_without_key_sends_no_auth(judge_server):
+    base, requests = judge_server("2")
+    assert OpenAIJudge(base + "/", "m", timeout=5).score([_pirate("x")]) == [2]
+    assert requests[0]["auth"] is None and requests[0]["path"] == "/v1/chat/completions"
+
+
+def test_openai_judge_non_score_reply(judge_server):
+    base, _ = judge_server("maybe")
+    with pytest.raises(JudgeError, match="maybe"):
+        OpenAIJudge(base, "m", api_key="KEY", timeout=5).score([_pirate("Arr")])
+
+
+def test_openai_judge_http_500(judge_server):
+    base, requests = judge_server(status=500)
+    with pytest.raises(JudgeError):
+        OpenAIJudge(base, "m", api_key="KEY", timeout=5).score([_pirate("Arr")])
+    assert len(requests) == 1
+
+
+def test_openai_judge_from_env():
+    with pytest.raises(JudgeError, match="AXISWATCH_JUDGE_BASE_URL"):
+        OpenAIJudge.from_env({})
+    j = OpenAIJudge.from_env({"AXISWATCH_JUDGE_BASE_URL": "http://h/v1/", "AXISWATCH_JUDGE_MODEL": "m",
+                              "AXISWATCH_JUDGE_API_KEY": "k"})
+    assert (j.base_url, j.model, j.api_key) == ("http://h/v1", "m", "k")

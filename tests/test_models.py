@@ -1,0 +1,89 @@
+"""Model loading and chat formatting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probes.errors import InputError, ModelLoadError
+from probes.models import default_gguf_path, format_chat, load_model, normalise_messages
+
+
+def test_default_model_loads_from_the_wheel(lm):
+    assert default_gguf_path().is_file()
+    assert lm.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (lm.n_layers, lm.hidden_size, lm.layers_path) == (30, 576, "model.layers")
+    assert lm.tokenizer.padding_side == "left"
+
+
+def test_cached_load_is_fast_and_identical(lm, tmp_path):
+    """The cache written by the first load reloads to the same weights."""
+    again = load_model("default")
+    assert again.source == "cache"
+    for (n1, p1), (n2, p2) in zip(lm.model.state_dict().items(), again.model.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_first_load_dequantises_and_caches(tmp_path):
+    fresh = load_model("default", cache_dir=tmp_path)
+    assert fresh.source == "gguf"
+    assert (tmp_path / "models" / "smollm2-135m-instruct-f32" / "model.safetensors").is_file()
+    assert load_model("default", cache_dir=tmp_path).source == "cache"
+
+
+def test_bfloat16(tmp_path):
+    m = load_model("default", dtype="bfloat16")
+    assert next(m.model.parameters()).dtype == torch.bfloat16
+
+
+def test_bad_specs_give_clear_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        load_model(str(tmp_path / "nope.gguf"))
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_model(str(tmp_path))  # an empty folder
+    with pytest.raises(InputError, match="unknown dtype"):
+        load_model("default", dtype="int3")
+    with pytest.raises(InputError, match="unknown device"):
+        load_model("default", device="tpu")
+
+
+def test_chat_template_with_system(lm):
+    text = format_chat(lm.tokenizer, [{"role": "system", "content": "You are a ghost."}, {"role": "user", "content": "Hi"}])
+    assert "<|im_start|>system\nYou are a ghost.<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_system_folded_into_first_user_message_without_system_role(lm):
+    """Templates that reject a system role (Gemma 2) get the system text prepended to the first user turn."""
+    tok = lm.tokenizer
+    saved = tok.chat_template
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<turn>{{ m['role'] }}\n{{ m['content'] }}</turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<turn>assistant\n{% endif %}")
+    try:
+        msgs = normalise_messages(tok, [{"role": "system", "content": "Be a cat."}, {"role": "user", "content": "Hello"}])
+        assert msgs == [{"role": "user", "content": "Be a cat.\n\nHello"}]
+        assert "<turn>user\nBe a cat.\n\nHello</turn>" in format_chat(tok, [{"role": "system", "content": "Be a cat."},
+                                                                            {"role": "user", "content": "Hello"}])
+    finally:
+        tok.chat_template = saved
+
+
+def test_bad_messages(lm):
+    with pytest.raises(InputError, match="unknown role"):
+        normalise_messages(lm.tokenizer, [{"role": "wizard", "content": "x"}])
+    with pytest.raises(InputError, match="content must be a string"):
+        normalise_messages(lm.tokenizer, [{"role": "user", "content": 3}])
+
+
+def test_local_folder_and_gguf_path_specs(lm):
+    from probes.models import default_cache_dir
+
+    folder = load_model(str(default_cache_dir() / "models" / "smollm2-135m-instruct-f32"))
+    assert folder.source == "folder" and folder.n_layers == 30
+    gguf = load_model(str(default_gguf_path()))
+    assert gguf.source == "gguf" and gguf.hidden_size == 576
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(gguf.model(input_ids=ids).logits, lm.model(input_ids=ids).logits, atol=1e-4)

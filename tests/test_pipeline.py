@@ -1,0 +1,87 @@
+"""compute-axis end to end on the real default model, on a tiny role set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from probes.artifacts import load_axis
+from probes.errors import InputError
+from probes.pipeline import compute_axis, role_vectors
+from probes.roles import PRESETS, Preset, load_questions, load_roles, plan_jobs
+
+TINY = Preset("tiny", None, 1, 2, 2, 1, 1, 8)
+
+
+class EveryoneInRole:
+    """A judge that rates every answer 3: this test is about the pipeline, not the judge."""
+
+    name = "all-three"
+
+    def score(self, items):
+        return [3] * len(items)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    roles = [r for r in load_roles() if r["name"] in ("pirate", "ghost", "accountant", "wizard")]
+    q = load_questions()
+    return roles, {"extraction": q["extraction"][:4], "heldout": q["heldout"][:2], "identity": q["identity"]}
+
+
+def test_bundled_data_sizes():
+    roles, q = load_roles(), load_questions()
+    assert len(roles) >= 120 and all(len(r["prompts"]) == 5 for r in roles)
+    assert len(q["extraction"]) >= 60 and not set(q["extraction"]) & set(q["heldout"])
+
+
+def test_plans_are_deterministic_and_cover_defaults():
+    a, b = plan_jobs(PRESETS["quick"], "SmolLM"), plan_jobs(PRESETS["quick"], "SmolLM")
+    assert [j.id for j in a] == [j.id for j in b]
+    systems = {j.system for j in a if j.kind == "default"}
+    assert systems == {None, "You are an AI assistant.", "You are a large language model.", "You are SmolLM.",
+                       "Respond as yourself."}
+    assert {j.split for j in a} == {"fit", "heldout"}
+
+
+def test_compute_axis_end_to_end_and_resume(lm, tiny_data, tmp_path):
+    roles, questions = tiny_data
+    work, out = tmp_path / "work", tmp_path / "axis"
+    art, report = compute_axis(lm, work, out, TINY, EveryoneInRole(), batch_size=8, roles=roles, questions=questions)
+    assert art.axis.shape == (30, 576) and sorted(art.role_vectors) == ["accountant", "ghost", "pirate", "wizard"]
+    loaded = load_axis(out)
+    assert torch.allclose(loaded.axis, art.axis) and loaded.monitor_layer == art.monitor_layer
+    # axis = mean(default) - mean(role vectors), pointing toward the Assistant
+    mean_roles = torch.stack(list(art.role_vectors.values())).mean(0)
+    assert torch.allclose(art.axis, art.default_vector - mean_roles, atol=1e-3)
+    for name in ("report.json", "variance_explained.png", "pc1_cosine.png", "roles_along_axis.png"):
+        assert (out / name).is_file()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_roles_used"] == 4 and len(rep["per_layer"]["abs_cos_pc1_axis"]) == 30
+    assert rep["counts"]["default_fit"] == 5 * 2
+    stats = loaded.calibration["layers"][str(art.monitor_layer)]
+    assert stats["mean_norm"] > 0 and "p25" in stats["calibration_all"]
+    # resume: a second run regenerates nothing and judges nothing new
+    shards = {p: p.stat().st_mtime_ns for p in (work / "gen").iterdir()}
+    judged = (work / "judge.jsonl").read_text()
+    art2, _ = compute_axis(lm, work, out, TINY, EveryoneInRole(), batch_size=8, roles=roles, questions=questions)
+    assert {p: p.stat().st_mtime_ns for p in (work / "gen").iterdir()} == shards
+    assert (work / "judge.jsonl").read_text() == judged
+    assert torch.allclose(art2.axis, art.axis)
+    # a different plan in the same folder is refused
+    with pytest.raises(InputError, match="another model, preset or data"):
+        compute_axis(lm, work, out, PRESETS["quick"], EveryoneInRole(), roles=roles, questions=questions)
+
+
+def test_role_vector_fallback_and_exclusion():
+    from probes.roles import Job
+
+    jobs = [Job(f"role:{r}:0:fit:{i}", "role", "fit", r, 0, "s", "q") for r in ("a", "b") for i in range(3)]
+    means = {j.id: torch.full((2, 3), float(i)) for i, j in enumerate(jobs)}
+    scores = {jobs[0].id: 3, jobs[1].id: 2, jobs[2].id: 1, jobs[3].id: 1, jobs[4].id: 0, jobs[5].id: 1}
+    vecs, info = role_vectors(jobs, means, scores, min_score3=2)
+    assert info["a"]["rule"].startswith("score>=2") and info["a"]["used"] == 2
+    assert torch.allclose(vecs["a"], torch.full((2, 3), 0.5))
+    assert "b" not in vecs and info["b"]["rule"] == "excluded"
