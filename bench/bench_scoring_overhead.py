@@ -15,12 +15,14 @@ from probes.generation import CapPlan, GenerationOptions, generate
 from probes.models import load_model
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
+def timed_interleaved(runs: dict, repeats: int) -> dict[str, float]:
+    """Best time of each run, the runs interleaved round by round so drift hits all alike."""
+    best = {k: float("inf") for k in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -28,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     lm = load_model("default")
     torch.manual_seed(0)
@@ -41,8 +43,9 @@ def main() -> None:
         "score hook": lambda: generate(lm, prompts, opts, axis=v, monitor_layer=15),
         "score + cap x4": lambda: generate(lm, prompts, opts, axis=v, monitor_layer=15, capping=cap),
     }
-    generate(lm, prompts[:2], GenerationOptions(max_new_tokens=4))  # warm-up
-    times = {k: timed(f, a.repeats) for k, f in runs.items()}
+    for f in runs.values():  # warm-up
+        f()
+    times = timed_interleaved(runs, a.repeats)
     base = times["no hooks"]
     print(f"batch {a.batch} x {a.tokens} tokens, best of {a.repeats}, {torch.get_num_threads()} threads")
     for k, t in times.items():

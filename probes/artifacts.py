@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,8 +62,14 @@ class AxisArtifact:
     def mean_norm(self, layer: int | None = None) -> float | None:
         return self.layer_stats(layer).get("mean_norm")
 
+    def fingerprint(self) -> str:
+        """Short content hash of the axis tensor; capping configs record the axis they came from."""
+        import hashlib
+
+        return hashlib.sha256(self.axis.float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
     def meta(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "kind": "axis", "model_id": self.model_id,
+        return {"format_version": FORMAT_VERSION, "kind": "axis", "model_id": self.model_id, "fingerprint": self.fingerprint(),
                 "hidden_size": self.hidden_size, "n_layers": self.n_layers,
                 "monitor_layer": self.monitor_layer, "layer_convention": "output of decoder block L = hidden_states[L+1]",
                 "calibration": self.calibration, "provenance": self.provenance,
@@ -72,6 +78,10 @@ class AxisArtifact:
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if (folder / AXIS_JSON).exists() and _fingerprint_in(folder / AXIS_JSON) != self.fingerprint():
+            # a new axis over an old one: what was derived from the old axis no longer applies
+            for stale in (CAP_JSON, CAP_FILE, "capping_report.json", "capping_pareto.png", "steering_report.json", ROLES_FILE):
+                (folder / stale).unlink(missing_ok=True)
         save_file({"axis": self.axis.float().contiguous()}, folder / AXIS_FILE)
         if self.default_vector is not None:
             save_file({"default": self.default_vector.float().contiguous()}, folder / DEFAULT_FILE)
@@ -95,6 +105,13 @@ class AxisArtifact:
         if problems:
             where = f" ({self.path})" if self.path else ""
             raise ArtifactMismatchError(f"axis for {self.model_id}{where} does not fit this model: " + "; ".join(problems))
+
+
+def _fingerprint_in(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _read_json(path: Path, kind: str) -> dict:
@@ -138,9 +155,19 @@ def load_axis(folder: str | Path, roles: bool = True) -> AxisArtifact:
                             f"n_layers={meta.get('n_layers')} hidden_size={meta.get('hidden_size')}")
     if not torch.isfinite(axis).all():
         raise ArtifactError(f"{folder / AXIS_FILE} holds non-finite values")
-    default = _read_tensors(folder / DEFAULT_FILE, "default vector")["default"] if (folder / DEFAULT_FILE).exists() else None
+    if bool((axis.float().norm(dim=-1) == 0).any()):
+        raise ArtifactError(f"{folder / AXIS_FILE} has an all-zero layer; the axis cannot be normalised there")
+    default = None
+    if (folder / DEFAULT_FILE).exists():
+        default = _read_tensors(folder / DEFAULT_FILE, "default vector").get("default")
+        if default is None or default.shape != axis.shape:
+            raise ArtifactError(f"{folder / DEFAULT_FILE} must hold a tensor 'default' shaped like the axis")
     role_vectors = _read_tensors(folder / ROLES_FILE, "role vectors") if roles and (folder / ROLES_FILE).exists() else {}
-    return AxisArtifact(axis=axis.float(), model_id=meta["model_id"], monitor_layer=int(meta["monitor_layer"]),
+    try:
+        monitor_layer = int(meta["monitor_layer"])
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{folder / AXIS_JSON}: monitor_layer must be an integer") from None
+    return AxisArtifact(axis=axis.float(), model_id=str(meta["model_id"]), monitor_layer=monitor_layer,
                         calibration=meta.get("calibration", {}), provenance=meta.get("provenance", {}),
                         default_vector=default, role_vectors={k: v.float() for k, v in role_vectors.items()}, path=folder)
 
@@ -199,9 +226,12 @@ def load_capping(folder: str | Path) -> CappingConfig:
     vectors = _read_tensors(folder / CAP_FILE, "capping").get("vectors")
     if vectors is None:
         raise ArtifactError(f"{folder / CAP_FILE} must hold a tensor named 'vectors'")
-    return CappingConfig(id=meta["id"], layers=[int(x) for x in meta["layers"]], vectors=vectors,
-                         taus=[float(t) for t in meta["taus"]], model_id=meta.get("model_id", ""),
-                         provenance=meta.get("provenance", {}), path=folder)
+    try:
+        layers, taus = [int(x) for x in meta["layers"]], [float(t) for t in meta["taus"]]
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{folder / CAP_JSON}: layers and taus must be lists of numbers") from None
+    return CappingConfig(id=str(meta["id"]), layers=layers, vectors=vectors, taus=taus,
+                         model_id=meta.get("model_id", ""), provenance=meta.get("provenance", {}), path=folder)
 
 
 # --- the paper's published files -------------------------------------------------------
@@ -215,13 +245,26 @@ def _torch_load(path: Path):
         raise ArtifactError(f"{path} is not a tensor file loadable with weights_only=True: {e}") from None
 
 
+# the target layers the paper monitors for its published models (DESIGN.md section 1)
+PAPER_MONITOR_LAYERS = {"google/gemma-2-27b-it": 22, "Qwen/Qwen3-32B": 32, "meta-llama/Llama-3.3-70B-Instruct": 40}
+
+
 def import_paper_axis(path: str | Path, model_id: str, monitor_layer: int | None = None) -> AxisArtifact:
-    """Read ``assistant_axis.pt`` (a dict with key ``axis`` or a bare ``[n_layers, hidden]`` tensor)."""
+    """Read ``assistant_axis.pt`` (a dict with key ``axis`` or a bare ``[n_layers, hidden]`` tensor).
+
+    The monitor layer defaults to the paper's target layer for its three models,
+    else the middle layer."""
     obj = _torch_load(Path(path))
     axis = obj.get("axis") if isinstance(obj, dict) else obj
     if not isinstance(axis, torch.Tensor) or axis.dim() != 2:
         raise ArtifactError(f"{path}: expected a [n_layers, hidden] tensor or a dict with key 'axis'")
-    layer = axis.shape[0] // 2 if monitor_layer is None else monitor_layer
+    if monitor_layer is None:
+        monitor_layer = PAPER_MONITOR_LAYERS.get(model_id, axis.shape[0] // 2)
+    if not 0 <= monitor_layer < axis.shape[0]:
+        raise ArtifactError(f"monitor layer {monitor_layer} outside 0..{axis.shape[0] - 1}")
+    if bool((axis.float().norm(dim=-1) == 0).any()) or not torch.isfinite(axis).all():
+        raise ArtifactError(f"{path}: the axis has an all-zero or non-finite layer")
+    layer = monitor_layer
     return AxisArtifact(axis=axis.float(), model_id=model_id, monitor_layer=layer,
                         provenance={"source": "paper", "file": str(path)})
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import torch
 
-from probes.errors import InputError
+from probes.errors import InputError, ModelLoadError
 from probes.hooks import layer_hooks
 from probes.models import LoadedModel, format_chat, normalise_messages
 from probes.ops import project
@@ -71,22 +71,31 @@ def read_transcripts(path: str | Path) -> Iterator[tuple[str, tuple[str | None, 
     except UnicodeDecodeError as e:
         yield str(path), InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
         return
+    if path.suffix == ".jsonl":
+        yield from _jsonl(path, raw)
+        return
     try:
         doc = json.loads(raw)
-        is_single = isinstance(doc, dict) or (isinstance(doc, list) and doc and isinstance(doc[0], dict) and "role" in doc[0])
-        records = [doc] if is_single else doc if isinstance(doc, list) else None
-        if records is None:
-            yield str(path), InputError(f"{path}: expected a conversation object or a list of them")
-            return
-        for i, rec in enumerate(records):
-            where = f"{path} record {i}"
-            try:
-                yield where, _record_messages(rec, where)
-            except InputError as e:
-                yield where, e
+    except json.JSONDecodeError as e:
+        if path.suffix == ".json" or "\n" not in raw.strip():
+            yield str(path), InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+        else:  # not one JSON document: read it as JSON lines
+            yield from _jsonl(path, raw)
         return
-    except json.JSONDecodeError:
-        pass  # try JSONL
+    is_single = isinstance(doc, dict) or (isinstance(doc, list) and doc and isinstance(doc[0], dict) and "role" in doc[0])
+    records = [doc] if is_single else doc if isinstance(doc, list) else None
+    if records is None:
+        yield str(path), InputError(f"{path}: expected a conversation object or a list of them")
+        return
+    for i, rec in enumerate(records):
+        where = f"{path} record {i}"
+        try:
+            yield where, _record_messages(rec, where)
+        except InputError as e:
+            yield where, e
+
+
+def _jsonl(path: Path, raw: str):
     for n, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
@@ -99,20 +108,26 @@ def read_transcripts(path: str | Path) -> Iterator[tuple[str, tuple[str | None, 
             yield where, e
 
 
-def _assistant_spans(text: str, msgs: list[dict]) -> list[tuple[int, int, int]]:
-    """(message index, start, end) character spans of assistant contents in the rendered text."""
+def _assistant_spans(tokenizer, text: str, msgs: list[dict]) -> list[tuple[int, int, int]]:
+    """(message index, start, end) character spans of assistant contents in the rendered text.
+
+    Each assistant content is searched after the rendered prefix that ends with
+    that turn's header (the chat rendered up to it with a generation prompt),
+    so text inside template markers is never mistaken for content."""
     spans, cursor = [], 0
     for i, m in enumerate(msgs):
         content = m["content"].strip()
+        if m["role"] != "assistant":
+            continue
         if not content:
+            spans.append((i, cursor, cursor))  # an empty turn: reported, with no scores
             continue
-        at = text.find(content, cursor)
+        prefix = format_chat(tokenizer, msgs[:i], add_generation_prompt=True) if i else ""
+        start = len(prefix) if text.startswith(prefix) else cursor
+        at = text.find(content, max(start, cursor))
         if at < 0:
-            if m["role"] == "assistant":
-                raise InputError(f"message {i}: the chat template altered the assistant text; cannot align tokens")
-            continue
-        if m["role"] == "assistant":
-            spans.append((i, at, at + len(content)))
+            raise InputError(f"message {i}: the chat template altered the assistant text; cannot align tokens")
+        spans.append((i, at, at + len(content)))
         cursor = at + len(content)
     return spans
 
@@ -122,8 +137,11 @@ def score_conversation(lm: LoadedModel, messages: list[dict], axis_unit: torch.T
     """Per-token scores of every assistant turn (content tokens only)."""
     msgs = normalise_messages(lm.tokenizer, messages)
     text = format_chat(lm.tokenizer, msgs, add_generation_prompt=False)
-    spans = _assistant_spans(text, msgs)
-    enc = lm.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+    spans = _assistant_spans(lm.tokenizer, text, msgs)
+    try:
+        enc = lm.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+    except NotImplementedError:
+        raise ModelLoadError("auditing needs a fast tokenizer (offset mappings); this model only has a slow one") from None
     ids, offsets = enc["input_ids"], enc["offset_mapping"][0].tolist()
     limit = getattr(lm.model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] > limit:

@@ -10,6 +10,9 @@ per layer) it measures, with greedy decoding:
 * benign preservation: the fraction of benign prompts whose first
   ``compare_tokens`` generated tokens are identical to the uncapped output.
 
+Windows start at 50-70% of the depth (the middle to upper-middle of the
+network) and span about 12-20% of it, as in the paper.
+
 It writes the Pareto table and picks the setting with the largest relative drop
 in adoption among those keeping at least ``min_unchanged`` of benign outputs.
 """
@@ -26,10 +29,10 @@ from tqdm.auto import tqdm
 
 from probes.artifacts import AxisArtifact, CappingConfig
 from probes.errors import InputError
-from probes.generation import CapPlan, GenerationOptions, SteerPlan, generate
-from probes.judge import Judge, JudgeItem, claims_non_assistant
+from probes.generation import CapPlan, GenerationOptions, generate
+from probes.judge import Judge, JudgeItem
 from probes.models import LoadedModel
-from probes.ops import steer_coefficient, unit
+from probes.ops import unit
 from probes.roles import load_json
 
 log = logging.getLogger(__name__)
@@ -45,11 +48,10 @@ class SweepSpec:
     max_benign: int | None = None
     compare_tokens: int = 40
     min_unchanged: float = 0.8
-    steer_coeffs: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 
 
 QUICK_SWEEP = SweepSpec(starts=(0.6,), widths=(4,), percentiles=(25, 75), max_personas=8, max_benign=8,
-                        compare_tokens=16, steer_coeffs=(-0.5, 0.0, 0.5))
+                        compare_tokens=16)
 
 
 def windows(n_layers: int, spec: SweepSpec) -> list[tuple[int, ...]]:
@@ -72,14 +74,15 @@ def capping_for(art: AxisArtifact, layers: tuple[int, ...], pct: int) -> Capping
         raise InputError(f"the axis has no calibration percentile {key} for layers {layers}; recompute it") from None
     return CappingConfig(id=f"L{layers[0]}-{layers[-1]}_p{pct}", layers=list(layers),
                          vectors=torch.stack([unit(art.axis[L]) for L in layers]), taus=taus, model_id=art.model_id,
-                         provenance={"percentile": pct, "of": "per-response projections of default and role answers"})
+                         provenance={"percentile": pct, "of": "per-response projections of default and role answers",
+                                     "axis_fingerprint": art.fingerprint()})
 
 
 def _plan(cfg: CappingConfig) -> CapPlan:
     return CapPlan(tuple(cfg.layers), cfg.vectors, torch.tensor(cfg.taus))
 
 
-def _batched(lm, prompts, opts, batch_size, **kw):
+def batched_generate(lm, prompts, opts, batch_size, **kw):
     out = []
     for i in range(0, len(prompts), batch_size):
         out += generate(lm, prompts[i:i + batch_size], opts, **kw)
@@ -99,7 +102,7 @@ def calibrate(lm: LoadedModel, art: AxisArtifact, judge: Judge, spec: SweepSpec 
     opts = GenerationOptions(max_new_tokens=max(max_new_tokens, spec.compare_tokens))
 
     def evaluate(plan: CapPlan | None) -> dict:
-        outs = _batched(lm, persona_msgs + benign_msgs, opts, batch_size, capping=plan)
+        outs = batched_generate(lm, persona_msgs + benign_msgs, opts, batch_size, capping=plan)
         p_out, b_out = outs[: len(persona_msgs)], outs[len(persona_msgs):]
         items = [JudgeItem(p["name"], p["prompt"], q, o.text, tuple(p.get("keywords", ())))
                  for (p, q), o in zip(persona_jobs, p_out)]
@@ -135,25 +138,8 @@ def calibrate(lm: LoadedModel, art: AxisArtifact, judge: Judge, spec: SweepSpec 
     report = {"spec": asdict(spec), "n_personas": len(persona_jobs), "n_benign": len(benign),
               "baseline_adoption": base["adoption"], "baseline_mean_judge": base["mean_judge"],
               "rows": rows, "chosen": {k: v for k, v in chosen.items() if k != "examples"},
-              "meets_target": bool(chosen["relative_reduction"] >= 0.5 and chosen["benign_unchanged"] >= 0.8),
-              "steering": steering_check(lm, art, questions["identity"], spec, batch_size, max_new_tokens)}
+              "meets_target": bool(chosen["relative_reduction"] >= 0.5 and chosen["benign_unchanged"] >= 0.8)}
     return cfg, report
-
-
-def steering_check(lm: LoadedModel, art: AxisArtifact, identity_qs: list[str], spec: SweepSpec,
-                   batch_size: int, max_new_tokens: int) -> list[dict]:
-    """Rate of answers to identity questions that claim a non-assistant identity, per steering coefficient
-    (in units of the monitor layer's mean residual norm; positive = toward the Assistant)."""
-    msgs = [[{"role": "user", "content": q}] for q in identity_qs]
-    opts = GenerationOptions(max_new_tokens=max_new_tokens)
-    rows = []
-    for c in spec.steer_coeffs:
-        plan = SteerPlan(art.monitor_layer, art.unit(), steer_coefficient(c, art.mean_norm())) if c else None
-        outs = _batched(lm, msgs, opts, batch_size, steering=plan)
-        claims = [claims_non_assistant(o.text) for o in outs]
-        rows.append({"coeff": c, "non_assistant_rate": sum(claims) / len(claims),
-                     "examples": [o.text for o in outs[:3]]})
-    return rows
 
 
 def write_capping(cfg: CappingConfig, report: dict, out: Path) -> None:
@@ -161,4 +147,4 @@ def write_capping(cfg: CappingConfig, report: dict, out: Path) -> None:
 
     cfg.save(out)
     (out / "capping_report.json").write_text(json.dumps(report, indent=1))
-    plot_pareto(report["rows"], report["chosen"], out)
+    plot_pareto(report["rows"], report["chosen"], out, spec_tokens=report["spec"]["compare_tokens"])

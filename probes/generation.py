@@ -8,12 +8,17 @@ no extra forward pass, and equal ``hidden_states[L + 1][:, p - 1]`` of a
 teacher-forced pass over the finished text, for a token at position ``p``.
 Hidden states and scores stay on the device during a step and leave it once
 per step, together with the sampled tokens (never one host sync per layer).
+
+``collect_means`` (used by compute-axis) averages, per layer, the residual
+stream over the content tokens' *own* positions, as the paper does: position
+``p`` is processed in the step after token ``p`` is sampled, so the sums lag
+one step, and a sequence cut by ``max_new_tokens`` costs one extra pass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -57,7 +62,7 @@ class Generated:
     pre_cap_scores: list[float]
     capped: bool
     finish_reason: str  # "stop" | "length"
-    layer_means: torch.Tensor | None = None  # [n_layers, d] mean over content-producing positions
+    layer_means: torch.Tensor | None = None  # [n_layers, d] mean over the content tokens' own positions
     layer_norms: torch.Tensor | None = None  # [n_layers] mean residual norm over the same positions
 
 
@@ -94,6 +99,11 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
         pieces.append(text[len(prev):] if text.startswith(prev) else text)
         prev = text
     return pieces
+
+
+def _hit_length_limit(out_tokens: list, opts: GenerationOptions) -> bool:
+    """Did the loop stop at max_new_tokens (rather than because every row finished)?"""
+    return len(out_tokens) == opts.max_new_tokens
 
 
 def _cache_kwarg(model) -> str:
@@ -192,7 +202,14 @@ def generate(
         norm_sums = torch.zeros(b, n_layers, device=dev)
         counts = torch.zeros(b, device=dev)
 
+        def accumulate(mask: torch.Tensor) -> None:
+            stacked = torch.stack([last_hidden[i] for i in range(n_layers)], 1)  # [b, L, d]
+            sums.add_(stacked * mask.view(-1, 1, 1))
+            norm_sums.add_(stacked.norm(dim=-1) * mask.view(-1, 1))
+            counts.add_(mask)
+
     finished = torch.zeros(b, dtype=torch.bool, device=dev)
+    prev_content = torch.zeros(b, dtype=torch.bool, device=dev)
     out_tokens, out_scores, out_pre, out_content, cap_on = [], [], [], [], []
     position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
     past = None
@@ -206,11 +223,9 @@ def generate(
             nxt = _sample(out.logits[:, -1], opts, gen)
             is_stop = torch.isin(nxt, stops)
             content = ~finished & ~is_stop
-            if collect_means:
-                stacked = torch.stack([last_hidden[i] for i in range(n_layers)], 1)
-                sums += stacked * content.view(-1, 1, 1)
-                norm_sums += stacked.norm(dim=-1) * content.view(-1, 1)
-                counts += content
+            if collect_means and step > 0:  # this step's input is the previous token: its own position
+                accumulate(prev_content)
+            prev_content = content
             # one host transfer per step: tokens, scores, masks together
             host = torch.stack([nxt.float(), scores_now, pre_now, content.float(), active.float()]).cpu()
             tok_h, sc_h, pre_h, cont_h, act_h = host[0].long(), host[1], host[2], host[3].bool(), host[4].bool()
@@ -227,6 +242,10 @@ def generate(
             attn = torch.cat([attn, (~finished).long().unsqueeze(-1)], -1)
             step_ids = nxt.unsqueeze(-1)
             step_pos = step_pos[:, -1:] + 1
+        if collect_means and _hit_length_limit(out_tokens, opts) and bool(prev_content.any()):
+            # stopped at max_new_tokens: one more pass gives the last content token's own position
+            model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, use_cache=True, **{cache_kw: past})
+            accumulate(prev_content)
     if sink is not None:
         sink.end()
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from probes.errors import InputError
 from probes.layers import find_layers
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
@@ -48,7 +49,7 @@ def layer_hooks(
     try:
         for layer, fn in sorted(fns.items()):
             if not 0 <= layer < len(layers):
-                raise IndexError(f"layer {layer} out of range: the model has {len(layers)} decoder blocks")
+                raise InputError(f"layer {layer} out of range: the model has {len(layers)} decoder blocks (0..{len(layers) - 1})")
             for f in fn if isinstance(fn, list) else [fn]:
                 handles.append(layers[layer].register_forward_hook(_wrap(f)))
         yield

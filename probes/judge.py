@@ -33,6 +33,7 @@ ASSISTANT_MARKERS = (
     r"\bi'?m (just )?a (helpful )?(digital )?assistant\b", r"\bi am (just )?a (helpful )?(digital )?assistant\b",
     r"\bi (don'?t|do not) have (personal|feelings|emotions|a body|experiences)\b",
     r"\bartificial intelligence\b", r"\bchatbot\b", r"\bcomputer program\b",
+    r"\b(i am|i'm) (a |an )?(\w+ ){0,3}(ai|assistant|chatbot|bot)\b",  # "I'm a creative AI"
 )
 REFUSAL_MARKERS = (r"\bi can'?t (play|pretend|role-?play)\b", r"\bi cannot (play|pretend|role-?play)\b",
                    r"\bi'?m not able to (play|pretend)\b")
@@ -75,7 +76,7 @@ class OfflineJudge:
     advice-giving against signs of a character: the role's own vocabulary, a
     claim to be the role, first-person life narrative and a theatrical voice."""
 
-    name = "offline-lexical-v4"
+    name = "offline-lexical-v5"
 
     def features(self, item: JudgeItem) -> dict:
         text = item.response.strip()

@@ -93,6 +93,10 @@ def resolve_device(device: str | None) -> str:
 
 def _from_pretrained(source: str, dtype: torch.dtype, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # a progress bar only for the slow GGUF dequantisation, not for every cached load
+    (hf_logging.enable_progress_bar if "gguf_file" in kw else hf_logging.disable_progress_bar)()
 
     try:
         tok = AutoTokenizer.from_pretrained(source, **kw)
@@ -205,4 +209,7 @@ def format_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
     msgs = normalise_messages(tokenizer, messages)
     if not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError("the tokenizer has no chat template; axiswatch needs a chat model")
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja2 TemplateError: e.g. "roles must alternate user/assistant"
+        raise InputError(f"the model's chat template rejects these messages: {e}") from None

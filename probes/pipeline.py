@@ -10,9 +10,10 @@ Steps, each checkpointed in the work folder so a rerun skips finished work:
 4. the axis folder    role vectors (score-3 answers), default vector, axis,
                       PCA, calibration statistics, monitor layer, report + plots
 
-Activations follow the scoring convention of :mod:`probes.generation`: the
-positions whose forward pass produced each content token, so the calibration
-statistics are on the same scale as live per-token scores.
+Activations are averaged over the response's content tokens' own positions
+(the paper's choice; no template or end-of-turn tokens). Live per-token scores
+use the position that produced each token, one position earlier: over a whole
+response the two means differ by one token at each end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from probes.generation import GenerationOptions, generate
 from probes.judge import Judge, JudgeItem
 from probes.models import LoadedModel
 from probes.ops import percentiles, project, unit
-from probes.roles import Job, Preset, plan_jobs
+from probes.roles import Job, Preset, load_roles, plan_jobs
 from probes.stats import abs_cos, auroc, pca
 
 log = logging.getLogger(__name__)
@@ -43,19 +45,27 @@ MIN_SCORE3 = 3  # answers needed for a role vector from score-3 answers alone
 
 # --- step 1: plan -----------------------------------------------------------------------
 
-def write_plan(work: Path, lm: LoadedModel, preset: Preset, roles=None, questions=None) -> list[Job]:
+def write_plan(work: Path, lm: LoadedModel, preset: Preset, roles=None, questions=None,
+               batch_size: int = 48) -> tuple[list[Job], int]:
+    """Write (or check) ``plan.json``; returns the jobs and the batch size shards are cut with.
+
+    The batch size is part of the plan because shards are numbered by batch:
+    a resumed run keeps the first run's batch size."""
     jobs = plan_jobs(preset, lm.display_name, roles, questions)
-    plan = json.loads(json.dumps({"model_id": lm.model_id, "preset": asdict(preset), "jobs": [asdict(j) for j in jobs]}))
+    plan = json.loads(json.dumps({"model_id": lm.model_id, "preset": asdict(preset), "batch_size": batch_size,
+                                  "jobs": [asdict(j) for j in jobs]}))
     path = work / "plan.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old["model_id"] != plan["model_id"] or old["preset"] != plan["preset"] or old["jobs"] != plan["jobs"]:
             raise InputError(f"{work} holds a run with another model, preset or data; "
                              "use a new --work folder or --fresh to start over")
-    else:
-        work.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(plan))
-    return jobs
+        if old.get("batch_size", batch_size) != batch_size:
+            log.warning("resuming %s with its original batch size %s (not %s)", work, old["batch_size"], batch_size)
+        return jobs, int(old.get("batch_size", batch_size))
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan))
+    return jobs, batch_size
 
 
 def read_plan(work: Path) -> tuple[list[Job], dict]:
@@ -83,6 +93,7 @@ def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset,
     with tqdm(total=len(jobs), initial=sum(len(s) for i, s in enumerate(shards) if (gen_dir / f"{i:05d}.json").exists()),
               desc="generate", unit="resp", disable=False, mininterval=2) as bar:
         for i, shard in todo:
+            t0 = time.perf_counter()
             outs = generate(lm, [j.messages() for j in shard], opts, collect_means=True)
             save_file({"means": torch.stack([o.layer_means for o in outs]).contiguous(),
                        "norms": torch.stack([o.layer_norms for o in outs]).contiguous()},
@@ -91,7 +102,7 @@ def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset,
                        for j, o in zip(shard, outs)]
             # the JSON is written last: its presence marks the shard complete
             tmp = gen_dir / f"{i:05d}.json.tmp"
-            tmp.write_text(json.dumps(records))
+            tmp.write_text(json.dumps({"seconds": round(time.perf_counter() - t0, 3), "records": records}))
             tmp.rename(gen_dir / f"{i:05d}.json")
             bar.update(len(shard))
     log.info("generation: %d shards, %d were already done", len(shards), done)
@@ -100,7 +111,7 @@ def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset,
 def load_generations(work: Path) -> tuple[dict[str, dict], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     texts, means, norms = {}, {}, {}
     for js in sorted((work / "gen").glob("*.json")):
-        recs = json.loads(js.read_text())
+        recs = json.loads(js.read_text())["records"]
         tensors = load_file(str(js.with_suffix(".safetensors")))
         for k, r in enumerate(recs):
             texts[r["id"]] = r
@@ -115,10 +126,15 @@ def run_judge(work: Path, jobs: list[Job], texts: dict[str, dict], judge: Judge,
     path = work / "judge.jsonl"
     scores: dict[str, int] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
+        lines = path.read_text().splitlines()
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill: its item is judged again
+                continue
             if rec.get("judge") == judge.name:
                 scores[rec["id"]] = rec["score"]
+        path.write_text("".join(line + "\n" for line in lines if line.strip().endswith("}")))
     todo = [j for j in jobs if j.kind == "role" and j.id not in scores and j.id in texts]
     with path.open("a") as f, tqdm(total=len(todo), desc=f"judge ({judge.name})", unit="resp", disable=False, mininterval=2) as bar:
         for i in range(0, len(todo), batch):
@@ -162,7 +178,8 @@ def role_vectors(jobs: list[Job], means: dict[str, torch.Tensor], scores: dict[s
 
 
 def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, torch.Tensor],
-             scores: dict[str, int], model_id: str, provenance: dict) -> tuple[AxisArtifact, dict]:
+             scores: dict[str, int], model_id: str, provenance: dict,
+             categories: dict[str, str] | None = None) -> tuple[AxisArtifact, dict]:
     vectors, role_info = role_vectors(jobs, means, scores)
     if len(vectors) < 2:
         raise InputError(f"only {len(vectors)} role vectors could be formed; the axis needs at least 2 "
@@ -202,6 +219,7 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
             "roles_mean": float(p["role_fit"].mean()) if p["role_fit"].numel() else None,
             "mean_norm": float(torch.stack([norms[i][L] for i in groups["default_fit"] + groups["role_fit"]]).mean()),
             "abs_cos_pc1_axis": abs_cos(pcs[L], axis[L]),
+            "abs_cos_pcs_axis": [round(abs_cos(c, axis[L]), 4) for c in comps[:3]],
             "variance_explained": [round(float(v), 5) for v in var],
             "auroc_fit": auroc(p["default_fit"], p["role3_fit"]),
             "auroc_heldout": auroc(p["default_heldout"], p["role3_heldout"]),
@@ -215,7 +233,7 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
     roles_along = sorted(zip(names, order.tolist()), key=lambda t: t[1])
     art = AxisArtifact(axis=axis, model_id=model_id, monitor_layer=monitor,
                        calibration={"layers": layers, "percentiles": list(PCTS),
-                                    "convention": "per-response mean over content-producing positions"},
+                                    "convention": "per-response mean over the content tokens' own positions"},
                        provenance=provenance, default_vector=default, role_vectors=vectors)
     report = {
         "model_id": model_id, "monitor_layer": monitor,
@@ -223,10 +241,16 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
         "n_roles_used": len(names), "roles": role_info,
         "counts": {g: len(ids) for g, ids in groups.items()},
         "judge_distribution": {str(s): sum(1 for j in jobs if j.kind == "role" and scores.get(j.id) == s) for s in range(4)},
-        "at_monitor_layer": {k: layers[str(monitor)][k] for k in ("abs_cos_pc1_axis", "auroc_fit", "auroc_heldout", "variance_explained")},
-        "per_layer": {k: [layers[str(L)][k] for L in range(n_layers)] for k in ("abs_cos_pc1_axis", "auroc_fit", "auroc_heldout")},
+        "at_monitor_layer": {k: layers[str(monitor)][k] for k in ("abs_cos_pc1_axis", "abs_cos_pcs_axis", "auroc_fit",
+                                                                   "auroc_heldout", "variance_explained")},
+        "per_layer": {**{k: [layers[str(L)][k] for L in range(n_layers)] for k in ("abs_cos_pc1_axis", "auroc_fit", "auroc_heldout")},
+                      "abs_cos_pc2_axis": [(layers[str(L)]["abs_cos_pcs_axis"] + [None, None])[1] for L in range(n_layers)]},
         "roles_along_axis": [{"role": n, "projection": round(v, 4)} for n, v in roles_along],
         "default_projection": float(project(default[monitor], unit(axis[monitor]))),
+        "auroc_heldout_by_category": {
+            c: auroc(proj(groups["default_heldout"], monitor),
+                     proj([i for i in groups["role3_heldout"] if categories.get(i.split(":")[1]) == c], monitor))
+            for c in sorted(set((categories or {}).values()))},
         "provenance": provenance,
     }
     return art, report
@@ -248,12 +272,10 @@ def finite(x):
 def compute_axis(lm: LoadedModel, work: Path, out: Path, preset: Preset, judge: Judge,
                  batch_size: int = 48, roles=None, questions=None) -> tuple[AxisArtifact, dict]:
     """Run (or resume) every step and write the axis artifact and its report to ``out``."""
-    import time
-
     from probes.report import plot_axis_report
 
     t0 = time.perf_counter()
-    jobs = write_plan(work, lm, preset, roles, questions)
+    jobs, batch_size = write_plan(work, lm, preset, roles, questions, batch_size)
     run_generation(work, lm, jobs, preset, batch_size)
     texts, means, norms = load_generations(work)
     missing = [j.id for j in jobs if j.id not in texts]
@@ -262,9 +284,12 @@ def compute_axis(lm: LoadedModel, work: Path, out: Path, preset: Preset, judge: 
     scores = run_judge(work, jobs, texts, judge)
     provenance = {"preset": preset.name, "preset_config": asdict(preset), "judge": judge.name,
                   "n_jobs": len(jobs), "model_source": lm.source, "work": str(work)}
-    art, report = fit_axis(jobs, means, norms, scores, lm.model_id, provenance)
+    categories = {r["name"]: r.get("category", "") for r in (roles if roles is not None else load_roles())}
+    art, report = fit_axis(jobs, means, norms, scores, lm.model_id, provenance, categories)
     art.save(out)
     report["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
+    report["generation_seconds_total"] = round(sum(json.loads(p.read_text())["seconds"] for p in (work / "gen").glob("*.json")), 1)
+    report["batch_size"] = batch_size
     report["mean_response_tokens"] = round(sum(t["n_tokens"] for t in texts.values()) / len(texts), 1)
     if judge.name.startswith("offline"):
         from probes.judge import agreement

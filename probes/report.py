@@ -34,6 +34,9 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     n = len(report["per_layer"]["abs_cos_pc1_axis"])
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(range(n), report["per_layer"]["abs_cos_pc1_axis"], "o-", label="|cos(PC1, axis)|")
+    if "abs_cos_pc2_axis" in report["per_layer"]:
+        ax.plot(range(n), [v if v is not None else float("nan") for v in report["per_layer"]["abs_cos_pc2_axis"]],
+                ".:", color="#8172b2", label="|cos(PC2, axis)|")
     ax.plot(range(n), [v if v is not None else float("nan") for v in report["per_layer"]["auroc_heldout"]], "s--",
             label="held-out AUROC (default vs role)")
     ax.axhline(0.71, color="grey", lw=0.8, ls=":", label="paper's floor 0.71")
@@ -57,7 +60,7 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     return out
 
 
-def plot_pareto(rows: list[dict], chosen: dict | None, folder: Path) -> Path:
+def plot_pareto(rows: list[dict], chosen: dict | None, folder: Path, spec_tokens: int = 40) -> Path:
     """capping_pareto.png: persona adoption vs benign outputs unchanged, one point per setting."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -67,7 +70,7 @@ def plot_pareto(rows: list[dict], chosen: dict | None, folder: Path) -> Path:
     if chosen:
         ax.scatter([chosen["benign_unchanged"]], [chosen["adoption"]], s=120, facecolors="none", edgecolors="red", label="chosen")
         ax.legend()
-    ax.set(xlabel="benign outputs unchanged (first 40 tokens)", ylabel="persona adoption (judge score 3)",
+    ax.set(xlabel=f"benign outputs unchanged (first {spec_tokens} tokens)", ylabel="persona adoption (judge score 3)",
            title="Capping settings")
     fig.tight_layout(); fig.savefig(folder / "capping_pareto.png", dpi=110); plt.close(fig)
     return folder / "capping_pareto.png"

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import re
+
 import pytest
 import torch
 
@@ -298,8 +300,13 @@ def test_no_unsafe_loading_in_source_tree():
                 continue
             scanned += 1
             data = p.read_bytes()
-            for needle in (b"weights_only=False", b"pickle.load"):
+            for needle in (b"weights_only=False", b"pickle.load", b"import pickle", b"cPickle", b"dill."):
                 if needle in data:
                     offenders.append(f"{p.relative_to(REPO)}: {needle.decode()}")
+            if p.suffix == ".py":
+                # every torch.load call passes weights_only=True
+                for m in re.finditer(rb"torch\.load\((.*)", data):  # the rest of the line
+                    if b"weights_only=True" not in m.group(1):
+                        offenders.append(f"{p.relative_to(REPO)}: torch.load without weights_only=True")
     assert scanned > 0
     assert not offenders, offenders

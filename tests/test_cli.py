@@ -58,20 +58,28 @@ def test_audit_bad_records_reported_good_ones_kept(transcripts):
     assert "latin1.json" in errs[2] and "UTF-8" in errs[2]
 
 
+def _records(r):
+    assert r.returncode == 0, r.stderr
+    return [json.loads(x) for x in r.stdout.splitlines()]
+
+
 def test_generate_json_with_cap_and_steer(tmp_path, shipped):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(json.dumps(r) for r in [
         {"id": "a", "user": "What is the capital of France?"},
         {"id": "b", "system": "You are a ghost haunting an old castle.", "user": "Who are you?"}]) + "\n")
-    plain = [json.loads(x) for x in run("generate", "--input", str(inp), "--max-new-tokens", "12", "--json").stdout.splitlines()]
+    plain = _records(run("generate", "--input", str(inp), "--max-new-tokens", "12", "--json"))
     assert [p["id"] for p in plain] == ["a", "b"]
     for p in plain:
-        assert len(p["scores"]) == len(p["tokens"]) and p["layer"] == shipped.monitor_layer and p["capped"] is False
+        assert len(p["scores"]) == len(p["tokens"]) > 0 and p["layer"] == shipped.monitor_layer and p["capped"] is False
         assert "".join(p["tokens"]).strip() == p["text"].strip()
-    capped = [json.loads(x) for x in run("generate", "--input", str(inp), "--max-new-tokens", "12", "--cap", "--json").stdout.splitlines()]
-    assert all(c["capped"] for c in capped)
-    steered = [json.loads(x) for x in run("generate", "--input", str(inp), "--max-new-tokens", "4", "--steer", "0.5", "--json").stdout.splitlines()]
-    assert steered[0]["scores"][0] > plain[0]["scores"][0]
+    capped = _records(run("generate", "--input", str(inp), "--max-new-tokens", "12", "--cap", "--json"))
+    assert len(capped) == 2 and all(c["capped"] for c in capped)
+    # steering adds 0.05 x the mean norm along the unit axis at the monitor layer: the first score moves by that much
+    delta = 0.05 * shipped.mean_norm()
+    steered = _records(run("generate", "--input", str(inp), "--max-new-tokens", "4", "--steer", "0.05", "--json"))
+    for s, p in zip(steered, plain):
+        assert s["scores"][0] == pytest.approx(p["scores"][0] + delta, abs=1e-2)
 
 
 def test_generate_bad_input(tmp_path):
@@ -117,6 +125,15 @@ def test_import_paper_files(tmp_path):
     assert r.returncode == 0, r.stderr
     show = json.loads(run("axis", "show", "--axis", str(tmp_path / "imported"), "--json").stdout)
     assert show["monitor_layer"] == 15 and show["files"]["capping"]
+    # an imported axis has no calibration statistics: --steer in norm units is refused, clearly
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "user": "hi"}) + "\n")
+    r = run("generate", "--input", str(inp), "--axis", str(tmp_path / "imported"), "--steer", "0.1")
+    assert r.returncode == 1 and r.stdout == "" and "mean residual norm" in r.stderr
+    # capping from the imported file is usable
+    r = run("generate", "--input", str(inp), "--axis", str(tmp_path / "imported"), "--cap", "--max-new-tokens", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["capped"] is True
 
 
 def test_demo_prints_a_trajectory():

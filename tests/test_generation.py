@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from probes.audit import score_conversation
+from probes.errors import InputError
 from probes.generation import CapPlan, GenerationOptions, SteerPlan, generate
 from probes.hooks import hook_count, layer_hooks
 from probes.models import format_chat
@@ -22,17 +23,57 @@ def _logits(lm, text):
 
 
 def test_cap_below_every_projection_is_bit_identical(lm, rand_axis):
+    from probes.ops import cap
+
     text = format_chat(lm.tokenizer, CHAT) + "Arr, I be the captain of this ship."
     plain = _logits(lm, text)
     layers = tuple(range(14, 20))
-    plan = CapPlan(layers, rand_axis.repeat(len(layers), 1), torch.full((len(layers),), -1e6))
-    # capping through generate's hooks: compare the first-step logits via a one-token generation's scores
-    from probes.ops import cap
-
-    fns = {L: (lambda h, k=k: cap(h, plan.vectors[k], plan.taus[k])) for k, L in enumerate(layers)}
+    fns = {L: (lambda h: cap(h, rand_axis, -1e6)) for L in layers}
     with layer_hooks(lm.model, fns):
         capped = _logits(lm, text)
     assert torch.equal(plain, capped)
+
+
+def test_generate_with_low_caps_is_identical_to_no_caps(lm, rand_axis):
+    """The real capping path of generate (per-row taus, -inf rows, the active mask) changes nothing below every projection."""
+    layers = tuple(range(14, 20))
+    plan = CapPlan(layers, rand_axis.repeat(len(layers), 1), torch.full((len(layers),), -1e6))
+    opts = GenerationOptions(max_new_tokens=10)
+    prompts = [CHAT, [{"role": "user", "content": "Name a fruit."}]]
+    plain = generate(lm, prompts, opts, axis=rand_axis, monitor_layer=LAYER)
+    capped = generate(lm, prompts, opts, axis=rand_axis, monitor_layer=LAYER, capping=plan)
+    for a, b in zip(plain, capped):
+        assert a.token_ids == b.token_ids and a.scores == b.scores and b.capped
+
+
+class SwitchOnAt:
+    """A sink that asks for capping of row 0 once it has seen ``n`` tokens."""
+
+    def __init__(self, n):
+        self.n, self.seen, self.ended = n, [], False
+
+    def put(self, step, tokens, scores, content):
+        self.seen.append((step, tokens.clone(), scores.clone()))
+        return torch.tensor([step + 1 >= self.n, False])
+
+    def end(self):
+        self.ended = True
+
+
+def test_sink_switches_capping_on_mid_generation(lm, rand_axis):
+    opts = GenerationOptions(max_new_tokens=8)
+    base = generate(lm, [CHAT, CHAT], opts, axis=rand_axis, monitor_layer=LAYER)
+    high = max(base[0].scores) + 5.0
+    plan = CapPlan((LAYER,), rand_axis.unsqueeze(0), torch.tensor([high]))
+    sink = SwitchOnAt(3)
+    out = generate(lm, [CHAT, CHAT], opts, axis=rand_axis, monitor_layer=LAYER, capping=plan,
+                   cap_rows=torch.tensor([False, False]), sink=sink)
+    assert sink.ended and len(sink.seen) == len(base[0].token_ids)
+    assert [t[1][0].item() for t in sink.seen] == out[0].token_ids[: len(sink.seen)]
+    # the first 3 tokens are as without capping; from the 4th on row 0 is floored, row 1 never
+    assert out[0].scores[:3] == pytest.approx(base[0].scores[:3], abs=1e-4)
+    assert min(out[0].scores[3:]) >= high - 1e-3
+    assert out[0].capped and not out[1].capped and out[1].token_ids == base[1].token_ids
 
 
 def test_capping_changes_logits_when_tau_is_high(lm, rand_axis):
@@ -52,8 +93,8 @@ def test_hooks_are_removed_even_on_exceptions(lm):
             assert hook_count(lm.model) == before + 3
             raise RuntimeError("boom")
     assert hook_count(lm.model) == before
-    with pytest.raises(IndexError):
-        with layer_hooks(lm.model, {999: lambda h: None}):
+    with pytest.raises(InputError, match="out of range"):
+        with layer_hooks(lm.model, {3: lambda h: None, 999: lambda h: None}):
             pass
     assert hook_count(lm.model) == before
 
@@ -96,6 +137,13 @@ def test_batched_generation_matches_single(lm, rand_axis):
     assert torch.allclose(torch.tensor(single.scores), torch.tensor(both.scores), atol=1e-3)
 
 
+def test_audit_never_takes_template_text_for_content(lm, rand_axis):
+    """An assistant reply 'a' must be found after its turn header, not inside '<|im_start|>'."""
+    turns = score_conversation(lm, [{"role": "user", "content": "Pick a letter"}, {"role": "assistant", "content": "a"}],
+                               rand_axis, LAYER)
+    assert turns[0].tokens == ["a"] and len(turns[0].scores) == 1
+
+
 def test_audit_scores_equal_generation_scores(lm, rand_axis):
     g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=16), axis=rand_axis, monitor_layer=LAYER)[0]
     turns = score_conversation(lm, CHAT + [{"role": "assistant", "content": g.text}], rand_axis, LAYER)
@@ -126,13 +174,18 @@ def test_steering_moves_scores(lm, rand_axis):
     assert up.scores[0] == pytest.approx(base.scores[0] + 10.0, abs=1e-3)
 
 
-def test_collect_means_over_content_positions(lm):
-    g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=6), collect_means=True)[0]
-    prompt_ids = lm.tokenizer(format_chat(lm.tokenizer, CHAT), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + g.token_ids])
-    with torch.no_grad():
-        hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
-    n, k = len(prompt_ids), len(g.token_ids)
-    for L in (0, 15, lm.n_layers - 2):
-        expected = hs[L + 1][0, n - 1 : n - 1 + k].mean(0)
-        assert torch.allclose(g.layer_means[L], expected, atol=1e-3)
+@pytest.mark.parametrize("max_new", [6, 60])  # cut by the length limit, and stopped by end of turn
+def test_collect_means_over_content_tokens_own_positions(lm, max_new):
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Say hi."}]]
+    outs = generate(lm, prompts, GenerationOptions(max_new_tokens=max_new), collect_means=True)
+    assert {g.finish_reason for g in outs} == {"length" if max_new == 6 else "stop"}
+    for msgs, g in zip(prompts, outs):
+        prompt_ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + g.token_ids])
+        with torch.no_grad():
+            hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+        n, k = len(prompt_ids), len(g.token_ids)
+        for L in (0, 15, lm.n_layers - 2):
+            expected = hs[L + 1][0, n : n + k]
+            assert torch.allclose(g.layer_means[L], expected.mean(0), atol=1e-3)
+            assert g.layer_norms[L] == pytest.approx(float(expected.norm(dim=-1).mean()), rel=1e-4)

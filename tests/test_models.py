@@ -16,12 +16,13 @@ def test_default_model_loads_from_the_wheel(lm):
     assert lm.tokenizer.padding_side == "left"
 
 
-def test_cached_load_is_fast_and_identical(lm, tmp_path):
-    """The cache written by the first load reloads to the same weights."""
+def test_cached_load_is_identical(lm, tmp_path):
+    """The cache written by the first load reloads to the same weights (timings: bench/bench_load.py)."""
     again = load_model("default")
     assert again.source == "cache"
-    for (n1, p1), (n2, p2) in zip(lm.model.state_dict().items(), again.model.state_dict().items()):
-        assert n1 == n2 and torch.equal(p1, p2)
+    a, b = lm.model.state_dict(), again.model.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_first_load_dequantises_and_caches(tmp_path):
@@ -66,6 +67,17 @@ def test_system_folded_into_first_user_message_without_system_role(lm):
         assert msgs == [{"role": "user", "content": "Be a cat.\n\nHello"}]
         assert "<turn>user\nBe a cat.\n\nHello</turn>" in format_chat(tok, [{"role": "system", "content": "Be a cat."},
                                                                             {"role": "user", "content": "Hello"}])
+    finally:
+        tok.chat_template = saved
+
+
+def test_template_rejection_is_a_clear_error(lm):
+    tok = lm.tokenizer
+    saved = tok.chat_template
+    tok.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
+    try:
+        with pytest.raises(InputError, match="roles must alternate"):
+            format_chat(tok, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
     finally:
         tok.chat_template = saved
 

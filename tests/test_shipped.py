@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from monitor.settings import shipped_dir
@@ -36,16 +35,15 @@ def test_report_numbers_are_recorded(shipped):
     report = json.loads((shipped_dir() / "report.json").read_text())
     m = report["at_monitor_layer"]
     assert report["monitor_layer"] == shipped.monitor_layer
-    assert 0 <= m["abs_cos_pc1_axis"] <= 1
-    assert m["auroc_heldout"] >= 0.9  # measured 0.937 on held-out questions
-    assert report["judge_agreement"]["n"] >= 150
+    # measured: |cos(PC1, axis)| 0.27, |cos(PC2, axis)| 0.75 (the axis is the 2nd component of our role set)
+    assert max(m["abs_cos_pcs_axis"][:2]) >= 0.7
+    assert m["auroc_heldout"] >= 0.92  # measured 0.934 on held-out questions (target 0.95: not met)
+    assert report["judge_agreement"]["n"] >= 150 and report["judge_agreement"]["test"]["kappa"] > 0.4
 
 
 def test_shipped_capping_config(shipped, lm):
-    path = shipped_dir() / "capping.json"
-    if not path.exists():
-        pytest.skip("no capping config shipped yet")
     cfg = load_capping(shipped_dir())
+    assert cfg.provenance["axis_fingerprint"] == shipped.fingerprint()
     cfg.check(lm.hidden_size, lm.n_layers)
     for k, L in enumerate(cfg.layers):
         assert torch.allclose(cfg.vectors[k], unit(shipped.axis[L]), atol=1e-5)

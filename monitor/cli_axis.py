@@ -1,0 +1,161 @@
+"""Commands that compute, calibrate, inspect and import the Assistant Axis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from monitor.cli import _errors, _load, _load_axis, _settings, cli, model_options
+from probes.errors import AxiswatchError
+
+
+@cli.command("compute-axis")
+@model_options
+@click.option("--preset", type=click.Choice(["quick", "standard", "full"]), default="quick", show_default=True)
+@click.option("--work", type=click.Path(path_type=Path), default=None, help="checkpoint folder (default runs/<model>-<preset>)")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="axis folder to write (default <work>/axis)")
+@click.option("--judge", type=click.Choice(["offline", "openai"]), default=None, help="role-adherence judge  [env AXISWATCH_JUDGE]")
+@click.option("--batch-size", type=int, default=48, show_default=True)
+@click.option("--roles", type=click.Path(exists=True, path_type=Path), default=None, help="roles JSON (default: the bundled set)")
+@click.option("--questions", type=click.Path(exists=True, path_type=Path), default=None, help="questions JSON (default: bundled)")
+@click.option("--fresh", is_flag=True, help="delete the work folder's checkpoints first")
+@click.pass_context
+@_errors
+def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, judge, batch_size, roles, questions, fresh):
+    """Compute the Assistant Axis of a chat model (the paper's pipeline; resumable)."""
+    import shutil
+
+    from probes.judge import make_judge
+    from probes.pipeline import compute_axis
+    from probes.roles import PRESETS, load_questions, load_roles
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, judge=judge)
+    work = work or Path("runs") / f"{Path(s.model).name.replace('.gguf', '')}-{preset}"
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    lm = _load(s)
+    art, report = compute_axis(lm, work, out or work / "axis", PRESETS[preset], make_judge(s.judge), batch_size,
+                               load_roles(roles) if roles else None, load_questions(questions) if questions else None)
+    m = report["at_monitor_layer"]
+    click.echo(f"axis written to {art.path}: monitor layer {art.monitor_layer}, |cos(PC1, axis)| {m['abs_cos_pc1_axis']:.3f}, "
+               f"held-out AUROC {m['auroc_heldout']:.3f}, {report['n_roles_used']} roles")
+
+
+@cli.command("calibrate-capping")
+@model_options
+@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="where to write capping.* (default: the axis folder)")
+@click.option("--quick", is_flag=True, help="a 2-setting sweep on 8 personas (a smoke test, minutes)")
+@click.option("--percentiles", default=None, help="comma-separated, e.g. 10,25,50,75")
+@click.option("--widths", default=None, help="window widths in layers, e.g. 4,6")
+@click.option("--starts", default=None, help="window starts as fractions of depth, e.g. 0.5,0.6,0.7")
+@click.option("--judge", type=click.Choice(["offline", "openai"]), default=None)
+@click.option("--batch-size", type=int, default=48, show_default=True)
+@click.pass_context
+@_errors
+def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, quick, percentiles, widths, starts, judge, batch_size):
+    """Sweep capping layer windows x thresholds; write the Pareto table and the chosen config."""
+    from dataclasses import replace
+
+    from probes.capping import QUICK_SWEEP, SweepSpec, calibrate, write_capping
+    from probes.judge import make_judge
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
+                  axis=str(axis) if axis else None, judge=judge)
+    spec = QUICK_SWEEP if quick else SweepSpec()
+    parse = lambda v, f: tuple(f(x) for x in v.split(",")) if v else None  # noqa: E731
+    spec = replace(spec, **{k: v for k, v in {"percentiles": parse(percentiles, int), "widths": parse(widths, int),
+                                              "starts": parse(starts, float)}.items() if v})
+    lm = _load(s)
+    art = _load_axis(s, lm)
+    cfg, report = calibrate(lm, art, make_judge(s.judge), spec, batch_size)
+    write_capping(cfg, report, out or art.path)
+    c = report["chosen"]
+    click.echo(f"capping {cfg.id}: adoption {report['baseline_adoption']:.2f} -> {c['adoption']:.2f} "
+               f"({c['relative_reduction']:.0%} lower), benign unchanged {c['benign_unchanged']:.0%}; "
+               f"written to {out or art.path}")
+
+
+@cli.command("evaluate-steering")
+@model_options
+@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
+@click.option("--coeffs", default="-0.2,-0.1,-0.05,0,0.05,0.1,0.2", show_default=True,
+              help="steering coefficients in units of the monitor layer's mean residual norm")
+@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="report file (default: <axis>/steering_report.json)")
+@click.pass_context
+@_errors
+def evaluate_steering_cmd(ctx, model, device, dtype, layers_path, axis, coeffs, max_new_tokens, out):
+    """Rate of non-assistant identity claims in answers to identity questions, per steering coefficient."""
+    from probes.roles import load_json
+    from probes.steering import evaluate_steering
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
+    try:
+        cs = tuple(float(c) for c in coeffs.split(","))
+    except ValueError:
+        raise AxiswatchError(f"--coeffs must be comma-separated numbers, not {coeffs!r}") from None
+    lm = _load(s)
+    art = _load_axis(s, lm)
+    report = evaluate_steering(lm, art, load_json("questions.json")["identity"], cs, max_new_tokens=max_new_tokens)
+    path = out or art.path / "steering_report.json"
+    path.write_text(json.dumps(report, indent=1))
+    for r in report["rows"]:
+        click.echo(f"steer {r['coeff']:+.2f} x norm ({r['absolute']:+7.1f}): non-assistant identity {r['non_assistant_rate']:.0%}")
+    click.echo(f"written to {path}")
+
+
+@cli.group()
+def axis():
+    """Inspect and import axis artifacts."""
+
+
+@axis.command("show")
+@click.option("--axis", "axis_path", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_errors
+def axis_show(ctx, axis_path, as_json):
+    """Metadata of the axis in use and where its tensors are."""
+    s = _settings(ctx, axis=str(axis_path) if axis_path else None)
+    art = _load_axis(s)
+    folder = art.path.resolve()
+    files = {k: str(folder / f) if (folder / f).exists() else None for k, f in
+             (("axis", "axis.safetensors"), ("default_vector", "default_vector.safetensors"),
+              ("role_vectors", "role_vectors.safetensors"), ("capping", "capping.json"))}
+    report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").exists() else {}
+    out = {"model": art.model_id, "monitor_layer": art.monitor_layer, "n_layers": art.n_layers,
+           "hidden_size": art.hidden_size, "files": files, "report": report}
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"model {art.model_id}: {art.n_layers} layers x {art.hidden_size}, monitor layer {art.monitor_layer}")
+    for k, v in files.items():
+        click.echo(f"  {k:15s} {v or '-'}")
+    m = report.get("at_monitor_layer", {})
+    if m:
+        click.echo(f"  |cos(PC1, axis)| {m.get('abs_cos_pc1_axis', float('nan')):.3f}   held-out AUROC {m.get('auroc_heldout') or float('nan'):.3f}")
+
+
+@axis.command("import-paper")
+@click.option("--axis-pt", type=click.Path(exists=True, path_type=Path), required=True, help="the paper's assistant_axis.pt")
+@click.option("--capping-pt", type=click.Path(exists=True, path_type=Path), default=None, help="the paper's capping_config.pt")
+@click.option("--experiment", default=None, help="capping experiment id (default: the first)")
+@click.option("--model-id", required=True, help="the model the files belong to, e.g. Qwen/Qwen3-32B")
+@click.option("--monitor-layer", type=int, default=None, help="default: the middle layer")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="axis folder to write")
+@_errors
+def axis_import(axis_pt, capping_pt, experiment, model_id, monitor_layer, out):
+    """Convert the paper's published .pt files (loaded with weights_only=True) to an axis folder."""
+    from probes.artifacts import import_paper_axis, import_paper_capping
+
+    art = import_paper_axis(axis_pt, model_id, monitor_layer)
+    art.save(out)
+    if capping_pt:
+        cfg = import_paper_capping(capping_pt, experiment, model_id)
+        cfg.check(art.hidden_size, art.n_layers)
+        cfg.save(out)
+    click.echo(f"wrote {out}: {art.n_layers} layers x {art.hidden_size}, monitor layer {art.monitor_layer}"
+               + (f", capping {len(cfg.layers)} layers" if capping_pt else ""))

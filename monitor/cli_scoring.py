@@ -1,0 +1,183 @@
+"""Commands that score text with the axis: audit, generate and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from monitor.cli import _errors, _load, _load_axis, _load_capping, _settings, cli, model_options
+from probes.errors import AxiswatchError
+
+
+@cli.command()
+@model_options
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)  [env AXISWATCH_AXIS]")
+@click.option("--layer", type=int, default=None, help="layer to score (default: the axis' monitor layer)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per conversation on stdout")
+@click.pass_context
+@_errors
+def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
+    """Score existing conversations by teacher forcing.
+
+    FILES are JSON or JSONL with OpenAI-style 'messages' or the paper's
+    'conversation' transcripts. Bad records are reported on stderr (file and
+    record) and skipped; the exit status is then 1.
+    """
+    from probes.audit import read_transcripts, score_conversation
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
+    lm = _load(s)
+    art = _load_axis(s, lm)
+    layer = art.monitor_layer if layer is None else layer
+    if not 0 <= layer < art.n_layers:
+        raise AxiswatchError(f"--layer {layer} outside 0..{art.n_layers - 1}")
+    v = art.unit(layer)
+    failed = 0
+    for f in files:
+        for k, (where, rec) in enumerate(read_transcripts(f)):
+            try:
+                if isinstance(rec, AxiswatchError):
+                    raise rec
+                rid, msgs = rec
+                turns = score_conversation(lm, msgs, v, layer)
+            except AxiswatchError as e:
+                msg = str(e)
+                click.echo(f"error: {msg if msg.startswith(str(f)) else f'{where}: {msg}'}", err=True)
+                failed += 1
+                continue
+            out = {"id": rid if rid is not None else f"{Path(f).name}:{k}", "model": lm.model_id, "layer": layer,
+                   "turns": [t.as_dict() for t in turns]}
+            if as_json:
+                click.echo(json.dumps(out))
+            else:
+                _print_trajectory(out)
+    if failed:
+        sys.exit(1)
+
+
+def _bar(score: float, lo: float, hi: float, width: int = 30) -> str:
+    frac = 0.0 if hi <= lo else min(max((score - lo) / (hi - lo), 0.0), 1.0)
+    return "#" * int(round(frac * width)) + "." * (width - int(round(frac * width)))
+
+
+def _print_trajectory(out: dict) -> None:
+    """Human-readable per-token trajectory of one scored conversation."""
+    scores = [s for t in out["turns"] for s in t["scores"]]
+    lo, hi = (min(scores), max(scores)) if scores else (0, 1)
+    click.echo(f"conversation {out['id']}  model {out['model']}  layer {out['layer']}  (higher = more Assistant-like)")
+    for t in out["turns"]:
+        mean = t["mean"]
+        click.echo(f"\n  turn {t['index']}  mean {mean:+.2f}" if mean is not None else f"\n  turn {t['index']}  (empty)")
+        for tok, sc in zip(t["tokens"], t["scores"]):
+            click.echo(f"    {sc:+8.2f} {_bar(sc, lo, hi)} {tok!r}")
+
+
+def _read_generate_records(path: Path) -> list[dict]:
+    from probes.errors import InputError
+
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path} line {n}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{path} line {n}: expected an object with 'user' or 'messages'")
+        if isinstance(rec.get("messages"), list):
+            msgs = rec["messages"]
+        elif isinstance(rec.get("user"), str):
+            msgs = ([{"role": "system", "content": rec["system"]}] if isinstance(rec.get("system"), str) else []) + \
+                   [{"role": "user", "content": rec["user"]}]
+        else:
+            raise InputError(f"{path} line {n}: needs 'user' (string) or 'messages' (list)")
+        records.append({"id": str(rec.get("id", n)), "messages": msgs, "where": f"{path} line {n}"})
+    return records
+
+
+@cli.command()
+@model_options
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="JSONL: {id, system?, user} or {id, messages}")
+@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--cap", is_flag=True, help="apply the capping config (the axis folder's, or --capping)")
+@click.option("--capping", type=click.Path(exists=True, path_type=Path), default=None, help="capping config folder")
+@click.option("--steer", type=float, default=None, help="add C x (mean residual norm) x unit axis at the monitor layer")
+@click.option("--batch-size", type=int, default=None, help="records per batch  [env AXISWATCH_BATCH_SIZE]")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per record on stdout")
+@click.pass_context
+@_errors
+def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_tokens, temperature, cap, capping, steer,
+             batch_size, as_json):
+    """Generate with monitoring: per-token scores from the generation's own forward pass."""
+    from probes.generation import CapPlan, GenerationOptions, SteerPlan, generate as run
+    from probes.models import normalise_messages
+    from probes.ops import steer_coefficient
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
+                  axis=str(axis) if axis else None, batch_size=batch_size)
+    records = _read_generate_records(input_path)
+    if max_new_tokens < 1:
+        raise AxiswatchError("--max-new-tokens must be at least 1")
+    lm = _load(s)
+    for r in records:
+        try:
+            normalise_messages(lm.tokenizer, r["messages"])
+        except AxiswatchError as e:
+            raise AxiswatchError(f"{r['where']}: {e}") from None
+    art = _load_axis(s, lm)
+    plan = None
+    if cap or capping:
+        cfg = _load_capping(s, art, lm, capping)
+        plan = CapPlan(tuple(cfg.layers), cfg.vectors, torch_tensor(cfg.taus))
+    steering = None
+    if steer is not None:
+        if art.mean_norm() is None:
+            raise AxiswatchError(f"--steer is in units of the mean residual norm, which the axis in {art.path} "
+                                 "does not record (imported axes lack calibration statistics)")
+        steering = SteerPlan(art.monitor_layer, art.unit(), steer_coefficient(steer, art.mean_norm()))
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature)
+    for i in range(0, len(records), s.batch_size):
+        chunk = records[i:i + s.batch_size]
+        outs = run(lm, [r["messages"] for r in chunk], opts, axis=art.unit(), monitor_layer=art.monitor_layer,
+                   capping=plan, steering=steering)
+        for r, o in zip(chunk, outs):
+            rec = {"id": r["id"], "text": o.text, "tokens": o.tokens, "scores": o.scores, "layer": art.monitor_layer,
+                   "capped": o.capped}
+            if as_json:
+                click.echo(json.dumps(rec))
+            else:
+                mean = sum(o.scores) / len(o.scores) if o.scores else float("nan")
+                click.echo(f"[{r['id']}] mean {mean:+.2f}{' capped' if o.capped else ''}: {o.text}")
+
+
+def torch_tensor(x):
+    import torch
+
+    return torch.tensor(x, dtype=torch.float32)
+
+
+@cli.command()
+@model_options
+@click.option("--file", "path", type=click.Path(exists=True, path_type=Path), default=None, help="conversation JSON (default: a bundled sample)")
+@click.pass_context
+@_errors
+def demo(ctx, model, device, dtype, layers_path, path):
+    """Score a sample conversation with the default model and print its per-token trajectory."""
+    from importlib import resources
+
+    path = path or Path(str(resources.files("probes") / "data" / "sample_conversation.json"))
+    ctx.invoke(audit, model=model, device=device, dtype=dtype, layers_path=layers_path, files=(path,), axis=None,
+               layer=None, as_json=False)
