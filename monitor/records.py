@@ -1,0 +1,90 @@
+"""The records that flow from the engine through Redis to the store and the dashboard.
+
+Plain dataclasses with ``to_dict``/``from_dict`` (JSON-safe). Every record is
+idempotent by key: a turn by ``(session_id, turn)``, an alert by ``event_id``,
+an intervention by ``(session_id, turn, token_index, config_id)``, so a
+replayed stream entry never makes a duplicate row. Layer ``L`` is the output
+of decoder block ``L``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SOURCES = ("live", "audit", "shadow")
+STATES = ("ok", "watch", "warning", "critical")
+POLICIES = ("observe", "flag", "cap")
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+class _Record:
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Build from a dict, ignoring unknown keys (newer writers may add fields)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TurnRecord(_Record):
+    """One completed turn: per-token scores of an assistant turn (or a user turn's text only)."""
+
+    session_id: str
+    turn: int  # index of the message in the conversation
+    role: str  # "assistant" | "user" | "system"
+    text: str
+    layer: int
+    tokens: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # per token, after any capping
+    pre_cap_scores: list[float] | None = None  # per token, before capping (None when never capped)
+    capped: list[bool] | None = None  # per token: was capping active
+    state: str = "ok"  # drift state at the end of the turn
+    running: float | None = None  # running (EWMA) score at the end of the turn
+    source: str = "live"
+    model_id: str = ""
+    created_at: float = field(default_factory=now)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+
+@dataclass
+class AlertEvent(_Record):
+    """A drift alert: the running score crossed into ``level`` at ``token_index`` of ``turn``."""
+
+    session_id: str
+    turn: int
+    token_index: int
+    level: str  # "watch" | "warning" | "critical"
+    score: float  # the running score that crossed
+    threshold: float
+    event_id: str = field(default_factory=lambda: new_id("evt"))
+    policy: str = "flag"
+    created_at: float = field(default_factory=now)
+
+
+@dataclass
+class InterventionRecord(_Record):
+    """Capping switched on for a session from ``token_index`` of ``turn`` on."""
+
+    session_id: str
+    turn: int
+    token_index: int
+    config_id: str
+    thresholds: dict[str, float] = field(default_factory=dict)
+    layers: list[int] = field(default_factory=list)
+    created_at: float = field(default_factory=now)

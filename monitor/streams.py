@@ -1,0 +1,204 @@
+"""The one module that owns Redis Streams: keys, payloads, groups, trimming, lag.
+
+Keys (``prefix`` defaults to ``axiswatch``):
+
+=================================  ==========================================  ==================
+key                                entries                                     read by
+=================================  ==========================================  ==================
+``{prefix}:turns``                 ``TurnRecord`` (kind ``turn``)              group ``persist``
+``{prefix}:alerts``                ``AlertEvent`` (kind ``alert``)             groups ``persist``, ``webhooks``
+``{prefix}:interventions``         ``InterventionRecord`` (kind ``intervention``)  group ``persist``
+``{prefix}:live:{session_id}``     token batches and states of one session     the dashboard's live tail (XREAD)
+``{prefix}:ingest``                shadow-mode turns from other servers        group ``shadow``
+=================================  ==========================================  ==================
+
+Every entry has the fields ``v`` (payload version, ``1``), ``kind`` and
+``data`` (the record as JSON, see :mod:`monitor.records`).
+
+Durable streams are never trimmed past an entry that some consumer group has
+not yet been delivered and acknowledged: :meth:`Streams.trim` computes the
+oldest such entry over all groups and trims with ``XTRIM MINID`` below it only.
+When a stream stays longer than ``maxlen`` because a group lags, the lag is
+reported (:meth:`Streams.lag`) instead of losing entries. Live streams are
+capped with ``MAXLEN ~`` (they are a display buffer, not a record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+
+log = logging.getLogger(__name__)
+
+VERSION = "1"
+KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
+STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions"}
+GROUPS = {"turns": ("persist",), "alerts": ("persist", "webhooks"), "interventions": ("persist",), "ingest": ("shadow",)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    stream: str
+    id: str
+    kind: str
+    data: dict
+
+
+def _decode(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _id_tuple(i: str) -> tuple[int, int]:
+    a, _, b = i.partition("-")
+    return int(a), int(b or 0)
+
+
+class Streams:
+    def __init__(self, client: redis.Redis, prefix: str = "axiswatch", maxlen: int = 100_000, live_maxlen: int = 2_000):
+        self.r, self.prefix, self.maxlen, self.live_maxlen = client, prefix, maxlen, live_maxlen
+
+    @classmethod
+    def from_url(cls, url: str, **kw) -> "Streams":
+        return cls(redis.Redis.from_url(url), **kw)
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    def live_key(self, session_id: str) -> str:
+        return f"{self.prefix}:live:{session_id}"
+
+    # --- producing ------------------------------------------------------------------
+
+    def ensure_groups(self) -> None:
+        """Create every consumer group (from the start of its stream) if missing."""
+        for stream, groups in GROUPS.items():
+            for g in groups:
+                try:
+                    self.r.xgroup_create(self.key(stream), g, id="0", mkstream=True)
+                except redis.ResponseError as e:
+                    if "BUSYGROUP" not in str(e):
+                        raise
+
+    def publish(self, record: TurnRecord | AlertEvent | InterventionRecord, pipe=None) -> None:
+        """Append a record to its durable stream (in ``pipe`` when given)."""
+        kind = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}[type(record)]
+        fields = {"v": VERSION, "kind": kind, "data": json.dumps(record.to_dict(), separators=(",", ":"))}
+        (pipe or self.r).xadd(self.key(STREAM_OF_KIND[kind]), fields)
+
+    def publish_live(self, session_id: str, payload: dict, pipe=None) -> None:
+        """Append to the session's live tail (token batches, state); capped at ``live_maxlen``."""
+        fields = {"v": VERSION, "kind": payload.get("kind", "tokens"), "data": json.dumps(payload, separators=(",", ":"))}
+        (pipe or self.r).xadd(self.live_key(session_id), fields, maxlen=self.live_maxlen, approximate=True)
+
+    def publish_ingest(self, session_id: str, messages: list[dict], model: str = "", pipe=None) -> None:
+        """What an external gateway publishes in shadow mode: a finished turn's conversation."""
+        payload = {"session_id": session_id, "messages": messages, "model": model}
+        (pipe or self.r).xadd(self.key("ingest"), {"v": VERSION, "kind": "ingest", "data": json.dumps(payload)})
+
+    # --- consuming ------------------------------------------------------------------
+
+    def _entries(self, reply) -> list[Entry]:
+        out = []
+        for stream, items in reply or []:
+            name = _decode(stream).removeprefix(self.prefix + ":")
+            for eid, fields in items:
+                if fields is None:  # deleted while pending
+                    continue
+                f = {_decode(k): _decode(v) for k, v in fields.items()}
+                try:
+                    data = json.loads(f["data"])
+                except (KeyError, json.JSONDecodeError):
+                    log.error("malformed entry %s in %s: %r", _decode(eid), name, f)
+                    data = {"_malformed": f}
+                out.append(Entry(name, _decode(eid), f.get("kind", ""), data))
+        return out
+
+    def read_group(self, stream: str, group: str, consumer: str, count: int = 100, block_ms: int | None = 1000) -> list[Entry]:
+        """New entries for ``consumer`` of ``group`` (XREADGROUP ``>``)."""
+        reply = self.r.xreadgroup(group, consumer, {self.key(stream): ">"}, count=count, block=block_ms)
+        return self._entries(reply)
+
+    def reclaim(self, stream: str, group: str, consumer: str, min_idle_ms: int = 30_000, count: int = 100) -> list[Entry]:
+        """Take over entries other consumers were given but never acknowledged (XAUTOCLAIM)."""
+        out, start = [], "0-0"
+        while True:
+            reply = self.r.xautoclaim(self.key(stream), group, consumer, min_idle_ms, start_id=start, count=count)
+            nxt, items = reply[0], reply[1]
+            out += self._entries([(self.key(stream), items)])
+            if _decode(nxt) == "0-0" or not items:
+                return out
+            start = _decode(nxt)
+
+    def ack(self, stream: str, group: str, ids: list[str]) -> int:
+        return int(self.r.xack(self.key(stream), group, *ids)) if ids else 0
+
+    def read_live(self, session_id: str, after: str = "0-0", count: int = 500, block_ms: int | None = None) -> list[Entry]:
+        reply = self.r.xread({self.live_key(session_id): after}, count=count, block=block_ms)
+        return self._entries(reply)
+
+    # --- trimming and lag -----------------------------------------------------------
+
+    def _safe_min_id(self, stream: str) -> str | None:
+        """The oldest entry some group still needs: its oldest pending entry, or the
+        first entry after its last delivered one. None when there are no groups."""
+        key = self.key(stream)
+        try:
+            groups = self.r.xinfo_groups(key)
+        except redis.ResponseError:
+            return None
+        if not groups:
+            return None
+        need = []
+        for g in groups:
+            name = _decode(g["name"])
+            pending = self.r.xpending(key, name)
+            if pending and pending.get("pending"):
+                need.append(_id_tuple(_decode(pending["min"])))
+            else:
+                ms, seq = _id_tuple(_decode(g["last-delivered-id"]))
+                need.append((ms, seq + 1))
+        ms, seq = min(need)
+        return f"{ms}-{seq}"
+
+    def trim(self, stream: str) -> int:
+        """Trim a durable stream to about ``maxlen`` without dropping anything a group still needs.
+
+        Returns the number of entries removed."""
+        key = self.key(stream)
+        length = self.r.xlen(key)
+        if length <= self.maxlen:
+            return 0
+        safe = self._safe_min_id(stream)
+        if safe is None:
+            return int(self.r.xtrim(key, maxlen=self.maxlen, approximate=False))
+        # the first entry to keep when cutting down to maxlen, unless a group still needs an older one
+        first_kept = self.r.xrange(key, min="-", max="+", count=length - self.maxlen + 1)[-1][0]
+        limit = min(_id_tuple(_decode(first_kept)), _id_tuple(safe))
+        removed = int(self.r.xtrim(key, minid=f"{limit[0]}-{limit[1]}", approximate=False))
+        if self.r.xlen(key) > self.maxlen:
+            log.warning("stream %s holds %d entries (> %d): a consumer group lags; nothing undelivered was trimmed",
+                        key, self.r.xlen(key), self.maxlen)
+        return removed
+
+    def lag(self, stream: str) -> dict[str, dict]:
+        """Per group: entries not yet delivered (``undelivered``) and delivered but unacknowledged (``pending``)."""
+        key = self.key(stream)
+        try:
+            groups = self.r.xinfo_groups(key)
+        except redis.ResponseError:
+            return {}
+        out = {}
+        for g in groups:
+            name = _decode(g["name"])
+            last = _decode(g["last-delivered-id"])
+            if g.get("lag") is not None:  # Redis >= 7 keeps the count
+                undelivered = int(g["lag"])
+            else:  # Redis 6.2 (the embedded server): count what lies after the last delivered id
+                undelivered = len(self.r.xrange(key, min=f"({last}" if last != "0-0" else "-", max="+"))
+            out[name] = {"undelivered": undelivered, "pending": int(g["pending"])}
+        return out
