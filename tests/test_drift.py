@@ -1,0 +1,260 @@
+"""Drift tracking and policy (monitor/drift.py): exact, hand-computed behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from monitor.drift import (
+    DriftConfig,
+    DriftTracker,
+    Thresholds,
+    parse_policy,
+    thresholds_from_calibration,
+)
+from probes.errors import InputError
+
+T = Thresholds(watch=0.0, warning=-10.0, critical=-20.0)
+
+
+def tracker(policy: str = "flag", **kw) -> DriftTracker:
+    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0)
+    base.update(kw)
+    return DriftTracker(T, DriftConfig(**base), policy=policy)
+
+
+def kinds(events, kind):
+    return [e for e in events if e.kind == kind]
+
+
+# --- EWMA -------------------------------------------------------------------------------------------------
+
+
+def test_ewma_initialises_to_first_score_then_blends():
+    tr = tracker(alpha=0.5)
+    assert tr.running is None and tr.state == "ok" and tr.n_tokens == 0
+    got = []
+    for s in (8.0, 4.0, 0.0, 2.0):
+        tr.update([s], turn=0)
+        got.append(tr.running)
+    assert got == [8.0, 6.0, 3.0, 2.5]  # 8; .5*4+.5*8; .5*0+.5*6; .5*2+.5*3
+    assert tr.n_tokens == 4
+
+
+def test_ewma_default_alpha_is_0_1():
+    tr = DriftTracker(T, DriftConfig(), policy="observe")
+    assert DriftConfig().alpha == 0.1
+    tr.update([10.0, 0.0, 0.0], turn=0)
+    assert tr.running == pytest.approx(8.1)  # 10 -> 9 -> 8.1
+    assert tr.state == "ok"
+
+
+def test_running_equal_to_threshold_is_not_below_it():
+    tr = tracker()
+    assert tr.update([0.0], turn=0) == [] and tr.state == "ok"  # ok while running >= watch
+    ev = tr.update([-10.0], turn=0)  # -10 is below watch but not below warning
+    assert [(e.kind, e.new_state) for e in ev] == [("state", "watch"), ("alert", "watch")]
+
+
+# --- states -----------------------------------------------------------------------------------------------
+
+
+def test_escalation_order_on_falling_sequence():
+    tr = tracker(policy="observe")
+    ev = tr.update([5.0, -5.0, -15.0, -25.0], turn=3)
+    assert [(e.token_index, e.old_state, e.new_state, e.threshold, e.running) for e in ev] == [
+        (1, "ok", "watch", 0.0, -5.0),
+        (2, "watch", "warning", -10.0, -15.0),
+        (3, "warning", "critical", -20.0, -25.0),
+    ]
+    assert all(e.kind == "state" and e.turn == 3 and e.level == e.new_state for e in ev)
+    assert tr.state == "critical"
+
+
+def test_ewma_smoothing_delays_escalation():
+    tr = tracker(policy="observe", alpha=0.5)
+    ev = tr.update([10.0, -10.0, -30.0, -50.0], turn=0)  # running 10, 0, -15, -32.5
+    assert [(e.token_index, e.new_state, e.running) for e in ev] == [(2, "warning", -15.0), (3, "critical", -32.5)]
+
+
+def oscillating():
+    return [1.0, -1.0] * 4 + [2.5, -1.0]
+
+
+def test_hysteresis_prevents_flapping():
+    plain = tracker(policy="observe").update(oscillating(), turn=0)
+    assert len(plain) == 9  # every token after the first crosses watch=0
+    held = tracker(policy="observe", hysteresis=2.0).update(oscillating(), turn=0)
+    # watch at -1; 1 < 0 + 2 keeps watch; 2.5 >= 2 returns to ok; -1 falls again
+    assert [(e.token_index, e.new_state, e.threshold) for e in held] == [
+        (1, "watch", 0.0), (8, "ok", 2.0), (9, "watch", 0.0)]
+
+
+def test_hysteresis_multi_level_deescalation():
+    tr = tracker(policy="observe", hysteresis=2.0)
+    tr.update([-25.0], turn=0)
+    assert tr.state == "critical"
+    ev = tr.update([-19.0, -5.0, -1.0, 2.0], turn=0)
+    # -19: above critical but not by 2; -5 >= -18 and >= -8 -> watch; -1 < 2 stays; 2 -> ok
+    assert [(e.token_index, e.old_state, e.new_state, e.threshold) for e in ev] == [
+        (2, "critical", "watch", -8.0), (4, "watch", "ok", 2.0)]
+
+
+# --- alerts: min_tokens, cooldown -----------------------------------------------------------------------
+
+
+def test_min_tokens_defers_alert_but_not_state_changes():
+    tr = tracker(min_tokens=3)
+    ev = tr.update([-5.0, -5.0, -5.0, -5.0], turn=0)
+    assert [(e.kind, e.token_index, e.old_state, e.new_state) for e in ev] == [
+        ("state", 0, "ok", "watch"), ("alert", 2, "watch", "watch")]
+
+
+def test_min_tokens_alerts_current_level_once():
+    ev = tracker(min_tokens=3).update([-5.0, -15.0, -15.0], turn=0)
+    assert [(e.kind, e.token_index, e.level) for e in ev] == [
+        ("state", 0, "watch"), ("state", 1, "warning"), ("alert", 2, "warning")]
+
+
+def test_min_tokens_drops_alert_when_back_to_ok():
+    ev = tracker(min_tokens=3).update([-5.0, 5.0, 5.0, 5.0], turn=0)
+    assert [e.kind for e in ev] == ["state", "state"]
+
+
+def test_cooldown_suppresses_same_level_but_not_escalation():
+    tr = tracker(cooldown_tokens=3)
+    ev = tr.update([-5.0, 5.0, -5.0, 5.0, -5.0, -15.0, 5.0, -5.0, -15.0, -25.0], turn=0)
+    # n=1 watch alert; n=3 watch within 3 tokens -> dropped; n=5 watch (4 tokens later) -> alert;
+    # n=6 warning (higher) -> immediate; n=8 watch (lower) and n=9 warning (same) within 3 -> dropped;
+    # n=10 critical (higher) -> immediate
+    assert [(e.token_index, e.level) for e in kinds(ev, "alert")] == [
+        (0, "watch"), (4, "watch"), (5, "warning"), (9, "critical")]
+    assert len(kinds(ev, "state")) == 10
+
+
+def test_immediate_escalation_inside_long_cooldown():
+    ev = tracker(cooldown_tokens=64).update([-5.0, -15.0, -25.0], turn=0)
+    assert [(e.token_index, e.level, e.threshold) for e in kinds(ev, "alert")] == [
+        (0, "watch", 0.0), (1, "warning", -10.0), (2, "critical", -20.0)]
+
+
+# --- policies ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy,n_alerts,n_caps", [("observe", 0, 0), ("flag", 3, 0), ("cap", 3, 1)])
+def test_policies(policy, n_alerts, n_caps):
+    ev = tracker(policy).update([-5.0, -15.0, -25.0], turn=0)
+    assert len(kinds(ev, "state")) == 3
+    assert len(kinds(ev, "alert")) == n_alerts
+    assert len(kinds(ev, "cap")) == n_caps
+
+
+def test_cap_once_at_first_warning_alert_and_stays_on():
+    tr = tracker("cap")
+    ev = tr.update([-5.0], turn=0)
+    assert [e.kind for e in ev] == ["state", "alert"] and not tr.capping  # watch does not cap
+    ev = tr.update([-15.0], turn=0)
+    assert [(e.kind, e.token_index, e.level) for e in ev] == [
+        ("state", 1, "warning"), ("alert", 1, "warning"), ("cap", 1, "warning")]
+    assert ev[2].threshold == -10.0 and ev[2].running == -15.0 and tr.capping
+    tr.end_turn()
+    ev = tr.update([5.0, -25.0, 5.0, -15.0], turn=2)
+    assert kinds(ev, "cap") == [] and len(kinds(ev, "alert")) == 2
+    assert tr.capping and tr.state == "warning"
+    tr.end_turn()
+    tr.update([5.0], turn=4)
+    assert tr.capping and tr.state == "ok"
+
+
+def test_observe_never_caps_and_flag_never_caps():
+    for policy in ("observe", "flag"):
+        tr = tracker(policy)
+        tr.update([-30.0], turn=0)
+        assert not tr.capping
+
+
+# --- turns ------------------------------------------------------------------------------------------------
+
+
+def test_state_and_running_carry_across_turns():
+    tr = tracker(alpha=0.5)
+    tr.update([10.0], turn=0)
+    tr.update([-10.0], turn=0)  # a second batch of the same turn
+    s0 = tr.end_turn()
+    assert (s0.turn, s0.mean, s0.n_tokens, s0.state, s0.running) == (0, 0.0, 2, "ok", 0.0)
+    ev = tr.update([-20.0], turn=2)  # running 0.5*-20 + 0.5*0 = -10 -> watch
+    assert [(e.kind, e.turn, e.token_index, e.running) for e in ev] == [
+        ("state", 2, 0, -10.0), ("alert", 2, 0, -10.0)]
+    ev = tr.update([-30.0], turn=2)  # 0.5*-30 + 0.5*-10 = -20: not below critical
+    assert [(e.token_index, e.new_state) for e in kinds(ev, "state")] == [(1, "warning")]
+    s2 = tr.end_turn()
+    assert (s2.turn, s2.mean, s2.n_tokens, s2.state, s2.running) == (2, -25.0, 2, "warning", -20.0)
+    assert tr.turn_means == [0.0, -25.0] and tr.n_tokens == 4
+    assert tr.update([], turn=4) == [] and tr.end_turn().mean is None
+    assert tr.turn_means == [0.0, -25.0]
+
+
+def test_turn_misuse_and_bad_scores_raise():
+    tr = tracker()
+    with pytest.raises(InputError, match="no turn in progress"):
+        tr.end_turn()
+    tr.update([1.0], turn=1)
+    with pytest.raises(InputError, match="still open"):
+        tr.update([1.0], turn=2)
+    tr.end_turn()
+    with pytest.raises(InputError, match="must increase"):
+        tr.update([1.0], turn=1)
+    with pytest.raises(InputError, match="not finite"):
+        tr.update([1.0, math.nan], turn=3)
+    assert tr.n_tokens == 2 and tr.running == 1.0  # the finite score before it was kept
+
+
+# --- thresholds -------------------------------------------------------------------------------------------
+
+
+def test_thresholds_from_calibration_rule():
+    stats = {"default": {"p10": 4.0, "p50": 10.0}, "roles_score3": {"p50": -8.0}, "roles": {"p50": -6.0}}
+    assert thresholds_from_calibration(stats) == Thresholds(4.0, -2.0, -8.0)
+    del stats["roles_score3"]
+    assert thresholds_from_calibration(stats) == Thresholds(4.0, -1.0, -6.0)
+
+
+def test_thresholds_from_shipped_axis():
+    from monitor.settings import shipped_dir
+    from probes.artifacts import load_axis
+
+    stats = load_axis(shipped_dir(), roles=False).layer_stats()
+    t = thresholds_from_calibration(stats)
+    assert t.watch > t.warning > t.critical
+    assert t.watch == stats["default"]["p10"]
+    assert t.critical == stats["roles_score3"]["p50"]
+    assert t.warning == (stats["default"]["p10"] + stats["roles_score3"]["p50"]) / 2
+
+
+@pytest.mark.parametrize("stats,match", [
+    ({}, "no calibration statistics"),
+    ({"default": {"p50": 1.0}, "roles": {"p50": -1.0}}, "default.p10"),
+    ({"default": {"p10": 1.0}}, "roles_score3.p50"),
+    ({"default": {"p10": -10.0}, "roles_score3": {"p50": 0.0}}, "not ordered"),
+])
+def test_thresholds_from_bad_calibration(stats, match):
+    with pytest.raises(InputError, match=match):
+        thresholds_from_calibration(stats)
+
+
+@pytest.mark.parametrize("vals", [(1.0, 2.0, 0.0), (0.0, 0.0, -1.0), (0.0, -1.0, -1.0), (math.nan, -1.0, -2.0)])
+def test_invalid_thresholds(vals):
+    with pytest.raises(InputError, match="watch="):
+        Thresholds(*vals)
+
+
+def test_policy_and_config_validation():
+    assert parse_policy(" CAP ") == "cap" and parse_policy("observe") == "observe"
+    with pytest.raises(InputError, match="unknown drift policy 'block'"):
+        parse_policy("block")
+    with pytest.raises(InputError, match="unknown drift policy"):
+        DriftTracker(T, policy="alert")
+    for bad in (dict(alpha=0.0), dict(alpha=1.5), dict(hysteresis=-1.0), dict(min_tokens=-1), dict(cooldown_tokens=2.5)):
+        with pytest.raises(InputError):
+            DriftConfig(**bad)
