@@ -17,7 +17,7 @@ one step, and a sequence cut by ``max_new_tokens`` costs one extra pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -62,6 +62,7 @@ class Generated:
     pre_cap_scores: list[float]
     capped: bool
     finish_reason: str  # "stop" | "length"
+    cap_flags: list[bool] = field(default_factory=list)  # per content token: was capping active
     layer_means: torch.Tensor | None = None  # [n_layers, d] mean over the content tokens' own positions
     layer_norms: torch.Tensor | None = None  # [n_layers] mean residual norm over the same positions
 
@@ -266,6 +267,7 @@ def generate(
             scores=sc[i][m].tolist() if axis is not None else [],
             pre_cap_scores=pr[i][m].tolist() if axis is not None else [],
             capped=bool(capm[i][m].any()) if capping is not None else False,
+            cap_flags=capm[i][m].tolist() if capping is not None else [False] * len(ids),
             finish_reason="stop" if stopped else "length",
             layer_means=(sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
             layer_norms=(norm_sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,

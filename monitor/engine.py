@@ -1,0 +1,213 @@
+"""The engine: batched generation with per-token scores, drift tracking and
+per-session capping, publishing what happens to Redis.
+
+One :class:`Engine` owns the model and the sessions. :meth:`Engine.run_batch`
+generates for several chat requests at once; the score of every token comes
+from the forward pass that produced it (:func:`probes.generation.generate`),
+each token is fed to its session's :class:`~monitor.drift.DriftTracker` as it
+is produced, and a session whose policy is ``cap`` is capped from the next
+token on once it alerts at ``warning`` or worse, for the rest of the session.
+:class:`Batcher` (in :mod:`monitor.batcher`) feeds it from many threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+
+from monitor.drift import DriftConfig, DriftTracker, Thresholds, parse_policy
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord, new_id
+from probes.artifacts import AxisArtifact, CappingConfig
+from probes.generation import CapPlan, GenerationOptions, generate
+from probes.models import LoadedModel, normalise_messages
+
+log = logging.getLogger(__name__)
+LIVE_FLUSH_TOKENS = 8  # token scores per live-stream entry
+
+
+class Publisher(Protocol):
+    def publish(self, record) -> None: ...
+    def publish_live(self, session_id: str, payload: dict) -> None: ...
+
+
+@dataclass
+class Session:
+    id: str
+    tracker: DriftTracker
+    policy: str
+    source: str = "live"
+    next_turn: int = 0  # record index of the next stored turn (user and assistant turns both count)
+    capped: bool = False
+
+
+@dataclass
+class ChatRequest:
+    session_id: str
+    messages: list[dict]
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    policy: str | None = None  # None: the session's (or the deployment's) policy
+    on_token: Callable[[dict], None] | None = None  # streaming: called once per content token
+
+
+@dataclass
+class ChatResult:
+    session_id: str
+    turn: int
+    layer: int
+    text: str
+    tokens: list[str]
+    scores: list[float]
+    pre_cap_scores: list[float]
+    cap_flags: list[bool]
+    state: str
+    running: float | None
+    capped: bool
+    finish_reason: str
+    alerts: list[AlertEvent] = field(default_factory=list)
+    interventions: list[InterventionRecord] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+
+class Engine:
+    def __init__(self, lm: LoadedModel, axis: AxisArtifact, thresholds: Thresholds,
+                 capping: CappingConfig | None = None, drift: DriftConfig | None = None,
+                 policy: str = "flag", publisher: Publisher | None = None):
+        self.lm, self.axis, self.capping, self.thresholds = lm, axis, capping, thresholds
+        self.drift = drift or DriftConfig()
+        self.policy = parse_policy(policy)
+        self.publisher = publisher
+        self.layer = axis.monitor_layer
+        self.v = axis.unit()
+        self.sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._plan = (CapPlan(tuple(capping.layers), capping.vectors, torch.tensor(capping.taus))
+                      if capping is not None else None)
+
+    def session(self, session_id: str | None = None, policy: str | None = None, source: str = "live") -> Session:
+        """The session with this id, created on first use (a new id when None)."""
+        with self._lock:
+            sid = session_id or new_id("sess")
+            s = self.sessions.get(sid)
+            if s is None:
+                pol = parse_policy(policy or self.policy)
+                if pol == "cap" and self.capping is None:
+                    from probes.errors import InputError
+
+                    raise InputError("policy 'cap' needs a capping config; none is loaded")
+                s = self.sessions[sid] = Session(sid, DriftTracker(self.thresholds, self.drift, pol), pol, source)
+            return s
+
+    def run_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """Generate one assistant turn for each request (each a different session)."""
+        ids = [r.session_id for r in requests]
+        if len(set(ids)) != len(ids):
+            from probes.errors import InputError
+
+            raise InputError("one batch cannot hold two requests of the same session")
+        sessions = [self.session(r.session_id, r.policy) for r in requests]
+        for r in requests:
+            normalise_messages(self.lm.tokenizer, r.messages)
+        opts = requests[0].options
+        # reserve the stored turn numbers: the new user message (if any), then the reply
+        user_turns, turns = [], []
+        for r, s in zip(requests, sessions):
+            has_user = bool(r.messages) and r.messages[-1]["role"] == "user"
+            user_turns.append(s.next_turn if has_user else None)
+            turns.append(s.next_turn + int(has_user))
+            s.next_turn += 1 + int(has_user)
+        for s, t in zip(sessions, turns):
+            s.tracker.update([], t)  # opens the turn, so an empty reply still ends one
+        sink = _Sink(self, requests, sessions, turns)
+        cap_rows = torch.tensor([s.capped for s in sessions])
+        try:
+            outs = generate(self.lm, [r.messages for r in requests], opts, axis=self.v, monitor_layer=self.layer,
+                            capping=self._plan, cap_rows=cap_rows, sink=sink)
+        except BaseException:
+            for s in sessions:  # close the half-scored turn so the session can go on
+                s.tracker.end_turn()
+            raise
+        results = []
+        for k, (r, s, g) in enumerate(zip(requests, sessions, outs)):
+            sink.flush_live(k, final=True)
+            summary = s.tracker.end_turn()
+            turn = turns[k]
+            if user_turns[k] is not None:
+                self._publish(TurnRecord(s.id, user_turns[k], "user", r.messages[-1]["content"], self.layer,
+                                         source=s.source, model_id=self.lm.model_id))
+            for e in sink.alerts[k] + sink.interventions[k]:
+                self._publish(e)
+            capped_any = any(g.cap_flags)
+            self._publish(TurnRecord(s.id, turn, "assistant", g.text, self.layer, g.tokens, g.scores,
+                                     g.pre_cap_scores if capped_any else None, g.cap_flags if capped_any else None,
+                                     summary.state, summary.running, s.source, self.lm.model_id))
+            results.append(ChatResult(s.id, turn, self.layer, g.text, g.tokens, g.scores, g.pre_cap_scores,
+                                      g.cap_flags, summary.state, summary.running, s.capped, g.finish_reason,
+                                      sink.alerts[k], sink.interventions[k]))
+        return results
+
+    def _publish(self, record) -> None:
+        if self.publisher is not None:
+            self.publisher.publish(record)
+
+
+class _Sink:
+    """Feeds each produced token to its session's tracker; asks for capping where the policy says so."""
+
+    def __init__(self, engine: Engine, requests: list[ChatRequest], sessions: list[Session], turns: list[int]):
+        self.e, self.requests, self.sessions, self.turns = engine, requests, sessions, turns
+        b = len(requests)
+        self.ids: list[list[int]] = [[] for _ in range(b)]
+        self.live: list[list[tuple[int, float]]] = [[] for _ in range(b)]
+        self.alerts: list[list[AlertEvent]] = [[] for _ in range(b)]
+        self.interventions: list[list[InterventionRecord]] = [[] for _ in range(b)]
+        self.texts = [""] * b
+
+    def put(self, step, tokens, scores, content):
+        more = torch.zeros(len(self.sessions), dtype=torch.bool)
+        for k, s in enumerate(self.sessions):
+            if not bool(content[k]):
+                continue
+            score = float(scores[k])
+            idx = len(self.ids[k])
+            self.ids[k].append(int(tokens[k]))
+            for ev in s.tracker.update([score], self.turns[k]):
+                if ev.kind == "alert":
+                    self.alerts[k].append(AlertEvent(s.id, self.turns[k], idx, ev.level, ev.running, ev.threshold,
+                                                     policy=s.policy))
+                elif ev.kind == "cap" and not s.capped:
+                    s.capped = True
+                    more[k] = True
+                    cfg = self.e.capping
+                    self.interventions[k].append(InterventionRecord(
+                        s.id, self.turns[k], idx + 1, cfg.id, self.e.thresholds.as_dict(), list(cfg.layers)))
+            self.live[k].append((idx, score))
+            req = self.requests[k]
+            if req.on_token is not None:
+                text = self.e.lm.tokenizer.decode(self.ids[k], skip_special_tokens=True)
+                piece, self.texts[k] = text[len(self.texts[k]):], text
+                req.on_token({"session_id": s.id, "token_index": idx, "token": piece, "score": score,
+                              "state": s.tracker.state, "capped": s.capped})
+            if len(self.live[k]) >= LIVE_FLUSH_TOKENS:
+                self.flush_live(k)
+        return more
+
+    def flush_live(self, k: int, final: bool = False) -> None:
+        pub = self.e.publisher
+        if pub is None or (not self.live[k] and not final):
+            return
+        s = self.sessions[k]
+        pub.publish_live(s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
+                                "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
+                                "scores": [x for _, x in self.live[k]], "state": s.tracker.state,
+                                "running": s.tracker.running, "capped": s.capped, "final": final})
+        self.live[k] = []
+
+    def end(self):
+        pass

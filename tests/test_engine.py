@@ -1,0 +1,151 @@
+"""The engine on the real default model, publishing to a real (embedded) Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from monitor.batcher import Batcher
+from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
+from monitor.engine import ChatRequest, Engine
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.redis_server import EmbeddedRedis
+from monitor.streams import Streams
+from probes.artifacts import load_capping
+from probes.generation import GenerationOptions, generate
+from monitor.settings import shipped_dir
+
+OPTS = GenerationOptions(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with EmbeddedRedis() as e:
+        yield e.url
+
+
+@pytest.fixture
+def streams(redis_url):
+    import uuid
+
+    s = Streams.from_url(redis_url, prefix=f"eng-{uuid.uuid4().hex[:8]}")
+    s.ensure_groups()
+    return s
+
+
+def engine(lm, shipped, streams, thresholds=None, policy="flag", drift=None):
+    return Engine(lm, shipped, thresholds or thresholds_from_calibration(shipped.layer_stats()),
+                  capping=load_capping(shipped_dir()), drift=drift, policy=policy, publisher=streams)
+
+
+def records(streams, stream):
+    return streams.read_group(stream, "persist", "t", count=1000, block_ms=None)
+
+
+def chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_scores_match_generate_and_records_are_published(lm, shipped, streams):
+    eng = engine(lm, shipped, streams)
+    s = eng.session("s-a")
+    res = eng.run_batch([ChatRequest(s.id, chat("What is the capital of France?"), OPTS)])[0]
+    direct = generate(lm, [chat("What is the capital of France?")], OPTS, axis=shipped.unit(),
+                      monitor_layer=shipped.monitor_layer)[0]
+    assert res.tokens == direct.tokens and res.scores == pytest.approx(direct.scores, abs=1e-4)
+    turns = [TurnRecord.from_dict(e.data) for e in records(streams, "turns")]
+    assert [(t.turn, t.role) for t in turns] == [(0, "user"), (1, "assistant")]
+    assert turns[1].scores == pytest.approx(res.scores) and turns[1].tokens == res.tokens
+    assert turns[1].state == res.state and turns[0].text == "What is the capital of France?"
+    live = streams.read_live("s-a")
+    assert sum((e.data["scores"] for e in live), []) == pytest.approx(res.scores)
+    assert live[-1].data["final"] is True
+    # the next turn of the same session continues the numbering
+    res2 = eng.run_batch([ChatRequest(s.id, chat("What is the capital of France?") + [
+        {"role": "assistant", "content": res.text}, {"role": "user", "content": "And of Spain?"}], OPTS)])[0]
+    assert res2.turn == 3
+
+
+def test_no_extra_forward_pass(lm, shipped, streams):
+    eng = engine(lm, shipped, streams)
+    calls = []
+    h = lm.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        res = eng.run_batch([ChatRequest("s-f", chat("Name a colour."), OPTS)])[0]
+    finally:
+        h.remove()
+    assert len(calls) == len(res.tokens) + (res.finish_reason == "stop")
+
+
+def test_concurrent_sessions_each_get_their_own_tokens(lm, shipped, streams):
+    eng = engine(lm, shipped, streams)
+    batcher = Batcher(eng, max_batch=4, max_wait_s=0.05)
+    questions = {f"c{i}": q for i, q in enumerate(["Name a fruit.", "What is 3 + 4?", "Say hello in French.",
+                                                   "Name a planet.", "What colour is the sky?"])}
+    results, errors = {}, []
+
+    def client(sid, q):
+        try:
+            results[sid] = [batcher.submit(ChatRequest(sid, chat(q), OPTS)).result(timeout=300) for _ in range(2)]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=kv) for kv in questions.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert not errors
+    for sid, q in questions.items():
+        alone = generate(lm, [chat(q)], OPTS, axis=shipped.unit(), monitor_layer=shipped.monitor_layer)[0]
+        for turn_no, r in enumerate(results[sid]):
+            assert r.session_id == sid and r.turn == 1 + 2 * turn_no
+            assert r.tokens == alone.tokens and r.scores == pytest.approx(alone.scores, abs=1e-3)
+    by_session: dict[str, list] = {}
+    for e in records(streams, "turns"):
+        t = TurnRecord.from_dict(e.data)
+        by_session.setdefault(t.session_id, []).append(t)
+    assert sorted(by_session) == sorted(questions)
+    for sid, ts in by_session.items():
+        assert sorted(t.turn for t in ts) == [0, 1, 2, 3]
+        live_scores = sum((e.data["scores"] for e in streams.read_live(sid)), [])
+        assert live_scores == pytest.approx(sum((r.scores for r in results[sid]), []), abs=1e-6)
+
+
+def test_cap_policy_caps_from_the_next_token_for_the_rest_of_the_session(lm, shipped, streams):
+    # thresholds above every score: the session goes critical at once; alerts allowed from token 3
+    high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
+    eng = engine(lm, shipped, streams, thresholds=high, policy="cap",
+                 drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000))
+    msgs = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}]
+    res = eng.run_batch([ChatRequest("s-cap", msgs, OPTS)])[0]
+    assert res.capped and res.interventions and res.alerts
+    start = res.interventions[0].token_index
+    assert start == 3  # alert at token index 2 (the 3rd token), capping from the next one
+    assert res.cap_flags == [False] * start + [True] * (len(res.tokens) - start)
+    assert all(p <= s + 1e-3 for p, s in zip(res.pre_cap_scores, res.scores))
+    inter = [InterventionRecord.from_dict(e.data) for e in records(streams, "interventions")]
+    assert [(i.session_id, i.turn, i.token_index) for i in inter] == [("s-cap", 1, 3)]
+    assert inter[0].config_id == load_capping(shipped_dir()).id
+    alerts = [AlertEvent.from_dict(e.data) for e in records(streams, "alerts")]
+    assert alerts and alerts[0].level == "critical" and alerts[0].token_index == 2
+    # the next turn is capped from its first token
+    res2 = eng.run_batch([ChatRequest("s-cap", msgs, OPTS)])[0]
+    assert all(res2.cap_flags) and res2.capped
+    # an uncapped session in the same engine is untouched
+    plain = eng.run_batch([ChatRequest("s-plain", msgs, OPTS, policy="observe")])[0]
+    assert not any(plain.cap_flags) and not plain.alerts
+
+
+def test_one_batch_rejects_two_turns_of_one_session(lm, shipped, streams):
+    from probes.errors import InputError
+
+    eng = engine(lm, shipped, streams)
+    with pytest.raises(InputError, match="same session"):
+        eng.run_batch([ChatRequest("dup", chat("a"), OPTS), ChatRequest("dup", chat("b"), OPTS)])
+    with pytest.raises(InputError, match="unknown role"):
+        eng.run_batch([ChatRequest("bad", [{"role": "wizard", "content": "x"}], OPTS)])
+    assert torch.is_tensor(eng.v)
