@@ -1,27 +1,28 @@
 """axiswatch's model side: load chat models, find their layers, hook them, and
-compute, score and cap the Assistant Axis. No Redis, SQL or HTTP in here."""
+compute, score and cap the Assistant Axis. No Redis, SQL or HTTP in here.
 
-from probes.artifacts import AxisArtifact, CappingConfig, import_paper_axis, import_paper_capping, load_axis, load_capping
-from probes.audit import score_conversation
-from probes.errors import (
-    ArtifactError,
-    ArtifactMismatchError,
-    AxiswatchError,
-    InputError,
-    JudgeError,
-    LayerNotFoundError,
-    ModelLoadError,
-)
-from probes.generation import CapPlan, Generated, GenerationOptions, SteerPlan, generate
-from probes.hooks import layer_hooks
-from probes.layers import find_layers
-from probes.models import LoadedModel, format_chat, load_model
-from probes.ops import cap, project, steer, unit
+Names are imported lazily, so ``probes.errors`` (used by the service and the
+dashboard) can be imported without loading torch.
+"""
 
-__all__ = [
-    "ArtifactError", "ArtifactMismatchError", "AxisArtifact", "AxiswatchError", "CapPlan", "CappingConfig",
-    "Generated", "GenerationOptions", "InputError", "JudgeError", "LayerNotFoundError", "LoadedModel",
-    "ModelLoadError", "SteerPlan", "cap", "find_layers", "format_chat", "generate", "import_paper_axis",
-    "import_paper_capping", "layer_hooks", "load_axis", "load_capping", "load_model", "project",
-    "score_conversation", "steer", "unit",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "ArtifactError": "errors", "ArtifactMismatchError": "errors", "AxiswatchError": "errors", "InputError": "errors",
+    "JudgeError": "errors", "LayerNotFoundError": "errors", "ModelLoadError": "errors",
+    "AxisArtifact": "artifacts", "CappingConfig": "artifacts", "import_paper_axis": "artifacts",
+    "import_paper_capping": "artifacts", "load_axis": "artifacts", "load_capping": "artifacts",
+    "score_conversation": "audit",
+    "CapPlan": "generation", "Generated": "generation", "GenerationOptions": "generation", "SteerPlan": "generation",
+    "generate": "generation",
+    "layer_hooks": "hooks", "find_layers": "layers",
+    "LoadedModel": "models", "format_chat": "models", "load_model": "models",
+    "cap": "ops", "project": "ops", "steer": "ops", "unit": "ops",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"probes.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'probes' has no attribute {name!r}")

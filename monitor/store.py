@@ -1,0 +1,399 @@
+"""The store: the one module that owns the database (DESIGN.md section 3, convention 9).
+
+Typed SQLAlchemy models, engine, transactions, explicit migrations. SQLite by default (WAL, one
+writer at a time) or PostgreSQL through the same URL. Batched writes, one transaction each, idempotent
+by the records' keys (monitor/records.py); per-token scores stored per turn as little-endian float32
+bytes. Reads return plain dicts (no torch, no numpy). Times are float epoch seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from array import array
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import (JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint,
+                        create_engine, event, func, insert, select, update)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
+from probes.errors import AxiswatchError, InputError
+
+DEFAULT_URL = "sqlite:///axiswatch.db"
+DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
+ROLES = ("assistant", "user", "system")
+LEVELS = ("watch", "warning", "critical")
+
+
+class StoreError(AxiswatchError):
+    http_status = 503  # the database is unreachable, at an unknown schema version, or refused a write
+
+
+class NotFoundError(StoreError):
+    http_status = 404  # no row with that key (an alert's event id...)
+
+
+# ---------------------------------------------------------------- models (the current schema)
+_Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+
+class Base(DeclarativeBase):  # the current schema; MIGRATIONS below build it
+    pass
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    source: Mapped[str] = mapped_column(default="live")
+    model_id: Mapped[str] = mapped_column(default="")
+    layer: Mapped[int | None]
+    policy: Mapped[str | None]
+    state: Mapped[str] = mapped_column(default="ok")
+    running: Mapped[float | None]
+    capped: Mapped[bool] = mapped_column(default=False)
+    interrupted: Mapped[bool] = mapped_column(default=False)
+    n_turns: Mapped[int] = mapped_column(default=0)
+    n_tokens: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[float] = mapped_column(index=True)
+    updated_at: Mapped[float]
+
+
+class TurnRow(Base):
+    __tablename__ = "turns"
+    __table_args__ = (UniqueConstraint("session_id", "turn", name="uq_turns_session_turn"),)  # indexes session_id
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn: Mapped[int]
+    role: Mapped[str]
+    text: Mapped[str] = mapped_column(Text)
+    layer: Mapped[int]
+    n_tokens: Mapped[int]
+    mean: Mapped[float | None]
+    scores: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, one per token
+    pre_cap_scores: Mapped[bytes | None] = mapped_column(LargeBinary)
+    capped: Mapped[bytes | None] = mapped_column(LargeBinary)  # token i is bit i % 8 of byte i // 8
+    tokens: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str]
+    running: Mapped[float | None]
+    created_at: Mapped[float]
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    event_id: Mapped[str] = mapped_column(String, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    turn: Mapped[int]
+    token_index: Mapped[int]
+    level: Mapped[str]
+    score: Mapped[float]
+    threshold: Mapped[float]
+    policy: Mapped[str]
+    created_at: Mapped[float] = mapped_column(index=True)
+    delivery_status: Mapped[str] = mapped_column(default="pending", index=True)  # DELIVERY_STATUSES
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    acknowledged: Mapped[bool] = mapped_column(default=False)
+
+
+class InterventionRow(Base):
+    __tablename__ = "interventions"
+    __table_args__ = (UniqueConstraint("session_id", "turn", "token_index", "config_id", name="uq_interventions_key"),)
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn: Mapped[int]
+    token_index: Mapped[int]
+    config_id: Mapped[str]
+    thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    layers: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[float]
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    applied_at: Mapped[float]
+
+
+# ---------------------------------------------------------------- migrations
+# MIGRATIONS[i] takes a database from version i to i + 1 in migrate()'s transaction; append only.
+# Version 1 builds its tables from the models; the first migration that alters one must first paste
+# its version-1 definition into _v1 as Core (test_migrated_schema_matches_models checks the result).
+def _v1(conn: Connection) -> None:
+    """Version 1: sessions, turns, alerts, interventions."""
+    tables = [m.__table__ for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
+    Base.metadata.create_all(conn, tables=tables, checkfirst=False)
+
+
+MIGRATIONS = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# ---------------------------------------------------------------- encoding and checks
+_le = lambda a: (a.byteswap(), a)[1] if sys.byteorder == "big" else a  # noqa: E731 - stored little-endian
+
+
+def _pack(values: Any, what: str) -> bytes:
+    try:
+        return _le(array("f", values)).tobytes()
+    except (TypeError, OverflowError) as e:
+        raise InputError(f"{what} must be a list of numbers ({e})") from None
+
+
+def _unpack(data: bytes | None) -> list[float] | None:
+    return None if data is None else _le(array("f", data)).tolist()
+
+
+def _pack_bits(bits: list[bool]) -> bytes:  # token i is bit i % 8 of byte i // 8
+    return bytes(sum(1 << j for j, b in enumerate(bits[i:i + 8]) if b) for i in range(0, len(bits), 8))
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise InputError(msg)
+
+
+def _one_of(value: Any, allowed: tuple, what: str, optional: bool = True) -> None:
+    _need((optional and value is None) or value in allowed, f"{what} must be one of {allowed}, not {value!r}")
+
+
+_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+_name = lambda x: isinstance(x, str) and bool(x)  # noqa: E731
+
+_FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a predicate or the allowed values
+    TurnRecord: dict(turn=lambda x: _int(x) and x >= 0, role=ROLES, layer=_int, state=STATES, source=SOURCES,
+                     text=lambda x: isinstance(x, str), model_id=lambda x: isinstance(x, str), created_at=_num,
+                     running=lambda x: x is None or _num(x),
+                     tokens=lambda x: isinstance(x, list) and all(isinstance(t, str) for t in x)),
+    AlertEvent: dict(event_id=_name, turn=_int, token_index=_int, level=LEVELS, policy=POLICIES, score=_num,
+                     threshold=_num, created_at=_num),
+    InterventionRecord: dict(turn=_int, token_index=_int, config_id=_name, created_at=_num,
+                             thresholds=lambda x: isinstance(x, dict) and all(_num(v) for v in x.values()),
+                             layers=lambda x: isinstance(x, list) and all(_int(v) for v in x)),
+}
+
+
+def _records(cls: type, items: Iterable[Any]) -> list:
+    """The records (build them from stream payloads with ``cls.from_dict``), each with a session id."""
+    for r in (out := list(items)):
+        _need(isinstance(r, cls), f"expected a {cls.__name__} (see {cls.__name__}.from_dict), got {type(r).__name__}")
+        _need(_name(r.session_id), f"{cls.__name__}.session_id must be a non-empty string, not {r.session_id!r}")
+    return out
+
+
+def _row(r: Any) -> dict[str, Any]:
+    """Check every field of a record; its row (a turn's scores packed)."""
+    where = f"{type(r).__name__} (session {r.session_id!r}, turn {r.turn!r})"
+    for name, ok in _FIELDS[type(r)].items():
+        v = getattr(r, name)
+        _need(v in ok if isinstance(ok, tuple) else ok(v),
+              f"{where}: bad {name} {v!r}" + (f", expected one of {ok}" if isinstance(ok, tuple) else ""))
+    if not isinstance(r, TurnRecord):
+        return r.to_dict()
+    scores, n = _pack(r.scores, f"{where}: scores"), len(r.scores)
+    _need(not r.tokens or not n or len(r.tokens) == n, f"{where}: {len(r.tokens)} tokens but {n} scores")
+    for name in ("pre_cap_scores", "capped"):
+        v = getattr(r, name)
+        _need(v is None or (isinstance(v, list) and len(v) == n), f"{where}: {name} must be null or {n} values")
+    pre = None if r.pre_cap_scores is None else _pack(r.pre_cap_scores, f"{where}: pre_cap_scores")
+    return dict(session_id=r.session_id, turn=r.turn, role=r.role, text=r.text, layer=r.layer,
+                n_tokens=len(r.tokens) or n, mean=sum(r.scores) / n if n else None, scores=scores,
+                pre_cap_scores=pre, capped=None if r.capped is None else _pack_bits(r.capped), tokens=r.tokens,
+                state=r.state, running=r.running, created_at=r.created_at)
+
+
+def _plain(obj: Base) -> dict[str, Any]:
+    d = {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+    if isinstance(obj, TurnRow):
+        d["scores"], d["pre_cap_scores"] = _unpack(obj.scores), _unpack(obj.pre_cap_scores)
+        bits = obj.capped  # token i is bit i % 8 of byte i // 8
+        d["capped"] = None if bits is None else [bool(bits[i >> 3] >> (i & 7) & 1) for i in range(len(d["scores"]))]
+    return d
+
+
+# ---------------------------------------------------------------- the store
+class Store:
+    """The database behind axiswatch: ``Store(url)``, ``migrate()`` once at start, ``close()``."""
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        try:
+            u = make_url(url)
+        except ArgumentError as e:
+            raise InputError(f"database URL {url!r} is not valid: {e}") from None
+        if u.drivername in ("postgresql", "postgres"):
+            u = u.set(drivername="postgresql+psycopg")
+        self.dialect = u.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise InputError(f"database URL {url!r}: only sqlite:/// and postgresql:// are supported")
+        if self.dialect == "sqlite" and u.database not in (None, "", ":memory:") and not u.database.startswith("file:"):
+            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.url = u.render_as_string(hide_password=True)
+        self.engine = create_engine(u, pool_pre_ping=self.dialect == "postgresql")
+        if self.dialect == "sqlite":  # writers take the lock at BEGIN; readers get a WAL snapshot, never blocking it
+            @event.listens_for(self.engine, "connect")
+            def _connect(dbapi_conn: Any, _: Any) -> None:
+                dbapi_conn.isolation_level = None  # the driver's own BEGIN handling off: _begin emits it
+                for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=10000", "synchronous=NORMAL"):
+                    dbapi_conn.execute(f"PRAGMA {pragma}")
+
+            @event.listens_for(self.engine, "begin")
+            def _begin(conn: Connection) -> None:
+                immediate = conn.get_execution_options().get("axiswatch_write")
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(axiswatch_write=True), expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[Session]:  # commits, or rolls everything back
+        try:
+            with (self._write if write else self._read).begin() as s:
+                yield s
+        except SQLAlchemyError as e:
+            msg = (str(getattr(e, "orig", None) or e).strip().splitlines() or [type(e).__name__])[0]
+            hint = " (run Store.migrate() first)" if "no such table" in msg or "does not exist" in msg else ""
+            raise StoreError(f"database error on {self.url}: {msg}{hint}") from e
+
+    def migrate(self) -> int:
+        """Apply the missing migrations in order, in one transaction; the version reached."""
+        with self._tx(write=True) as s:
+            conn = s.connection()
+            if self.dialect == "postgresql":  # several replicas may start at once
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727011)")
+            SchemaVersion.__table__.create(conn, checkfirst=True)
+            current = s.scalar(select(func.max(SchemaVersion.version))) or 0
+            if current > SCHEMA_VERSION:
+                raise StoreError(f"database {self.url} is at schema version {current}, newer than the "
+                                 f"{SCHEMA_VERSION} this axiswatch knows: upgrade axiswatch to use it")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version - 1](conn)
+                conn.execute(insert(SchemaVersion.__table__).values(version=version, applied_at=time.time()))
+        return SCHEMA_VERSION
+
+    def _insert(self, s: Session, model: type[Base], rows: list[dict], keys: tuple[str, ...]) -> int:
+        # INSERT ... ON CONFLICT DO NOTHING RETURNING: the number of rows actually inserted
+        if not rows:
+            return 0
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(model.__table__)
+        stmt = ins.on_conflict_do_nothing(index_elements=list(keys)).returning(*model.__table__.primary_key)
+        return len(s.execute(stmt, rows).all())
+
+    def write(self, turns: Iterable[TurnRecord] = (), alerts: Iterable[AlertEvent] = (),
+              interventions: Iterable[InterventionRecord] = ()) -> dict[str, int]:
+        """One idempotent transaction for the whole batch; the counts of rows actually inserted."""
+        turns, alerts = _records(TurnRecord, turns), _records(AlertEvent, alerts)
+        interventions = _records(InterventionRecord, interventions)
+        counts = dict(sessions=0, turns=0, alerts=0, interventions=0)
+        if not (recs := [*turns, *alerts, *interventions]):
+            return counts
+        ids, now, born = sorted({r.session_id for r in recs}), time.time(), {}
+        for r in (r for r in recs if _num(r.created_at)):
+            born[r.session_id] = min(born.get(r.session_id, r.created_at), r.created_at)
+        with self._tx(write=True) as s:
+            new = [dict(id=i, created_at=float(born.get(i, now)), updated_at=now) for i in ids]
+            counts["sessions"] = self._insert(s, SessionRow, new, ("id",))
+            # Lock the session rows (PostgreSQL) so that concurrent batches recompute counters in turn.
+            s.execute(select(SessionRow.id).where(SessionRow.id.in_(ids)).order_by(SessionRow.id).with_for_update())
+            counts["turns"] = self._insert(s, TurnRow, [_row(t) for t in turns], ("session_id", "turn"))
+            counts["alerts"] = self._insert(s, AlertRow, [_row(a) for a in alerts], ("event_id",))
+            counts["interventions"] = self._insert(s, InterventionRow, [_row(i) for i in interventions],
+                                                   ("session_id", "turn", "token_index", "config_id"))
+            if any(counts.values()):  # a pure replay changes nothing, not even updated_at
+                self._refresh(s, ids, turns, alerts, interventions, now)
+        return counts
+
+    def _refresh(self, s: Session, ids: list[str], turns: list, alerts: list, interventions: list, now: float) -> None:
+        """Session counters from the stored turns; state and running score of the latest turn."""
+        per = select(TurnRow.session_id, func.max(TurnRow.turn).label("last"), func.count().label("n"),
+                     func.coalesce(func.sum(TurnRow.n_tokens), 0).label("tokens")).where(
+            TurnRow.session_id.in_(ids)).group_by(TurnRow.session_id).subquery()
+        agg = {sid: dict(n_turns=n, n_tokens=int(tokens), state=state, running=running)
+               for sid, n, tokens, state, running in s.execute(
+                   select(per.c.session_id, per.c.n, per.c.tokens, TurnRow.state, TurnRow.running)
+                   .join(TurnRow, (TurnRow.session_id == per.c.session_id) & (TurnRow.turn == per.c.last)))}
+        capped = set(s.scalars(select(InterventionRow.session_id).where(InterventionRow.session_id.in_(ids))))
+        capped |= {t.session_id for t in turns if t.capped and any(t.capped)}
+        policy = {a.session_id: a.policy for a in alerts} | {i.session_id: "cap" for i in interventions}
+        last_turn = {t.session_id: t for t in sorted(turns, key=lambda t: t.turn)}
+        for sid in ids:
+            vals: dict[str, Any] = dict(updated_at=now, **agg.get(sid, {}))
+            if t := last_turn.get(sid):  # where the session runs: source, model, monitor layer
+                vals.update(source=t.source, layer=t.layer, **({"model_id": t.model_id} if t.model_id else {}))
+            vals.update({"capped": True} if sid in capped else {}, **({"policy": policy[sid]} if sid in policy else {}))
+            s.execute(update(SessionRow.__table__).where(SessionRow.id == sid).values(**vals))
+
+    def _alert(self, s: Session, event_id: str) -> AlertRow:
+        if (row := s.get(AlertRow, event_id, with_for_update=True)) is None:
+            raise NotFoundError(f"no alert with event id {event_id!r}")
+        return row
+
+    def set_alert_delivery(self, event_id: str, status: str, attempts: int, last_error: str | None = None) -> bool:
+        """Record a delivery attempt. A delivered alert stays delivered (and this returns False)."""
+        _one_of(status, DELIVERY_STATUSES, "delivery status", optional=False)
+        _need(_int(attempts) and attempts >= 0, f"attempts must be a non-negative integer, not {attempts!r}")
+        with self._tx(write=True) as s:
+            row = self._alert(s, event_id)
+            if row.delivery_status == "delivered" and status != "delivered":
+                return False
+            row.delivery_status, row.attempts, row.last_error = status, attempts, last_error
+            return True
+
+    def acknowledge_alert(self, event_id: str) -> None:
+        with self._tx(write=True) as s:
+            self._alert(s, event_id).acknowledged = True
+
+    def mark_interrupted(self, session_id: str) -> None:
+        """Flag a session whose generation was cut off (creating its row if nothing was written yet)."""
+        _need(_name(session_id), f"session_id must be a non-empty string, not {session_id!r}")
+        with self._tx(write=True) as s:
+            self._insert(s, SessionRow, [dict(id=session_id, created_at=(now := time.time()), updated_at=now)], ("id",))
+            s.execute(update(SessionRow).where(SessionRow.id == session_id).values(interrupted=True, updated_at=now))
+
+    def list_sessions(self, state: str | None = None, source: str | None = None, since: float | None = None,
+                      limit: int = 100) -> list[dict[str, Any]]:
+        """Sessions newest first (by created_at); ``since`` keeps those created at or after it."""
+        _one_of(state, STATES, "state")
+        _one_of(source, SOURCES, "source")
+        _need(since is None or _num(since), f"since must be epoch seconds, not {since!r}")
+        _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
+        where = [c == v for c, v in ((SessionRow.state, state), (SessionRow.source, source)) if v is not None]
+        where += [SessionRow.created_at >= since] if since is not None else []
+        q = select(SessionRow).where(*where).order_by(SessionRow.created_at.desc(), SessionRow.id.desc())
+        with self._tx() as s:
+            return [_plain(r) for r in s.scalars(q.limit(limit))]
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        """The session with its turns (scores decoded), alerts and interventions; None if unknown."""
+        with self._tx() as s:
+            if (row := s.get(SessionRow, session_id)) is None:
+                return None
+            d = _plain(row)
+            for key, model, order in (("turns", TurnRow, ("turn",)), ("alerts", AlertRow, ("turn", "token_index")),
+                                      ("interventions", InterventionRow, ("turn", "token_index", "config_id"))):
+                q = select(model).where(model.session_id == session_id)
+                q = q.order_by(*(getattr(model, c) for c in order), model.created_at)
+                d[key] = [_plain(r) for r in s.scalars(q)]
+            return d
+
+    def list_alerts(self, status: str | None = None, limit: int = 100, session_id: str | None = None) -> list[dict]:
+        """Alerts newest first, optionally only those with one delivery status or of one session."""
+        _one_of(status, DELIVERY_STATUSES, "delivery status")
+        _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
+        where = [c == v for c, v in ((AlertRow.delivery_status, status), (AlertRow.session_id, session_id)) if v]
+        q = select(AlertRow).where(*where).order_by(AlertRow.created_at.desc(), AlertRow.event_id)
+        with self._tx() as s:
+            return [_plain(a) for a in s.scalars(q.limit(limit))]
+
+    def token_count(self, session_id: str) -> int:
+        """Tokens stored for a session (0 when unknown)."""
+        with self._tx() as s:
+            return s.scalar(select(SessionRow.n_tokens).where(SessionRow.id == session_id)) or 0
+

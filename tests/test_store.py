@@ -1,0 +1,290 @@
+"""The store against real SQLite (a tmp file) and the real PostgreSQL server (a fresh schema per test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from array import array
+from contextlib import closing
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.store import (SCHEMA_VERSION, AlertRow, Base, InterventionRow, NotFoundError, SchemaVersion,
+                           SessionRow, Store, StoreError, TurnRow)
+from probes.errors import InputError
+
+PG_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    import psycopg  # a dependency of the store itself: missing is an error, not a skip
+
+    try:
+        conn = psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL server unreachable at {PG_URL}: {e}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A blank database: a SQLite file, or a uniquely named PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'axiswatch.db'}"
+        return
+    admin = request.getfixturevalue("pg_admin")
+    schema = f"axw_test_{uuid.uuid4().hex[:16]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store(db_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def count(store: Store, model) -> int:
+    with store.engine.connect() as c:
+        return c.scalar(select(func.count()).select_from(model.__table__))
+
+
+def versions(store: Store) -> list[int]:
+    with store.engine.connect() as c:
+        if not inspect(c).has_table("schema_version"):
+            return []
+        return c.scalars(select(SchemaVersion.version).order_by(SchemaVersion.version)).all()
+
+
+def turn(sid="s1", i=1, n=4, **kw) -> TurnRecord:
+    kw.setdefault("tokens", [f"t{k}" for k in range(n)])
+    kw.setdefault("scores", [0.5 * k - 1.0 for k in range(n)])
+    return TurnRecord(session_id=sid, turn=i, role=kw.pop("role", "assistant"), text=kw.pop("text", "hello"),
+                      layer=kw.pop("layer", 15), model_id=kw.pop("model_id", "default"), **kw)
+
+
+def alert(sid="s1", i=1, eid=None, **kw) -> AlertEvent:
+    return AlertEvent(session_id=sid, turn=i, token_index=kw.pop("token_index", 2), level=kw.pop("level", "watch"),
+                      score=-2.5, threshold=-2.0, **({"event_id": eid} if eid else {}), **kw)
+
+
+def iv(sid="s1", i=1, config="cfg-a", **kw) -> InterventionRecord:
+    return InterventionRecord(session_id=sid, turn=i, token_index=kw.pop("token_index", 3), config_id=config,
+                              thresholds={"18": 1.5, "19": 2.0}, layers=[18, 19], **kw)
+
+
+def test_migrate_blank_then_noop(db_url):
+    with closing(Store(db_url)) as s:
+        assert versions(s) == [] and inspect(s.engine).get_table_names() == []
+        assert s.migrate() == SCHEMA_VERSION
+        assert versions(s) == list(range(1, SCHEMA_VERSION + 1))
+        assert s.migrate() == SCHEMA_VERSION  # no-op
+    with closing(Store(db_url)) as s:  # a second process starting on the same database
+        assert s.migrate() == SCHEMA_VERSION
+        assert versions(s) == list(range(1, SCHEMA_VERSION + 1))  # each version recorded once
+        assert s.list_sessions() == []
+
+
+def test_migrated_schema_matches_models(store):
+    """The migration list builds exactly what the typed models describe."""
+    insp = inspect(store.engine)
+    assert {"sessions", "turns", "alerts", "interventions", "schema_version"} <= set(insp.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        cols = {c["name"]: c["nullable"] for c in insp.get_columns(table.name)}
+        assert cols == {c.name: c.nullable for c in table.columns}, table.name
+    uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("turns")}
+    assert ("session_id", "turn") in uniques
+    assert any(fk["referred_table"] == "sessions" for fk in insp.get_foreign_keys("turns"))
+
+
+def test_connection_settings(store):
+    with store.engine.connect() as c:
+        if store.dialect == "sqlite":
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert c.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        else:
+            assert store.engine.dialect.driver == "psycopg"
+            assert c.execute(text("select current_schema()")).scalar().startswith("axw_test_")
+
+
+def test_urls():
+    assert Store("postgresql://u@localhost/db").engine.dialect.driver == "psycopg"
+    assert Store("postgres://u:secret@localhost/db").url == "postgresql+psycopg://u:***@localhost/db"
+    with pytest.raises(InputError, match="not valid"):
+        Store("not a url")
+    with pytest.raises(InputError, match="only sqlite"):
+        Store("mysql://u@localhost/db")
+    with pytest.raises(StoreError, match="database error on postgresql"):
+        Store("postgresql://postgres@127.0.0.1:1/nothing?connect_timeout=2").migrate()
+
+
+def test_unmigrated_database_says_so(db_url):
+    with closing(Store(db_url)) as s, pytest.raises(StoreError, match="migrate"):
+        s.write(turns=[turn()])
+
+
+def test_turn_round_trip(store):
+    scores = [0.1, -3.7, 1e-3, 12345.678, -0.0, 2.5, 7.0, -1.25, 0.3, 1 / 3, 99.5]
+    pre = [x - 1.0 for x in scores]
+    mask = [False, True, True, False, False, False, False, False, True, False, True]  # crosses a byte boundary
+    tokens = ["Hello", " wörld", "🙂", "\n", "Ġthe", "", "x", "y", "z", "<|im_end|>", "\"q\""]
+    store.write(turns=[turn("rt", 3, tokens=tokens, scores=scores, pre_cap_scores=pre, capped=mask,
+                            state="warning", running=-1.75)])
+    t = store.get_session("rt")["turns"][0]
+    f32 = lambda xs: array("f", xs).tolist()  # noqa: E731
+    assert t["scores"] == f32(scores) and t["scores"] == pytest.approx(scores, rel=1e-6)
+    assert t["pre_cap_scores"] == f32(pre)
+    assert t["capped"] == mask
+    assert t["tokens"] == tokens and t["n_tokens"] == 11 and t["layer"] == 15 and t["turn"] == 3
+    assert t["mean"] == pytest.approx(sum(scores) / len(scores))
+    assert (t["state"], t["running"], t["role"], t["text"]) == ("warning", -1.75, "assistant", "hello")
+    with store.engine.connect() as c:  # compact: 4 bytes a score, little-endian; 1 bit a capped flag
+        raw, bits = c.execute(select(TurnRow.scores, TurnRow.capped)).one()
+    assert len(raw) == 4 * len(scores) and raw[:4] == bytes(array("f", [0.1]).tobytes())
+    assert len(bits) == 2 and bits[0] == 0b00000110
+    # A user turn: text only, no scores, no mask.
+    store.write(turns=[turn("rt", 2, role="user", text="hi", tokens=[], scores=[])])
+    u = store.get_session("rt")["turns"][0]
+    assert (u["scores"], u["pre_cap_scores"], u["capped"], u["mean"], u["n_tokens"]) == ([], None, None, None, 0)
+
+
+def test_idempotent_replay(store):
+    batch = dict(turns=[turn("a", 1), turn("a", 2), turn("b", 1)],
+                 alerts=[alert("a", 2, "evt_1"), alert("b", 1, "evt_2")], interventions=[iv("a", 2)])
+    assert store.write(**batch) == dict(sessions=2, turns=3, alerts=2, interventions=1)
+    before = [count(store, m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
+    assert store.write(**batch) == dict(sessions=0, turns=0, alerts=0, interventions=0)
+    # The same records rebuilt from their JSON form (as they come off a Redis stream), each twice in one batch.
+    kinds = dict(turns=TurnRecord, alerts=AlertEvent, interventions=InterventionRecord)
+    again = {k: [kinds[k].from_dict(json.loads(json.dumps(r.to_dict()))) for r in v] * 2 for k, v in batch.items()}
+    assert store.write(**again) == dict(sessions=0, turns=0, alerts=0, interventions=0)
+    assert [count(store, m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)] == before == [2, 3, 2, 1]
+    assert store.get_session("a")["n_turns"] == 2 and store.token_count("a") == 8
+    assert store.write() == dict(sessions=0, turns=0, alerts=0, interventions=0)
+
+
+def test_session_counters(store):
+    store.write(turns=[turn("c", 0, role="user", tokens=[], scores=[], text="hi"),
+                       turn("c", 1, n=5, state="watch", running=-0.5)])
+    store.write(turns=[turn("c", 3, n=3, state="warning", running=-1.5)])
+    store.write(turns=[turn("c", 2, n=2, state="ok", running=0.25)])  # a late, older turn
+    s = store.get_session("c")
+    assert (s["n_turns"], s["n_tokens"], s["state"], s["running"], s["capped"]) == (4, 10, "warning", -1.5, False)
+    assert (s["source"], s["model_id"], s["layer"], s["interrupted"]) == ("live", "default", 15, False)
+    assert [t["turn"] for t in s["turns"]] == [0, 1, 2, 3] and store.token_count("c") == 10
+    assert s["updated_at"] >= s["created_at"]
+    store.write(alerts=[alert("c", 3, level="warning")], interventions=[iv("c", 3)])
+    s = store.get_session("c")
+    assert s["capped"] is True and s["policy"] == "cap" and s["n_turns"] == 4 and len(s["alerts"]) == 1
+    assert s["interventions"][0]["thresholds"] == {"18": 1.5, "19": 2.0} and s["interventions"][0]["layers"] == [18, 19]
+    # A capped token alone marks the session capped; an alert alone creates the session.
+    store.write(turns=[turn("d", 1, n=2, capped=[False, True], pre_cap_scores=[0.0, -3.0])])
+    store.write(alerts=[alert("e", 1)])
+    assert store.get_session("d")["capped"] is True
+    e = store.get_session("e")
+    assert (e["n_turns"], e["state"], e["policy"], e["capped"]) == (0, "ok", "flag", False)
+    store.mark_interrupted("c")
+    store.mark_interrupted("f")  # nothing written yet: the row is created
+    assert store.get_session("c")["interrupted"] and store.get_session("f")["interrupted"]
+    assert store.get_session("nope") is None and store.token_count("nope") == 0
+
+
+def test_alert_delivery_and_acknowledge(store):
+    store.write(alerts=[alert("s", 1, "evt_a"), alert("s", 2, "evt_b")])
+    assert {a["delivery_status"] for a in store.list_alerts()} == {"pending"}
+    assert store.set_alert_delivery("evt_a", "retrying", 1, "timeout after 5s")
+    a = store.list_alerts(status="retrying")
+    assert [(x["event_id"], x["attempts"], x["last_error"]) for x in a] == [("evt_a", 1, "timeout after 5s")]
+    assert store.set_alert_delivery("evt_a", "delivered", 2)
+    assert not store.set_alert_delivery("evt_a", "retrying", 3, "late worker")  # delivered stays delivered
+    assert store.set_alert_delivery("evt_b", "dead", 8, "HTTP 500")
+    assert store.set_alert_delivery("evt_b", "pending", 0)  # replayed from the dead letters
+    assert [x["event_id"] for x in store.list_alerts(status="delivered")] == ["evt_a"]
+    assert [x["event_id"] for x in store.list_alerts(status="pending")] == ["evt_b"]
+    store.write(alerts=[alert("s", 1, "evt_a")])  # a replayed stream entry keeps the delivery state
+    got = {x["event_id"]: x for x in store.list_alerts(session_id="s")}
+    assert got["evt_a"]["delivery_status"] == "delivered" and got["evt_a"]["attempts"] == 2
+    assert not got["evt_a"]["acknowledged"]
+    store.acknowledge_alert("evt_a")
+    assert store.get_session("s")["alerts"][0]["acknowledged"] is True
+    with pytest.raises(NotFoundError, match="evt_zzz"):
+        store.acknowledge_alert("evt_zzz")
+    with pytest.raises(NotFoundError, match="evt_zzz"):
+        store.set_alert_delivery("evt_zzz", "delivered", 1)
+    with pytest.raises(InputError, match="delivery status"):
+        store.set_alert_delivery("evt_b", "lost", 1)
+    with pytest.raises(InputError, match="delivery status"):
+        store.list_alerts(status="lost")
+
+
+def test_interventions_unique(store):
+    assert store.write(interventions=[iv("s", 1), iv("s", 1)])["interventions"] == 1
+    assert store.write(interventions=[iv("s", 1), iv("s", 1, config="cfg-b"), iv("s", 2)])["interventions"] == 2
+    assert count(store, InterventionRow) == 3
+
+
+@pytest.mark.parametrize("bad", [
+    dict(turns=[turn("ok", 1), turn("bad", 1, scores=[0.1, "x", 0.3, 0.4])]),
+    dict(turns=[turn("ok", 1), turn("ok", 2)], alerts=[alert("ok", 2, level="panic")]),
+    dict(turns=[turn("ok", 1)], interventions=[iv("ok", 1, config="")]),
+    dict(turns=[turn("ok", 1, capped=[True])]),
+], ids=["string-score", "bad-alert-after-turns", "bad-intervention", "mask-length"])
+def test_bad_batch_rolls_back_entirely(store, bad):
+    store.write(turns=[turn("old", 1)])
+    before = store.get_session("old")
+    with pytest.raises(InputError):
+        store.write(turns=bad.get("turns", []) + [turn("old", 2)], alerts=bad.get("alerts", []),
+                    interventions=bad.get("interventions", []))
+    assert [s["id"] for s in store.list_sessions()] == ["old"]
+    assert store.get_session("old") == before
+    assert (count(store, TurnRow), count(store, AlertRow), count(store, InterventionRow)) == (1, 0, 0)
+    assert store.write(turns=[turn("ok", 1)])["turns"] == 1  # the store is still usable
+
+
+def test_list_sessions_filters_and_order(store):
+    store.write(turns=[turn("a", 1, created_at=100.0), turn("b", 1, created_at=200.0, state="critical", source="audit"),
+                       turn("c", 1, created_at=300.0, state="critical")])
+    assert [s["id"] for s in store.list_sessions()] == ["c", "b", "a"]
+    assert [s["id"] for s in store.list_sessions(state="critical")] == ["c", "b"]
+    assert [s["id"] for s in store.list_sessions(source="audit")] == ["b"]
+    assert [s["id"] for s in store.list_sessions(since=150.0)] == ["c", "b"]
+    assert [s["id"] for s in store.list_sessions(state="critical", source="live", since=250)] == ["c"]
+    assert [s["id"] for s in store.list_sessions(limit=1)] == ["c"]
+    assert store.list_sessions()[0]["created_at"] == 300.0 and "turns" not in store.list_sessions()[0]
+    with pytest.raises(InputError, match="state"):
+        store.list_sessions(state="fine")
+    with pytest.raises(InputError, match="limit"):
+        store.list_sessions(limit=0)
+
+
+def test_newer_schema_refused(store, db_url):
+    with store.engine.begin() as c:
+        c.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION + 98, applied_at=0.0))
+    with closing(Store(db_url)) as s, pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 98}, newer"):
+        s.migrate()
+    assert versions(store)[-1] == SCHEMA_VERSION + 98
+
+
+def test_bad_arguments(store):
+    with pytest.raises(InputError, match="expected a TurnRecord"):
+        store.write(turns=[{"session_id": "s", "turn": 1}])
+    with pytest.raises(InputError, match="session_id"):
+        store.write(alerts=[alert(sid="")])
+    with pytest.raises(InputError, match="attempts"):
+        store.set_alert_delivery("evt_x", "retrying", -1)
+    with pytest.raises(InputError, match="session_id"):
+        store.mark_interrupted("")
+    with pytest.raises(InputError, match="limit"):
+        store.list_alerts(limit=-5)
+    assert count(store, SessionRow) == 0
