@@ -1,10 +1,10 @@
-# axiswatch: `make run` scores a sample conversation with the bundled model; `make test` runs the tests.
+# axiswatch: `make run` serves the bundled model (embedded Redis, SQLite); `make test` runs the tests.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow axis-quick axis-standard capping clean
+.PHONY: install run demo test test-slow axis-quick axis-standard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/axiswatch serve
+
+demo: $(STAMP)
 	$(BIN)/axiswatch demo
 
 test: $(STAMP)

@@ -43,6 +43,17 @@ def redis_executable() -> str:
     return exe
 
 
+def _die_with_parent() -> None:
+    """In the child: on Linux, get SIGTERM when the parent dies, even by SIGKILL (no orphaned server)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,7 +78,8 @@ class EmbeddedRedis:
         cmd = [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no", "--dir", str(self.data_dir), "--protected-mode", "yes",
                "--logfile", str(self.data_dir / "redis.log")]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         import redis
 
         deadline = time.monotonic() + timeout

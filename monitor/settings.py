@@ -12,6 +12,14 @@ def shipped_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "probes" / "shipped" / "smollm2-135m-instruct"
 
 
+def _port(v: str) -> int:
+    if not v.isdigit() or not 0 < int(v) < 65536:
+        from probes.errors import InputError
+
+        raise InputError(f"AXISWATCH_PORT must be a port number, not {v!r}")
+    return int(v)
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = "default"
@@ -23,6 +31,11 @@ class Settings:
     layers_path: str | None = None
     judge: str = "offline"
     batch_size: int = 16
+    redis_url: str | None = None  # None: start the embedded redis-server
+    database_url: str = "sqlite:///axiswatch.db"
+    policy: str = "flag"
+    host: str = "127.0.0.1"
+    port: int = 8000
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -36,7 +49,9 @@ class Settings:
         return cls(model=get("MODEL", "default"), device=get("DEVICE", "cpu"), dtype=get("DTYPE", "float32"),
                    cache_dir=get("CACHE_DIR"), axis=get("AXIS"), capping=get("CAPPING"),
                    layers_path=get("LAYERS_PATH"), judge=get("JUDGE", "offline"),
-                   batch_size=int(batch))
+                   batch_size=int(batch), redis_url=env.get("REDIS_URL") or get("REDIS_URL"),
+                   database_url=get("DATABASE_URL", "sqlite:///axiswatch.db"), policy=get("POLICY", "flag"),
+                   host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

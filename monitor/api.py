@@ -1,0 +1,185 @@
+"""The HTTP API: OpenAI-compatible chat completions with per-token Assistant-Axis scores.
+
+``POST /v1/chat/completions`` (streaming and not) works with the official
+``openai`` client unchanged; each response carries an ``axiswatch`` object.
+A conversation is a session: its id comes from the body's ``session_id``
+(``extra_body={"session_id": ...}`` in the client) or the ``X-Session-Id``
+header; without one a new session is created, returned in the header and the body.
+Sampling is greedy unless the request sets ``temperature``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitor.batcher import Batcher
+from monitor.engine import ChatRequest, ChatResult, Engine
+from probes.errors import AxiswatchError, InputError
+from probes.generation import GenerationOptions
+from probes.models import format_chat
+
+MAX_NEW_TOKENS = 1024
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class CompletionBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    messages: list[Message] = Field(min_length=1, max_length=512)
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+    session_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    policy: Literal["observe", "flag", "cap"] | None = None
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("axiswatch_requests", "chat completion requests", ["stream"], registry=self.registry)
+        self.tokens = Counter("axiswatch_tokens_scored", "generated tokens scored", registry=self.registry)
+        self.alerts = Counter("axiswatch_alerts", "drift alerts raised", ["level"], registry=self.registry)
+        self.capped = Counter("axiswatch_sessions_capped", "sessions switched to capping", registry=self.registry)
+        self.sessions = Gauge("axiswatch_sessions", "sessions known to this replica", registry=self.registry)
+        self.lag = Gauge("axiswatch_stream_lag", "stream entries not yet delivered to a group", ["stream", "group"],
+                         registry=self.registry)
+
+    def observe(self, res: ChatResult, stream: bool) -> None:
+        self.requests.labels(str(stream).lower()).inc()
+        self.tokens.inc(len(res.scores))
+        for a in res.alerts:
+            self.alerts.labels(a.level).inc()
+        self.capped.inc(len(res.interventions))
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> FastAPI:
+    app = FastAPI(title="axiswatch", version="0.1.0",
+                  description="Persona-drift monitoring on the Assistant Axis (OpenAI-compatible).")
+    metrics = Metrics()
+    model_id = engine.lm.model_id
+
+    @app.exception_handler(AxiswatchError)
+    async def _axiswatch_error(_req: Request, e: AxiswatchError):
+        return _error(e.http_status, str(e), type(e).__name__)
+
+    def _request(body: CompletionBody, header_sid: str | None) -> ChatRequest:
+        sid = body.session_id or header_sid
+        if sid is not None and (len(sid) > 128 or not all(c.isalnum() or c in "_.:-" for c in sid)):
+            raise InputError("X-Session-Id must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
+        session = engine.session(sid, body.policy)
+        opts = GenerationOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,
+                                 temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, seed=body.seed)
+        return ChatRequest(session.id, [m.model_dump() for m in body.messages], opts, body.policy)
+
+    def _usage(req: ChatRequest, res: ChatResult) -> dict:
+        prompt = len(engine.lm.tokenizer(format_chat(engine.lm.tokenizer, req.messages), add_special_tokens=False)["input_ids"])
+        return {"prompt_tokens": prompt, "completion_tokens": len(res.tokens), "total_tokens": prompt + len(res.tokens)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: CompletionBody, x_session_id: str | None = Header(default=None)):
+        req = _request(body, x_session_id)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        headers = {"X-Session-Id": req.session_id}
+        if not body.stream:
+            res: ChatResult = await asyncio.wrap_future(batcher.submit(req))
+            metrics.observe(res, False)
+            return JSONResponse({
+                "id": cid, "object": "chat.completion", "created": created, "model": model_id,
+                "session_id": res.session_id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
+                             "finish_reason": res.finish_reason}],
+                "usage": _usage(req, res),
+                "axiswatch": {"session_id": res.session_id, "turn": res.turn, "layer": res.layer, "scores": res.scores,
+                              "mean": res.mean, "state": res.state, "capped": res.capped},
+            }, headers=headers)
+
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        req.on_token = lambda tok: loop.call_soon_threadsafe(q.put_nowait, tok)
+        fut = asyncio.wrap_future(batcher.submit(req))
+        fut.add_done_callback(lambda _f: q.put_nowait(None))
+
+        def chunk(delta: dict, finish: str | None, extra: dict) -> str:
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model_id, "session_id": req.session_id,
+                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                                          "axiswatch": extra}) + "\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""}, None, {"session_id": req.session_id})
+            while (tok := await q.get()) is not None:
+                yield chunk({"content": tok["token"]}, None, tok)
+            try:
+                res = fut.result()
+            except AxiswatchError as e:
+                yield "data: " + json.dumps({"error": {"message": str(e), "type": type(e).__name__}}) + "\n\n"
+                return
+            metrics.observe(res, True)
+            yield chunk({}, res.finish_reason, {"session_id": res.session_id, "turn": res.turn, "layer": res.layer,
+                                                "mean": res.mean, "state": res.state, "capped": res.capped})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.get("/v1/sessions")
+    async def list_sessions(state: str | None = None, source: str | None = None, limit: int = 100) -> Any:
+        _need_store()
+        return {"sessions": store.list_sessions(state=state, source=source, limit=min(max(limit, 1), 1000))}
+
+    @app.get("/v1/sessions/{session_id}")
+    async def get_session(session_id: str) -> Any:
+        _need_store()
+        s = store.get_session(session_id)
+        if s is None:
+            return _error(404, f"no session {session_id!r}", "NotFound")
+        return s
+
+    def _need_store():
+        if store is None:
+            raise AxiswatchError("this replica has no store configured")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        checks = {"model": True}
+        if streams is not None:
+            try:
+                checks["redis"] = bool(streams.r.ping())
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                checks["redis"] = False
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.sessions.set(len(engine.sessions))
+        if streams is not None:
+            for stream in ("turns", "alerts", "interventions"):
+                for group, lag in streams.lag(stream).items():
+                    metrics.lag.labels(stream, group).set(lag["undelivered"] + lag["pending"])
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,75 @@
+"""Commands that run the service: ``serve`` and ``worker``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from monitor.cli import _errors, _settings, cli, model_options
+
+
+@cli.command()
+@model_options
+@click.option("--host", default=None, help="bind address  [env AXISWATCH_HOST, default 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="[env AXISWATCH_PORT, default 8000]")
+@click.option("--policy", type=click.Choice(["observe", "flag", "cap"]), default=None,
+              help="what to do when a session drifts  [env AXISWATCH_POLICY, default flag]")
+@click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL, default sqlite:///axiswatch.db]")
+@click.option("--no-workers", is_flag=True, help="API and engine only; run 'axiswatch worker' processes beside it")
+@click.pass_context
+@_errors
+def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_url, no_workers):
+    """Run the probe service: OpenAI-compatible chat completions with per-token scores.
+
+    Without REDIS_URL an embedded redis-server is started (and stopped on exit);
+    without AXISWATCH_DATABASE_URL sessions go to ./axiswatch.db (SQLite).
+    """
+    import uvicorn
+
+    from monitor import service
+    from monitor.api import create_app
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
+                  policy=policy, database_url=database_url)
+    rt = service.start(s, workers=not no_workers)
+    try:
+        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams)
+        click.echo(f"axiswatch serving {rt.engine.lm.model_id} on http://{s.host}:{s.port}/v1 "
+                   f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url})")
+        click.echo(f"try: curl -s http://{s.host}:{s.port}/v1/chat/completions -H 'content-type: application/json' "
+                   "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Who are you?\"}], \"max_tokens\": 32}'")
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exit that runs `finally`
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        uvicorn.run(app, host=s.host, port=s.port, log_level="warning")
+    finally:
+        rt.close()
+
+
+def _exit_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+@cli.command()
+@click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL]")
+@click.pass_context
+@_errors
+def worker(ctx, database_url):
+    """Persist scored turns, alerts and interventions from Redis to the store (needs REDIS_URL)."""
+    from monitor import service
+    from probes.errors import InputError
+
+    s = _settings(ctx, database_url=database_url)
+    if not s.redis_url:
+        raise InputError("a separate worker needs the deployment's Redis: set REDIS_URL (an embedded Redis "
+                         "started by 'axiswatch serve' is printed at its start)")
+    rt = service.start(s, workers=True, model=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"persistence worker {rt.workers[0].name}: {rt.redis_url} -> {rt.store.url}")
+    try:
+        stop.wait()
+    finally:
+        rt.close()

@@ -1,0 +1,87 @@
+"""Assembling a running deployment from :class:`Settings`: Redis (embedded when
+no ``REDIS_URL``), the store (migrated), the model and its axis, the engine,
+the batcher and, unless ``workers=False``, an in-process persistence worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis_url: str
+    streams: object
+    store: object
+    engine: object = None
+    batcher: object = None
+    workers: list = field(default_factory=list)
+    _stack: ExitStack = field(default_factory=ExitStack)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        if self.batcher is not None:
+            self.batcher.close()
+        self._stack.close()
+        self.store.close()
+
+
+def open_data(settings: Settings, stack: ExitStack):
+    """Redis (embedded when no URL), its stream groups, and the migrated store."""
+    from monitor.redis_server import EmbeddedRedis
+    from monitor.store import Store
+    from monitor.streams import Streams
+
+    url = settings.redis_url
+    if not url:
+        url = stack.enter_context(EmbeddedRedis()).url
+        log.info("no REDIS_URL: started an embedded redis-server at %s", url)
+    streams = Streams.from_url(url)
+    streams.ensure_groups()
+    store = Store(settings.database_url)
+    store.migrate()
+    return url, streams, store
+
+
+def start(settings: Settings, workers: bool = True, model: bool = True) -> Runtime:
+    stack = ExitStack()
+    try:
+        url, streams, store = open_data(settings, stack)
+        rt = Runtime(settings, url, streams, store, _stack=stack)
+        if model:
+            from monitor.batcher import Batcher
+            from monitor.drift import thresholds_from_calibration
+            from monitor.engine import Engine
+            from probes.artifacts import load_axis, load_capping
+            from probes.models import load_model
+
+            lm = load_model(settings.model, settings.device, settings.dtype, settings.cache_dir, settings.layers_path)
+            axis = load_axis(settings.axis_dir())
+            axis.check(lm.model_id, lm.hidden_size, lm.n_layers)
+            from pathlib import Path
+
+            cap_dir = Path(settings.capping) if settings.capping else axis.path
+            capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
+            if capping is not None:
+                capping.check(lm.hidden_size, lm.n_layers)
+            rt.engine = Engine(lm, axis, thresholds_from_calibration(axis.layer_stats()), capping,
+                               policy=settings.policy, publisher=streams)
+            rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
+        if workers:
+            from monitor.workers import PersistWorker
+
+            w = PersistWorker(streams, store)
+            w.start_thread()
+            rt.workers.append(w)
+        return rt
+    except BaseException:
+        stack.close()
+        raise

@@ -1,0 +1,106 @@
+"""Workers that drain Redis Streams: the persistence worker (streams -> store).
+
+It reads the ``persist`` group of the turns, alerts and interventions streams,
+writes each batch to the store in one idempotent transaction, and acknowledges
+the entries only after the commit. On start (and every ``reclaim_every_s``) it
+takes over entries that another, dead, consumer was given but never
+acknowledged. Replays create no duplicate rows (the store's keys).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.store import Store
+from monitor.streams import Entry, Streams
+from probes.errors import InputError
+
+log = logging.getLogger(__name__)
+PERSISTED = ("turns", "alerts", "interventions")
+RECORD = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
+
+
+def consumer_name(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10000}"
+
+
+class PersistWorker:
+    def __init__(self, streams: Streams, store: Store, name: str | None = None, batch: int = 200,
+                 block_ms: int = 500, reclaim_idle_ms: int = 30_000, reclaim_every_s: float = 30.0):
+        self.streams, self.store, self.batch, self.block_ms = streams, store, batch, block_ms
+        self.name = name or consumer_name("persist")
+        self.reclaim_idle_ms, self.reclaim_every_s = reclaim_idle_ms, reclaim_every_s
+        self._stop = threading.Event()
+        self._last_reclaim = 0.0
+        self.written = {"turns": 0, "alerts": 0, "interventions": 0}
+
+    def _apply(self, entries: list[Entry]) -> None:
+        """Write and acknowledge one batch; malformed entries are logged and acknowledged (never retried forever)."""
+        groups: dict[str, list] = {"turn": [], "alert": [], "intervention": []}
+        for e in entries:
+            cls = RECORD.get(e.kind)
+            try:
+                groups[e.kind].append(cls.from_dict(e.data))
+            except (TypeError, KeyError, AttributeError) as err:
+                log.error("dropping malformed %s entry %s: %s", e.stream, e.id, err)
+        try:
+            counts = self.store.write(turns=groups["turn"], alerts=groups["alert"], interventions=groups["intervention"])
+        except InputError:  # one bad record must not block the batch forever: write one by one
+            counts = {}
+            for kind, recs in groups.items():
+                for rec in recs:
+                    try:
+                        c = self.store.write(**{kind + "s": [rec]})
+                    except InputError as err:
+                        log.error("dropping invalid %s record of session %s: %s", kind, rec.session_id, err)
+                        continue
+                    for k, v in c.items():
+                        counts[k] = counts.get(k, 0) + v
+        for k in self.written:
+            self.written[k] += counts.get(k, 0)
+        for stream in PERSISTED:
+            ids = [e.id for e in entries if e.stream == stream]
+            self.streams.ack(stream, "persist", ids)
+
+    def run_once(self, block_ms: int | None = None) -> int:
+        """One pass over the three streams (reclaiming first when due); returns entries handled."""
+        entries: list[Entry] = []
+        if time.monotonic() - self._last_reclaim >= self.reclaim_every_s:
+            self._last_reclaim = time.monotonic()
+            for stream in PERSISTED:
+                entries += self.streams.reclaim(stream, "persist", self.name, self.reclaim_idle_ms)
+        for stream in PERSISTED:
+            entries += self.streams.read_group(stream, "persist", self.name, count=self.batch, block_ms=None)
+        if not entries and block_ms:
+            entries = self.streams.read_group("turns", "persist", self.name, count=self.batch, block_ms=block_ms)
+        if entries:
+            self._apply(entries)
+            for stream in PERSISTED:
+                self.streams.trim(stream)
+        return len(entries)
+
+    def run(self) -> None:
+        self.streams.ensure_groups()
+        while not self._stop.is_set():
+            try:
+                self.run_once(self.block_ms)
+            except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending and are retried
+                log.exception("persistence worker %s: batch failed; will retry", self.name)
+                self._stop.wait(1.0)
+
+    def start_thread(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand, then return (joins the thread started by :meth:`start_thread`)."""
+        self._stop.set()
+        t = getattr(self, "_thread", None)
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)

@@ -1,0 +1,120 @@
+"""The HTTP API over real HTTP: uvicorn, the official openai client, embedded Redis, SQLite."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from monitor.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from monitor import service
+    from monitor.api import create_app
+
+    db = tmp_path_factory.mktemp("db") / "aw.db"
+    rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=4))
+    app = create_app(rt.engine, rt.batcher, rt.store, rt.streams)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "rt": rt}
+    srv.should_exit = True
+    t.join(10)
+    rt.close()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server["url"] + "/v1", api_key="unused")
+
+
+def wait_for(fn, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+MSGS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_non_streaming_with_the_openai_client(client, server):
+    r = client.chat.completions.create(model="default", messages=MSGS, max_tokens=8, extra_body={"session_id": "api-1"})
+    aw = r.model_extra["axiswatch"]
+    assert aw["session_id"] == "api-1" and aw["turn"] == 1 and aw["layer"] == server["rt"].engine.layer
+    assert len(aw["scores"]) == r.usage.completion_tokens > 0
+    assert aw["mean"] == pytest.approx(sum(aw["scores"]) / len(aw["scores"]))
+    assert aw["state"] in ("ok", "watch", "warning", "critical") and aw["capped"] is False
+    assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
+    # the worker persists the turn: every scored token is in the store
+    store = server["rt"].store
+    s = wait_for(lambda: store.get_session("api-1") if store.token_count("api-1") == len(aw["scores"]) else None)
+    assert [t["role"] for t in s["turns"]] == ["user", "assistant"]
+    assert s["turns"][1]["scores"] == pytest.approx(aw["scores"], abs=1e-4)
+    got = httpx.get(server["url"] + "/v1/sessions/api-1").json()
+    assert got["id"] == "api-1" and len(got["turns"]) == 2
+    assert any(x["id"] == "api-1" for x in httpx.get(server["url"] + "/v1/sessions").json()["sessions"])
+
+
+def test_streaming_matches_non_streaming(client):
+    plain = client.chat.completions.create(model="default", messages=MSGS, max_tokens=8, extra_body={"session_id": "api-2"})
+    chunks = list(client.chat.completions.create(model="default", messages=MSGS, max_tokens=8, stream=True,
+                                                 extra_body={"session_id": "api-3"}))
+    tokens = [c.model_extra["axiswatch"] for c in chunks if c.choices[0].delta.content]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
+    assert [t["token_index"] for t in tokens] == list(range(len(tokens)))
+    assert [t["score"] for t in tokens] == pytest.approx(plain.model_extra["axiswatch"]["scores"], abs=1e-4)
+    assert all(t["session_id"] == "api-3" and "state" in t and "capped" in t for t in tokens)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_new_session_id_is_returned(client):
+    raw = client.chat.completions.with_raw_response.create(model="default", messages=MSGS, max_tokens=2)
+    sid = raw.headers["x-session-id"]
+    assert sid.startswith("sess_") and raw.parse().model_extra["session_id"] == sid
+    # the header carries a session too
+    raw2 = client.chat.completions.with_raw_response.create(model="default", messages=MSGS, max_tokens=2,
+                                                             extra_headers={"X-Session-Id": "hdr-1"})
+    assert raw2.headers["x-session-id"] == "hdr-1"
+
+
+def test_bad_requests_are_4xx(server):
+    url = server["url"] + "/v1/chat/completions"
+    assert httpx.post(url, json={"messages": []}).status_code == 422
+    assert httpx.post(url, json={"messages": [{"role": "wizard", "content": "x"}]}).status_code == 422
+    assert httpx.post(url, json={"messages": MSGS, "max_tokens": 0}).status_code == 422
+    r = httpx.post(url, json={"messages": MSGS}, headers={"X-Session-Id": "bad id!"})
+    assert r.status_code == 422 and "X-Session-Id" in r.json()["error"]["message"]
+    assert httpx.post(url, content=b"\xff\xfe not json", headers={"content-type": "application/json"}).status_code == 400
+    assert httpx.get(server["url"] + "/v1/sessions/nope").status_code == 404
+
+
+def test_health_ready_metrics(server):
+    assert httpx.get(server["url"] + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(server["url"] + "/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["redis"] is True
+    m = httpx.get(server["url"] + "/metrics").text
+    assert "axiswatch_tokens_scored_total" in m and "axiswatch_stream_lag" in m

