@@ -28,6 +28,7 @@ from probes.generation import GenerationOptions
 from probes.models import format_chat
 
 MAX_NEW_TOKENS = 1024
+MAX_AUDIT_BYTES = 4 * 1024 * 1024
 
 
 class Message(BaseModel):
@@ -140,6 +141,32 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> Fa
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    @app.post("/v1/audit")
+    async def audit(request: Request, policy: Literal["observe", "flag", "cap"] | None = None):
+        """Score finished conversations (the body of an ``axiswatch audit`` file: one conversation
+        object or a list of them); each is stored as a session with source ``audit``. Every record is
+        checked first: one bad record rejects the request and nothing is scored."""
+        from probes.audit import parse_record
+
+        raw = await request.body()
+        if len(raw) > MAX_AUDIT_BYTES:
+            return _error(413, f"audit body is {len(raw)} bytes; the limit is {MAX_AUDIT_BYTES}", "TooLarge")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"the body is not UTF-8 JSON: {e}") from None
+        single = isinstance(doc, dict) or (isinstance(doc, list) and doc and isinstance(doc[0], dict) and "role" in doc[0])
+        records = [doc] if single else doc if isinstance(doc, list) else None
+        if not records:
+            raise InputError("expected a conversation object ({messages} or {conversation}) or a non-empty list of them")
+        parsed = [parse_record(rec, f"record {i}") for i, rec in enumerate(records)]
+        for _rid, msgs in parsed:  # template problems surface before anything is stored
+            format_chat(engine.lm.tokenizer, msgs, add_generation_prompt=False)
+        out = []
+        for rid, msgs in parsed:
+            out.append(await asyncio.to_thread(engine.score_transcript, rid, msgs, "audit", policy or "observe"))
+        return out
 
     @app.get("/v1/sessions")
     async def list_sessions(state: str | None = None, source: str | None = None, limit: int = 100) -> Any:

@@ -73,3 +73,40 @@ def worker(ctx, database_url):
         stop.wait()
     finally:
         rt.close()
+
+
+@cli.command()
+@model_options
+@click.option("--policy", type=click.Choice(["observe", "flag", "cap"]), default=None,
+              help="observe records only; flag (and cap, which cannot act on finished text) raise alerts")
+@click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL]")
+@click.option("--no-workers", is_flag=True, help="leave persistence to separate 'axiswatch worker' processes")
+@click.pass_context
+@_errors
+def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_workers):
+    """Score turns another inference server publishes to the Redis stream axiswatch:ingest (needs REDIS_URL).
+
+    Each entry's data is {"session_id", "messages", "model"}: the conversation so far, ending with
+    the assistant's reply. Sessions are recorded and alerted like live ones (source 'shadow').
+    """
+    from monitor import service
+    from monitor.shadow import ShadowWorker
+    from probes.errors import InputError
+
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy,
+                  database_url=database_url)
+    if not s.redis_url:
+        raise InputError("shadow mode reads the gateway's Redis: set REDIS_URL")
+    rt = service.start(s, workers=not no_workers)
+    sw = ShadowWorker(rt.streams, rt.engine)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sw.start_thread()
+    click.echo(f"shadow mode: scoring {rt.streams.key('ingest')} on {rt.redis_url} with {rt.engine.lm.model_id} "
+               f"(layer {rt.engine.layer}) -> {rt.store.url}")
+    try:
+        stop.wait()
+    finally:
+        sw.stop()
+        rt.close()

@@ -87,6 +87,7 @@ class Engine:
         self.v = axis.unit()
         self.sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # one forward pass at a time: hooks are installed on the shared model
         self._plan = (CapPlan(tuple(capping.layers), capping.vectors, torch.tensor(capping.taus))
                       if capping is not None else None)
 
@@ -127,8 +128,9 @@ class Engine:
         sink = _Sink(self, requests, sessions, turns)
         cap_rows = torch.tensor([s.capped for s in sessions])
         try:
-            outs = generate(self.lm, [r.messages for r in requests], opts, axis=self.v, monitor_layer=self.layer,
-                            capping=self._plan, cap_rows=cap_rows, sink=sink)
+            with self._model_lock:
+                outs = generate(self.lm, [r.messages for r in requests], opts, axis=self.v,
+                                monitor_layer=self.layer, capping=self._plan, cap_rows=cap_rows, sink=sink)
         except BaseException:
             for s in sessions:  # close the half-scored turn so the session can go on
                 s.tracker.end_turn()
@@ -151,6 +153,50 @@ class Engine:
                                       g.cap_flags, summary.state, summary.running, s.capped, g.finish_reason,
                                       sink.alerts[k], sink.interventions[k]))
         return results
+
+    def score_transcript(self, session_id: str | None, messages: list[dict], source: str = "audit",
+                         policy: str | None = None) -> dict:
+        """Score a finished conversation by teacher forcing (audit and shadow mode).
+
+        Messages the session has already recorded (a shadowed conversation that
+        grows turn by turn) are not recorded again; the new turns are tracked and
+        published like live ones. Stored turn numbers are message indices. Capping
+        cannot act on text that exists already, so policy ``cap`` alerts like ``flag``.
+        Returns the ``axiswatch audit --json`` object plus the drift state."""
+        from probes.audit import score_conversation
+
+        pol = parse_policy(policy or self.policy)
+        s = self.session(session_id or new_id(source), "flag" if pol == "cap" else pol, source)
+        if s.source != source:
+            from probes.errors import InputError
+
+            raise InputError(f"session {s.id!r} is a {s.source} session; give the {source} transcript another id")
+        with self._model_lock:
+            turns = score_conversation(self.lm, messages, self.v, self.layer)
+        scored = {t.index: t for t in turns}
+        out_turns, alerts = [], []
+        for i, m in enumerate(messages):
+            if i < s.next_turn:
+                continue
+            t = scored.get(i)
+            if m["role"] != "assistant" or t is None:
+                self._publish(TurnRecord(s.id, i, m["role"], m["content"], self.layer, source=source,
+                                         model_id=self.lm.model_id))
+                continue
+            for ev in s.tracker.update(t.scores, i):
+                if ev.kind == "alert":
+                    alerts.append(AlertEvent(s.id, i, ev.token_index, ev.level, ev.running, ev.threshold, policy=s.policy))
+            summary = s.tracker.end_turn()
+            for a in alerts:
+                if a.turn == i:
+                    self._publish(a)
+            self._publish(TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
+                                     state=summary.state, running=summary.running, source=source,
+                                     model_id=self.lm.model_id))
+            out_turns.append(t.as_dict())
+        s.next_turn = max(s.next_turn, len(messages))
+        return {"id": s.id, "model": self.lm.model_id, "layer": self.layer, "turns": out_turns,
+                "state": s.tracker.state, "running": s.tracker.running, "alerts": [a.to_dict() for a in alerts]}
 
     def _publish(self, record) -> None:
         if self.publisher is not None:

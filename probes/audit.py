@@ -37,7 +37,7 @@ class TurnScores:
         return {"index": self.index, "role": self.role, "mean": self.mean, "scores": self.scores, "tokens": self.tokens}
 
 
-def _record_messages(rec, where: str) -> tuple[str | None, list[dict]]:
+def parse_record(rec, where: str) -> tuple[str | None, list[dict]]:
     if isinstance(rec, list):
         msgs, rid = rec, None
     elif isinstance(rec, dict):
@@ -90,7 +90,7 @@ def read_transcripts(path: str | Path) -> Iterator[tuple[str, tuple[str | None, 
     for i, rec in enumerate(records):
         where = f"{path} record {i}"
         try:
-            yield where, _record_messages(rec, where)
+            yield where, parse_record(rec, where)
         except InputError as e:
             yield where, e
 
@@ -101,7 +101,7 @@ def _jsonl(path: Path, raw: str):
             continue
         where = f"{path} line {n}"
         try:
-            yield where, _record_messages(json.loads(line), where)
+            yield where, parse_record(json.loads(line), where)
         except json.JSONDecodeError as e:
             yield where, InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
         except InputError as e:

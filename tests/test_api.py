@@ -112,6 +112,22 @@ def test_bad_requests_are_4xx(server):
     assert httpx.get(server["url"] + "/v1/sessions/nope").status_code == 404
 
 
+def test_audit_endpoint(server):
+    conv = {"id": "audit-api-1", "messages": [{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": "Hello! How can I help you today?"}]}
+    r = httpx.post(server["url"] + "/v1/audit", json=[conv], timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()[0]
+    assert out["id"] == "audit-api-1" and out["turns"][0]["index"] == 1
+    assert len(out["turns"][0]["scores"]) == len(out["turns"][0]["tokens"]) > 0
+    store = server["rt"].store
+    s = wait_for(lambda: store.get_session("audit-api-1"))
+    assert s["source"] == "audit"
+    bad = httpx.post(server["url"] + "/v1/audit", json=[conv, {"messages": "nope"}])
+    assert bad.status_code == 422 and "record 1" in bad.json()["error"]["message"]
+    assert httpx.post(server["url"] + "/v1/audit", content=b"\xff", headers={"content-type": "application/json"}).status_code == 422
+
+
 def test_health_ready_metrics(server):
     assert httpx.get(server["url"] + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(server["url"] + "/readyz")

@@ -45,8 +45,11 @@ def _wait_http(url, proc, timeout=90):
 
 
 def _rows(db, sql):
-    with sqlite3.connect(db) as c:
-        return c.execute(sql).fetchall()
+    try:
+        with sqlite3.connect(db) as c:
+            return c.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
 
 
 def _poll(fn, timeout=30):
@@ -118,3 +121,27 @@ def test_serve_without_workers_and_a_separate_worker(tmp_path):
 def test_worker_needs_redis_url(tmp_path):
     r = subprocess.run([AXISWATCH, "worker"], capture_output=True, text=True, env={**os.environ, "REDIS_URL": ""})
     assert r.returncode == 1 and "REDIS_URL" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_shadow_command_scores_published_turns(tmp_path):
+    from monitor.streams import Streams
+
+    try:
+        client = redis.Redis.from_url(EXTERNAL_REDIS, socket_timeout=1)
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {EXTERNAL_REDIS}")
+    client.flushdb()
+    db = tmp_path / "aw.db"
+    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": EXTERNAL_REDIS}
+    proc = _start(["shadow"], env)
+    try:
+        Streams.from_url(EXTERNAL_REDIS).publish_ingest("gw-9", [
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}])
+        assert _poll(lambda: _rows(db, "select source, n_turns from sessions where id='gw-9'") == [("shadow", 2)],
+                     timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        client.flushdb()
+    assert proc.returncode == 0

@@ -1,0 +1,78 @@
+"""Shadow mode: score conversations that another inference server produced.
+
+A gateway publishes each finished turn to the ``{prefix}:ingest`` stream
+(``Streams.publish_ingest``: fields ``v``, ``kind=ingest``, ``data`` = JSON
+``{"session_id": str, "messages": [{"role", "content"}...], "model": str}``,
+the whole conversation so far, ending with the assistant's reply). The shadow
+worker (consumer group ``shadow``) scores it by teacher forcing with the probe
+model and records and alerts exactly like a live session (source ``shadow``).
+Entries it cannot use are acknowledged and kept, with the reason, on the list
+``{prefix}:ingest:rejected``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from monitor.engine import Engine
+from monitor.streams import Streams
+from monitor.workers import consumer_name
+from probes.errors import AxiswatchError
+
+log = logging.getLogger(__name__)
+
+
+class ShadowWorker:
+    def __init__(self, streams: Streams, engine: Engine, name: str | None = None, block_ms: int = 500,
+                 reclaim_idle_ms: int = 60_000):
+        self.streams, self.engine, self.block_ms = streams, engine, block_ms
+        self.name = name or consumer_name("shadow")
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.scored = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _handle(self, entry) -> None:
+        from probes.audit import parse_record
+
+        data = entry.data
+        try:
+            sid = data.get("session_id") if isinstance(data, dict) else None
+            if not isinstance(sid, str) or not sid:
+                raise AxiswatchError("ingest entry without a 'session_id' string")
+            _rid, msgs = parse_record(data, f"ingest entry {entry.id}")
+            self.engine.score_transcript(sid, msgs, source="shadow")
+            self.scored += 1
+        except AxiswatchError as e:
+            log.error("rejected ingest entry %s: %s", entry.id, e)
+            self.streams.r.rpush(self.streams.key("ingest:rejected"),
+                                 json.dumps({"id": entry.id, "error": str(e), "data": data}))
+
+    def run_once(self, block_ms: int | None = None) -> int:
+        entries = self.streams.reclaim("ingest", "shadow", self.name, self.reclaim_idle_ms)
+        entries += self.streams.read_group("ingest", "shadow", self.name, count=16, block_ms=block_ms)
+        for e in entries:  # in order: a session's turns arrive in sequence
+            self._handle(e)
+            self.streams.ack("ingest", "shadow", [e.id])
+        return len(entries)
+
+    def run(self) -> None:
+        self.streams.ensure_groups()
+        while not self._stop.is_set():
+            try:
+                self.run_once(self.block_ms)
+            except Exception:  # noqa: BLE001 - keep consuming; unacked entries are reclaimed
+                log.exception("shadow worker %s failed; retrying", self.name)
+                self._stop.wait(1.0)
+
+    def start_thread(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
