@@ -1,0 +1,116 @@
+"""Commands that read the store: ``sessions list|show|export``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from monitor.cli import _errors, _settings, cli
+
+
+def _store(ctx, database_url):
+    from monitor.store import Store
+
+    s = _settings(ctx, database_url=database_url)
+    store = Store(s.database_url)
+    store.migrate()
+    return store
+
+
+def _fmt(v, spec="+.2f"):
+    return "-" if v is None else format(v, spec)
+
+
+@cli.group()
+def sessions():
+    """List, show and export stored sessions (AXISWATCH_DATABASE_URL)."""
+
+
+@sessions.command("list")
+@click.option("--state", type=click.Choice(["ok", "watch", "warning", "critical"]), default=None)
+@click.option("--source", type=click.Choice(["live", "audit", "shadow"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--database-url", default=None)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per session")
+@click.pass_context
+@_errors
+def sessions_list(ctx, state, source, limit, database_url, as_json):
+    """Newest sessions first."""
+    rows = _store(ctx, database_url).list_sessions(state=state, source=source, limit=limit)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, default=str))
+        return
+    click.echo(f"{'session':32s} {'source':7s} {'state':9s} {'running':>8s} {'turns':>5s} {'tokens':>6s} capped")
+    for r in rows:
+        click.echo(f"{r['id'][:32]:32s} {r['source']:7s} {r['state']:9s} {_fmt(r['running']):>8s} "
+                   f"{r['n_turns']:5d} {r['n_tokens']:6d} {'yes' if r['capped'] else 'no'}")
+
+
+def _get(ctx, database_url, session_id):
+    from probes.errors import InputError
+
+    s = _store(ctx, database_url).get_session(session_id)
+    if s is None:
+        raise InputError(f"no session {session_id!r} in the store")
+    return s
+
+
+@sessions.command("show")
+@click.argument("session_id")
+@click.option("--database-url", default=None)
+@click.option("--json", "as_json", is_flag=True, help="the full trace as JSON")
+@click.pass_context
+@_errors
+def sessions_show(ctx, session_id, database_url, as_json):
+    """One session's turns, states, alerts and interventions."""
+    s = _get(ctx, database_url, session_id)
+    if as_json:
+        click.echo(json.dumps(s, default=str))
+        return
+    click.echo(f"session {s['id']}  source {s['source']}  model {s['model_id']}  layer {s['layer']}  "
+               f"state {s['state']}  running {_fmt(s['running'])}  capped {'yes' if s['capped'] else 'no'}")
+    for t in s["turns"]:
+        text = t["text"].replace("\n", " ")
+        text = text[:100] + ("..." if len(text) > 100 else "")
+        score = f"mean {_fmt(t['mean'])}  state {t['state']}" if t["role"] == "assistant" else ""
+        click.echo(f"  [{t['turn']}] {t['role']:9s} {score}  {text}")
+    for a in s["alerts"]:
+        click.echo(f"  alert {a['level']} at turn {a['turn']} token {a['token_index']}: running {_fmt(a['score'])} "
+                   f"< {_fmt(a['threshold'])}  ({a['delivery_status']})")
+    for i in s["interventions"]:
+        click.echo(f"  capping {i['config_id']} from turn {i['turn']} token {i['token_index']}")
+
+
+@sessions.command("export")
+@click.argument("session_id")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="file (default: stdout)")
+@click.option("--database-url", default=None)
+@click.pass_context
+@_errors
+def sessions_export(ctx, session_id, fmt, output, database_url):
+    """Export a session: the JSON trace, or CSV with one row per scored token."""
+    s = _get(ctx, database_url, session_id)
+    if fmt == "json":
+        text = json.dumps(s, default=str, indent=1)
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["session_id", "turn", "role", "token_index", "token", "score", "pre_cap_score", "capped"])
+        for t in s["turns"]:
+            pre, capped = t.get("pre_cap_scores"), t.get("capped")
+            for k, (tok, score) in enumerate(zip(t.get("tokens") or [], t.get("scores") or [])):
+                w.writerow([s["id"], t["turn"], t["role"], k, tok, f"{score:.6g}",
+                            f"{pre[k]:.6g}" if pre else "", int(bool(capped[k])) if capped else 0])
+        text = buf.getvalue()
+    if output:
+        output.write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")

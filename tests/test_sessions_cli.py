@@ -1,0 +1,69 @@
+"""`axiswatch sessions list|show|export` on a seeded SQLite store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.store import Store
+
+AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'aw.db'}"
+    st = Store(url)
+    st.migrate()
+    st.write(turns=[TurnRecord("s-1", 0, "user", "Who are you?", 21),
+                    TurnRecord("s-1", 1, "assistant", "I am a ghost.", 21, ["I", " am", " a", " ghost", "."],
+                               [3.0, -1.5, -20.0, -30.0, -25.0], [3.0, -1.5, -20.0, -35.0, -40.0],
+                               [False, False, False, True, True], "critical", -22.5),
+                    TurnRecord("s-2", 1, "assistant", "Paris.", 21, ["Paris", "."], [20.0, 18.0], source="audit")],
+             alerts=[AlertEvent("s-1", 1, 2, "critical", -22.0, -21.0, event_id="evt_1")],
+             interventions=[InterventionRecord("s-1", 1, 3, "L21-26_p50", {"critical": -21.0}, [21, 22])])
+    st.close()
+    return url
+
+
+def run(db, *args):
+    return subprocess.run([AXISWATCH, *args], capture_output=True, text=True,
+                          env={**os.environ, "AXISWATCH_DATABASE_URL": db})
+
+
+def test_list_and_filters(db):
+    r = run(db, "sessions", "list")
+    assert r.returncode == 0 and "s-1" in r.stdout and "s-2" in r.stdout
+    rows = [json.loads(x) for x in run(db, "sessions", "list", "--source", "audit", "--json").stdout.splitlines()]
+    assert [x["id"] for x in rows] == ["s-2"]
+    assert run(db, "sessions", "list", "--state", "critical", "--json").stdout.count("\n") == 1
+
+
+def test_show(db):
+    out = run(db, "sessions", "show", "s-1").stdout
+    assert "state critical" in out and "alert critical at turn 1 token 2" in out
+    assert "capping L21-26_p50 from turn 1 token 3" in out
+    full = json.loads(run(db, "sessions", "show", "s-1", "--json").stdout)
+    assert full["turns"][1]["scores"] == [3.0, -1.5, -20.0, -30.0, -25.0]
+
+
+def test_export_csv_and_json(db, tmp_path):
+    rows = list(csv.DictReader(io.StringIO(run(db, "sessions", "export", "s-1", "--format", "csv").stdout)))
+    assert len(rows) == 5 and rows[3] == {"session_id": "s-1", "turn": "1", "role": "assistant", "token_index": "3",
+                                          "token": " ghost", "score": "-30", "pre_cap_score": "-35", "capped": "1"}
+    out = tmp_path / "s1.json"
+    assert run(db, "sessions", "export", "s-1", "-o", str(out)).returncode == 0
+    assert json.loads(out.read_text())["id"] == "s-1"
+
+
+def test_unknown_session(db):
+    r = run(db, "sessions", "show", "nope")
+    assert r.returncode == 1 and r.stderr.strip() == "error: no session 'nope' in the store"
