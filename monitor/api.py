@@ -137,7 +137,8 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> Fa
                 return
             metrics.observe(res, True)
             yield chunk({}, res.finish_reason, {"session_id": res.session_id, "turn": res.turn, "layer": res.layer,
-                                                "mean": res.mean, "state": res.state, "capped": res.capped})
+                                                "mean": res.mean, "state": res.state, "running": res.running,
+                                                "capped": res.capped})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

@@ -94,7 +94,7 @@ def main():
 
 
 # the commands live in their own modules; importing them registers them on `cli`
-from monitor import cli_axis, cli_scoring, cli_service, cli_sessions  # noqa: E402,F401
+from monitor import cli_axis, cli_chat, cli_scoring, cli_service, cli_sessions  # noqa: E402,F401
 
 
 if __name__ == "__main__":

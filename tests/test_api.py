@@ -134,3 +134,20 @@ def test_health_ready_metrics(server):
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] is True
     m = httpx.get(server["url"] + "/metrics").text
     assert "axiswatch_tokens_scored_total" in m and "axiswatch_stream_lag" in m
+
+
+def test_chat_command_against_the_server(server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "axiswatch")
+    r = subprocess.run([exe, "chat", "--url", server["url"] + "/v1", "--session", "chat-http", "--max-tokens", "6"],
+                       input="Who are you?\nAnd now?\n\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("assistant> ") == 2 and r.stdout.count("[state ") == 2
+    assert "session chat-http" in r.stdout
+    store = server["rt"].store
+    s = wait_for(lambda: store.get_session("chat-http") if store.token_count("chat-http") > 0 and
+                 len(store.get_session("chat-http")["turns"]) == 4 else None)
+    assert [t["role"] for t in s["turns"]] == ["user", "assistant", "user", "assistant"]

@@ -145,3 +145,11 @@ def test_shadow_command_scores_published_turns(tmp_path):
         proc.wait(60)
         client.flushdb()
     assert proc.returncode == 0
+
+
+def test_chat_in_process(tmp_path):
+    r = subprocess.run([AXISWATCH, "chat", "--max-tokens", "6", "--session", "cli-chat"], input="Hello\n\n",
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "REDIS_URL": ""})
+    assert r.returncode == 0, r.stderr
+    assert "session cli-chat" in r.stdout and "assistant> " in r.stdout and "[state " in r.stdout
