@@ -114,3 +114,53 @@ def sessions_export(ctx, session_id, fmt, output, database_url):
         click.echo(f"wrote {output}", err=True)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@cli.group()
+def alerts():
+    """Alerts across sessions, and replaying dead-lettered webhooks."""
+
+
+@alerts.command("list")
+@click.option("--status", type=click.Choice(["pending", "delivered", "retrying", "dead"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--database-url", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_errors
+def alerts_list(ctx, status, limit, database_url, as_json):
+    """Newest alerts first, with their webhook delivery status."""
+    rows = _store(ctx, database_url).list_alerts(status=status, limit=limit)
+    for a in rows:
+        if as_json:
+            click.echo(json.dumps(a, default=str))
+        else:
+            click.echo(f"{a['event_id']:28s} {a['session_id'][:28]:28s} {a['level']:8s} turn {a['turn']:3d} "
+                       f"token {a['token_index']:4d} running {_fmt(a['score'])} < {_fmt(a['threshold'])}  "
+                       f"{a['delivery_status']} ({a['attempts']} attempts)")
+
+
+@alerts.command("replay")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=None, help="at most this many (oldest first)")
+@click.option("--database-url", default=None)
+@click.pass_context
+@_errors
+def alerts_replay(ctx, limit, database_url):
+    """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
+    from monitor.streams import Streams
+    from monitor.webhooks import WebhookConfig, dead_key, replay_dead
+    from probes.errors import InputError
+
+    s = _settings(ctx, database_url=database_url)
+    if not s.redis_url:
+        raise InputError("replay reads the dead-letter list in the deployment's Redis: set REDIS_URL")
+    config = WebhookConfig.from_env()
+    if config is None:
+        raise InputError("set AXISWATCH_WEBHOOK_URL and AXISWATCH_WEBHOOK_SECRET to replay alerts")
+    streams = Streams.from_url(s.redis_url)
+    waiting = streams.r.llen(dead_key(streams))
+    delivered = replay_dead(streams, _store(ctx, database_url), config, limit=limit)
+    left = streams.r.llen(dead_key(streams))
+    click.echo(f"replayed to {config.target}: {delivered} delivered, {left} still dead-lettered (of {waiting})")
+    if left and delivered == 0 and waiting:
+        sys.exit(1)

@@ -76,11 +76,18 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                                policy=settings.policy, publisher=streams)
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
         if workers:
+            from monitor.webhooks import AlertWorker, WebhookConfig
             from monitor.workers import PersistWorker
 
             w = PersistWorker(streams, store)
             w.start_thread()
             rt.workers.append(w)
+            hook = WebhookConfig.from_env()
+            if hook is not None:
+                aw = AlertWorker(streams, store, hook)
+                aw.start_thread()
+                rt.workers.append(aw)
+                log.info("alert webhooks to %s", hook.target)
         return rt
     except BaseException:
         stack.close()

@@ -1,0 +1,454 @@
+"""The alert worker: drift alerts -> signed webhooks (Standard Webhooks), retries, dead letter.
+
+It reads the ``webhooks`` group of the ``{prefix}:alerts`` stream and POSTs each alert as
+``{"type": "axiswatch.alert", "data": <AlertEvent dict>}`` with the Standard Webhooks headers
+``webhook-id`` (the alert's ``event_id``: receivers dedupe on it; it is the same on every retry),
+``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + HMAC-SHA256, by the ``standardwebhooks``
+package). Delivery is at least once; every state is recorded with ``Store.set_alert_delivery``:
+
+- 2xx: ``delivered`` (attempts n), the entry is acknowledged.
+- any other status, a timeout or a connection error: ``retrying`` with ``last_error`` (``HTTP 500``
+  or the error's class name, never a message that could carry the URL or the secret), and a retry
+  after ``uniform(0, min(max_delay_s, base_delay_s * 2**k))`` (full jitter, k = failures - 1). Retries
+  wait in an in-memory heap so one failing alert never blocks the others; the stream entry stays
+  pending in Redis meanwhile, so a crash loses nothing: pending entries of a dead consumer are
+  reclaimed (idle > ``reclaim_idle_ms``) at start and every ``reclaim_every_s``. While alive, a worker
+  refreshes the idle time of the entries it holds, so a peer never takes over an alert in backoff.
+- after ``max_attempts`` failures: ``dead``; the alert goes onto the dead-letter list and the entry is
+  acknowledged in one MULTI. :func:`replay_dead` (``axiswatch alerts replay``) re-delivers them.
+- dedupe by event id: an event whose row is already ``delivered`` (or one in flight in this worker)
+  is acknowledged without sending again.
+
+Redis keys besides the stream (``prefix`` as in :mod:`monitor.streams`):
+
+======================================  ==========================================================
+``{prefix}:alerts:dead``                LIST of dead-lettered alerts, each the AlertEvent dict as
+                                        JSON; LPUSH (newest at the head), replay pops from the tail
+``{prefix}:alerts:dead:replaying``      LIST: alerts a running replay has taken off the dead list;
+                                        the next replay moves leftovers of a crashed one back
+======================================  ==========================================================
+
+Run one replay at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import httpx
+from standardwebhooks import Webhook
+
+from monitor.records import AlertEvent
+from monitor.store import NotFoundError, Store, StoreError
+from monitor.streams import Entry, Streams
+from monitor.workers import consumer_name
+from probes.errors import InputError
+
+log = logging.getLogger(__name__)
+STREAM, GROUP, EVENT_TYPE = "alerts", "webhooks", "axiswatch.alert"
+
+
+def dead_key(streams: Streams) -> str:
+    return streams.key("alerts:dead")
+
+
+# ---------------------------------------------------------------- configuration and signing
+@dataclass(frozen=True, repr=False)
+class WebhookConfig:
+    """Where and how to deliver alerts. The secret is never shown by repr/str or in errors."""
+
+    url: str
+    secret: str  # Standard Webhooks form: "whsec_" + base64 of the key bytes
+    max_attempts: int = 8
+    base_delay_s: float = 1.0
+    max_delay_s: float = 300.0
+    timeout_s: float = 10.0
+    _signer: Webhook = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            u = httpx.URL(self.url)
+        except (httpx.InvalidURL, TypeError):
+            raise InputError("AXISWATCH_WEBHOOK_URL is not a valid URL") from None
+        if u.scheme not in ("http", "https") or not u.host:
+            raise InputError(f"AXISWATCH_WEBHOOK_URL must be an http:// or https:// URL (scheme {u.scheme!r})")
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InputError(f"webhook max_attempts must be a positive integer, not {self.max_attempts!r}")
+        for name in ("base_delay_s", "max_delay_s", "timeout_s"):
+            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
+                raise InputError(f"webhook {name} must be a non-negative number, not {getattr(self, name)!r}")
+        object.__setattr__(self, "_signer", _signer(self.secret))
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "WebhookConfig | None":
+        """From AXISWATCH_WEBHOOK_URL, AXISWATCH_WEBHOOK_SECRET, AXISWATCH_WEBHOOK_MAX_ATTEMPTS; None without a URL."""
+        env = os.environ if env is None else env
+        url = (env.get("AXISWATCH_WEBHOOK_URL") or "").strip()
+        if not url:
+            return None
+        secret = (env.get("AXISWATCH_WEBHOOK_SECRET") or "").strip()
+        if not secret:
+            raise InputError("AXISWATCH_WEBHOOK_URL is set but AXISWATCH_WEBHOOK_SECRET is not (a whsec_... secret)")
+        n = (env.get("AXISWATCH_WEBHOOK_MAX_ATTEMPTS") or "8").strip()
+        if not n.isdigit() or int(n) < 1:
+            raise InputError(f"AXISWATCH_WEBHOOK_MAX_ATTEMPTS must be a positive integer, not {n!r}")
+        return cls(url=url, secret=secret, max_attempts=int(n))
+
+    @property
+    def target(self) -> str:
+        """The receiver without path, query or credentials (paths often carry tokens): safe to log."""
+        u = httpx.URL(self.url)
+        return f"{u.scheme}://{u.host}" + (f":{u.port}" if u.port else "")
+
+    def __repr__(self) -> str:
+        return (f"WebhookConfig(url={self.target + '/...'!r}, secret='whsec_***', max_attempts={self.max_attempts}, "
+                f"base_delay_s={self.base_delay_s}, max_delay_s={self.max_delay_s}, timeout_s={self.timeout_s})")
+
+    def sign(self, event: AlertEvent, now: float | None = None) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of one delivery attempt (a fresh timestamp each attempt)."""
+        body = json.dumps({"type": EVENT_TYPE, "data": event.to_dict()}, separators=(",", ":"))
+        ts = datetime.fromtimestamp(int(time.time() if now is None else now), tz=timezone.utc)
+        return body.encode(), {"content-type": "application/json", "user-agent": "axiswatch-webhooks",
+                               "webhook-id": event.event_id, "webhook-timestamp": str(int(ts.timestamp())),
+                               "webhook-signature": self._signer.sign(event.event_id, ts, body)}
+
+
+def _signer(secret: Any) -> Webhook:
+    bad = InputError("AXISWATCH_WEBHOOK_SECRET must be a Standard Webhooks secret: whsec_ followed by base64")
+    if not isinstance(secret, str) or not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
+        raise bad
+    body = secret[len("whsec_"):]
+    try:
+        base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        return Webhook(secret)
+    except Exception:  # noqa: BLE001 - whatever went wrong, never echo (or chain) the secret
+        raise bad from None
+
+
+def deliver(client: httpx.Client, config: WebhookConfig, event: AlertEvent) -> str | None:
+    """One signed POST; None when the receiver answered 2xx, else a safe error (status or error class)."""
+    body, headers = config.sign(event)
+    try:
+        resp = client.post(config.url, content=body, headers=headers, timeout=config.timeout_s)
+    except httpx.HTTPError as e:  # timeouts, refused/reset connections, protocol errors
+        return type(e).__name__
+    return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+
+
+def _record(store: Store, event: AlertEvent, status: str, attempts: int, error: str | None) -> bool:
+    """set_alert_delivery, robust to an alert row the persistence worker has not written yet.
+
+    Both groups read the same stream independently, so this worker may finish before the row exists
+    (NotFoundError). Retrying the status later would need a queue of owed writes and could lose the
+    "delivered" state on a crash, so instead we write the alert row ourselves with ``Store.write``:
+    it is idempotent by event id (INSERT ... ON CONFLICT DO NOTHING), the row is exactly the one the
+    persistence worker would write, and its later write of the same event is a no-op. False means
+    the alert was already delivered (a delivered alert stays delivered)."""
+    try:
+        return store.set_alert_delivery(event.event_id, status, attempts, error)
+    except NotFoundError:
+        try:
+            store.write(alerts=[event])
+        except InputError as e:  # invalid alert: the persistence worker drops it too; deliver, record nothing
+            log.error("alert %s cannot be stored (%s); its delivery state is not recorded", event.event_id, e)
+            return True
+        return store.set_alert_delivery(event.event_id, status, attempts, error)
+
+
+def _stored(store: Store, event: AlertEvent) -> dict | None:
+    """The alert's row (delivery_status, attempts), or None when not stored (or the store is down)."""
+    try:
+        rows = store.list_alerts(session_id=event.session_id, limit=10_000)
+    except StoreError as e:
+        log.warning("cannot read the delivery state of alert %s: %s", event.event_id, e)
+        return None
+    return next((r for r in rows if r["event_id"] == event.event_id), None)
+
+
+def _event(data: Any) -> AlertEvent | None:
+    """The AlertEvent of a payload (a dict, or JSON bytes/str); None when malformed."""
+    try:
+        if isinstance(data, (bytes, str)):
+            data = json.loads(data)
+        ev = AlertEvent.from_dict(data)
+    except (TypeError, AttributeError, ValueError):
+        return None
+    return ev if isinstance(ev.event_id, str) and ev.event_id else None
+
+
+# ---------------------------------------------------------------- the worker
+@dataclass
+class _Job:
+    event: AlertEvent
+    ids: set[str]
+    attempts: int = 0
+    owed: tuple[str, str | None] | None = None  # a final status the store refused; record it, then ack
+
+
+class AlertWorker:
+    def __init__(self, streams: Streams, store: Store, config: WebhookConfig, name: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] | None = None,
+                 batch: int = 50, block_ms: int = 500, reclaim_idle_ms: int = 30_000, reclaim_every_s: float = 30.0,
+                 client: httpx.Client | None = None):
+        self.streams, self.store, self.config, self.batch, self.block_ms = streams, store, config, batch, block_ms
+        self.name = name or consumer_name("webhooks")
+        self.clock, self.reclaim_idle_ms, self.reclaim_every_s = clock, reclaim_idle_ms, reclaim_every_s
+        self._stop = threading.Event()
+        self.sleep = sleep or self._stop.wait  # error backoff of run(); the default wakes up on stop()
+        self._client, self._own_client = client, client is None
+        self._jobs: dict[str, _Job] = {}  # event id -> alert in flight (its stream entries stay pending)
+        self._heap: list[tuple[float, int, str]] = []  # (due, seq, event id)
+        self._seq = 0
+        self._done: OrderedDict[str, str] = OrderedDict()  # recently finished event ids -> final status
+        self._last_reclaim: float | None = None
+        self._last_beat = clock()
+        self._rng = random.Random()
+        self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "duplicates": 0}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.config.timeout_s, follow_redirects=False)
+        return self._client
+
+    def backoff(self, failures: int) -> float:
+        """Full jitter: uniform(0, min(max_delay, base * 2**(failures - 1)))."""
+        c = self.config
+        return self._rng.uniform(0, min(c.max_delay_s, c.base_delay_s * 2 ** min(max(failures - 1, 0), 62)))
+
+    def _schedule(self, job: _Job, delay: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (self.clock() + delay, self._seq, job.event.event_id))
+
+    def _ack(self, ids) -> None:
+        self.streams.ack(STREAM, GROUP, sorted(ids))
+
+    def _forget(self, job: _Job, status: str) -> None:
+        self._jobs.pop(job.event.event_id, None)
+        self._done[job.event.event_id] = status
+        while len(self._done) > 10_000:
+            self._done.popitem(last=False)
+
+    def _dead_letter(self, event: AlertEvent, ids) -> None:
+        """Onto the dead list and acknowledged in one MULTI: exactly one list item per dead entry."""
+        with self.streams.r.pipeline(transaction=True) as p:
+            p.lpush(dead_key(self.streams), json.dumps(event.to_dict(), separators=(",", ":")))
+            p.xack(self.streams.key(STREAM), GROUP, *sorted(ids))
+            p.execute()
+
+    def _admit(self, e: Entry) -> None:
+        ev = _event(e.data) if e.kind == "alert" else None
+        if ev is None:
+            log.error("dropping malformed entry %s of %s (kind %r)", e.id, e.stream, e.kind)
+            self._ack([e.id])
+            return
+        eid = ev.event_id
+        if (job := self._jobs.get(eid)) is not None:  # a duplicate entry (or our own, reclaimed): ack with it
+            job.ids.add(e.id)
+            return
+        if self._done.get(eid) in ("delivered", "dead"):  # this worker finished it: already sent or on the list
+            self.stats["duplicates"] += 1
+            self._ack([e.id])
+            return
+        row = _stored(self.store, ev)
+        status = row["delivery_status"] if row else "pending"
+        if status == "delivered":
+            self.stats["duplicates"] += 1
+            self._done[eid] = "delivered"
+            self._ack([e.id])
+        elif status == "dead":  # recorded dead, but its worker died before the list push + ack: finish that
+            self._dead_letter(ev, [e.id])  # (a later duplicate entry may add a second copy: replay skips it)
+            self._done[eid] = "dead"
+        else:  # new, or retrying when its worker died: go on counting its attempts
+            self._jobs[eid] = job = _Job(ev, {e.id}, attempts=int(row["attempts"]) if row else 0)
+            self._schedule(job, 0.0)
+
+    def _finish(self, job: _Job, status: str, error: str | None) -> None:
+        ev = job.event
+        try:
+            changed = _record(self.store, ev, status, job.attempts, error)
+        except StoreError as e:  # the database is down: keep the entries pending, record later
+            log.warning("alert %s: cannot record status %s (%s); will retry", ev.event_id, status, e)
+            job.owed = (status, error)
+            self._schedule(job, self.backoff(job.attempts))
+            return
+        if status == "dead" and changed:
+            self._dead_letter(ev, job.ids)
+            self.stats["dead"] += 1
+            log.error("alert %s dead-lettered after %d attempts to %s (last error: %s)",
+                      ev.event_id, job.attempts, self.config.target, error)
+        else:
+            self._ack(job.ids)
+        self._forget(job, "delivered" if status == "delivered" or not changed else status)
+
+    def _attempt(self, job: _Job) -> None:
+        ev, c = job.event, self.config
+        if job.owed:
+            return self._finish(job, *job.owed)
+        if job.attempts and (row := _stored(self.store, ev)) and row["delivery_status"] == "delivered":
+            self.stats["duplicates"] += 1  # delivered by a peer in the meantime
+            self._ack(job.ids)
+            return self._forget(job, "delivered")
+        error = deliver(self.client, c, ev)
+        job.attempts += 1
+        if error is None:
+            self.stats["delivered"] += 1
+            log.info("alert %s delivered to %s (attempt %d)", ev.event_id, c.target, job.attempts)
+            return self._finish(job, "delivered", None)
+        self.stats["failed_attempts"] += 1
+        if job.attempts >= c.max_attempts:
+            return self._finish(job, "dead", error)
+        delay = self.backoff(job.attempts)
+        log.warning("alert %s: delivery to %s failed (attempt %d/%d: %s); retrying in %.2fs",
+                    ev.event_id, c.target, job.attempts, c.max_attempts, error, delay)
+        try:
+            if not _record(self.store, ev, "retrying", job.attempts, error):  # a peer delivered it
+                self._ack(job.ids)
+                return self._forget(job, "delivered")
+        except StoreError as e:
+            log.warning("alert %s: cannot record the retry (%s)", ev.event_id, e)
+        self._schedule(job, delay)
+
+    def _heartbeat(self, force: bool = False) -> None:
+        """Reset the idle time of the entries we hold, so peers' reclaims leave them alone."""
+        if not force and self.clock() - self._last_beat < self.reclaim_idle_ms / 3000:
+            return
+        self._last_beat = self.clock()
+        ids = sorted({i for j in self._jobs.values() for i in j.ids})
+        for k in range(0, len(ids), 500):
+            self.streams.r.xclaim(self.streams.key(STREAM), GROUP, self.name, 0, ids[k:k + 500], justid=True)
+
+    def _due(self) -> list[_Job]:
+        now, out = self.clock(), []
+        while self._heap and self._heap[0][0] <= now:
+            job = self._jobs.get(heapq.heappop(self._heap)[2])
+            if job is not None:
+                out.append(job)
+        return out
+
+    def run_once(self, block_ms: int | None = None) -> int:
+        """Reclaim (when due), read new alerts, make the due attempts; returns entries read + attempts made."""
+        n = 0
+        if self._last_reclaim is None or self.clock() - self._last_reclaim >= self.reclaim_every_s:
+            self._last_reclaim = self.clock()
+            self._heartbeat(force=True)
+            for e in self.streams.reclaim(STREAM, GROUP, self.name, self.reclaim_idle_ms, count=self.batch):
+                self._admit(e)
+                n += 1
+        wait = block_ms
+        if self._heap and wait:
+            wait = min(wait, int((self._heap[0][0] - self.clock()) * 1000) + 1)
+        entries = self.streams.read_group(STREAM, GROUP, self.name, count=self.batch,
+                                          block_ms=wait if wait and wait > 0 else None)
+        for e in entries:
+            self._admit(e)
+        n += len(entries)
+        due = self._due()
+        for k, job in enumerate(due):
+            if self._stop.is_set():  # stop() between attempts: the rest stay pending in Redis
+                for rest in due[k:]:
+                    self._schedule(rest, 0.0)
+                return n + k
+            self._heartbeat()
+            try:
+                self._attempt(job)
+            except Exception:
+                if job.event.event_id in self._jobs:  # keep it scheduled; its entries are still pending
+                    self._schedule(job, self.backoff(max(job.attempts, 1)))
+                raise
+        return n + len(due)
+
+    def run(self) -> None:
+        self.streams.ensure_groups()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_once(self.block_ms)
+                except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending
+                    log.exception("alert worker %s: pass failed; will retry", self.name)
+                    self.sleep(1.0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def start_thread(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Finish the attempt in hand, then return; alerts in backoff stay pending in Redis for the next worker."""
+        self._stop.set()
+        t = getattr(self, "_thread", None)
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+
+# ---------------------------------------------------------------- dead letters
+def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: int | None = None,
+                client: httpx.Client | None = None) -> int:
+    """Try each dead-lettered alert once more (oldest first, at most ``limit``); the number delivered.
+
+    Delivered ones are marked ``delivered``; failed ones go back onto the dead list (status ``dead``,
+    attempts + 1); ones already delivered (a duplicate on the list) are dropped without sending."""
+    r, key = streams.r, dead_key(streams)
+    taking = key + ":replaying"
+    while r.lmove(taking, key, "LEFT", "RIGHT") is not None:  # leftovers of a replay that crashed
+        pass
+    n = r.llen(key) if limit is None else min(limit, r.llen(key))
+    own = client is None
+    client = client or httpx.Client(timeout=config.timeout_s, follow_redirects=False)
+    delivered, seen = 0, set()
+    try:
+        for _ in range(n):
+            raw = r.lmove(key, taking, "RIGHT", "LEFT")
+            if raw is None:
+                break
+            if (ev := _event(raw)) is None:
+                log.error("malformed item on %s left in place: %r", key, raw[:200])
+                with r.pipeline(transaction=True) as p:
+                    p.lrem(taking, 1, raw).lpush(key, raw).execute()
+                continue
+            row = _stored(store, ev)
+            if ev.event_id in seen or (row and row["delivery_status"] == "delivered"):
+                r.lrem(taking, 1, raw)
+                continue
+            attempts = (int(row["attempts"]) if row else 0) + 1
+            error = deliver(client, config, ev)
+            try:
+                _record(store, ev, "delivered" if error is None else "dead", attempts, error)
+            except StoreError as e:
+                log.warning("alert %s: cannot record the replay (%s)", ev.event_id, e)
+            if error is None:
+                delivered += 1
+                seen.add(ev.event_id)
+                r.lrem(taking, 1, raw)
+                log.info("dead-lettered alert %s delivered to %s", ev.event_id, config.target)
+            else:
+                log.warning("dead-lettered alert %s: delivery to %s failed again (%s)", ev.event_id,
+                            config.target, error)
+                with r.pipeline(transaction=True) as p:
+                    p.lrem(taking, 1, raw).lpush(key, raw).execute()
+    finally:
+        if own:
+            client.close()
+    return delivered

@@ -1,0 +1,367 @@
+"""The alert worker against real processes: embedded Redis, SQLite, a real HTTP receiver that verifies signatures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from monitor.records import AlertEvent
+from monitor.redis_server import EmbeddedRedis
+from monitor.store import Store
+from monitor.streams import Streams
+from monitor.webhooks import AlertWorker, WebhookConfig, dead_key, replay_dead
+from probes.errors import InputError
+
+SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+KEY_B64 = SECRET.removeprefix("whsec_")
+
+
+class Receiver:
+    """A real webhook endpoint on 127.0.0.1. Modes: "ok" (200), "error" (500), "slow" (sleeps past the
+    client's timeout, then 200), "closed" (the server is shut down). ``script`` answers first."""
+
+    def __init__(self, secret: str = SECRET, slow_s: float = 0.6):
+        self.secret, self.slow_s, self.mode, self.script = secret, slow_s, "ok", []
+        self.requests: list[dict] = []  # headers, body, verified, status answered
+        self.fail_ids: set[str] = set()  # webhook-ids always answered 500
+        self.lock, self.server, self.port = threading.Lock(), None, 0
+        self.open()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/axiswatch"
+
+    def open(self) -> None:
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    Webhook(rec.secret).verify(body, headers)
+                    verified = True
+                except WebhookVerificationError:
+                    verified = False
+                with rec.lock:
+                    status = rec.script.pop(0) if rec.script else (500 if rec.mode == "error" else 200)
+                    if headers.get("webhook-id") in rec.fail_ids:
+                        status = 500
+                    status = status if verified else 400
+                    rec.requests.append(dict(headers=headers, body=body, verified=verified, status=status,
+                                             mode=rec.mode))
+                if rec.mode == "slow":
+                    time.sleep(rec.slow_s)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass
+
+            def log_message(self, *a):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, *a):
+                pass
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def answered(self, status: int) -> list[dict]:
+        return [r for r in self.requests if r["status"] == status]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    with EmbeddedRedis() as e:
+        yield e
+
+
+@pytest.fixture
+def streams(embedded):
+    s = Streams.from_url(embedded.url, prefix=f"awhook-{uuid.uuid4().hex[:8]}")
+    s.ensure_groups()
+    yield s
+    for k in s.r.scan_iter(f"{s.prefix}:*"):
+        s.r.delete(k)
+
+
+@pytest.fixture
+def store(tmp_path):
+    st = Store(f"sqlite:///{tmp_path / 'axiswatch.db'}")
+    st.migrate()
+    yield st
+    st.close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def config(receiver, **kw) -> WebhookConfig:
+    kw = dict(base_delay_s=0.01, max_delay_s=0.05, timeout_s=2.0) | kw
+    return WebhookConfig(receiver.url, SECRET, **kw)
+
+
+def alert(store, session="s1", level="warning") -> AlertEvent:
+    ev = AlertEvent(session, 2, 17, level, -3.25, -2.0)
+    assert store.write(alerts=[ev])["alerts"] == 1  # as the persistence worker would
+    return ev
+
+
+def status(store, ev) -> dict:
+    return next(a for a in store.list_alerts(session_id=ev.session_id) if a["event_id"] == ev.event_id)
+
+
+def run_until(worker, done, timeout=8.0, on_pass=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.run_once(block_ms=10)
+        if on_pass:
+            on_pass()
+        if done():
+            return
+    raise AssertionError("condition not reached in time")
+
+
+def settled(streams) -> bool:
+    lag = streams.lag("alerts")["webhooks"]
+    return lag == {"undelivered": 0, "pending": 0}
+
+
+def test_delivered_alert_is_signed_and_recorded(streams, store, receiver):
+    ev = alert(store)
+    streams.publish(ev)
+    w = AlertWorker(streams, store, config(receiver))
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    assert len(receiver.requests) == 1
+    req = receiver.requests[0]
+    assert req["verified"] and req["status"] == 200
+    h = req["headers"]
+    assert h["webhook-id"] == ev.event_id and h["content-type"] == "application/json"
+    assert abs(int(h["webhook-timestamp"]) - time.time()) < 60 and h["webhook-signature"].startswith("v1,")
+    assert Webhook(SECRET).verify(req["body"], h) == {"type": "axiswatch.alert", "data": ev.to_dict()}
+    with pytest.raises(WebhookVerificationError):  # signed with our secret only
+        Webhook("whsec_" + base64.b64encode(os.urandom(32)).decode()).verify(req["body"], h)
+    row = status(store, ev)
+    assert (row["delivery_status"], row["attempts"], row["last_error"]) == ("delivered", 1, None)
+    assert streams.r.llen(dead_key(streams)) == 0
+
+
+def test_500s_then_200_is_delivered_once_and_goes_retrying_then_delivered(streams, store, receiver):
+    ev = alert(store)
+    receiver.script = [500, 500, 500]
+    streams.publish(ev)
+    w = AlertWorker(streams, store, config(receiver))
+    seen = []
+
+    def watch():
+        row = status(store, ev)
+        if not seen or seen[-1][0] != row["delivery_status"]:
+            seen.append((row["delivery_status"], row["last_error"]))
+
+    run_until(w, lambda: settled(streams) and w.in_flight == 0, on_pass=watch)
+    w.close()
+    assert [r["status"] for r in receiver.requests] == [500, 500, 500, 200]
+    assert all(r["verified"] for r in receiver.requests)
+    assert {r["headers"]["webhook-id"] for r in receiver.requests} == {ev.event_id}
+    assert seen[0] == ("retrying", "HTTP 500") and seen[-1] == ("delivered", None)
+    assert [s for s, _ in seen] == ["retrying", "delivered"]
+    assert status(store, ev)["attempts"] == 4
+
+
+def test_receiver_down_dead_letters_then_replay_delivers_once(streams, store, receiver):
+    ev = alert(store)
+    receiver.close()
+    streams.publish(ev)
+    w = AlertWorker(streams, store, config(receiver, max_attempts=4))
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    row = status(store, ev)
+    assert (row["delivery_status"], row["attempts"], row["last_error"]) == ("dead", 4, "ConnectError")
+    assert [json.loads(x) for x in streams.r.lrange(dead_key(streams), 0, -1)] == [ev.to_dict()]
+    assert w.stats["dead"] == 1
+
+    assert replay_dead(streams, store, config(receiver)) == 0  # still down: back onto the dead list
+    assert streams.r.llen(dead_key(streams)) == 1 and status(store, ev)["delivery_status"] == "dead"
+
+    receiver.open()  # comes back on the same port
+    assert replay_dead(streams, store, config(receiver)) == 1
+    assert [r["status"] for r in receiver.requests] == [200]
+    assert receiver.requests[0]["verified"] and receiver.requests[0]["headers"]["webhook-id"] == ev.event_id
+    row = status(store, ev)
+    assert (row["delivery_status"], row["attempts"]) == ("delivered", 6)
+    assert streams.r.llen(dead_key(streams)) == 0 and streams.r.llen(dead_key(streams) + ":replaying") == 0
+    assert replay_dead(streams, store, config(receiver)) == 0 and len(receiver.requests) == 1
+
+
+def test_slow_receiver_times_out_then_recovers(streams, store, receiver):
+    ev = alert(store)
+    receiver.mode = "slow"
+    streams.publish(ev)
+    w = AlertWorker(streams, store, config(receiver, timeout_s=0.2))
+    run_until(w, lambda: status(store, ev)["attempts"] >= 2)
+    assert status(store, ev)["last_error"] == "ReadTimeout"
+    receiver.mode = "ok"
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    assert status(store, ev)["delivery_status"] == "delivered"
+    assert {r["headers"]["webhook-id"] for r in receiver.requests} == {ev.event_id}
+    assert [r["mode"] for r in receiver.requests].count("ok") == 1
+
+
+def test_a_failing_alert_does_not_block_the_others(streams, store, receiver):
+    bad, good = alert(store, "s-bad"), alert(store, "s-good")
+    receiver.fail_ids.add(bad.event_id)
+    streams.publish(bad)
+    streams.publish(good)
+    w = AlertWorker(streams, store, config(receiver, base_delay_s=5.0, max_delay_s=5.0))
+    run_until(w, lambda: status(store, good)["delivery_status"] == "delivered")
+    w.close()
+    assert status(store, bad)["delivery_status"] == "retrying" and w.in_flight == 1
+    assert streams.lag("alerts")["webhooks"]["pending"] == 1  # the failing one stays pending in Redis
+
+
+def test_duplicate_stream_entries_are_delivered_once(streams, store, receiver):
+    ev = alert(store)
+    streams.publish(ev)
+    streams.publish(ev)  # a replayed publish: same event id, another stream entry
+    w = AlertWorker(streams, store, config(receiver))
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    streams.publish(ev)  # once more, after delivery, to a fresh worker (dedupe through the store)
+    w2 = AlertWorker(streams, store, config(receiver))
+    run_until(w2, lambda: settled(streams) and w2.in_flight == 0)
+    w2.close()
+    assert len(receiver.requests) == 1 and receiver.requests[0]["status"] == 200
+    assert status(store, ev)["attempts"] == 1 and w.stats["delivered"] + w2.stats["delivered"] == 1
+
+
+def test_alert_not_yet_persisted_is_delivered_and_recorded(streams, store, receiver):
+    ev = AlertEvent("s-late", 1, 3, "critical", -5.0, -4.0)  # the persistence worker has not run yet
+    streams.publish(ev)
+    w = AlertWorker(streams, store, config(receiver))
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    assert status(store, ev)["delivery_status"] == "delivered"
+    assert store.write(alerts=[ev])["alerts"] == 0  # the persistence worker's later write is a no-op
+
+
+def test_entries_of_a_killed_worker_are_reclaimed_and_delivered(streams, store, receiver):
+    ev = alert(store)
+    streams.publish(ev)
+    taken = streams.read_group("alerts", "webhooks", "killed-worker", block_ms=None)
+    assert [e.data["event_id"] for e in taken] == [ev.event_id]  # ... and it dies before acking
+    time.sleep(0.02)
+    w = AlertWorker(streams, store, config(receiver), reclaim_idle_ms=10, block_ms=20)
+    w.start_thread()
+    try:
+        deadline = time.monotonic() + 8
+        while not (settled(streams) and status(store, ev)["delivery_status"] == "delivered"):
+            assert time.monotonic() < deadline, "not reclaimed"
+            time.sleep(0.02)
+    finally:
+        w.stop()
+    assert not w._thread.is_alive()
+    assert len(receiver.requests) == 1 and receiver.requests[0]["verified"]
+
+
+def test_the_secret_never_appears_in_logs_reprs_or_errors(streams, store, receiver, caplog):
+    caplog.set_level(logging.DEBUG)
+    cfg = config(receiver, max_attempts=2)
+    for text in (repr(cfg), str(cfg), repr([cfg])):
+        assert KEY_B64 not in text and "/hooks/axiswatch" not in text and "whsec_***" in text
+    ok, bad = alert(store, "s-ok"), alert(store, "s-bad")
+    receiver.script = [500]
+    streams.publish(ok)
+    w = AlertWorker(streams, store, cfg)
+    run_until(w, lambda: status(store, ok)["delivery_status"] == "delivered")
+    receiver.close()
+    streams.publish(bad)
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    receiver.open()
+    assert replay_dead(streams, store, cfg) == 1
+    with pytest.raises(InputError) as err:
+        WebhookConfig(receiver.url, "whsec_" + KEY_B64[:-3] + "!!!")
+    assert KEY_B64[:-3] not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+    assert "retrying" in caplog.text and "dead-lettered" in caplog.text  # DEBUG logs were captured
+    assert KEY_B64 not in caplog.text and SECRET not in caplog.text
+    assert all(KEY_B64 not in (a["last_error"] or "") for a in store.list_alerts())
+
+
+def test_config_from_env():
+    assert WebhookConfig.from_env({}) is None
+    assert WebhookConfig.from_env({"AXISWATCH_WEBHOOK_SECRET": SECRET}) is None
+    c = WebhookConfig.from_env({"AXISWATCH_WEBHOOK_URL": "https://hooks.example.com/t/abc123",
+                                "AXISWATCH_WEBHOOK_SECRET": SECRET, "AXISWATCH_WEBHOOK_MAX_ATTEMPTS": "3"})
+    assert (c.url, c.secret, c.max_attempts) == ("https://hooks.example.com/t/abc123", SECRET, 3)
+    assert c.target == "https://hooks.example.com" and "abc123" not in repr(c)
+    for env, msg in [({"AXISWATCH_WEBHOOK_URL": "https://x.example"}, "SECRET is not"),
+                     ({"AXISWATCH_WEBHOOK_URL": "https://x.example", "AXISWATCH_WEBHOOK_SECRET": KEY_B64}, "whsec_"),
+                     ({"AXISWATCH_WEBHOOK_URL": "ftp://x.example", "AXISWATCH_WEBHOOK_SECRET": SECRET}, "http"),
+                     ({"AXISWATCH_WEBHOOK_URL": "https://x.example", "AXISWATCH_WEBHOOK_SECRET": SECRET,
+                       "AXISWATCH_WEBHOOK_MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS")]:
+        with pytest.raises(InputError, match=msg) as e:
+            WebhookConfig.from_env(env)
+        assert KEY_B64 not in str(e.value)
+
+
+
+def test_alerts_replay_command(embedded, tmp_path, receiver):
+    """`axiswatch alerts replay` delivers what a worker dead-lettered while the receiver was down."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    streams = Streams.from_url(embedded.url)  # the default prefix, as the CLI uses
+    streams.ensure_groups()
+    db = tmp_path / "replay.db"
+    store = Store(f"sqlite:///{db}")
+    store.migrate()
+    ev = alert(store, session="replay-1")
+    streams.publish(ev)
+    receiver.close()  # down for good: one attempt, then dead
+    worker = AlertWorker(streams, store, config(receiver, max_attempts=1))
+    run_until(worker, lambda: status(store, ev)["delivery_status"] == "dead")
+    worker.close()
+    receiver.open()  # back, on a new port
+    env = {**os.environ, "REDIS_URL": embedded.url, "AXISWATCH_DATABASE_URL": f"sqlite:///{db}",
+           "AXISWATCH_WEBHOOK_URL": receiver.url, "AXISWATCH_WEBHOOK_SECRET": SECRET}
+    exe = str(Path(sys.executable).parent / "axiswatch")
+    r = subprocess.run([exe, "alerts", "replay"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "1 delivered, 0 still dead-lettered" in r.stdout and SECRET not in r.stdout + r.stderr
+    assert len(receiver.answered(200)) == 1 and receiver.requests[-1]["verified"]
+    assert status(store, ev)["delivery_status"] == "delivered"
+    listed = subprocess.run([exe, "alerts", "list", "--json"], capture_output=True, text=True, env=env).stdout
+    assert json.loads(listed.splitlines()[0])["delivery_status"] == "delivered"
+    r = subprocess.run([exe, "alerts", "replay"], capture_output=True, text=True, timeout=60,
+                       env={**env, "REDIS_URL": ""})
+    assert r.returncode == 1 and "REDIS_URL" in r.stderr
+    store.close()
