@@ -12,10 +12,21 @@ from monitor.cli import _errors, _settings, cli, model_options
 COLOURS = {"ok": "green", "watch": "yellow", "warning": "magenta", "critical": "red"}
 
 
+BAR_RANGE = (-40.0, 40.0)  # running scores drawn across the bar (higher = more Assistant-like)
+
+
+def _bar(running: float | None, width: int = 20) -> str:
+    if running is None:
+        return "." * width
+    lo, hi = BAR_RANGE
+    n = int(round(min(max((running - lo) / (hi - lo), 0.0), 1.0) * width))
+    return "#" * n + "." * (width - n)
+
+
 def _status(state: str, running: float | None, mean: float | None, capped: bool) -> str:
     r = "-" if running is None else f"{running:+.1f}"
     m = "-" if mean is None else f"{mean:+.1f}"
-    return f"[state {state} | running {r} | turn mean {m}{' | CAPPED' if capped else ''}]"
+    return f"[{_bar(running)}] state {state} | running {r} | turn mean {m}{' | CAPPED' if capped else ''}"
 
 
 def _stream_http(url: str, body: dict, on_token):

@@ -148,13 +148,13 @@ def alerts_list(ctx, status, limit, database_url, as_json):
 def alerts_replay(ctx, limit, database_url):
     """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
     from monitor.streams import Streams
-    from monitor.webhooks import WebhookConfig, dead_key, replay_dead
+    from monitor.webhooks import dead_key, replay_dead
     from probes.errors import InputError
 
     s = _settings(ctx, database_url=database_url)
     if not s.redis_url:
         raise InputError("replay reads the dead-letter list in the deployment's Redis: set REDIS_URL")
-    config = WebhookConfig.from_env()
+    config = s.webhook
     if config is None:
         raise InputError("set AXISWATCH_WEBHOOK_URL and AXISWATCH_WEBHOOK_SECRET to replay alerts")
     streams = Streams.from_url(s.redis_url)

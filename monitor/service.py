@@ -72,17 +72,22 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
             if capping is not None:
                 capping.check(lm.hidden_size, lm.n_layers)
-            rt.engine = Engine(lm, axis, thresholds_from_calibration(axis.layer_stats()), capping,
-                               policy=settings.policy, publisher=streams)
+            from monitor.drift import DriftConfig, Thresholds
+
+            thresholds = (Thresholds(*settings.thresholds) if settings.thresholds
+                          else thresholds_from_calibration(axis.layer_stats()))
+            drift = DriftConfig(alpha=settings.ewma_alpha, hysteresis=settings.hysteresis,
+                                min_tokens=settings.min_tokens, cooldown_tokens=settings.cooldown_tokens)
+            rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=streams)
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
         if workers:
-            from monitor.webhooks import AlertWorker, WebhookConfig
+            from monitor.webhooks import AlertWorker
             from monitor.workers import PersistWorker
 
             w = PersistWorker(streams, store)
             w.start_thread()
             rt.workers.append(w)
-            hook = WebhookConfig.from_env()
+            hook = settings.webhook
             if hook is not None:
                 aw = AlertWorker(streams, store, hook)
                 aw.start_thread()

@@ -1,4 +1,11 @@
-"""One frozen settings object, read from ``AXISWATCH_*`` environment variables once."""
+"""One frozen settings object, read from ``AXISWATCH_*`` environment variables once.
+
+``REDIS_URL`` (unset: embedded Redis), ``AXISWATCH_DATABASE_URL``, ``AXISWATCH_POLICY``,
+``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_THRESHOLDS`` (``watch,warning,critical``),
+``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``,
+``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``, and the
+model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPPING``, ...).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,37 @@ from pathlib import Path
 def shipped_dir() -> Path:
     """Folder of the artifacts shipped for the default model."""
     return Path(__file__).resolve().parent.parent / "probes" / "shipped" / "smollm2-135m-instruct"
+
+
+def _num(get, key: str, default: str, kind):
+    raw = get(key, default)
+    try:
+        return kind(raw)
+    except ValueError:
+        from probes.errors import InputError
+
+        raise InputError(f"AXISWATCH_{key} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
+
+
+def _thresholds(raw: str | None) -> tuple[float, float, float] | None:
+    """``AXISWATCH_THRESHOLDS=watch,warning,critical`` overrides the calibrated thresholds."""
+    if not raw:
+        return None
+    try:
+        vals = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        from probes.errors import InputError
+
+        raise InputError(f"AXISWATCH_THRESHOLDS must be three numbers 'watch,warning,critical', not {raw!r}")
+    return vals
+
+
+def _webhook(env):
+    from monitor.webhooks import WebhookConfig
+
+    return WebhookConfig.from_env(env)
 
 
 def _port(v: str) -> int:
@@ -36,6 +74,12 @@ class Settings:
     policy: str = "flag"
     host: str = "127.0.0.1"
     port: int = 8000
+    thresholds: tuple[float, float, float] | None = None  # watch, warning, critical; None = from calibration
+    ewma_alpha: float = 0.1
+    hysteresis: float = 0.0
+    min_tokens: int = 16
+    cooldown_tokens: int = 64
+    webhook: object = None  # monitor.webhooks.WebhookConfig (its repr hides the secret) or None
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -51,7 +95,10 @@ class Settings:
                    layers_path=get("LAYERS_PATH"), judge=get("JUDGE", "offline"),
                    batch_size=int(batch), redis_url=env.get("REDIS_URL") or get("REDIS_URL"),
                    database_url=get("DATABASE_URL", "sqlite:///axiswatch.db"), policy=get("POLICY", "flag"),
-                   host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")))
+                   host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")),
+                   thresholds=_thresholds(get("THRESHOLDS")), ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
+                   hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),
+                   cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

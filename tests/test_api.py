@@ -145,7 +145,7 @@ def test_chat_command_against_the_server(server):
     r = subprocess.run([exe, "chat", "--url", server["url"] + "/v1", "--session", "chat-http", "--max-tokens", "6"],
                        input="Who are you?\nAnd now?\n\n", capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("assistant> ") == 2 and r.stdout.count("[state ") == 2
+    assert r.stdout.count("assistant> ") == 2 and r.stdout.count("] state ") == 2
     assert "session chat-http" in r.stdout
     store = server["rt"].store
     s = wait_for(lambda: store.get_session("chat-http") if store.token_count("chat-http") > 0 and

@@ -152,4 +152,4 @@ def test_chat_in_process(tmp_path):
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "REDIS_URL": ""})
     assert r.returncode == 0, r.stderr
-    assert "session cli-chat" in r.stdout and "assistant> " in r.stdout and "[state " in r.stdout
+    assert "session cli-chat" in r.stdout and "assistant> " in r.stdout and "] state " in r.stdout
