@@ -17,6 +17,7 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,6 +84,13 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> Fa
     async def _axiswatch_error(_req: Request, e: AxiswatchError):
         return _error(e.http_status, str(e), type(e).__name__)
 
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        status = 400 if first.get("type") == "json_invalid" else 422
+        return _error(status, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "invalid_request_error")
+
     def _request(body: CompletionBody, header_sid: str | None) -> ChatRequest:
         sid = body.session_id or header_sid
         if sid is not None and (len(sid) > 128 or not all(c.isalnum() or c in "_.:-" for c in sid)):
@@ -132,8 +140,11 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> Fa
                 yield chunk({"content": tok["token"]}, None, tok)
             try:
                 res = fut.result()
-            except AxiswatchError as e:
-                yield "data: " + json.dumps({"error": {"message": str(e), "type": type(e).__name__}}) + "\n\n"
+            except Exception as e:  # noqa: BLE001 - the client gets an error event, then the end of the stream
+                kind = type(e).__name__ if isinstance(e, AxiswatchError) else "server_error"
+                msg = str(e) if isinstance(e, AxiswatchError) else "generation failed; see the server log"
+                yield "data: " + json.dumps({"error": {"message": msg, "type": kind}}) + "\n\n"
+                yield "data: [DONE]\n\n"
                 return
             metrics.observe(res, True)
             yield chunk({}, res.finish_reason, {"session_id": res.session_id, "turn": res.turn, "layer": res.layer,
@@ -172,12 +183,13 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> Fa
     @app.get("/v1/sessions")
     async def list_sessions(state: str | None = None, source: str | None = None, limit: int = 100) -> Any:
         _need_store()
-        return {"sessions": store.list_sessions(state=state, source=source, limit=min(max(limit, 1), 1000))}
+        rows = await asyncio.to_thread(store.list_sessions, state=state, source=source, limit=min(max(limit, 1), 1000))
+        return {"sessions": rows}
 
     @app.get("/v1/sessions/{session_id}")
     async def get_session(session_id: str) -> Any:
         _need_store()
-        s = store.get_session(session_id)
+        s = await asyncio.to_thread(store.get_session, session_id)
         if s is None:
             return _error(404, f"no session {session_id!r}", "NotFound")
         return s

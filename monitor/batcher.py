@@ -30,6 +30,7 @@ class Batcher:
     def submit(self, request: ChatRequest) -> Future:
         if self._stop.is_set():
             raise RuntimeError("the batcher is closed")
+        self.engine.validate(request)  # a bad request fails alone, here, not its whole batch
         fut: Future = Future()
         self._q.put((request, fut))
         return fut

@@ -23,7 +23,7 @@ from monitor.drift import DriftConfig, DriftTracker, Thresholds, parse_policy
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord, new_id
 from probes.artifacts import AxisArtifact, CappingConfig
 from probes.generation import CapPlan, GenerationOptions, generate
-from probes.models import LoadedModel, normalise_messages
+from probes.models import LoadedModel, format_chat
 
 log = logging.getLogger(__name__)
 LIVE_FLUSH_TOKENS = 8  # token scores per live-stream entry
@@ -86,6 +86,7 @@ class Engine:
         self.layer = axis.monitor_layer
         self.v = axis.unit()
         self.sessions: dict[str, Session] = {}
+        self.publish_errors = 0
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # one forward pass at a time: hooks are installed on the shared model
         self._plan = (CapPlan(tuple(capping.layers), capping.vectors, torch.tensor(capping.taus))
@@ -105,16 +106,35 @@ class Engine:
                 s = self.sessions[sid] = Session(sid, DriftTracker(self.thresholds, self.drift, pol), pol, source)
             return s
 
+    def validate(self, request: ChatRequest) -> None:
+        """Refuse a request the model cannot take, before it touches any session state."""
+        from probes.errors import InputError
+
+        text = format_chat(self.lm.tokenizer, request.messages)  # validates roles, contents, the template
+        limit = getattr(self.lm.model.config, "max_position_embeddings", None)
+        if limit:
+            n = len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n + request.options.max_new_tokens > limit:
+                raise InputError(f"prompt of {n} tokens + {request.options.max_new_tokens} new tokens exceeds "
+                                 f"the model's {limit} positions")
+
     def run_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Generate one assistant turn for each request (each a different session)."""
+        from probes.errors import InputError
+
         ids = [r.session_id for r in requests]
         if len(set(ids)) != len(ids):
-            from probes.errors import InputError
-
             raise InputError("one batch cannot hold two requests of the same session")
-        sessions = [self.session(r.session_id, r.policy) for r in requests]
         for r in requests:
-            normalise_messages(self.lm.tokenizer, r.messages)
+            self.validate(r)
+        sessions = [self.session(r.session_id, r.policy) for r in requests]
+        for r, s in zip(requests, sessions):
+            if s.source != "live":
+                raise InputError(f"session {s.id!r} is a {s.source} session; chat in a new session")
+            if r.policy and r.policy != s.policy:  # a request may change its session's policy from now on
+                if r.policy == "cap" and self.capping is None:
+                    raise InputError("policy 'cap' needs a capping config; none is loaded")
+                s.policy = s.tracker.policy = parse_policy(r.policy)
         opts = requests[0].options
         # reserve the stored turn numbers: the new user message (if any), then the reply
         user_turns, turns = [], []
@@ -123,22 +143,24 @@ class Engine:
             user_turns.append(s.next_turn if has_user else None)
             turns.append(s.next_turn + int(has_user))
             s.next_turn += 1 + int(has_user)
-        for s, t in zip(sessions, turns):
-            s.tracker.update([], t)  # opens the turn, so an empty reply still ends one
-        sink = _Sink(self, requests, sessions, turns)
-        cap_rows = torch.tensor([s.capped for s in sessions])
+        opened = []
         try:
+            for s, t in zip(sessions, turns):
+                s.tracker.update([], t)  # opens the turn, so an empty reply still ends one
+                opened.append(s)
+            sink = _Sink(self, requests, sessions, turns)
+            cap_rows = torch.tensor([s.capped for s in sessions])
             with self._model_lock:
                 outs = generate(self.lm, [r.messages for r in requests], opts, axis=self.v,
                                 monitor_layer=self.layer, capping=self._plan, cap_rows=cap_rows, sink=sink)
         except BaseException:
-            for s in sessions:  # close the half-scored turn so the session can go on
+            for s in opened:  # close the half-scored turn so the session can go on
                 s.tracker.end_turn()
             raise
+        summaries = [s.tracker.end_turn() for s in sessions]  # every session is consistent before any I/O
         results = []
-        for k, (r, s, g) in enumerate(zip(requests, sessions, outs)):
+        for k, (r, s, g, summary) in enumerate(zip(requests, sessions, outs, summaries)):
             sink.flush_live(k, final=True)
-            summary = s.tracker.end_turn()
             turn = turns[k]
             if user_turns[k] is not None:
                 self._publish(TurnRecord(s.id, user_turns[k], "user", r.messages[-1]["content"], self.layer,
@@ -199,8 +221,15 @@ class Engine:
                 "state": s.tracker.state, "running": s.tracker.running, "alerts": [a.to_dict() for a in alerts]}
 
     def _publish(self, record) -> None:
-        if self.publisher is not None:
+        """Hand a record to Redis. A failure is logged and counted, never raised into generation
+        (buffering and replay while Redis is down come with the reliability work)."""
+        if self.publisher is None:
+            return
+        try:
             self.publisher.publish(record)
+        except Exception as e:  # noqa: BLE001 - Redis errors of any kind
+            self.publish_errors += 1
+            log.error("could not publish %s of session %s: %s", type(record).__name__, record.session_id, e)
 
 
 class _Sink:
@@ -249,10 +278,13 @@ class _Sink:
         if pub is None or (not self.live[k] and not final):
             return
         s = self.sessions[k]
-        pub.publish_live(s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
-                                "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
-                                "scores": [x for _, x in self.live[k]], "state": s.tracker.state,
-                                "running": s.tracker.running, "capped": s.capped, "final": final})
+        try:  # the live tail is a display buffer: a failure must not stop generation
+            pub.publish_live(s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
+                                    "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
+                                    "scores": [x for _, x in self.live[k]], "state": s.tracker.state,
+                                    "running": s.tracker.running, "capped": s.capped, "final": final})
+        except Exception as e:  # noqa: BLE001
+            log.warning("live tail of session %s not published: %s", s.id, e)
         self.live[k] = []
 
     def end(self):

@@ -26,10 +26,17 @@ class Runtime:
     _stack: ExitStack = field(default_factory=ExitStack)
 
     def close(self) -> None:
-        for w in self.workers:
-            w.stop()
+        """Stop taking requests, let the workers drain what was published, then stop everything."""
         if self.batcher is not None:
             self.batcher.close()
+        for w in self.workers:
+            w.stop()
+            drain = getattr(w, "drain", None)
+            if drain is not None:
+                try:
+                    drain()
+                except Exception:  # noqa: BLE001 - shutting down anyway; entries stay in Redis
+                    log.exception("could not drain %s", type(w).__name__)
         self._stack.close()
         self.store.close()
 
@@ -45,7 +52,13 @@ def open_data(settings: Settings, stack: ExitStack):
         url = stack.enter_context(EmbeddedRedis()).url
         log.info("no REDIS_URL: started an embedded redis-server at %s", url)
     streams = Streams.from_url(url)
-    streams.ensure_groups()
+    try:
+        streams.r.ping()
+    except Exception as e:  # noqa: BLE001 - any connection failure
+        from monitor.redis_server import RedisUnavailable
+
+        raise RedisUnavailable(f"cannot reach Redis at {url}: {e} (unset REDIS_URL to use the embedded one)") from None
+    streams.ensure_groups(webhooks=settings.webhook is not None)
     store = Store(settings.database_url)
     store.migrate()
     return url, streams, store
@@ -72,10 +85,9 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
             if capping is not None:
                 capping.check(lm.hidden_size, lm.n_layers)
-            from monitor.drift import DriftConfig, Thresholds
+            from monitor.drift import DriftConfig
 
-            thresholds = (Thresholds(*settings.thresholds) if settings.thresholds
-                          else thresholds_from_calibration(axis.layer_stats()))
+            thresholds = settings.drift_thresholds(thresholds_from_calibration(axis.layer_stats()))
             drift = DriftConfig(alpha=settings.ewma_alpha, hysteresis=settings.hysteresis,
                                 min_tokens=settings.min_tokens, cooldown_tokens=settings.cooldown_tokens)
             rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=streams)

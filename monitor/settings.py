@@ -1,7 +1,7 @@
 """One frozen settings object, read from ``AXISWATCH_*`` environment variables once.
 
 ``REDIS_URL`` (unset: embedded Redis), ``AXISWATCH_DATABASE_URL``, ``AXISWATCH_POLICY``,
-``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_THRESHOLDS`` (``watch,warning,critical``),
+``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_THRESHOLD_WATCH``/``_WARNING``/``_CRITICAL``,
 ``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``,
 ``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``, and the
 model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPPING``, ...).
@@ -29,19 +29,16 @@ def _num(get, key: str, default: str, kind):
         raise InputError(f"AXISWATCH_{key} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
 
 
-def _thresholds(raw: str | None) -> tuple[float, float, float] | None:
-    """``AXISWATCH_THRESHOLDS=watch,warning,critical`` overrides the calibrated thresholds."""
-    if not raw:
+def _opt_float(get, key: str) -> float | None:
+    raw = get(key)
+    if raw is None:
         return None
     try:
-        vals = tuple(float(x) for x in raw.split(","))
+        return float(raw)
     except ValueError:
-        vals = ()
-    if len(vals) != 3:
         from probes.errors import InputError
 
-        raise InputError(f"AXISWATCH_THRESHOLDS must be three numbers 'watch,warning,critical', not {raw!r}")
-    return vals
+        raise InputError(f"AXISWATCH_{key} must be a number (a raw projection value), not {raw!r}") from None
 
 
 def _webhook(env):
@@ -74,7 +71,8 @@ class Settings:
     policy: str = "flag"
     host: str = "127.0.0.1"
     port: int = 8000
-    thresholds: tuple[float, float, float] | None = None  # watch, warning, critical; None = from calibration
+    thresholds: tuple[float | None, float | None, float | None] = (None, None, None)  # watch, warning, critical
+    # overrides of the calibrated thresholds (raw projection values); None keeps the calibrated one
     ewma_alpha: float = 0.1
     hysteresis: float = 0.0
     min_tokens: int = 16
@@ -96,12 +94,21 @@ class Settings:
                    batch_size=int(batch), redis_url=env.get("REDIS_URL") or get("REDIS_URL"),
                    database_url=get("DATABASE_URL", "sqlite:///axiswatch.db"), policy=get("POLICY", "flag"),
                    host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")),
-                   thresholds=_thresholds(get("THRESHOLDS")), ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
+                   thresholds=tuple(_opt_float(get, f"THRESHOLD_{k}") for k in ("WATCH", "WARNING", "CRITICAL")),
+                   ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
                    hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def drift_thresholds(self, calibrated):
+        """The calibrated :class:`~monitor.drift.Thresholds` with the configured overrides applied."""
+        from monitor.drift import Thresholds
+
+        w, a, c = self.thresholds
+        return Thresholds(calibrated.watch if w is None else w, calibrated.warning if a is None else a,
+                          calibrated.critical if c is None else c)
 
     def axis_dir(self) -> Path:
         return Path(self.axis) if self.axis else shipped_dir()

@@ -311,14 +311,17 @@ class Store:
         return counts
 
     def _refresh(self, s: Session, ids: list[str], turns: list, alerts: list, interventions: list, now: float) -> None:
-        """Session counters from the stored turns; state and running score of the latest turn."""
-        per = select(TurnRow.session_id, func.max(TurnRow.turn).label("last"), func.count().label("n"),
-                     func.coalesce(func.sum(TurnRow.n_tokens), 0).label("tokens")).where(
-            TurnRow.session_id.in_(ids)).group_by(TurnRow.session_id).subquery()
-        agg = {sid: dict(n_turns=n, n_tokens=int(tokens), state=state, running=running)
-               for sid, n, tokens, state, running in s.execute(
-                   select(per.c.session_id, per.c.n, per.c.tokens, TurnRow.state, TurnRow.running)
-                   .join(TurnRow, (TurnRow.session_id == per.c.session_id) & (TurnRow.turn == per.c.last)))}
+        """Session counters from the stored turns; state and running score of the latest assistant turn
+        (user and system turns carry no score, so they must not reset the session's state)."""
+        agg: dict[str, dict] = {sid: dict(n_turns=n, n_tokens=int(tokens)) for sid, n, tokens in s.execute(
+            select(TurnRow.session_id, func.count(), func.coalesce(func.sum(TurnRow.n_tokens), 0))
+            .where(TurnRow.session_id.in_(ids)).group_by(TurnRow.session_id))}
+        last = select(TurnRow.session_id, func.max(TurnRow.turn).label("last")).where(
+            TurnRow.session_id.in_(ids), TurnRow.role == "assistant").group_by(TurnRow.session_id).subquery()
+        for sid, state, running in s.execute(
+                select(last.c.session_id, TurnRow.state, TurnRow.running)
+                .join(TurnRow, (TurnRow.session_id == last.c.session_id) & (TurnRow.turn == last.c.last))):
+            agg.setdefault(sid, {}).update(state=state, running=running)
         capped = set(s.scalars(select(InterventionRow.session_id).where(InterventionRow.session_id.in_(ids))))
         capped |= {t.session_id for t in turns if t.capped and any(t.capped)}
         policy = {a.session_id: a.policy for a in alerts} | {i.session_id: "cap" for i in interventions}

@@ -74,10 +74,15 @@ class Streams:
 
     # --- producing ------------------------------------------------------------------
 
-    def ensure_groups(self) -> None:
-        """Create every consumer group (from the start of its stream) if missing."""
+    def ensure_groups(self, webhooks: bool = False) -> None:
+        """Create the consumer groups (from the start of their streams) if missing.
+
+        ``webhooks=False`` leaves out the ``webhooks`` group: a group nobody reads would
+        hold back trimming of the alerts stream forever."""
         for stream, groups in GROUPS.items():
             for g in groups:
+                if g == "webhooks" and not webhooks:
+                    continue
                 try:
                     self.r.xgroup_create(self.key(stream), g, id="0", mkstream=True)
                 except redis.ResponseError as e:

@@ -374,7 +374,7 @@ class AlertWorker:
         return n + len(due)
 
     def run(self) -> None:
-        self.streams.ensure_groups()
+        self.streams.ensure_groups(webhooks=True)
         try:
             while not self._stop.is_set():
                 try:

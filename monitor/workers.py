@@ -84,6 +84,16 @@ class PersistWorker:
                 self.streams.trim(stream)
         return len(entries)
 
+    def drain(self, max_passes: int = 1000) -> int:
+        """Persist everything readable now (after :meth:`stop`, at shutdown); returns entries handled."""
+        total = 0
+        for _ in range(max_passes):
+            n = self.run_once(block_ms=None)
+            total += n
+            if n == 0:
+                break
+        return total
+
     def run(self) -> None:
         self.streams.ensure_groups()
         while not self._stop.is_set():

@@ -103,7 +103,9 @@ def test_new_session_id_is_returned(client):
 
 def test_bad_requests_are_4xx(server):
     url = server["url"] + "/v1/chat/completions"
-    assert httpx.post(url, json={"messages": []}).status_code == 422
+    empty = httpx.post(url, json={"messages": []})
+    assert empty.status_code == 422 and empty.json()["error"]["type"] == "invalid_request_error"
+    assert "messages" in empty.json()["error"]["message"]
     assert httpx.post(url, json={"messages": [{"role": "wizard", "content": "x"}]}).status_code == 422
     assert httpx.post(url, json={"messages": MSGS, "max_tokens": 0}).status_code == 422
     r = httpx.post(url, json={"messages": MSGS}, headers={"X-Session-Id": "bad id!"})

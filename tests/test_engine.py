@@ -149,3 +149,37 @@ def test_one_batch_rejects_two_turns_of_one_session(lm, shipped, streams):
     with pytest.raises(InputError, match="unknown role"):
         eng.run_batch([ChatRequest("bad", [{"role": "wizard", "content": "x"}], OPTS)])
     assert torch.is_tensor(eng.v)
+
+
+def test_redis_going_away_does_not_break_generation_or_sessions(lm, shipped):
+    r = EmbeddedRedis().start()
+    eng = engine(lm, shipped, Streams.from_url(r.url))
+    first = eng.run_batch([ChatRequest("s-down", chat("Name a colour."), OPTS)])[0]
+    r.stop()  # Redis is gone: records cannot be published
+    second = eng.run_batch([ChatRequest("s-down", chat("Name a colour."), OPTS)])[0]
+    assert second.tokens == first.tokens and second.turn == 3 and eng.publish_errors >= 2
+    third = eng.run_batch([ChatRequest("s-down", chat("Name a colour."), OPTS)])[0]
+    assert third.turn == 5  # the session goes on
+
+
+def test_a_bad_request_fails_alone_in_the_batcher(lm, shipped, streams):
+    from probes.errors import InputError
+
+    eng = engine(lm, shipped, streams)
+    batcher = Batcher(eng, max_batch=4)
+    try:
+        with pytest.raises(InputError, match="exceeds the model's"):
+            batcher.submit(ChatRequest("big", chat("hi"), GenerationOptions(max_new_tokens=10 ** 6)))
+        ok = batcher.submit(ChatRequest("fine", chat("Name a colour."), OPTS)).result(timeout=120)
+        assert ok.tokens
+        assert "big" not in eng.sessions  # refused before any session state was touched
+    finally:
+        batcher.close()
+
+
+def test_per_request_policy_changes_the_session(lm, shipped, streams):
+    eng = engine(lm, shipped, streams, policy="flag")
+    eng.run_batch([ChatRequest("s-pol", chat("Hi"), OPTS)])
+    eng.run_batch([ChatRequest("s-pol", chat("Hi"), OPTS, policy="observe")])
+    s = eng.sessions["s-pol"]
+    assert s.policy == s.tracker.policy == "observe"

@@ -14,11 +14,12 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 def test_defaults():
     s = Settings.from_env({})
     assert (s.model, s.redis_url, s.database_url, s.policy, s.port) == ("default", None, "sqlite:///axiswatch.db", "flag", 8000)
-    assert s.thresholds is None and s.webhook is None and (s.ewma_alpha, s.min_tokens, s.cooldown_tokens) == (0.1, 16, 64)
+    assert s.thresholds == (None, None, None) and s.webhook is None and (s.ewma_alpha, s.min_tokens, s.cooldown_tokens) == (0.1, 16, 64)
 
 
 def test_overrides_and_secret_hidden():
-    s = Settings.from_env({"REDIS_URL": "redis://h:6379/1", "AXISWATCH_THRESHOLDS": "5, 0, -5",
+    s = Settings.from_env({"REDIS_URL": "redis://h:6379/1", "AXISWATCH_THRESHOLD_WATCH": "5",
+                           "AXISWATCH_THRESHOLD_WARNING": "0", "AXISWATCH_THRESHOLD_CRITICAL": "-5",
                            "AXISWATCH_MIN_TOKENS": "4", "AXISWATCH_WEBHOOK_URL": "https://hooks.example/x",
                            "AXISWATCH_WEBHOOK_SECRET": SECRET, "AXISWATCH_POLICY": "cap"})
     assert s.redis_url == "redis://h:6379/1" and s.thresholds == (5.0, 0.0, -5.0) and s.min_tokens == 4
@@ -28,7 +29,7 @@ def test_overrides_and_secret_hidden():
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"AXISWATCH_THRESHOLDS": "1,2"}, "AXISWATCH_THRESHOLDS"),
+    ({"AXISWATCH_THRESHOLD_WATCH": "high"}, "AXISWATCH_THRESHOLD_WATCH"),
     ({"AXISWATCH_MIN_TOKENS": "many"}, "AXISWATCH_MIN_TOKENS"),
     ({"AXISWATCH_PORT": "99999"}, "AXISWATCH_PORT"),
     ({"AXISWATCH_BATCH_SIZE": "0"}, "AXISWATCH_BATCH_SIZE"),
@@ -42,10 +43,16 @@ def test_bad_values(env, message):
 def test_threshold_override_reaches_the_engine(tmp_path):
     from monitor import service
 
-    rt = service.start(Settings.from_env({"AXISWATCH_THRESHOLDS": "3,2,1",
+    rt = service.start(Settings.from_env({"AXISWATCH_THRESHOLD_WATCH": "3", "AXISWATCH_THRESHOLD_WARNING": "2",
                                           "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}), workers=False)
     try:
         t = rt.engine.thresholds
-        assert (t.watch, t.warning, t.critical) == (3.0, 2.0, 1.0)
+        from monitor.drift import thresholds_from_calibration
+
+        calibrated = thresholds_from_calibration(rt.engine.axis.layer_stats())
+        assert (t.watch, t.warning, t.critical) == (3.0, 2.0, calibrated.critical)
     finally:
         rt.close()
+    bad = Settings.from_env({"AXISWATCH_THRESHOLD_WATCH": "-100", "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    with pytest.raises(InputError, match="watch > warning > critical"):
+        service.start(bad, workers=False)

@@ -288,3 +288,11 @@ def test_bad_arguments(store):
     with pytest.raises(InputError, match="limit"):
         store.list_alerts(limit=-5)
     assert count(store, SessionRow) == 0
+
+
+def test_a_trailing_user_turn_keeps_the_sessions_state(store):
+    store.write(turns=[TurnRecord("tail", 0, "user", "hi", 21),
+                       TurnRecord("tail", 1, "assistant", "boo", 21, ["boo"], [-30.0], state="critical", running=-30.0),
+                       TurnRecord("tail", 2, "user", "and now?", 21)])
+    s = store.get_session("tail")
+    assert (s["state"], s["running"], s["n_turns"], s["n_tokens"]) == ("critical", -30.0, 3, 1)

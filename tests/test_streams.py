@@ -50,7 +50,7 @@ def test_embedded_server_starts_and_stops():
 
 
 def test_publish_consume_ack_roundtrip(streams):
-    streams.ensure_groups()
+    streams.ensure_groups(webhooks=True)
     streams.ensure_groups()  # idempotent
     t, a = turn(1), AlertEvent("s1", 1, 5, "warning", -3.0, -2.0)
     streams.publish(t)
@@ -118,3 +118,14 @@ def test_live_tail_is_capped_and_readable(streams):
     assert 10 <= len(tail) < 200 and tail[-1].data["start"] == 199
     newer = streams.read_live("s9", after=tail[-2].id)
     assert [e.data["start"] for e in newer] == [199]
+
+
+def test_alerts_without_a_webhook_group_are_trimmed(streams):
+    """No webhook worker configured: no webhooks group, so persisted alerts do not pin the stream."""
+    streams.ensure_groups()
+    assert [g["name"] for g in streams.r.xinfo_groups(streams.key("alerts"))] in ([b"persist"], ["persist"])
+    for i in range(30):
+        streams.publish(AlertEvent("s", i, 0, "watch", -9.0, -8.0))
+    got = streams.read_group("alerts", "persist", "w", count=30, block_ms=None)
+    streams.ack("alerts", "persist", [e.id for e in got])
+    assert streams.trim("alerts") == 10 and streams.r.xlen(streams.key("alerts")) == 20

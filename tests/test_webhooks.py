@@ -101,7 +101,7 @@ def embedded():
 @pytest.fixture
 def streams(embedded):
     s = Streams.from_url(embedded.url, prefix=f"awhook-{uuid.uuid4().hex[:8]}")
-    s.ensure_groups()
+    s.ensure_groups(webhooks=True)
     yield s
     for k in s.r.scan_iter(f"{s.prefix}:*"):
         s.r.delete(k)
@@ -340,7 +340,7 @@ def test_alerts_replay_command(embedded, tmp_path, receiver):
     from pathlib import Path
 
     streams = Streams.from_url(embedded.url)  # the default prefix, as the CLI uses
-    streams.ensure_groups()
+    streams.ensure_groups(webhooks=True)
     db = tmp_path / "replay.db"
     store = Store(f"sqlite:///{db}")
     store.migrate()
