@@ -171,13 +171,23 @@ def torch_tensor(x):
 
 @cli.command()
 @model_options
-@click.option("--file", "path", type=click.Path(exists=True, path_type=Path), default=None, help="conversation JSON (default: a bundled sample)")
+@click.option("--url", default=None, help="drive a running 'axiswatch serve' (e.g. http://127.0.0.1:8000/v1); default: in-process")
+@click.option("--max-tokens", type=int, default=40, show_default=True)
+@click.option("--transcript", is_flag=True, help="instead, score the bundled drifting transcript by teacher forcing")
+@click.option("--file", "path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="with --transcript: score this transcript file instead")
 @click.pass_context
 @_errors
-def demo(ctx, model, device, dtype, layers_path, path):
-    """Score a sample conversation with the default model and print its per-token trajectory."""
+def demo(ctx, model, device, dtype, layers_path, url, max_tokens, transcript, path):
+    """Drive scripted conversations (coding, an emotionally vulnerable user, a push for meta-reflection)
+    through the monitor and show how each one's score and drift state move, turn by turn."""
     from importlib import resources
 
-    path = path or Path(str(resources.files("probes") / "data" / "sample_conversation.json"))
-    ctx.invoke(audit, model=model, device=device, dtype=dtype, layers_path=layers_path, files=(path,), axis=None,
-               layer=None, as_json=False)
+    if transcript or path is not None:
+        path = path or Path(str(resources.files("probes") / "data" / "sample_conversation.json"))
+        ctx.invoke(audit, model=model, device=device, dtype=dtype, layers_path=layers_path, files=(path,), axis=None,
+                   layer=None, as_json=False)
+        return
+    from monitor.demo import run_demo
+
+    run_demo(_settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path), url, max_tokens, click.echo)

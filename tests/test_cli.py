@@ -136,10 +136,26 @@ def test_import_paper_files(tmp_path):
     assert json.loads(r.stdout)["capped"] is True
 
 
-def test_demo_prints_a_trajectory():
-    r = run("demo")
+def test_demo_transcript_prints_a_trajectory():
+    r = run("demo", "--transcript")
     assert r.returncode == 0, r.stderr
     assert "conversation sample-drift" in r.stdout and r.stdout.count("turn ") == 3
+
+
+def test_demo_drives_scripted_conversations(tmp_path):
+    import os
+
+    r = run("demo", "--max-tokens", "8", env={**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}",
+                                             "REDIS_URL": ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\nturn ") == 3
+    for name in ("coding", "vulnerable", "meta-reflection"):
+        assert r.stdout.count(f"  {name} ") == 3
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "d.db") as c:
+        rows = c.execute("select id, n_turns from sessions order by id").fetchall()
+    assert len(rows) == 3 and all(n == 6 for _, n in rows)  # 3 user + 3 assistant turns each, persisted
 
 
 def test_help_everywhere():
