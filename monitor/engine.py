@@ -78,11 +78,14 @@ class ChatResult:
 class Engine:
     def __init__(self, lm: LoadedModel, axis: AxisArtifact, thresholds: Thresholds,
                  capping: CappingConfig | None = None, drift: DriftConfig | None = None,
-                 policy: str = "flag", publisher: Publisher | None = None):
+                 policy: str = "flag", publisher: Publisher | None = None,
+                 session_lookup: Callable[[str], dict | None] | None = None):
         self.lm, self.axis, self.capping, self.thresholds = lm, axis, capping, thresholds
         self.drift = drift or DriftConfig()
         self.policy = parse_policy(policy)
         self.publisher = publisher
+        # continues sessions this process has not seen (a restart, another replica): {source, policy, capped, next_turn}
+        self.session_lookup = session_lookup
         self.layer = axis.monitor_layer
         self.v = axis.unit()
         self.sessions: dict[str, Session] = {}
@@ -98,12 +101,21 @@ class Engine:
             sid = session_id or new_id("sess")
             s = self.sessions.get(sid)
             if s is None:
-                pol = parse_policy(policy or self.policy)
+                known = None
+                if session_id and self.session_lookup is not None:
+                    try:
+                        known = self.session_lookup(sid)
+                    except Exception as e:  # noqa: BLE001 - the store being down must not stop serving
+                        log.warning("could not look up session %s: %s", sid, e)
+                pol = parse_policy(policy or (known or {}).get("policy") or self.policy)
                 if pol == "cap" and self.capping is None:
                     from probes.errors import InputError
 
                     raise InputError("policy 'cap' needs a capping config; none is loaded")
                 s = self.sessions[sid] = Session(sid, DriftTracker(self.thresholds, self.drift, pol), pol, source)
+                if known:  # numbering goes on where the store left it; a capped session stays capped
+                    s.source, s.next_turn = known.get("source") or source, int(known.get("next_turn") or 0)
+                    s.capped = bool(known.get("capped")) and self.capping is not None
             return s
 
     def validate(self, request: ChatRequest) -> None:

@@ -90,7 +90,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             thresholds = settings.drift_thresholds(thresholds_from_calibration(axis.layer_stats()))
             drift = DriftConfig(alpha=settings.ewma_alpha, hysteresis=settings.hysteresis,
                                 min_tokens=settings.min_tokens, cooldown_tokens=settings.cooldown_tokens)
-            rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=streams)
+            rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=streams,
+                               session_lookup=store.session_meta)
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
         if workers:
             from monitor.webhooks import AlertWorker

@@ -400,3 +400,13 @@ class Store:
         with self._tx() as s:
             return s.scalar(select(SessionRow.n_tokens).where(SessionRow.id == session_id)) or 0
 
+
+    def session_meta(self, session_id: str) -> dict[str, Any] | None:
+        """What a restarted engine needs to continue a session: source, policy, capped, and the
+        next free turn number (None when the session is unknown)."""
+        with self._tx() as s:
+            if (row := s.get(SessionRow, session_id)) is None:
+                return None
+            last = s.scalar(select(func.max(TurnRow.turn)).where(TurnRow.session_id == session_id))
+            return {"source": row.source, "policy": row.policy, "capped": bool(row.capped),
+                    "next_turn": 0 if last is None else int(last) + 1}

@@ -153,3 +153,23 @@ def test_chat_in_process(tmp_path):
                        env={**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "REDIS_URL": ""})
     assert r.returncode == 0, r.stderr
     assert "session cli-chat" in r.stdout and "assistant> " in r.stdout and "] state " in r.stdout
+
+
+def test_a_session_continues_after_a_restart(tmp_path):
+    """Turn numbers go on from the store, so a restarted service loses no turns to the store's keys."""
+    db = tmp_path / "aw.db"
+    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": ""}
+    for round_ in range(2):
+        port = _port()
+        proc = _start(["serve"], {**env, "AXISWATCH_PORT": str(port)})
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
+                           json={"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4,
+                                 "session_id": "restart-1"}).json()
+            assert r["axiswatch"]["turn"] == 1 + 2 * round_
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    assert _rows(db, "select turn, role from turns where session_id='restart-1' order by turn") == [
+        (0, "user"), (1, "assistant"), (2, "user"), (3, "assistant")]
