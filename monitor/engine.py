@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -79,7 +80,7 @@ class Engine:
     def __init__(self, lm: LoadedModel, axis: AxisArtifact, thresholds: Thresholds,
                  capping: CappingConfig | None = None, drift: DriftConfig | None = None,
                  policy: str = "flag", publisher: Publisher | None = None,
-                 session_lookup: Callable[[str], dict | None] | None = None):
+                 session_lookup: Callable[[str], dict | None] | None = None, max_sessions: int = 10_000):
         self.lm, self.axis, self.capping, self.thresholds = lm, axis, capping, thresholds
         self.drift = drift or DriftConfig()
         self.policy = parse_policy(policy)
@@ -88,7 +89,8 @@ class Engine:
         self.session_lookup = session_lookup
         self.layer = axis.monitor_layer
         self.v = axis.unit()
-        self.sessions: dict[str, Session] = {}
+        self.sessions: OrderedDict[str, Session] = OrderedDict()  # most recently used last
+        self.max_sessions = max_sessions
         self.publish_errors = 0
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # one forward pass at a time: hooks are installed on the shared model
@@ -100,7 +102,13 @@ class Engine:
         with self._lock:
             sid = session_id or new_id("sess")
             s = self.sessions.get(sid)
-            if s is None:
+            if s is not None:
+                self.sessions.move_to_end(sid)
+            else:
+                while len(self.sessions) >= self.max_sessions:
+                    # the least recently used session leaves memory; the store keeps its turns and a later
+                    # request continues it through session_lookup (its running score starts afresh)
+                    self.sessions.popitem(last=False)
                 known = None
                 if session_id and self.session_lookup is not None:
                     try:

@@ -56,6 +56,8 @@ class ShadowWorker:
         for e in entries:  # in order: a session's turns arrive in sequence
             self._handle(e)
             self.streams.ack("ingest", "shadow", [e.id])
+        if entries:
+            self.streams.trim("ingest")  # never below what the group still needs
         return len(entries)
 
     def run(self) -> None:

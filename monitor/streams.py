@@ -8,7 +8,8 @@ key                                entries                                     r
 ``{prefix}:turns``                 ``TurnRecord`` (kind ``turn``)              group ``persist``
 ``{prefix}:alerts``                ``AlertEvent`` (kind ``alert``)             groups ``persist``, ``webhooks``
 ``{prefix}:interventions``         ``InterventionRecord`` (kind ``intervention``)  group ``persist``
-``{prefix}:live:{session_id}``     token batches and states of one session     the dashboard's live tail (XREAD)
+``{prefix}:live:{session_id}``     token batches and states of one session     the dashboard's live tail (XREAD);
+                                   capped at ``live_maxlen``, expires a day after its last entry
 ``{prefix}:ingest``                shadow-mode turns from other servers        group ``shadow``
 =================================  ==========================================  ==================
 
@@ -59,8 +60,9 @@ def _id_tuple(i: str) -> tuple[int, int]:
 
 
 class Streams:
-    def __init__(self, client: redis.Redis, prefix: str = "axiswatch", maxlen: int = 100_000, live_maxlen: int = 2_000):
-        self.r, self.prefix, self.maxlen, self.live_maxlen = client, prefix, maxlen, live_maxlen
+    def __init__(self, client: redis.Redis, prefix: str = "axiswatch", maxlen: int = 100_000, live_maxlen: int = 2_000,
+                 live_ttl_s: int = 86_400):
+        self.r, self.prefix, self.maxlen, self.live_maxlen, self.live_ttl_s = client, prefix, maxlen, live_maxlen, live_ttl_s
 
     @classmethod
     def from_url(cls, url: str, **kw) -> "Streams":
@@ -98,7 +100,11 @@ class Streams:
     def publish_live(self, session_id: str, payload: dict, pipe=None) -> None:
         """Append to the session's live tail (token batches, state); capped at ``live_maxlen``."""
         fields = {"v": VERSION, "kind": payload.get("kind", "tokens"), "data": json.dumps(payload, separators=(",", ":"))}
-        (pipe or self.r).xadd(self.live_key(session_id), fields, maxlen=self.live_maxlen, approximate=True)
+        p = pipe or self.r.pipeline(transaction=False)
+        p.xadd(self.live_key(session_id), fields, maxlen=self.live_maxlen, approximate=True)
+        p.expire(self.live_key(session_id), self.live_ttl_s)  # an idle session's tail goes away by itself
+        if pipe is None:
+            p.execute()
 
     def publish_ingest(self, session_id: str, messages: list[dict], model: str = "", pipe=None) -> None:
         """What an external gateway publishes in shadow mode: a finished turn's conversation."""

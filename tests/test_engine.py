@@ -183,3 +183,15 @@ def test_per_request_policy_changes_the_session(lm, shipped, streams):
     eng.run_batch([ChatRequest("s-pol", chat("Hi"), OPTS, policy="observe")])
     s = eng.sessions["s-pol"]
     assert s.policy == s.tracker.policy == "observe"
+
+
+def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(lm, shipped, streams):
+    stored = {"old": {"source": "live", "policy": "flag", "capped": False, "next_turn": 6}}
+    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams,
+                 session_lookup=stored.get, max_sessions=2)
+    for sid in ("a", "b", "c"):
+        eng.session(sid)
+    assert list(eng.sessions) == ["b", "c"]
+    eng.session("b")  # used again: now the most recent
+    eng.session("old")
+    assert list(eng.sessions) == ["b", "old"] and eng.sessions["old"].next_turn == 6

@@ -129,3 +129,9 @@ def test_alerts_without_a_webhook_group_are_trimmed(streams):
     got = streams.read_group("alerts", "persist", "w", count=30, block_ms=None)
     streams.ack("alerts", "persist", [e.id for e in got])
     assert streams.trim("alerts") == 10 and streams.r.xlen(streams.key("alerts")) == 20
+
+
+def test_live_tail_expires(streams):
+    streams.live_ttl_s = 120
+    streams.publish_live("s-ttl", {"kind": "tokens", "start": 0, "scores": [1.0]})
+    assert 0 < streams.r.ttl(streams.live_key("s-ttl")) <= 120
