@@ -173,3 +173,20 @@ def test_a_session_continues_after_a_restart(tmp_path):
             proc.wait(60)
     assert _rows(db, "select turn, role from turns where session_id='restart-1' order by turn") == [
         (0, "user"), (1, "assistant"), (2, "user"), (3, "assistant")]
+
+
+def test_serve_refuses_to_start_with_clear_errors(tmp_path):
+    import torch
+
+    from probes.artifacts import AxisArtifact
+
+    base = {**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    r = subprocess.run([AXISWATCH, "serve"], capture_output=True, text=True, timeout=120,
+                       env={**base, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in r.stderr
+    AxisArtifact(axis=torch.randn(4, 64), model_id="other/model", monitor_layer=2).save(tmp_path / "ax")
+    r = subprocess.run([AXISWATCH, "serve"], capture_output=True, text=True, timeout=120,
+                       env={**base, "REDIS_URL": "", "AXISWATCH_AXIS": str(tmp_path / "ax")})
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "hidden size 64 != model's 576" in r.stderr and "4 layers != model's 30" in r.stderr
