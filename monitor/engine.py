@@ -27,12 +27,12 @@ from probes.generation import CapPlan, GenerationOptions, generate
 from probes.models import LoadedModel, format_chat
 
 log = logging.getLogger(__name__)
-LIVE_FLUSH_TOKENS = 8  # token scores per live-stream entry
+
 
 
 class Publisher(Protocol):
     def publish(self, record) -> None: ...
-    def publish_live(self, session_id: str, payload: dict) -> None: ...
+    def publish_live_many(self, items: list[tuple[str, dict]]) -> None: ...
 
 
 @dataclass
@@ -179,8 +179,8 @@ class Engine:
             raise
         summaries = [s.tracker.end_turn() for s in sessions]  # every session is consistent before any I/O
         results = []
+        sink.flush_live([k for k in range(len(sessions)) if not sink.done[k]], final=True)
         for k, (r, s, g, summary) in enumerate(zip(requests, sessions, outs, summaries)):
-            sink.flush_live(k, final=True)
             turn = turns[k]
             if user_turns[k] is not None:
                 self._publish(TurnRecord(s.id, user_turns[k], "user", r.messages[-1]["content"], self.layer,
@@ -263,11 +263,16 @@ class _Sink:
         self.alerts: list[list[AlertEvent]] = [[] for _ in range(b)]
         self.interventions: list[list[InterventionRecord]] = [[] for _ in range(b)]
         self.texts = [""] * b
+        self.done = [False] * b  # the row's final live entry is out
+        self.finals: list[int] = []  # rows whose turn ended at this step
 
     def put(self, step, tokens, scores, content):
         more = torch.zeros(len(self.sessions), dtype=torch.bool)
         for k, s in enumerate(self.sessions):
             if not bool(content[k]):
+                if not self.done[k]:  # this row just ended its turn: say so now, not at the end of the batch
+                    self.done[k] = True
+                    self.finals.append(k)
                 continue
             score = float(scores[k])
             idx = len(self.ids[k])
@@ -289,23 +294,28 @@ class _Sink:
                 piece, self.texts[k] = text[len(self.texts[k]):], text
                 req.on_token({"session_id": s.id, "token_index": idx, "token": piece, "score": score,
                               "state": s.tracker.state, "capped": s.capped})
-            if len(self.live[k]) >= LIVE_FLUSH_TOKENS:
-                self.flush_live(k)
+        self.flush_live([k for k in range(len(self.sessions)) if self.live[k]])  # one round trip per step
         return more
 
-    def flush_live(self, k: int, final: bool = False) -> None:
+    def flush_live(self, rows: list[int], final: bool = False) -> None:
+        """Publish the rows' new token scores (and the rows that just ended) in one round trip."""
         pub = self.e.publisher
-        if pub is None or (not self.live[k] and not final):
+        finals, self.finals = set(self.finals) | (set(rows) if final else set()), []
+        rows = sorted(set(rows) | finals)
+        if pub is None or not rows:
             return
-        s = self.sessions[k]
+        items = []
+        for k in rows:
+            s = self.sessions[k]
+            items.append((s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
+                                 "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
+                                 "scores": [x for _, x in self.live[k]], "state": s.tracker.state,
+                                 "running": s.tracker.running, "capped": s.capped, "final": k in finals}))
+            self.live[k] = []
         try:  # the live tail is a display buffer: a failure must not stop generation
-            pub.publish_live(s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
-                                    "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
-                                    "scores": [x for _, x in self.live[k]], "state": s.tracker.state,
-                                    "running": s.tracker.running, "capped": s.capped, "final": final})
+            pub.publish_live_many(items)
         except Exception as e:  # noqa: BLE001
-            log.warning("live tail of session %s not published: %s", s.id, e)
-        self.live[k] = []
+            log.warning("live tail of %d session(s) not published: %s", len(items), e)
 
     def end(self):
         pass

@@ -106,6 +106,15 @@ class Streams:
         if pipe is None:
             p.execute()
 
+    def publish_live_many(self, items: list[tuple[str, dict]]) -> None:
+        """Several sessions' live entries in one round trip (the engine sends one per decoding step)."""
+        if not items:
+            return
+        p = self.r.pipeline(transaction=False)
+        for sid, payload in items:
+            self.publish_live(sid, payload, pipe=p)
+        p.execute()
+
     def publish_ingest(self, session_id: str, messages: list[dict], model: str = "", pipe=None) -> None:
         """What an external gateway publishes in shadow mode: a finished turn's conversation."""
         payload = {"session_id": session_id, "messages": messages, "model": model}
