@@ -18,13 +18,13 @@ import threading
 
 from monitor.engine import Engine
 from monitor.streams import Streams
-from monitor.workers import consumer_name
+from monitor.workers import StreamWorker, consumer_name
 from probes.errors import AxiswatchError
 
 log = logging.getLogger(__name__)
 
 
-class ShadowWorker:
+class ShadowWorker(StreamWorker):
     def __init__(self, streams: Streams, engine: Engine, name: str | None = None, block_ms: int = 500,
                  reclaim_idle_ms: int = 60_000):
         self.streams, self.engine, self.block_ms = streams, engine, block_ms
@@ -32,7 +32,6 @@ class ShadowWorker:
         self.reclaim_idle_ms = reclaim_idle_ms
         self.scored = 0
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _handle(self, entry) -> None:
         from probes.audit import parse_record
@@ -59,22 +58,3 @@ class ShadowWorker:
         if entries:
             self.streams.trim("ingest")  # never below what the group still needs
         return len(entries)
-
-    def run(self) -> None:
-        self.streams.ensure_groups()
-        while not self._stop.is_set():
-            try:
-                self.run_once(self.block_ms)
-            except Exception:  # noqa: BLE001 - keep consuming; unacked entries are reclaimed
-                log.exception("shadow worker %s failed; retrying", self.name)
-                self._stop.wait(1.0)
-
-    def start_thread(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)

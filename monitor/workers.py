@@ -29,7 +29,42 @@ def consumer_name(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{threading.get_ident() % 10000}"
 
 
-class PersistWorker:
+class StreamWorker:
+    """The loop every stream worker shares: ``run_once`` until stopped, in a thread of its own;
+    a failed pass is logged and retried (its entries stay pending in Redis and are reclaimed)."""
+
+    name: str
+    streams: Streams
+    block_ms: int
+    _stop: threading.Event
+    _thread: threading.Thread | None = None
+
+    def run_once(self, block_ms: int | None = None) -> int:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        self.streams.ensure_groups()
+        while not self._stop.is_set():
+            try:
+                self.run_once(self.block_ms)
+            except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending and are retried
+                log.exception("%s: pass failed; will retry", self.name)
+                self._stop.wait(1.0)
+
+    def start_thread(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the pass in hand, then return (joins the thread started by :meth:`start_thread`)."""
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+
+class PersistWorker(StreamWorker):
     def __init__(self, streams: Streams, store: Store, name: str | None = None, batch: int = 200,
                  block_ms: int = 500, reclaim_idle_ms: int = 30_000, reclaim_every_s: float = 30.0):
         self.streams, self.store, self.batch, self.block_ms = streams, store, batch, block_ms
@@ -94,23 +129,3 @@ class PersistWorker:
                 break
         return total
 
-    def run(self) -> None:
-        self.streams.ensure_groups()
-        while not self._stop.is_set():
-            try:
-                self.run_once(self.block_ms)
-            except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending and are retried
-                log.exception("persistence worker %s: batch failed; will retry", self.name)
-                self._stop.wait(1.0)
-
-    def start_thread(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
-        self._thread.start()
-        return self._thread
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in hand, then return (joins the thread started by :meth:`start_thread`)."""
-        self._stop.set()
-        t = getattr(self, "_thread", None)
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout)
