@@ -34,7 +34,8 @@ axis-quick: $(STAMP)
 
 axis-standard: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset standard --work runs/standard --out probes/shipped/smollm2-135m-instruct
-	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct
+	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct --percentiles 25,50,75,90
+	$(BIN)/axiswatch evaluate-steering --axis probes/shipped/smollm2-135m-instruct
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
