@@ -262,7 +262,7 @@ class _Sink:
         self.live: list[list[tuple[int, float]]] = [[] for _ in range(b)]
         self.alerts: list[list[AlertEvent]] = [[] for _ in range(b)]
         self.interventions: list[list[InterventionRecord]] = [[] for _ in range(b)]
-        self.texts = [""] * b
+        self.offsets = [(0, 0)] * b  # streaming detokenisation window per row: (context start, emitted up to)
         self.done = [False] * b  # the row's final live entry is out
         self.finals: list[int] = []  # rows whose turn ended at this step
 
@@ -290,12 +290,23 @@ class _Sink:
             self.live[k].append((idx, score))
             req = self.requests[k]
             if req.on_token is not None:
-                text = self.e.lm.tokenizer.decode(self.ids[k], skip_special_tokens=True)
-                piece, self.texts[k] = text[len(self.texts[k]):], text
-                req.on_token({"session_id": s.id, "token_index": idx, "token": piece, "score": score,
+                req.on_token({"session_id": s.id, "token_index": idx, "token": self._piece(k), "score": score,
                               "state": s.tracker.state, "capped": s.capped})
         self.flush_live([k for k in range(len(self.sessions)) if self.live[k]])  # one round trip per step
         return more
+
+    def _piece(self, k: int) -> str:
+        """The text the row's newest token adds, decoding only a short window (not the whole reply)
+        each step: the tokens since the last emitted piece plus the piece before them as context,
+        so tokenizers that drop a leading space at a decode boundary still come out right."""
+        ids, tok = self.ids[k], self.e.lm.tokenizer
+        start, read = self.offsets[k]
+        prefix = tok.decode(ids[start:read], skip_special_tokens=True)
+        text = tok.decode(ids[start:], skip_special_tokens=True)
+        if len(text) <= len(prefix) or text.endswith("\ufffd"):  # nothing yet, or half a multi-byte character
+            return ""
+        self.offsets[k] = (read, len(ids))
+        return text[len(prefix):]
 
     def flush_live(self, rows: list[int], final: bool = False) -> None:
         """Publish the rows' new token scores (and the rows that just ended) in one round trip."""
