@@ -89,13 +89,20 @@ def test_serve_on_embedded_defaults(tmp_path):
     assert "serving HuggingFaceTB/SmolLM2-135M-Instruct" in proc.stdout.read()
 
 
-def test_serve_without_workers_and_a_separate_worker(tmp_path):
+@pytest.fixture
+def client():
+    """The machine's Redis, database 7, emptied before and after (the default prefix is shared)."""
     try:
-        client = redis.Redis.from_url(EXTERNAL_REDIS, socket_timeout=1)
-        client.ping()
+        c = redis.Redis.from_url(EXTERNAL_REDIS, socket_timeout=1)
+        c.ping()
     except redis.RedisError:
         pytest.skip(f"no Redis at {EXTERNAL_REDIS}")
-    client.flushdb()
+    c.flushdb()
+    yield c
+    c.flushdb()
+
+
+def test_serve_without_workers_and_a_separate_worker(tmp_path, client):
     db, port = tmp_path / "aw.db", _port()
     env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": EXTERNAL_REDIS}
     srv = _start(["serve", "--no-workers"], env)
@@ -123,15 +130,9 @@ def test_worker_needs_redis_url(tmp_path):
     assert r.returncode == 1 and "REDIS_URL" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_shadow_command_scores_published_turns(tmp_path):
+def test_shadow_command_scores_published_turns(tmp_path, client):
     from monitor.streams import Streams
 
-    try:
-        client = redis.Redis.from_url(EXTERNAL_REDIS, socket_timeout=1)
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {EXTERNAL_REDIS}")
-    client.flushdb()
     db = tmp_path / "aw.db"
     env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": EXTERNAL_REDIS}
     proc = _start(["shadow"], env)
