@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from monitor.cli import _errors, _load, _load_axis, _settings, cli, model_options
-from probes.errors import AxiswatchError
+from monitor.errors import AxiswatchError
 
 
 @cli.command("compute-axis")

@@ -36,7 +36,7 @@ def _stream_http(url: str, body: dict, on_token):
     with httpx.stream("POST", url.rstrip("/") + "/chat/completions", json={**body, "stream": True}, timeout=600) as r:
         if r.status_code >= 400:
             r.read()
-            from probes.errors import InputError
+            from monitor.errors import InputError
 
             raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
         for line in r.iter_lines():
@@ -44,7 +44,7 @@ def _stream_http(url: str, body: dict, on_token):
                 continue
             chunk = json.loads(line[6:])
             if "error" in chunk:
-                from probes.errors import InputError
+                from monitor.errors import InputError
 
                 raise InputError(chunk["error"]["message"])
             aw = chunk.get("axiswatch", {})

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from monitor.cli import _errors, _load, _load_axis, _load_capping, _settings, cli, model_options
-from probes.errors import AxiswatchError
+from monitor.errors import AxiswatchError
 
 
 @cli.command()
@@ -77,7 +77,7 @@ def _print_trajectory(out: dict) -> None:
 
 
 def _read_generate_records(path: Path) -> list[dict]:
-    from probes.errors import InputError
+    from monitor.errors import InputError
 
     try:
         lines = path.read_bytes().decode("utf-8").splitlines()

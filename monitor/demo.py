@@ -26,7 +26,7 @@ def _http_turn(client, url: str, sid: str, messages: list[dict], max_tokens: int
     r = client.post(url.rstrip("/") + "/chat/completions", json={"messages": messages, "max_tokens": max_tokens,
                                                                  "session_id": sid}, timeout=600)
     if r.status_code >= 400:
-        from probes.errors import InputError
+        from monitor.errors import InputError
 
         raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
     body = r.json()

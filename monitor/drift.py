@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 from monitor.records import POLICIES, STATES
-from probes.errors import InputError
+from monitor.errors import InputError
 
 Policy = Literal["observe", "flag", "cap"]
 State = Literal["ok", "watch", "warning", "critical"]

@@ -117,7 +117,7 @@ class Engine:
                         log.warning("could not look up session %s: %s", sid, e)
                 pol = parse_policy(policy or (known or {}).get("policy") or self.policy)
                 if pol == "cap" and self.capping is None:
-                    from probes.errors import InputError
+                    from monitor.errors import InputError
 
                     raise InputError("policy 'cap' needs a capping config; none is loaded")
                 s = self.sessions[sid] = Session(sid, DriftTracker(self.thresholds, self.drift, pol), pol, source)
@@ -128,7 +128,7 @@ class Engine:
 
     def validate(self, request: ChatRequest) -> None:
         """Refuse a request the model cannot take, before it touches any session state."""
-        from probes.errors import InputError
+        from monitor.errors import InputError
 
         text = format_chat(self.lm.tokenizer, request.messages)  # validates roles, contents, the template
         limit = getattr(self.lm.model.config, "max_position_embeddings", None)
@@ -140,7 +140,7 @@ class Engine:
 
     def run_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Generate one assistant turn for each request (each a different session)."""
-        from probes.errors import InputError
+        from monitor.errors import InputError
 
         ids = [r.session_id for r in requests]
         if len(set(ids)) != len(ids):
@@ -210,7 +210,7 @@ class Engine:
         pol = parse_policy(policy or self.policy)
         s = self.session(session_id or new_id(source), "flag" if pol == "cap" else pol, source)
         if s.source != source:
-            from probes.errors import InputError
+            from monitor.errors import InputError
 
             raise InputError(f"session {s.id!r} is a {s.source} session; give the {source} transcript another id")
         with self._model_lock:

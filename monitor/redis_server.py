@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from probes.errors import AxiswatchError
+from monitor.errors import AxiswatchError
 
 log = logging.getLogger(__name__)
 

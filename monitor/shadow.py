@@ -19,7 +19,7 @@ import threading
 from monitor.engine import Engine
 from monitor.streams import Streams
 from monitor.workers import StreamWorker, consumer_name
-from probes.errors import AxiswatchError
+from monitor.errors import AxiswatchError
 
 log = logging.getLogger(__name__)
 

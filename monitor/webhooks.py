@@ -53,7 +53,7 @@ from monitor.records import AlertEvent
 from monitor.store import NotFoundError, Store, StoreError
 from monitor.streams import Entry, Streams
 from monitor.workers import consumer_name
-from probes.errors import InputError
+from monitor.errors import InputError
 
 log = logging.getLogger(__name__)
 STREAM, GROUP, EVENT_TYPE = "alerts", "webhooks", "axiswatch.alert"

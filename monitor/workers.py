@@ -18,7 +18,7 @@ import time
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 from monitor.store import Store
 from monitor.streams import Entry, Streams
-from probes.errors import InputError
+from monitor.errors import InputError
 
 log = logging.getLogger(__name__)
 PERSISTED = ("turns", "alerts", "interventions")
