@@ -24,12 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.batcher import Batcher
 from monitor.engine import ChatRequest, ChatResult, Engine
-from probes.errors import AxiswatchError, InputError
+from monitor.errors import AxiswatchError, InputError
+from monitor.settings import MAX_AUDIT_BYTES
 from probes.generation import GenerationOptions
 from probes.models import format_chat
 
 MAX_NEW_TOKENS = 1024
-MAX_AUDIT_BYTES = 4 * 1024 * 1024
 
 
 class Message(BaseModel):

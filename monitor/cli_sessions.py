@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
@@ -53,7 +51,7 @@ def sessions_list(ctx, state, source, limit, database_url, as_json):
 
 
 def _get(ctx, database_url, session_id):
-    from probes.errors import InputError
+    from monitor.errors import InputError
 
     s = _store(ctx, database_url).get_session(session_id)
     if s is None:
@@ -96,19 +94,10 @@ def sessions_show(ctx, session_id, database_url, as_json):
 @_errors
 def sessions_export(ctx, session_id, fmt, output, database_url):
     """Export a session: the JSON trace, or CSV with one row per scored token."""
+    from monitor.export import session_csv, session_json
+
     s = _get(ctx, database_url, session_id)
-    if fmt == "json":
-        text = json.dumps(s, default=str, indent=1)
-    else:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["session_id", "turn", "role", "token_index", "token", "score", "pre_cap_score", "capped"])
-        for t in s["turns"]:
-            pre, capped = t.get("pre_cap_scores"), t.get("capped")
-            for k, (tok, score) in enumerate(zip(t.get("tokens") or [], t.get("scores") or [])):
-                w.writerow([s["id"], t["turn"], t["role"], k, tok, f"{score:.6g}",
-                            f"{pre[k]:.6g}" if pre else "", int(bool(capped[k])) if capped else 0])
-        text = buf.getvalue()
+    text = session_json(s) if fmt == "json" else session_csv(s)
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)
@@ -149,7 +138,7 @@ def alerts_replay(ctx, limit, database_url):
     """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
     from monitor.streams import Streams
     from monitor.webhooks import dead_key, replay_dead
-    from probes.errors import InputError
+    from monitor.errors import InputError
 
     s = _settings(ctx, database_url=database_url)
     if not s.redis_url:

@@ -93,6 +93,14 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=streams,
                                session_lookup=store.session_meta)
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
+            streams.set_deployment({
+                "model_id": lm.model_id, "layer": rt.engine.layer, "policy": rt.engine.policy,
+                "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis.path).resolve()),
+                "axis_fingerprint": axis.fingerprint(),
+                "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
+                          "cooldown_tokens": drift.cooldown_tokens},
+                "capping": None if capping is None else {**capping.meta(), "dir": str(cap_dir.resolve())},
+                "api": f"http://{settings.host}:{settings.port}"})
         if workers:
             from monitor.webhooks import AlertWorker
             from monitor.workers import PersistWorker

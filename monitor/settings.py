@@ -1,7 +1,7 @@
 """One frozen settings object, read from ``AXISWATCH_*`` environment variables once.
 
 ``REDIS_URL`` (unset: embedded Redis), ``AXISWATCH_DATABASE_URL``, ``AXISWATCH_POLICY``,
-``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_THRESHOLD_WATCH``/``_WARNING``/``_CRITICAL``,
+``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_DASHBOARD_PORT``, ``AXISWATCH_THRESHOLD_WATCH``/``_WARNING``/``_CRITICAL``,
 ``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``,
 ``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``, and the
 model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPPING``, ...).
@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
+MAX_AUDIT_BYTES = 4 * 1024 * 1024  # the largest transcript body /v1/audit (and the dashboard's upload) takes
+
+
 def shipped_dir() -> Path:
     """Folder of the artifacts shipped for the default model."""
     return Path(__file__).resolve().parent.parent / "probes" / "shipped" / "smollm2-135m-instruct"
@@ -24,7 +27,7 @@ def _num(get, key: str, default: str, kind):
     try:
         return kind(raw)
     except ValueError:
-        from probes.errors import InputError
+        from monitor.errors import InputError
 
         raise InputError(f"AXISWATCH_{key} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
 
@@ -36,7 +39,7 @@ def _opt_float(get, key: str) -> float | None:
     try:
         return float(raw)
     except ValueError:
-        from probes.errors import InputError
+        from monitor.errors import InputError
 
         raise InputError(f"AXISWATCH_{key} must be a number (a raw projection value), not {raw!r}") from None
 
@@ -47,11 +50,11 @@ def _webhook(env):
     return WebhookConfig.from_env(env)
 
 
-def _port(v: str) -> int:
+def _port(v: str, key: str = "PORT") -> int:
     if not v.isdigit() or not 0 < int(v) < 65536:
-        from probes.errors import InputError
+        from monitor.errors import InputError
 
-        raise InputError(f"AXISWATCH_PORT must be a port number, not {v!r}")
+        raise InputError(f"AXISWATCH_{key} must be a port number, not {v!r}")
     return int(v)
 
 
@@ -71,6 +74,7 @@ class Settings:
     policy: str = "flag"
     host: str = "127.0.0.1"
     port: int = 8000
+    dashboard_port: int = 8501
     thresholds: tuple[float | None, float | None, float | None] = (None, None, None)  # watch, warning, critical
     # overrides of the calibrated thresholds (raw projection values); None keeps the calibrated one
     ewma_alpha: float = 0.1
@@ -85,7 +89,7 @@ class Settings:
         get = lambda k, d=None: env.get(f"AXISWATCH_{k}") or d  # noqa: E731
         batch = get("BATCH_SIZE", "16")
         if not batch.isdigit() or int(batch) < 1:
-            from probes.errors import InputError
+            from monitor.errors import InputError
 
             raise InputError(f"AXISWATCH_BATCH_SIZE must be a positive integer, not {batch!r}")
         return cls(model=get("MODEL", "default"), device=get("DEVICE", "cpu"), dtype=get("DTYPE", "float32"),
@@ -94,6 +98,7 @@ class Settings:
                    batch_size=int(batch), redis_url=env.get("REDIS_URL") or get("REDIS_URL"),
                    database_url=get("DATABASE_URL", "sqlite:///axiswatch.db"), policy=get("POLICY", "flag"),
                    host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")),
+                   dashboard_port=_port(get("DASHBOARD_PORT", "8501"), "DASHBOARD_PORT"),
                    thresholds=tuple(_opt_float(get, f"THRESHOLD_{k}") for k in ("WATCH", "WARNING", "CRITICAL")),
                    ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
                    hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),

@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
-from probes.errors import AxiswatchError, InputError
+from monitor.errors import AxiswatchError, InputError
 
 DEFAULT_URL = "sqlite:///axiswatch.db"
 DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
@@ -361,15 +361,19 @@ class Store:
             s.execute(update(SessionRow).where(SessionRow.id == session_id).values(interrupted=True, updated_at=now))
 
     def list_sessions(self, state: str | None = None, source: str | None = None, since: float | None = None,
-                      limit: int = 100) -> list[dict[str, Any]]:
-        """Sessions newest first (by created_at); ``since`` keeps those created at or after it."""
+                      limit: int = 100, active_since: float | None = None) -> list[dict[str, Any]]:
+        """Sessions newest first (by created_at); ``since`` keeps those created at or after it.
+        ``active_since`` keeps those updated at or after it and orders by the latest update."""
         _one_of(state, STATES, "state")
         _one_of(source, SOURCES, "source")
-        _need(since is None or _num(since), f"since must be epoch seconds, not {since!r}")
+        for name, v in (("since", since), ("active_since", active_since)):
+            _need(v is None or _num(v), f"{name} must be epoch seconds, not {v!r}")
         _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
         where = [c == v for c, v in ((SessionRow.state, state), (SessionRow.source, source)) if v is not None]
         where += [SessionRow.created_at >= since] if since is not None else []
-        q = select(SessionRow).where(*where).order_by(SessionRow.created_at.desc(), SessionRow.id.desc())
+        where += [SessionRow.updated_at >= active_since] if active_since is not None else []
+        newest = SessionRow.created_at if active_since is None else SessionRow.updated_at
+        q = select(SessionRow).where(*where).order_by(newest.desc(), SessionRow.id.desc())
         with self._tx() as s:
             return [_plain(r) for r in s.scalars(q.limit(limit))]
 
@@ -386,14 +390,29 @@ class Store:
                 d[key] = [_plain(r) for r in s.scalars(q)]
             return d
 
-    def list_alerts(self, status: str | None = None, limit: int = 100, session_id: str | None = None) -> list[dict]:
-        """Alerts newest first, optionally only those with one delivery status or of one session."""
+    def list_alerts(self, status: str | None = None, limit: int = 100, session_id: str | None = None,
+                    level: str | None = None, acknowledged: bool | None = None) -> list[dict]:
+        """Alerts newest first, optionally only those with one delivery status, of one session, at one
+        level, or (un)acknowledged."""
         _one_of(status, DELIVERY_STATUSES, "delivery status")
+        _one_of(level, LEVELS, "level")
         _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
-        where = [c == v for c, v in ((AlertRow.delivery_status, status), (AlertRow.session_id, session_id)) if v]
+        where = [c == v for c, v in ((AlertRow.delivery_status, status), (AlertRow.session_id, session_id),
+                                     (AlertRow.level, level)) if v]
+        where += [AlertRow.acknowledged.is_(acknowledged)] if acknowledged is not None else []
         q = select(AlertRow).where(*where).order_by(AlertRow.created_at.desc(), AlertRow.event_id)
         with self._tx() as s:
             return [_plain(a) for a in s.scalars(q.limit(limit))]
+
+    def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
+        """Unacknowledged alerts per session (sessions without any are left out)."""
+        if not session_ids:
+            return {}
+        q = (select(AlertRow.session_id, func.count()).where(AlertRow.session_id.in_(list(session_ids)),
+                                                            AlertRow.acknowledged.is_(False))
+             .group_by(AlertRow.session_id))
+        with self._tx() as s:
+            return {sid: int(n) for sid, n in s.execute(q)}
 
     def token_count(self, session_id: str) -> int:
         """Tokens stored for a session (0 when unknown)."""

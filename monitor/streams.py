@@ -13,6 +13,12 @@ key                                entries                                     r
 ``{prefix}:ingest``                shadow-mode turns from other servers        group ``shadow``
 =================================  ==========================================  ==================
 
+Two plain keys sit beside them: ``{prefix}:live_index`` (a sorted set of session ids by the time of
+their latest live entry; entries older than ``live_ttl_s`` are dropped as new ones arrive), so the
+dashboard finds the sessions in progress without scanning keys; and ``{prefix}:deployment`` (JSON:
+the model, monitor layer, thresholds, drift settings and capping config a ``serve`` replica runs
+with, written at its start), so the dashboard draws the same threshold bands the engine uses.
+
 Every entry has the fields ``v`` (payload version, ``1``), ``kind`` and
 ``data`` (the record as JSON, see :mod:`monitor.records`).
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
@@ -103,7 +110,9 @@ class Streams:
         p = pipe or self.r.pipeline(transaction=False)
         p.xadd(self.live_key(session_id), fields, maxlen=self.live_maxlen, approximate=True)
         p.expire(self.live_key(session_id), self.live_ttl_s)  # an idle session's tail goes away by itself
+        p.zadd(self.key("live_index"), {session_id: time.time()})
         if pipe is None:
+            p.zremrangebyscore(self.key("live_index"), "-inf", time.time() - self.live_ttl_s)
             p.execute()
 
     def publish_live_many(self, items: list[tuple[str, dict]]) -> None:
@@ -113,7 +122,12 @@ class Streams:
         p = self.r.pipeline(transaction=False)
         for sid, payload in items:
             self.publish_live(sid, payload, pipe=p)
+        p.zremrangebyscore(self.key("live_index"), "-inf", time.time() - self.live_ttl_s)
         p.execute()
+
+    def set_deployment(self, info: dict) -> None:
+        """What a ``serve`` replica runs with (model, layer, thresholds, capping...), for the dashboard."""
+        self.r.set(self.key("deployment"), json.dumps({**info, "updated_at": time.time()}))
 
     def publish_ingest(self, session_id: str, messages: list[dict], model: str = "", pipe=None) -> None:
         """What an external gateway publishes in shadow mode: a finished turn's conversation."""
@@ -160,6 +174,31 @@ class Streams:
     def read_live(self, session_id: str, after: str = "0-0", count: int = 500, block_ms: int | None = None) -> list[Entry]:
         reply = self.r.xread({self.live_key(session_id): after}, count=count, block=block_ms)
         return self._entries(reply)
+
+    def live_sessions(self, since: float) -> dict[str, float]:
+        """Sessions with a live entry at or after ``since`` (epoch seconds): id -> time of the latest."""
+        return {_decode(k): float(v) for k, v in
+                self.r.zrangebyscore(self.key("live_index"), since, "+inf", withscores=True)}
+
+    def live_latest(self, session_ids: list[str]) -> dict[str, dict]:
+        """The newest live entry of each session (one round trip); sessions without one are left out."""
+        p = self.r.pipeline(transaction=False)
+        for sid in session_ids:
+            p.xrevrange(self.live_key(sid), count=1)
+        out = {}
+        for sid, reply in zip(session_ids, p.execute()):
+            if reply and (entries := self._entries([(self.live_key(sid), reply)])):
+                out[sid] = entries[0].data
+        return out
+
+    def deployment(self) -> dict | None:
+        """What :meth:`set_deployment` wrote last (None when no replica has started)."""
+        raw = self.r.get(self.key("deployment"))
+        try:
+            return json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            log.error("malformed %s: %r", self.key("deployment"), raw[:200])
+            return None
 
     # --- trimming and lag -----------------------------------------------------------
 
