@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/axiswatch serve
+	$(BIN)/axiswatch serve --dashboard
 
 demo: $(STAMP)
 	$(BIN)/axiswatch demo

@@ -1,7 +1,7 @@
 """The ``axiswatch`` command line: the front door.
 
 Every command reads :class:`Settings` from the environment once; options
-override it. Errors from the :mod:`probes.errors` tree become one line on
+override it. Errors from the :mod:`monitor.errors` tree become one line on
 stderr and exit status 1.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from monitor.settings import Settings
-from probes.errors import AxiswatchError
+from monitor.errors import AxiswatchError
 
 
 def _errors(fn):
@@ -75,7 +75,7 @@ def _load_axis(s: Settings, lm=None):
 
 def _load_capping(s: Settings, art, lm, path: Path | None = None):
     from probes.artifacts import load_capping
-    from probes.errors import ArtifactError
+    from monitor.errors import ArtifactError
 
     folder = path or (Path(s.capping) if s.capping else art.path)
     if not (Path(folder) / "capping.json").exists() and not Path(folder).is_file():
@@ -94,7 +94,7 @@ def main():
 
 
 # the commands live in their own modules; importing them registers them on `cli`
-from monitor import cli_axis, cli_chat, cli_scoring, cli_service, cli_sessions  # noqa: E402,F401
+from monitor import cli_axis, cli_chat, cli_dashboard, cli_scoring, cli_service, cli_sessions  # noqa: E402,F401
 
 
 if __name__ == "__main__":

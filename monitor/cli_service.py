@@ -18,9 +18,11 @@ from monitor.cli import _errors, _settings, cli, model_options
               help="what to do when a session drifts  [env AXISWATCH_POLICY, default flag]")
 @click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL, default sqlite:///axiswatch.db]")
 @click.option("--no-workers", is_flag=True, help="API and engine only; run 'axiswatch worker' processes beside it")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="also start the dashboard (on AXISWATCH_DASHBOARD_PORT, default 8501)")
 @click.pass_context
 @_errors
-def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_url, no_workers):
+def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_url, no_workers, with_dashboard):
     """Run the probe service: OpenAI-compatible chat completions with per-token scores.
 
     Without REDIS_URL an embedded redis-server is started (and stopped on exit);
@@ -34,8 +36,15 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
     s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
                   policy=policy, database_url=database_url)
     rt = service.start(s, workers=not no_workers)
+    ui = None
     try:
         app = create_app(rt.engine, rt.batcher, rt.store, rt.streams)
+        if with_dashboard:
+            from monitor.cli_dashboard import launch
+
+            api = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
+            ui = launch(s, rt.redis_url, s.host, s.dashboard_port, api)
+            click.echo(f"dashboard on http://{s.host}:{s.dashboard_port}")
         click.echo(f"axiswatch serving {rt.engine.lm.model_id} on http://{s.host}:{s.port}/v1 "
                    f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url})")
         click.echo(f"try: curl -s http://{s.host}:{s.port}/v1/chat/completions -H 'content-type: application/json' "
@@ -44,6 +53,9 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
         signal.signal(signal.SIGTERM, _exit_on_signal)
         uvicorn.run(app, host=s.host, port=s.port, log_level="warning")
     finally:
+        if ui is not None:
+            ui.terminate()
+            ui.wait(10)
         rt.close()
 
 
@@ -58,7 +70,7 @@ def _exit_on_signal(signum, _frame):
 def worker(ctx, database_url):
     """Persist scored turns, alerts and interventions from Redis to the store (needs REDIS_URL)."""
     from monitor import service
-    from probes.errors import InputError
+    from monitor.errors import InputError
 
     s = _settings(ctx, database_url=database_url)
     if not s.redis_url:
@@ -91,7 +103,7 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
     """
     from monitor import service
     from monitor.shadow import ShadowWorker
-    from probes.errors import InputError
+    from monitor.errors import InputError
 
     s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy,
                   database_url=database_url)

@@ -1,0 +1,92 @@
+"""Axis: the loaded model's axis report, calibration thresholds and capping config."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from dashboard.context import deployment, guard
+
+st.title("Assistant Axis")
+dep = guard(deployment)
+if dep is None:
+    st.stop()
+rep = guard(data.axis_report, dep.axis_dir)
+if rep is None:
+    st.stop()
+report, meta = rep["report"], rep["meta"]
+at = report.get("at_monitor_layer", {})
+st.caption(f"model `{dep.model_id}` · axis folder `{dep.axis_dir}` · "
+           + ("settings of the running replica" if dep.origin == "redis" else "no running replica seen: read from the files"))
+m = st.columns(5)
+m[0].metric("monitor layer", f"{dep.layer} of {meta.get('n_layers', '?')}")
+m[1].metric("|cos(PC1, axis)|", f"{at.get('abs_cos_pc1_axis', float('nan')):.3f}")
+m[2].metric("held-out AUROC", f"{at.get('auroc_heldout', float('nan')):.3f}")
+m[3].metric("roles used", report.get("n_roles_used", "-"))
+m[4].metric("default projection", f"{report.get('default_projection', float('nan')):+.2f}")
+st.caption(f"monitor layer rule: {report.get('monitor_layer_rule', '-')}")
+
+c1, c2 = st.columns(2)
+with c1:
+    ve = at.get("variance_explained") or []
+    if ve:
+        df = pd.DataFrame({"PC": [f"PC{i + 1}" for i in range(len(ve))], "variance explained": ve})
+        st.altair_chart(alt.Chart(df).mark_bar(color="#1565c0").encode(
+            x=alt.X("PC:N", sort=None), y=alt.Y("variance explained:Q", axis=alt.Axis(format="%")),
+            tooltip=["PC", alt.Tooltip("variance explained:Q", format=".1%")]).properties(
+            height=280, title=f"Variance explained by the role PCs (layer {dep.layer})"), width="stretch", key="ve")
+with c2:
+    per = report.get("per_layer", {})
+    if per:
+        long = [dict(layer=i, value=v, measure=k.replace("abs_cos_pc1_axis", "|cos(PC1, axis)|")
+                     .replace("abs_cos_pc2_axis", "|cos(PC2, axis)|").replace("auroc_heldout", "held-out AUROC")
+                     .replace("auroc_fit", "fit AUROC"))
+                for k, vals in per.items() for i, v in enumerate(vals) if v is not None]
+        chart = alt.Chart(pd.DataFrame(long)).mark_line(point=True).encode(
+            x=alt.X("layer:Q"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="measure:N",
+            tooltip=["layer:Q", "measure:N", alt.Tooltip("value:Q", format=".3f")])
+        rule = alt.Chart(pd.DataFrame({"layer": [dep.layer]})).mark_rule(strokeDash=[4, 3]).encode(x="layer:Q")
+        st.altair_chart((chart + rule).properties(height=280, title="Per layer (dashed: monitor layer)"),
+                        width="stretch", key="per-layer")
+
+roles = report.get("roles_along_axis") or []
+if roles:
+    df = pd.DataFrame(roles)
+    df["end"] = df["projection"].map(lambda p: "Assistant side (>= 0)" if p >= 0 else "role side (< 0)")
+    n = st.slider("roles shown at each end", 5, max(5, len(df) // 2), min(20, len(df) // 2))
+    shown = pd.concat([df.head(n), df.tail(n)]).drop_duplicates("role")
+    bars = alt.Chart(shown).mark_bar().encode(
+        y=alt.Y("role:N", sort=alt.EncodingSortField("projection", order="descending"), title=None),
+        x=alt.X("projection:Q", title="projection of the role vector on the axis"),
+        color=alt.Color("end:N", scale=alt.Scale(range=["#1565c0", "#c62828"]), title=None),
+        tooltip=["role", alt.Tooltip("projection:Q", format="+.2f")])
+    default = alt.Chart(pd.DataFrame({"projection": [report.get("default_projection", 0.0)],
+                                      "label": ["default Assistant"]})).mark_rule(color="#2e7d32", strokeWidth=2).encode(
+        x="projection:Q", tooltip=["label", alt.Tooltip("projection:Q", format="+.2f")])
+    st.altair_chart((bars + default).properties(height=max(300, 14 * len(shown)),
+                                                title=f"Roles along the axis ({len(df)} roles; green: the default "
+                                                      "Assistant)"), width="stretch", key="roles")
+
+c3, c4 = st.columns(2)
+with c3:
+    st.subheader("Drift thresholds")
+    th = dep.thresholds
+    st.dataframe(pd.DataFrame([
+        dict(state="watch", below=th.watch, rule="p10 of the default Assistant answers"),
+        dict(state="warning", below=th.warning, rule="halfway from watch to critical"),
+        dict(state="critical", below=th.critical, rule="median in-role (score-3) answer")]),
+        hide_index=True, width="stretch", key="thresholds",
+        column_config={"below": st.column_config.NumberColumn("running score below", format="%+.3f")})
+    st.caption("drift settings: " + ", ".join(f"{k} {v}" for k, v in dep.drift.items()) + f" · policy {dep.policy}")
+with c4:
+    st.subheader("Capping config")
+    cap = dep.capping
+    if not cap:
+        st.info("No capping config: policy cap cannot act.")
+    else:
+        st.markdown(f"`{cap.get('id')}`: floors at layers {', '.join(map(str, cap.get('layers', [])))}")
+        st.dataframe(pd.DataFrame({"layer": cap.get("layers", []), "tau (floor)": cap.get("taus", [])}),
+                     hide_index=True, width="stretch", key="taus")
+        prov = cap.get("provenance") or {}
+        if prov:
+            st.caption(" · ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in prov.items()))

@@ -1,0 +1,71 @@
+"""Overview: every session with its drift state, live from Redis, history from the store."""
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from dashboard.context import deployment, guard, store, streams
+from dashboard.render import STATE_BADGE, when
+
+WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400, "all time": None}
+SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
+         "state (worst first)": ("rank", False), "open alerts": ("open alerts", False)}
+
+st.title("Sessions")
+dep = guard(deployment)
+if dep is not None:
+    th = dep.thresholds
+    st.caption(f"model `{dep.model_id}` · layer {dep.layer} · policy {dep.policy} · thresholds watch {th.watch:+.2f}, "
+               f"warning {th.warning:+.2f}, critical {th.critical:+.2f}"
+               + ("" if dep.origin == "redis" else " · no running replica seen: thresholds from the axis files"))
+f = st.columns([2, 2, 1.3, 1.7, 1])
+states = f[0].multiselect("state", list(STATE_BADGE), default=[], placeholder="all states")
+sources = f[1].multiselect("source", ["live", "audit", "shadow"], default=[], placeholder="all sources")
+window = f[2].selectbox("active in", list(WINDOWS), index=3)
+sort = f[3].selectbox("sort by", list(SORTS))
+live = f[4].toggle("live", value=True, help="refresh every 2 seconds")
+if streams() is None:
+    st.info("REDIS_URL is not set: showing the store only (no live tail).")
+
+
+@st.fragment(run_every=2 if live else None)
+def table() -> None:
+    now = time.time()
+    since = now - WINDOWS[window] if WINDOWS[window] else None
+    rows = guard(data.overview, store(), streams(), states=states or None, sources=sources or None, since=since,
+                 now=now)
+    if rows is None:
+        return
+    m = st.columns(5)
+    m[0].metric("sessions", len(rows))
+    m[1].metric("generating now", sum(r["generating"] for r in rows))
+    m[2].metric("critical", sum(r["state"] == "critical" for r in rows))
+    m[3].metric("warning", sum(r["state"] == "warning" for r in rows))
+    m[4].metric("open alerts", sum(r["open_alerts"] for r in rows))
+    if not rows:
+        st.info("No sessions yet. Send a chat to the probe service (see the README) or audit a transcript.")
+        return
+    df = pd.DataFrame([{
+        "session": r["session_id"], "state": STATE_BADGE[r["state"]], "rank": data.STATE_RANK[r["state"]],
+        "running": r["running"], "turns": r["turns"], "tokens": r["tokens"], "capped": r["capped"],
+        "open alerts": r["open_alerts"], "source": r["source"],
+        "activity": ("🔴 generating" if r["generating"] else "") + (" ⚠️ interrupted" if r["interrupted"] else ""),
+        "last activity": when(r["last_activity"]), "open": f"/session?id={r['session_id']}"} for r in rows])
+    col, asc = SORTS[sort]
+    df = df.sort_values(col, ascending=asc, na_position="last", kind="stable")
+    event = st.dataframe(
+        df, hide_index=True, width="stretch", key="sessions", on_select="rerun", selection_mode="single-row",
+        column_order=["session", "state", "running", "turns", "tokens", "capped", "open alerts", "source",
+                      "activity", "last activity", "open"],
+        column_config={"running": st.column_config.NumberColumn("running score", format="%+.2f"),
+                       "last activity": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+                       "open": st.column_config.LinkColumn("view", display_text="open ›")})
+    st.caption("Select a row (or use its link) to open the session.")
+    picked = event.selection.rows if event is not None else []
+    if picked:
+        st.switch_page("views/session.py", query_params={"id": df.iloc[picked[0]]["session"]})
+
+
+table()

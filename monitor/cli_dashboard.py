@@ -1,0 +1,57 @@
+"""``axiswatch dashboard``: the Streamlit dashboard as a child process (also started by ``serve --dashboard``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from monitor.cli import _errors, _settings, cli
+from monitor.errors import InputError
+from monitor.settings import MAX_AUDIT_BYTES
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+
+
+def dashboard_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--theme.base", "light", "--client.toolbarMode", "viewer", "--server.maxUploadSize", str(max(1, MAX_AUDIT_BYTES >> 20))]
+
+
+def launch(settings, redis_url: str | None, host: str, port: int, api_url: str | None = None) -> subprocess.Popen:
+    """Start the dashboard on ``host:port`` reading ``settings``' store and ``redis_url``."""
+    env = dict(os.environ, AXISWATCH_DATABASE_URL=settings.database_url)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    if api_url:
+        env["AXISWATCH_API_URL"] = api_url
+    return subprocess.Popen(dashboard_command(host, port), env=env)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="bind address")
+@click.option("--port", type=int, default=None, help="[env AXISWATCH_DASHBOARD_PORT, default 8501]")
+@click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL, default sqlite:///axiswatch.db]")
+@click.pass_context
+@_errors
+def dashboard(ctx, host, port, database_url):
+    """The Streamlit dashboard: sessions, trajectories, token heatmaps, alerts, audits and the axis.
+
+    Reads the store and REDIS_URL (the live tail; without it, history only). It never loads the model.
+    """
+    s = _settings(ctx, database_url=database_url)
+    port = port or s.dashboard_port
+    if not 0 < port < 65536:
+        raise InputError(f"--port must be a port number, not {port}")
+    click.echo(f"axiswatch dashboard on http://{host}:{port} (store {s.database_url}, "
+               f"redis {s.redis_url or 'none: history only'})")
+    proc = launch(s, s.redis_url, host, port)
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
