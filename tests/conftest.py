@@ -28,3 +28,15 @@ def shipped():
     from probes.artifacts import load_axis
 
     return load_axis(shipped_dir())
+
+
+@pytest.fixture(scope="session")
+def dashboard_db(tmp_path_factory):
+    """A store and a real redis-server seeded by the real service (tests/dashboard_seed.py):
+    (database URL, Redis URL, name -> session id). Shared by the dashboard's page and browser tests."""
+    from dashboard_seed import real_sessions
+    from monitor.redis_server import EmbeddedRedis
+
+    db = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'seeded.db'}"
+    with EmbeddedRedis() as redis:
+        yield db, redis.url, real_sessions(db, redis.url)

@@ -1,0 +1,196 @@
+"""The dashboard in a real headless browser (Debian's chromium and chromedriver, driven by Selenium).
+
+The pages are served by the real ``axiswatch dashboard`` on a store seeded by the real service and a
+real redis-server; the audit test runs the README's main command (``axiswatch serve --dashboard``).
+Screenshots go to ``$AXISWATCH_TEST_ARTIFACTS`` (default ``test-artifacts/``). Without chromium the
+tests are skipped, unless ``AXISWATCH_REQUIRE_BROWSER=1`` (CI sets it) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("AXISWATCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
+    if os.environ.get("AXISWATCH_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("AXISWATCH_REQUIRE_BROWSER=1 but chromium/chromedriver are missing: "
+                           "apt-get install -y chromium chromium-driver")
+    pytest.skip("no chromium/chromedriver (apt-get install -y chromium chromium-driver)", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not up after {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--window-size=1500,2200"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def dashboard(dashboard_db):
+    db, redis_url, ids = dashboard_db
+    port = free_port()
+    env = dict(os.environ, AXISWATCH_DATABASE_URL=db, REDIS_URL=redis_url)
+    proc = subprocess.Popen([AXISWATCH, "dashboard", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", proc)
+        yield f"http://127.0.0.1:{port}", ids, db, redis_url
+    finally:
+        stop(proc)
+
+
+def shot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 20_000  # a rendered page, not a blank one
+    return path
+
+
+def tokens(driver) -> list:
+    return driver.find_elements(By.CSS_SELECTOR, "span.aw-tok:not(.aw-legend span)")
+
+
+def wait_for(driver, what, timeout_s: float = 45.0):
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.25).until(lambda d: what(d) or None)
+
+
+def test_session_view_draws_chart_and_heatmap(browser, dashboard):
+    url, ids, db, _ = dashboard
+    from monitor.store import Store
+
+    sid = ids["meta-reflection"]
+    stored = Store(db).get_session(sid)
+    n = sum(len(t["scores"] or []) for t in stored["turns"])
+    browser.get(f"{url}/session?id={sid}")
+    chart = wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".vega-embed svg, "
+                                                                                    ".vega-embed canvas")
+                                         if e.size["height"] > 200])
+    assert chart[0].size["width"] > 600
+    spans = wait_for(browser, lambda d: [s for s in d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")])
+    assert len(spans) == n
+    scores = [t for turn in stored["turns"] for t in (turn["scores"] or [])]
+    assert float(spans[5].get_attribute("data-score")) == pytest.approx(scores[5], abs=1e-3)
+    assert "score" in spans[5].get_attribute("title") and "running" in spans[5].get_attribute("title")
+    capped = browser.find_elements(By.CSS_SELECTOR, "span.aw-tok.aw-capped[data-score]")
+    assert len(capped) == sum(sum(t["capped"] or []) for t in stored["turns"]) > 0
+    path = shot(browser, "session-view")
+    print(f"screenshot: {path}")
+
+
+def test_session_view_updates_live_from_redis(browser, dashboard):
+    url, ids, _, redis_url = dashboard
+    from monitor.streams import Streams
+
+    sid = ids["coding"]
+    browser.get(f"{url}/session?id={sid}")
+    before = len(wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")))
+    Streams.from_url(redis_url).publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": 99, "start": 0,
+                                                   "scores": [1.0, -30.0, -31.0], "state": "warning",
+                                                   "running": -12.0, "capped": False, "final": False})
+    t0 = time.monotonic()
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")) == before + 3, 10)
+    assert time.monotonic() - t0 < 6  # refreshed by the 2-second live fragment
+    assert "generating" in browser.page_source
+    shot(browser, "session-live")
+
+
+def test_overview_alerts_and_axis_pages_render(browser, dashboard):
+    url, ids, _, _ = dashboard
+    browser.get(url)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame']"))
+    wait_for(browser, lambda d: "seed-coding" in d.page_source or d.find_elements(By.CSS_SELECTOR, "canvas"))
+    assert "Sessions" in browser.page_source
+    shot(browser, "overview")
+    browser.get(f"{url}/alerts")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame']"))
+    assert "dead-lettered" in browser.page_source  # the delivery legend
+    shot(browser, "alerts")
+    browser.get(f"{url}/axis")
+    charts = wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".vega-embed")] if len(
+        d.find_elements(By.CSS_SELECTOR, ".vega-embed")) >= 3 else None)
+    assert len(charts) >= 3 and "L21-26_p50" in browser.page_source
+    shot(browser, "axis")
+
+
+def test_main_command_serves_dashboard_and_audits_an_upload(browser, tmp_path):
+    """`axiswatch serve --dashboard` (the README's main command): upload the bundled transcript on the
+    audit page; it is scored by the service, stored, and drawn."""
+    api, ui = free_port(), free_port()
+    env = dict(os.environ, AXISWATCH_PORT=str(api), AXISWATCH_DASHBOARD_PORT=str(ui),
+               AXISWATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'main.db'}")
+    env.pop("REDIS_URL", None)  # the embedded redis-server, as on a fresh machine
+    proc = subprocess.Popen([AXISWATCH, "serve", "--dashboard"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{api}/readyz", proc, 180)
+        wait_http(f"http://127.0.0.1:{ui}/_stcore/health", proc, 90)
+        browser.get(f"http://127.0.0.1:{ui}/audit")
+        upload = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']"))
+        sample = Path(str(resources.files("probes") / "data" / "sample_conversation.json"))
+        upload[0].send_keys(str(sample))
+        button = wait_for(browser, lambda d: [b for b in d.find_elements(By.TAG_NAME, "button")
+                                              if b.text.strip() == "Score transcript" and b.is_enabled()])
+        button[0].click()
+        spans = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]"), 120)
+        assert len(spans) > 50
+        assert browser.find_elements(By.CSS_SELECTOR, ".vega-embed")
+        assert "scored 1 conversation" in browser.page_source
+        shot(browser, "audit-upload")
+    finally:
+        stop(proc)

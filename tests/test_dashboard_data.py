@@ -1,0 +1,236 @@
+"""The dashboard's data functions on a temporary SQLite store and a real redis-server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import pytest
+
+from dashboard import charts, data
+from dashboard_seed import records
+from monitor.drift import Thresholds
+from monitor.errors import InputError
+from monitor.export import session_csv
+from monitor.redis_server import EmbeddedRedis
+from monitor.settings import Settings
+from monitor.store import Store
+from monitor.streams import Streams
+
+TH = Thresholds(watch=-1.0, warning=-10.0, critical=-20.0)
+DEP = data.Deployment("m", 21, "cap", TH, 0.5, data.Path("."), None, "http://127.0.0.1:1", "settings")
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with EmbeddedRedis() as r:
+        yield r.url
+
+
+@pytest.fixture
+def env(tmp_path, redis_url):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate()
+    streams = Streams.from_url(redis_url)
+    streams.r.flushdb()
+    turns, alerts, interventions = records(now=time.time())
+    store.write(turns, alerts, interventions)
+    yield store, streams
+    store.close()
+
+
+def live(streams, sid, turn, start, scores, final=False, running=None, state="ok", capped=False):
+    streams.publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": turn, "start": start, "scores": scores,
+                               "state": state, "running": running, "capped": capped, "final": final})
+
+
+def test_session_view_orders_tokens_and_places_alerts_and_capping(env):
+    store, streams = env
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert [t["score"] for t in v.tokens] == [5.0, 3.0, -9.0, -12.0, -20.0, -25.0, -8.0]
+    assert [t["i"] for t in v.tokens] == list(range(7))
+    assert [(t["turn"], t["t"]) for t in v.tokens][3:5] == [(1, 3), (3, 0)]
+    assert [t["role"] for t in v.turns] == ["user", "assistant", "user", "assistant"]
+    assert [(t["start"], t["end"]) for t in v.turns if t["role"] == "assistant"] == [(0, 4), (4, 7)]
+    # the alert at turn 3 token 1 is the session's token 4 + 1; capping from turn 3 token 2
+    assert sorted((a["event_id"], a["i"]) for a in v.alerts) == [("evt-a", 3), ("evt-b", 5)]
+    assert [i["i"] for i in v.interventions] == [6]
+    assert v.tokens[6]["capped"] and v.tokens[6]["pre_cap"] == -30.0 and not v.tokens[5]["capped"]
+    # running score: EWMA with alpha 0.5 from the first token on, carried across turns
+    r = 5.0
+    for t, s in zip(v.tokens[1:], [3.0, -9.0, -12.0, -20.0, -25.0, -8.0]):
+        r = 0.5 * s + 0.5 * r
+        assert t["running"] == pytest.approx(r)
+    assert not v.live and data.session_view(store, streams, "nobody", DEP) is None
+
+
+def test_running_replay_matches_what_the_engine_stored(dashboard_db):
+    """The chart's per-token running score replays the engine's own tracker: at the end of every turn
+    it equals the running score the engine stored (real sessions from the real service)."""
+    db, redis_url, ids = dashboard_db
+    store = Store(db)
+    dep = data.deployment(None, Settings(database_url=db))
+    checked = 0
+    for sid in ids.values():
+        v = data.session_view(store, Streams.from_url(redis_url), sid, dep)
+        stored = {t["turn"]: t for t in store.get_session(sid)["turns"]}
+        for t in v.turns:
+            if t["n_tokens"]:
+                last = v.tokens[t["end"] - 1]
+                assert last["running"] == pytest.approx(stored[t["turn"]]["running"], rel=1e-5, abs=1e-4)
+                assert last["state"] == stored[t["turn"]]["state"]
+                checked += 1
+    assert checked >= 6
+
+
+def test_live_tail_adds_the_turn_in_progress(env):
+    store, streams = env
+    live(streams, "drifting", 3, 0, [1.0, 2.0])  # a stored turn: the store is the record, the tail is ignored
+    live(streams, "drifting", 5, 0, [-30.0, -31.0], state="critical", running=-30.0)
+    live(streams, "drifting", 5, 2, [-32.0], capped=True)
+    live(streams, "drifting", 5, 9, [99.0])  # a gap (the tail was capped): left out
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert v.live
+    assert [t["score"] for t in v.tokens[7:]] == [-30.0, -31.0, -32.0]
+    assert [t["capped"] for t in v.tokens[7:]] == [False, False, True]
+    last = v.turns[-1]
+    assert last["live"] and last["turn"] == 5 and last["mean"] == pytest.approx(-31.0)
+    # a session that so far exists only in Redis
+    live(streams, "fresh", 1, 0, [4.0, 6.0])
+    fresh = data.session_view(store, streams, "fresh", DEP)
+    assert [t["score"] for t in fresh.tokens] == [4.0, 6.0] and fresh.session == {"id": "fresh"}
+
+
+def test_overview_merges_store_and_live_tail(env):
+    store, streams = env
+    rows = {r["session_id"]: r for r in data.overview(store, streams)}
+    assert set(rows) == {"drifting", "calm"}
+    d = rows["drifting"]
+    assert (d["state"], d["turns"], d["tokens"], d["capped"], d["open_alerts"], d["source"]) == \
+           ("critical", 4, 7, True, 2, "live")
+    assert rows["calm"]["source"] == "audit" and rows["calm"]["open_alerts"] == 0
+    store.acknowledge_alert("evt-a")
+    live(streams, "drifting", 5, 0, [-30.0, -31.0], state="critical", running=-30.5)
+    live(streams, "fresh", 1, 0, [4.0, 6.0], running=5.0)
+    rows = {r["session_id"]: r for r in data.overview(store, streams)}
+    d = rows["drifting"]
+    assert d["generating"] and d["running"] == -30.5 and d["tokens"] == 9 and d["open_alerts"] == 1
+    assert rows["fresh"]["generating"] and rows["fresh"]["source"] == "live" and rows["fresh"]["tokens"] == 2
+    order = [r["session_id"] for r in data.overview(store, streams)]
+    assert order.index("calm") == 2  # newest activity first
+    live(streams, "fresh", 1, 2, [], final=True)
+    rows = {r["session_id"]: r for r in data.overview(store, streams)}
+    assert not rows["fresh"]["generating"]
+
+
+def test_overview_filters(env):
+    store, streams = env
+    assert [r["session_id"] for r in data.overview(store, streams, states=["critical"])] == ["drifting"]
+    assert [r["session_id"] for r in data.overview(store, streams, sources=["audit"])] == ["calm"]
+    assert data.overview(store, streams, states=["ok"], sources=["live"]) == []
+    assert {r["session_id"] for r in data.overview(store, streams, since=time.time() - 600)} == {"drifting", "calm"}
+    assert data.overview(store, streams, since=time.time() + 600) == []
+    with pytest.raises(InputError, match="state must be one of"):
+        data.overview(store, streams, states=["bad"])
+    with pytest.raises(InputError, match="source must be one of"):
+        data.overview(store, streams, sources=["nowhere"])
+
+
+def test_overview_without_redis_shows_history(env):
+    store, _ = env
+    broken = Streams.from_url("redis://127.0.0.1:1/0")  # nothing listens there
+    assert {r["session_id"] for r in data.overview(store, broken)} == {"drifting", "calm"}
+    assert data.session_view(store, broken, "drifting", DEP).tokens
+    assert {r["session_id"] for r in data.overview(store, None)} == {"drifting", "calm"}
+
+
+def test_alerts_feed_filters_and_acknowledges(env):
+    store, _ = env
+    assert [a["event_id"] for a in data.alerts_feed(store)] == ["evt-b", "evt-a"]
+    assert [a["event_id"] for a in data.alerts_feed(store, level="watch")] == ["evt-a"]
+    store.set_alert_delivery("evt-b", "dead", 5, "HTTP 500")
+    assert [a["event_id"] for a in data.alerts_feed(store, status="dead")] == ["evt-b"]
+    store.acknowledge_alert("evt-b")
+    assert [a["event_id"] for a in data.alerts_feed(store, unacknowledged=True)] == ["evt-a"]
+
+
+def test_compare_aligns_assistant_turns(env):
+    store, streams = env
+    a = data.session_view(store, streams, "drifting", DEP)
+    b = data.session_view(store, streams, "calm", DEP)
+    rows = data.compare(a, b)
+    assert [r["n"] for r in rows] == [1, 2]
+    assert rows[0]["a"] == pytest.approx(-3.25) and rows[0]["b"] == pytest.approx(11.0)
+    assert rows[0]["diff"] == pytest.approx(14.25)
+    assert rows[1]["b"] is None and rows[1]["diff"] is None
+
+
+def test_deployment_from_redis_then_from_files(env):
+    store, streams = env
+    s = Settings()
+    dep = data.deployment(streams, s)  # no replica has started: the shipped axis files
+    assert dep.origin == "settings" and dep.layer == 21 and dep.capping["id"] == "L21-26_p50"
+    assert dep.thresholds.watch > dep.thresholds.warning > dep.thresholds.critical
+    over = data.deployment(None, s.with_(thresholds=(1.0, None, None)))
+    assert over.thresholds.watch == 1.0 and over.thresholds.warning == dep.thresholds.warning
+    streams.set_deployment({"model_id": "m", "layer": 7, "policy": "cap", "axis_dir": "/x",
+                            "thresholds": {"watch": 3.0, "warning": 2.0, "critical": 1.0},
+                            "drift": {"alpha": 0.2}, "capping": None, "api": "http://h:1"})
+    dep = data.deployment(streams, s)
+    assert (dep.origin, dep.layer, dep.alpha, dep.api_url, dep.thresholds.critical) == ("redis", 7, 0.2, "http://h:1", 1.0)
+    with pytest.raises(InputError, match="axis metadata not found"):
+        data.deployment(None, s.with_(axis="/nonexistent/axis"))
+
+
+def test_audit_body_accepts_json_and_jsonl():
+    one = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    assert json.loads(data.audit_body(json.dumps(one).encode())) == one
+    jl = (json.dumps(one) + "\n\n" + json.dumps(one) + "\n").encode()
+    assert json.loads(data.audit_body(jl)) == [one, one]
+    with pytest.raises(InputError, match="not UTF-8"):
+        data.audit_body(b"\xff\xfe{")
+    with pytest.raises(InputError, match="empty"):
+        data.audit_body(b"  \n")
+    with pytest.raises(InputError, match="line 2"):
+        data.audit_body(json.dumps(one).encode() + b"\n{oops")
+
+
+def test_submit_audit_reports_an_unreachable_service():
+    with pytest.raises(Exception, match="cannot reach the probe service"):
+        data.submit_audit("http://127.0.0.1:1", b"{}")
+
+
+def test_heatmap_has_one_span_per_token_with_exact_values_and_escaped_text(env):
+    store, streams = env
+    v = data.session_view(store, streams, "drifting", DEP)
+    html = charts.heatmap(v, TH)
+    assert html.count('<span class="aw-tok') == len(v.tokens) + 1  # + the legend's "capped" sample
+    assert 'data-score="-25.0000"' in html and "score -25.000" in html
+    assert "pre-cap -30.000" in html and "aw-tok aw-capped" in html
+    assert "Go &lt;deeper&gt; &amp; further" in html and "<deeper>" not in html
+    # colours: deep red far below critical, pink at critical, yellow at watch, pale green well above
+    assert charts.colour(-100.0, TH) == "#e53935" and charts.colour(100.0, TH) == "#e8f5e9"
+    assert charts.colour(TH.critical, TH) == "#ef9a9a" and charts.colour(TH.watch, TH) == "#fff59d"
+    assert charts.colour(-15.0, TH) not in (charts.colour(-20.0, TH), charts.colour(-10.0, TH))
+
+
+def test_trajectory_chart_layers(env):
+    store, streams = env
+    v = data.session_view(store, streams, "drifting", DEP)
+    spec = charts.trajectory(v, TH).to_dict()
+    marks = [layer["mark"]["type"] for layer in spec["layer"]]
+    assert marks.count("rect") == 1 and marks.count("rule") == 3 and "text" in marks  # bands; turns, means, capping
+    datasets = list(spec["datasets"].values())
+    bands = next(d for d in datasets if d and "y2" in d[0])
+    assert [b["state"] for b in bands] == ["ok", "watch", "warning", "critical"]
+    assert bands[1]["y"] == TH.warning and bands[1]["y2"] == TH.watch
+    lo, hi = charts.domain_of(v, TH)
+    assert lo < -30.0 and hi > 5.0  # pre-cap values and the thresholds are inside the axis
+
+
+def test_export_csv_has_a_row_per_token(env):
+    store, _ = env
+    rows = list(csv.DictReader(io.StringIO(session_csv(store.get_session("drifting")))))
+    assert len(rows) == 7 and rows[6]["capped"] == "1" and rows[6]["pre_cap_score"] == "-30"
