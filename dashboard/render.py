@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pandas as pd
 import streamlit as st
 
@@ -12,6 +14,12 @@ from monitor.export import session_csv, session_json
 STATE_BADGE = {"ok": "🟢 ok", "watch": "🟡 watch", "warning": "🟠 warning", "critical": "🔴 critical"}
 DELIVERY_BADGE = {"delivered": "✅ delivered", "pending": "⏳ pending", "retrying": "🔁 retrying",
                   "dead": "☠️ dead-lettered"}
+
+
+def rows_key(name: str, ids: list[str]) -> str:
+    """A table's widget key that changes with its rows: a row selection never outlives the rows it
+    was made on (a live refresh that adds a row on top must not shift it onto another one)."""
+    return f"{name}-{zlib.crc32(chr(31).join(ids).encode()):08x}"
 
 
 def when(ts: float | None) -> pd.Timestamp | None:

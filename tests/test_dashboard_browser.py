@@ -137,17 +137,21 @@ def test_session_view_updates_live_from_redis(browser, dashboard):
     url, ids, _, redis_url = dashboard
     from monitor.streams import Streams
 
-    sid = ids["coding"]
+    sid, streams = ids["coding"], Streams.from_url(redis_url)
     browser.get(f"{url}/session?id={sid}")
     before = len(wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")))
-    Streams.from_url(redis_url).publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": 99, "start": 0,
-                                                   "scores": [1.0, -30.0, -31.0], "state": "warning",
-                                                   "running": -12.0, "capped": False, "final": False})
-    t0 = time.monotonic()
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")) == before + 3, 10)
-    assert time.monotonic() - t0 < 6  # refreshed by the 2-second live fragment
-    assert "generating" in browser.page_source
-    shot(browser, "session-live")
+    streams.publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": 99, "start": 0,
+                               "scores": [1.0, -30.0, -31.0], "state": "warning", "running": -12.0,
+                               "capped": False, "final": False})
+    try:
+        t0 = time.monotonic()
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")) == before + 3, 10)
+        assert time.monotonic() - t0 < 6  # refreshed by the 2-second live fragment
+        assert "generating" in browser.page_source
+        shot(browser, "session-live")
+    finally:  # the seeded Redis is shared with other tests
+        streams.r.delete(streams.live_key(sid))
+        streams.r.zrem(streams.key("live_index"), sid)
 
 
 def test_overview_alerts_and_axis_pages_render(browser, dashboard):

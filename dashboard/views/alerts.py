@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.context import ago, guard, store
-from dashboard.render import DELIVERY_BADGE, when
+from dashboard.render import DELIVERY_BADGE, rows_key, when
 
 st.title("Alerts")
 f = st.columns([1.5, 1.5, 1.5, 1])
@@ -36,7 +36,8 @@ def feed() -> None:
         "delivery": DELIVERY_BADGE.get(a["delivery_status"], a["delivery_status"]), "attempts": a["attempts"],
         "last error": a["last_error"] or "", "acknowledged": a["acknowledged"], "event_id": a["event_id"],
         "open": f"/session?id={a['session_id']}"} for a in rows])
-    event = st.dataframe(df, hide_index=True, width="stretch", key="alerts", on_select="rerun",
+    key = rows_key("alerts", list(df["event_id"]))
+    event = st.dataframe(df, hide_index=True, width="stretch", key=key, on_select="rerun",
                          selection_mode="multi-row",
                          column_order=["time", "level", "session", "turn", "token", "running score", "threshold",
                                        "delivery", "attempts", "last error", "acknowledged", "open"],
@@ -49,6 +50,7 @@ def feed() -> None:
     if st.button(f"Acknowledge {len(todo)} selected", disabled=not todo, key="ack"):
         for e in todo:
             guard(store().acknowledge_alert, e)
+        st.session_state.pop(key, None)  # the selection is done with
         st.toast(f"acknowledged {len(todo)} alert(s)")
         st.rerun()
     st.caption("Select rows to acknowledge them. Delivery: ✅ delivered to the webhook, 🔁 retrying with backoff, "

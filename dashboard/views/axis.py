@@ -53,7 +53,8 @@ roles = report.get("roles_along_axis") or []
 if roles:
     df = pd.DataFrame(roles)
     df["end"] = df["projection"].map(lambda p: "Assistant side (>= 0)" if p >= 0 else "role side (< 0)")
-    n = st.slider("roles shown at each end", 5, max(5, len(df) // 2), min(20, len(df) // 2))
+    half = max(1, len(df) // 2)
+    n = st.slider("roles shown at each end", 5, half, min(20, half)) if half > 5 else half
     shown = pd.concat([df.head(n), df.tail(n)]).drop_duplicates("role")
     bars = alt.Chart(shown).mark_bar().encode(
         y=alt.Y("role:N", sort=alt.EncodingSortField("projection", order="descending"), title=None),

@@ -1,0 +1,356 @@
+"""The dashboard's pages, run headless with Streamlit's AppTest against a store and Redis seeded by the
+real service (the ``dashboard_db`` fixture, tests/dashboard_seed.py).
+
+Expected values are read back from the store, so the tests hold for whatever the model wrote.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy.engine import make_url
+from streamlit import dataframe_util
+from streamlit.testing.v1 import AppTest
+
+from dashboard.render import STATE_BADGE, rows_key
+from monitor.drift import thresholds_from_calibration
+from monitor.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+AXIS_DIR = ROOT / "probes" / "shipped" / "smollm2-135m-instruct"
+TOKEN_SPAN = re.compile(r'<span class="aw-tok( aw-capped)?" style="[^"]*" data-score="([^"]+)" title="([^"]*)">')
+
+
+# ---------------------------------------------------------------- helpers
+def page(name: str, monkeypatch, dashboard_db, **query) -> AppTest:
+    """Run one page script (``app`` for the entry) on the seeded store and Redis; the finished AppTest."""
+    db_url, redis_url, _ = dashboard_db
+    for k in [k for k in os.environ if k.startswith("AXISWATCH_")]:  # nothing from the caller's shell
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AXISWATCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    st.cache_resource.clear()  # the store, Redis and settings are cached per process
+    st.cache_data.clear()
+    path = ROOT / "dashboard" / ("app.py" if name == "app" else f"views/{name}.py")
+    at = AppTest.from_file(str(path), default_timeout=60)
+    at.query_params.update(query)
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def table(at: AppTest, column: str):
+    """The (first) dataframe on the page that has this column."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, f"no dataframe with a {column!r} column"
+    return found[0]
+
+
+def stored(db_url: str, session_id: str | None = None, **alert_filter):
+    """A stored session (with turns, alerts, interventions), or with no id the stored alerts."""
+    s = Store(db_url)
+    try:
+        return s.get_session(session_id) if session_id else s.list_alerts(limit=1000, **alert_filter)
+    finally:
+        s.close()
+
+
+def stored_sessions(db_url: str) -> list[dict]:
+    s = Store(db_url)
+    try:
+        return s.list_sessions(limit=500)
+    finally:
+        s.close()
+
+
+def scored_turns(session: dict) -> list[dict]:
+    return [t for t in session["turns"] if t["role"] == "assistant" and t.get("scores")]
+
+
+def db_copy(dashboard_db, tmp_path):
+    """The seeded store copied (SQLite backup, WAL included) so a test may write to it; same Redis."""
+    db_url, redis_url, ids = dashboard_db
+    src, dst = sqlite3.connect(make_url(db_url).database), sqlite3.connect(tmp_path / "copy.db")
+    with dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return f"sqlite:///{tmp_path / 'copy.db'}", redis_url, ids
+
+
+# ---------------------------------------------------------------- Sessions (overview)
+def test_sessions_page_lists_every_stored_session(monkeypatch, dashboard_db):
+    db_url, _, ids = dashboard_db
+    at = ok(page("overview", monkeypatch, dashboard_db))
+    sessions = stored_sessions(db_url)
+    alerts = stored(db_url)
+    m = metrics(at)
+    assert m["sessions"] == str(len(sessions))
+    assert m["generating now"] == "0"
+    assert m["critical"] == str(sum(s["state"] == "critical" for s in sessions))
+    assert m["open alerts"] == str(sum(not a["acknowledged"] for a in alerts))
+    df = table(at, "session")
+    assert set(ids.values()) <= set(df["session"])
+    assert len(df) == len(sessions)
+    by_id = {s["id"]: s for s in sessions}
+    for _, row in df.iterrows():
+        assert row["state"] == STATE_BADGE[by_id[row["session"]]["state"]]
+        assert row["turns"] == by_id[row["session"]]["n_turns"]
+        assert row["open"] == f"/session?id={row['session']}"
+    assert not any("REDIS_URL" in i.value for i in at.info)  # Redis is configured: live tail on
+
+
+def test_sessions_page_state_and_source_filters(monkeypatch, dashboard_db):
+    db_url, _, ids = dashboard_db
+    sessions = stored_sessions(db_url)
+    state = stored(db_url, ids["audit"])["state"]
+    at = page("overview", monkeypatch, dashboard_db)
+    [states] = [w for w in at.multiselect if w.label == "state"]
+    ok(states.set_value([state]).run())
+    df = table(at, "session")
+    assert set(df["session"]) == {s["id"] for s in sessions if s["state"] == state}
+    assert ids["audit"] in set(df["session"])
+    assert set(df["state"]) == {STATE_BADGE[state]}
+    assert metrics(at)["sessions"] == str(len(df))
+
+    [states] = [w for w in at.multiselect if w.label == "state"]
+    [sources] = [w for w in at.multiselect if w.label == "source"]
+    states.set_value([])
+    ok(sources.set_value(["audit"]).run())
+    df = table(at, "session")
+    assert set(df["session"]) == {s["id"] for s in sessions if s["source"] == "audit"}
+    assert ids["audit"] in set(df["session"]) and ids["coding"] not in set(df["session"])
+
+
+def test_app_entry_opens_the_selected_session(monkeypatch, dashboard_db):
+    """Through dashboard/app.py (st.navigation): selecting a row on Sessions switches to its session page."""
+    _, _, ids = dashboard_db
+    at = ok(page("app", monkeypatch, dashboard_db))
+    assert at.title[0].value == "Sessions"
+    df = table(at, "session")
+    row = list(df["session"]).index(ids["meta-reflection"])
+    at.session_state["sessions"] = {"selection": {"rows": [row], "columns": []}}
+    ok(at.run())
+    assert at.title[0].value == "Session"
+    assert at.query_params["id"] == ids["meta-reflection"]
+    assert at.subheader[0].value == ids["meta-reflection"]
+    assert metrics(at)["capped"] == "yes"
+
+
+# ---------------------------------------------------------------- Session
+@pytest.mark.parametrize("name", ["meta-reflection", "coding", "audit"])
+def test_session_page_shows_the_stored_session(monkeypatch, dashboard_db, name):
+    db_url, _, ids = dashboard_db
+    sid = ids[name]
+    s = stored(db_url, sid)
+    scores = [(t["turn"], k, x) for t in scored_turns(s) for k, x in enumerate(t["scores"])]
+    at = ok(page("session", monkeypatch, dashboard_db, id=sid))
+    assert at.selectbox[0].value == sid
+    assert at.subheader[0].value == sid
+
+    m = metrics(at)
+    assert m["state"] == STATE_BADGE[s["state"]]
+    assert m["running score"] == f"{s['running']:+.2f}"
+    assert m["turns"] == str(len(s["turns"])) == str(s["n_turns"])
+    assert m["scored tokens"] == str(len(scores)) == str(s["n_tokens"])
+    assert m["capped"] == ("yes" if s["capped"] or s["interventions"] else "no")
+    assert m["open alerts"] == str(sum(not a["acknowledged"] for a in s["alerts"]))
+    if name == "meta-reflection":
+        assert m["capped"] == "yes" and len(s["interventions"]) == 1 and s["alerts"]
+    if name == "coding":
+        assert m["capped"] == "no" and m["open alerts"] == "0"
+
+    # the trajectory chart: one Vega-Lite chart whose token layer holds the stored scores, one point per alert
+    [chart] = at.get("vega_lite_chart")
+    assert json.loads(chart.proto.spec)["layer"]
+    datasets = [dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
+    [tokens] = [d for d in datasets if "score" in d.columns and "running" in d.columns and len(d) == len(scores)]
+    assert list(tokens["score"]) == pytest.approx([x for _, _, x in scores])
+    assert sum(len(d) for d in datasets if "event_id" in d.columns) == len(s["alerts"])
+
+    # the heatmap: one span per scored token, its exact score and a hover title
+    [heat] = [h.value for h in at.get("html") if "aw-heatmap" in h.value]
+    spans = TOKEN_SPAN.findall(heat)
+    assert len(spans) == len(scores)
+    assert [float(v) for _, v, _ in spans] == pytest.approx([x for _, _, x in scores], abs=1e-4)
+    for (turn, k, x), (_, _, title) in zip(scores, spans):
+        assert html.unescape(title).startswith(f"turn {turn} token {k}: score {x:+.3f}, running ")
+    capped = [bool(c) for t in scored_turns(s) for c in (t.get("capped") or [False] * len(t["scores"]))]
+    assert [bool(c) for c, _, _ in spans] == capped
+    if name == "meta-reflection":
+        assert any(capped)  # capping was on: its tokens are outlined
+
+    # tables: every token, every alert, every intervention
+    assert list(table(at, "score")["score"]) == pytest.approx([x for _, _, x in scores])
+    if s["alerts"]:
+        assert sorted(table(at, "event_id")["event_id"]) == sorted(a["event_id"] for a in s["alerts"])
+    if s["interventions"]:
+        assert len(table(at, "config")) == len(s["interventions"])
+
+    assert [b.label for b in at.download_button] == ["Export JSON", "Export CSV"]
+
+
+def test_session_page_unknown_id_warns(monkeypatch, dashboard_db):
+    at = ok(page("session", monkeypatch, dashboard_db, id="no-such-session"))
+    assert any("no-such-session" in w.value for w in at.warning)
+    assert not at.get("vega_lite_chart") and not at.download_button
+
+
+def test_session_page_without_id_asks_for_one(monkeypatch, dashboard_db):
+    db_url, _, ids = dashboard_db
+    at = ok(page("session", monkeypatch, dashboard_db))
+    assert at.selectbox[0].value is None
+    assert set(ids.values()) <= set(at.selectbox[0].options)
+    assert any("Pick a session" in i.value for i in at.info)
+    assert not at.get("vega_lite_chart")
+    ok(at.selectbox[0].set_value(ids["coding"]).run())  # picking one shows it and sets ?id=
+    assert at.query_params["id"] == ids["coding"]
+    assert metrics(at)["scored tokens"] == str(stored(db_url, ids["coding"])["n_tokens"])
+
+
+# ---------------------------------------------------------------- Alerts
+def test_alerts_page_lists_and_filters(monkeypatch, dashboard_db):
+    db_url, _, _ = dashboard_db
+    alerts = stored(db_url)
+    at = ok(page("alerts", monkeypatch, dashboard_db))
+    m = metrics(at)
+    assert m["alerts shown"] == str(len(alerts))
+    assert m["unacknowledged"] == str(sum(not a["acknowledged"] for a in alerts))
+    assert sorted(table(at, "event_id")["event_id"]) == sorted(a["event_id"] for a in alerts)
+    button = at.button(key="ack")
+    assert button.disabled and button.label == "Acknowledge 0 selected"  # nothing selected
+
+    levels = {a["level"] for a in alerts}
+    assert levels, "the seeded sessions raised no alerts"
+    for level in sorted(levels):
+        [pick] = [w for w in at.selectbox if w.label == "level"]
+        ok(pick.set_value(level).run())
+        expected = stored(db_url, level=level)
+        df = table(at, "event_id")
+        assert sorted(df["event_id"]) == sorted(a["event_id"] for a in expected)
+        assert all(v.endswith(" " + level) for v in df["level"])
+        assert metrics(at)["alerts shown"] == str(len(expected))
+
+
+def test_alerts_page_acknowledges_the_selected_alert(monkeypatch, dashboard_db, tmp_path):
+    copy = db_copy(dashboard_db, tmp_path)  # the shared store stays unacknowledged for the other tests
+    db_url = copy[0]
+    at = ok(page("alerts", monkeypatch, copy))
+    before = int(metrics(at)["unacknowledged"])
+    assert before > 0
+    df = table(at, "event_id")
+    row = next(i for i, acked in enumerate(df["acknowledged"]) if not acked)
+    target = df["event_id"].iloc[row]
+
+    at.session_state[rows_key("alerts", list(df["event_id"]))] = {"selection": {"rows": [row], "columns": []}}
+    ok(at.run())
+    button = at.button(key="ack")
+    assert not button.disabled and button.label == "Acknowledge 1 selected"
+    ok(button.click().run())
+
+    assert {a["event_id"] for a in stored(db_url) if a["acknowledged"]} == {target}
+    assert metrics(at)["unacknowledged"] == str(before - 1)
+    assert bool(table(at, "event_id").set_index("event_id").loc[target, "acknowledged"])
+    assert at.button(key="ack").disabled  # the selected row is acknowledged now
+    assert at.toast and "acknowledged 1 alert" in at.toast[0].value
+
+
+# ---------------------------------------------------------------- Audit & compare
+def test_audit_page_compares_two_sessions_turn_by_turn(monkeypatch, dashboard_db):
+    db_url, _, ids = dashboard_db
+    a, b = ids["coding"], ids["meta-reflection"]
+    at = ok(page("audit", monkeypatch, dashboard_db))
+    assert [t.label for t in at.tabs] == ["Audit a transcript", "Compare two sessions"]
+    assert at.button(key="score").disabled  # nothing uploaded (scoring needs the service: not run here)
+
+    at.selectbox(key="cmp-a").set_value(a)
+    ok(at.selectbox(key="cmp-b").set_value(b).run())
+    ma = [t["mean"] for t in scored_turns(stored(db_url, a))]
+    mb = [t["mean"] for t in scored_turns(stored(db_url, b))]
+    assert ma and mb
+    df = table(at, "A mean")
+    n = max(len(ma), len(mb))
+    assert list(df["assistant turn"]) == list(range(1, n + 1))
+    assert list(df["A mean"]) == pytest.approx(ma)
+    assert list(df["B mean"]) == pytest.approx(mb)
+    assert list(df["B - A"]) == pytest.approx([y - x for x, y in zip(ma, mb)])
+    assert any(f"**{a}**" in md.value for md in at.markdown) and any(f"**{b}**" in md.value for md in at.markdown)
+    assert len(at.get("vega_lite_chart")) == 3  # the turn-means chart and both sessions' trajectories
+    assert sum("aw-heatmap" in h.value for h in at.get("html")) == 2
+
+
+# ---------------------------------------------------------------- Axis
+def test_axis_page_shows_the_shipped_report(monkeypatch, dashboard_db):
+    report = json.loads((AXIS_DIR / "report.json").read_text())
+    meta = json.loads((AXIS_DIR / "axis.json").read_text())
+    capping = json.loads((AXIS_DIR / "capping.json").read_text())
+    at = ok(page("axis", monkeypatch, dashboard_db))
+    m = metrics(at)
+    assert m["monitor layer"].startswith("21")
+    assert m["monitor layer"] == f"{meta['monitor_layer']} of {meta['n_layers']}"
+    assert m["|cos(PC1, axis)|"] == f"{report['at_monitor_layer']['abs_cos_pc1_axis']:.3f}"
+    assert m["held-out AUROC"] == f"{report['at_monitor_layer']['auroc_heldout']:.3f}"
+
+    th = thresholds_from_calibration(meta["calibration"]["layers"][str(meta["monitor_layer"])])
+    df = table(at, "below")
+    assert len(df) == 3
+    assert list(df["state"]) == ["watch", "warning", "critical"]
+    assert list(df["below"]) == pytest.approx([th.watch, th.warning, th.critical])
+    taus = table(at, "tau (floor)")
+    assert list(taus["layer"]) == capping["layers"]
+    assert list(taus["tau (floor)"]) == pytest.approx(capping["taus"])
+    assert len(at.get("vega_lite_chart")) == 3  # variance explained, per layer, roles along the axis
+
+
+# ---------------------------------------------------------------- no model side
+def test_dashboard_never_imports_torch_or_probes(dashboard_db):
+    db_url, redis_url, _ = dashboard_db
+    code = (
+        "import sys\n"
+        "import dashboard.data, dashboard.charts, dashboard.context, dashboard.render\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(ROOT / 'dashboard/views/overview.py')!r}, default_timeout=60).run()\n"
+        "assert not at.exception, [e.message for e in at.exception]\n"
+        "print('rows', len(at.dataframe[0].value))\n"
+        "print('heavy', sorted(m for m in sys.modules if m in ('torch', 'transformers') or m.split('.')[0] == 'probes'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AXISWATCH_")}
+    env.update(AXISWATCH_DATABASE_URL=db_url, REDIS_URL=redis_url)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("rows ", "heavy ")))
+    assert int(out["rows"]) == len(stored_sessions(db_url))
+    assert out["heavy"] == "[]"
+
+
+def test_alerts_selection_does_not_move_to_another_alert(monkeypatch, dashboard_db, tmp_path):
+    """With 'unacknowledged only', an acknowledged row leaves the table: the selection must go with it,
+    not land on the alert that moved into its place."""
+    copy = db_copy(dashboard_db, tmp_path)
+    at = ok(page("alerts", monkeypatch, copy))
+    ok(at.toggle[0].set_value(True).run())  # unacknowledged only
+    df = table(at, "event_id")
+    assert len(df) >= 2
+    at.session_state[rows_key("alerts", list(df["event_id"]))] = {"selection": {"rows": [0], "columns": []}}
+    ok(at.run())
+    ok(at.button(key="ack").click().run())
+    assert {a["event_id"] for a in stored(copy[0]) if a["acknowledged"]} == {df["event_id"].iloc[0]}
+    assert at.button(key="ack").disabled and at.button(key="ack").label == "Acknowledge 0 selected"
+    assert len(table(at, "event_id")) == len(df) - 1
