@@ -29,7 +29,9 @@ def launch(settings, redis_url: str | None, host: str, port: int, api_url: str |
         env["REDIS_URL"] = redis_url
     if api_url:
         env["AXISWATCH_API_URL"] = api_url
-    return subprocess.Popen(dashboard_command(host, port), env=env)
+    from monitor.redis_server import die_with_parent
+
+    return subprocess.Popen(dashboard_command(host, port), env=env, preexec_fn=die_with_parent)  # dies with serve
 
 
 @cli.command()
@@ -49,9 +51,6 @@ def dashboard(ctx, host, port, database_url):
         raise InputError(f"--port must be a port number, not {port}")
     click.echo(f"axiswatch dashboard on http://{host}:{port} (store {s.database_url}, "
                f"redis {s.redis_url or 'none: history only'})")
-    proc = launch(s, s.redis_url, host, port)
-    try:
-        sys.exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(10)
+    env = dict(os.environ, AXISWATCH_DATABASE_URL=s.database_url)
+    cmd = dashboard_command(host, port)
+    os.execve(cmd[0], cmd, env)  # streamlit takes over this process: signals reach it directly

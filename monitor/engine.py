@@ -241,8 +241,8 @@ class Engine:
                 "state": s.tracker.state, "running": s.tracker.running, "alerts": [a.to_dict() for a in alerts]}
 
     def _publish(self, record) -> None:
-        """Hand a record to Redis. A failure is logged and counted, never raised into generation
-        (buffering and replay while Redis is down come with the reliability work)."""
+        """Hand a record to the publisher (the outbox, which buffers while Redis is down). A failure
+        is logged and counted, never raised into generation."""
         if self.publisher is None:
             return
         try:

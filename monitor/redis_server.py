@@ -43,7 +43,7 @@ def redis_executable() -> str:
     return exe
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: on Linux, get SIGTERM when the parent dies, even by SIGKILL (no orphaned server)."""
     try:
         import ctypes
@@ -63,8 +63,10 @@ def _free_port() -> int:
 class EmbeddedRedis:
     """A private redis-server process: ``with EmbeddedRedis() as r: r.url``."""
 
-    def __init__(self, port: int | None = None, data_dir: str | Path | None = None):
-        self.port = port or _free_port()
+    def __init__(self, port: int | None = None, data_dir: str | Path | None = None, durable: bool = False):
+        """``durable``: an append-only file fsynced on every write, so a restart on the same ``data_dir``
+        and port keeps every stream entry and consumer group (the embedded default keeps nothing)."""
+        self.port, self.durable = port or _free_port(), durable
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="axiswatch-redis-")
         self.data_dir = Path(data_dir or self._tmp.name)
         self.proc: subprocess.Popen | None = None
@@ -76,10 +78,10 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", str(self.data_dir), "--protected-mode", "yes",
+               "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always", "--dir", str(self.data_dir), "--protected-mode", "yes",
                "--logfile", str(self.data_dir / "redis.log")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         import redis
 
         deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ class Runtime:
     redis_url: str
     streams: object
     store: object
+    outbox: object = None
     engine: object = None
     batcher: object = None
     workers: list = field(default_factory=list)
@@ -29,14 +30,17 @@ class Runtime:
         """Stop taking requests, let the workers drain what was published, then stop everything."""
         if self.batcher is not None:
             self.batcher.close()
+        if self.outbox is not None:  # replay what waits for Redis, or spill it to the store
+            self.outbox.close()
         for w in self.workers:
             w.stop()
             drain = getattr(w, "drain", None)
             if drain is not None:
                 try:
                     drain()
-                except Exception:  # noqa: BLE001 - shutting down anyway; entries stay in Redis
-                    log.exception("could not drain %s", type(w).__name__)
+                except Exception as e:  # noqa: BLE001 - shutting down anyway; entries stay in Redis
+                    log.warning("could not drain %s (%s): its entries stay in Redis for the next worker",
+                                type(w).__name__, e)
         self._stack.close()
         self.store.close()
 
@@ -70,6 +74,10 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
         url, streams, store = open_data(settings, stack)
         rt = Runtime(settings, url, streams, store, _stack=stack)
         if model:
+            from monitor.outbox import Outbox
+
+            webhooks = settings.webhook is not None
+            rt.outbox = Outbox(streams, store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
             from monitor.batcher import Batcher
             from monitor.drift import thresholds_from_calibration
             from monitor.engine import Engine
@@ -90,7 +98,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             thresholds = settings.drift_thresholds(thresholds_from_calibration(axis.layer_stats()))
             drift = DriftConfig(alpha=settings.ewma_alpha, hysteresis=settings.hysteresis,
                                 min_tokens=settings.min_tokens, cooldown_tokens=settings.cooldown_tokens)
-            rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=streams,
+            rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=rt.outbox,
                                session_lookup=store.session_meta)
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
             streams.set_deployment({
@@ -105,7 +113,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             from monitor.webhooks import AlertWorker
             from monitor.workers import PersistWorker
 
-            w = PersistWorker(streams, store)
+            w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)
             w.start_thread()
             rt.workers.append(w)
             hook = settings.webhook

@@ -3,14 +3,15 @@
 ``REDIS_URL`` (unset: embedded Redis), ``AXISWATCH_DATABASE_URL``, ``AXISWATCH_POLICY``,
 ``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_DASHBOARD_PORT``, ``AXISWATCH_THRESHOLD_WATCH``/``_WARNING``/``_CRITICAL``,
 ``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``,
-``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``, and the
+``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``,
+``AXISWATCH_API_KEYS``, ``AXISWATCH_WORKER_RECLAIM_IDLE_MS``, and the
 model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPPING``, ...).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -42,6 +43,12 @@ def _opt_float(get, key: str) -> float | None:
         from monitor.errors import InputError
 
         raise InputError(f"AXISWATCH_{key} must be a number (a raw projection value), not {raw!r}") from None
+
+
+def _keys(env) -> tuple[str, ...]:
+    from monitor.auth import parse_keys
+
+    return parse_keys(env.get("AXISWATCH_API_KEYS"))
 
 
 def _webhook(env):
@@ -82,6 +89,8 @@ class Settings:
     min_tokens: int = 16
     cooldown_tokens: int = 64
     webhook: object = None  # monitor.webhooks.WebhookConfig (its repr hides the secret) or None
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
+    reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -102,7 +111,8 @@ class Settings:
                    thresholds=tuple(_opt_float(get, f"THRESHOLD_{k}") for k in ("WATCH", "WARNING", "CRITICAL")),
                    ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
                    hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),
-                   cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env))
+                   cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
+                   api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

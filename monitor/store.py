@@ -8,6 +8,7 @@ bytes. Reads return plain dicts (no torch, no numpy). Times are float epoch seco
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from array import array
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint,
-                        create_engine, event, func, insert, select, update)
+                        create_engine, delete, event, func, insert, select, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -114,6 +115,15 @@ class InterventionRow(Base):
     created_at: Mapped[float]
 
 
+class SpillRow(Base):
+    """Records the engine could not hand to Redis while it was down (monitor/outbox.py), oldest first."""
+    __tablename__ = "spill"
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str]
+    data: Mapped[str] = mapped_column(Text)  # the record as JSON
+    created_at: Mapped[float]
+
+
 class SchemaVersion(Base):
     __tablename__ = "schema_version"
     version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
@@ -130,7 +140,12 @@ def _v1(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=tables, checkfirst=False)
 
 
-MIGRATIONS = [_v1]
+def _v2(conn: Connection) -> None:
+    """Version 2: the outbox's spill table."""
+    Base.metadata.create_all(conn, tables=[SpillRow.__table__], checkfirst=False)
+
+
+MIGRATIONS = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -413,6 +428,32 @@ class Store:
              .group_by(AlertRow.session_id))
         with self._tx() as s:
             return {sid: int(n) for sid, n in s.execute(q)}
+
+    # ------------------------------------------------------------ the outbox's spill (Redis down)
+    def spill(self, items: list[tuple[str, dict]]) -> None:
+        """Keep records (``(kind, record dict)``) that could not be published, in order."""
+        now = time.time()
+        rows = [dict(kind=k, data=json.dumps(d, separators=(",", ":")), created_at=now) for k, d in items]
+        if rows:
+            with self._tx(write=True) as s:
+                s.execute(insert(SpillRow.__table__), rows)
+
+    def drain_spill(self, publish, limit: int = 500) -> int:
+        """Hand the oldest spilled records to ``publish([(kind, dict), ...])`` and delete them in the same
+        transaction (a failed publish leaves them in place; a crash after it repeats them: at least once).
+        Concurrent replicas take disjoint rows on PostgreSQL. Returns how many were handed over."""
+        with self._tx(write=True) as s:
+            q = select(SpillRow).order_by(SpillRow.id).limit(limit)
+            rows = list(s.scalars(q.with_for_update(skip_locked=True) if self.dialect == "postgresql" else q))
+            if not rows:
+                return 0
+            publish([(r.kind, json.loads(r.data)) for r in rows])
+            s.execute(delete(SpillRow.__table__).where(SpillRow.id.in_([r.id for r in rows])))
+            return len(rows)
+
+    def spill_count(self) -> int:
+        with self._tx() as s:
+            return s.scalar(select(func.count()).select_from(SpillRow)) or 0
 
     def token_count(self, session_id: str) -> int:
         """Tokens stored for a session (0 when unknown)."""

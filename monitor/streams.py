@@ -73,7 +73,9 @@ class Streams:
 
     @classmethod
     def from_url(cls, url: str, **kw) -> "Streams":
-        return cls(redis.Redis.from_url(url), **kw)
+        # fail fast when Redis is down (the outbox buffers); block_ms reads add their own wait on top
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30),
+                   **kw)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}:{name}"

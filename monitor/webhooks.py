@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import httpx
+import redis
 from standardwebhooks import Webhook
 
 from monitor.records import AlertEvent
@@ -379,6 +380,17 @@ class AlertWorker:
             while not self._stop.is_set():
                 try:
                     self.run_once(self.block_ms)
+                except (redis.ConnectionError, redis.TimeoutError) as e:
+                    log.warning("alert worker %s: Redis unreachable (%s); retrying", self.name, e)
+                    self.sleep(1.0)
+                except redis.ResponseError as e:  # NOGROUP: Redis restarted without its data
+                    if "NOGROUP" not in str(e):
+                        log.exception("alert worker %s: pass failed; will retry", self.name)
+                    try:
+                        self.streams.ensure_groups(webhooks=True)
+                    except redis.RedisError:
+                        pass
+                    self.sleep(0.2)
                 except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending
                     log.exception("alert worker %s: pass failed; will retry", self.name)
                     self.sleep(1.0)

@@ -15,6 +15,8 @@ import socket
 import threading
 import time
 
+import redis
+
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 from monitor.store import Store
 from monitor.streams import Entry, Streams
@@ -42,11 +44,29 @@ class StreamWorker:
     def run_once(self, block_ms: int | None = None) -> int:
         raise NotImplementedError
 
+    webhooks_group = False  # the alert worker's group is made only where alert delivery runs
+
     def run(self) -> None:
-        self.streams.ensure_groups()
+        down_since = None
         while not self._stop.is_set():
             try:
+                if down_since is not None or not getattr(self, "_groups_ok", False):
+                    self.streams.ensure_groups(webhooks=self.webhooks_group)  # Redis may have restarted empty
+                    self._groups_ok = True
                 self.run_once(self.block_ms)
+                if down_since is not None:
+                    log.warning("%s: Redis is back after %.1f s", self.name, time.monotonic() - down_since)
+                    down_since = None
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("%s: Redis unreachable (%s); retrying every second", self.name, e)
+                self._stop.wait(1.0)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    log.exception("%s: pass failed; will retry", self.name)
+                self._groups_ok = False
+                self._stop.wait(0.2)
             except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending and are retried
                 log.exception("%s: pass failed; will retry", self.name)
                 self._stop.wait(1.0)

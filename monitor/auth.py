@@ -1,0 +1,44 @@
+"""API keys: bearer tokens from ``AXISWATCH_API_KEYS``, compared in constant time.
+
+Unset (or empty) means no authentication. Every HTTP endpoint except the health checks
+(``/healthz``, ``/readyz``) then needs ``Authorization: Bearer <key>`` (the OpenAI client's
+``api_key`` sends exactly that). Keys never appear in logs, reprs or error messages.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from monitor.errors import InputError
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+MIN_KEY_LENGTH = 16
+
+
+def parse_keys(raw: str | None) -> tuple[str, ...]:
+    """The comma-separated keys of ``AXISWATCH_API_KEYS`` (blanks ignored); short keys are refused."""
+    keys = tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+    short = [i for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
+    if short:
+        raise InputError(f"AXISWATCH_API_KEYS: key number {short[0] + 1} is shorter than {MIN_KEY_LENGTH} "
+                         "characters; use long random keys (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return keys
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None when absent or another scheme)."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def allowed(token: str | None, keys: tuple[str, ...]) -> bool:
+    """Whether ``token`` is one of ``keys``; every key is compared, each in constant time."""
+    if token is None:
+        return False
+    given = token.encode()
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(given, k.encode())
+    return ok

@@ -1,0 +1,177 @@
+"""The outbox between the engine and Redis: nothing scored is lost while Redis is down.
+
+The engine hands every record (turns, alerts, interventions) to :meth:`Outbox.publish`. While
+Redis answers, records go straight to their streams. When a publish fails, the outbox switches
+to *buffering*: records queue in memory (up to ``max_buffer``), and when that fills, the whole
+queue is spilled to the store's ``spill`` table (on disk, shared by every replica). Generation never
+waits on Redis. A background thread probes Redis every ``retry_s``; once it answers, the consumer
+groups are re-created if Redis lost them, the spilled rows are replayed oldest first, then the
+memory queue, and only then do new records go straight to Redis again, so the streams see the
+records in the order they were made. Replays are at least once; the store and the webhook
+worker are idempotent by the records' keys, so a record published twice is stored and alerted once.
+
+Live-tail entries (the dashboard's display buffer) are dropped while Redis is down, and counted.
+On :meth:`close` whatever is still queued is spilled, so a graceful shutdown during an outage
+loses nothing; a crash loses at most the memory queue (``max_buffer`` records).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Callable
+
+import redis
+
+from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+
+log = logging.getLogger(__name__)
+
+KIND = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}
+RECORD = {v: k for k, v in KIND.items()}
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class Outbox:
+    def __init__(self, streams, store=None, max_buffer: int = 10_000, retry_s: float = 0.5,
+                 ensure_groups: Callable[[], None] | None = None):
+        self.streams, self.store, self.max_buffer, self.retry_s = streams, store, max_buffer, retry_s
+        self._ensure_groups = ensure_groups or streams.ensure_groups
+        self._buf: deque = deque()
+        self._lock = threading.Lock()
+        self._down = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = {"published": 0, "buffered": 0, "spilled": 0, "replayed": 0, "live": 0, "live_dropped": 0,
+                      "lost": 0, "outages": 0}
+
+    # ------------------------------------------------------------------ what the engine calls
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    @property
+    def queued(self) -> int:
+        """Records in the memory queue (spilled ones are in the store)."""
+        return len(self._buf)
+
+    def publish(self, record) -> None:
+        with self._lock:
+            if not self._down:
+                try:
+                    self.streams.publish(record)
+                    self.stats["published"] += 1
+                    return
+                except REDIS_DOWN as e:
+                    self._went_down(e)
+            self._keep(record)
+
+    def publish_live_many(self, items: list[tuple[str, dict]]) -> None:
+        if not items:
+            return
+        if self._down:
+            self.stats["live_dropped"] += len(items)
+            return
+        try:
+            self.streams.publish_live_many(items)
+            self.stats["live"] += len(items)
+        except REDIS_DOWN as e:
+            self.stats["live_dropped"] += len(items)
+            with self._lock:
+                if not self._down:
+                    self._went_down(e)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the replay thread; try a last replay, and spill whatever is still queued."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._down or self._buf:
+            try:
+                self._replay()
+            except REDIS_DOWN:
+                pass
+        with self._lock:
+            if self._buf:
+                self._spill_queue()
+
+    # ------------------------------------------------------------------ buffering
+    def _went_down(self, e: Exception) -> None:  # under the lock
+        self._down = True
+        self.stats["outages"] += 1
+        log.warning("Redis unreachable (%s): buffering records (memory up to %d, then the store's spill table)",
+                    e, self.max_buffer)
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._recover, name="outbox-replay", daemon=True)
+            self._thread.start()
+
+    def _keep(self, record) -> None:  # under the lock
+        self._buf.append(record)
+        self.stats["buffered"] += 1
+        if len(self._buf) >= self.max_buffer:
+            self._spill_queue()
+
+    def _spill_queue(self) -> None:  # under the lock
+        if self.store is None:
+            drop = len(self._buf) - self.max_buffer + 1
+            for _ in range(max(drop, 0)):
+                self._buf.popleft()
+            self.stats["lost"] += max(drop, 0)
+            log.error("outbox full and no store to spill to: dropped the %d oldest records", max(drop, 0))
+            return
+        items = [(KIND[type(r)], r.to_dict()) for r in self._buf]
+        try:
+            self.store.spill(items)
+        except Exception:  # noqa: BLE001 - the database is down too: keep them in memory
+            log.exception("could not spill %d records to the store; keeping them in memory", len(items))
+            return
+        self._buf.clear()
+        self.stats["spilled"] += len(items)
+        log.warning("outbox: spilled %d records to the store while Redis is down", len(items))
+
+    # ------------------------------------------------------------------ recovery
+    def _recover(self) -> None:
+        while not self._stop.wait(self.retry_s):
+            try:
+                self.streams.r.ping()
+                self._ensure_groups()  # a restarted Redis without persistence has lost them
+                if self._replay():
+                    log.warning("Redis is back: replayed %d records, publishing directly again",
+                                self.stats["replayed"])
+                    return
+            except REDIS_DOWN:
+                continue
+            except Exception:  # noqa: BLE001 - keep trying; the records stay queued
+                log.exception("outbox replay failed; will retry")
+
+    def _replay(self) -> bool:
+        """Publish spilled rows, then the memory queue; True when all is out and direct publishing is back."""
+        while True:
+            if self.store is not None:
+                while self.store.drain_spill(self._publish_spilled, limit=500):
+                    pass
+            with self._lock:
+                if not self._buf:
+                    if self.store is not None and self.store.spill_count():
+                        continue  # spilled meanwhile: drain the store again
+                    self._down = False
+                    return True
+                batch = [self._buf.popleft() for _ in range(min(500, len(self._buf)))]
+            try:
+                self._publish_batch(batch)
+            except BaseException:
+                with self._lock:
+                    self._buf.extendleft(reversed(batch))
+                raise
+            self.stats["replayed"] += len(batch)
+
+    def _publish_spilled(self, rows: list[tuple[str, dict]]) -> None:
+        self._publish_batch([RECORD[kind].from_dict(data) for kind, data in rows])
+        self.stats["replayed"] += len(rows)
+
+    def _publish_batch(self, records: list) -> None:
+        pipe = self.streams.r.pipeline(transaction=False)
+        for r in records:
+            self.streams.publish(r, pipe=pipe)
+        pipe.execute()

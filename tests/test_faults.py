@@ -1,0 +1,174 @@
+"""Faults injected into real processes: Redis killed and restarted mid-generation, a persistence
+worker killed with SIGKILL mid-batch. Afterwards every scored token is stored exactly once.
+
+Redis runs with an append-only file (``appendfsync always``), as a deployment that must not lose
+entries across a Redis restart should (README, "Reliability").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from monitor.engine import ChatRequest
+from monitor.outbox import Outbox
+from monitor.records import TurnRecord
+from monitor.redis_server import EmbeddedRedis, _free_port
+from monitor.settings import Settings
+from monitor.store import Store
+from monitor.streams import Streams
+from probes.generation import GenerationOptions
+
+AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+
+
+def durable_redis(data_dir: Path, port: int) -> EmbeddedRedis:
+    return EmbeddedRedis(port=port, data_dir=data_dir, durable=True).start()
+
+
+def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (v := cond()):
+            return v
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} not within {timeout_s} s")
+
+
+def test_outbox_buffers_spills_and_replays_in_order(tmp_path):
+    """Unit level, real Redis and SQLite: records made while Redis is down come out afterwards, in order,
+    through the memory queue and the store's spill table."""
+    port = _free_port()
+    redis = durable_redis(tmp_path / "redis", port)
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate()
+    streams = Streams.from_url(redis.url)
+    streams.ensure_groups()
+    box = Outbox(streams, store, max_buffer=4, retry_s=0.1)
+    rec = lambda n: TurnRecord("s", n, "user", f"m{n}", 21)  # noqa: E731
+    box.publish(rec(0))
+    redis.proc.kill()
+    redis.proc.wait()
+    for n in range(1, 11):  # 4 + 4 spilled, 2 in memory
+        box.publish(rec(n))
+    assert box.down and box.stats["spilled"] == 8 and box.queued == 2 and store.spill_count() == 8
+    box.publish_live_many([("s", {"kind": "tokens", "scores": [1.0]})])
+    assert box.stats["live_dropped"] == 1
+    redis = durable_redis(tmp_path / "redis", port)
+    wait_until(lambda: not box.down, 10, "replay")
+    box.publish(rec(11))
+    turns = [int(e.data["turn"]) for e in Streams.from_url(redis.url).read_group("turns", "persist", "t", count=100,
+                                                                                 block_ms=None)]
+    assert turns == list(range(12)) and store.spill_count() == 0
+    assert box.stats["replayed"] == 10
+    box.close()
+    redis.stop()
+
+
+def test_outbox_close_during_an_outage_spills_what_is_queued(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate()
+    box = Outbox(Streams.from_url(f"redis://127.0.0.1:{_free_port()}/0"), store, max_buffer=100, retry_s=0.1)
+    for n in range(3):
+        box.publish(TurnRecord("s", n, "user", "x", 21))
+    assert box.down and box.queued == 3
+    box.close()
+    assert store.spill_count() == 3 and box.queued == 0
+
+
+def test_redis_killed_and_restarted_mid_generation(tmp_path):
+    """8 live sessions x 3 turns through the real engine and persistence worker; Redis is SIGKILLed
+    during the first turn and comes back after the second. Generation never stops; afterwards each
+    session's stored token count equals the tokens generated, with no duplicate turn or alert."""
+    from monitor import service
+
+    port, data = _free_port(), tmp_path / "redis"
+    redis = durable_redis(data, port)
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    rt = service.start(Settings(database_url=db, redis_url=redis.url, policy="flag"))
+    rt.engine.publisher.max_buffer = 6  # small, so the outage also exercises the spill to the store
+    sids = [f"outage-{i}" for i in range(8)]
+    history = {s: [] for s in sids}
+    generated = {s: 0 for s in sids}
+    prompts = ["Tell me about the ocean.", "Who are you, really, underneath it all?", "Write a haiku about rain."]
+    killed = threading.Event()
+
+    def kill_when_generating():
+        wait_until(lambda: rt.engine.publisher.stats["live"] > 0, 60, "first live tokens")
+        redis.proc.kill()
+        killed.set()
+
+    try:
+        for turn in range(3):
+            if turn == 0:
+                threading.Thread(target=kill_when_generating, daemon=True).start()
+            futs = {}
+            for i, s in enumerate(sids):
+                history[s].append({"role": "user", "content": prompts[(i + turn) % 3]})
+                futs[s] = rt.batcher.submit(ChatRequest(s, list(history[s]), GenerationOptions(max_new_tokens=24)))
+            for s, f in futs.items():
+                res = f.result(timeout=300)
+                history[s].append({"role": "assistant", "content": res.text})
+                generated[s] += len(res.scores)
+            if turn == 1:
+                assert killed.is_set() and rt.engine.publisher.down  # generation went on without Redis
+                redis = durable_redis(data, port)
+        wait_until(lambda: not rt.engine.publisher.down, 30, "outbox replay after Redis returned")
+        stats = dict(rt.engine.publisher.stats)
+    finally:
+        rt.close()  # drains the persistence worker
+        redis.stop()
+    assert stats["spilled"] > 0 and stats["replayed"] > 0 and stats["lost"] == 0
+    store = Store(db)
+    for s in sids:
+        sess = store.get_session(s)
+        assert store.token_count(s) == generated[s] > 0, s
+        assert [t["turn"] for t in sess["turns"]] == list(range(6))  # each user and assistant turn once
+        assert len({a["event_id"] for a in sess["alerts"]}) == len(sess["alerts"])
+    print(f"outage: {len(sids)} sessions, {sum(generated.values())} tokens, outbox {stats}")
+
+
+def test_persistence_worker_sigkilled_mid_batch(tmp_path):
+    """A worker process killed with SIGKILL while persisting 4,000 turns; a second worker reclaims its
+    pending entries: every turn is stored exactly once."""
+    redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    streams = Streams.from_url(redis.url)
+    streams.ensure_groups()
+    n = 4000
+    pipe = streams.r.pipeline(transaction=False)
+    for i in range(n):
+        streams.publish(TurnRecord(f"w-{i % 40}", i // 40, "assistant", "x", 21, ["a", "b"], [1.0, 2.0]), pipe=pipe)
+    pipe.execute()
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    Store(db).migrate()
+    env = dict(os.environ, REDIS_URL=redis.url, AXISWATCH_DATABASE_URL=db, AXISWATCH_WORKER_RECLAIM_IDLE_MS="500")
+    store = Store(db)
+    first = subprocess.Popen([AXISWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: store.list_sessions(limit=1) and 0 < sum(
+            s["n_turns"] for s in store.list_sessions(limit=100)), 60, "first rows", poll_s=0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        pending = streams.r.xpending(streams.key("turns"), "persist")["pending"]
+        stored_at_kill = sum(s["n_turns"] for s in store.list_sessions(limit=100))
+        assert stored_at_kill < n and pending > 0  # it died with entries taken but not acknowledged
+        second = subprocess.Popen([AXISWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: sum(s["n_turns"] for s in store.list_sessions(limit=100)) == n
+                       and streams.r.xpending(streams.key("turns"), "persist")["pending"] == 0, 120, "all stored")
+        finally:
+            second.terminate()
+            second.wait(20)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        redis.stop()
+    assert sum(s["n_tokens"] for s in store.list_sessions(limit=100)) == 2 * n  # no duplicate rows
+    print(f"worker SIGKILL: {n} turns, {pending} pending at the kill ({stored_at_kill} stored), 0 lost, 0 duplicated")
