@@ -7,9 +7,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard.context import require_password
+
 HERE = Path(__file__).parent / "views"
 
 st.set_page_config(page_title="axiswatch", page_icon="🧭", layout="wide")
+if not require_password():
+    st.stop()
 pages = [
     st.Page(HERE / "overview.py", title="Sessions", icon="📋", default=True),
     st.Page(HERE / "session.py", title="Session", icon="📈", url_path="session"),

@@ -2,17 +2,20 @@
 
 The dashboard reads the same environment as the service: ``AXISWATCH_DATABASE_URL`` (default
 ``sqlite:///axiswatch.db``), ``REDIS_URL`` (unset: no live tail, history only), and for the audit
-page ``AXISWATCH_API_URL`` (default: the running replica's address, else ``http://127.0.0.1:8000``).
+page ``AXISWATCH_API_URL`` (default: the running replica's address, else ``http://127.0.0.1:8000``) and
+``AXISWATCH_API_KEY`` when the service requires keys. ``AXISWATCH_DASHBOARD_PASSWORD`` asks for a password.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 
 import streamlit as st
 
 from dashboard import data
+from monitor.auth import client_key
 from monitor.errors import AxiswatchError
 from monitor.settings import Settings
 from monitor.store import Store
@@ -47,8 +50,24 @@ def api_url() -> str:
 
 
 def api_key() -> str | None:
-    keys = [k.strip() for k in os.environ.get("AXISWATCH_API_KEYS", "").split(",") if k.strip()]
-    return keys[0] if keys else None
+    return client_key()
+
+
+def require_password() -> bool:
+    """With ``AXISWATCH_DASHBOARD_PASSWORD`` set, ask for it once per browser session (compared in
+    constant time); without it the dashboard is open: bind it to 127.0.0.1 or put it behind a proxy."""
+    password = os.environ.get("AXISWATCH_DASHBOARD_PASSWORD")
+    if not password or st.session_state.get("aw_authenticated"):
+        return True
+    st.title("axiswatch")
+    entered = st.text_input("Password", type="password", key="aw_password")
+    if entered:
+        if hmac.compare_digest(entered.encode(), password.encode()):
+            st.session_state["aw_authenticated"] = True
+            del st.session_state["aw_password"]
+            st.rerun()
+        st.error("Wrong password.")
+    return False
 
 
 def guard(fn, *args, **kw):

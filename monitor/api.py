@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from monitor.auth import OPEN_PATHS, allowed, bearer
 from monitor.batcher import Batcher
 from monitor.engine import ChatRequest, ChatResult, Engine
 from monitor.errors import AxiswatchError, InputError
@@ -30,6 +31,7 @@ from probes.generation import GenerationOptions
 from probes.models import format_chat
 
 MAX_NEW_TOKENS = 1024
+MAX_BODY_BYTES = MAX_AUDIT_BYTES  # no request body may be larger (chat bodies are far smaller)
 
 
 class Message(BaseModel):
@@ -61,6 +63,9 @@ class Metrics:
         self.sessions = Gauge("axiswatch_sessions", "sessions known to this replica", registry=self.registry)
         self.lag = Gauge("axiswatch_stream_lag", "stream entries not yet delivered to a group", ["stream", "group"],
                          registry=self.registry)
+        self.outbox = Gauge("axiswatch_outbox", "the outbox between the engine and Redis: records queued in "
+                            "memory, spilled to the store, replayed, live entries dropped, outages (cumulative), "
+                            "and redis_down (1 while Redis is unreachable)", ["what"], registry=self.registry)
 
     def observe(self, res: ChatResult, stream: bool) -> None:
         self.requests.labels(str(stream).lower()).inc()
@@ -74,11 +79,25 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
-def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> FastAPI:
+def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_keys: tuple[str, ...] = ()) -> FastAPI:
+    """The ASGI app. ``api_keys``: bearer tokens every endpoint but the health checks requires (none: open).
+    No CORS headers are sent: browsers on other origins cannot call the API."""
     app = FastAPI(title="axiswatch", version="0.1.0",
                   description="Persona-drift monitoring on the Assistant Axis (OpenAI-compatible).")
     metrics = Metrics()
     model_id = engine.lm.model_id
+    keys = tuple(api_keys)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        if keys and request.url.path not in OPEN_PATHS and not allowed(bearer(request.headers.get("authorization")), keys):
+            return JSONResponse({"error": {"message": "missing or invalid API key: send 'Authorization: Bearer <key>' "
+                                                      "with one of AXISWATCH_API_KEYS", "type": "authentication_error"}},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"request body of {length} bytes; the limit is {MAX_BODY_BYTES}", "TooLarge")
+        return await call_next(request)
 
     @app.exception_handler(AxiswatchError)
     async def _axiswatch_error(_req: Request, e: AxiswatchError):
@@ -216,6 +235,12 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None) -> Fa
     @app.get("/metrics")
     async def prometheus():
         metrics.sessions.set(len(engine.sessions))
+        box = engine.publisher
+        if hasattr(box, "stats"):
+            for what in ("spilled", "replayed", "live_dropped", "outages", "lost"):
+                metrics.outbox.labels(what).set(box.stats[what])
+            metrics.outbox.labels("queued").set(box.queued)
+            metrics.outbox.labels("redis_down").set(int(box.down))
         if streams is not None:
             for stream in ("turns", "alerts", "interventions"):
                 for group, lag in streams.lag(stream).items():

@@ -33,6 +33,23 @@ def bearer(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def client_key(env: dict | None = None) -> str | None:
+    """The key a client command (chat, demo, the dashboard's audit upload) sends: ``AXISWATCH_API_KEY``,
+    else the first of ``AXISWATCH_API_KEYS`` (the same machine as the server)."""
+    import os
+
+    env = os.environ if env is None else env
+    if env.get("AXISWATCH_API_KEY"):
+        return env["AXISWATCH_API_KEY"].strip()
+    keys = [k.strip() for k in env.get("AXISWATCH_API_KEYS", "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+def auth_headers(env: dict | None = None) -> dict[str, str]:
+    key = client_key(env)
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
 def allowed(token: str | None, keys: tuple[str, ...]) -> bool:
     """Whether ``token`` is one of ``keys``; every key is compared, each in constant time."""
     if token is None:

@@ -33,7 +33,10 @@ def _stream_http(url: str, body: dict, on_token):
     import httpx
 
     final = {}
-    with httpx.stream("POST", url.rstrip("/") + "/chat/completions", json={**body, "stream": True}, timeout=600) as r:
+    from monitor.auth import auth_headers
+
+    with httpx.stream("POST", url.rstrip("/") + "/chat/completions", json={**body, "stream": True}, timeout=600,
+                      headers=auth_headers()) as r:
         if r.status_code >= 400:
             r.read()
             from monitor.errors import InputError

@@ -38,7 +38,7 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
     rt = service.start(s, workers=not no_workers)
     ui = None
     try:
-        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams)
+        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=s.api_keys)
         if with_dashboard:
             from monitor.cli_dashboard import launch
 
@@ -46,7 +46,8 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
             ui = launch(s, rt.redis_url, s.host, s.dashboard_port, api)
             click.echo(f"dashboard on http://{s.host}:{s.dashboard_port}")
         click.echo(f"axiswatch serving {rt.engine.lm.model_id} on http://{s.host}:{s.port}/v1 "
-                   f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url})")
+                   f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url}, "
+                   f"{'API keys required' if s.api_keys else 'no API keys: open to anyone who can reach it'})")
         click.echo(f"try: curl -s http://{s.host}:{s.port}/v1/chat/completions -H 'content-type: application/json' "
                    "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Who are you?\"}], \"max_tokens\": 32}'")
         # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exit that runs `finally`

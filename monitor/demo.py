@@ -53,7 +53,9 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
     else:
         import httpx
 
-        client = httpx.Client()
+        from monitor.auth import auth_headers
+
+        client = httpx.Client(headers=auth_headers())
         echo(f"driving {url}")
     try:
         for turn in range(max(len(s["turns"]) for s in scripts)):

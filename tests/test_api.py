@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import httpx
 import pytest
 
 from monitor.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving import uvicorn_thread
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     from monitor import service
     from monitor.api import create_app
 
     db = tmp_path_factory.mktemp("db") / "aw.db"
     rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=4))
-    app = create_app(rt.engine, rt.batcher, rt.store, rt.streams)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "rt": rt}
-    srv.should_exit = True
-    t.join(10)
-    rt.close()
+    try:
+        with uvicorn_thread(create_app(rt.engine, rt.batcher, rt.store, rt.streams)) as url:
+            yield {"url": url, "rt": rt}
+    finally:
+        rt.close()
 
 
 @pytest.fixture

@@ -354,3 +354,17 @@ def test_alerts_selection_does_not_move_to_another_alert(monkeypatch, dashboard_
     assert {a["event_id"] for a in stored(copy[0]) if a["acknowledged"]} == {df["event_id"].iloc[0]}
     assert at.button(key="ack").disabled and at.button(key="ack").label == "Acknowledge 0 selected"
     assert len(table(at, "event_id")) == len(df) - 1
+
+
+def test_password_gate(monkeypatch, dashboard_db):
+    monkeypatch.setenv("AXISWATCH_DASHBOARD_PASSWORD", "correct horse battery")
+    db_url, redis_url, _ = dashboard_db
+    monkeypatch.setenv("AXISWATCH_DATABASE_URL", db_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
+    assert not at.exception and [t.value for t in at.title] == ["axiswatch"] and not at.metric
+    at.text_input(key="aw_password").input("wrong").run()
+    assert [e.value for e in at.error] == ["Wrong password."] and not at.metric
+    at.text_input(key="aw_password").input("correct horse battery").run()
+    assert not at.exception and "Sessions" in [t.value for t in at.title] and at.metric

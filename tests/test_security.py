@@ -1,0 +1,125 @@
+"""Security: API keys on every endpoint but the health checks, no CORS, request size limits,
+no pickle loading anywhere, SQL only through the store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from monitor.auth import allowed, bearer, client_key, parse_keys
+from monitor.errors import InputError
+from monitor.settings import Settings
+from serving import uvicorn_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY, OTHER = "k-" + "a" * 30, "k-" + "b" * 30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from monitor import service
+    from monitor.api import create_app
+
+    db = tmp_path_factory.mktemp("db") / "aw.db"
+    rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=2))
+    try:
+        with uvicorn_thread(create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=(KEY, OTHER))) as url:
+            yield url
+    finally:
+        rt.close()
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/v1/chat/completions"), ("POST", "/v1/audit"),
+                                         ("GET", "/v1/sessions"), ("GET", "/v1/sessions/x"), ("GET", "/metrics"),
+                                         ("GET", "/openapi.json"), ("GET", "/docs")])
+def test_every_endpoint_but_health_needs_a_key(server, method, path):
+    for headers in ({}, {"authorization": "Bearer wrong-key-wrong-key-wrong"}, {"authorization": f"Basic {KEY}"},
+                    {"authorization": f"Bearer {KEY}x"}):
+        r = httpx.request(method, server + path, headers=headers, json={})
+        assert r.status_code == 401, (path, headers)
+        assert r.headers["www-authenticate"] == "Bearer" and r.json()["error"]["type"] == "authentication_error"
+        assert KEY not in r.text
+    r = httpx.request(method, server + path, headers={"authorization": f"Bearer {OTHER}"}, json={})
+    assert r.status_code != 401
+
+
+def test_health_checks_are_open(server):
+    assert httpx.get(server + "/healthz").status_code == 200
+    assert httpx.get(server + "/readyz").status_code == 200
+
+
+def test_the_openai_client_authenticates_with_its_api_key(server):
+    from openai import AuthenticationError, OpenAI
+
+    r = OpenAI(base_url=server + "/v1", api_key=KEY).chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert r.model_extra["axiswatch"]["scores"]
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=server + "/v1", api_key="nope").chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+
+
+def test_no_cors_headers(server):
+    pre = httpx.options(server + "/v1/chat/completions", headers={
+        "origin": "https://evil.example", "access-control-request-method": "POST", "authorization": f"Bearer {KEY}"})
+    got = httpx.get(server + "/v1/sessions", headers={"origin": "https://evil.example", "authorization": f"Bearer {KEY}"})
+    for r in (pre, got):
+        assert not any(h.startswith("access-control-") for h in r.headers)
+
+
+def test_request_bodies_are_limited(server):
+    from monitor.api import MAX_BODY_BYTES
+
+    big = b"{" + b" " * MAX_BODY_BYTES + b"}"
+    for path in ("/v1/chat/completions", "/v1/audit"):
+        r = httpx.post(server + path, content=big, headers={"authorization": f"Bearer {KEY}",
+                                                            "content-type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+
+def test_key_parsing_and_comparison():
+    assert parse_keys(None) == () and parse_keys(" , ") == ()
+    assert parse_keys(f"{KEY}, {OTHER} ,") == (KEY, OTHER)
+    with pytest.raises(InputError, match="key number 2 is shorter"):
+        parse_keys(f"{KEY},short")
+    assert bearer(f"Bearer {KEY}") == KEY and bearer(f"bearer  {KEY} ") == KEY
+    assert bearer(None) is None and bearer("Basic abc") is None and bearer("Bearer") is None
+    assert allowed(KEY, (OTHER, KEY)) and not allowed(KEY[:-1], (KEY,)) and not allowed(None, (KEY,))
+    assert client_key({"AXISWATCH_API_KEYS": f"{KEY},{OTHER}"}) == KEY
+    assert client_key({"AXISWATCH_API_KEY": OTHER, "AXISWATCH_API_KEYS": KEY}) == OTHER
+    s = Settings.from_env({"AXISWATCH_API_KEYS": KEY})
+    assert s.api_keys == (KEY,) and KEY not in repr(s)
+
+
+def _sources():
+    for folder in ("probes", "monitor", "dashboard", "bench", "eval"):
+        yield from (ROOT / folder).rglob("*.py")
+
+
+def test_no_pickle_loading_anywhere():
+    """Model and artifact files are untrusted input: nothing may unpickle them."""
+    bad = []
+    for path in _sources():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"weights_only\s*=\s*False|pickle\.loads?\(|cPickle|dill\.load|joblib\.load", code):
+                bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+            if "torch.load(" in code and "weights_only=True" not in code:
+                bad.append(f"{path.relative_to(ROOT)}:{n}: torch.load without weights_only=True")
+    assert not bad, bad
+
+
+def test_sql_only_through_the_store():
+    """One module owns the database: no driver imports or raw SQL strings elsewhere."""
+    bad = []
+    for path in _sources():
+        if path == ROOT / "monitor" / "store.py":
+            continue
+        text = path.read_text()
+        for pat in (r"^\s*import (sqlite3|psycopg)", r"^\s*from (sqlite3|psycopg)", r"exec_driver_sql\(",
+                    r"sqlalchemy import .*\btext\b", r"\.execute\(\s*f?[\"'](SELECT|INSERT|UPDATE|DELETE)"):
+            bad += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in re.finditer(pat, text, re.M | re.I)]
+    assert not bad, bad
