@@ -79,8 +79,10 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
-def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_keys: tuple[str, ...] = ()) -> FastAPI:
+def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_keys: tuple[str, ...] = (),
+               max_new_tokens: int = MAX_NEW_TOKENS) -> FastAPI:
     """The ASGI app. ``api_keys``: bearer tokens every endpoint but the health checks requires (none: open).
+    ``max_new_tokens``: the most tokens one request may ask for (``AXISWATCH_MAX_NEW_TOKENS``).
     No CORS headers are sent: browsers on other origins cannot call the API."""
     app = FastAPI(title="axiswatch", version="0.1.0",
                   description="Persona-drift monitoring on the Assistant Axis (OpenAI-compatible).")
@@ -114,8 +116,11 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         sid = body.session_id or header_sid
         if sid is not None and (len(sid) > 128 or not all(c.isalnum() or c in "_.:-" for c in sid)):
             raise InputError("X-Session-Id must be 1-128 characters of letters, digits, '_', '.', ':' or '-'")
+        asked = body.max_completion_tokens or body.max_tokens
+        if asked is not None and asked > max_new_tokens:
+            raise InputError(f"max_tokens is {asked}; this server allows at most {max_new_tokens}")
         session = engine.session(sid, body.policy)
-        opts = GenerationOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens or 256,
+        opts = GenerationOptions(max_new_tokens=asked or min(256, max_new_tokens),
                                  temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, seed=body.seed)
         return ChatRequest(session.id, [m.model_dump() for m in body.messages], opts, body.policy)
 

@@ -38,7 +38,8 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
     rt = service.start(s, workers=not no_workers)
     ui = None
     try:
-        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=s.api_keys)
+        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=s.api_keys,
+                         max_new_tokens=s.max_new_tokens)
         if with_dashboard:
             from monitor.cli_dashboard import launch
 

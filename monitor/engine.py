@@ -80,11 +80,13 @@ class Engine:
     def __init__(self, lm: LoadedModel, axis: AxisArtifact, thresholds: Thresholds,
                  capping: CappingConfig | None = None, drift: DriftConfig | None = None,
                  policy: str = "flag", publisher: Publisher | None = None,
-                 session_lookup: Callable[[str], dict | None] | None = None, max_sessions: int = 10_000):
+                 session_lookup: Callable[[str], dict | None] | None = None, max_sessions: int = 10_000,
+                 replica: str = ""):
         self.lm, self.axis, self.capping, self.thresholds = lm, axis, capping, thresholds
         self.drift = drift or DriftConfig()
         self.policy = parse_policy(policy)
         self.publisher = publisher
+        self.replica = replica  # this process' id in live entries; its heartbeat tells others it is alive
         # continues sessions this process has not seen (a restart, another replica): {source, policy, capped, next_turn}
         self.session_lookup = session_lookup
         self.layer = axis.monitor_layer
@@ -163,6 +165,10 @@ class Engine:
             user_turns.append(s.next_turn if has_user else None)
             turns.append(s.next_turn + int(has_user))
             s.next_turn += 1 + int(has_user)
+        for r, s, ut in zip(requests, sessions, user_turns):  # recorded before the reply: a crash keeps it
+            if ut is not None:
+                self._publish(TurnRecord(s.id, ut, "user", r.messages[-1]["content"], self.layer, source=s.source,
+                                         model_id=self.lm.model_id))
         opened = []
         try:
             for s, t in zip(sessions, turns):
@@ -182,11 +188,6 @@ class Engine:
         sink.flush_live([k for k in range(len(sessions)) if not sink.done[k]], final=True)
         for k, (r, s, g, summary) in enumerate(zip(requests, sessions, outs, summaries)):
             turn = turns[k]
-            if user_turns[k] is not None:
-                self._publish(TurnRecord(s.id, user_turns[k], "user", r.messages[-1]["content"], self.layer,
-                                         source=s.source, model_id=self.lm.model_id))
-            for e in sink.alerts[k] + sink.interventions[k]:
-                self._publish(e)
             capped_any = any(g.cap_flags)
             self._publish(TurnRecord(s.id, turn, "assistant", g.text, self.layer, g.tokens, g.scores,
                                      g.pre_cap_scores if capped_any else None, g.cap_flags if capped_any else None,
@@ -259,7 +260,7 @@ class _Sink:
         self.e, self.requests, self.sessions, self.turns = engine, requests, sessions, turns
         b = len(requests)
         self.ids: list[list[int]] = [[] for _ in range(b)]
-        self.live: list[list[tuple[int, float]]] = [[] for _ in range(b)]
+        self.live: list[list[tuple[int, float, str]]] = [[] for _ in range(b)]  # (index, score, text piece)
         self.alerts: list[list[AlertEvent]] = [[] for _ in range(b)]
         self.interventions: list[list[InterventionRecord]] = [[] for _ in range(b)]
         self.offsets = [(0, 0)] * b  # streaming detokenisation window per row: (context start, emitted up to)
@@ -268,6 +269,7 @@ class _Sink:
 
     def put(self, step, tokens, scores, content):
         more = torch.zeros(len(self.sessions), dtype=torch.bool)
+        calls = []
         for k, s in enumerate(self.sessions):
             if not bool(content[k]):
                 if not self.done[k]:  # this row just ended its turn: say so now, not at the end of the batch
@@ -279,20 +281,25 @@ class _Sink:
             self.ids[k].append(int(tokens[k]))
             for ev in s.tracker.update([score], self.turns[k]):
                 if ev.kind == "alert":
-                    self.alerts[k].append(AlertEvent(s.id, self.turns[k], idx, ev.level, ev.running, ev.threshold,
-                                                     policy=s.policy))
+                    a = AlertEvent(s.id, self.turns[k], idx, ev.level, ev.running, ev.threshold, policy=s.policy)
+                    self.alerts[k].append(a)
+                    self.e._publish(a)  # alerted now, not at the end of the turn
                 elif ev.kind == "cap" and not s.capped:
                     s.capped = True
                     more[k] = True
                     cfg = self.e.capping
-                    self.interventions[k].append(InterventionRecord(
-                        s.id, self.turns[k], idx + 1, cfg.id, self.e.thresholds.as_dict(), list(cfg.layers)))
-            self.live[k].append((idx, score))
-            req = self.requests[k]
-            if req.on_token is not None:
-                req.on_token({"session_id": s.id, "token_index": idx, "token": self._piece(k), "score": score,
-                              "state": s.tracker.state, "capped": s.capped})
+                    iv = InterventionRecord(s.id, self.turns[k], idx + 1, cfg.id, self.e.thresholds.as_dict(),
+                                            list(cfg.layers))
+                    self.interventions[k].append(iv)
+                    self.e._publish(iv)
+            piece = self._piece(k)
+            self.live[k].append((idx, score, piece))
+            if self.requests[k].on_token is not None:
+                calls.append((k, {"session_id": s.id, "token_index": idx, "token": piece, "score": score,
+                                  "state": s.tracker.state, "capped": s.capped}))
         self.flush_live([k for k in range(len(self.sessions)) if self.live[k]])  # one round trip per step
+        for k, tok in calls:  # after the live tail has them: what a client saw is never lost
+            self.requests[k].on_token(tok)
         return more
 
     def _piece(self, k: int) -> str:
@@ -320,8 +327,10 @@ class _Sink:
             s = self.sessions[k]
             items.append((s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
                                  "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
-                                 "scores": [x for _, x in self.live[k]], "state": s.tracker.state,
-                                 "running": s.tracker.running, "capped": s.capped, "final": k in finals}))
+                                 "scores": [x for _, x, _ in self.live[k]], "tokens": [p for _, _, p in self.live[k]],
+                                 "state": s.tracker.state, "running": s.tracker.running, "capped": s.capped,
+                                 "final": k in finals, "replica": self.e.replica, "layer": self.e.layer,
+                                 "model_id": self.e.lm.model_id}))
             self.live[k] = []
         try:  # the live tail is a display buffer: a failure must not stop generation
             pub.publish_live_many(items)

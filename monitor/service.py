@@ -6,6 +6,7 @@ the batcher and, unless ``workers=False``, an in-process persistence worker.
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -25,6 +26,22 @@ class Runtime:
     batcher: object = None
     workers: list = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
+
+    def start_heartbeat(self, every_s: float = 3.0, ttl_s: int = 10) -> None:
+        """Keep this replica's heartbeat alive in Redis (others recover its half replies when it stops)."""
+        stop = threading.Event()
+
+        def beat():
+            while True:
+                try:
+                    self.streams.heartbeat(self.engine.replica, ttl_s)
+                except Exception as e:  # noqa: BLE001 - Redis down: the outbox copes; keep beating
+                    log.debug("heartbeat failed: %s", e)
+                if stop.wait(every_s):
+                    return
+
+        threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+        self._stack.callback(stop.set)
 
     def close(self) -> None:
         """Stop taking requests, let the workers drain what was published, then stop everything."""
@@ -98,8 +115,11 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             thresholds = settings.drift_thresholds(thresholds_from_calibration(axis.layer_stats()))
             drift = DriftConfig(alpha=settings.ewma_alpha, hysteresis=settings.hysteresis,
                                 min_tokens=settings.min_tokens, cooldown_tokens=settings.cooldown_tokens)
+            from monitor.workers import consumer_name
+
             rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=rt.outbox,
-                               session_lookup=store.session_meta)
+                               session_lookup=store.session_meta, replica=consumer_name("serve"))
+            rt.start_heartbeat()
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
             streams.set_deployment({
                 "model_id": lm.model_id, "layer": rt.engine.layer, "policy": rt.engine.policy,

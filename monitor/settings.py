@@ -4,7 +4,7 @@
 ``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_DASHBOARD_PORT``, ``AXISWATCH_THRESHOLD_WATCH``/``_WARNING``/``_CRITICAL``,
 ``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``,
 ``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``,
-``AXISWATCH_API_KEYS``, ``AXISWATCH_WORKER_RECLAIM_IDLE_MS``, and the
+``AXISWATCH_API_KEYS``, ``AXISWATCH_WORKER_RECLAIM_IDLE_MS``, ``AXISWATCH_MAX_NEW_TOKENS``, and the
 model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPPING``, ...).
 """
 
@@ -91,6 +91,7 @@ class Settings:
     webhook: object = None  # monitor.webhooks.WebhookConfig (its repr hides the secret) or None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
+    max_new_tokens: int = 1024  # the most tokens one request may ask for
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -112,7 +113,8 @@ class Settings:
                    ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
                    hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
-                   api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int))
+                   api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
+                   max_new_tokens=_num(get, "MAX_NEW_TOKENS", "1024", int))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

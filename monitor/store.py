@@ -293,13 +293,27 @@ class Store:
                 conn.execute(insert(SchemaVersion.__table__).values(version=version, applied_at=time.time()))
         return SCHEMA_VERSION
 
-    def _insert(self, s: Session, model: type[Base], rows: list[dict], keys: tuple[str, ...]) -> int:
-        # INSERT ... ON CONFLICT DO NOTHING RETURNING: the number of rows actually inserted
+    def _insert(self, s: Session, model: type[Base], rows: list[dict], keys: tuple[str, ...],
+                longer_wins: bool = False) -> int:
+        """INSERT ... ON CONFLICT DO NOTHING RETURNING: the number of rows written. ``longer_wins`` (turns):
+        a row with more tokens replaces the stored one (a whole reply over the part a recovery stored from
+        the live tail); a replay of the same record changes nothing."""
         if not rows:
             return 0
         ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(model.__table__)
-        stmt = ins.on_conflict_do_nothing(index_elements=list(keys)).returning(*model.__table__.primary_key)
-        return len(s.execute(stmt, rows).all())
+        if longer_wins:  # one row per key (PostgreSQL refuses to update a row twice in one statement)
+            best: dict[tuple, dict] = {}
+            for r in rows:
+                k = tuple(r[c] for c in keys)
+                if k not in best or r["n_tokens"] > best[k]["n_tokens"]:
+                    best[k] = r
+            rows = list(best.values())
+            cols = {c.name: ins.excluded[c.name] for c in model.__table__.columns if c.name not in ("id", *keys)}
+            stmt = ins.on_conflict_do_update(index_elements=list(keys), set_=cols,
+                                             where=ins.excluded.n_tokens > model.__table__.c.n_tokens)
+        else:
+            stmt = ins.on_conflict_do_nothing(index_elements=list(keys))
+        return len(s.execute(stmt.returning(*model.__table__.primary_key), rows).all())
 
     def write(self, turns: Iterable[TurnRecord] = (), alerts: Iterable[AlertEvent] = (),
               interventions: Iterable[InterventionRecord] = ()) -> dict[str, int]:
@@ -317,7 +331,8 @@ class Store:
             counts["sessions"] = self._insert(s, SessionRow, new, ("id",))
             # Lock the session rows (PostgreSQL) so that concurrent batches recompute counters in turn.
             s.execute(select(SessionRow.id).where(SessionRow.id.in_(ids)).order_by(SessionRow.id).with_for_update())
-            counts["turns"] = self._insert(s, TurnRow, [_row(t) for t in turns], ("session_id", "turn"))
+            counts["turns"] = self._insert(s, TurnRow, [_row(t) for t in turns], ("session_id", "turn"),
+                                           longer_wins=True)
             counts["alerts"] = self._insert(s, AlertRow, [_row(a) for a in alerts], ("event_id",))
             counts["interventions"] = self._insert(s, InterventionRow, [_row(i) for i in interventions],
                                                    ("session_id", "turn", "token_index", "config_id"))
@@ -454,6 +469,11 @@ class Store:
     def spill_count(self) -> int:
         with self._tx() as s:
             return s.scalar(select(func.count()).select_from(SpillRow)) or 0
+
+    def token_count_total(self) -> int:
+        """Tokens stored across all sessions."""
+        with self._tx() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(SessionRow.n_tokens), 0))) or 0)
 
     def token_count(self, session_id: str) -> int:
         """Tokens stored for a session (0 when unknown)."""

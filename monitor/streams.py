@@ -127,6 +127,16 @@ class Streams:
         p.zremrangebyscore(self.key("live_index"), "-inf", time.time() - self.live_ttl_s)
         p.execute()
 
+    def heartbeat(self, replica: str, ttl_s: int = 10) -> None:
+        """Say that ``replica`` (a ``serve`` process) is alive for the next ``ttl_s`` seconds."""
+        self.r.set(self.key(f"replica:{replica}"), time.time(), ex=ttl_s)
+
+    def alive(self, replicas: list[str]) -> set[str]:
+        """The replicas among these whose heartbeat has not expired."""
+        if not replicas:
+            return set()
+        return {r for r, v in zip(replicas, self.r.mget([self.key(f"replica:{r}") for r in replicas])) if v}
+
     def set_deployment(self, info: dict) -> None:
         """What a ``serve`` replica runs with (model, layer, thresholds, capping...), for the dashboard."""
         self.r.set(self.key("deployment"), json.dumps({**info, "updated_at": time.time()}))

@@ -4,7 +4,9 @@ It reads the ``persist`` group of the turns, alerts and interventions streams,
 writes each batch to the store in one idempotent transaction, and acknowledges
 the entries only after the commit. On start (and every ``reclaim_every_s``) it
 takes over entries that another, dead, consumer was given but never
-acknowledged. Replays create no duplicate rows (the store's keys).
+acknowledged. Replays create no duplicate rows (the store's keys). Every
+``recover_every_s`` it stores the replies a dead ``serve`` replica left half
+generated (monitor/recovery.py).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import time
 import redis
 
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.recovery import recover_interrupted
 from monitor.store import Store
 from monitor.streams import Entry, Streams
 from monitor.errors import InputError
 
 log = logging.getLogger(__name__)
 PERSISTED = ("turns", "alerts", "interventions")
+RECOVER_GRACE_S = 12.0  # > a replica's heartbeat period (3 s) and TTL (10 s)
 RECORD = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
 
 
@@ -45,6 +49,7 @@ class StreamWorker:
         raise NotImplementedError
 
     webhooks_group = False  # the alert worker's group is made only where alert delivery runs
+    _up_since = 0.0
 
     def run(self) -> None:
         down_since = None
@@ -56,7 +61,7 @@ class StreamWorker:
                 self.run_once(self.block_ms)
                 if down_since is not None:
                     log.warning("%s: Redis is back after %.1f s", self.name, time.monotonic() - down_since)
-                    down_since = None
+                    down_since, self._up_since = None, time.monotonic()
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 if down_since is None:
                     down_since = time.monotonic()
@@ -86,8 +91,11 @@ class StreamWorker:
 
 class PersistWorker(StreamWorker):
     def __init__(self, streams: Streams, store: Store, name: str | None = None, batch: int = 200,
-                 block_ms: int = 500, reclaim_idle_ms: int = 30_000, reclaim_every_s: float = 30.0):
+                 block_ms: int = 500, reclaim_idle_ms: int = 30_000, reclaim_every_s: float = 30.0,
+                 recover_every_s: float = 5.0):
         self.streams, self.store, self.batch, self.block_ms = streams, store, batch, block_ms
+        self.recover_every_s, self._last_recover = recover_every_s, 0.0
+        self._up_since = time.monotonic()  # when Redis last came (back) up for this worker
         self.name = name or consumer_name("persist")
         self.reclaim_idle_ms, self.reclaim_every_s = reclaim_idle_ms, reclaim_every_s
         self._stop = threading.Event()
@@ -125,6 +133,12 @@ class PersistWorker(StreamWorker):
     def run_once(self, block_ms: int | None = None) -> int:
         """One pass over the three streams (reclaiming first when due); returns entries handled."""
         entries: list[Entry] = []
+        now = time.monotonic()
+        if now - self._last_recover >= self.recover_every_s and now - self._up_since >= RECOVER_GRACE_S:
+            # replies cut off by a dead replica; not right after Redis came back: a live replica's
+            # heartbeat may have expired during the outage and needs a moment to be renewed
+            self._last_recover = now
+            recover_interrupted(self.streams, self.store)
         if time.monotonic() - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = time.monotonic()
             for stream in PERSISTED:

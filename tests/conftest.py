@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
 import torch
 
@@ -40,3 +43,29 @@ def dashboard_db(tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'seeded.db'}"
     with EmbeddedRedis() as redis:
         yield db, redis.url, real_sessions(db, redis.url)
+
+
+PG_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    import psycopg  # a dependency of the store itself: missing is an error, not a skip
+
+    try:
+        conn = psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL server unreachable at {PG_URL}: {e}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_admin):
+    """The machine's PostgreSQL with a fresh, uniquely named schema (dropped afterwards)."""
+    schema = f"axw_test_{uuid.uuid4().hex[:16]}"
+    pg_admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        pg_admin.execute(f'DROP SCHEMA "{schema}" CASCADE')

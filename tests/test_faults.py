@@ -172,3 +172,65 @@ def test_persistence_worker_sigkilled_mid_batch(tmp_path):
         redis.stop()
     assert sum(s["n_tokens"] for s in store.list_sessions(limit=100)) == 2 * n  # no duplicate rows
     print(f"worker SIGKILL: {n} turns, {pending} pending at the kill ({stored_at_kill} stored), 0 lost, 0 duplicated")
+
+
+def test_serve_killed_mid_reply_keeps_what_was_streamed(tmp_path):
+    """`axiswatch serve` SIGKILLed while streaming a reply: the tokens the client already had are stored
+    as the (partial) turn, the session is marked interrupted, and a restarted server continues it."""
+    import httpx
+
+    redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    db, port = f"sqlite:///{tmp_path / 'a.db'}", _free_port()
+    env = dict(os.environ, REDIS_URL=redis.url, AXISWATCH_DATABASE_URL=db, AXISWATCH_PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+
+    def start():
+        proc = subprocess.Popen([AXISWATCH, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: proc.poll() is None and _ready(url), 120, "serve ready", poll_s=0.3)
+        return proc
+
+    first = start()
+    second = None
+    received = []
+    try:
+        body = {"messages": [{"role": "user", "content": "Tell me a very long story about a lighthouse keeper."}],
+                "max_tokens": 600, "stream": True, "session_id": "cut-off"}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"token_index"' in line:
+                    received.append(line)
+                    if len(received) == 20:
+                        first.send_signal(signal.SIGKILL)
+                        first.wait()
+                        break
+        store = Store(db)
+        second = start()
+        sess = wait_until(lambda: (s := store.get_session("cut-off")) and s["interrupted"] and s, 60,
+                          "interrupted session stored")
+        turns = {t["turn"]: t for t in sess["turns"]}
+        assert turns[0]["role"] == "user" and "lighthouse" in turns[0]["text"]
+        assert turns[1]["role"] == "assistant" and turns[1]["n_tokens"] >= len(received) == 20
+        import json
+
+        streamed = "".join(json.loads(x[6:])["choices"][0]["delta"]["content"] for x in received)
+        assert turns[1]["text"].startswith(streamed) and turns[1]["scores"]
+        # the restarted server serves new requests and continues the session's numbering
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Go on."}],
+                                                          "max_tokens": 4, "session_id": "cut-off"}, timeout=60)
+        assert r.status_code == 200 and r.json()["axiswatch"]["turn"] == 3
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(30)
+        redis.stop()
+    print(f"serve SIGKILL: {len(received)} tokens streamed, {turns[1]['n_tokens']} stored, session interrupted")
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url + "/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

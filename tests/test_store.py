@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from array import array
 from contextlib import closing
 
@@ -16,20 +14,6 @@ from monitor.store import (SCHEMA_VERSION, AlertRow, Base, InterventionRow, NotF
                            SessionRow, Store, StoreError, TurnRow)
 from probes.errors import InputError
 
-PG_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="session")
-def pg_admin():
-    import psycopg  # a dependency of the store itself: missing is an error, not a skip
-
-    try:
-        conn = psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL server unreachable at {PG_URL}: {e}")
-    yield conn
-    conn.close()
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
@@ -37,13 +21,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'axiswatch.db'}"
         return
-    admin = request.getfixturevalue("pg_admin")
-    schema = f"axw_test_{uuid.uuid4().hex[:16]}"
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    yield request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
@@ -172,6 +150,16 @@ def test_idempotent_replay(store):
     assert [count(store, m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)] == before == [2, 3, 2, 1]
     assert store.get_session("a")["n_turns"] == 2 and store.token_count("a") == 8
     assert store.write() == dict(sessions=0, turns=0, alerts=0, interventions=0)
+
+
+def test_a_longer_turn_replaces_a_recovered_part(store):
+    """A reply cut off and recovered from the live tail, then the whole turn (a replica that was only
+    cut off from Redis): the whole one wins; replays of either change nothing."""
+    part, whole = turn("r", 1, n=2), turn("r", 1, n=5)
+    assert store.write(turns=[part])["turns"] == 1
+    assert store.write(turns=[whole, whole])["turns"] == 1 and store.token_count("r") == 5
+    assert store.write(turns=[part, whole])["turns"] == 0
+    assert store.token_count("r") == 5 and len(store.get_session("r")["turns"][0]["scores"]) == 5
 
 
 def test_session_counters(store):

@@ -1,0 +1,55 @@
+"""Turns cut off by a dead ``serve`` process: keep what was streamed, mark the session interrupted.
+
+A replica publishes every generated token to its session's live tail (with its text piece and the
+replica's id) before the client sees it, and keeps a heartbeat key alive in Redis. When a replica
+dies in the middle of a reply (SIGKILL, OOM, a lost machine) the reply's turn never reaches the
+durable streams. :func:`recover_interrupted`, run every few seconds by the persistence workers, finds
+sessions whose newest live entry is not final and whose replica's heartbeat has expired, stores the
+partial reply as the turn it was (tokens, scores, drift state so far) and marks the session
+``interrupted``. Writes are idempotent, so several workers may run it at once. A restarted replica
+continues such a session at the next turn number.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from monitor.records import TurnRecord
+
+log = logging.getLogger(__name__)
+
+
+def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 86_400.0) -> list[str]:
+    """Store the partial turns of sessions whose replica died mid-reply; the session ids recovered."""
+    now = time.time()
+    active = streams.live_sessions(now - window_s)
+    latest = streams.live_latest(sorted(active))
+    open_ = {sid: d for sid, d in latest.items() if not d.get("final") and d.get("replica")
+             and now - active.get(sid, now) >= stale_s}
+    if not open_:
+        return []
+    alive = streams.alive(sorted({d["replica"] for d in open_.values()}))
+    done = []
+    for sid, last in open_.items():
+        if last["replica"] in alive:
+            continue
+        turn = last.get("turn")
+        scores, pieces = [], []
+        for e in streams.read_live(sid, count=100_000):
+            d = e.data
+            if d.get("turn") == turn and int(d.get("start", -1)) == len(scores):
+                scores += [float(x) for x in d.get("scores") or []]
+                pieces += list(d.get("tokens") or [""] * len(d.get("scores") or []))
+        rec = TurnRecord(sid, int(turn), "assistant", "".join(pieces), int(last.get("layer") or 0), pieces, scores,
+                         state=last.get("state") or "ok", running=last.get("running"),
+                         model_id=last.get("model_id") or "")
+        store.write(turns=[rec])
+        store.mark_interrupted(sid)
+        # close the tail: the session is no longer generating, and nobody recovers it twice
+        streams.publish_live(sid, {**last, "start": len(scores), "scores": [], "tokens": [], "final": True,
+                                   "interrupted": True})
+        log.warning("session %s: replica %s died mid-reply; stored its %d streamed tokens of turn %s and marked "
+                    "the session interrupted", sid, last["replica"], len(scores), turn)
+        done.append(sid)
+    return done

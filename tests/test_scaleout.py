@@ -1,0 +1,98 @@
+"""Scale-out on one machine: two `serve --no-workers` replicas and two `axiswatch worker` processes
+sharing one Redis and one PostgreSQL, 50 concurrent sessions. Every token score is stored exactly once
+and every alert is delivered to the webhook exactly once per event id."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from monitor.redis_server import EmbeddedRedis, _free_port
+from monitor.store import Store
+from test_webhooks import SECRET, Receiver
+
+AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+SESSIONS, TURNS = 50, 2
+
+
+def _until(cond, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.25)
+    raise TimeoutError(what)
+
+
+@pytest.mark.slow
+def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
+    redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    hook = Receiver()
+    Store(pg_url).migrate()
+    env = dict(os.environ, REDIS_URL=redis.url, AXISWATCH_DATABASE_URL=pg_url, AXISWATCH_WEBHOOK_URL=hook.url,
+               AXISWATCH_WEBHOOK_SECRET=SECRET, AXISWATCH_BATCH_SIZE="16", AXISWATCH_MIN_TOKENS="1",
+               # thresholds every reply crosses: every session alerts at once (deterministic load)
+               AXISWATCH_THRESHOLD_WATCH="1000", AXISWATCH_THRESHOLD_WARNING="999", AXISWATCH_THRESHOLD_CRITICAL="-1000")
+    ports = [_free_port(), _free_port()]
+    procs = [subprocess.Popen([AXISWATCH, "serve", "--no-workers", "--port", str(p)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+    procs += [subprocess.Popen([AXISWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+              for _ in range(2)]
+    generated: dict[str, int] = {}
+    try:
+        def ready(p):
+            try:
+                return httpx.get(f"http://127.0.0.1:{p}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _until(lambda: all(ready(p) for p in ports), 180, "replicas ready")
+
+        def converse(i: int) -> None:  # a session sticks to one replica (load-balancer affinity)
+            url, sid, msgs, n = f"http://127.0.0.1:{ports[i % 2]}/v1/chat/completions", f"scale-{i}", [], 0
+            for t in range(TURNS):
+                msgs.append({"role": "user", "content": f"Question {t} of session {i}: who are you?"})
+                r = httpx.post(url, json={"messages": msgs, "max_tokens": 8, "session_id": sid}, timeout=300)
+                r.raise_for_status()
+                body = r.json()
+                msgs.append({"role": "assistant", "content": body["choices"][0]["message"]["content"]})
+                n += len(body["axiswatch"]["scores"])
+            generated[sid] = n
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(SESSIONS) as pool:
+            list(pool.map(converse, range(SESSIONS)))
+        wall = time.monotonic() - t0
+        store = Store(pg_url)
+        _until(lambda: sum(s["n_tokens"] for s in store.list_sessions(limit=1000)) >= sum(generated.values()),
+               120, "all tokens stored")
+        alerts = store.list_alerts(limit=10_000)
+        _until(lambda: len({r["headers"]["webhook-id"] for r in hook.requests if r["status"] == 200})
+               >= len(store.list_alerts(limit=10_000)), 120, "all alerts delivered")
+        alerts = store.list_alerts(limit=10_000)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+        hook.close()
+        redis.stop()
+    sessions = {s["id"]: s for s in store.list_sessions(limit=1000)}
+    assert set(sessions) == set(generated) and len(generated) == SESSIONS
+    for sid, n in generated.items():
+        assert sessions[sid]["n_tokens"] == n > 0 and sessions[sid]["n_turns"] == 2 * TURNS, sid
+    assert len(alerts) >= SESSIONS  # every session alerts
+    delivered = Counter(r["headers"]["webhook-id"] for r in hook.requests if r["status"] == 200)
+    assert set(delivered) == {a["event_id"] for a in alerts}
+    assert max(delivered.values()) == 1  # exactly once per event id, across two alert workers
+    assert all(a["delivery_status"] == "delivered" for a in alerts)
+    print(f"scale-out: 2 replicas + 2 workers, {SESSIONS} sessions, {sum(generated.values())} tokens in "
+          f"{wall:.1f} s, {len(alerts)} alerts, each delivered once")
