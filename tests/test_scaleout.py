@@ -39,6 +39,7 @@ def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
     Store(pg_url).migrate()
     env = dict(os.environ, REDIS_URL=redis.url, AXISWATCH_DATABASE_URL=pg_url, AXISWATCH_WEBHOOK_URL=hook.url,
                AXISWATCH_WEBHOOK_SECRET=SECRET, AXISWATCH_BATCH_SIZE="16", AXISWATCH_MIN_TOKENS="1",
+               OMP_NUM_THREADS="1",  # two replicas on two cores: one thread each
                # thresholds every reply crosses: every session alerts at once (deterministic load)
                AXISWATCH_THRESHOLD_WATCH="1000", AXISWATCH_THRESHOLD_WARNING="999", AXISWATCH_THRESHOLD_CRITICAL="-1000")
     ports = [_free_port(), _free_port()]
