@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test test-slow axis-quick axis-standard clean
+.PHONY: install run demo test test-slow axis-quick axis-standard eval eval-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,12 @@ axis-standard: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset standard --work runs/standard --out probes/shipped/smollm2-135m-instruct
 	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct --percentiles 25,50,75,90
 	$(BIN)/axiswatch evaluate-steering --axis probes/shipped/smollm2-135m-instruct
+
+eval: $(STAMP)
+	$(BIN)/python -m eval.run
+
+eval-quick: $(STAMP)
+	$(BIN)/python -m eval.run --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -164,7 +164,7 @@ def heatmap(view: SessionView, th: Thresholds) -> str:
             continue
         head += f" · mean {t['mean']:+.2f} · {t['n_tokens']} tokens · state {t['state']}"
         if t["live"]:
-            head += " · generating (scores from the live tail; text when the turn is stored)"
+            head += " · generating (from the live tail)"
         spans = []
         for tok in view.tokens[t["start"]:t["end"]]:
             tip = (f"turn {tok['turn']} token {tok['t']}: score {tok['score']:+.3f}, running {tok['running']:+.3f} "

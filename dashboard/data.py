@@ -183,7 +183,8 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     if stored is None and not entries:
         return None
     stored = stored or {"id": session_id, "turns": [], "alerts": [], "interventions": []}
-    tracker = DriftTracker(dep.thresholds, DriftConfig(alpha=dep.alpha), policy="observe")
+    knobs = {k: v for k, v in dep.drift.items() if k in ("hysteresis", "min_tokens", "cooldown_tokens")}
+    tracker = DriftTracker(dep.thresholds, DriftConfig(alpha=dep.alpha, **knobs), policy="observe")
     tokens: list[dict] = []
     turns: list[dict] = []
     for t in stored["turns"]:
@@ -200,7 +201,7 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
         turns.append(dict(turn=t["turn"], role=t["role"], text=t["text"], start=start, end=len(tokens),
                           mean=t.get("mean"), state=t.get("state"), n_tokens=len(scores), live=False))
     done = {t["turn"] for t in stored["turns"]}
-    live_turns: dict[int, list[tuple[float, bool]]] = {}  # turn -> (score, capping on) per token
+    live_turns: dict[int, list[tuple[float, bool, str]]] = {}  # turn -> (score, capping on, text) per token
     live_meta: dict[int, dict] = {}
     for e in entries:  # newer turns only: a stored turn is the record, the tail a display buffer
         d = e.data
@@ -210,17 +211,19 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
         buf = live_turns.setdefault(turn, [])
         start = int(d.get("start", len(buf)))
         if start == len(buf):  # in order (a gap means the tail was capped: keep what follows the gap out)
-            buf.extend((float(x), bool(d.get("capped"))) for x in d.get("scores") or [])
+            scores = d.get("scores") or []
+            pieces = d.get("tokens") or [""] * len(scores)
+            buf.extend((float(x), bool(d.get("capped")), p) for x, p in zip(scores, pieces))
         live_meta[turn] = d
     for turn in sorted(live_turns):
         start = len(tokens)
-        for k, (sc, on) in enumerate(live_turns[turn]):
+        for k, (sc, on, piece) in enumerate(live_turns[turn]):
             tracker.update([sc], turn)
-            tokens.append(dict(i=len(tokens), turn=turn, t=k, token="", score=sc, pre_cap=None, capped=on,
+            tokens.append(dict(i=len(tokens), turn=turn, t=k, token=piece, score=sc, pre_cap=None, capped=on,
                                running=tracker.running, state=tracker.state))
         if live_turns[turn]:
             tracker.end_turn()
-        scores = [sc for sc, _ in live_turns[turn]]
+        scores = [sc for sc, _, _ in live_turns[turn]]
         turns.append(dict(turn=turn, role="assistant", text="", start=start, end=len(tokens),
                           mean=sum(scores) / len(scores) if scores else None, state=live_meta[turn].get("state"),
                           n_tokens=len(scores), live=True))

@@ -75,6 +75,53 @@ class Metrics:
         self.capped.inc(len(res.interventions))
 
 
+class _Guard:
+    """ASGI middleware in front of every route: API keys, then the body size limit.
+
+    With ``keys``, every path but the health checks needs ``Authorization: Bearer <key>`` (401).
+    A body over ``limit`` bytes gets 413, whether it declares its length or comes chunked (a chunked
+    body is read up to the limit before the route sees it)."""
+
+    def __init__(self, app, keys: tuple[str, ...], limit: int):
+        self.app, self.keys, self.limit = app, keys, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.keys and scope["path"] not in OPEN_PATHS and not allowed(bearer(headers.get("authorization")),
+                                                                          self.keys):
+            reply = JSONResponse({"error": {"message": "missing or invalid API key: send 'Authorization: Bearer "
+                                                       "<key>' with one of AXISWATCH_API_KEYS",
+                                            "type": "authentication_error"}},
+                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await reply(scope, receive, send)
+        too_large = _error(413, f"request body over the limit of {self.limit} bytes", "TooLarge")
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            return await self.app(scope, receive, send)
+        parts, seen, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return
+            parts.append(msg.get("body") or b"")
+            seen += len(parts[-1])
+            if seen > self.limit:
+                return await too_large(scope, receive, send)
+            more = msg.get("more_body", False)
+        whole = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+
+        async def replay():
+            return whole.pop() if whole else await receive()
+
+        return await self.app(scope, replay, send)
+
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
@@ -90,16 +137,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
     model_id = engine.lm.model_id
     keys = tuple(api_keys)
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if keys and request.url.path not in OPEN_PATHS and not allowed(bearer(request.headers.get("authorization")), keys):
-            return JSONResponse({"error": {"message": "missing or invalid API key: send 'Authorization: Bearer <key>' "
-                                                      "with one of AXISWATCH_API_KEYS", "type": "authentication_error"}},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request body of {length} bytes; the limit is {MAX_BODY_BYTES}", "TooLarge")
-        return await call_next(request)
+    app.add_middleware(_Guard, keys=keys, limit=MAX_BODY_BYTES)
 
     @app.exception_handler(AxiswatchError)
     async def _axiswatch_error(_req: Request, e: AxiswatchError):
@@ -234,7 +272,10 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
                 checks["redis"] = bool(streams.r.ping())
             except Exception:  # noqa: BLE001 - any failure means not ready
                 checks["redis"] = False
-        ok = all(checks.values())
+        # Redis down does not make a replica unready: generation goes on and the outbox buffers
+        box = engine.publisher
+        checks["outbox"] = "buffering" if getattr(box, "down", False) else "ok"
+        ok = checks["model"] and (checks.get("redis", True) or hasattr(box, "down"))
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics")

@@ -43,9 +43,15 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
         if with_dashboard:
             from monitor.cli_dashboard import launch
 
-            api = f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
-            ui = launch(s, rt.redis_url, s.host, s.dashboard_port, api)
-            click.echo(f"dashboard on http://{s.host}:{s.dashboard_port}")
+            import os
+
+            from monitor.service import local_host
+
+            # the dashboard shows every conversation: only a password lets it listen beyond this machine
+            ui_host = s.host if os.environ.get("AXISWATCH_DASHBOARD_PASSWORD") else "127.0.0.1"
+            ui = launch(s, rt.redis_url, ui_host, s.dashboard_port, f"http://{local_host(s.host)}:{s.port}")
+            click.echo(f"dashboard on http://{ui_host}:{s.dashboard_port}"
+                       + ("" if ui_host == s.host else " (loopback only: set AXISWATCH_DASHBOARD_PASSWORD to expose it)"))
         click.echo(f"axiswatch serving {rt.engine.lm.model_id} on http://{s.host}:{s.port}/v1 "
                    f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url}, "
                    f"{'API keys required' if s.api_keys else 'no API keys: open to anyone who can reach it'})")

@@ -182,6 +182,8 @@ class Engine:
         except BaseException:
             for s in opened:  # close the half-scored turn so the session can go on
                 s.tracker.end_turn()
+            if "sink" in locals():  # the dashboard must not show these rows as generating forever
+                sink.flush_live(list(range(len(sessions))), final=True)
             raise
         summaries = [s.tracker.end_turn() for s in sessions]  # every session is consistent before any I/O
         results = []

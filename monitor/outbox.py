@@ -41,10 +41,21 @@ class Outbox:
         self._buf: deque = deque()
         self._lock = threading.Lock()
         self._down = False
+        self._recovering = False  # a replay thread owns the way back; set and cleared under the lock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"published": 0, "buffered": 0, "spilled": 0, "replayed": 0, "live": 0, "live_dropped": 0,
                       "lost": 0, "outages": 0}
+
+    def resume(self) -> None:
+        """At start: replay what an earlier process left in the spill table (in the background)."""
+        if self.store is not None and self.store.spill_count():
+            with self._lock:
+                log.warning("outbox: %d records spilled by an earlier run; replaying them", self.store.spill_count())
+                self._down = True
+                self._recovering = True
+                self._thread = threading.Thread(target=self._recover, name="outbox-replay", daemon=True)
+                self._thread.start()
 
     # ------------------------------------------------------------------ what the engine calls
     @property
@@ -102,7 +113,8 @@ class Outbox:
         self.stats["outages"] += 1
         log.warning("Redis unreachable (%s): buffering records (memory up to %d, then the store's spill table)",
                     e, self.max_buffer)
-        if self._thread is None or not self._thread.is_alive():
+        if not self._recovering:
+            self._recovering = True
             self._thread = threading.Thread(target=self._recover, name="outbox-replay", daemon=True)
             self._thread.start()
 
@@ -155,7 +167,7 @@ class Outbox:
                 if not self._buf:
                     if self.store is not None and self.store.spill_count():
                         continue  # spilled meanwhile: drain the store again
-                    self._down = False
+                    self._down = self._recovering = False
                     return True
                 batch = [self._buf.popleft() for _ in range(min(500, len(self._buf)))]
             try:
@@ -167,11 +179,20 @@ class Outbox:
             self.stats["replayed"] += len(batch)
 
     def _publish_spilled(self, rows: list[tuple[str, dict]]) -> None:
-        self._publish_batch([RECORD[kind].from_dict(data) for kind, data in rows])
+        publish_spilled(self.streams, rows)
         self.stats["replayed"] += len(rows)
 
     def _publish_batch(self, records: list) -> None:
-        pipe = self.streams.r.pipeline(transaction=False)
-        for r in records:
-            self.streams.publish(r, pipe=pipe)
-        pipe.execute()
+        publish_batch(self.streams, records)
+
+
+def publish_batch(streams, records: list) -> None:
+    pipe = streams.r.pipeline(transaction=False)
+    for r in records:
+        streams.publish(r, pipe=pipe)
+    pipe.execute()
+
+
+def publish_spilled(streams, rows: list[tuple[str, dict]]) -> None:
+    """Publish spilled ``(kind, record dict)`` rows (the outbox, or a worker draining a dead replica's spill)."""
+    publish_batch(streams, [RECORD[kind].from_dict(data) for kind, data in rows])

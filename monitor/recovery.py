@@ -20,8 +20,9 @@ from monitor.records import TurnRecord
 log = logging.getLogger(__name__)
 
 
-def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 86_400.0) -> list[str]:
-    """Store the partial turns of sessions whose replica died mid-reply; the session ids recovered."""
+def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 6 * 3600.0) -> list[str]:
+    """Store the partial turns of sessions whose replica died mid-reply (in the last ``window_s``);
+    the session ids whose tails were closed."""
     now = time.time()
     active = streams.live_sessions(now - window_s)
     latest = streams.live_latest(sorted(active))
@@ -41,15 +42,18 @@ def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 
             if d.get("turn") == turn and int(d.get("start", -1)) == len(scores):
                 scores += [float(x) for x in d.get("scores") or []]
                 pieces += list(d.get("tokens") or [""] * len(d.get("scores") or []))
-        rec = TurnRecord(sid, int(turn), "assistant", "".join(pieces), int(last.get("layer") or 0), pieces, scores,
-                         state=last.get("state") or "ok", running=last.get("running"),
-                         model_id=last.get("model_id") or "")
-        store.write(turns=[rec])
-        store.mark_interrupted(sid)
+        stored = store.turn_meta(sid, int(turn))
+        if stored is None or (stored["role"] == "assistant" and stored["n_tokens"] < len(scores)):
+            rec = TurnRecord(sid, int(turn), "assistant", "".join(pieces), int(last.get("layer") or 0), pieces,
+                             scores, state=last.get("state") or "ok", running=last.get("running"),
+                             model_id=last.get("model_id") or "")
+            store.write(turns=[rec])
+            store.mark_interrupted(sid)
+            log.warning("session %s: replica %s died mid-reply; stored its %d streamed tokens of turn %s and "
+                        "marked the session interrupted", sid, last["replica"], len(scores), turn)
+        # else the whole turn is stored (its final live entry was lost, e.g. while Redis was down)
         # close the tail: the session is no longer generating, and nobody recovers it twice
         streams.publish_live(sid, {**last, "start": len(scores), "scores": [], "tokens": [], "final": True,
                                    "interrupted": True})
-        log.warning("session %s: replica %s died mid-reply; stored its %d streamed tokens of turn %s and marked "
-                    "the session interrupted", sid, last["replica"], len(scores), turn)
         done.append(sid)
     return done

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -40,8 +41,14 @@ class Runtime:
                 if stop.wait(every_s):
                     return
 
-        threading.Thread(target=beat, name="heartbeat", daemon=True).start()
-        self._stack.callback(stop.set)
+        t = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        t.start()
+
+        def halt():  # joined, so no daemon thread is left running into interpreter shutdown
+            stop.set()
+            t.join(5)
+
+        self._stack.callback(halt)
 
     def close(self) -> None:
         """Stop taking requests, let the workers drain what was published, then stop everything."""
@@ -60,6 +67,11 @@ class Runtime:
                                 type(w).__name__, e)
         self._stack.close()
         self.store.close()
+
+
+def local_host(host: str) -> str:
+    """An address to reach a server bound to ``host`` from this machine (a wildcard means loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
 
 
 def open_data(settings: Settings, stack: ExitStack):
@@ -95,6 +107,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
 
             webhooks = settings.webhook is not None
             rt.outbox = Outbox(streams, store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
+            rt.outbox.resume()
             from monitor.batcher import Batcher
             from monitor.drift import thresholds_from_calibration
             from monitor.engine import Engine
@@ -118,7 +131,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             from monitor.workers import consumer_name
 
             rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=rt.outbox,
-                               session_lookup=store.session_meta, replica=consumer_name("serve"))
+                               session_lookup=store.session_meta,
+                               replica=f"{consumer_name('serve')}-{uuid.uuid4().hex[:6]}")
             rt.start_heartbeat()
             rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
             streams.set_deployment({
@@ -128,7 +142,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                 "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
                           "cooldown_tokens": drift.cooldown_tokens},
                 "capping": None if capping is None else {**capping.meta(), "dir": str(cap_dir.resolve())},
-                "api": f"http://{settings.host}:{settings.port}"})
+                "api": f"http://{local_host(settings.host)}:{settings.port}"})
         if workers:
             from monitor.webhooks import AlertWorker
             from monitor.workers import PersistWorker

@@ -45,6 +45,14 @@ def _opt_float(get, key: str) -> float | None:
         raise InputError(f"AXISWATCH_{key} must be a number (a raw projection value), not {raw!r}") from None
 
 
+def _positive(v: int, key: str) -> int:
+    if v < 1:
+        from monitor.errors import InputError
+
+        raise InputError(f"AXISWATCH_{key} must be at least 1, not {v}")
+    return v
+
+
 def _keys(env) -> tuple[str, ...]:
     from monitor.auth import parse_keys
 
@@ -114,7 +122,7 @@ class Settings:
                    hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
                    api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
-                   max_new_tokens=_num(get, "MAX_NEW_TOKENS", "1024", int))
+                   max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"))
 
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

@@ -309,8 +309,9 @@ class Store:
                     best[k] = r
             rows = list(best.values())
             cols = {c.name: ins.excluded[c.name] for c in model.__table__.columns if c.name not in ("id", *keys)}
+            t = model.__table__.c
             stmt = ins.on_conflict_do_update(index_elements=list(keys), set_=cols,
-                                             where=ins.excluded.n_tokens > model.__table__.c.n_tokens)
+                                             where=(ins.excluded.n_tokens > t.n_tokens) & (ins.excluded.role == t.role))
         else:
             stmt = ins.on_conflict_do_nothing(index_elements=list(keys))
         return len(s.execute(stmt.returning(*model.__table__.primary_key), rows).all())
@@ -474,6 +475,13 @@ class Store:
         """Tokens stored across all sessions."""
         with self._tx() as s:
             return int(s.scalar(select(func.coalesce(func.sum(SessionRow.n_tokens), 0))) or 0)
+
+    def turn_meta(self, session_id: str, turn: int) -> dict[str, Any] | None:
+        """A stored turn's role and token count (None when not stored)."""
+        with self._tx() as s:
+            row = s.execute(select(TurnRow.role, TurnRow.n_tokens).where(TurnRow.session_id == session_id,
+                                                                         TurnRow.turn == turn)).first()
+            return None if row is None else {"role": row[0], "n_tokens": int(row[1])}
 
     def token_count(self, session_id: str) -> int:
         """Tokens stored for a session (0 when unknown)."""

@@ -20,6 +20,7 @@ import time
 import redis
 
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.outbox import publish_spilled
 from monitor.recovery import recover_interrupted
 from monitor.store import Store
 from monitor.streams import Entry, Streams
@@ -139,6 +140,8 @@ class PersistWorker(StreamWorker):
             # heartbeat may have expired during the outage and needs a moment to be renewed
             self._last_recover = now
             recover_interrupted(self.streams, self.store)
+            while self.store.drain_spill(lambda rows: publish_spilled(self.streams, rows), limit=500):
+                pass  # records a replica spilled while Redis was down, and never replayed (it died)
         if time.monotonic() - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = time.monotonic()
             for stream in PERSISTED:

@@ -146,7 +146,7 @@ def test_app_entry_opens_the_selected_session(monkeypatch, dashboard_db):
     assert at.title[0].value == "Sessions"
     df = table(at, "session")
     row = list(df["session"]).index(ids["meta-reflection"])
-    at.session_state["sessions"] = {"selection": {"rows": [row], "columns": []}}
+    at.session_state[rows_key("sessions", list(df["session"]))] = {"selection": {"rows": [row], "columns": []}}
     ok(at.run())
     assert at.title[0].value == "Session"
     assert at.query_params["id"] == ids["meta-reflection"]

@@ -234,3 +234,7 @@ def test_export_csv_has_a_row_per_token(env):
     store, _ = env
     rows = list(csv.DictReader(io.StringIO(session_csv(store.get_session("drifting")))))
     assert len(rows) == 7 and rows[6]["capped"] == "1" and rows[6]["pre_cap_score"] == "-30"
+    evil = {"id": "s", "turns": [{"turn": 1, "role": "assistant", "tokens": ["=HYPERLINK(1)", "-2", " ok"],
+                                  "scores": [1.0, 2.0, 3.0], "pre_cap_scores": None, "capped": None}]}
+    cells = [r["token"] for r in csv.DictReader(io.StringIO(session_csv(evil)))]
+    assert cells == ["'=HYPERLINK(1)", "'-2", " ok"]  # no spreadsheet formula

@@ -68,6 +68,40 @@ def test_outbox_buffers_spills_and_replays_in_order(tmp_path):
                                                                                  block_ms=None)]
     assert turns == list(range(12)) and store.spill_count() == 0
     assert box.stats["replayed"] == 10
+    # a second outage right after the first: a new replay thread takes over again
+    redis.proc.kill()
+    redis.proc.wait()
+    box.publish(rec(12))
+    assert box.down
+    redis = durable_redis(tmp_path / "redis", port)
+    wait_until(lambda: not box.down, 10, "second replay")
+    box.close()
+    redis.stop()
+
+
+def test_spill_left_by_an_earlier_run_is_replayed(tmp_path):
+    """A replica that died (or shut down) during an outage left spilled rows: the next replica's outbox
+    replays them at start, and a persistence worker drains them if no replica comes back."""
+    from monitor.workers import PersistWorker
+
+    redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate()
+    streams = Streams.from_url(redis.url)
+    streams.ensure_groups()
+    spill = lambda sid: store.spill([("turn", TurnRecord(sid, n, "user", "x", 21).to_dict()) for n in range(3)])  # noqa: E731
+    spill("by-outbox")
+    box = Outbox(streams, store, retry_s=0.05)
+    box.resume()
+    wait_until(lambda: not box.down, 10, "resume")
+    assert store.spill_count() == 0 and box.stats["replayed"] == 3
+    spill("by-worker")
+    w = PersistWorker(streams, store, block_ms=10)
+    w._up_since -= 100  # past the grace after start
+    w.run_once(block_ms=None)
+    w.drain()
+    assert store.spill_count() == 0
+    assert store.get_session("by-outbox")["n_turns"] == 3 and store.get_session("by-worker")["n_turns"] == 3
     box.close()
     redis.stop()
 

@@ -80,6 +80,18 @@ def test_request_bodies_are_limited(server):
         assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
 
+def test_chunked_bodies_are_limited_too(server):
+    from monitor.api import MAX_BODY_BYTES
+
+    def chunks():  # no Content-Length: the server counts what it receives
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    r = httpx.post(server + "/v1/audit", content=chunks(), headers={"authorization": f"Bearer {KEY}",
+                                                                    "content-type": "application/json"})
+    assert r.status_code == 413
+
+
 def test_key_parsing_and_comparison():
     assert parse_keys(None) == () and parse_keys(" , ") == ()
     assert parse_keys(f"{KEY}, {OTHER} ,") == (KEY, OTHER)

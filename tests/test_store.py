@@ -160,6 +160,11 @@ def test_a_longer_turn_replaces_a_recovered_part(store):
     assert store.write(turns=[whole, whole])["turns"] == 1 and store.token_count("r") == 5
     assert store.write(turns=[part, whole])["turns"] == 0
     assert store.token_count("r") == 5 and len(store.get_session("r")["turns"][0]["scores"]) == 5
+    # never over a turn of another role: a recovered reply must not replace a user message
+    assert store.write(turns=[turn("u", 1, role="user", n=0, text="the user's words")])["turns"] == 1
+    assert store.write(turns=[turn("u", 1, n=3)])["turns"] == 0
+    assert store.get_session("u")["turns"][0]["text"] == "the user's words"
+    assert store.turn_meta("u", 1) == {"role": "user", "n_tokens": 0} and store.turn_meta("u", 9) is None
 
 
 def test_session_counters(store):

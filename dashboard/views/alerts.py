@@ -1,5 +1,7 @@
 """Alerts: a feed across sessions with the webhook delivery state; acknowledge."""
 
+from urllib.parse import quote
+
 import pandas as pd
 import streamlit as st
 
@@ -35,7 +37,7 @@ def feed() -> None:
         "running score": a["score"], "threshold": a["threshold"], "policy": a["policy"],
         "delivery": DELIVERY_BADGE.get(a["delivery_status"], a["delivery_status"]), "attempts": a["attempts"],
         "last error": a["last_error"] or "", "acknowledged": a["acknowledged"], "event_id": a["event_id"],
-        "open": f"/session?id={a['session_id']}"} for a in rows])
+        "open": f"/session?id={quote(a['session_id'])}"} for a in rows])
     key = rows_key("alerts", list(df["event_id"]))
     event = st.dataframe(df, hide_index=True, width="stretch", key=key, on_select="rerun",
                          selection_mode="multi-row",

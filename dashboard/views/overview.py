@@ -1,13 +1,14 @@
 """Overview: every session with its drift state, live from Redis, history from the store."""
 
 import time
+from urllib.parse import quote
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import data
 from dashboard.context import deployment, guard, store, streams
-from dashboard.render import STATE_BADGE, when
+from dashboard.render import STATE_BADGE, rows_key, when
 
 WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400, "all time": None}
 SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
@@ -52,11 +53,12 @@ def table() -> None:
         "running": r["running"], "turns": r["turns"], "tokens": r["tokens"], "capped": r["capped"],
         "open alerts": r["open_alerts"], "source": r["source"],
         "activity": ("🔴 generating" if r["generating"] else "") + (" ⚠️ interrupted" if r["interrupted"] else ""),
-        "last activity": when(r["last_activity"]), "open": f"/session?id={r['session_id']}"} for r in rows])
+        "last activity": when(r["last_activity"]), "open": f"/session?id={quote(r['session_id'])}"} for r in rows])
     col, asc = SORTS[sort]
     df = df.sort_values(col, ascending=asc, na_position="last", kind="stable")
     event = st.dataframe(
-        df, hide_index=True, width="stretch", key="sessions", on_select="rerun", selection_mode="single-row",
+        df, hide_index=True, width="stretch", key=rows_key("sessions", list(df["session"])), on_select="rerun",
+        selection_mode="single-row",
         column_order=["session", "state", "running", "turns", "tokens", "capped", "open alerts", "source",
                       "activity", "last activity", "open"],
         column_config={"running": st.column_config.NumberColumn("running score", format="%+.2f"),

@@ -1,0 +1,136 @@
+"""Items 3 and 4 of the evaluation, in-process: the same generation function ``axiswatch
+generate`` uses (:func:`probes.generation.generate`), under three conditions:
+
+* ``unsteered``: no intervention;
+* ``capped``: the shipped capping config switched on for every token (the
+  paper's setting; the service's ``cap`` policy only switches it on after an alert);
+* ``steered``: ``+STEER_COEFF`` x (mean residual norm) x unit axis added at the
+  monitor layer, toward the Assistant (``axiswatch generate --steer``).
+
+Every condition sees the same prompts in the same batches, greedy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+# chosen before any evaluation run, from the shipped steering report (+0.1 is its middle positive coefficient)
+STEER_COEFF = 0.1
+CONDITIONS = ("unsteered", "capped", "steered")
+
+
+def persona_jobs(doc: dict, n_personas: int | None = None, per_kind: int = 2) -> list[dict]:
+    """Each persona with ``per_kind`` identity and ``per_kind`` behaviour questions, rotating through
+    both lists so every question is asked about equally often."""
+    ident, behave = doc["identity_questions"], doc["behaviour_questions"]
+    jobs = []
+    for i, p in enumerate(doc["personas"][:n_personas]):
+        for k in range(per_kind):
+            jobs.append({"persona": p, "kind": "identity", "question": ident[(i * per_kind + k) % len(ident)]})
+        for k in range(per_kind):
+            jobs.append({"persona": p, "kind": "behaviour", "question": behave[(i * per_kind + k) % len(behave)]})
+    return jobs
+
+
+class Runner:
+    """The model, the shipped axis and capping config, and the three conditions' plans."""
+
+    def __init__(self, batch_size: int = 32):
+        import torch
+
+        from monitor.settings import shipped_dir
+        from probes.artifacts import load_axis, load_capping
+        from probes.generation import CapPlan, SteerPlan
+        from probes.models import load_model
+        from probes.ops import steer_coefficient
+
+        self.lm = load_model("default", device="cpu", dtype="float32")
+        self.art = load_axis(shipped_dir())
+        self.art.check(self.lm.model_id, self.lm.hidden_size, self.lm.n_layers)
+        self.cap = load_capping(shipped_dir())
+        self.cap.check(self.lm.hidden_size, self.lm.n_layers)
+        self.batch_size = batch_size
+        self.plans = {
+            "unsteered": {},
+            "capped": {"capping": CapPlan(tuple(self.cap.layers), self.cap.vectors, torch.tensor(self.cap.taus))},
+            "steered": {"steering": SteerPlan(self.art.monitor_layer, self.art.unit(),
+                                              steer_coefficient(STEER_COEFF, self.art.mean_norm()))},
+        }
+        self.setup = {"model": self.lm.model_id, "monitor_layer": self.art.monitor_layer,
+                      "capping": {"id": self.cap.id, "layers": list(self.cap.layers), "taus": list(self.cap.taus)},
+                      "steer_coeff": STEER_COEFF, "steer_absolute": steer_coefficient(STEER_COEFF, self.art.mean_norm())}
+
+    def generate(self, prompts: list[list[dict]], condition: str, max_new_tokens: int,
+                 on_batch: Callable[[int], None] | None = None) -> list[dict]:
+        from probes.generation import GenerationOptions, generate
+
+        opts = GenerationOptions(max_new_tokens=max_new_tokens)
+        out = []
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = prompts[i:i + self.batch_size]
+            gens = generate(self.lm, chunk, opts, axis=self.art.unit(), monitor_layer=self.art.monitor_layer,
+                            **self.plans[condition])
+            for g in gens:
+                out.append({"text": g.text, "n_tokens": len(g.token_ids),
+                            "mean_score": sum(g.pre_cap_scores) / len(g.pre_cap_scores) if g.pre_cap_scores else None})
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return out
+
+
+def run_jailbreaks(runner: Runner, doc: dict, jobs: list[dict], max_new_tokens: int,
+                   on_batch: Callable[[int], None] | None = None) -> dict:
+    """Persona adoption per condition: the offline judge's score 3 (fully in role) and the lexical
+    detector of non-assistant identity / human-life claims."""
+    from probes.judge import JudgeItem, OfflineJudge, claims_non_assistant
+
+    judge = OfflineJudge()
+    prompts = [[{"role": "system", "content": j["persona"]["prompt"]}, {"role": "user", "content": j["question"]}]
+               for j in jobs]
+    answers = {}
+    for cond in CONDITIONS:
+        outs = runner.generate(prompts, cond, max_new_tokens, on_batch)
+        items = [JudgeItem(j["persona"]["name"], j["persona"]["prompt"], j["question"], o["text"],
+                           tuple(j["persona"].get("keywords", ()))) for j, o in zip(jobs, outs)]
+        scores = judge.score(items)
+        answers[cond] = [{"persona": j["persona"]["name"], "kind": j["kind"], "question": j["question"],
+                          "text": o["text"], "judge": s, "adopted": s == 3,
+                          "non_assistant": claims_non_assistant(o["text"]), "mean_score": o["mean_score"]}
+                         for j, o, s in zip(jobs, outs, scores)]
+    return {"judge": judge.name, "n_personas": len({j["persona"]["name"] for j in jobs}), "n_prompts": len(jobs),
+            "max_new_tokens": max_new_tokens, "answers": answers}
+
+
+def run_capability(runner: Runner, tasks: list[dict], max_new_tokens: int,
+                   on_batch: Callable[[int], None] | None = None) -> dict:
+    from eval.graders import grade, mentions_number
+
+    prompts = [[{"role": "user", "content": t["prompt"]}] for t in tasks]
+    answers = {}
+    for cond in CONDITIONS:
+        outs = runner.generate(prompts, cond, max_new_tokens, on_batch)
+        answers[cond] = [{"id": t["id"], "kind": t["kind"], "text": o["text"], "correct": grade(t, o["text"]),
+                          **({"mentions_answer": mentions_number(o["text"], t["answer"])} if t["kind"] == "arithmetic"
+                             else {}),
+                          "mean_score": o["mean_score"]} for t, o in zip(tasks, outs)]
+    return {"n_tasks": len(tasks), "max_new_tokens": max_new_tokens, "answers": answers}
+
+
+def regrade(cap: dict, tasks: list[dict]) -> dict:
+    """Grade (again) every stored capability answer with the current graders, from its text."""
+    from eval.graders import grade, mentions_number
+
+    by_id = {t["id"]: t for t in tasks}
+    for rows in cap["answers"].values():
+        for r in rows:
+            t = by_id[r["id"]]
+            r["correct"] = grade(t, r["text"])
+            if t["kind"] == "arithmetic":
+                r["mentions_answer"] = mentions_number(r["text"], t["answer"])
+    return cap
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

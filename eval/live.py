@@ -1,0 +1,199 @@
+"""Items 1, 2 and 5 of the evaluation: scripted conversations driven live through ``axiswatch serve``.
+
+:class:`Server` starts a real ``axiswatch serve`` subprocess on a free port with a
+temporary SQLite store and the embedded Redis (no ``REDIS_URL``), waits for
+``/readyz`` and stops it with SIGTERM. :func:`drive` sends every conversation's
+next user turn at once from threads (so the server's batcher batches them),
+appends the reply to that conversation's history and goes on to the next turn.
+Each script runs twice, in distinct sessions: policy ``observe`` (uncapped)
+and policy ``cap`` (the service switches capping on for the rest of a session
+once it alerts at ``warning``). Greedy decoding, no system prompt. At the end
+each session is read back from the store (``GET /v1/sessions/{id}``) for the
+pre-cap scores of capped tokens, which the chat response does not carry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+POLICIES = ("observe", "cap")
+# settings that would change the deployment under test; the eval runs the defaults
+_CLEARED_ENV = ("REDIS_URL", "AXISWATCH_REDIS_URL", "AXISWATCH_POLICY", "AXISWATCH_PORT", "AXISWATCH_HOST",
+                "AXISWATCH_THRESHOLD_WATCH", "AXISWATCH_THRESHOLD_WARNING", "AXISWATCH_THRESHOLD_CRITICAL",
+                "AXISWATCH_EWMA_ALPHA", "AXISWATCH_HYSTERESIS", "AXISWATCH_MIN_TOKENS", "AXISWATCH_COOLDOWN_TOKENS",
+                "AXISWATCH_AXIS", "AXISWATCH_CAPPING", "AXISWATCH_MODEL", "AXISWATCH_WEBHOOK_URL",
+                "AXISWATCH_DATABASE_URL", "AXISWATCH_BATCH_SIZE", "AXISWATCH_API_KEYS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real ``axiswatch serve`` process on a free port; a context manager."""
+
+    def __init__(self, workdir: Path, batch_size: int = 40, ready_timeout_s: float = 300.0):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.batch_size = batch_size
+        self.ready_timeout_s = ready_timeout_s
+        self.key = secrets.token_urlsafe(24)  # sent as a bearer token; servers without API keys ignore it
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.workdir / "serve.log"
+        self.deployment: dict | None = None
+
+    def __enter__(self) -> "Server":
+        env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
+        env.update({"AXISWATCH_DATABASE_URL": f"sqlite:///{self.workdir / 'eval.db'}",
+                    "AXISWATCH_BATCH_SIZE": str(self.batch_size), "AXISWATCH_API_KEYS": self.key,
+                    "PYTHONUNBUFFERED": "1"})
+        root = Path(__file__).resolve().parent.parent
+        cmd = [sys.executable, "-c", "from monitor.cli import main; main()", "serve", "--host", "127.0.0.1",
+               "--port", str(self.port), "--policy", "observe"]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"axiswatch serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"axiswatch serve not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text()[-n:]
+        except OSError:
+            return ""
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # serve drains its workers and stops the embedded Redis
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def load_conversations(path: Path, per_domain: int | None = None, turns: int | None = None) -> list[dict]:
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    out = []
+    for domain, convs in doc["domains"].items():
+        for c in convs[:per_domain]:
+            out.append({"id": c["id"], "domain": domain, "turns": c["turns"][:turns]})
+    return out
+
+
+def _post(client: httpx.Client, server: Server, sid: str, policy: str, messages: list[dict], max_tokens: int) -> dict:
+    body = {"messages": messages, "max_tokens": max_tokens, "session_id": sid, "policy": policy, "temperature": 0}
+    for attempt in range(3):
+        r = client.post(server.url + "/v1/chat/completions", json=body, headers=server.headers(), timeout=1800)
+        if r.status_code < 500 or attempt == 2:
+            break
+        time.sleep(2)
+    if r.status_code >= 400:
+        raise RuntimeError(f"session {sid}: server answered {r.status_code}: {r.text[:300]}")
+    return r.json()
+
+
+def drive(server: Server, scripts: list[dict], max_tokens: int, run_id: str,
+          on_turn: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Run every script under every policy, turn by turn; return one record per (script, policy)."""
+    sessions = [{"id": s["id"], "domain": s["domain"], "policy": p, "session_id": f"eval-{run_id}-{p}-{s['id']}",
+                 "user_turns": s["turns"], "history": [], "turns": []}
+                for s in scripts for p in POLICIES]
+    n_turns = max(len(s["turns"]) for s in scripts)
+    with httpx.Client(limits=httpx.Limits(max_connections=len(sessions) + 4)) as client, \
+            ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+        for turn in range(n_turns):
+            active = [s for s in sessions if turn < len(s["user_turns"])]
+            for s in active:
+                s["history"].append({"role": "user", "content": s["user_turns"][turn]})
+            gate = threading.Barrier(len(active))
+
+            def one(s):
+                gate.wait()  # release all requests together so the batcher takes them as one batch
+                return _post(client, server, s["session_id"], s["policy"], list(s["history"]), max_tokens)
+
+            t0 = time.perf_counter()
+            replies = list(pool.map(one, active))
+            dt = time.perf_counter() - t0
+            n_tok = 0
+            for s, body in zip(active, replies):
+                aw = body["axiswatch"]
+                text = body["choices"][0]["message"]["content"]
+                s["history"].append({"role": "assistant", "content": text})
+                s["turns"].append({"user": s["user_turns"][turn], "text": text, "scores": aw["scores"],
+                                   "mean": aw["mean"], "state": aw["state"], "capped": aw["capped"],
+                                   "turn_index": aw["turn"], "finish_reason": body["choices"][0]["finish_reason"],
+                                   "seconds": dt})
+                n_tok += len(aw["scores"])
+            if on_turn is not None:
+                on_turn(turn, n_tok)
+        _read_back(client, server, sessions)
+    for s in sessions:
+        del s["history"]
+    return sessions
+
+
+def _read_back(client: httpx.Client, server: Server, sessions: list[dict], timeout_s: float = 120.0) -> None:
+    """Pre-cap scores and per-token capping flags from the store (the persistence worker writes
+    them a moment after each turn); turns never capped have pre-cap == reported scores."""
+    deadline = time.monotonic() + timeout_s
+    for s in sessions:
+        want = len(s["turns"])
+        while True:
+            r = client.get(f"{server.url}/v1/sessions/{s['session_id']}", headers=server.headers(), timeout=60)
+            rows = [t for t in (r.json().get("turns", []) if r.status_code == 200 else []) if t["role"] == "assistant"]
+            if len(rows) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        by_turn = {t["turn"]: t for t in rows}
+        s["stored"] = len(rows) >= want
+        s["interventions"] = r.json().get("interventions", []) if r.status_code == 200 else []
+        for t in s["turns"]:
+            row = by_turn.get(t["turn_index"])
+            pre = row.get("pre_cap_scores") if row else None
+            flags = row.get("capped") if row else None
+            t["pre_cap_scores"] = pre if pre else list(t["scores"])
+            t["cap_flags"] = flags if flags else [False] * len(t["scores"])
+            t["stored_state"] = row.get("state") if row else None
