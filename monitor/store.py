@@ -1,6 +1,6 @@
 """The store: the one module that owns the database (DESIGN.md section 3, convention 9).
 
-Typed SQLAlchemy models, engine, transactions, explicit migrations. SQLite by default (WAL, one
+Engine, transactions, migrating (the typed models and migrations are in monitor/schema.py). SQLite by default (WAL, one
 writer at a time) or PostgreSQL through the same URL. Batched writes, one transaction each, idempotent
 by the records' keys (monitor/records.py); per-token scores stored per turn as little-endian float32
 bytes. Reads return plain dicts (no torch, no numpy). Times are float epoch seconds.
@@ -16,12 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import (JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint,
-                        create_engine, delete, event, func, insert, select, update)
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
 from monitor.errors import AxiswatchError, InputError
@@ -40,113 +39,8 @@ class NotFoundError(StoreError):
     http_status = 404  # no row with that key (an alert's event id...)
 
 
-# ---------------------------------------------------------------- models (the current schema)
-_Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
-
-
-class Base(DeclarativeBase):  # the current schema; MIGRATIONS below build it
-    pass
-
-
-class SessionRow(Base):
-    __tablename__ = "sessions"
-    id: Mapped[str] = mapped_column(String, primary_key=True)
-    source: Mapped[str] = mapped_column(default="live")
-    model_id: Mapped[str] = mapped_column(default="")
-    layer: Mapped[int | None]
-    policy: Mapped[str | None]
-    state: Mapped[str] = mapped_column(default="ok")
-    running: Mapped[float | None]
-    capped: Mapped[bool] = mapped_column(default=False)
-    interrupted: Mapped[bool] = mapped_column(default=False)
-    n_turns: Mapped[int] = mapped_column(default=0)
-    n_tokens: Mapped[int] = mapped_column(default=0)
-    created_at: Mapped[float] = mapped_column(index=True)
-    updated_at: Mapped[float]
-
-
-class TurnRow(Base):
-    __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("session_id", "turn", name="uq_turns_session_turn"),)  # indexes session_id
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
-    turn: Mapped[int]
-    role: Mapped[str]
-    text: Mapped[str] = mapped_column(Text)
-    layer: Mapped[int]
-    n_tokens: Mapped[int]
-    mean: Mapped[float | None]
-    scores: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, one per token
-    pre_cap_scores: Mapped[bytes | None] = mapped_column(LargeBinary)
-    capped: Mapped[bytes | None] = mapped_column(LargeBinary)  # token i is bit i % 8 of byte i // 8
-    tokens: Mapped[list[str]] = mapped_column(JSON)
-    state: Mapped[str]
-    running: Mapped[float | None]
-    created_at: Mapped[float]
-
-
-class AlertRow(Base):
-    __tablename__ = "alerts"
-    event_id: Mapped[str] = mapped_column(String, primary_key=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
-    turn: Mapped[int]
-    token_index: Mapped[int]
-    level: Mapped[str]
-    score: Mapped[float]
-    threshold: Mapped[float]
-    policy: Mapped[str]
-    created_at: Mapped[float] = mapped_column(index=True)
-    delivery_status: Mapped[str] = mapped_column(default="pending", index=True)  # DELIVERY_STATUSES
-    attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    acknowledged: Mapped[bool] = mapped_column(default=False)
-
-
-class InterventionRow(Base):
-    __tablename__ = "interventions"
-    __table_args__ = (UniqueConstraint("session_id", "turn", "token_index", "config_id", name="uq_interventions_key"),)
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
-    turn: Mapped[int]
-    token_index: Mapped[int]
-    config_id: Mapped[str]
-    thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
-    layers: Mapped[list[int]] = mapped_column(JSON)
-    created_at: Mapped[float]
-
-
-class SpillRow(Base):
-    """Records the engine could not hand to Redis while it was down (monitor/outbox.py), oldest first."""
-    __tablename__ = "spill"
-    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    kind: Mapped[str]
-    data: Mapped[str] = mapped_column(Text)  # the record as JSON
-    created_at: Mapped[float]
-
-
-class SchemaVersion(Base):
-    __tablename__ = "schema_version"
-    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    applied_at: Mapped[float]
-
-
-# ---------------------------------------------------------------- migrations
-# MIGRATIONS[i] takes a database from version i to i + 1 in migrate()'s transaction; append only.
-# Version 1 builds its tables from the models; the first migration that alters one must first paste
-# its version-1 definition into _v1 as Core (test_migrated_schema_matches_models checks the result).
-def _v1(conn: Connection) -> None:
-    """Version 1: sessions, turns, alerts, interventions."""
-    tables = [m.__table__ for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
-    Base.metadata.create_all(conn, tables=tables, checkfirst=False)
-
-
-def _v2(conn: Connection) -> None:
-    """Version 2: the outbox's spill table."""
-    Base.metadata.create_all(conn, tables=[SpillRow.__table__], checkfirst=False)
-
-
-MIGRATIONS = [_v1, _v2]
-SCHEMA_VERSION = len(MIGRATIONS)
+from monitor.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, InterventionRow,  # noqa: F401 - re-exported
+                            SchemaVersion, SessionRow, SpillRow, TurnRow)
 
 
 # ---------------------------------------------------------------- encoding and checks

@@ -1,0 +1,119 @@
+"""The database schema: typed SQLAlchemy models of the current version, and the migrations that build it.
+
+:mod:`monitor.store` owns the engine and every transaction; this module only describes the tables.
+Per-token scores are stored per turn as little-endian float32 bytes (see the store's encoding).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# ---------------------------------------------------------------- models (the current schema)
+_Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+
+
+class Base(DeclarativeBase):  # the current schema; MIGRATIONS below build it
+    pass
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    source: Mapped[str] = mapped_column(default="live")
+    model_id: Mapped[str] = mapped_column(default="")
+    layer: Mapped[int | None]
+    policy: Mapped[str | None]
+    state: Mapped[str] = mapped_column(default="ok")
+    running: Mapped[float | None]
+    capped: Mapped[bool] = mapped_column(default=False)
+    interrupted: Mapped[bool] = mapped_column(default=False)
+    n_turns: Mapped[int] = mapped_column(default=0)
+    n_tokens: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[float] = mapped_column(index=True)
+    updated_at: Mapped[float]
+
+
+class TurnRow(Base):
+    __tablename__ = "turns"
+    __table_args__ = (UniqueConstraint("session_id", "turn", name="uq_turns_session_turn"),)  # indexes session_id
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn: Mapped[int]
+    role: Mapped[str]
+    text: Mapped[str] = mapped_column(Text)
+    layer: Mapped[int]
+    n_tokens: Mapped[int]
+    mean: Mapped[float | None]
+    scores: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, one per token
+    pre_cap_scores: Mapped[bytes | None] = mapped_column(LargeBinary)
+    capped: Mapped[bytes | None] = mapped_column(LargeBinary)  # token i is bit i % 8 of byte i // 8
+    tokens: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str]
+    running: Mapped[float | None]
+    created_at: Mapped[float]
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    event_id: Mapped[str] = mapped_column(String, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    turn: Mapped[int]
+    token_index: Mapped[int]
+    level: Mapped[str]
+    score: Mapped[float]
+    threshold: Mapped[float]
+    policy: Mapped[str]
+    created_at: Mapped[float] = mapped_column(index=True)
+    delivery_status: Mapped[str] = mapped_column(default="pending", index=True)  # DELIVERY_STATUSES
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    acknowledged: Mapped[bool] = mapped_column(default=False)
+
+
+class InterventionRow(Base):
+    __tablename__ = "interventions"
+    __table_args__ = (UniqueConstraint("session_id", "turn", "token_index", "config_id", name="uq_interventions_key"),)
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn: Mapped[int]
+    token_index: Mapped[int]
+    config_id: Mapped[str]
+    thresholds: Mapped[dict[str, float]] = mapped_column(JSON)
+    layers: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[float]
+
+
+class SpillRow(Base):
+    """Records the engine could not hand to Redis while it was down (monitor/outbox.py), oldest first."""
+    __tablename__ = "spill"
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str]
+    data: Mapped[str] = mapped_column(Text)  # the record as JSON
+    created_at: Mapped[float]
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    applied_at: Mapped[float]
+
+
+# ---------------------------------------------------------------- migrations
+# MIGRATIONS[i] takes a database from version i to i + 1 in migrate()'s transaction; append only.
+# Version 1 builds its tables from the models; the first migration that alters one must first paste
+# its version-1 definition into _v1 as Core (test_migrated_schema_matches_models checks the result).
+def _v1(conn: Connection) -> None:
+    """Version 1: sessions, turns, alerts, interventions."""
+    tables = [m.__table__ for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
+    Base.metadata.create_all(conn, tables=tables, checkfirst=False)
+
+
+def _v2(conn: Connection) -> None:
+    """Version 2: the outbox's spill table."""
+    Base.metadata.create_all(conn, tables=[SpillRow.__table__], checkfirst=False)
+
+
+MIGRATIONS = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
