@@ -164,6 +164,7 @@ class SessionView:
     alerts: list[dict]  # stored alerts, each with its session-wide token position ``i``
     interventions: list[dict]  # with ``i``: the first capped token
     live: bool = False  # some tokens come from the live tail (a turn not stored yet)
+    stored: dict | None = None  # the store's whole session (for export), None when only live so far
 
     @property
     def id(self) -> str:
@@ -173,7 +174,7 @@ class SessionView:
 def session_view(store, streams, session_id: str, dep: Deployment) -> SessionView | None:
     """The stored turns, then any newer turn from the live tail; per-token running scores replayed
     through the same drift tracker the engine uses. None when the session is unknown everywhere."""
-    stored = store.get_session(session_id)
+    stored = original = store.get_session(session_id)
     entries = []
     if streams is not None:
         try:
@@ -234,7 +235,7 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
 
     info = {k: v for k, v in stored.items() if k not in ("turns", "alerts", "interventions")}
     return SessionView(info, tokens, turns, [at(a) for a in stored["alerts"]],
-                       [at(x) for x in stored["interventions"]], live=bool(live_turns))
+                       [at(x) for x in stored["interventions"]], live=bool(live_turns), stored=original)
 
 
 def turn_means(view: SessionView) -> list[dict]:

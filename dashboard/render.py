@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data
-from dashboard.context import ago, guard, store
+from dashboard.context import ago
 from monitor.export import session_csv, session_json
 
 STATE_BADGE = {"ok": "🟢 ok", "watch": "🟡 watch", "warning": "🟠 warning", "critical": "🔴 critical"}
@@ -84,7 +84,7 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
             st.dataframe(df, hide_index=True, width="stretch", key=f"{key}-interventions")
         else:
             st.caption("none")
-    stored = guard(store().get_session, view.id)
+    stored = view.stored
     if stored:
         a, b, _ = st.columns([1, 1, 4])
         a.download_button("Export JSON", session_json(stored), f"{view.id}.json", "application/json", key=f"{key}-json")

@@ -14,6 +14,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_http(url: str, proc=None, timeout_s: float = 90.0) -> None:
+    """Wait until ``url`` answers 200; fail at once if ``proc`` (the server process) has exited."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"{proc.args[:3]} exited with {proc.returncode} before {url} answered: {err}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout_s} s")
+
+
 @contextmanager
 def uvicorn_thread(app, timeout_s: float = 30.0):
     """Yield the base URL of ``app`` served by uvicorn; stop it on exit."""

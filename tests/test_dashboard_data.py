@@ -101,6 +101,7 @@ def test_live_tail_adds_the_turn_in_progress(env):
     live(streams, "fresh", 1, 0, [4.0, 6.0])
     fresh = data.session_view(store, streams, "fresh", DEP)
     assert [t["score"] for t in fresh.tokens] == [4.0, 6.0] and fresh.session == {"id": "fresh"}
+    assert fresh.stored is None and v.stored == store.get_session("drifting")  # what the export writes
 
 
 def test_overview_merges_store_and_live_tail(env):

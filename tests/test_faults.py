@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from monitor.engine import ChatRequest
 from monitor.outbox import Outbox
@@ -25,6 +24,7 @@ from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import Streams
 from probes.generation import GenerationOptions
+from serving import wait_http
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 
@@ -220,7 +220,7 @@ def test_serve_killed_mid_reply_keeps_what_was_streamed(tmp_path):
 
     def start():
         proc = subprocess.Popen([AXISWATCH, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_until(lambda: proc.poll() is None and _ready(url), 120, "serve ready", poll_s=0.3)
+        wait_http(url + "/readyz", proc, 120)
         return proc
 
     first = start()
@@ -260,11 +260,3 @@ def test_serve_killed_mid_reply_keeps_what_was_streamed(tmp_path):
         redis.stop()
     print(f"serve SIGKILL: {len(received)} tokens streamed, {turns[1]['n_tokens']} stored, session interrupted")
 
-
-def _ready(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url + "/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,33 +14,16 @@ import httpx
 import pytest
 import redis
 
+from serving import free_port, wait_http
+
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 EXTERNAL_REDIS = os.environ.get("AXISWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/7"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args, env):
     p = subprocess.Popen([AXISWATCH, *args], env={**os.environ, **env}, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     return p
-
-
-def _wait_http(url, proc, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited early: {proc.stderr.read()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not come up")
 
 
 def _rows(db, sql):
@@ -68,12 +50,12 @@ def _redis_servers():
 
 
 def test_serve_on_embedded_defaults(tmp_path):
-    db, port = tmp_path / "aw.db", _port()
+    db, port = tmp_path / "aw.db", free_port()
     before = _redis_servers()
     env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": ""}
     proc = _start(["serve"], env)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                        json={"messages": [{"role": "user", "content": "Who are you?"}], "max_tokens": 6,
                              "session_id": "cli-1"}).json()
@@ -103,12 +85,12 @@ def client():
 
 
 def test_serve_without_workers_and_a_separate_worker(tmp_path, client):
-    db, port = tmp_path / "aw.db", _port()
+    db, port = tmp_path / "aw.db", free_port()
     env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": EXTERNAL_REDIS}
     srv = _start(["serve", "--no-workers"], env)
     wrk = None
     try:
-        _wait_http(f"http://127.0.0.1:{port}/readyz", srv)
+        wait_http(f"http://127.0.0.1:{port}/readyz", srv)
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                        json={"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 5,
                              "session_id": "split-1"}).json()
@@ -161,10 +143,10 @@ def test_a_session_continues_after_a_restart(tmp_path):
     db = tmp_path / "aw.db"
     env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": ""}
     for round_ in range(2):
-        port = _port()
+        port = free_port()
         proc = _start(["serve"], {**env, "AXISWATCH_PORT": str(port)})
         try:
-            _wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
             r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=120,
                            json={"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4,
                                  "session_id": "restart-1"}).json()
