@@ -117,7 +117,11 @@ def _cache_kwarg(model) -> str:
 def _sample(logits: torch.Tensor, opts: GenerationOptions, gen: torch.Generator | None) -> torch.Tensor:
     if opts.temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / opts.temperature, -1)
+    # Shift by the row maximum and divide in float64: a tiny temperature (a subnormal float is
+    # valid input) then sends every other logit to -inf, where float32 would round it to 0 and
+    # divide 0 by 0, or overflow to inf - inf; either way nan, and multinomial raises.
+    logits = logits.double()
+    probs = torch.softmax((logits - logits.amax(-1, keepdim=True)) / opts.temperature, -1)
     if opts.top_p < 1.0:
         sorted_p, idx = probs.sort(-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < opts.top_p

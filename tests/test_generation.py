@@ -189,3 +189,24 @@ def test_collect_means_over_content_tokens_own_positions(lm, max_new):
             expected = hs[L + 1][0, n : n + k]
             assert torch.allclose(g.layer_means[L], expected.mean(0), atol=1e-3)
             assert g.layer_norms[L] == pytest.approx(float(expected.norm(dim=-1).mean()), rel=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 2.2e-308, 1e-30, 1e-6])
+def test_sampling_at_a_vanishing_temperature_is_greedy_not_nan(temperature):
+    """Found by the schema fuzzer: 1/T overflowed, inf - inf gave nan, and multinomial raised (a 500)."""
+    from probes.generation import _sample
+
+    logits = torch.tensor([[17.6, 19.9, 21.6, 15.9, 12.4], [3.0, -1.0, 8.0, 8.5, 0.0]])
+    for top_p in (1.0, 0.5):
+        got = _sample(logits, GenerationOptions(temperature=temperature, top_p=top_p), torch.Generator().manual_seed(0))
+        assert got.tolist() == logits.argmax(-1).tolist()
+
+
+def test_sampling_at_normal_temperatures_is_unchanged_by_the_shift():
+    from probes.generation import _sample
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1)) * 4
+    for t in (0.3, 1.0, 2.0):
+        a = _sample(logits, GenerationOptions(temperature=t), torch.Generator().manual_seed(7))
+        b = torch.multinomial(torch.softmax(logits / t, -1), 1, generator=torch.Generator().manual_seed(7)).squeeze(-1)
+        assert a.tolist() == b.tolist()
