@@ -168,7 +168,7 @@ class Engine:
         for r, s, ut in zip(requests, sessions, user_turns):  # recorded before the reply: a crash keeps it
             if ut is not None:
                 self._publish(TurnRecord(s.id, ut, "user", r.messages[-1]["content"], self.layer, source=s.source,
-                                         model_id=self.lm.model_id))
+                                         model_id=self.lm.model_id, policy=s.policy))
         opened = []
         try:
             for s, t in zip(sessions, turns):
@@ -193,7 +193,7 @@ class Engine:
             capped_any = any(g.cap_flags)
             self._publish(TurnRecord(s.id, turn, "assistant", g.text, self.layer, g.tokens, g.scores,
                                      g.pre_cap_scores if capped_any else None, g.cap_flags if capped_any else None,
-                                     summary.state, summary.running, s.source, self.lm.model_id))
+                                     summary.state, summary.running, s.source, self.lm.model_id, policy=s.policy))
             results.append(ChatResult(s.id, turn, self.layer, g.text, g.tokens, g.scores, g.pre_cap_scores,
                                       g.cap_flags, summary.state, summary.running, s.capped, g.finish_reason,
                                       sink.alerts[k], sink.interventions[k]))
@@ -226,7 +226,7 @@ class Engine:
             t = scored.get(i)
             if m["role"] != "assistant" or t is None:
                 self._publish(TurnRecord(s.id, i, m["role"], m["content"], self.layer, source=source,
-                                         model_id=self.lm.model_id))
+                                         model_id=self.lm.model_id, policy=s.policy))
                 continue
             for ev in s.tracker.update(t.scores, i):
                 if ev.kind == "alert":
@@ -237,7 +237,7 @@ class Engine:
                     self._publish(a)
             self._publish(TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
                                      state=summary.state, running=summary.running, source=source,
-                                     model_id=self.lm.model_id))
+                                     model_id=self.lm.model_id, policy=s.policy))
             out_turns.append(t.as_dict())
         s.next_turn = max(s.next_turn, len(messages))
         return {"id": s.id, "model": self.lm.model_id, "layer": self.layer, "turns": out_turns,

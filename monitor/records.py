@@ -56,6 +56,7 @@ class TurnRecord(_Record):
     source: str = "live"
     model_id: str = ""
     created_at: float = field(default_factory=now)
+    policy: str | None = None  # the session's policy when the turn was recorded (None: unknown)
 
     @property
     def mean(self) -> float | None:

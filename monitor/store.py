@@ -78,7 +78,7 @@ _name = lambda x: isinstance(x, str) and bool(x)  # noqa: E731
 _FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a predicate or the allowed values
     TurnRecord: dict(turn=lambda x: _int(x) and x >= 0, role=ROLES, layer=_int, state=STATES, source=SOURCES,
                      text=lambda x: isinstance(x, str), model_id=lambda x: isinstance(x, str), created_at=_num,
-                     running=lambda x: x is None or _num(x),
+                     running=lambda x: x is None or _num(x), policy=lambda x: x is None or x in POLICIES,
                      tokens=lambda x: isinstance(x, list) and all(isinstance(t, str) for t in x)),
     AlertEvent: dict(event_id=_name, turn=_int, token_index=_int, level=LEVELS, policy=POLICIES, score=_num,
                      threshold=_num, created_at=_num),
@@ -130,7 +130,9 @@ def _plain(obj: Base) -> dict[str, Any]:
 class Store:
     """The database behind axiswatch: ``Store(url)``, ``migrate()`` once at start, ``close()``."""
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
+    def __init__(self, url: str = DEFAULT_URL, must_exist: bool = False) -> None:
+        """``must_exist``: refuse a SQLite file that is not there (commands that only read a deployment's
+        store), rather than creating an empty database in the wrong directory."""
         try:
             u = make_url(url)
         except ArgumentError as e:
@@ -141,7 +143,11 @@ class Store:
         if self.dialect not in ("sqlite", "postgresql"):
             raise InputError(f"database URL {url!r}: only sqlite:/// and postgresql:// are supported")
         if self.dialect == "sqlite" and u.database not in (None, "", ":memory:") and not u.database.startswith("file:"):
-            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(u.database).expanduser()
+            if must_exist and not path.is_file():
+                raise InputError(f"no axiswatch database at {path.resolve()}: point --database-url or "
+                                 "AXISWATCH_DATABASE_URL at the deployment's store (serve creates it on first run)")
+            path.parent.mkdir(parents=True, exist_ok=True)
         self.url = u.render_as_string(hide_password=True)
         self.engine = create_engine(u, pool_pre_ping=self.dialect == "postgresql")
         if self.dialect == "sqlite":  # writers take the lock at BEGIN; readers get a WAL snapshot, never blocking it
@@ -249,8 +255,11 @@ class Store:
             agg.setdefault(sid, {}).update(state=state, running=running)
         capped = set(s.scalars(select(InterventionRow.session_id).where(InterventionRow.session_id.in_(ids))))
         capped |= {t.session_id for t in turns if t.capped and any(t.capped)}
-        policy = {a.session_id: a.policy for a in alerts} | {i.session_id: "cap" for i in interventions}
-        last_turn = {t.session_id: t for t in sorted(turns, key=lambda t: t.turn)}
+        in_order = sorted(turns, key=lambda t: t.turn)
+        last_turn = {t.session_id: t for t in in_order}
+        policy = ({t.session_id: t.policy for t in in_order if t.policy}
+                  | {a.session_id: a.policy for a in alerts}
+                  | {i.session_id: "cap" for i in interventions})
         for sid in ids:
             vals: dict[str, Any] = dict(updated_at=now, **agg.get(sid, {}))
             if t := last_turn.get(sid):  # where the session runs: source, model, monitor layer

@@ -187,6 +187,13 @@ def test_session_counters(store):
     assert store.get_session("d")["capped"] is True
     e = store.get_session("e")
     assert (e["n_turns"], e["state"], e["policy"], e["capped"]) == (0, "ok", "flag", False)
+    # a session that never alerted still shows its policy: turns carry it (the latest turn's wins)
+    store.write(turns=[turn("p", 0, role="user", n=0, policy="observe")])
+    assert store.get_session("p")["policy"] == "observe"
+    store.write(turns=[turn("p", 1, policy="flag"), turn("p", 2, role="user", n=0)])
+    assert store.get_session("p")["policy"] == "flag"
+    with pytest.raises(InputError, match="bad policy"):
+        store.write(turns=[turn("p", 3, policy="ignore")])
     store.mark_interrupted("c")
     store.mark_interrupted("f")  # nothing written yet: the row is created
     assert store.get_session("c")["interrupted"] and store.get_session("f")["interrupted"]
