@@ -181,7 +181,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
                              "finish_reason": res.finish_reason}],
                 "usage": _usage(req, res),
                 "axiswatch": {"session_id": res.session_id, "turn": res.turn, "layer": res.layer, "scores": res.scores,
-                              "mean": res.mean, "state": res.state, "capped": res.capped},
+                              "mean": res.mean, "state": res.state, "running": res.running, "capped": res.capped},
             }, headers=headers)
 
         loop = asyncio.get_running_loop()
@@ -241,6 +241,18 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         for rid, msgs in parsed:
             out.append(await asyncio.to_thread(engine.score_transcript, rid, msgs, "audit", policy or "observe"))
         return out
+
+    served = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "axiswatch"}
+
+    @app.get("/v1/models")
+    async def list_models() -> Any:
+        """The one model this replica serves (OpenAI clients list models before they chat)."""
+        return {"object": "list", "data": [served]}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> Any:
+        return served if model == model_id else _error(404, f"no model {model!r}; this replica serves {model_id!r}",
+                                                        "NotFound")
 
     @app.get("/v1/sessions")
     async def list_sessions(state: str | None = None, source: str | None = None, limit: int = 100) -> Any:

@@ -52,6 +52,7 @@ def test_non_streaming_with_the_openai_client(client, server):
     assert len(aw["scores"]) == r.usage.completion_tokens > 0
     assert aw["mean"] == pytest.approx(sum(aw["scores"]) / len(aw["scores"]))
     assert aw["state"] in ("ok", "watch", "warning", "critical") and aw["capped"] is False
+    assert isinstance(aw["running"], float)
     assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
     # the worker persists the turn: every scored token is in the store
     store = server["rt"].store
@@ -60,6 +61,7 @@ def test_non_streaming_with_the_openai_client(client, server):
     assert s["turns"][1]["scores"] == pytest.approx(aw["scores"], abs=1e-4)
     got = httpx.get(server["url"] + "/v1/sessions/api-1").json()
     assert got["id"] == "api-1" and len(got["turns"]) == 2
+    assert got["policy"] == server["rt"].engine.policy  # the deployment's, recorded though it never alerted
     assert any(x["id"] == "api-1" for x in httpx.get(server["url"] + "/v1/sessions").json()["sessions"])
 
 
@@ -96,6 +98,15 @@ def test_bad_requests_are_4xx(server):
     assert r.status_code == 422 and "X-Session-Id" in r.json()["error"]["message"]
     assert httpx.post(url, content=b"\xff\xfe not json", headers={"content-type": "application/json"}).status_code == 400
     assert httpx.get(server["url"] + "/v1/sessions/nope").status_code == 404
+
+
+def test_models_lists_the_served_model(server, client):
+    """OpenAI clients (and tools built on them) list models before they chat."""
+    served = server["rt"].engine.lm.model_id
+    assert [m.id for m in client.models.list()] == [served]
+    assert client.models.retrieve(served).id == served  # ids with a slash work too
+    r = httpx.get(server["url"] + "/v1/models/gpt-4")
+    assert r.status_code == 404 and served in r.json()["error"]["message"]
 
 
 def test_audit_endpoint(server):

@@ -32,9 +32,28 @@ def server(tmp_path_factory):
         rt.close()
 
 
-@pytest.mark.parametrize("method,path", [("POST", "/v1/chat/completions"), ("POST", "/v1/audit"),
-                                         ("GET", "/v1/sessions"), ("GET", "/v1/sessions/x"), ("GET", "/metrics"),
-                                         ("GET", "/openapi.json"), ("GET", "/docs")])
+GUARDED = [("POST", "/v1/chat/completions"), ("POST", "/v1/audit"), ("GET", "/v1/sessions"), ("GET", "/v1/sessions/x"),
+           ("GET", "/v1/models"), ("GET", "/v1/models/x/y"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+           ("GET", "/docs")]
+
+
+def test_the_guarded_list_covers_every_route():
+    """A new endpoint must be added to GUARDED (or to the open health checks) to pass."""
+    import re
+
+    from monitor.api import create_app
+    from monitor.auth import OPEN_PATHS
+
+    class _LM:
+        model_id = "m"
+
+    app = create_app(type("E", (), {"lm": _LM()})(), batcher=None)
+    routes = {(m, re.sub(r"\{[^}]+\}", "x", r.path)) for r in app.routes for m in getattr(r, "methods", ()) - {"HEAD"}}
+    covered = {(m, re.sub(r"/x(/y)?$", "/x", p)) for m, p in GUARDED} | {("GET", p) for p in OPEN_PATHS}
+    assert routes - covered - {("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")} == set()
+
+
+@pytest.mark.parametrize("method,path", GUARDED)
 def test_every_endpoint_but_health_needs_a_key(server, method, path):
     for headers in ({}, {"authorization": "Bearer wrong-key-wrong-key-wrong"}, {"authorization": f"Basic {KEY}"},
                     {"authorization": f"Bearer {KEY}x"}):
