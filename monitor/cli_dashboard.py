@@ -45,10 +45,15 @@ def dashboard(ctx, host, port, database_url):
 
     Reads the store and REDIS_URL (the live tail; without it, history only). It never loads the model.
     """
+    from monitor.service import listen
+    from monitor.store import Store
+
     s = _settings(ctx, database_url=database_url)
     port = port or s.dashboard_port
     if not 0 < port < 65536:
         raise InputError(f"--port must be a port number, not {port}")
+    Store(s.database_url, must_exist=True).close()  # not an empty database in the wrong directory
+    listen(host, port).close()
     click.echo(f"axiswatch dashboard on http://{host}:{port} (store {s.database_url}, "
                f"redis {s.redis_url or 'none: history only'})")
     env = dict(os.environ, AXISWATCH_DATABASE_URL=s.database_url)

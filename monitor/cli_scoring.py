@@ -38,7 +38,7 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
     v = art.unit(layer)
     failed = 0
     for f in files:
-        for k, (where, rec) in enumerate(read_transcripts(f)):
+        for where, rec in read_transcripts(f):
             try:
                 if isinstance(rec, AxiswatchError):
                     raise rec
@@ -49,8 +49,10 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
                 click.echo(f"error: {msg if msg.startswith(str(f)) else f'{where}: {msg}'}", err=True)
                 failed += 1
                 continue
-            out = {"id": rid if rid is not None else f"{Path(f).name}:{k}", "model": lm.model_id, "layer": layer,
-                   "turns": [t.as_dict() for t in turns]}
+            # unnamed records are named by the number their errors would use: JSONL line, or JSON list index
+            place = where[len(str(f)):].split()
+            out = {"id": rid if rid is not None else ":".join([Path(f).name, *place[-1:]]), "model": lm.model_id,
+                   "layer": layer, "turns": [t.as_dict() for t in turns]}
             if as_json:
                 click.echo(json.dumps(out))
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -35,20 +36,24 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
 
     s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
                   policy=policy, database_url=database_url)
-    rt = service.start(s, workers=not no_workers)
+    sock = service.listen(s.host, s.port)
+    # the dashboard shows every conversation: only a password lets it listen beyond this machine
+    ui_host = s.host if os.environ.get("AXISWATCH_DASHBOARD_PASSWORD") else "127.0.0.1"
+    if with_dashboard:
+        service.listen(ui_host, s.dashboard_port, "AXISWATCH_DASHBOARD_PORT").close()
+    try:
+        rt = service.start(s, workers=not no_workers)
+    except BaseException:
+        sock.close()
+        raise
     ui = None
     try:
         app = create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=s.api_keys,
                          max_new_tokens=s.max_new_tokens)
         if with_dashboard:
             from monitor.cli_dashboard import launch
-
-            import os
-
             from monitor.service import local_host
 
-            # the dashboard shows every conversation: only a password lets it listen beyond this machine
-            ui_host = s.host if os.environ.get("AXISWATCH_DASHBOARD_PASSWORD") else "127.0.0.1"
             ui = launch(s, rt.redis_url, ui_host, s.dashboard_port, f"http://{local_host(s.host)}:{s.port}")
             click.echo(f"dashboard on http://{ui_host}:{s.dashboard_port}"
                        + ("" if ui_host == s.host else " (loopback only: set AXISWATCH_DASHBOARD_PASSWORD to expose it)"))
@@ -59,7 +64,7 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
                    "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Who are you?\"}], \"max_tokens\": 32}'")
         # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exit that runs `finally`
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        uvicorn.run(app, host=s.host, port=s.port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning")).run(sockets=[sock])
     finally:
         if ui is not None:
             ui.terminate()

@@ -15,7 +15,7 @@ def _store(ctx, database_url):
     from monitor.store import Store
 
     s = _settings(ctx, database_url=database_url)
-    store = Store(s.database_url)
+    store = Store(s.database_url, must_exist=True)
     store.migrate()
     return store
 
@@ -48,6 +48,8 @@ def sessions_list(ctx, state, source, limit, database_url, as_json):
     for r in rows:
         click.echo(f"{r['id'][:32]:32s} {r['source']:7s} {r['state']:9s} {_fmt(r['running']):>8s} "
                    f"{r['n_turns']:5d} {r['n_tokens']:6d} {'yes' if r['capped'] else 'no'}")
+    if not rows:
+        click.echo("no sessions" + (" match these filters" if state or source else " stored yet"), err=True)
 
 
 def _get(ctx, database_url, session_id):
@@ -120,13 +122,20 @@ def alerts():
 def alerts_list(ctx, status, limit, database_url, as_json):
     """Newest alerts first, with their webhook delivery status."""
     rows = _store(ctx, database_url).list_alerts(status=status, limit=limit)
-    for a in rows:
-        if as_json:
+    if as_json:
+        for a in rows:
             click.echo(json.dumps(a, default=str))
-        else:
-            click.echo(f"{a['event_id']:28s} {a['session_id'][:28]:28s} {a['level']:8s} turn {a['turn']:3d} "
-                       f"token {a['token_index']:4d} running {_fmt(a['score'])} < {_fmt(a['threshold'])}  "
-                       f"{a['delivery_status']} ({a['attempts']} attempts)")
+        return
+    click.echo(f"{'event':28s} {'session':28s} {'level':8s} where             running < threshold  webhook")
+    for a in rows:
+        click.echo(f"{a['event_id']:28s} {a['session_id'][:28]:28s} {a['level']:8s} turn {a['turn']:3d} "
+                   f"token {a['token_index']:4d} {_fmt(a['score']):>7s} < {_fmt(a['threshold']):>7s}  "
+                   f"{a['delivery_status']} ({a['attempts']} attempts)")
+    if not rows:
+        click.echo("no alerts" + (f" with status {status}" if status else " stored yet"), err=True)
+    elif _settings(ctx).webhook is None and any(a["delivery_status"] == "pending" for a in rows):
+        click.echo("pending: not delivered yet. Alerts are sent only by a deployment with AXISWATCH_WEBHOOK_URL "
+                   "and AXISWATCH_WEBHOOK_SECRET set (not set here).", err=True)
 
 
 @alerts.command("replay")

@@ -6,6 +6,7 @@ the batcher and, unless ``workers=False``, an in-process persistence worker.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import uuid
 from contextlib import ExitStack
@@ -72,6 +73,23 @@ class Runtime:
 def local_host(host: str) -> str:
     """An address to reach a server bound to ``host`` from this machine (a wildcard means loopback)."""
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+
+
+def listen(host: str, port: int, option: str = "--port") -> socket.socket:
+    """A socket bound to ``host:port``, or a one-line error naming ``option`` when the port is taken.
+
+    Bound before the model loads, so a clash fails in a second rather than after a start banner."""
+    from monitor.errors import InputError
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e} "
+                         f"(is another axiswatch running there? choose another {option})") from None
+    return sock
 
 
 def open_data(settings: Settings, stack: ExitStack):

@@ -50,7 +50,7 @@ def test_audit_bad_records_reported_good_ones_kept(transcripts):
     r = run("audit", str(transcripts / "mixed.jsonl"), str(transcripts / "latin1.json"), "--json")
     assert r.returncode == 1
     lines = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [x["id"] for x in lines] == ["mixed.jsonl:0", "conv-2"]  # nothing partial for the bad ones
+    assert [x["id"] for x in lines] == ["mixed.jsonl:1", "conv-2"]  # nothing partial for the bad ones
     errs = r.stderr.strip().splitlines()
     assert len(errs) == 3 and all(e.startswith("error: ") for e in errs)
     assert "mixed.jsonl line 2" in errs[0] and "invalid JSON" in errs[0]

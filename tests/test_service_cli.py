@@ -158,12 +158,45 @@ def test_a_session_continues_after_a_restart(tmp_path):
         (0, "user"), (1, "assistant"), (2, "user"), (3, "assistant")]
 
 
+def test_a_taken_port_fails_at_once_without_a_banner(tmp_path):
+    """Checked before Redis, the store or the model start: one line naming the setting to change."""
+    import socket
+
+    base = {**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "REDIS_URL": ""}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for args, env, option in ((["serve"], {"AXISWATCH_PORT": str(busy)}, "--port"),
+                                  (["serve", "--dashboard"], {"AXISWATCH_PORT": str(free_port()),
+                                                              "AXISWATCH_DASHBOARD_PORT": str(busy)},
+                                   "AXISWATCH_DASHBOARD_PORT"),
+                                  (["dashboard", "--port", str(busy)], {}, "--port")):
+            if args[0] == "dashboard":
+                from monitor.store import Store
+
+                Store(base["AXISWATCH_DATABASE_URL"]).migrate()
+            r = subprocess.run([AXISWATCH, *args], capture_output=True, text=True, timeout=60, env={**base, **env})
+            assert r.returncode == 1 and r.stdout == "", (args, r.stdout, r.stderr)
+            assert r.stderr == (f"error: cannot listen on 127.0.0.1:{busy}: Address already in use "
+                                f"(is another axiswatch running there? choose another {option})\n")
+            assert not (tmp_path / "x.db").exists() or args[0] == "dashboard"  # nothing was started
+
+
+def test_dashboard_refuses_a_missing_database(tmp_path):
+    r = subprocess.run([AXISWATCH, "dashboard", "--database-url", f"sqlite:///{tmp_path / 'none.db'}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: no axiswatch database at ")
+    assert not (tmp_path / "none.db").exists()
+
+
 def test_serve_refuses_to_start_with_clear_errors(tmp_path):
     import torch
 
     from probes.artifacts import AxisArtifact
 
-    base = {**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    base = {**os.environ, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+            "AXISWATCH_PORT": str(free_port())}
     r = subprocess.run([AXISWATCH, "serve"], capture_output=True, text=True, timeout=120,
                        env={**base, "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert r.returncode == 1 and r.stderr.count("\n") == 1

@@ -67,3 +67,31 @@ def test_export_csv_and_json(db, tmp_path):
 def test_unknown_session(db):
     r = run(db, "sessions", "show", "nope")
     assert r.returncode == 1 and r.stderr.strip() == "error: no session 'nope' in the store"
+
+
+def test_read_commands_never_create_a_database(tmp_path):
+    """Run from the wrong directory, a read gives a clear error, not an empty table from a new empty file."""
+    missing = tmp_path / "nowhere" / "aw.db"
+    for args in (["sessions", "list"], ["sessions", "show", "s-1"], ["alerts", "list"]):
+        r = run(f"sqlite:///{missing}", *args)
+        assert r.returncode == 1 and r.stderr.startswith(f"error: no axiswatch database at {missing}")
+        assert r.stderr.count("\n") == 1 and "AXISWATCH_DATABASE_URL" in r.stderr
+    assert not missing.parent.exists()
+
+
+def test_alerts_list_has_a_header_and_says_when_empty_or_undelivered(db, tmp_path):
+    env_no_hook = {k: v for k, v in os.environ.items() if not k.startswith("AXISWATCH_WEBHOOK")}
+    r = subprocess.run([AXISWATCH, "alerts", "list"], capture_output=True, text=True,
+                       env={**env_no_hook, "AXISWATCH_DATABASE_URL": db})
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0].split()[:3] == ["event", "session", "level"]
+    assert lines[1].startswith("evt_1") and "pending (0 attempts)" in lines[1]
+    assert "AXISWATCH_WEBHOOK_URL" in r.stderr  # why it stays pending
+    r = run(db, "alerts", "list", "--status", "dead")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stderr.strip() == "no alerts with status dead"
+    r = run(db, "alerts", "list", "--json")
+    assert [json.loads(x)["event_id"] for x in r.stdout.splitlines()] == ["evt_1"] and r.stderr == ""
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    Store(empty).migrate()
+    r = run(empty, "sessions", "list")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stderr.strip() == "no sessions stored yet"
