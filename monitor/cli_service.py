@@ -36,11 +36,11 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
 
     s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
                   policy=policy, database_url=database_url)
-    sock = service.listen(s.host, s.port)
     # the dashboard shows every conversation: only a password lets it listen beyond this machine
     ui_host = s.host if os.environ.get("AXISWATCH_DASHBOARD_PASSWORD") else "127.0.0.1"
     if with_dashboard:
         service.listen(ui_host, s.dashboard_port, "AXISWATCH_DASHBOARD_PORT").close()
+    sock = service.listen(s.host, s.port)  # held from here: a clash fails now, not after the model loads
     try:
         rt = service.start(s, workers=not no_workers)
     except BaseException:
