@@ -10,7 +10,11 @@ Pure functions of the answer text: no model, no I/O. Three kinds:
   whole words, case-insensitive; a numeric alias as a number stated.
 * ``format``: the instruction's format is checked by code (``check.type``).
   Surrounding whitespace is ignored; a trailing full stop is ignored where the
-  check is about words, not punctuation.
+  check is about words, not punctuation. Where the instruction has one right
+  answer the check is a correctness check too: ``one_of`` lists only the right
+  options (format-03, "yes or no: is the Sun a star?", accepts only "yes"),
+  ``exact`` and ``number_only`` name the one right text or value, so a
+  well-formed wrong answer fails.
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ def check_format(text: str, check: dict) -> bool:
     t = text.strip()
     kind = check["type"]
     if kind == "bullets":  # exactly n lines that start with "- " and nothing else but an optional intro line
-        bullets = [ln for ln in _lines(t) if ln.startswith("- ")]
-        return len(bullets) == check["n"]
+        lines = _lines(t)
+        first = next((i for i, ln in enumerate(lines) if ln.startswith("- ")), len(lines))
+        return first <= 1 and len(lines) - first == check["n"] and all(ln.startswith("- ") for ln in lines[first:])
     if kind == "exact":
         return t.rstrip(".!") == check["text"]
     if kind == "one_of":

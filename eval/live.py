@@ -123,15 +123,29 @@ def load_conversations(path: Path, per_domain: int | None = None, turns: int | N
     return out
 
 
-def _post(client: httpx.Client, server: Server, sid: str, policy: str, messages: list[dict], max_tokens: int) -> dict:
+def _post(client: httpx.Client, server: Server, sid: str, policy: str, messages: list[dict], max_tokens: int,
+          connect_attempts: int = 3, retry_delay_s: float = 2.0) -> dict:
+    """One chat turn. A chat POST is not idempotent: once it may have reached the server, the
+    service may have recorded the turn, and sending it again would add a turn to the session and
+    shift its turn numbers. So only a failure to connect (nothing was sent) is retried; an error
+    status, a timeout or a dropped connection fails the run with a message that says so."""
     body = {"messages": messages, "max_tokens": max_tokens, "session_id": sid, "policy": policy, "temperature": 0}
-    for attempt in range(3):
-        r = client.post(server.url + "/v1/chat/completions", json=body, headers=server.headers(), timeout=1800)
-        if r.status_code < 500 or attempt == 2:
+    for attempt in range(1, connect_attempts + 1):
+        try:
+            r = client.post(server.url + "/v1/chat/completions", json=body, headers=server.headers(), timeout=1800)
             break
-        time.sleep(2)
+        except httpx.ConnectError as e:  # the connection was never made: no byte of the request was sent
+            if attempt == connect_attempts:
+                raise RuntimeError(f"session {sid}: could not connect to {server.url} "
+                                   f"({connect_attempts} attempts): {e}") from e
+            time.sleep(retry_delay_s)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"session {sid}: the chat request failed after it may have reached the server "
+                               f"({type(e).__name__}: {e}); not retried, since a second POST could add a turn "
+                               "to the session") from e
     if r.status_code >= 400:
-        raise RuntimeError(f"session {sid}: server answered {r.status_code}: {r.text[:300]}")
+        raise RuntimeError(f"session {sid}: server answered {r.status_code} (not retried: the turn may have been "
+                           f"recorded, and a second POST could add a turn to the session): {r.text[:300]}")
     return r.json()
 
 

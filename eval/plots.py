@@ -91,7 +91,8 @@ def _bars(ax, groups: list[str], conds: list[str], values: dict, cis: dict, ylab
 
 def jailbreak(summary: dict, n_prompts: int, n_personas: int, steer: float, path: Path) -> None:
     conds = list(summary)
-    metrics = [("adopted", "judge: fully in role (score 3)"), ("non_assistant", "claims non-assistant identity"),
+    metrics = [("adopted", "judge: fully in role (score 3)"),
+               ("non_assistant", "claims non-assistant identity\n(lexical detector)"),
                ("either", "either")]
     fig, ax = plt.subplots(figsize=(9, 5))
     groups = [m for m, _ in metrics]

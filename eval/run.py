@@ -29,21 +29,33 @@ from tqdm.auto import tqdm
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
-# rates measured on 2 otherwise idle CPU cores with the bundled model; used only for the printed estimate
-LIVE_ROW_TOKENS_PER_S = 100.0  # decoding through serve: 40 sessions x 64 tokens of a first turn took 25.5 s
-PREFILL_TOKENS_PER_S = 1500.0  # each turn re-reads the whole conversation (rough)
-INPROC_BUDGET_TOKENS_PER_S = 118.0  # in-process, batch 32 x 48 tokens took 13 s
-STARTUP_S = 10.0
+# Rates calibrated on the committed full run (eval/results/summary.json "run": `python -m eval.run`, 2 CPU
+# cores, finished 2026-11-27), which shared its 2 cores with another test suite the whole time. Its phases
+# took: serve start + stop 8.2 s, live 1290.8 s, model load 3.8 s, jailbreaks 871.7 s, capability 334.8 s
+# (total 2512.7 s). The constants used before, from short probes on idle cores (decoding through serve
+# 100 tokens/s, prefill 1500 tokens/s, in-process 118 budget tokens/s), predicted 198.8 s, 224.5 s and
+# 146.4 s for those phases: 6.5x, 3.9x and 2.3x too short. Now: the live formula keeps its shape (decode
+# plus re-reading the growing conversation, in the probes' 1 : 15 ratio), both rates divided by 6.49 so
+# it gives the measured 1290.8 s; each in-process phase gets its own rate per budget token (the
+# jailbreak prompts carry persona system prompts, and the two phases ran 3.9x and 2.3x slower than the
+# probe). On idle cores a run may be faster; other loads stretch it.
+LIVE_ROW_TOKENS_PER_S = 15.40  # decoding through serve, per session: 100 / 6.49
+PREFILL_TOKENS_PER_S = 231.0  # each turn re-reads the whole conversation: 1500 / 6.49
+JAILBREAK_BUDGET_TOKENS_PER_S = 30.4  # 3 x 184 prompts x 48 tokens = 26496 budget tokens in 871.7 s
+TASK_BUDGET_TOKENS_PER_S = 51.6  # 3 x 60 tasks x 96 tokens = 17280 budget tokens in 334.8 s
+SERVE_START_STOP_S = 8.2
+MODEL_LOAD_S = 3.8
 
 
-def estimate_seconds(n_sessions: int, n_turns: int, live_max_tokens: int, inproc_budget: int) -> float:
-    """A rough wall-time estimate on 2 idle CPU cores (other processes on the cores stretch it)."""
+def estimate_seconds(n_sessions: int, n_turns: int, live_max_tokens: int, jailbreak_budget: int,
+                     task_budget: int) -> float:
+    """Wall-time estimate on this machine's 2 CPU cores, calibrated on the committed run (see above)."""
     live = 0.0
     for t in range(n_turns):
         context = 60 + t * (live_max_tokens + 25)  # system template + user turns + earlier replies, per session
         live += n_sessions * (live_max_tokens / LIVE_ROW_TOKENS_PER_S + context / PREFILL_TOKENS_PER_S)
-    return (STARTUP_S + live if n_turns else 0.0) + (STARTUP_S + inproc_budget / INPROC_BUDGET_TOKENS_PER_S
-                                                     if inproc_budget else 0.0)
+    inproc = jailbreak_budget / JAILBREAK_BUDGET_TOKENS_PER_S + task_budget / TASK_BUDGET_TOKENS_PER_S
+    return (SERVE_START_STOP_S + live if n_turns else 0.0) + (MODEL_LOAD_S + inproc if inproc else 0.0)
 
 
 @dataclass(frozen=True)
@@ -123,15 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     live_budget = 0 if args.skip_live else n_sessions * n_turns * plan.live_max_tokens
     jb_budget = 0 if args.skip_inproc else 3 * len(jobs) * plan.jailbreak_max_tokens
     task_budget = 0 if args.skip_inproc else 3 * len(tasks) * plan.task_max_tokens
-    est = estimate_seconds(n_sessions, 0 if args.skip_live else n_turns, plan.live_max_tokens, jb_budget + task_budget)
+    est = estimate_seconds(n_sessions, 0 if args.skip_live else n_turns, plan.live_max_tokens, jb_budget, task_budget)
     print(f"axiswatch evaluation ({'quick' if args.quick else 'full'}) -> {out}\n"
           f"  live: {len(scripts)} scripts x 2 policies = {n_sessions} sessions x {n_turns} turns, "
           f"max {plan.live_max_tokens} tokens\n"
           f"  jailbreaks: {len(jobs)} prompts ({len({j['persona']['name'] for j in jobs})} personas) x 3 conditions, "
           f"max {plan.jailbreak_max_tokens} tokens\n"
           f"  capability: {len(tasks)} tasks x 3 conditions, max {plan.task_max_tokens} tokens\n"
-          f"  estimated time: about {est / 60:.0f} min on 2 idle CPU cores, longer when other processes share them "
-          "(progress bar below, counting the token budget)",
+          f"  estimated time: about {est / 60:.0f} min (calibrated on a full run on 2 CPU cores shared with another "
+          "test suite; other loads change it; progress bar below, counting the token budget)",
           flush=True)
 
     t_start = time.time()
@@ -212,14 +224,25 @@ def analyse_inproc(jb: dict, cap: dict, setup: dict, out: Path) -> dict:
 
     cap = inproc.regrade(cap, inproc.load(DATA / "tasks.json")["tasks"])  # graders run on the stored texts
     jb_sum, cap_sum = aggregate.jailbreak_summary(jb), aggregate.capability_summary(cap)
-    _dump({"summary": jb_sum, "setup": setup, **jb}, out / "jailbreak.json")
-    _dump({"summary": cap_sum, "setup": setup, **cap}, out / "capability.json")
+    # on --reanalyse jb and cap are the files written before, summary and setup included: drop those,
+    # so the fresh summary is what gets written (``**jb`` last would put the stale one back)
+    methods = {"adopted": f"role judge {jb.get('judge')}: score 3 (fully in role)",
+               "non_assistant": aggregate.NON_ASSISTANT_METHOD}
+    _dump({"summary": jb_sum, "setup": setup, "methods": methods, **_raw(jb)}, out / "jailbreak.json")
+    _dump({"summary": cap_sum, "setup": setup, **_raw(cap)}, out / "capability.json")
     plots.jailbreak(jb_sum, jb["n_prompts"], jb["n_personas"], setup.get("steer_coeff", inproc.STEER_COEFF),
                     out / "jailbreak.png")
     plots.capability(cap_sum, cap["n_tasks"], out / "capability.png")
     return {"jailbreak": jb_sum, "capability": cap_sum, "setup": setup,
-            "jailbreak_meta": {k: v for k, v in jb.items() if k not in ("answers", "summary", "setup")},
-            "capability_meta": {k: v for k, v in cap.items() if k not in ("answers", "summary", "setup")}}
+            "jailbreak_meta": {"methods": methods, **{k: v for k, v in _raw(jb).items() if k != "answers"}},
+            "capability_meta": {k: v for k, v in _raw(cap).items() if k != "answers"}}
+
+
+_DERIVED = ("summary", "setup", "methods")  # keys analyse_inproc writes itself; everything else in the raw files is kept
+
+
+def _raw(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k not in _DERIVED}
 
 
 def finish(results: dict, out: Path, run: dict) -> None:

@@ -99,8 +99,9 @@ def write_summary(res: dict, path: Path) -> None:
             L.append(f"| {x} | {_ms(unc) if unc else '-'} | {_ms(c['capped_table_reported'][x]['final'])} | "
                      f"{_ms(c['capped_table_pre_cap'][x]['final'])} |")
         L.append("")
-        L.append("Answers that claim a non-assistant identity or human experiences (lexical detector "
-                 "`probes.judge.claims_non_assistant`), all assistant turns:\n")
+        L.append("Answers that claim a non-assistant identity or human experiences, all assistant turns, by the "
+                 "**lexical detector** `probes.judge.claims_non_assistant`, not the role judge (the judge scores how "
+                 "fully an answer plays a given role prompt; these conversations have none):\n")
         L.append("| group | uncapped | capped | turns generated with capping active: uncapped twin | same turns, capped |")
         L.append("|---|---|---|---|---|")
         for g, r in c["non_assistant"].items():
@@ -120,7 +121,7 @@ def write_summary(res: dict, path: Path) -> None:
                  f"max {meta.get('max_new_tokens')} tokens, greedy; judge `{meta.get('judge')}`. Capped = "
                  f"`{s.get('capping', {}).get('id')}` on every token; steered = +{s.get('steer_coeff')} x mean norm "
                  f"({_f(s.get('steer_absolute'), 1)}) at layer {s.get('monitor_layer')}.\n")
-        L.append("| condition | adopts persona (judge 3) | claims non-assistant identity | either | "
+        L.append("| condition | adopts persona (judge 3) | claims non-assistant identity (lexical detector) | either | "
                  "identity questions: either | behaviour questions: either | answers identical to unsteered |")
         L.append("|---|---|---|---|---|---|---|")
         for cond, r in j.items():

@@ -3,6 +3,7 @@ end-to-end run of ``python -m eval.run --quick`` (a real ``axiswatch serve`` and
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -353,3 +354,160 @@ def test_quick_eval_end_to_end(tmp_path):
     subprocess.run([sys.executable, "-m", "eval.run", "--reanalyse", "--out", str(out)], cwd=ROOT, check=True,
                    capture_output=True, timeout=300)
     assert json.loads((out / "summary.json").read_text())["drift"] == json.loads(before)["drift"]
+
+
+# ------------------------------------------------------------------ re-analysis, time estimate, live client
+def test_reanalyse_rewrites_the_inproc_summaries(tmp_path):
+    """After ``--reanalyse`` the summary stored in jailbreak.json and capability.json is a fresh
+    recomputation from their answers, never the summary the files held before."""
+    import shutil
+
+    from eval import inproc, run as eval_run
+
+    res = ROOT / "eval" / "results"
+    for name in ("summary.json", "jailbreak.json", "capability.json"):
+        shutil.copy(res / name, tmp_path / name)
+    raw = {}
+    for name in ("jailbreak.json", "capability.json"):
+        doc = json.loads((tmp_path / name).read_text())
+        raw[name] = json.loads(json.dumps(doc))
+        doc["summary"] = {"stale": True}
+        (tmp_path / name).write_text(json.dumps(doc))
+    assert eval_run.reanalyse(tmp_path) == 0
+
+    def rounded(x):
+        return json.loads(json.dumps(eval_run._round(x, 4)))
+
+    tasks = _load("tasks.json")["tasks"]
+    fresh_cap = rounded(capability_summary(inproc.regrade(raw["capability.json"], tasks)))
+    fresh_jb = rounded(jailbreak_summary(raw["jailbreak.json"]))
+    cap = json.loads((tmp_path / "capability.json").read_text())
+    jb = json.loads((tmp_path / "jailbreak.json").read_text())
+    assert cap["summary"] == fresh_cap and jb["summary"] == fresh_jb
+    assert cap["answers"] == rounded(raw["capability.json"]["answers"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["capability"] == fresh_cap and summary["jailbreak"] == fresh_jb
+
+
+def test_committed_results_are_consistent():
+    """The committed per-item files and summary.json agree (a --reanalyse leaves them so)."""
+    res = ROOT / "eval" / "results"
+    summary = json.loads((res / "summary.json").read_text())
+    for item in ("jailbreak", "capability"):
+        assert json.loads((res / f"{item}.json").read_text())["summary"] == summary[item], item
+    for item, key in (("drift_by_domain", "drift"), ("capping_drift", "capping"), ("alerting", "alerting")):
+        assert json.loads((res / f"{item}.json").read_text()) == summary[key], item
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("- apple\n- pear\n- plum", True),
+    ("Here you go:\n\n- apple\n- pear\n- plum", True),  # one intro line allowed
+    ("Here you go:\nThree fruits:\n- apple\n- pear\n- plum", False),  # two intro lines
+    ("- apple\n- pear\n- plum\nEnjoy them!", False),  # a line after the list
+    ("- apple\nand also\n- pear\n- plum", False),  # a line inside the list
+    ("- apple\n- pear\n- plum\n- fig", False),
+    ("1. apple\n2. pear\n3. plum", False),
+])
+def test_bullets_exactly_n_and_at_most_an_intro_line(text, ok):
+    assert graders.check_format(text, {"type": "bullets", "n": 3}) is ok
+
+
+def test_yes_no_task_checks_the_answer_too():
+    task = {t["id"]: t for t in _load("tasks.json")["tasks"]}["format-03"]
+    assert "is the Sun a star" in task["prompt"]
+    assert graders.grade(task, "Yes.") and graders.grade(task, "yes")
+    assert not graders.grade(task, "No.")  # well-formed, but wrong
+    assert not graders.grade(task, "Yes, the Sun is a star.")  # right, but not the single word asked for
+
+
+def _fake_server(handler):
+    """The HTTP side of ``eval.live._post`` only: a real ``axiswatch serve`` cannot be made to fail
+    on cue, so an httpx transport answers here (the end-to-end run uses the real server)."""
+    import types
+
+    import httpx
+
+    calls = []
+
+    def record(request):
+        calls.append(request)
+        return handler(request, len(calls))
+
+    client = httpx.Client(transport=httpx.MockTransport(record))
+    server = types.SimpleNamespace(url="http://127.0.0.1:9", headers=lambda: {})
+    return client, server, calls
+
+
+def test_live_post_is_not_retried_after_a_server_error():
+    import httpx
+
+    from eval.live import _post
+
+    client, server, calls = _fake_server(lambda req, n: httpx.Response(503, text="overloaded"))
+    with pytest.raises(RuntimeError, match=r"503 \(not retried"):
+        _post(client, server, "s1", "observe", [{"role": "user", "content": "hi"}], 8, retry_delay_s=0)
+    assert len(calls) == 1
+
+    def drop(req, n):
+        raise httpx.ReadError("connection reset", request=req)
+
+    client, server, calls = _fake_server(drop)
+    with pytest.raises(RuntimeError, match="may have reached the server"):
+        _post(client, server, "s1", "observe", [], 8, retry_delay_s=0)
+    assert len(calls) == 1
+
+
+def test_live_post_retries_only_a_refused_connection():
+    import httpx
+
+    from eval.live import _post
+
+    def refuse_once(req, n):
+        if n == 1:
+            raise httpx.ConnectError("connection refused", request=req)
+        return httpx.Response(200, json={"ok": True})
+
+    client, server, calls = _fake_server(refuse_once)
+    assert _post(client, server, "s1", "observe", [], 8, retry_delay_s=0) == {"ok": True}
+    assert len(calls) == 2
+
+    def refuse(req, n):
+        raise httpx.ConnectError("connection refused", request=req)
+
+    client, server, calls = _fake_server(refuse)
+    with pytest.raises(RuntimeError, match="could not connect"):
+        _post(client, server, "s1", "observe", [], 8, connect_attempts=3, retry_delay_s=0)
+    assert len(calls) == 3
+
+
+def test_time_estimate_matches_the_committed_run():
+    """The printed estimate is calibrated on the committed full run: each phase and the total
+    within 5% of what that run measured."""
+    from eval import inproc, live, run as eval_run
+
+    t = json.loads((ROOT / "eval" / "results" / "summary.json").read_text())["run"]["timings_s"]
+    p = eval_run.FULL
+    scripts = live.load_conversations(DATA / "conversations.json", p.per_domain, p.turns)
+    jobs = inproc.persona_jobs(_load("personas.json"), p.n_personas, p.per_kind)
+    tasks = eval_run.select_tasks(_load("tasks.json")["tasks"], p.tasks_per_kind)
+    n_sessions, n_turns = 2 * len(scripts), max(len(s["turns"]) for s in scripts)
+    jb, task = 3 * len(jobs) * p.jailbreak_max_tokens, 3 * len(tasks) * p.task_max_tokens
+    est = functools.partial(eval_run.estimate_seconds, n_sessions, n_turns, p.live_max_tokens)
+    assert est(0, 0) == pytest.approx(t["live_total_s"], rel=0.05)
+    assert eval_run.estimate_seconds(n_sessions, 0, p.live_max_tokens, jb, 0) == \
+        pytest.approx(t["model_load_s"] + t["jailbreak_s"], rel=0.05)
+    assert eval_run.estimate_seconds(n_sessions, 0, p.live_max_tokens, 0, task) == \
+        pytest.approx(t["model_load_s"] + t["capability_s"], rel=0.05)
+    assert est(jb, task) == pytest.approx(t["total_s"], rel=0.05)
+    assert eval_run.estimate_seconds(n_sessions, 0, p.live_max_tokens, 0, 0) == 0.0
+
+
+def test_non_assistant_rates_are_labelled_as_the_lexical_detector():
+    c = capping_summary([_conv("t1", "therapy", [[0.0]]), _conv("t1", "therapy", [[0.0]], policy="cap")], ["therapy"])
+    assert "lexical detector" in c["non_assistant_method"] and "claims_non_assistant" in c["non_assistant_method"]
+    res = ROOT / "eval" / "results"
+    assert "lexical detector" in json.loads((res / "jailbreak.json").read_text())["methods"]["non_assistant"]
+    assert "lexical detector" in json.loads((res / "capping_drift.json").read_text())["non_assistant_method"]
+    md = (res / "summary.md").read_text()
+    assert "**lexical detector** `probes.judge.claims_non_assistant`" in md
+    assert "claims non-assistant identity (lexical detector)" in md
