@@ -244,10 +244,10 @@ def bench_latency(lm, axis, cfg) -> None:
             continue  # a final entry with no tokens left to flush
         last_idx = d["start"] + len(d["scores"]) - 1
         ms = (t_arr - produced[(sid, last_idx)]) * 1000
-        (final if d.get("final") else full).append(ms)
+        (final if d.get("ended") or d.get("final") else full).append(ms)
     lat = full + final
     print(f"  sessions' tokens: {[len(x.tokens) for x in res]}; live entries with tokens: {len(lat)} "
-          f"({len(full)} mid-turn, {len(final)} marked final)")
+          f"({len(full)} mid-turn, {len(final)} marked ended)")
     if full:
         print(f"  mid-turn:       p50 {percentile(full, 50):6.2f} ms  p99 {percentile(full, 99):6.2f} ms  "
               f"max {max(full):6.2f} ms")

@@ -98,7 +98,8 @@ def main() -> None:
           f"second half {slope(1):+.1f} MB per 1,000 sessions")
     print(f"worker RSS after the first tenth {samples[0][2]:.0f} MB, at the end {samples[-1][2]:.0f} MB, "
           f"second half {slope(2):+.1f} MB per 1,000 sessions")
+    return 0 if stored == generated else 1  # a soak that lost tokens fails
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

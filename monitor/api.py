@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from monitor.settings import MAX_AUDIT_BYTES
 from probes.generation import GenerationOptions
 from probes.models import format_chat
 
+log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 1024
 MAX_BODY_BYTES = MAX_AUDIT_BYTES  # no request body may be larger (chat bodies are far smaller)
 
@@ -63,6 +65,10 @@ class Metrics:
         self.sessions = Gauge("axiswatch_sessions", "sessions known to this replica", registry=self.registry)
         self.lag = Gauge("axiswatch_stream_lag", "stream entries not yet delivered to a group", ["stream", "group"],
                          registry=self.registry)
+        self.publish_errors = Gauge("axiswatch_publish_errors", "records the engine could not hand to the outbox "
+                                    "(cumulative; each is logged)", registry=self.registry)
+        self.redis_up = Gauge("axiswatch_redis_up", "1 when this scrape could read the stream lag from Redis",
+                              registry=self.registry)
         self.outbox = Gauge("axiswatch_outbox", "the outbox between the engine and Redis: records queued in "
                             "memory, spilled to the store, replayed, live entries dropped, outages (cumulative), "
                             "and redis_down (1 while Redis is unreachable)", ["what"], registry=self.registry)
@@ -120,6 +126,24 @@ class _Guard:
             return whole.pop() if whole else await receive()
 
         return await self.app(scope, replay, send)
+
+
+_MESSAGE = {"type": "object", "required": ["role", "content"],
+            "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                           "content": {"type": "string"}}}
+_TURN = {"type": "object", "required": ["role", "content"],  # the paper's transcript JSON
+         "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}
+_CONVERSATION = {"anyOf": [
+    {"type": "object", "required": ["messages"],
+     "properties": {"id": {"type": "string"}, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1}}},
+    {"type": "object", "required": ["conversation"],
+     "properties": {"id": {"type": "string"}, "conversation": {"type": "array", "items": _TURN, "minItems": 1}}},
+]}
+# /v1/audit reads its body itself (one conversation, a list of them, or a bare message list); the schema
+# says what it takes, so clients and the schema fuzzer see it
+AUDIT_BODY = {"required": True, "content": {"application/json": {"schema": {"anyOf": [
+    _CONVERSATION, {"type": "array", "items": _CONVERSATION, "minItems": 1},
+    {"type": "array", "items": _MESSAGE, "minItems": 1}]}}}}
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -216,7 +240,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    @app.post("/v1/audit")
+    @app.post("/v1/audit", openapi_extra={"requestBody": AUDIT_BODY})
     async def audit(request: Request, policy: Literal["observe", "flag", "cap"] | None = None):
         """Score finished conversations (the body of an ``axiswatch audit`` file: one conversation
         object or a list of them); each is stored as a session with source ``audit``. Every record is
@@ -235,6 +259,9 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         if not records:
             raise InputError("expected a conversation object ({messages} or {conversation}) or a non-empty list of them")
         parsed = [parse_record(rec, f"record {i}") for i, rec in enumerate(records)]
+        for i, (rid, _msgs) in enumerate(parsed):  # the id names a stored session: keep it printable
+            if rid is not None and (not rid or len(rid) > 200 or any(ord(c) < 32 or c == "\x7f" for c in rid)):
+                raise InputError(f"record {i}: 'id' must be 1-200 characters without control characters")
         for _rid, msgs in parsed:  # template problems surface before anything is stored
             format_chat(engine.lm.tokenizer, msgs, add_generation_prompt=False)
         out = []
@@ -290,19 +317,30 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         ok = checks["model"] and (checks.get("redis", True) or hasattr(box, "down"))
         return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
+    def _lag() -> dict[tuple[str, str], int]:
+        return {(stream, group): lag["undelivered"] + lag["pending"]
+                for stream in ("turns", "alerts", "interventions") for group, lag in streams.lag(stream).items()}
+
     @app.get("/metrics")
     async def prometheus():
         metrics.sessions.set(len(engine.sessions))
+        metrics.publish_errors.set(engine.publish_errors)
         box = engine.publisher
         if hasattr(box, "stats"):
             for what in ("spilled", "replayed", "live_dropped", "outages", "lost"):
                 metrics.outbox.labels(what).set(box.stats[what])
             metrics.outbox.labels("queued").set(box.queued)
             metrics.outbox.labels("redis_down").set(int(box.down))
-        if streams is not None:
-            for stream in ("turns", "alerts", "interventions"):
-                for group, lag in streams.lag(stream).items():
-                    metrics.lag.labels(stream, group).set(lag["undelivered"] + lag["pending"])
+        if streams is not None:  # off the event loop: a slow or dead Redis must not stall the streams
+            try:
+                lags = await asyncio.to_thread(_lag)
+                metrics.redis_up.set(1)
+            except Exception as e:  # noqa: BLE001 - Redis down: the scrape still answers, with redis_up 0
+                log.warning("metrics: stream lag unavailable: %s", e)
+                lags = {}
+                metrics.redis_up.set(0)
+            for (stream, group), n in lags.items():
+                metrics.lag.labels(stream, group).set(n)
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app

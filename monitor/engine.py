@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class Publisher(Protocol):
     def publish(self, record) -> None: ...
     def publish_live_many(self, items: list[tuple[str, dict]]) -> None: ...
+    # optional: ``reserve_turns([(session_id, floor, n)]) -> [first]``, turn numbers shared by every replica
 
 
 @dataclass
@@ -139,6 +140,11 @@ class Engine:
             if n + request.options.max_new_tokens > limit:
                 raise InputError(f"prompt of {n} tokens + {request.options.max_new_tokens} new tokens exceeds "
                                  f"the model's {limit} positions")
+        if request.policy == "cap" and self.capping is None:
+            raise InputError("policy 'cap' needs a capping config; none is loaded")
+        s = self.sessions.get(request.session_id)  # a known session's own checks, so they fail alone too
+        if s is not None and s.source != "live":
+            raise InputError(f"session {s.id!r} is a {s.source} session; chat in a new session")
 
     def run_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Generate one assistant turn for each request (each a different session)."""
@@ -159,12 +165,12 @@ class Engine:
                 s.policy = s.tracker.policy = parse_policy(r.policy)
         opts = requests[0].options
         # reserve the stored turn numbers: the new user message (if any), then the reply
+        counts = [1 + int(bool(r.messages) and r.messages[-1]["role"] == "user") for r in requests]
         user_turns, turns = [], []
-        for r, s in zip(requests, sessions):
-            has_user = bool(r.messages) and r.messages[-1]["role"] == "user"
-            user_turns.append(s.next_turn if has_user else None)
-            turns.append(s.next_turn + int(has_user))
-            s.next_turn += 1 + int(has_user)
+        for s, n, first in zip(sessions, counts, self._reserve(sessions, counts)):
+            user_turns.append(first if n == 2 else None)
+            turns.append(first + n - 1)
+            s.next_turn = first + n
         for r, s, ut in zip(requests, sessions, user_turns):  # recorded before the reply: a crash keeps it
             if ut is not None:
                 self._publish(TurnRecord(s.id, ut, "user", r.messages[-1]["content"], self.layer, source=s.source,
@@ -187,7 +193,9 @@ class Engine:
             raise
         summaries = [s.tracker.end_turn() for s in sessions]  # every session is consistent before any I/O
         results = []
-        sink.flush_live([k for k in range(len(sessions)) if not sink.done[k]], final=True)
+        rest = [k for k in range(len(sessions)) if not sink.done[k]]  # rows that ran to max_new_tokens
+        sink.done = [True] * len(sessions)
+        sink.flush_live(rest)  # their replies are complete too
         for k, (r, s, g, summary) in enumerate(zip(requests, sessions, outs, summaries)):
             turn = turns[k]
             capped_any = any(g.cap_flags)
@@ -197,7 +205,26 @@ class Engine:
             results.append(ChatResult(s.id, turn, self.layer, g.text, g.tokens, g.scores, g.pre_cap_scores,
                                       g.cap_flags, summary.state, summary.running, s.capped, g.finish_reason,
                                       sink.alerts[k], sink.interventions[k]))
+        # only now, with every turn record handed over, are the tails final: until then a dead replica's
+        # reply (even one whose row ended early in the batch) is still recovered from the tail
+        sink.flush_live(list(range(len(sessions))), final=True)
         return results
+
+    def _reserve(self, sessions: list[Session], counts: list[int]) -> list[int]:
+        """The first of ``counts[k]`` new turn numbers for each session. From Redis where the publisher
+        offers it (one atomic counter per session that every replica shares, so a session continued on
+        another replica, or after a restart, never reuses a number the store has not seen yet); else
+        from memory."""
+        floors = [s.next_turn for s in sessions]
+        reserve = getattr(self.publisher, "reserve_turns", None)
+        if reserve is not None:
+            try:
+                got = reserve([(s.id, f, n) for s, f, n in zip(sessions, floors, counts)])
+                if got is not None:
+                    return [max(int(g), f) for g, f in zip(got, floors)]
+            except Exception as e:  # noqa: BLE001 - Redis down: this replica's own count
+                log.warning("turn numbers from memory (Redis: %s)", e)
+        return floors
 
     def score_transcript(self, session_id: str | None, messages: list[dict], source: str = "audit",
                          policy: str | None = None) -> dict:
@@ -262,26 +289,30 @@ class _Sink:
         self.e, self.requests, self.sessions, self.turns = engine, requests, sessions, turns
         b = len(requests)
         self.ids: list[list[int]] = [[] for _ in range(b)]
-        self.live: list[list[tuple[int, float, str]]] = [[] for _ in range(b)]  # (index, score, text piece)
+        self.live: list[list[tuple[int, float, str, bool]]] = [[] for _ in range(b)]  # (index, score, piece, capped)
         self.alerts: list[list[AlertEvent]] = [[] for _ in range(b)]
         self.interventions: list[list[InterventionRecord]] = [[] for _ in range(b)]
         self.offsets = [(0, 0)] * b  # streaming detokenisation window per row: (context start, emitted up to)
-        self.done = [False] * b  # the row's final live entry is out
-        self.finals: list[int] = []  # rows whose turn ended at this step
+        self.done = [False] * b  # the row's turn has ended (its "ended" live entry is out)
+        self.ended: list[int] = []  # rows whose turn ended at this step
 
-    def put(self, step, tokens, scores, content):
+    def put(self, step, tokens, scores, content, pre_scores=None):
         more = torch.zeros(len(self.sessions), dtype=torch.bool)
         calls = []
         for k, s in enumerate(self.sessions):
             if not bool(content[k]):
                 if not self.done[k]:  # this row just ended its turn: say so now, not at the end of the batch
                     self.done[k] = True
-                    self.finals.append(k)
+                    self.ended.append(k)
                 continue
             score = float(scores[k])
+            # the tracker follows the score before capping acted on it: floored at the monitor layer, a
+            # capped session would otherwise look safe however far the model itself keeps drifting
+            seen = float(pre_scores[k]) if pre_scores is not None else score
+            on = s.capped  # capping acts on this token only if it was on before it
             idx = len(self.ids[k])
             self.ids[k].append(int(tokens[k]))
-            for ev in s.tracker.update([score], self.turns[k]):
+            for ev in s.tracker.update([seen], self.turns[k]):
                 if ev.kind == "alert":
                     a = AlertEvent(s.id, self.turns[k], idx, ev.level, ev.running, ev.threshold, policy=s.policy)
                     self.alerts[k].append(a)
@@ -295,7 +326,7 @@ class _Sink:
                     self.interventions[k].append(iv)
                     self.e._publish(iv)
             piece = self._piece(k)
-            self.live[k].append((idx, score, piece))
+            self.live[k].append((idx, score, piece, on))
             if self.requests[k].on_token is not None:
                 calls.append((k, {"session_id": s.id, "token_index": idx, "token": piece, "score": score,
                                   "state": s.tracker.state, "capped": s.capped}))
@@ -318,10 +349,13 @@ class _Sink:
         return text[len(prefix):]
 
     def flush_live(self, rows: list[int], final: bool = False) -> None:
-        """Publish the rows' new token scores (and the rows that just ended) in one round trip."""
+        """Publish the rows' new token scores (and the rows that just ended) in one round trip.
+
+        ``ended``: the row's reply is complete; ``final`` (only once its turn record is handed to the
+        publisher): nothing of this turn is left to recover from the tail."""
         pub = self.e.publisher
-        finals, self.finals = set(self.finals) | (set(rows) if final else set()), []
-        rows = sorted(set(rows) | finals)
+        ended, self.ended = set(self.ended), []
+        rows = sorted(set(rows) | ended)
         if pub is None or not rows:
             return
         items = []
@@ -329,9 +363,12 @@ class _Sink:
             s = self.sessions[k]
             items.append((s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
                                  "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
-                                 "scores": [x for _, x, _ in self.live[k]], "tokens": [p for _, _, p in self.live[k]],
+                                 "scores": [x for _, x, _, _ in self.live[k]],
+                                 "tokens": [p for _, _, p, _ in self.live[k]],
+                                 "cap_flags": [c for _, _, _, c in self.live[k]],
                                  "state": s.tracker.state, "running": s.tracker.running, "capped": s.capped,
-                                 "final": k in finals, "replica": self.e.replica, "layer": self.e.layer,
+                                 "ended": final or self.done[k], "final": final,
+                                 "replica": self.e.replica, "layer": self.e.layer,
                                  "model_id": self.e.lm.model_id}))
             self.live[k] = []
         try:  # the live tail is a display buffer: a failure must not stop generation

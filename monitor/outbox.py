@@ -12,7 +12,8 @@ worker are idempotent by the records' keys, so a record published twice is store
 
 Live-tail entries (the dashboard's display buffer) are dropped while Redis is down, and counted.
 On :meth:`close` whatever is still queued is spilled, so a graceful shutdown during an outage
-loses nothing; a crash loses at most the memory queue (``max_buffer`` records).
+loses nothing; a crash loses at most the memory queue (``max_buffer`` records). With the store down
+too, the queue keeps at most ``HARD_LIMIT * max_buffer`` records and counts what it drops (``lost``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 
 log = logging.getLogger(__name__)
 
+HARD_LIMIT = 10  # x max_buffer: with Redis and the store both down, the oldest records beyond this go
 KIND = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}
 RECORD = {v: k for k, v in KIND.items()}
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+# Any Redis error means "not stored there": unreachable, but also a full (OOM), read-only (a
+# replica after a failover), or misconfigured (MISCONF) server. The records wait; nothing is dropped.
+REDIS_DOWN = (redis.RedisError, OSError)
 
 
 class Outbox:
@@ -41,6 +45,7 @@ class Outbox:
         self._buf: deque = deque()
         self._lock = threading.Lock()
         self._down = False
+        self._spill_at = 0  # queue length at which to try the next spill (later after a failed one)
         self._recovering = False  # a replay thread owns the way back; set and cleared under the lock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +83,16 @@ class Outbox:
                     self._went_down(e)
             self._keep(record)
 
+    def reserve_turns(self, items: list[tuple[str, int, int]]) -> list[int] | None:
+        """Turn numbers from Redis (:meth:`Streams.reserve_turns`); None while Redis is down."""
+        if self._down:
+            return None
+        try:
+            return self.streams.reserve_turns(items)
+        except REDIS_DOWN as e:
+            log.warning("turn numbers from memory: Redis unreachable (%s)", e)
+            return None
+
     def publish_live_many(self, items: list[tuple[str, dict]]) -> None:
         if not items:
             return
@@ -103,6 +118,8 @@ class Outbox:
                 self._replay()
             except REDIS_DOWN:
                 pass
+            except Exception as e:  # noqa: BLE001 - the store is down too: keep what is queued
+                log.warning("outbox: last replay at shutdown failed: %s", e)
         with self._lock:
             if self._buf:
                 self._spill_queue()
@@ -121,7 +138,7 @@ class Outbox:
     def _keep(self, record) -> None:  # under the lock
         self._buf.append(record)
         self.stats["buffered"] += 1
-        if len(self._buf) >= self.max_buffer:
+        if len(self._buf) >= max(self.max_buffer, self._spill_at):
             self._spill_queue()
 
     def _spill_queue(self) -> None:  # under the lock
@@ -135,10 +152,18 @@ class Outbox:
         items = [(KIND[type(r)], r.to_dict()) for r in self._buf]
         try:
             self.store.spill(items)
-        except Exception:  # noqa: BLE001 - the database is down too: keep them in memory
-            log.exception("could not spill %d records to the store; keeping them in memory", len(items))
+        except Exception:  # noqa: BLE001 - the database is down too: keep them in memory, within a bound
+            hard = HARD_LIMIT * self.max_buffer
+            drop = max(len(self._buf) - hard, 0)
+            for _ in range(drop):
+                self._buf.popleft()
+            self.stats["lost"] += drop
+            self._spill_at = len(self._buf) + self.max_buffer  # try again a buffer later, not every record
+            log.exception("could not spill %d records to the store; keeping them in memory (at most %d%s)",
+                          len(items), hard, f"; dropped the {drop} oldest" if drop else "")
             return
         self._buf.clear()
+        self._spill_at = 0
         self.stats["spilled"] += len(items)
         log.warning("outbox: spilled %d records to the store while Redis is down", len(items))
 

@@ -92,8 +92,15 @@ def _records(cls: type, items: Iterable[Any]) -> list:
     """The records (build them from stream payloads with ``cls.from_dict``), each with a session id."""
     for r in (out := list(items)):
         _need(isinstance(r, cls), f"expected a {cls.__name__} (see {cls.__name__}.from_dict), got {type(r).__name__}")
-        _need(_name(r.session_id), f"{cls.__name__}.session_id must be a non-empty string, not {r.session_id!r}")
+        _need(_name(r.session_id) and "\x00" not in r.session_id,
+              f"{cls.__name__}.session_id must be a non-empty string without NUL, not {r.session_id!r}")
     return out
+
+
+def _text(t: str) -> str:
+    """Text as every backend stores it: PostgreSQL refuses NUL in text, so NUL becomes U+FFFD everywhere
+    (a conversation that contains one is still stored, on SQLite and PostgreSQL alike)."""
+    return t.replace("\x00", "\ufffd") if "\x00" in t else t
 
 
 def _row(r: Any) -> dict[str, Any]:
@@ -111,9 +118,10 @@ def _row(r: Any) -> dict[str, Any]:
         v = getattr(r, name)
         _need(v is None or (isinstance(v, list) and len(v) == n), f"{where}: {name} must be null or {n} values")
     pre = None if r.pre_cap_scores is None else _pack(r.pre_cap_scores, f"{where}: pre_cap_scores")
-    return dict(session_id=r.session_id, turn=r.turn, role=r.role, text=r.text, layer=r.layer,
+    return dict(session_id=r.session_id, turn=r.turn, role=r.role, text=_text(r.text), layer=r.layer,
                 n_tokens=len(r.tokens) or n, mean=sum(r.scores) / n if n else None, scores=scores,
-                pre_cap_scores=pre, capped=None if r.capped is None else _pack_bits(r.capped), tokens=r.tokens,
+                pre_cap_scores=pre, capped=None if r.capped is None else _pack_bits(r.capped),
+                tokens=[_text(t) for t in r.tokens],
                 state=r.state, running=r.running, created_at=r.created_at)
 
 

@@ -13,7 +13,10 @@ key                                entries                                     r
 ``{prefix}:ingest``                shadow-mode turns from other servers        group ``shadow``
 =================================  ==========================================  ==================
 
-Two plain keys sit beside them: ``{prefix}:live_index`` (a sorted set of session ids by the time of
+``{prefix}:turn:{session_id}`` (a counter) holds the next turn number of a session, so every
+replica numbers a session's turns from one atomic count (:meth:`Streams.reserve_turns`); it
+expires ``turn_ttl_s`` after the session's last turn, when the store has long caught up. Two more
+plain keys sit beside them: ``{prefix}:live_index`` (a sorted set of session ids by the time of
 their latest live entry; entries older than ``live_ttl_s`` are dropped as new ones arrive), so the
 dashboard finds the sessions in progress without scanning keys; and ``{prefix}:deployment`` (JSON:
 the model, monitor layer, thresholds, drift settings and capping config a ``serve`` replica runs
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 VERSION = "1"
 KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions"}
+LAG_SCAN = 10_000  # on Redis 6.2, lag() counts undelivered entries up to this many
 GROUPS = {"turns": ("persist",), "alerts": ("persist", "webhooks"), "interventions": ("persist",), "ingest": ("shadow",)}
 
 
@@ -99,6 +103,27 @@ class Streams:
                 except redis.ResponseError as e:
                     if "BUSYGROUP" not in str(e):
                         raise
+
+    _RESERVE = """
+    local out = {}
+    for i, key in ipairs(KEYS) do
+        local cur = tonumber(redis.call('GET', key) or '0')
+        local floor = tonumber(ARGV[2 * i - 1])
+        if cur < floor then cur = floor end
+        redis.call('SET', key, cur + tonumber(ARGV[2 * i]), 'EX', tonumber(ARGV[#ARGV]))
+        out[i] = cur
+    end
+    return out
+    """
+
+    def reserve_turns(self, items: list[tuple[str, int, int]], ttl_s: int = 7 * 86_400) -> list[int]:
+        """For each ``(session_id, floor, n)``: reserve ``n`` consecutive turn numbers, atomically for
+        all replicas; the first of them (never below ``floor``, what this replica already knows)."""
+        if not items:
+            return []
+        keys = [self.key(f"turn:{sid}") for sid, _, _ in items]
+        args = [v for _, floor, n in items for v in (int(floor), int(n))] + [int(ttl_s)]
+        return [int(x) for x in self.r.eval(self._RESERVE, len(keys), *keys, *args)]
 
     def publish(self, record: TurnRecord | AlertEvent | InterventionRecord, pipe=None) -> None:
         """Append a record to its durable stream (in ``pipe`` when given)."""
@@ -269,7 +294,9 @@ class Streams:
             last = _decode(g["last-delivered-id"])
             if g.get("lag") is not None:  # Redis >= 7 keeps the count
                 undelivered = int(g["lag"])
-            else:  # Redis 6.2 (the embedded server): count what lies after the last delivered id
-                undelivered = len(self.r.xrange(key, min=f"({last}" if last != "0-0" else "-", max="+"))
+            else:  # Redis 6.2 (the embedded server): count what lies after the last delivered id, up to
+                # LAG_SCAN entries (each scrape reads them whole: past that, the gauge says "at least")
+                undelivered = len(self.r.xrange(key, min=f"({last}" if last != "0-0" else "-", max="+",
+                                                count=LAG_SCAN))
             out[name] = {"undelivered": undelivered, "pending": int(g["pending"])}
         return out

@@ -17,7 +17,11 @@ package). Delivery is at least once; every state is recorded with ``Store.set_al
 - after ``max_attempts`` failures: ``dead``; the alert goes onto the dead-letter list and the entry is
   acknowledged in one MULTI. :func:`replay_dead` (``axiswatch alerts replay``) re-delivers them.
 - dedupe by event id: an event whose row is already ``delivered`` (or one in flight in this worker)
-  is acknowledged without sending again.
+  is acknowledged without sending again. Across workers, an alert is delivered only by the worker
+  that holds its lease (``SET NX`` with a time to live of ``reclaim_idle_ms``, renewed with the
+  heartbeat): a second entry of the same event (the outbox replays at least once) that reaches
+  another worker stays pending there untouched until the lease holder has finished (then it is
+  acknowledged as a duplicate) or has died (then the lease has expired and it is delivered).
 
 Redis keys besides the stream (``prefix`` as in :mod:`monitor.streams`):
 
@@ -26,9 +30,12 @@ Redis keys besides the stream (``prefix`` as in :mod:`monitor.streams`):
                                         JSON; LPUSH (newest at the head), replay pops from the tail
 ``{prefix}:alerts:dead:replaying``      LIST: alerts a running replay has taken off the dead list;
                                         the next replay moves leftovers of a crashed one back
+``{prefix}:alerts:dead:lock``          STRING: held by the running replay; expires if it crashes
+``{prefix}:alerts:lease:{event_id}``    STRING: the name of the worker delivering that alert; expires
+                                        unless renewed, deleted when the delivery is recorded
 ======================================  ==========================================================
 
-Run one replay at a time.
+One replay runs at a time (``{prefix}:alerts:dead:lock``); a second is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -62,6 +69,26 @@ STREAM, GROUP, EVENT_TYPE = "alerts", "webhooks", "axiswatch.alert"
 
 def dead_key(streams: Streams) -> str:
     return streams.key("alerts:dead")
+
+
+def lease_key(streams: Streams, event_id: str) -> str:
+    return streams.key(f"alerts:lease:{event_id}")
+
+
+# the lease holder renews (or retakes an expired lease) and releases; nobody touches another's lease
+_RENEW = """
+local out = {}
+for i, key in ipairs(KEYS) do
+    local v = redis.call('GET', key)
+    if v == ARGV[1] or not v then
+        redis.call('SET', key, ARGV[1], 'PX', ARGV[2]); out[i] = 1
+    else
+        out[i] = 0
+    end
+end
+return out
+"""
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 # ---------------------------------------------------------------- configuration and signing
@@ -215,7 +242,7 @@ class AlertWorker:
         self._last_reclaim: float | None = None
         self._last_beat = clock()
         self._rng = random.Random()
-        self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "duplicates": 0}
+        self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "duplicates": 0, "leased_elsewhere": 0}
 
     @property
     def in_flight(self) -> int:
@@ -239,7 +266,28 @@ class AlertWorker:
     def _ack(self, ids) -> None:
         self.streams.ack(STREAM, GROUP, sorted(ids))
 
+    def _lease(self, event_ids: list[str]) -> list[bool]:
+        """Take or renew the leases of these alerts; True where this worker holds it now."""
+        if not event_ids:
+            return []
+        keys = [lease_key(self.streams, e) for e in event_ids]
+        got = self.streams.r.eval(_RENEW, len(keys), *keys, self.name, int(self.reclaim_idle_ms))
+        return [bool(x) for x in got]
+
+    def _release(self, event_id: str) -> None:
+        try:
+            self.streams.r.eval(_RELEASE, 1, lease_key(self.streams, event_id), self.name)
+        except redis.RedisError as e:  # it expires by itself
+            log.warning("alert %s: lease not released (%s)", event_id, e)
+
+    def _drop(self, job: _Job) -> None:
+        """Another worker holds this alert's lease: leave our entries pending (not acknowledged), so
+        they come back by a reclaim once the holder has finished (duplicate) or died (lease expired)."""
+        self._jobs.pop(job.event.event_id, None)
+        self.stats["leased_elsewhere"] += 1
+
     def _forget(self, job: _Job, status: str) -> None:
+        self._release(job.event.event_id)
         self._jobs.pop(job.event.event_id, None)
         self._done[job.event.event_id] = status
         while len(self._done) > 10_000:
@@ -275,6 +323,8 @@ class AlertWorker:
         elif status == "dead":  # recorded dead, but its worker died before the list push + ack: finish that
             self._dead_letter(ev, [e.id])  # (a later duplicate entry may add a second copy: replay skips it)
             self._done[eid] = "dead"
+        elif not self._lease([eid])[0]:  # a peer is delivering it (from another entry of the same event)
+            self.stats["leased_elsewhere"] += 1
         else:  # new, or retrying when its worker died: go on counting its attempts
             self._jobs[eid] = job = _Job(ev, {e.id}, attempts=int(row["attempts"]) if row else 0)
             self._schedule(job, 0.0)
@@ -301,6 +351,8 @@ class AlertWorker:
         ev, c = job.event, self.config
         if job.owed:
             return self._finish(job, *job.owed)
+        if not self._lease([ev.event_id])[0]:  # ours lapsed (a long pause) and a peer took it over
+            return self._drop(job)
         if job.attempts and (row := _stored(self.store, ev)) and row["delivery_status"] == "delivered":
             self.stats["duplicates"] += 1  # delivered by a peer in the meantime
             self._ack(job.ids)
@@ -333,6 +385,10 @@ class AlertWorker:
         ids = sorted({i for j in self._jobs.values() for i in j.ids})
         for k in range(0, len(ids), 500):
             self.streams.r.xclaim(self.streams.key(STREAM), GROUP, self.name, 0, ids[k:k + 500], justid=True)
+        jobs = list(self._jobs.values())
+        for job, held in zip(jobs, self._lease([j.event.event_id for j in jobs])):
+            if not held:
+                self._drop(job)
 
     def _due(self) -> list[_Job]:
         now, out = self.clock(), []
@@ -345,6 +401,7 @@ class AlertWorker:
     def run_once(self, block_ms: int | None = None) -> int:
         """Reclaim (when due), read new alerts, make the due attempts; returns entries read + attempts made."""
         n = 0
+        self._heartbeat()  # every pass (at most every third of reclaim_idle_ms), not only before attempts
         if self._last_reclaim is None or self.clock() - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = self.clock()
             self._heartbeat(force=True)
@@ -423,15 +480,20 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
     Delivered ones are marked ``delivered``; failed ones go back onto the dead list (status ``dead``,
     attempts + 1); ones already delivered (a duplicate on the list) are dropped without sending."""
     r, key = streams.r, dead_key(streams)
-    taking = key + ":replaying"
-    while r.lmove(taking, key, "LEFT", "RIGHT") is not None:  # leftovers of a replay that crashed
-        pass
-    n = r.llen(key) if limit is None else min(limit, r.llen(key))
+    taking, lock, me = key + ":replaying", key + ":lock", f"replay-{os.getpid()}-{time.time()}"
+    lock_ms = int(max(60.0, 3 * config.timeout_s) * 1000)  # renewed before every alert
+    if not r.set(lock, me, nx=True, px=lock_ms):
+        raise InputError(f"another 'axiswatch alerts replay' is running (Redis key {lock}); wait for it to "
+                         f"finish (the key expires {lock_ms // 1000} s after a crashed replay's last alert)")
     own = client is None
-    client = client or httpx.Client(timeout=config.timeout_s, follow_redirects=False)
     delivered, seen = 0, set()
     try:
+        while r.lmove(taking, key, "LEFT", "RIGHT") is not None:  # leftovers of a replay that crashed
+            pass
+        n = r.llen(key) if limit is None else min(limit, r.llen(key))
+        client = client or httpx.Client(timeout=config.timeout_s, follow_redirects=False)
         for _ in range(n):
+            r.pexpire(lock, lock_ms)
             raw = r.lmove(key, taking, "RIGHT", "LEFT")
             if raw is None:
                 break
@@ -461,6 +523,7 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
                 with r.pipeline(transaction=True) as p:
                     p.lrem(taking, 1, raw).lpush(key, raw).execute()
     finally:
-        if own:
+        if own and client is not None:
             client.close()
+        r.eval(_RELEASE, 1, lock, me)
     return delivered

@@ -70,8 +70,10 @@ class Generated:
 class StepSink(Protocol):
     """Receives each decoding step; may switch capping on for some rows."""
 
-    def put(self, step: int, tokens: torch.Tensor, scores: torch.Tensor, content: torch.Tensor) -> torch.Tensor | None:
-        """``tokens [b]`` long, ``scores [b]`` float, ``content [b]`` bool (on CPU).
+    def put(self, step: int, tokens: torch.Tensor, scores: torch.Tensor, content: torch.Tensor,
+            pre_scores: torch.Tensor) -> torch.Tensor | None:
+        """``tokens [b]`` long, ``scores [b]`` float, ``content [b]`` bool, ``pre_scores [b]`` float (on CPU):
+        the monitor layer's score before capping acted on it (equal to ``scores`` where it did not).
 
         Return a bool ``[b]`` mask of rows to cap from the next token on, or None."""
 
@@ -237,7 +239,7 @@ def generate(
             out_tokens.append(tok_h); out_scores.append(sc_h); out_pre.append(pre_h)
             out_content.append(cont_h); cap_on.append(act_h)
             if sink is not None:
-                more = sink.put(step, tok_h, sc_h, cont_h)
+                more = sink.put(step, tok_h, sc_h, cont_h, pre_h)
                 if more is not None and capping is not None:
                     active |= more.to(dev)
             finished |= is_stop

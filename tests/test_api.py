@@ -130,7 +130,10 @@ def test_health_ready_metrics(server):
     ready = httpx.get(server["url"] + "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["redis"] is True
     m = httpx.get(server["url"] + "/metrics").text
-    assert "axiswatch_tokens_scored_total" in m and "axiswatch_stream_lag" in m
+    assert "axiswatch_tokens_scored_total" in m and "axiswatch_redis_up 1.0" in m
+    # one sample per stream and group, read from Redis (the HELP line alone would not do)
+    assert 'axiswatch_stream_lag{group="persist",stream="turns"}' in m
+    assert "axiswatch_publish_errors 0.0" in m
 
 
 def test_chat_command_against_the_server(server):

@@ -195,3 +195,96 @@ def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(
     eng.session("b")  # used again: now the most recent
     eng.session("old")
     assert list(eng.sessions) == ["b", "old"] and eng.sessions["old"].next_turn == 6
+
+
+def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams):
+    """Capping floors the monitor layer's score (it is one of the capped layers); the drift tracker
+    must keep following the model's own, pre-cap, projection, or a capped session could never
+    escalate again however far it drifts."""
+    import dataclasses
+
+    from monitor.drift import DriftTracker
+
+    base = load_capping(shipped_dir())
+    assert shipped.monitor_layer in base.layers
+    high_floor = dataclasses.replace(base, taus=[1e3] * len(base.layers))  # floors every token it touches
+    high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
+    drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000)
+    eng = Engine(lm, shipped, high, capping=high_floor, drift=drift, policy="cap", publisher=streams)
+    msgs = [{"role": "user", "content": "Who are you?"}]
+    res = eng.run_batch([ChatRequest("s-pre", msgs, OPTS)])[0]
+    flagged = [k for k, c in enumerate(res.cap_flags) if c]
+    assert flagged and all(res.scores[k] >= 1e3 - 1e-2 for k in flagged)  # what the model now carries
+    assert all(res.pre_cap_scores[k] < 1e2 for k in flagged)  # what it would have carried
+    replay = DriftTracker(high, drift, "observe")
+    replay.update(res.pre_cap_scores, res.turn)
+    assert res.running == pytest.approx(replay.running, abs=1e-4)
+    assert res.state == "critical"  # not floored into looking safe
+    turn = [TurnRecord.from_dict(e.data) for e in records(streams, "turns")][-1]
+    assert turn.running == pytest.approx(replay.running, abs=1e-4) and turn.state == "critical"
+    # the live tail marks capping per token: from the token after the alert, not the alert's own
+    flags = sum((e.data.get("cap_flags") or [] for e in streams.read_live("s-pre")), [])
+    assert flags == res.cap_flags
+
+
+def test_the_tail_is_final_only_after_the_turn_record(lm, shipped, streams):
+    """A row that ends early in a batch says so at once (``ended``), but only the entry after its
+    turn record is ``final``: a replica that dies between the two leaves a tail that recovery stores."""
+    eng = engine(lm, shipped, streams, policy="observe")
+    order = []
+    real = streams.publish, streams.publish_live_many
+
+    def publish(record, pipe=None):
+        order.append(("record", type(record).__name__))
+        return real[0](record, pipe)
+
+    def publish_live_many(items):
+        order.extend(("live", d["session_id"], bool(d["ended"]), bool(d["final"])) for _, d in items)
+        return real[1](items)
+
+    streams.publish, streams.publish_live_many = publish, publish_live_many
+    short = [{"role": "user", "content": "Reply with the single word: yes"}]
+    long = chat("Write a long story about a lighthouse keeper.")
+    eng.run_batch([ChatRequest("s-short", short, GenerationOptions(max_new_tokens=24)),
+                   ChatRequest("s-long", long, GenerationOptions(max_new_tokens=24))])
+    lives = [o for o in order if o[0] == "live" and o[1] == "s-short"]
+    first_ended = next(i for i, o in enumerate(order) if o[0] == "live" and o[1] == "s-short" and o[2])
+    first_final = next(i for i, o in enumerate(order) if o[0] == "live" and o[1] == "s-short" and o[3])
+    last_record = max(i for i, o in enumerate(order) if o == ("record", "TurnRecord"))
+    assert first_final > last_record  # final only once every turn record is out
+    assert lives[-1][3] and sum(o[3] for o in lives) == 1
+    assert first_ended < first_final
+
+
+def test_turn_numbers_come_from_one_counter_every_replica_shares(lm, shipped, streams):
+    """A replica that continues a session the store has not caught up with (a retry after the first
+    replica died, a failover) must not reuse the turn numbers already handed out."""
+    lagging_store = {"sess-x": {"source": "live", "policy": "flag", "capped": False, "next_turn": 0}}
+    a = engine(lm, shipped, streams)
+    b = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams,
+               session_lookup=lagging_store.get)
+    r1 = a.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]
+    r2 = b.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]  # the store still says next_turn 0
+    r3 = a.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]
+    assert (r1.turn, r2.turn, r3.turn) == (1, 3, 5)
+    turns = [(t.turn, t.role) for t in (TurnRecord.from_dict(e.data) for e in records(streams, "turns"))]
+    assert turns == [(0, "user"), (1, "assistant"), (2, "user"), (3, "assistant"), (4, "user"), (5, "assistant")]
+
+
+def test_a_session_check_fails_alone_in_the_batcher(lm, shipped, streams):
+    """An audit session chatted into, or policy cap without a capping config, fails its own request
+    at submit, never the other requests of its batch."""
+    from probes.errors import InputError
+
+    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams)
+    eng.session("an-audit", source="audit")
+    batcher = Batcher(eng, max_batch=4)
+    try:
+        with pytest.raises(InputError, match="audit session"):
+            batcher.submit(ChatRequest("an-audit", chat("hi"), OPTS))
+        with pytest.raises(InputError, match="needs a capping config"):
+            batcher.submit(ChatRequest("wants-cap", chat("hi"), OPTS, policy="cap"))
+        ok = batcher.submit(ChatRequest("fine-2", chat("Name a colour."), OPTS)).result(timeout=120)
+        assert ok.tokens
+    finally:
+        batcher.close()

@@ -52,8 +52,8 @@ class SwitchOnAt:
     def __init__(self, n):
         self.n, self.seen, self.ended = n, [], False
 
-    def put(self, step, tokens, scores, content):
-        self.seen.append((step, tokens.clone(), scores.clone()))
+    def put(self, step, tokens, scores, content, pre_scores):
+        self.seen.append((step, tokens.clone(), scores.clone(), pre_scores.clone()))
         return torch.tensor([step + 1 >= self.n, False])
 
     def end(self):
@@ -74,6 +74,11 @@ def test_sink_switches_capping_on_mid_generation(lm, rand_axis):
     assert out[0].scores[:3] == pytest.approx(base[0].scores[:3], abs=1e-4)
     assert min(out[0].scores[3:]) >= high - 1e-3
     assert out[0].capped and not out[1].capped and out[1].token_ids == base[1].token_ids
+    # the sink sees each step's pre-cap score too: the floor's input, not its output
+    n = len(out[0].scores)
+    assert [t[3][0].item() for t in sink.seen][:n] == pytest.approx(out[0].pre_cap_scores, abs=1e-5)
+    assert [t[3][1].item() for t in sink.seen][:len(out[1].scores)] == pytest.approx(out[1].scores, abs=1e-5)
+    assert max(out[0].pre_cap_scores[3:]) < high - 1.0
 
 
 def test_capping_changes_logits_when_tau_is_high(lm, rand_axis):

@@ -133,13 +133,23 @@ def _sources():
 def test_no_pickle_loading_anywhere():
     """Model and artifact files are untrusted input: nothing may unpickle them."""
     bad = []
+    unpickle = (r"weights_only\s*=\s*False|pickle\.loads?\(|pickle\.Unpickler|from\s+pickle\s+import|cPickle|"
+                r"dill\.load|joblib\.load|allow_pickle\s*=\s*True|pandas\.read_pickle|pd\.read_pickle")
     for path in _sources():
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        text = path.read_text()
+        for n, line in enumerate(text.splitlines(), 1):
             code = line.split("#", 1)[0]
-            if re.search(r"weights_only\s*=\s*False|pickle\.loads?\(|cPickle|dill\.load|joblib\.load", code):
+            if re.search(unpickle, code):
                 bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
-            if "torch.load(" in code and "weights_only=True" not in code:
-                bad.append(f"{path.relative_to(ROOT)}:{n}: torch.load without weights_only=True")
+        # every torch.load call, however it is wrapped over lines, names weights_only=True
+        for m in re.finditer(r"torch\.load\s*\(", text):
+            depth, end = 1, m.end()
+            while depth and end < len(text):
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            if not re.search(r"weights_only\s*=\s*True", text[m.end():end]):
+                bad.append(f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: "
+                           "torch.load without weights_only=True")
     assert not bad, bad
 
 

@@ -296,3 +296,15 @@ def test_a_trailing_user_turn_keeps_the_sessions_state(store):
                        TurnRecord("tail", 2, "user", "and now?", 21)])
     s = store.get_session("tail")
     assert (s["state"], s["running"], s["n_turns"], s["n_tokens"]) == ("critical", -30.0, 3, 1)
+
+
+def test_nul_in_text_is_stored_on_every_backend(store):
+    """PostgreSQL refuses NUL in text; a conversation that holds one (a user typed it, a shadowed
+    server produced it) is stored anyway, NUL as U+FFFD, and never wedges the batch it came in."""
+    user = turn("nul", 0, role="user", text="a\x00b", tokens=[], scores=[])
+    reply = turn("nul", 1, n=2, text="c\x00", tokens=["c", "\x00"])
+    assert store.write(turns=[user, reply])["turns"] == 2
+    t = store.get_session("nul")["turns"]
+    assert [x["text"] for x in t] == ["a\ufffdb", "c\ufffd"] and t[1]["tokens"] == ["c", "\ufffd"]
+    with pytest.raises(InputError, match="without NUL"):
+        store.write(turns=[turn("n\x00l", 1)])

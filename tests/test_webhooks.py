@@ -218,6 +218,15 @@ def test_receiver_down_dead_letters_then_replay_delivers_once(streams, store, re
     assert (row["delivery_status"], row["attempts"]) == ("delivered", 6)
     assert streams.r.llen(dead_key(streams)) == 0 and streams.r.llen(dead_key(streams) + ":replaying") == 0
     assert replay_dead(streams, store, config(receiver)) == 0 and len(receiver.requests) == 1
+    # one replay at a time: a second, while one holds the lock, is refused and sends nothing
+    streams.r.rpush(dead_key(streams), json.dumps(ev.to_dict()))
+    streams.r.set(dead_key(streams) + ":lock", "another-replay", px=60_000)
+    with pytest.raises(InputError, match="another 'axiswatch alerts replay' is running"):
+        replay_dead(streams, store, config(receiver))
+    assert streams.r.llen(dead_key(streams)) == 1 and len(receiver.requests) == 1
+    streams.r.delete(dead_key(streams) + ":lock")
+    assert replay_dead(streams, store, config(receiver)) == 0  # already delivered: dropped, not sent
+    assert not streams.r.exists(dead_key(streams) + ":lock") and len(receiver.requests) == 1
 
 
 def test_slow_receiver_times_out_then_recovers(streams, store, receiver):
@@ -365,3 +374,38 @@ def test_alerts_replay_command(embedded, tmp_path, receiver):
                        env={**env, "REDIS_URL": ""})
     assert r.returncode == 1 and "REDIS_URL" in r.stderr
     store.close()
+
+
+def test_two_workers_given_the_same_event_deliver_it_once(streams, store, receiver):
+    """The outbox replays at least once, so one event can reach two alert workers as two entries.
+    Only the worker holding the event's lease delivers; the other's entry waits and is then
+    acknowledged as a duplicate."""
+    ev = alert(store)
+    streams.publish(ev)
+    streams.publish(ev)
+    receiver.script = [500]  # the first attempt fails: the holder keeps it in backoff a while
+    a = AlertWorker(streams, store, config(receiver, base_delay_s=0.2, max_delay_s=0.2), name="wa", batch=1,
+                    reclaim_idle_ms=300, reclaim_every_s=0.1)
+    b = AlertWorker(streams, store, config(receiver), name="wb", batch=1, reclaim_idle_ms=300, reclaim_every_s=0.1)
+    a.run_once(block_ms=10)  # a takes the first entry and makes the failing attempt
+    b.run_once(block_ms=10)  # b takes the second entry: a holds the lease
+    assert a.in_flight == 1 and b.in_flight == 0 and b.stats["leased_elsewhere"] == 1
+    run_until(a, lambda: status(store, ev)["delivery_status"] == "delivered", on_pass=lambda: b.run_once(block_ms=10))
+    run_until(b, lambda: settled(streams) and b.in_flight == 0, on_pass=lambda: a.run_once(block_ms=10))
+    assert [r["status"] for r in receiver.requests] == [500, 200]
+    assert b.stats["delivered"] == 0 and status(store, ev)["attempts"] == 2
+
+
+def test_a_dead_lease_holder_is_taken_over(streams, store, receiver):
+    ev = alert(store)
+    streams.publish(ev)
+    streams.publish(ev)
+    receiver.script = [500]
+    a = AlertWorker(streams, store, config(receiver, base_delay_s=30, max_delay_s=30), name="wa", batch=1,
+                    reclaim_idle_ms=300, reclaim_every_s=0.1)
+    a.run_once(block_ms=10)  # holds the lease, fails once, backs off 0-30 s ... and dies
+    assert a.in_flight == 1 and status(store, ev)["delivery_status"] == "retrying"
+    b = AlertWorker(streams, store, config(receiver), name="wb", batch=1, reclaim_idle_ms=300, reclaim_every_s=0.1)
+    run_until(b, lambda: settled(streams) and b.in_flight == 0)
+    assert [r["status"] for r in receiver.requests] == [500, 200]  # one more delivery, by b, once
+    assert status(store, ev)["delivery_status"] == "delivered" and status(store, ev)["attempts"] == 2
