@@ -163,8 +163,10 @@ def heatmap(view: SessionView, th: Thresholds) -> str:
                          f'<div class="aw-text">{text}</div></div>')
             continue
         head += f" · mean {t['mean']:+.2f} · {t['n_tokens']} tokens · state {t['state']}"
-        if t["live"]:
+        if t.get("generating"):
             head += " · generating (from the live tail)"
+        elif t["live"]:
+            head += " · from the live tail (not stored yet)"
         spans = []
         for tok in view.tokens[t["start"]:t["end"]]:
             tip = (f"turn {tok['turn']} token {tok['t']}: score {tok['score']:+.3f}, running {tok['running']:+.3f} "

@@ -41,11 +41,13 @@ class Deployment:
     policy: str
     thresholds: Thresholds
     alpha: float
-    axis_dir: Path
+    axis_dir: Path | None  # on the replica's host: may not exist where the dashboard runs
     capping: dict | None
     api_url: str
     origin: str  # "redis" (a running replica said so) or "settings" (read from disk, no replica seen)
     drift: dict = field(default_factory=dict)
+    axis_meta: dict | None = None  # axis.json, as the replica published it (None: read the folder)
+    axis_report: dict | None = None  # report.json, likewise (None: read the folder, if it has one)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -68,19 +70,23 @@ def deployment(streams, settings) -> Deployment:
     if info:
         drift = info.get("drift") or {}
         return Deployment(info.get("model_id", ""), info.get("layer"), info.get("policy", "flag"),
-                          Thresholds(**info["thresholds"]), float(drift.get("alpha", 0.1)), Path(info["axis_dir"]),
-                          info.get("capping"), info.get("api") or _api(settings), "redis", drift)
+                          Thresholds(**info["thresholds"]), float(drift.get("alpha", 0.1)),
+                          Path(info["axis_dir"]) if info.get("axis_dir") else None,
+                          info.get("capping"), info.get("api") or _api(settings), "redis", drift,
+                          info.get("axis_meta"), info.get("axis_report"))
     axis_dir = settings.axis_dir()
     meta = _read_json(axis_dir / "axis.json", "axis metadata")
     layer = meta.get("monitor_layer")
     stats = meta.get("calibration", {}).get("layers", {}).get(str(layer), {})
     cap_dir = Path(settings.capping) if settings.capping else axis_dir
     capping = _read_json(cap_dir / "capping.json", "capping config") if (cap_dir / "capping.json").exists() else None
+    report = _read_json(axis_dir / "report.json", "axis report") if (axis_dir / "report.json").exists() else None
     return Deployment(meta.get("model_id", ""), layer, settings.policy,
                       settings.drift_thresholds(thresholds_from_calibration(stats)), settings.ewma_alpha, axis_dir,
                       capping, _api(settings), "settings",
                       {"alpha": settings.ewma_alpha, "hysteresis": settings.hysteresis,
-                       "min_tokens": settings.min_tokens, "cooldown_tokens": settings.cooldown_tokens})
+                       "min_tokens": settings.min_tokens, "cooldown_tokens": settings.cooldown_tokens},
+                      meta, report)
 
 
 def _api(settings) -> str:
@@ -96,7 +102,25 @@ def state_of(score: float | None, th: Thresholds) -> str:
             else "warning" if score >= th.critical else "critical")
 
 
+def ended(entry: dict) -> bool:
+    """Whether a live entry says its turn is over: ``ended`` (the reply is complete) or ``final``
+    (its turn record is handed over, or its generation failed)."""
+    return bool(entry.get("final") or entry.get("ended"))
+
+
 # ---------------------------------------------------------------- overview
+def _stored_page(store, states, sources, since, limit) -> dict[str, dict]:
+    """The stored sessions that match the filters (in SQL, one query per state and source picked),
+    newest activity first; ``since`` is about activity (a long session active now is shown)."""
+    active = since if since is not None else 0.0
+    out: dict[str, dict] = {}
+    for state in states or [None]:
+        for source in sources or [None]:
+            out.update((r["id"], r) for r in store.list_sessions(state=state, source=source, active_since=active,
+                                                                 limit=limit))
+    return out
+
+
 def overview(store, streams, *, states: list[str] | None = None, sources: list[str] | None = None,
              since: float | None = None, limit: int = 500, now: float | None = None,
              live_window_s: float = LIVE_WINDOW_S) -> list[dict[str, Any]]:
@@ -104,7 +128,8 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
     ``since``: only sessions active (updated or live) at or after it.
 
     A session generating right now shows its live running score and state even before its turn
-    reaches the store; one that only exists in Redis so far is listed with source ``live``.
+    reaches the store; one that only exists in Redis so far is listed with source ``live``. The
+    filters reach every stored session (they run in SQL); a live session is filtered on its live state.
     """
     for s in states or ():
         if s not in STATES:
@@ -113,8 +138,7 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
         if s not in SOURCES:
             raise InputError(f"source must be one of {SOURCES}, not {s!r}")
     now = time.time() if now is None else now
-    # newest activity first; ``since`` is about activity (a long session active now is shown)
-    stored = {r["id"]: r for r in store.list_sessions(active_since=since if since is not None else 0.0, limit=limit)}
+    stored = _stored_page(store, states, sources, since, limit)
     live_ts, latest = {}, {}
     if streams is not None:
         try:
@@ -122,13 +146,19 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
             latest = streams.live_latest(sorted(live_ts))
         except Exception as e:  # noqa: BLE001 - Redis down: history only
             log.warning("live tail unavailable: %s", e)
-    missing = [sid for sid in live_ts if sid not in stored]
-    for sid in missing:  # live sessions older than the listed page, or not stored yet
-        if (s := store.get_session(sid)) is not None:
+    skip = set()  # live sessions the filters rule out without loading them
+    for sid in [sid for sid in live_ts if sid not in stored]:  # off the filtered page, or not stored yet
+        lv = latest.get(sid)
+        if states and lv is not None and lv.get("state", "ok") not in states:
+            skip.add(sid)  # its live state is filtered out, and so is its stored one (SQL did not match it)
+        elif sources and (m := store.session_meta(sid)) is not None and m["source"] not in sources:
+            skip.add(sid)  # a session's source never changes
+        elif (s := store.get_session(sid)) is not None:
             stored[sid] = {k: v for k, v in s.items() if k not in ("turns", "alerts", "interventions")}
-    open_alerts = store.open_alert_counts(sorted(set(stored) | set(live_ts)))
+    ids = (set(stored) | set(live_ts)) - skip
+    open_alerts = store.open_alert_counts(sorted(ids))
     rows = []
-    for sid in set(stored) | set(live_ts):
+    for sid in ids:
         r = stored.get(sid)
         lv = latest.get(sid)
         row = dict(session_id=sid, state=r["state"] if r else "ok", running=r["running"] if r else None,
@@ -139,7 +169,7 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
                    last_activity=max(r["updated_at"] if r else 0.0, live_ts.get(sid, 0.0)), generating=False)
         if lv and live_ts.get(sid, 0.0) >= (r["updated_at"] if r else 0.0):  # the live tail is newer
             row.update(state=lv.get("state", row["state"]), running=lv.get("running", row["running"]),
-                       capped=bool(lv.get("capped")) or row["capped"], generating=not lv.get("final", False))
+                       capped=bool(lv.get("capped")) or row["capped"], generating=not ended(lv))
             if row["generating"]:
                 row["tokens"] += int(lv.get("start", 0)) + len(lv.get("scores") or [])
         rows.append(row)
@@ -160,15 +190,43 @@ class SessionView:
 
     session: dict  # the stored session (id, source, state, ...) without its lists; {} when only live so far
     tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, state
-    turns: list[dict]  # turn, role, text, start, end, mean, state, n_tokens, live
+    turns: list[dict]  # turn, role, text, start, end, mean, state, n_tokens, live, generating
     alerts: list[dict]  # stored alerts, each with its session-wide token position ``i``
     interventions: list[dict]  # with ``i``: the first capped token
     live: bool = False  # some tokens come from the live tail (a turn not stored yet)
     stored: dict | None = None  # the store's whole session (for export), None when only live so far
+    generating: bool = False  # a live turn has not had its final entry yet
 
     @property
     def id(self) -> str:
         return self.session.get("id", "")
+
+
+def live_turns(entries, after: int | None) -> dict[int, dict]:
+    """The live tail's turns numbered above ``after`` (the highest stored turn), in order:
+    turn -> {"scores", "pre", "capped", "pieces", "last"} (``last``: the turn's newest entry).
+
+    A stored turn is the record and the tail only a display buffer: a turn at or below ``after``
+    is stored already, or never will be (its generation failed, and later turns were stored)."""
+    out: dict[int, dict] = {}
+    for e in entries:
+        d = e.data
+        turn = d.get("turn")
+        if not isinstance(turn, int) or (after is not None and turn <= after):
+            continue
+        buf = out.setdefault(turn, {"scores": [], "pre": [], "capped": [], "pieces": [], "last": d})
+        buf["last"] = d
+        start = int(d.get("start", len(buf["scores"])))
+        if start != len(buf["scores"]):  # a gap means the tail was capped: keep what follows the gap out
+            continue
+        scores = [float(x) for x in d.get("scores") or []]
+        n = len(scores)
+        pre, flags, pieces = d.get("pre_cap_scores"), d.get("cap_flags"), d.get("tokens") or []
+        buf["scores"] += scores
+        buf["pre"] += [float(pre[k]) if pre and k < len(pre) else None for k in range(n)]
+        buf["capped"] += [bool(flags[k]) if flags and k < len(flags) else bool(d.get("capped")) for k in range(n)]
+        buf["pieces"] += [pieces[k] if k < len(pieces) else "" for k in range(n)]
+    return dict(sorted(out.items()))
 
 
 def session_view(store, streams, session_id: str, dep: Deployment) -> SessionView | None:
@@ -188,46 +246,33 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     tracker = DriftTracker(dep.thresholds, DriftConfig(alpha=dep.alpha, **knobs), policy="observe")
     tokens: list[dict] = []
     turns: list[dict] = []
-    for t in stored["turns"]:
-        start = len(tokens)
-        scores = t.get("scores") or []
-        pre, capped, pieces = t.get("pre_cap_scores"), t.get("capped"), t.get("tokens") or []
+
+    def add(turn: int, scores: list[float], pre: list, capped: list, pieces: list) -> None:
         for k, sc in enumerate(scores):
-            tracker.update([sc], t["turn"])
-            tokens.append(dict(i=len(tokens), turn=t["turn"], t=k, token=pieces[k] if k < len(pieces) else "",
-                               score=sc, pre_cap=pre[k] if pre else None, capped=bool(capped[k]) if capped else False,
+            before = pre[k] if k < len(pre) else None
+            # as in the engine, the tracker follows the pre-cap score wherever there is one (a capped
+            # session that keeps drifting still escalates); the chart plots the post-cap score
+            tracker.update([sc if before is None else before], turn)
+            tokens.append(dict(i=len(tokens), turn=turn, t=k, token=pieces[k] if k < len(pieces) else "",
+                               score=sc, pre_cap=before, capped=bool(capped[k]) if k < len(capped) else False,
                                running=tracker.running, state=tracker.state))
         if scores:
             tracker.end_turn()
+
+    for t in stored["turns"]:
+        start, scores = len(tokens), t.get("scores") or []
+        add(t["turn"], scores, t.get("pre_cap_scores") or [], t.get("capped") or [], t.get("tokens") or [])
         turns.append(dict(turn=t["turn"], role=t["role"], text=t["text"], start=start, end=len(tokens),
-                          mean=t.get("mean"), state=t.get("state"), n_tokens=len(scores), live=False))
-    done = {t["turn"] for t in stored["turns"]}
-    live_turns: dict[int, list[tuple[float, bool, str]]] = {}  # turn -> (score, capping on, text) per token
-    live_meta: dict[int, dict] = {}
-    for e in entries:  # newer turns only: a stored turn is the record, the tail a display buffer
-        d = e.data
-        turn = d.get("turn")
-        if not isinstance(turn, int) or turn in done:
-            continue
-        buf = live_turns.setdefault(turn, [])
-        start = int(d.get("start", len(buf)))
-        if start == len(buf):  # in order (a gap means the tail was capped: keep what follows the gap out)
-            scores = d.get("scores") or []
-            pieces = d.get("tokens") or [""] * len(scores)
-            buf.extend((float(x), bool(d.get("capped")), p) for x, p in zip(scores, pieces))
-        live_meta[turn] = d
-    for turn in sorted(live_turns):
-        start = len(tokens)
-        for k, (sc, on, piece) in enumerate(live_turns[turn]):
-            tracker.update([sc], turn)
-            tokens.append(dict(i=len(tokens), turn=turn, t=k, token=piece, score=sc, pre_cap=None, capped=on,
-                               running=tracker.running, state=tracker.state))
-        if live_turns[turn]:
-            tracker.end_turn()
-        scores = [sc for sc, _, _ in live_turns[turn]]
+                          mean=t.get("mean"), state=t.get("state"), n_tokens=len(scores), live=False,
+                          generating=False))
+    last_stored = max((t["turn"] for t in stored["turns"]), default=None)
+    live = live_turns(entries, last_stored)
+    for turn, buf in live.items():
+        start, scores = len(tokens), buf["scores"]
+        add(turn, scores, buf["pre"], buf["capped"], buf["pieces"])
         turns.append(dict(turn=turn, role="assistant", text="", start=start, end=len(tokens),
-                          mean=sum(scores) / len(scores) if scores else None, state=live_meta[turn].get("state"),
-                          n_tokens=len(scores), live=True))
+                          mean=sum(scores) / len(scores) if scores else None, state=buf["last"].get("state"),
+                          n_tokens=len(scores), live=True, generating=not ended(buf["last"])))
     starts = {t["turn"]: t["start"] for t in turns}
 
     def at(rec: dict) -> dict:
@@ -235,7 +280,8 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
 
     info = {k: v for k, v in stored.items() if k not in ("turns", "alerts", "interventions")}
     return SessionView(info, tokens, turns, [at(a) for a in stored["alerts"]],
-                       [at(x) for x in stored["interventions"]], live=bool(live_turns), stored=original)
+                       [at(x) for x in stored["interventions"]], live=bool(live), stored=original,
+                       generating=any(t["generating"] for t in turns))
 
 
 def turn_means(view: SessionView) -> list[dict]:
@@ -321,8 +367,26 @@ def wait_stored(store, session_ids: list[str], timeout_s: float = 15.0, poll_s: 
 
 
 # ---------------------------------------------------------------- the axis
-def axis_report(axis_dir: Path) -> dict:
-    """The axis report (``report.json``) and metadata (``axis.json``) in an axis folder."""
-    report = _read_json(Path(axis_dir) / "report.json", "axis report")
-    meta = _read_json(Path(axis_dir) / "axis.json", "axis metadata")
-    return {"report": report, "meta": meta}
+def axis_report(dep: Deployment) -> dict:
+    """The axis metadata (``axis.json``) and report (``report.json``) of the deployment: what the
+    running replica published in Redis, else the files of its axis folder (on this host).
+
+    ``{"meta", "report", "origin", "missing"}`` (origin: "redis" or "files"); ``report`` is empty and
+    ``missing`` says why when there is none (an imported axis has none); InputError when neither exists."""
+    meta, report, folder = dep.axis_meta, dep.axis_report, dep.axis_dir
+    published = dep.origin == "redis" and (meta is not None or report is not None)
+    if meta is None or report is None:
+        here = folder is not None and folder.is_dir()
+        if meta is None and here and (folder / "axis.json").exists():
+            meta = _read_json(folder / "axis.json", "axis metadata")
+        if report is None and here and (folder / "report.json").exists():
+            report = _read_json(folder / "report.json", "axis report")
+    where = f"the axis folder {folder}" if folder is not None else "no axis folder"
+    if meta is None and report is None:
+        raise InputError(
+            "No axis report or metadata: the running replica did not publish them in Redis (it runs an "
+            f"older axiswatch: upgrade and restart it) and {where} cannot be read on this host.")
+    missing = None if report is not None else (
+        f"No axis report: the replica published none and {where} has no report.json here "
+        "(`axiswatch compute-axis` writes one; an imported axis has none).")
+    return {"meta": meta or {}, "report": report or {}, "origin": "redis" if published else "files", "missing": missing}

@@ -42,8 +42,10 @@ def header(view: data.SessionView) -> None:
             f"layer {s.get('layer')}", f"policy {s.get('policy') or '-'}", f"updated {ago(s.get('updated_at'))}"]
     if s.get("interrupted"):
         bits.append("⚠️ **interrupted** (generation was cut off)")
-    if view.live:
+    if view.generating:
         bits.append("🔴 **generating**: the newest turn comes from the live tail")
+    elif view.live:
+        bits.append("the newest turn comes from the live tail (not stored yet)")
     st.caption(" · ".join(bits))
 
 

@@ -289,7 +289,8 @@ class _Sink:
         self.e, self.requests, self.sessions, self.turns = engine, requests, sessions, turns
         b = len(requests)
         self.ids: list[list[int]] = [[] for _ in range(b)]
-        self.live: list[list[tuple[int, float, str, bool]]] = [[] for _ in range(b)]  # (index, score, piece, capped)
+        # per row, the tokens not yet in the live tail: (index, score, text piece, capped, pre-cap score)
+        self.live: list[list[tuple[int, float, str, bool, float]]] = [[] for _ in range(b)]
         self.alerts: list[list[AlertEvent]] = [[] for _ in range(b)]
         self.interventions: list[list[InterventionRecord]] = [[] for _ in range(b)]
         self.offsets = [(0, 0)] * b  # streaming detokenisation window per row: (context start, emitted up to)
@@ -326,7 +327,7 @@ class _Sink:
                     self.interventions[k].append(iv)
                     self.e._publish(iv)
             piece = self._piece(k)
-            self.live[k].append((idx, score, piece, on))
+            self.live[k].append((idx, score, piece, on, seen))
             if self.requests[k].on_token is not None:
                 calls.append((k, {"session_id": s.id, "token_index": idx, "token": piece, "score": score,
                                   "state": s.tracker.state, "capped": s.capped}))
@@ -363,9 +364,11 @@ class _Sink:
             s = self.sessions[k]
             items.append((s.id, {"kind": "tokens", "session_id": s.id, "turn": self.turns[k],
                                  "start": self.live[k][0][0] if self.live[k] else len(self.ids[k]),
-                                 "scores": [x for _, x, _, _ in self.live[k]],
-                                 "tokens": [p for _, _, p, _ in self.live[k]],
-                                 "cap_flags": [c for _, _, _, c in self.live[k]],
+                                 "scores": [x[1] for x in self.live[k]], "tokens": [x[2] for x in self.live[k]],
+                                 "cap_flags": [x[3] for x in self.live[k]],
+                                 # what the tracker saw, where capping acted (else the scores themselves)
+                                 "pre_cap_scores": ([x[4] for x in self.live[k]] if any(x[3] for x in self.live[k])
+                                                    else None),
                                  "state": s.tracker.state, "running": s.tracker.running, "capped": s.capped,
                                  "ended": final or self.done[k], "final": final,
                                  "replica": self.e.replica, "layer": self.e.layer,

@@ -36,16 +36,21 @@ def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 
         if last["replica"] in alive:
             continue
         turn = last.get("turn")
-        scores, pieces = [], []
+        scores, pieces, pre, flags = [], [], [], []
         for e in streams.read_live(sid, count=100_000):
             d = e.data
             if d.get("turn") == turn and int(d.get("start", -1)) == len(scores):
-                scores += [float(x) for x in d.get("scores") or []]
-                pieces += list(d.get("tokens") or [""] * len(d.get("scores") or []))
+                got = [float(x) for x in d.get("scores") or []]
+                scores += got
+                pieces += list(d.get("tokens") or [""] * len(got))
+                flags += [bool(x) for x in d.get("cap_flags") or [False] * len(got)]
+                pre += [float(x) for x in d.get("pre_cap_scores") or got]
+        capped = any(flags)
         stored = store.turn_meta(sid, int(turn))
         if stored is None or (stored["role"] == "assistant" and stored["n_tokens"] < len(scores)):
             rec = TurnRecord(sid, int(turn), "assistant", "".join(pieces), int(last.get("layer") or 0), pieces,
-                             scores, state=last.get("state") or "ok", running=last.get("running"),
+                             scores, pre if capped else None, flags if capped else None,
+                             state=last.get("state") or "ok", running=last.get("running"),
                              model_id=last.get("model_id") or "")
             store.write(turns=[rec])
             store.mark_interrupted(sid)

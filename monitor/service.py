@@ -5,6 +5,7 @@ the batcher and, unless ``workers=False``, an in-process persistence worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -92,6 +93,18 @@ def listen(host: str, port: int, option: str = "--port") -> socket.socket:
     return sock
 
 
+def _report(path) -> dict | None:
+    """The axis folder's report.json for the dashboard, or None (a missing or unreadable report must not
+    stop serving: the Axis page then says it is missing)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("axis report %s not readable (%s); the dashboard's Axis page will lack it", path, e)
+        return None
+
+
 def open_data(settings: Settings, stack: ExitStack):
     """Redis (embedded when no URL), its stream groups, and the migrated store."""
     from monitor.redis_server import EmbeddedRedis
@@ -102,7 +115,8 @@ def open_data(settings: Settings, stack: ExitStack):
     if not url:
         url = stack.enter_context(EmbeddedRedis()).url
         log.info("no REDIS_URL: started an embedded redis-server at %s", url)
-    streams = Streams.from_url(url)
+    # a reply's whole tail must fit the live stream, or a dead replica's half reply cannot be recovered
+    streams = Streams.from_url(url, live_maxlen=max(2_000, settings.max_new_tokens + 64))
     try:
         streams.r.ping()
     except Exception as e:  # noqa: BLE001 - any connection failure
@@ -160,7 +174,10 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                 "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
                           "cooldown_tokens": drift.cooldown_tokens},
                 "capping": None if capping is None else {**capping.meta(), "dir": str(cap_dir.resolve())},
-                "api": f"http://{local_host(settings.host)}:{settings.port}"})
+                "api": f"http://{local_host(settings.host)}:{settings.port}",
+                # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir
+                "axis_meta": axis.meta(),  # what axis.json holds
+                "axis_report": _report(Path(axis.path) / "report.json")})
         if workers:
             from monitor.webhooks import AlertWorker
             from monitor.workers import PersistWorker
@@ -170,7 +187,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             rt.workers.append(w)
             hook = settings.webhook
             if hook is not None:
-                aw = AlertWorker(streams, store, hook)
+                aw = AlertWorker(streams, store, hook, reclaim_idle_ms=settings.reclaim_idle_ms)
                 aw.start_thread()
                 rt.workers.append(aw)
                 log.info("alert webhooks to %s", hook.target)

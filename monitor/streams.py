@@ -20,7 +20,7 @@ plain keys sit beside them: ``{prefix}:live_index`` (a sorted set of session ids
 their latest live entry; entries older than ``live_ttl_s`` are dropped as new ones arrive), so the
 dashboard finds the sessions in progress without scanning keys; and ``{prefix}:deployment`` (JSON:
 the model, monitor layer, thresholds, drift settings and capping config a ``serve`` replica runs
-with, written at its start), so the dashboard draws the same threshold bands the engine uses.
+with, its axis metadata and report, written at its start), so the dashboard draws the same threshold bands the engine uses.
 
 Every entry has the fields ``v`` (payload version, ``1``), ``kind`` and
 ``data`` (the record as JSON, see :mod:`monitor.records`).

@@ -24,6 +24,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.render import STATE_BADGE, rows_key
 from monitor.drift import thresholds_from_calibration
 from monitor.store import Store
+from monitor.streams import Streams
 
 ROOT = Path(__file__).resolve().parents[1]
 AXIS_DIR = ROOT / "probes" / "shipped" / "smollm2-135m-instruct"
@@ -218,6 +219,7 @@ def test_session_page_without_id_asks_for_one(monkeypatch, dashboard_db):
     at = ok(page("session", monkeypatch, dashboard_db))
     assert at.selectbox[0].value is None
     assert set(ids.values()) <= set(at.selectbox[0].options)
+    assert at.selectbox[0].proto.accept_new_options  # any id can be typed (the browser test types one)
     assert any("Pick a session" in i.value for i in at.info)
     assert not at.get("vega_lite_chart")
     ok(at.selectbox[0].set_value(ids["coding"]).run())  # picking one shows it and sets ?id=
@@ -319,24 +321,72 @@ def test_axis_page_shows_the_shipped_report(monkeypatch, dashboard_db):
     assert len(at.get("vega_lite_chart")) == 3  # variance explained, per layer, roles along the axis
 
 
+def test_axis_page_reads_what_the_replica_published_not_its_disk(monkeypatch, dashboard_db):
+    """A dashboard on another host: the replica's axis folder is not there; the report and metadata
+    it published in Redis are (the real service's own deployment entry, moved to another folder)."""
+    db_url, redis_url, ids = dashboard_db
+    published = Streams.from_url(redis_url).deployment()
+    assert published["axis_meta"] == json.loads((AXIS_DIR / "axis.json").read_text())
+    assert published["axis_report"] == json.loads((AXIS_DIR / "report.json").read_text())
+    other_url = redis_url.rsplit("/", 1)[0] + "/3"  # another database of the same server
+    other = Streams.from_url(other_url)
+    other.r.flushdb()
+    try:
+        other.set_deployment({**published, "axis_dir": "/srv/elsewhere/axis"})
+        at = ok(page("axis", monkeypatch, (db_url, other_url, ids)))
+        at_layer = published["axis_report"]["at_monitor_layer"]
+        assert metrics(at)["|cos(PC1, axis)|"] == f"{at_layer['abs_cos_pc1_axis']:.3f}"
+        assert metrics(at)["monitor layer"] == f"21 of {published['axis_meta']['n_layers']}"
+        assert len(at.get("vega_lite_chart")) == 3
+        assert any("published by the replica in Redis" in c.value for c in at.caption)
+        # an older replica that published neither: the page says what is missing, no traceback
+        other.set_deployment({k: v for k, v in published.items() if not k.startswith("axis_")}
+                             | {"axis_dir": "/srv/elsewhere/axis"})
+        at = page("axis", monkeypatch, (db_url, other_url, ids))
+        assert not at.exception and [e.value for e in at.error] and "/srv/elsewhere/axis" in at.error[0].value
+        assert "did not publish them in Redis" in at.error[0].value and not at.metric
+    finally:
+        other.r.flushdb()
+
+
 # ---------------------------------------------------------------- no model side
 def test_dashboard_never_imports_torch_or_probes(dashboard_db):
-    db_url, redis_url, _ = dashboard_db
+    """Every page, run in a fresh interpreter, draws what it should without torch, transformers or probes."""
+    db_url, redis_url, ids = dashboard_db
     code = (
-        "import sys\n"
+        "import json, sys\n"
         "import dashboard.data, dashboard.charts, dashboard.context, dashboard.render\n"
         "from streamlit.testing.v1 import AppTest\n"
-        f"at = AppTest.from_file({str(ROOT / 'dashboard/views/overview.py')!r}, default_timeout=60).run()\n"
-        "assert not at.exception, [e.message for e in at.exception]\n"
-        "print('rows', len(at.dataframe[0].value))\n"
+        f"pages = [('app', {{}}), ('overview', {{}}), ('session', {{'id': {ids['meta-reflection']!r}}}), "
+        "('alerts', {}), ('audit', {}), ('axis', {})]\n"
+        "drawn = {}\n"
+        "for name, query in pages:\n"
+        f"    path = {str(ROOT / 'dashboard')!r} + ('/app.py' if name == 'app' else f'/views/{{name}}.py')\n"
+        "    at = AppTest.from_file(path, default_timeout=60)\n"
+        "    at.query_params.update(query)\n"
+        "    at.run()\n"
+        "    assert not at.exception, (name, [e.message for e in at.exception])\n"
+        "    assert not at.error, (name, [e.value for e in at.error])\n"
+        "    drawn[name] = dict(rows=len(at.dataframe[0].value) if at.dataframe else 0,\n"
+        "                       charts=len(at.get('vega_lite_chart')), metrics={m.label: m.value for m in at.metric},\n"
+        "                       heatmaps=sum('aw-heatmap' in h.value for h in at.get('html')))\n"
+        "print('drawn', json.dumps(drawn))\n"
         "print('heavy', sorted(m for m in sys.modules if m in ('torch', 'transformers') or m.split('.')[0] == 'probes'))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AXISWATCH_")}
     env.update(AXISWATCH_DATABASE_URL=db_url, REDIS_URL=redis_url)
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("rows ", "heavy ")))
-    assert int(out["rows"]) == len(stored_sessions(db_url))
+    out = dict(line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("drawn ", "heavy ")))
+    drawn = json.loads(out["drawn"])
+    n = len(stored_sessions(db_url))
+    assert drawn["app"]["rows"] == drawn["overview"]["rows"] == n  # the entry opens on Sessions
+    s = stored(db_url, ids["meta-reflection"])
+    assert drawn["session"]["charts"] == 1 and drawn["session"]["heatmaps"] == 1
+    assert drawn["session"]["metrics"]["scored tokens"] == str(s["n_tokens"])
+    assert drawn["alerts"]["rows"] == len(stored(db_url))
+    assert drawn["audit"]["charts"] == 3 and drawn["audit"]["heatmaps"] == 2  # the compare tab
+    assert drawn["axis"]["charts"] == 3 and drawn["axis"]["metrics"]["monitor layer"].startswith("21 of ")
     assert out["heavy"] == "[]"
 
 

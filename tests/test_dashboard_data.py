@@ -10,10 +10,11 @@ import time
 import pytest
 
 from dashboard import charts, data
-from dashboard_seed import records
+from dashboard_seed import MODEL, records
 from monitor.drift import Thresholds
 from monitor.errors import InputError
 from monitor.export import session_csv
+from monitor.records import TurnRecord
 from monitor.redis_server import EmbeddedRedis
 from monitor.settings import Settings
 from monitor.store import Store
@@ -41,9 +42,15 @@ def env(tmp_path, redis_url):
     store.close()
 
 
-def live(streams, sid, turn, start, scores, final=False, running=None, state="ok", capped=False):
+def live(streams, sid, turn, start, scores, final=False, running=None, state="ok", capped=False, **more):
     streams.publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": turn, "start": start, "scores": scores,
-                               "state": state, "running": running, "capped": capped, "final": final})
+                               "state": state, "running": running, "capped": capped, "final": final, **more})
+
+
+def session(sid, n, now, state="ok", source="live", turn=1):
+    """A stored session of one assistant turn with ``n`` tokens scored 1.0."""
+    return TurnRecord(sid, turn, "assistant", "x", 21, ["x"] * n, [1.0] * n, state=state, running=1.0,
+                      source=source, model_id=MODEL, created_at=now)
 
 
 def test_session_view_orders_tokens_and_places_alerts_and_capping(env):
@@ -58,11 +65,13 @@ def test_session_view_orders_tokens_and_places_alerts_and_capping(env):
     assert sorted((a["event_id"], a["i"]) for a in v.alerts) == [("evt-a", 3), ("evt-b", 5)]
     assert [i["i"] for i in v.interventions] == [6]
     assert v.tokens[6]["capped"] and v.tokens[6]["pre_cap"] == -30.0 and not v.tokens[5]["capped"]
-    # running score: EWMA with alpha 0.5 from the first token on, carried across turns
+    # running score: EWMA with alpha 0.5 from the first token on, carried across turns; like the engine,
+    # it follows the pre-cap score of a turn that has them (-30 where capping made the token -8)
     r = 5.0
-    for t, s in zip(v.tokens[1:], [3.0, -9.0, -12.0, -20.0, -25.0, -8.0]):
+    for t, s in zip(v.tokens[1:], [3.0, -9.0, -12.0, -20.0, -25.0, -30.0]):
         r = 0.5 * s + 0.5 * r
         assert t["running"] == pytest.approx(r)
+    assert v.tokens[6]["score"] == -8.0  # the chart still plots the post-cap score (pre-cap: the ring)
     assert not v.live and data.session_view(store, streams, "nobody", DEP) is None
 
 
@@ -97,11 +106,49 @@ def test_live_tail_adds_the_turn_in_progress(env):
     assert [t["capped"] for t in v.tokens[7:]] == [False, False, True]
     last = v.turns[-1]
     assert last["live"] and last["turn"] == 5 and last["mean"] == pytest.approx(-31.0)
+    assert v.generating and last["generating"] and "generating (from the live tail)" in charts.heatmap(v, TH)
+    # per-token capping flags, when the entry has them, over the entry's session-wide flag
+    live(streams, "drifting", 5, 3, [-33.0, -34.0, -35.0], capped=True, cap_flags=[False, True, True])
+    live(streams, "drifting", 5, 6, [-36.0], capped=False, cap_flags=[True])
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert [t["capped"] for t in v.tokens[10:]] == [False, True, True, True]
+    # pre-cap scores in the tail, when there: the ring, and what the running score follows (as stored turns)
+    live(streams, "drifting", 5, 7, [-8.0], capped=True, cap_flags=[True], pre_cap_scores=[-40.0])
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert (v.tokens[-1]["score"], v.tokens[-1]["pre_cap"]) == (-8.0, -40.0)
+    assert v.tokens[-1]["running"] == pytest.approx(0.5 * -40.0 + 0.5 * v.tokens[-2]["running"])
+    # the turn's final entry: its tokens stay on show until it is stored, but it is not generating any more
+    live(streams, "drifting", 5, 8, [], final=True, state="critical")
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert v.live and not v.generating and not v.turns[-1]["generating"] and len(v.tokens) == 15
+    assert "generating" not in charts.heatmap(v, TH)
     # a session that so far exists only in Redis
     live(streams, "fresh", 1, 0, [4.0, 6.0])
     fresh = data.session_view(store, streams, "fresh", DEP)
     assert [t["score"] for t in fresh.tokens] == [4.0, 6.0] and fresh.session == {"id": "fresh"}
     assert fresh.stored is None and v.stored == store.get_session("drifting")  # what the export writes
+
+
+def test_live_tail_of_a_turn_that_was_never_stored_is_ignored(env):
+    """A generation that failed left a final live entry for its turn (4), which is never stored; the
+    session went on and turns 5 and 6 were stored. The stale tail must not come after them."""
+    store, streams = env
+    live(streams, "drifting", 4, 0, [-40.0, -41.0], state="critical")
+    live(streams, "drifting", 4, 2, [], final=True, state="critical")
+    now = time.time()
+    store.write([TurnRecord("drifting", 5, "user", "Still there?", 21, model_id=MODEL, created_at=now),
+                 TurnRecord("drifting", 6, "assistant", "Yes", 21, ["Yes"], [2.0], state="critical", running=-1.0,
+                            model_id=MODEL, created_at=now)])
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert [t["turn"] for t in v.turns] == [0, 1, 2, 3, 5, 6]
+    assert [t["score"] for t in v.tokens] == [5.0, 3.0, -9.0, -12.0, -20.0, -25.0, -8.0, 2.0]
+    assert not v.live and not v.generating
+    live(streams, "drifting", 7, 0, [1.5])  # a newer turn still shows
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert v.turns[-1]["turn"] == 7 and v.tokens[-1]["score"] == 1.5 and v.live and v.generating
+    live(streams, "drifting", 7, 1, [], ended=True)  # the reply is complete (its record not handed over yet)
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert v.live and not v.generating and v.tokens[-1]["score"] == 1.5
 
 
 def test_overview_merges_store_and_live_tail(env):
@@ -122,8 +169,9 @@ def test_overview_merges_store_and_live_tail(env):
     order = [r["session_id"] for r in data.overview(store, streams)]
     assert order.index("calm") == 2  # newest activity first
     live(streams, "fresh", 1, 2, [], final=True)
+    live(streams, "drifting", 5, 2, [], ended=True)
     rows = {r["session_id"]: r for r in data.overview(store, streams)}
-    assert not rows["fresh"]["generating"]
+    assert not rows["fresh"]["generating"] and not rows["drifting"]["generating"]
 
 
 def test_overview_filters(env):
@@ -137,6 +185,33 @@ def test_overview_filters(env):
         data.overview(store, streams, states=["bad"])
     with pytest.raises(InputError, match="source must be one of"):
         data.overview(store, streams, sources=["nowhere"])
+
+
+def test_overview_filters_reach_sessions_older_than_the_page(env):
+    """The filters run in SQL: a session older than ``limit`` newer ones is still found."""
+    store, streams = env
+    now = time.time()
+    store.write([session(f"new-{k}", 2, now + k, state="watch") for k in range(3)])
+    ids = lambda **f: {r["session_id"] for r in data.overview(store, streams, limit=2, **f)}  # noqa: E731
+    assert ids() <= {"new-0", "new-1", "new-2"}  # the page holds the newest only
+    assert ids(sources=["audit"]) == {"calm"}
+    assert ids(states=["ok"]) == {"calm"}
+    assert ids(states=["critical"]) == {"drifting"}
+    assert ids(states=["ok", "critical"], sources=["audit", "live"]) == {"drifting", "calm"}
+
+
+def test_overview_filters_a_live_session_on_its_live_state(env):
+    store, streams = env
+    live(streams, "calm", 3, 0, [-30.0], state="critical", running=-30.0)  # stored ok, critical now
+    live(streams, "drifting", 5, 0, [9.0], state="ok", running=9.0)  # stored critical, ok now
+    live(streams, "fresh", 1, 0, [4.0], state="watch", running=4.0)  # not stored yet
+    ids = lambda **f: sorted(r["session_id"] for r in data.overview(store, streams, limit=1, **f))  # noqa: E731
+    assert ids(states=["critical"]) == ["calm"]
+    assert ids(states=["ok"]) == ["drifting"]
+    assert ids(states=["watch"]) == ["fresh"]
+    assert ids(states=["critical"], sources=["audit"]) == ["calm"]
+    assert ids(states=["critical"], sources=["live"]) == []
+    assert ids(sources=["audit"]) == ["calm"] and ids(sources=["shadow"]) == []
 
 
 def test_overview_without_redis_shows_history(env):
@@ -183,6 +258,30 @@ def test_deployment_from_redis_then_from_files(env):
     assert (dep.origin, dep.layer, dep.alpha, dep.api_url, dep.thresholds.critical) == ("redis", 7, 0.2, "http://h:1", 1.0)
     with pytest.raises(InputError, match="axis metadata not found"):
         data.deployment(None, s.with_(axis="/nonexistent/axis"))
+
+
+def test_axis_report_comes_from_redis_else_from_the_folder(env):
+    """A dashboard on another host cannot read the replica's axis folder: the replica publishes the
+    report and metadata in Redis; an older replica's folder is read when it is here."""
+    _, streams = env
+    shipped = Settings().axis_dir()
+    meta, report = (json.loads((shipped / f).read_text()) for f in ("axis.json", "report.json"))
+    dep = data.deployment(None, Settings())  # no replica: the files
+    assert (dep.axis_meta, dep.axis_report) == (meta, report)
+    assert data.axis_report(dep) == {"meta": meta, "report": report, "origin": "files", "missing": None}
+    base = {"model_id": "m", "layer": 21, "policy": "cap", "axis_dir": "/on/another/host",
+            "thresholds": {"watch": 3.0, "warning": 2.0, "critical": 1.0}, "drift": {}, "capping": None}
+    streams.set_deployment({**base, "axis_meta": meta, "axis_report": report})
+    rep = data.axis_report(data.deployment(streams, Settings()))
+    assert rep == {"meta": meta, "report": report, "origin": "redis", "missing": None}
+    streams.set_deployment({**base, "axis_meta": meta, "axis_report": None})  # an axis without a report
+    rep = data.axis_report(data.deployment(streams, Settings()))
+    assert rep["meta"] == meta and rep["report"] == {} and "No axis report" in rep["missing"]
+    streams.set_deployment(base)  # an older replica elsewhere: nothing to show, and the page says why
+    with pytest.raises(InputError, match="did not publish them in Redis.*/on/another/host cannot be read"):
+        data.axis_report(data.deployment(streams, Settings()))
+    streams.set_deployment({**base, "axis_dir": str(shipped)})  # an older replica on this host
+    assert data.axis_report(data.deployment(streams, Settings()))["report"] == report
 
 
 def test_audit_body_accepts_json_and_jsonl():

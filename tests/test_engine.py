@@ -223,8 +223,36 @@ def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams)
     turn = [TurnRecord.from_dict(e.data) for e in records(streams, "turns")][-1]
     assert turn.running == pytest.approx(replay.running, abs=1e-4) and turn.state == "critical"
     # the live tail marks capping per token: from the token after the alert, not the alert's own
-    flags = sum((e.data.get("cap_flags") or [] for e in streams.read_live("s-pre")), [])
+    live = streams.read_live("s-pre")
+    flags = sum((e.data.get("cap_flags") or [] for e in live), [])
     assert flags == res.cap_flags
+    seen = sum((e.data.get("pre_cap_scores") or e.data["scores"] for e in live), [])
+    assert seen == pytest.approx(res.pre_cap_scores, abs=1e-4)  # what the tracker saw, token by token
+
+
+def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(tmp_path, lm, shipped, streams):
+    """Recovery stores a cut-off reply from the live tail with its capping flags and pre-cap scores."""
+    import dataclasses
+
+    from monitor.recovery import recover_interrupted
+    from monitor.store import Store
+
+    base = load_capping(shipped_dir())
+    eng = Engine(lm, shipped, Thresholds(watch=1e4, warning=9e3, critical=8e3),
+                 capping=dataclasses.replace(base, taus=[1e3] * len(base.layers)),
+                 drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000), policy="cap", publisher=streams,
+                 replica="gone-replica")  # no heartbeat: it counts as dead
+    res = eng.run_batch([ChatRequest("s-cut", chat("Who are you?"), OPTS)])[0]
+    for e in streams.read_live("s-cut"):  # as if it died before its turn record and final entry
+        if e.data.get("final"):
+            streams.r.xdel(streams.live_key("s-cut"), e.id)
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.migrate()
+    assert recover_interrupted(streams, store, stale_s=0.0) == ["s-cut"]
+    t = store.get_session("s-cut")["turns"][0]
+    assert t["turn"] == res.turn and t["capped"] == res.cap_flags and any(t["capped"])
+    assert t["pre_cap_scores"] == pytest.approx(res.pre_cap_scores, abs=1e-3)
+    assert t["scores"] == pytest.approx(res.scores, abs=1e-3) and store.get_session("s-cut")["interrupted"]
 
 
 def test_the_tail_is_final_only_after_the_turn_record(lm, shipped, streams):

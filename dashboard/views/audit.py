@@ -45,10 +45,11 @@ with tab_compare:
         st.info("Needs at least two stored sessions.")
         st.stop()
     c = st.columns(2)
-    a = c[0].selectbox("session A", ids, index=1, key="cmp-a")
-    b = c[1].selectbox("session B", ids, index=0, key="cmp-b")
+    a = c[0].selectbox("session A", ids, index=1, key="cmp-a", accept_new_options=True, help="or type any session id")
+    b = c[1].selectbox("session B", ids, index=0, key="cmp-b", accept_new_options=True, help="or type any session id")
     va, vb = (guard(data.session_view, store(), streams(), s, dep) for s in (a, b))
     if va is None or vb is None:
+        st.warning(f"No session {a if va is None else b!r} in the store or the live tail.")
         st.stop()
     da, db = charts.domain_of(va, dep.thresholds), charts.domain_of(vb, dep.thresholds)
     shared = (min(da[0], db[0]), max(da[1], db[1]))

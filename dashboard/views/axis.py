@@ -11,13 +11,17 @@ st.title("Assistant Axis")
 dep = guard(deployment)
 if dep is None:
     st.stop()
-rep = guard(data.axis_report, dep.axis_dir)
+rep = guard(data.axis_report, dep)
 if rep is None:
     st.stop()
 report, meta = rep["report"], rep["meta"]
 at = report.get("at_monitor_layer", {})
-st.caption(f"model `{dep.model_id}` · axis folder `{dep.axis_dir}` · "
-           + ("settings of the running replica" if dep.origin == "redis" else "no running replica seen: read from the files"))
+st.caption(f"model `{dep.model_id}` · axis folder `{dep.axis_dir or '-'}` · "
+           + ("settings of the running replica" if dep.origin == "redis" else "no running replica seen: read from the files")
+           + ("" if rep["missing"] else " · axis report published by the replica in Redis" if rep["origin"] == "redis"
+              else " · axis report read from the axis folder on this host"))
+if rep["missing"]:
+    st.warning(rep["missing"])
 m = st.columns(5)
 m[0].metric("monitor layer", f"{dep.layer} of {meta.get('n_layers', '?')}")
 m[1].metric("|cos(PC1, axis)|", f"{at.get('abs_cos_pc1_axis', float('nan')):.3f}")
