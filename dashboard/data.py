@@ -374,7 +374,7 @@ def axis_report(dep: Deployment) -> dict:
     ``{"meta", "report", "origin", "missing"}`` (origin: "redis" or "files"); ``report`` is empty and
     ``missing`` says why when there is none (an imported axis has none); InputError when neither exists."""
     meta, report, folder = dep.axis_meta, dep.axis_report, dep.axis_dir
-    published = dep.origin == "redis" and (meta is not None or report is not None)
+    published = dep.origin == "redis" and report is not None  # where the report (what the page names) came from
     if meta is None or report is None:
         here = folder is not None and folder.is_dir()
         if meta is None and here and (folder / "axis.json").exists():

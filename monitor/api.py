@@ -135,9 +135,11 @@ _TURN = {"type": "object", "required": ["role", "content"],  # the paper's trans
          "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}
 _CONVERSATION = {"anyOf": [
     {"type": "object", "required": ["messages"],
-     "properties": {"id": {"type": "string"}, "messages": {"type": "array", "items": _MESSAGE, "minItems": 1}}},
+     "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "messages": {"type": "array", "items": _MESSAGE, "minItems": 1}}},
     {"type": "object", "required": ["conversation"],
-     "properties": {"id": {"type": "string"}, "conversation": {"type": "array", "items": _TURN, "minItems": 1}}},
+     "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "conversation": {"type": "array", "items": _TURN, "minItems": 1}}},
 ]}
 # /v1/audit reads its body itself (one conversation, a list of them, or a bare message list); the schema
 # says what it takes, so clients and the schema fuzzer see it
@@ -260,7 +262,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
             raise InputError("expected a conversation object ({messages} or {conversation}) or a non-empty list of them")
         parsed = [parse_record(rec, f"record {i}") for i, rec in enumerate(records)]
         for i, (rid, _msgs) in enumerate(parsed):  # the id names a stored session: keep it printable
-            if rid is not None and (not rid or len(rid) > 200 or any(ord(c) < 32 or c == "\x7f" for c in rid)):
+            if rid is not None and (not rid or len(rid) > 200 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in rid)):
                 raise InputError(f"record {i}: 'id' must be 1-200 characters without control characters")
         for _rid, msgs in parsed:  # template problems surface before anything is stored
             format_chat(engine.lm.tokenizer, msgs, add_generation_prompt=False)
@@ -287,7 +289,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         rows = await asyncio.to_thread(store.list_sessions, state=state, source=source, limit=min(max(limit, 1), 1000))
         return {"sessions": rows}
 
-    @app.get("/v1/sessions/{session_id}")
+    @app.get("/v1/sessions/{session_id:path}")  # an audit id may hold a "/"
     async def get_session(session_id: str) -> Any:
         _need_store()
         s = await asyncio.to_thread(store.get_session, session_id)
@@ -339,6 +341,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
                 log.warning("metrics: stream lag unavailable: %s", e)
                 lags = {}
                 metrics.redis_up.set(0)
+                metrics.lag.clear()  # no stale values while nothing could be read
             for (stream, group), n in lags.items():
                 metrics.lag.labels(stream, group).set(n)
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")

@@ -220,7 +220,7 @@ class Engine:
         if reserve is not None:
             try:
                 got = reserve([(s.id, f, n) for s, f, n in zip(sessions, floors, counts)])
-                if got is not None:
+                if got is not None and len(got) == len(sessions):
                     return [max(int(g), f) for g, f in zip(got, floors)]
             except Exception as e:  # noqa: BLE001 - Redis down: this replica's own count
                 log.warning("turn numbers from memory (Redis: %s)", e)

@@ -91,6 +91,9 @@ class Outbox:
             return self.streams.reserve_turns(items)
         except REDIS_DOWN as e:
             log.warning("turn numbers from memory: Redis unreachable (%s)", e)
+            with self._lock:  # the records wait too, and later calls do not each wait for a time-out
+                if not self._down:
+                    self._went_down(e)
             return None
 
     def publish_live_many(self, items: list[tuple[str, dict]]) -> None:
@@ -127,6 +130,7 @@ class Outbox:
     # ------------------------------------------------------------------ buffering
     def _went_down(self, e: Exception) -> None:  # under the lock
         self._down = True
+        self._spill_at = 0  # a new outage spills at max_buffer again
         self.stats["outages"] += 1
         log.warning("Redis unreachable (%s): buffering records (memory up to %d, then the store's spill table)",
                     e, self.max_buffer)

@@ -15,7 +15,8 @@ key                                entries                                     r
 
 ``{prefix}:turn:{session_id}`` (a counter) holds the next turn number of a session, so every
 replica numbers a session's turns from one atomic count (:meth:`Streams.reserve_turns`); it
-expires ``turn_ttl_s`` after the session's last turn, when the store has long caught up. Two more
+expires a week after the session's last turn (``reserve_turns``' ``ttl_s``), when the store has long
+caught up. Two more
 plain keys sit beside them: ``{prefix}:live_index`` (a sorted set of session ids by the time of
 their latest live entry; entries older than ``live_ttl_s`` are dropped as new ones arrive), so the
 dashboard finds the sessions in progress without scanning keys; and ``{prefix}:deployment`` (JSON:
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 VERSION = "1"
 KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions"}
-LAG_SCAN = 10_000  # on Redis 6.2, lag() counts undelivered entries up to this many
+LAG_SCAN = 2_000  # on Redis 6.2, lag() counts undelivered entries up to this many (it reads them whole)
 GROUPS = {"turns": ("persist",), "alerts": ("persist", "webhooks"), "interventions": ("persist",), "ingest": ("shadow",)}
 
 

@@ -18,8 +18,8 @@ package). Delivery is at least once; every state is recorded with ``Store.set_al
   acknowledged in one MULTI. :func:`replay_dead` (``axiswatch alerts replay``) re-delivers them.
 - dedupe by event id: an event whose row is already ``delivered`` (or one in flight in this worker)
   is acknowledged without sending again. Across workers, an alert is delivered only by the worker
-  that holds its lease (``SET NX`` with a time to live of ``reclaim_idle_ms``, renewed with the
-  heartbeat): a second entry of the same event (the outbox replays at least once) that reaches
+  that holds its lease (``SET NX`` with a time to live of ``lease_ms``: ``reclaim_idle_ms``, but at
+  least two HTTP timeouts and three read blocks, renewed with the heartbeat): a second entry of the same event (the outbox replays at least once) that reaches
   another worker stays pending there untouched until the lease holder has finished (then it is
   acknowledged as a duplicate) or has died (then the lease has expired and it is delivered).
 
@@ -232,6 +232,8 @@ class AlertWorker:
         self.streams, self.store, self.config, self.batch, self.block_ms = streams, store, config, batch, block_ms
         self.name = name or consumer_name("webhooks")
         self.clock, self.reclaim_idle_ms, self.reclaim_every_s = clock, reclaim_idle_ms, reclaim_every_s
+        # a lease outlives one attempt and a blocked read, so it never lapses under a live worker
+        self.lease_ms = int(max(reclaim_idle_ms, 3 * block_ms, 2000 * config.timeout_s + 1000))
         self._stop = threading.Event()
         self.sleep = sleep or self._stop.wait  # error backoff of run(); the default wakes up on stop()
         self._client, self._own_client = client, client is None
@@ -271,7 +273,11 @@ class AlertWorker:
         if not event_ids:
             return []
         keys = [lease_key(self.streams, e) for e in event_ids]
-        got = self.streams.r.eval(_RENEW, len(keys), *keys, self.name, int(self.reclaim_idle_ms))
+        try:
+            got = self.streams.r.eval(_RENEW, len(keys), *keys, self.name, self.lease_ms)
+        except redis.ResponseError as e:  # OOM or READONLY: no lease can be written; deliver anyway
+            log.warning("alert leases not writable (%s): delivering without them (at least once)", e)
+            return [True] * len(event_ids)
         return [bool(x) for x in got]
 
     def _release(self, event_id: str) -> None:
@@ -314,17 +320,20 @@ class AlertWorker:
             self.stats["duplicates"] += 1
             self._ack([e.id])
             return
-        row = _stored(self.store, ev)
+        if not self._lease([eid])[0]:  # a peer is delivering it (from another entry of the same event)
+            self.stats["leased_elsewhere"] += 1
+            return
+        row = _stored(self.store, ev)  # read under the lease: a peer that finished has recorded it by now
         status = row["delivery_status"] if row else "pending"
         if status == "delivered":
             self.stats["duplicates"] += 1
             self._done[eid] = "delivered"
             self._ack([e.id])
+            self._release(eid)
         elif status == "dead":  # recorded dead, but its worker died before the list push + ack: finish that
             self._dead_letter(ev, [e.id])  # (a later duplicate entry may add a second copy: replay skips it)
             self._done[eid] = "dead"
-        elif not self._lease([eid])[0]:  # a peer is delivering it (from another entry of the same event)
-            self.stats["leased_elsewhere"] += 1
+            self._release(eid)
         else:  # new, or retrying when its worker died: go on counting its attempts
             self._jobs[eid] = job = _Job(ev, {e.id}, attempts=int(row["attempts"]) if row else 0)
             self._schedule(job, 0.0)
@@ -353,7 +362,7 @@ class AlertWorker:
             return self._finish(job, *job.owed)
         if not self._lease([ev.event_id])[0]:  # ours lapsed (a long pause) and a peer took it over
             return self._drop(job)
-        if job.attempts and (row := _stored(self.store, ev)) and row["delivery_status"] == "delivered":
+        if (row := _stored(self.store, ev)) and row["delivery_status"] == "delivered":
             self.stats["duplicates"] += 1  # delivered by a peer in the meantime
             self._ack(job.ids)
             return self._forget(job, "delivered")
@@ -387,7 +396,7 @@ class AlertWorker:
             self.streams.r.xclaim(self.streams.key(STREAM), GROUP, self.name, 0, ids[k:k + 500], justid=True)
         jobs = list(self._jobs.values())
         for job, held in zip(jobs, self._lease([j.event.event_id for j in jobs])):
-            if not held:
+            if not held and not job.owed:  # a job that owes its record (it was sent) finishes that first
                 self._drop(job)
 
     def _due(self) -> list[_Job]:
@@ -493,7 +502,8 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
         n = r.llen(key) if limit is None else min(limit, r.llen(key))
         client = client or httpx.Client(timeout=config.timeout_s, follow_redirects=False)
         for _ in range(n):
-            r.pexpire(lock, lock_ms)
+            if not r.eval(_RENEW, 1, lock, me, lock_ms)[0]:  # ours lapsed and another replay took over
+                raise InputError(f"the replay lock {lock} was taken over by another replay; stopping")
             raw = r.lmove(key, taking, "RIGHT", "LEFT")
             if raw is None:
                 break
@@ -525,5 +535,8 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
     finally:
         if own and client is not None:
             client.close()
-        r.eval(_RELEASE, 1, lock, me)
+        try:
+            r.eval(_RELEASE, 1, lock, me)
+        except redis.RedisError as e:  # it expires by itself
+            log.warning("replay lock %s not released (%s)", lock, e)
     return delivered

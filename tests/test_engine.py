@@ -271,10 +271,11 @@ def test_the_tail_is_final_only_after_the_turn_record(lm, shipped, streams):
         return real[1](items)
 
     streams.publish, streams.publish_live_many = publish, publish_live_many
-    short = [{"role": "user", "content": "Reply with the single word: yes"}]
+    short = chat("What is 2+2? Answer with just the number.")  # 7 tokens, then the end of the turn
     long = chat("Write a long story about a lighthouse keeper.")
-    eng.run_batch([ChatRequest("s-short", short, GenerationOptions(max_new_tokens=24)),
-                   ChatRequest("s-long", long, GenerationOptions(max_new_tokens=24))])
+    res = eng.run_batch([ChatRequest("s-short", short, GenerationOptions(max_new_tokens=24)),
+                         ChatRequest("s-long", long, GenerationOptions(max_new_tokens=24))])
+    assert res[0].finish_reason == "stop" and len(res[0].tokens) < len(res[1].tokens) == 24  # ends early
     lives = [o for o in order if o[0] == "live" and o[1] == "s-short"]
     first_ended = next(i for i, o in enumerate(order) if o[0] == "live" and o[1] == "s-short" and o[2])
     first_final = next(i for i, o in enumerate(order) if o[0] == "live" and o[1] == "s-short" and o[3])

@@ -401,11 +401,30 @@ def test_a_dead_lease_holder_is_taken_over(streams, store, receiver):
     streams.publish(ev)
     streams.publish(ev)
     receiver.script = [500]
-    a = AlertWorker(streams, store, config(receiver, base_delay_s=30, max_delay_s=30), name="wa", batch=1,
-                    reclaim_idle_ms=300, reclaim_every_s=0.1)
+    a = AlertWorker(streams, store, config(receiver, base_delay_s=30, max_delay_s=30, timeout_s=0.5), name="wa",
+                    batch=1, reclaim_idle_ms=300, reclaim_every_s=0.1)
+    assert a.lease_ms == 2000  # at least two HTTP timeouts, whatever the idle time
     a.run_once(block_ms=10)  # holds the lease, fails once, backs off 0-30 s ... and dies
     assert a.in_flight == 1 and status(store, ev)["delivery_status"] == "retrying"
-    b = AlertWorker(streams, store, config(receiver), name="wb", batch=1, reclaim_idle_ms=300, reclaim_every_s=0.1)
-    run_until(b, lambda: settled(streams) and b.in_flight == 0)
+    b = AlertWorker(streams, store, config(receiver, timeout_s=0.5), name="wb", batch=1, reclaim_idle_ms=300,
+                    reclaim_every_s=0.1)
+    b.run_once(block_ms=10)
+    assert b.stats["leased_elsewhere"] >= 1 and not receiver.requests[1:]  # a's lease still stands
+    run_until(b, lambda: settled(streams) and b.in_flight == 0, timeout=15)
     assert [r["status"] for r in receiver.requests] == [500, 200]  # one more delivery, by b, once
     assert status(store, ev)["delivery_status"] == "delivered" and status(store, ev)["attempts"] == 2
+
+
+def test_a_full_redis_still_delivers_alerts(streams, store, receiver):
+    """At maxmemory Redis refuses the lease (a write) but still serves the stream: alerts go out,
+    without a lease (at least once), instead of waiting for memory to free."""
+    ev = alert(store)
+    streams.publish(ev)
+    w = AlertWorker(streams, store, config(receiver))
+    streams.r.config_set("maxmemory-policy", "noeviction")
+    streams.r.config_set("maxmemory", 1)
+    try:
+        run_until(w, lambda: status(store, ev)["delivery_status"] == "delivered")
+    finally:
+        streams.r.config_set("maxmemory", 0)
+    assert [r["status"] for r in receiver.requests] == [200]
