@@ -110,15 +110,11 @@ def ended(entry: dict) -> bool:
 
 # ---------------------------------------------------------------- overview
 def _stored_page(store, states, sources, since, limit) -> dict[str, dict]:
-    """The stored sessions that match the filters (in SQL, one query per state and source picked),
-    newest activity first; ``since`` is about activity (a long session active now is shown)."""
-    active = since if since is not None else 0.0
-    out: dict[str, dict] = {}
-    for state in states or [None]:
-        for source in sources or [None]:
-            out.update((r["id"], r) for r in store.list_sessions(state=state, source=source, active_since=active,
-                                                                 limit=limit))
-    return out
+    """The stored sessions that match the filters (in SQL), newest activity first; ``since`` is about
+    activity (a long session active now is shown)."""
+    rows = store.list_sessions(state=states or None, source=sources or None,
+                               active_since=since if since is not None else 0.0, limit=limit)
+    return {r["id"]: r for r in rows}
 
 
 def overview(store, streams, *, states: list[str] | None = None, sources: list[str] | None = None,

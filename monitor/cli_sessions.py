@@ -146,7 +146,8 @@ def alerts_list(ctx, status, limit, database_url, as_json):
 def alerts_replay(ctx, limit, database_url):
     """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
     from monitor.streams import Streams
-    from monitor.webhooks import dead_key, replay_dead
+    from monitor.dead_letters import replay_dead
+    from monitor.webhooks import dead_key
     from monitor.errors import InputError
 
     s = _settings(ctx, database_url=database_url)

@@ -160,8 +160,6 @@ class Engine:
             if s.source != "live":
                 raise InputError(f"session {s.id!r} is a {s.source} session; chat in a new session")
             if r.policy and r.policy != s.policy:  # a request may change its session's policy from now on
-                if r.policy == "cap" and self.capping is None:
-                    raise InputError("policy 'cap' needs a capping config; none is loaded")
                 s.policy = s.tracker.policy = parse_policy(r.policy)
         opts = requests[0].options
         # reserve the stored turn numbers: the new user message (if any), then the reply

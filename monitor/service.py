@@ -179,7 +179,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                 "axis_meta": axis.meta(),  # what axis.json holds
                 "axis_report": _report(Path(axis.path) / "report.json")})
         if workers:
-            from monitor.webhooks import AlertWorker
+            from monitor.alert_worker import AlertWorker
             from monitor.workers import PersistWorker
 
             w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)

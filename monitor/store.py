@@ -14,7 +14,7 @@ import time
 from array import array
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -302,16 +302,22 @@ class Store:
             self._insert(s, SessionRow, [dict(id=session_id, created_at=(now := time.time()), updated_at=now)], ("id",))
             s.execute(update(SessionRow).where(SessionRow.id == session_id).values(interrupted=True, updated_at=now))
 
-    def list_sessions(self, state: str | None = None, source: str | None = None, since: float | None = None,
-                      limit: int = 100, active_since: float | None = None) -> list[dict[str, Any]]:
+    def list_sessions(self, state: str | Sequence[str] | None = None, source: str | Sequence[str] | None = None,
+                      since: float | None = None, limit: int = 100,
+                      active_since: float | None = None) -> list[dict[str, Any]]:
         """Sessions newest first (by created_at); ``since`` keeps those created at or after it.
-        ``active_since`` keeps those updated at or after it and orders by the latest update."""
-        _one_of(state, STATES, "state")
-        _one_of(source, SOURCES, "source")
+        ``active_since`` keeps those updated at or after it and orders by the latest update.
+        ``state`` and ``source``: one value or several (any of them)."""
+        states = (state,) if state is None or isinstance(state, str) else tuple(state)
+        sources = (source,) if source is None or isinstance(source, str) else tuple(source)
+        for v in states:
+            _one_of(v, STATES, "state")
+        for v in sources:
+            _one_of(v, SOURCES, "source")
         for name, v in (("since", since), ("active_since", active_since)):
             _need(v is None or _num(v), f"{name} must be epoch seconds, not {v!r}")
         _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
-        where = [c == v for c, v in ((SessionRow.state, state), (SessionRow.source, source)) if v is not None]
+        where = [c.in_(vs) for c, vs in ((SessionRow.state, states), (SessionRow.source, sources)) if None not in vs]
         where += [SessionRow.created_at >= since] if since is not None else []
         where += [SessionRow.updated_at >= active_since] if active_since is not None else []
         newest = SessionRow.created_at if active_since is None else SessionRow.updated_at

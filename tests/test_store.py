@@ -261,9 +261,13 @@ def test_list_sessions_filters_and_order(store):
     assert [s["id"] for s in store.list_sessions(since=150.0)] == ["c", "b"]
     assert [s["id"] for s in store.list_sessions(state="critical", source="live", since=250)] == ["c"]
     assert [s["id"] for s in store.list_sessions(limit=1)] == ["c"]
+    assert [s["id"] for s in store.list_sessions(state=["ok", "critical"], source=("audit",))] == ["b"]
+    assert [s["id"] for s in store.list_sessions(state=["ok", "critical"])] == ["c", "b", "a"]
     assert store.list_sessions()[0]["created_at"] == 300.0 and "turns" not in store.list_sessions()[0]
     with pytest.raises(InputError, match="state"):
         store.list_sessions(state="fine")
+    with pytest.raises(InputError, match="source"):
+        store.list_sessions(source=["live", "nowhere"])
     with pytest.raises(InputError, match="limit"):
         store.list_sessions(limit=0)
 

@@ -19,7 +19,9 @@ from monitor.records import AlertEvent
 from monitor.redis_server import EmbeddedRedis
 from monitor.store import Store
 from monitor.streams import Streams
-from monitor.webhooks import AlertWorker, WebhookConfig, dead_key, replay_dead
+from monitor.alert_worker import AlertWorker
+from monitor.dead_letters import replay_dead
+from monitor.webhooks import WebhookConfig, dead_key
 from probes.errors import InputError
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
