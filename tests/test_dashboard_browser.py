@@ -149,6 +149,7 @@ def test_overview_alerts_and_axis_pages_render(browser, dashboard):
     browser.get(url)
     # every stored session's row is drawn, each with its stored state
     wait_for(browser, lambda d: sorted(column(d, 1)) == sorted(sessions))
+    assert "Sessions" in browser.page_source
     assert [c.split()[-1] for c in column(browser, 2)] == [sessions[s]["state"] for s in column(browser, 1)]
     assert f"sessions\n{len(sessions)}" in [m.text for m in browser.find_elements(By.CSS_SELECTOR,
                                                                                  "[data-testid='stMetric']")]
