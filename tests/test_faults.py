@@ -195,6 +195,31 @@ def test_redis_killed_and_restarted_mid_generation(tmp_path):
     print(f"outage: {len(sids)} sessions, {sum(generated.values())} tokens, outbox {stats}")
 
 
+def _stored_turns(store: Store) -> int:
+    return sum(s["n_turns"] for s in store.list_sessions(limit=100))
+
+
+def _kill_holding_a_batch(proc: subprocess.Popen, streams: Streams, store: Store, n: int,
+                          timeout_s: float = 60):
+    """SIGKILL `proc` at a moment it holds read-but-unacknowledged entries. Racing a kill against a
+    fast worker can land between two batches (nothing pending), so the worker is frozen with SIGSTOP,
+    checked, and either killed frozen or let go and tried again."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.send_signal(signal.SIGSTOP)
+        wait_until(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(") ", 1)[1][0] in "Tt",
+                   5, "worker stopped", poll_s=0.001)
+        time.sleep(0.05)  # commands already on the socket reach Redis before we look
+        pending = streams.r.xpending(streams.key("turns"), "persist")["pending"]
+        if pending > 0 and _stored_turns(store) < n:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.003)
+    raise AssertionError("the worker was never caught holding a batch")
+
+
 def test_persistence_worker_sigkilled_mid_batch(tmp_path):
     """A worker process killed with SIGKILL while persisting 4,000 turns; a second worker reclaims its
     pending entries: every turn is stored exactly once."""
@@ -212,16 +237,14 @@ def test_persistence_worker_sigkilled_mid_batch(tmp_path):
     store = Store(db)
     first = subprocess.Popen([AXISWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: store.list_sessions(limit=1) and 0 < sum(
-            s["n_turns"] for s in store.list_sessions(limit=100)), 60, "first rows", poll_s=0.01)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        wait_until(lambda: _stored_turns(store) > 0, 60, "first rows", poll_s=0.01)
+        _kill_holding_a_batch(first, streams, store, n)
         pending = streams.r.xpending(streams.key("turns"), "persist")["pending"]
-        stored_at_kill = sum(s["n_turns"] for s in store.list_sessions(limit=100))
+        stored_at_kill = _stored_turns(store)
         assert stored_at_kill < n and pending > 0  # it died with entries taken but not acknowledged
         second = subprocess.Popen([AXISWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_until(lambda: sum(s["n_turns"] for s in store.list_sessions(limit=100)) == n
+            wait_until(lambda: _stored_turns(store) == n
                        and streams.r.xpending(streams.key("turns"), "persist")["pending"] == 0, 120, "all stored")
         finally:
             second.terminate()
