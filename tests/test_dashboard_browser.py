@@ -119,13 +119,16 @@ def test_session_view_updates_live_from_redis(browser, dashboard):
     sid, streams = ids["coding"], Streams.from_url(redis_url)
     browser.get(f"{url}/session?id={sid}")
     before = len(wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")))
+    browser.execute_script("window.awMark = 1")  # gone if the page were reloaded
     streams.publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": 99, "start": 0,
                                "scores": [1.0, -30.0, -31.0], "state": "warning", "running": -12.0,
                                "capped": False, "final": False})
     try:
+        # refreshed by the 2-second live fragment (seconds here; a loaded CI machine gets a wide margin)
         t0 = time.monotonic()
-        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")) == before + 3, 10)
-        assert time.monotonic() - t0 < 6  # refreshed by the 2-second live fragment
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")) == before + 3, 30)
+        assert browser.execute_script("return window.awMark") == 1  # in place, without reloading the page
+        print(f"live tokens on the page {time.monotonic() - t0:.1f} s after they reached Redis")
         assert "generating" in browser.page_source
         shot(browser, "session-live")
     finally:  # the seeded Redis is shared with other tests

@@ -199,6 +199,18 @@ def _stored_turns(store: Store) -> int:
     return sum(s["n_turns"] for s in store.list_sessions(limit=100))
 
 
+def _settled_pending(streams: Streams) -> int:
+    """The persist group's pending count once two reads 50 ms apart agree (commands a frozen worker
+    had already written to its socket reach Redis first)."""
+    last = -1
+    while True:
+        time.sleep(0.05)
+        now = streams.r.xpending(streams.key("turns"), "persist")["pending"]
+        if now == last:
+            return now
+        last = now
+
+
 def _kill_holding_a_batch(proc: subprocess.Popen, streams: Streams, store: Store, n: int,
                           timeout_s: float = 60):
     """SIGKILL `proc` at a moment it holds read-but-unacknowledged entries. Racing a kill against a
@@ -209,8 +221,7 @@ def _kill_holding_a_batch(proc: subprocess.Popen, streams: Streams, store: Store
         proc.send_signal(signal.SIGSTOP)
         wait_until(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(") ", 1)[1][0] in "Tt",
                    5, "worker stopped", poll_s=0.001)
-        time.sleep(0.05)  # commands already on the socket reach Redis before we look
-        pending = streams.r.xpending(streams.key("turns"), "persist")["pending"]
+        pending = _settled_pending(streams)
         if pending > 0 and _stored_turns(store) < n:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -221,12 +232,12 @@ def _kill_holding_a_batch(proc: subprocess.Popen, streams: Streams, store: Store
 
 
 def test_persistence_worker_sigkilled_mid_batch(tmp_path):
-    """A worker process killed with SIGKILL while persisting 4,000 turns; a second worker reclaims its
+    """A worker process killed with SIGKILL while persisting 10,000 turns; a second worker reclaims its
     pending entries: every turn is stored exactly once."""
     redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
     streams = Streams.from_url(redis.url)
     streams.ensure_groups()
-    n = 4000
+    n = 10_000
     pipe = streams.r.pipeline(transaction=False)
     for i in range(n):
         streams.publish(TurnRecord(f"w-{i % 40}", i // 40, "assistant", "x", 21, ["a", "b"], [1.0, 2.0]), pipe=pipe)

@@ -75,9 +75,10 @@ def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
         store = Store(pg_url)
         _until(lambda: sum(s["n_tokens"] for s in store.list_sessions(limit=1000)) >= sum(generated.values()),
                120, "all tokens stored")
-        alerts = store.list_alerts(limit=10_000)
-        _until(lambda: len({r["headers"]["webhook-id"] for r in hook.requests if r["status"] == 200})
-               >= len(store.list_alerts(limit=10_000)), 120, "all alerts delivered")
+        # the receiver records a request before it answers; the worker stores "delivered" after the answer
+        _until(lambda: (alerts := store.list_alerts(limit=10_000))
+               and len({r["headers"]["webhook-id"] for r in hook.requests if r["status"] == 200}) >= len(alerts)
+               and all(a["delivery_status"] == "delivered" for a in alerts), 120, "all alerts delivered")
         alerts = store.list_alerts(limit=10_000)
     finally:
         for p in procs:
