@@ -37,15 +37,22 @@ def uvicorn_thread(app, timeout_s: float = 30.0):
     """Yield the base URL of ``app`` served by uvicorn; stop it on exit."""
     import uvicorn
 
-    port = free_port()
+    sock = socket.socket()  # bound here and handed over, so no other process can take the port meanwhile
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
+    t = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     t.start()
     deadline = time.monotonic() + timeout_s
-    while not srv.started and time.monotonic() < deadline:
+    while not srv.started and t.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if not srv.started:
+        srv.should_exit = True
+        sock.close()
+        raise AssertionError(f"uvicorn did not start on port {port} within {timeout_s} s")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         srv.should_exit = True
         t.join(10)
+        sock.close()
