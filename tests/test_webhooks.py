@@ -391,7 +391,7 @@ def test_two_workers_given_the_same_event_deliver_it_once(streams, store, receiv
     b = AlertWorker(streams, store, config(receiver), name="wb", batch=1, reclaim_idle_ms=300, reclaim_every_s=0.1)
     a.run_once(block_ms=10)  # a takes the first entry and makes the failing attempt
     b.run_once(block_ms=10)  # b takes the second entry: a holds the lease
-    # (>= 1: a first pass of a slower than reclaim_idle_ms lets b claim a's entry as well, and skip it too)
+    # (>= 1: when a's first pass takes longer than reclaim_idle_ms, b claims a's entry too and skips it as well)
     assert a.in_flight == 1 and b.in_flight == 0 and b.stats["leased_elsewhere"] >= 1
     run_until(a, lambda: status(store, ev)["delivery_status"] == "delivered", on_pass=lambda: b.run_once(block_ms=10))
     run_until(b, lambda: settled(streams) and b.in_flight == 0, on_pass=lambda: a.run_once(block_ms=10))
