@@ -1,17 +1,16 @@
 """The store: the one module that owns the database (DESIGN.md section 3, convention 9).
 
-Engine, transactions, migrating (the typed models and migrations are in monitor/schema.py). SQLite by default (WAL, one
-writer at a time) or PostgreSQL through the same URL. Batched writes, one transaction each, idempotent
-by the records' keys (monitor/records.py); per-token scores stored per turn as little-endian float32
-bytes. Reads return plain dicts (no torch, no numpy). Times are float epoch seconds.
+Engine, transactions, migrating, reads and writes. The typed models and migrations are in
+monitor/schema.py; checking records and encoding them as rows (per-token scores as little-endian float32
+bytes per turn) is in monitor/rows.py. SQLite by default (WAL, one writer at a time) or PostgreSQL
+through the same URL. Batched writes, one transaction each, idempotent by the records' keys
+(monitor/records.py). Reads return plain dicts (no torch, no numpy). Times are float epoch seconds.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from array import array
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -22,13 +21,14 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
 from monitor.errors import AxiswatchError, InputError
+from monitor.records import SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
+from monitor.rows import (DELIVERY_STATUSES, LEVELS, checked_records, from_row, is_int, is_name, is_num, need,
+                          one_of, to_row)
+from monitor.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, InterventionRow,  # noqa: F401 - re-exported
+                            SchemaVersion, SessionRow, SpillRow, TurnRow)
 
 DEFAULT_URL = "sqlite:///axiswatch.db"
-DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
-ROLES = ("assistant", "user", "system")
-LEVELS = ("watch", "warning", "critical")
 
 
 class StoreError(AxiswatchError):
@@ -37,101 +37,6 @@ class StoreError(AxiswatchError):
 
 class NotFoundError(StoreError):
     http_status = 404  # no row with that key (an alert's event id...)
-
-
-from monitor.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, InterventionRow,  # noqa: F401 - re-exported
-                            SchemaVersion, SessionRow, SpillRow, TurnRow)
-
-
-# ---------------------------------------------------------------- encoding and checks
-_le = lambda a: (a.byteswap(), a)[1] if sys.byteorder == "big" else a  # noqa: E731 - stored little-endian
-
-
-def _pack(values: Any, what: str) -> bytes:
-    try:
-        return _le(array("f", values)).tobytes()
-    except (TypeError, OverflowError) as e:
-        raise InputError(f"{what} must be a list of numbers ({e})") from None
-
-
-def _unpack(data: bytes | None) -> list[float] | None:
-    return None if data is None else _le(array("f", data)).tolist()
-
-
-def _pack_bits(bits: list[bool]) -> bytes:  # token i is bit i % 8 of byte i // 8
-    return bytes(sum(1 << j for j, b in enumerate(bits[i:i + 8]) if b) for i in range(0, len(bits), 8))
-
-
-def _need(ok: bool, msg: str) -> None:
-    if not ok:
-        raise InputError(msg)
-
-
-def _one_of(value: Any, allowed: tuple, what: str, optional: bool = True) -> None:
-    _need((optional and value is None) or value in allowed, f"{what} must be one of {allowed}, not {value!r}")
-
-
-_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
-_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-_name = lambda x: isinstance(x, str) and bool(x)  # noqa: E731
-
-_FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a predicate or the allowed values
-    TurnRecord: dict(turn=lambda x: _int(x) and x >= 0, role=ROLES, layer=_int, state=STATES, source=SOURCES,
-                     text=lambda x: isinstance(x, str), model_id=lambda x: isinstance(x, str), created_at=_num,
-                     running=lambda x: x is None or _num(x), policy=lambda x: x is None or x in POLICIES,
-                     tokens=lambda x: isinstance(x, list) and all(isinstance(t, str) for t in x)),
-    AlertEvent: dict(event_id=_name, turn=_int, token_index=_int, level=LEVELS, policy=POLICIES, score=_num,
-                     threshold=_num, created_at=_num),
-    InterventionRecord: dict(turn=_int, token_index=_int, config_id=_name, created_at=_num,
-                             thresholds=lambda x: isinstance(x, dict) and all(_num(v) for v in x.values()),
-                             layers=lambda x: isinstance(x, list) and all(_int(v) for v in x)),
-}
-
-
-def _records(cls: type, items: Iterable[Any]) -> list:
-    """The records (build them from stream payloads with ``cls.from_dict``), each with a session id."""
-    for r in (out := list(items)):
-        _need(isinstance(r, cls), f"expected a {cls.__name__} (see {cls.__name__}.from_dict), got {type(r).__name__}")
-        _need(_name(r.session_id) and "\x00" not in r.session_id,
-              f"{cls.__name__}.session_id must be a non-empty string without NUL, not {r.session_id!r}")
-    return out
-
-
-def _text(t: str) -> str:
-    """Text as every backend stores it: PostgreSQL refuses NUL in text, so NUL becomes U+FFFD everywhere
-    (a conversation that contains one is still stored, on SQLite and PostgreSQL alike)."""
-    return t.replace("\x00", "\ufffd") if "\x00" in t else t
-
-
-def _row(r: Any) -> dict[str, Any]:
-    """Check every field of a record; its row (a turn's scores packed)."""
-    where = f"{type(r).__name__} (session {r.session_id!r}, turn {r.turn!r})"
-    for name, ok in _FIELDS[type(r)].items():
-        v = getattr(r, name)
-        _need(v in ok if isinstance(ok, tuple) else ok(v),
-              f"{where}: bad {name} {v!r}" + (f", expected one of {ok}" if isinstance(ok, tuple) else ""))
-    if not isinstance(r, TurnRecord):
-        return r.to_dict()
-    scores, n = _pack(r.scores, f"{where}: scores"), len(r.scores)
-    _need(not r.tokens or not n or len(r.tokens) == n, f"{where}: {len(r.tokens)} tokens but {n} scores")
-    for name in ("pre_cap_scores", "capped"):
-        v = getattr(r, name)
-        _need(v is None or (isinstance(v, list) and len(v) == n), f"{where}: {name} must be null or {n} values")
-    pre = None if r.pre_cap_scores is None else _pack(r.pre_cap_scores, f"{where}: pre_cap_scores")
-    return dict(session_id=r.session_id, turn=r.turn, role=r.role, text=_text(r.text), layer=r.layer,
-                n_tokens=len(r.tokens) or n, mean=sum(r.scores) / n if n else None, scores=scores,
-                pre_cap_scores=pre, capped=None if r.capped is None else _pack_bits(r.capped),
-                tokens=[_text(t) for t in r.tokens],
-                state=r.state, running=r.running, created_at=r.created_at)
-
-
-def _plain(obj: Base) -> dict[str, Any]:
-    d = {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
-    if isinstance(obj, TurnRow):
-        d["scores"], d["pre_cap_scores"] = _unpack(obj.scores), _unpack(obj.pre_cap_scores)
-        bits = obj.capped  # token i is bit i % 8 of byte i // 8
-        d["capped"] = None if bits is None else [bool(bits[i >> 3] >> (i & 7) & 1) for i in range(len(d["scores"]))]
-    return d
 
 
 # ---------------------------------------------------------------- the store
@@ -227,23 +132,23 @@ class Store:
     def write(self, turns: Iterable[TurnRecord] = (), alerts: Iterable[AlertEvent] = (),
               interventions: Iterable[InterventionRecord] = ()) -> dict[str, int]:
         """One idempotent transaction for the whole batch; the counts of rows actually inserted."""
-        turns, alerts = _records(TurnRecord, turns), _records(AlertEvent, alerts)
-        interventions = _records(InterventionRecord, interventions)
+        turns, alerts = checked_records(TurnRecord, turns), checked_records(AlertEvent, alerts)
+        interventions = checked_records(InterventionRecord, interventions)
         counts = dict(sessions=0, turns=0, alerts=0, interventions=0)
         if not (recs := [*turns, *alerts, *interventions]):
             return counts
         ids, now, born = sorted({r.session_id for r in recs}), time.time(), {}
-        for r in (r for r in recs if _num(r.created_at)):
+        for r in (r for r in recs if is_num(r.created_at)):
             born[r.session_id] = min(born.get(r.session_id, r.created_at), r.created_at)
         with self._tx(write=True) as s:
             new = [dict(id=i, created_at=float(born.get(i, now)), updated_at=now) for i in ids]
             counts["sessions"] = self._insert(s, SessionRow, new, ("id",))
             # Lock the session rows (PostgreSQL) so that concurrent batches recompute counters in turn.
             s.execute(select(SessionRow.id).where(SessionRow.id.in_(ids)).order_by(SessionRow.id).with_for_update())
-            counts["turns"] = self._insert(s, TurnRow, [_row(t) for t in turns], ("session_id", "turn"),
+            counts["turns"] = self._insert(s, TurnRow, [to_row(t) for t in turns], ("session_id", "turn"),
                                            longer_wins=True)
-            counts["alerts"] = self._insert(s, AlertRow, [_row(a) for a in alerts], ("event_id",))
-            counts["interventions"] = self._insert(s, InterventionRow, [_row(i) for i in interventions],
+            counts["alerts"] = self._insert(s, AlertRow, [to_row(a) for a in alerts], ("event_id",))
+            counts["interventions"] = self._insert(s, InterventionRow, [to_row(i) for i in interventions],
                                                    ("session_id", "turn", "token_index", "config_id"))
             if any(counts.values()):  # a pure replay changes nothing, not even updated_at
                 self._refresh(s, ids, turns, alerts, interventions, now)
@@ -282,8 +187,8 @@ class Store:
 
     def set_alert_delivery(self, event_id: str, status: str, attempts: int, last_error: str | None = None) -> bool:
         """Record a delivery attempt. A delivered alert stays delivered (and this returns False)."""
-        _one_of(status, DELIVERY_STATUSES, "delivery status", optional=False)
-        _need(_int(attempts) and attempts >= 0, f"attempts must be a non-negative integer, not {attempts!r}")
+        one_of(status, DELIVERY_STATUSES, "delivery status", optional=False)
+        need(is_int(attempts) and attempts >= 0, f"attempts must be a non-negative integer, not {attempts!r}")
         with self._tx(write=True) as s:
             row = self._alert(s, event_id)
             if row.delivery_status == "delivered" and status != "delivered":
@@ -297,7 +202,7 @@ class Store:
 
     def mark_interrupted(self, session_id: str) -> None:
         """Flag a session whose generation was cut off (creating its row if nothing was written yet)."""
-        _need(_name(session_id), f"session_id must be a non-empty string, not {session_id!r}")
+        need(is_name(session_id), f"session_id must be a non-empty string, not {session_id!r}")
         with self._tx(write=True) as s:
             self._insert(s, SessionRow, [dict(id=session_id, created_at=(now := time.time()), updated_at=now)], ("id",))
             s.execute(update(SessionRow).where(SessionRow.id == session_id).values(interrupted=True, updated_at=now))
@@ -311,46 +216,46 @@ class Store:
         states = (state,) if state is None or isinstance(state, str) else tuple(state)
         sources = (source,) if source is None or isinstance(source, str) else tuple(source)
         for v in states:
-            _one_of(v, STATES, "state")
+            one_of(v, STATES, "state")
         for v in sources:
-            _one_of(v, SOURCES, "source")
+            one_of(v, SOURCES, "source")
         for name, v in (("since", since), ("active_since", active_since)):
-            _need(v is None or _num(v), f"{name} must be epoch seconds, not {v!r}")
-        _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
+            need(v is None or is_num(v), f"{name} must be epoch seconds, not {v!r}")
+        need(is_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
         where = [c.in_(vs) for c, vs in ((SessionRow.state, states), (SessionRow.source, sources)) if None not in vs]
         where += [SessionRow.created_at >= since] if since is not None else []
         where += [SessionRow.updated_at >= active_since] if active_since is not None else []
         newest = SessionRow.created_at if active_since is None else SessionRow.updated_at
         q = select(SessionRow).where(*where).order_by(newest.desc(), SessionRow.id.desc())
         with self._tx() as s:
-            return [_plain(r) for r in s.scalars(q.limit(limit))]
+            return [from_row(r) for r in s.scalars(q.limit(limit))]
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         """The session with its turns (scores decoded), alerts and interventions; None if unknown."""
         with self._tx() as s:
             if (row := s.get(SessionRow, session_id)) is None:
                 return None
-            d = _plain(row)
+            d = from_row(row)
             for key, model, order in (("turns", TurnRow, ("turn",)), ("alerts", AlertRow, ("turn", "token_index")),
                                       ("interventions", InterventionRow, ("turn", "token_index", "config_id"))):
                 q = select(model).where(model.session_id == session_id)
                 q = q.order_by(*(getattr(model, c) for c in order), model.created_at)
-                d[key] = [_plain(r) for r in s.scalars(q)]
+                d[key] = [from_row(r) for r in s.scalars(q)]
             return d
 
     def list_alerts(self, status: str | None = None, limit: int = 100, session_id: str | None = None,
                     level: str | None = None, acknowledged: bool | None = None) -> list[dict]:
         """Alerts newest first, optionally only those with one delivery status, of one session, at one
         level, or (un)acknowledged."""
-        _one_of(status, DELIVERY_STATUSES, "delivery status")
-        _one_of(level, LEVELS, "level")
-        _need(_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
+        one_of(status, DELIVERY_STATUSES, "delivery status")
+        one_of(level, LEVELS, "level")
+        need(is_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
         where = [c == v for c, v in ((AlertRow.delivery_status, status), (AlertRow.session_id, session_id),
                                      (AlertRow.level, level)) if v]
         where += [AlertRow.acknowledged.is_(acknowledged)] if acknowledged is not None else []
         q = select(AlertRow).where(*where).order_by(AlertRow.created_at.desc(), AlertRow.event_id)
         with self._tx() as s:
-            return [_plain(a) for a in s.scalars(q.limit(limit))]
+            return [from_row(a) for a in s.scalars(q.limit(limit))]
 
     def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
         """Unacknowledged alerts per session (sessions without any are left out)."""

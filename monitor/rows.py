@@ -1,0 +1,107 @@
+"""Records to database rows and back: every field checked, a turn's scores packed as little-endian
+float32 bytes and its capping flags as bits. Pure: no engine, no session, no I/O (monitor/store.py
+owns those; the tables are in monitor/schema.py)."""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from typing import Any, Iterable
+
+from monitor.errors import InputError
+from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
+from monitor.schema import Base, TurnRow
+
+DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
+ROLES = ("assistant", "user", "system")
+LEVELS = ("watch", "warning", "critical")
+
+_le = lambda a: (a.byteswap(), a)[1] if sys.byteorder == "big" else a  # noqa: E731 - stored little-endian
+
+
+def _pack(values: Any, what: str) -> bytes:
+    try:
+        return _le(array("f", values)).tobytes()
+    except (TypeError, OverflowError) as e:
+        raise InputError(f"{what} must be a list of numbers ({e})") from None
+
+
+def _unpack(data: bytes | None) -> list[float] | None:
+    return None if data is None else _le(array("f", data)).tolist()
+
+
+def _pack_bits(bits: list[bool]) -> bytes:  # token i is bit i % 8 of byte i // 8
+    return bytes(sum(1 << j for j, b in enumerate(bits[i:i + 8]) if b) for i in range(0, len(bits), 8))
+
+
+def need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise InputError(msg)
+
+
+def one_of(value: Any, allowed: tuple, what: str, optional: bool = True) -> None:
+    need((optional and value is None) or value in allowed, f"{what} must be one of {allowed}, not {value!r}")
+
+
+is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+is_name = lambda x: isinstance(x, str) and bool(x)  # noqa: E731
+
+_FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a predicate or the allowed values
+    TurnRecord: dict(turn=lambda x: is_int(x) and x >= 0, role=ROLES, layer=is_int, state=STATES, source=SOURCES,
+                     text=lambda x: isinstance(x, str), model_id=lambda x: isinstance(x, str), created_at=is_num,
+                     running=lambda x: x is None or is_num(x), policy=lambda x: x is None or x in POLICIES,
+                     tokens=lambda x: isinstance(x, list) and all(isinstance(t, str) for t in x)),
+    AlertEvent: dict(event_id=is_name, turn=is_int, token_index=is_int, level=LEVELS, policy=POLICIES, score=is_num,
+                     threshold=is_num, created_at=is_num),
+    InterventionRecord: dict(turn=is_int, token_index=is_int, config_id=is_name, created_at=is_num,
+                             thresholds=lambda x: isinstance(x, dict) and all(is_num(v) for v in x.values()),
+                             layers=lambda x: isinstance(x, list) and all(is_int(v) for v in x)),
+}
+
+
+def checked_records(cls: type, items: Iterable[Any]) -> list:
+    """The records (build them from stream payloads with ``cls.from_dict``), each with a session id."""
+    for r in (out := list(items)):
+        need(isinstance(r, cls), f"expected a {cls.__name__} (see {cls.__name__}.from_dict), got {type(r).__name__}")
+        need(is_name(r.session_id) and "\x00" not in r.session_id,
+             f"{cls.__name__}.session_id must be a non-empty string without NUL, not {r.session_id!r}")
+    return out
+
+
+def clean_text(t: str) -> str:
+    """Text as every backend stores it: PostgreSQL refuses NUL in text, so NUL becomes U+FFFD everywhere
+    (a conversation that contains one is still stored, on SQLite and PostgreSQL alike)."""
+    return t.replace("\x00", "\ufffd") if "\x00" in t else t
+
+
+def to_row(r: Any) -> dict[str, Any]:
+    """Check every field of a record; its row (a turn's scores packed)."""
+    where = f"{type(r).__name__} (session {r.session_id!r}, turn {r.turn!r})"
+    for name, ok in _FIELDS[type(r)].items():
+        v = getattr(r, name)
+        need(v in ok if isinstance(ok, tuple) else ok(v),
+             f"{where}: bad {name} {v!r}" + (f", expected one of {ok}" if isinstance(ok, tuple) else ""))
+    if not isinstance(r, TurnRecord):
+        return r.to_dict()
+    scores, n = _pack(r.scores, f"{where}: scores"), len(r.scores)
+    need(not r.tokens or not n or len(r.tokens) == n, f"{where}: {len(r.tokens)} tokens but {n} scores")
+    for name in ("pre_cap_scores", "capped"):
+        v = getattr(r, name)
+        need(v is None or (isinstance(v, list) and len(v) == n), f"{where}: {name} must be null or {n} values")
+    pre = None if r.pre_cap_scores is None else _pack(r.pre_cap_scores, f"{where}: pre_cap_scores")
+    return dict(session_id=r.session_id, turn=r.turn, role=r.role, text=clean_text(r.text), layer=r.layer,
+                n_tokens=len(r.tokens) or n, mean=sum(r.scores) / n if n else None, scores=scores,
+                pre_cap_scores=pre, capped=None if r.capped is None else _pack_bits(r.capped),
+                tokens=[clean_text(t) for t in r.tokens],
+                state=r.state, running=r.running, created_at=r.created_at)
+
+
+def from_row(obj: Base) -> dict[str, Any]:
+    """A row as a plain dict (a turn's scores unpacked to floats, its capping flags to booleans)."""
+    d = {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+    if isinstance(obj, TurnRow):
+        d["scores"], d["pre_cap_scores"] = _unpack(obj.scores), _unpack(obj.pre_cap_scores)
+        bits = obj.capped  # token i is bit i % 8 of byte i // 8
+        d["capped"] = None if bits is None else [bool(bits[i >> 3] >> (i & 7) & 1) for i in range(len(d["scores"]))]
+    return d

@@ -1,0 +1,29 @@
+"""Records to rows and back (monitor/rows.py): pure, no database."""
+
+import pytest
+
+from monitor.errors import InputError
+from monitor.records import AlertEvent, TurnRecord
+from monitor.rows import from_row, to_row
+from monitor.schema import TurnRow
+
+
+def test_turn_row_round_trip_packs_scores_and_capping_bits():
+    capped = [False, True, False, False, False, False, False, True, True, False]  # 10 flags: 2 bytes
+    rec = TurnRecord("s", 1, "assistant", "a\x00b", 21, [f"t{i}" for i in range(10)], [i - 4.5 for i in range(10)],
+                     pre_cap_scores=[i - 9.0 for i in range(10)], capped=capped)
+    row = to_row(rec)
+    assert len(row["scores"]) == 40 and len(row["capped"]) == 2 and row["n_tokens"] == 10
+    assert row["text"] == "a\ufffdb" and row["mean"] == pytest.approx(0.0)
+    back = from_row(TurnRow(**row))
+    assert back["scores"] == [i - 4.5 for i in range(10)] and back["pre_cap_scores"] == [i - 9.0 for i in range(10)]
+    assert back["capped"] == capped
+
+
+def test_bad_fields_name_the_record_and_the_field():
+    with pytest.raises(InputError, match=r"session 's', turn 0.*bad role 'robot'"):
+        to_row(TurnRecord("s", 0, "robot", "x", 21))
+    with pytest.raises(InputError, match="2 tokens but 1 scores"):
+        to_row(TurnRecord("s", 0, "assistant", "x", 21, ["a", "b"], [1.0]))
+    with pytest.raises(InputError, match="bad level"):
+        to_row(AlertEvent("s", 0, 0, "loud", -20.0, -14.6, event_id="e1"))
