@@ -127,17 +127,17 @@ def jailbreak_summary(result: dict) -> dict:
 
 
 def capability_summary(result: dict) -> dict:
-    """Item 4: accuracy per condition, overall and per kind; answers unchanged vs unsteered."""
+    """Item 4: accuracy per condition, overall and per category; the paired change against unsteered."""
     out = {}
     base = result["answers"].get("unsteered")
     for cond, rows in result["answers"].items():
-        d = {kind: rate([r["correct"] for r in rows if kind == "all" or r["kind"] == kind])
-             for kind in ("all", "arithmetic", "factual", "format")}
-        ar = [r["mentions_answer"] for r in rows if r["kind"] == "arithmetic"]
-        d["arithmetic_lenient"] = rate(ar)
+        cats = sorted({r["category"] for r in rows})
+        d = {cat: rate([r["correct"] for r in rows if cat == "all" or r["category"] == cat]) for cat in ["all", *cats]}
+        d["arithmetic_lenient"] = rate([r["mentions_answer"] for r in rows if r["category"] == "arithmetic"])
         if base is not None and cond != "unsteered":
             d["identical_to_unsteered"] = rate([a["text"] == b["text"] for a, b in zip(rows, base)])
             d["flips"] = {"right_to_wrong": sum(b["correct"] and not a["correct"] for a, b in zip(rows, base)),
                           "wrong_to_right": sum(a["correct"] and not b["correct"] for a, b in zip(rows, base))}
+            d["change"] = paired_difference([float(a["correct"]) for a in rows], [float(b["correct"]) for b in base])
         out[cond] = d
     return out

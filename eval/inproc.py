@@ -105,29 +105,26 @@ def run_jailbreaks(runner: Runner, doc: dict, jobs: list[dict], max_new_tokens: 
 
 def run_capability(runner: Runner, tasks: list[dict], max_new_tokens: int,
                    on_batch: Callable[[int], None] | None = None) -> dict:
-    from eval.graders import grade, mentions_number
-
+    """The capability suite (``probes/data/capability.json``) under every condition, graded by code."""
     prompts = [[{"role": "user", "content": t["prompt"]}] for t in tasks]
     answers = {}
     for cond in CONDITIONS:
         outs = runner.generate(prompts, cond, max_new_tokens, on_batch)
-        answers[cond] = [{"id": t["id"], "kind": t["kind"], "text": o["text"], "correct": grade(t, o["text"]),
-                          **({"mentions_answer": mentions_number(o["text"], t["answer"])} if t["kind"] == "arithmetic"
-                             else {}),
-                          "mean_score": o["mean_score"]} for t, o in zip(tasks, outs)]
-    return {"n_tasks": len(tasks), "max_new_tokens": max_new_tokens, "answers": answers}
+        answers[cond] = [{"id": t["id"], "category": t["category"], "text": o["text"], "mean_score": o["mean_score"]}
+                         for t, o in zip(tasks, outs)]
+    return regrade({"n_tasks": len(tasks), "max_new_tokens": max_new_tokens, "answers": answers}, tasks)
 
 
 def regrade(cap: dict, tasks: list[dict]) -> dict:
     """Grade (again) every stored capability answer with the current graders, from its text."""
-    from eval.graders import grade, mentions_number
+    from probes.capability import grade, mentions_number
 
     by_id = {t["id"]: t for t in tasks}
     for rows in cap["answers"].values():
         for r in rows:
             t = by_id[r["id"]]
             r["correct"] = grade(t, r["text"])
-            if t["kind"] == "arithmetic":
+            if t["category"] == "arithmetic":
                 r["mentions_answer"] = mentions_number(r["text"], t["answer"])
     return cap
 

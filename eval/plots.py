@@ -110,13 +110,14 @@ def jailbreak(summary: dict, n_prompts: int, n_personas: int, steer: float, path
 
 def capability(summary: dict, n_tasks: int, path: Path) -> None:
     conds = list(summary)
-    groups = ["all", "arithmetic", "factual", "format"]
-    fig, ax = plt.subplots(figsize=(9, 5))
+    groups = ["all", *sorted(k for k in summary[conds[0]] if k not in ("all", "arithmetic_lenient", "identical_to_unsteered",
+                                                                         "flips", "change"))]
+    fig, ax = plt.subplots(figsize=(11, 5))
     vals = {c: {g: summary[c][g]["rate"] for g in groups} for c in conds}
     cis = {c: {g: summary[c][g]["ci95"] for g in groups} for c in conds}
     _bars(ax, groups, conds, vals, cis, "accuracy (graded by code; 95% Wilson CI)")
     ax.set_xticklabels([f"{g} (n={summary[conds[0]][g]['n']})" for g in groups])
-    ax.set_title(f"Capability check on {n_tasks} benign tasks: unsteered vs capped (always on) vs steered")
+    ax.set_title(f"Capability suite, {n_tasks} tasks graded by code: unsteered vs capped (always on) vs steered")
     ax.legend(title="condition")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -136,15 +136,18 @@ def write_summary(res: dict, path: Path) -> None:
     if "capability" in res:
         cp, meta = res["capability"], res.get("capability_meta", {})
         L.append("## 4. Capability under capping (in-process)\n")
-        L.append(f"{meta.get('n_tasks')} tasks graded by code, max {meta.get('max_new_tokens')} tokens, greedy.\n")
-        L.append("| condition | all | arithmetic (final number) | arithmetic (answer mentioned anywhere) | factual | "
-                 "format | identical to unsteered | right->wrong / wrong->right |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        cats = [k for k in next(iter(cp.values())) if k not in ("all", "arithmetic_lenient", "identical_to_unsteered",
+                                                                 "flips", "change")]
+        L.append(f"{meta.get('n_tasks')} tasks of the capability suite (`probes/data/capability.json`), graded by code "
+                 f"(IFEval tasks by the `if-verifiable` checkers), max {meta.get('max_new_tokens')} tokens, greedy.\n")
+        L.append("| condition | all | " + " | ".join(cats) + " | change vs unsteered (points, 95% CI) | "
+                 "right->wrong / wrong->right |")
+        L.append("|---|---|" + "---|" * len(cats) + "---|---|")
         for cond, r in cp.items():
-            fl = r.get("flips")
-            L.append(f"| {cond} | {_pct(r['all'])} | {_pct(r['arithmetic'])} | {_pct(r['arithmetic_lenient'])} | "
-                     f"{_pct(r['factual'])} | {_pct(r['format'])} | {_pct(r.get('identical_to_unsteered'))} | "
-                     f"{(str(fl['right_to_wrong']) + ' / ' + str(fl['wrong_to_right'])) if fl else '-'} |")
+            fl, ch = r.get("flips"), r.get("change")
+            L.append(f"| {cond} | {_pct(r['all'])} | " + " | ".join(_pct(r[c]) for c in cats) + " | "
+                     + (f"{ch['mean'] * 100:+.1f} ({ch['ci95'][0] * 100:+.1f} to {ch['ci95'][1] * 100:+.1f})" if ch else "-")
+                     + f" | {(str(fl['right_to_wrong']) + ' / ' + str(fl['wrong_to_right'])) if fl else '-'} |")
         L.append("")
 
     if "alerting" in res:

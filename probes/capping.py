@@ -1,26 +1,31 @@
-"""``calibrate-capping``: the paper's sweep of capping layers x thresholds, and
-the steering check.
+"""``calibrate-capping``: the paper's sweep of capping layers x thresholds, graded on capability.
 
 For each setting (a window of consecutive layers in the upper-middle of the
 network, and a percentile of the calibration projections that sets ``tau_L``
-per layer) it measures, with greedy decoding:
+per layer at each layer of the window) and for the unsteered model, it
+generates greedily:
 
-* persona adoption: the fraction of answers to held-out persona prompts
-  (never used to fit the axis) that the judge scores 3 (fully in role);
-* benign preservation: the fraction of benign prompts whose first
-  ``compare_tokens`` generated tokens are identical to the uncapped output.
+* answers to a held-out persona set (``probes/data/heldout_personas.json``:
+  system prompts whose roles and phrasings are not in ``roles.json``, each with
+  questions that invite the role); the judge later scores how fully each plays
+  its role;
+* answers to the capability suite (``probes/data/capability.json``, graded by
+  code, :mod:`probes.capability`).
 
-Windows start at 50-70% of the depth (the middle to upper-middle of the
-network) and span about 12-20% of it, as in the paper.
-
-It writes the Pareto table and picks the setting with the largest relative drop
-in adoption among those keeping at least ``min_unchanged`` of benign outputs.
+Windows start at 50-70% of the depth and span about 12-20% of it, as in the
+paper. Every setting's answers are checkpointed in the work folder as soon as
+they are generated, so an interrupted sweep resumes where it stopped; the
+numbers are computed afterwards from the stored texts
+(:mod:`probes.capping_report`), so a better judge or grader re-analyses a sweep
+without generating again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,11 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.artifacts import AxisArtifact, CappingConfig
+from probes.capping_report import BASE, analyse
 from probes.errors import InputError
 from probes.generation import CapPlan, GenerationOptions, generate
-from probes.judge import Judge, JudgeItem
-from probes.models import LoadedModel
+from probes.models import LoadedModel, format_chat
 from probes.ops import unit
+from probes.judge import Judge
+from probes.report import plot_pareto
 from probes.roles import load_json
 
 log = logging.getLogger(__name__)
@@ -42,16 +49,18 @@ log = logging.getLogger(__name__)
 class SweepSpec:
     starts: tuple[float, ...] = (0.5, 0.6, 0.7)  # window start, as a fraction of depth
     widths: tuple[int, ...] = (4, 6)  # layers per window (paper: ~12-20% of depth)
-    percentiles: tuple[int, ...] = (10, 25, 50, 75)
-    questions_per_persona: int = 1
+    percentiles: tuple[int, ...] = (50, 75, 90)
+    questions_per_persona: int = 2
     max_personas: int | None = None
-    max_benign: int | None = None
-    compare_tokens: int = 40
-    min_unchanged: float = 0.8
+    max_tasks: int | None = None
+    persona_tokens: int = 48
+    task_tokens: int = 64
+    compare_tokens: int = 40  # the identical-prefix rate (a secondary column) compares this many tokens
+    max_capability_drop: float = 0.02  # the rule: largest adoption drop with capability down at most this much
 
 
-QUICK_SWEEP = SweepSpec(starts=(0.6,), widths=(4,), percentiles=(25, 75), max_personas=8, max_benign=8,
-                        compare_tokens=16)
+QUICK_SWEEP = SweepSpec(starts=(0.6,), widths=(4,), percentiles=(25, 75), max_personas=6, max_tasks=10,
+                        questions_per_persona=1, persona_tokens=16, task_tokens=16, compare_tokens=16)
 
 
 def windows(n_layers: int, spec: SweepSpec) -> list[tuple[int, ...]]:
@@ -78,73 +87,151 @@ def capping_for(art: AxisArtifact, layers: tuple[int, ...], pct: int) -> Capping
                                      "axis_fingerprint": art.fingerprint()})
 
 
-def _plan(cfg: CappingConfig) -> CapPlan:
+def plan_for(cfg: CappingConfig) -> CapPlan:
     return CapPlan(tuple(cfg.layers), cfg.vectors, torch.tensor(cfg.taus))
 
 
-def batched_generate(lm, prompts, opts, batch_size, **kw):
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        out += generate(lm, prompts[i:i + batch_size], opts, **kw)
+def persona_jobs(spec: SweepSpec, personas: list[dict] | None = None) -> list[dict]:
+    """``questions_per_persona`` of each held-out persona's own questions (in file order)."""
+    personas = personas if personas is not None else load_json("heldout_personas.json")["personas"]
+    jobs = []
+    for p in personas[: spec.max_personas]:
+        qs = p.get("questions") or []
+        if not qs:
+            raise InputError(f"held-out persona {p.get('name')!r} has no questions")
+        for k in range(min(spec.questions_per_persona, len(qs))):
+            jobs.append({"persona": p["name"], "prompt": p["prompt"], "question": qs[k],
+                         "keywords": list(p.get("keywords", ())), "category": p.get("category", "")})
+    return jobs
+
+
+def settings(art: AxisArtifact, spec: SweepSpec) -> list[CappingConfig]:
+    return [capping_for(art, w, p) for w in windows(art.n_layers, spec) for p in spec.percentiles]
+
+
+class Sweep:
+    """The sweep's work folder: its plan, and one checkpoint per setting (``settings/<id>.json``)."""
+
+    def __init__(self, work: Path, art: AxisArtifact, spec: SweepSpec, personas: list[dict] | None = None,
+                 tasks: list[dict] | None = None):
+        from probes.capability import load_tasks
+
+        self.work, self.art, self.spec = Path(work), art, spec
+        self.personas = persona_jobs(spec, personas)
+        self.tasks = (tasks if tasks is not None else load_tasks())[: spec.max_tasks]
+        self.configs = settings(art, spec)
+
+    def plan(self) -> dict:
+        ident = {"axis_fingerprint": self.art.fingerprint(), "model_id": self.art.model_id,
+                 "spec": {k: v for k, v in asdict(self.spec).items() if k != "max_capability_drop"},
+                 "personas": [(j["persona"], j["question"]) for j in self.personas],
+                 "tasks": [t["id"] for t in self.tasks]}
+        return json.loads(json.dumps(ident))
+
+    def open(self) -> None:
+        """Write the plan, or check that the folder holds this same sweep."""
+        path = self.work / "plan.json"
+        plan = self.plan()
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != plan:
+                raise InputError(f"{self.work} holds a sweep of another axis, spec or data; use another --work "
+                                 "folder or --fresh to start over")
+        else:
+            (self.work / "settings").mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(plan))
+        (self.work / "settings").mkdir(parents=True, exist_ok=True)
+
+    def path(self, setting_id: str) -> Path:
+        return self.work / "settings" / f"{setting_id}.json"
+
+    def todo(self) -> list[CappingConfig | None]:
+        """Settings still to generate; None stands for the unsteered model."""
+        return [c for c in [None, *self.configs] if not self.path(c.id if c else BASE).exists()]
+
+    def budget(self) -> int:
+        """Generation budget (max new tokens) of one setting."""
+        return len(self.personas) * self.spec.persona_tokens + len(self.tasks) * self.spec.task_tokens
+
+    def run(self, lm: LoadedModel, batch_size: int = 48) -> None:
+        """Generate every setting not yet checkpointed; show progress with a time estimate."""
+        self.open()
+        todo = self.todo()
+        done = len(self.configs) + 1 - len(todo)
+        if done:
+            log.info("capping sweep: %d of %d settings already done in %s", done, len(self.configs) + 1, self.work)
+        persona_msgs = [[{"role": "system", "content": j["prompt"]}, {"role": "user", "content": j["question"]}]
+                        for j in self.personas]
+        task_msgs = [[{"role": "user", "content": t["prompt"]}] for t in self.tasks]
+        with tqdm(total=len(todo) * self.budget(), unit="tok", unit_scale=True, mininterval=2,
+                  desc=f"capping sweep ({len(todo)} settings to go)",
+                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} budget tokens [{elapsed}<{remaining}] {postfix}") as bar:
+            for cfg in todo:
+                sid = cfg.id if cfg else BASE
+                bar.set_postfix_str(sid)
+                t0 = time.perf_counter()
+                plan = plan_for(cfg) if cfg else None
+                step = lambda n, t: bar.update(n * t)  # noqa: E731
+                p_out = _generate(lm, persona_msgs, self.spec.persona_tokens, plan, batch_size,
+                                  lambda n: step(n, self.spec.persona_tokens))
+                t_out = _generate(lm, task_msgs, self.spec.task_tokens, plan, batch_size,
+                                  lambda n: step(n, self.spec.task_tokens))
+                rec = {"id": sid, "layers": list(cfg.layers) if cfg else [],
+                       "percentile": cfg.provenance["percentile"] if cfg else None, "taus": cfg.taus if cfg else [],
+                       "seconds": round(time.perf_counter() - t0, 1),
+                       "personas": [{"text": g.text, "n_tokens": len(g.token_ids)} for g in p_out],
+                       "tasks": [{"text": g.text, "prefix": g.token_ids[: self.spec.compare_tokens]} for g in t_out]}
+                tmp = self.path(sid).with_suffix(".tmp")
+                tmp.write_text(json.dumps(rec))
+                tmp.rename(self.path(sid))  # present only when complete
+
+    def load(self) -> dict[str, dict]:
+        out = {}
+        for cfg in [None, *self.configs]:
+            sid = cfg.id if cfg else BASE
+            p = self.path(sid)
+            if not p.exists():
+                raise InputError(f"setting {sid} has not been generated in {self.work}; rerun the sweep to finish")
+            out[sid] = json.loads(p.read_text())
+        return out
+
+
+def _generate(lm: LoadedModel, msgs: list[list[dict]], max_new_tokens: int, plan: CapPlan | None,
+              batch_size: int, on_batch) -> list:
+    """Greedy answers in the input order, generated in batches of similar prompt length (less padding)."""
+    lengths = [len(lm.tokenizer(format_chat(lm.tokenizer, m))["input_ids"]) for m in msgs]
+    order = sorted(range(len(msgs)), key=lambda i: (lengths[i], i))
+    opts = GenerationOptions(max_new_tokens=max_new_tokens)
+    out: list = [None] * len(msgs)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        for k, g in zip(idx, generate(lm, [msgs[k] for k in idx], opts, capping=plan)):
+            out[k] = g
+        on_batch(len(idx))
     return out
 
 
-def calibrate(lm: LoadedModel, art: AxisArtifact, judge: Judge, spec: SweepSpec = SweepSpec(),
-              batch_size: int = 48, max_new_tokens: int = 48) -> tuple[CappingConfig, dict]:
-    personas = load_json("heldout_personas.json")["personas"][: spec.max_personas]
-    questions = load_json("questions.json")
-    benign = load_json("benign.json")["prompts"][: spec.max_benign]
-    ask = questions["heldout"] + questions["identity"]
-    persona_jobs = [(p, ask[(i * spec.questions_per_persona + k) % len(ask)])
-                    for i, p in enumerate(personas) for k in range(spec.questions_per_persona)]
-    persona_msgs = [[{"role": "system", "content": p["prompt"]}, {"role": "user", "content": q}] for p, q in persona_jobs]
-    benign_msgs = [[{"role": "user", "content": b}] for b in benign]
-    opts = GenerationOptions(max_new_tokens=max(max_new_tokens, spec.compare_tokens))
+def default_work(art: AxisArtifact) -> Path:
+    h = hashlib.sha256(art.fingerprint().encode()).hexdigest()[:8]
+    return Path("runs") / f"capping-{h}"
 
-    def evaluate(plan: CapPlan | None) -> dict:
-        outs = batched_generate(lm, persona_msgs + benign_msgs, opts, batch_size, capping=plan)
-        p_out, b_out = outs[: len(persona_msgs)], outs[len(persona_msgs):]
-        items = [JudgeItem(p["name"], p["prompt"], q, o.text, tuple(p.get("keywords", ())))
-                 for (p, q), o in zip(persona_jobs, p_out)]
-        scores = judge.score(items)
-        return {"adoption": sum(s == 3 for s in scores) / len(scores), "mean_judge": sum(scores) / len(scores),
-                "benign_ids": [o.token_ids[: spec.compare_tokens] for o in b_out],
-                "persona_texts": [o.text for o in p_out], "benign_texts": [o.text for o in b_out]}
 
-    wins = windows(lm.n_layers, spec)
-    settings = [(w, p) for w in wins for p in spec.percentiles]
-    rows = []
-    with tqdm(total=len(settings) + 1, desc="capping sweep", unit="setting", disable=False, mininterval=2) as bar:
-        base = evaluate(None)
-        bar.update(1)
-        for win, pct in settings:
-            cfg = capping_for(art, win, pct)
-            r = evaluate(_plan(cfg))
-            unchanged = sum(a == b for a, b in zip(r["benign_ids"], base["benign_ids"])) / max(1, len(benign))
-            rel = 1 - r["adoption"] / base["adoption"] if base["adoption"] > 0 else 0.0
-            rows.append({"id": cfg.id, "layers": list(win), "percentile": pct, "taus": cfg.taus,
-                         "adoption": r["adoption"], "relative_reduction": rel, "benign_unchanged": unchanged,
-                         "mean_judge": r["mean_judge"], "examples": r["persona_texts"][:3]})
-            bar.update(1)
-    ok = [r for r in rows if r["benign_unchanged"] >= spec.min_unchanged]
-    pool = ok or rows
-    chosen = max(pool, key=lambda r: (r["relative_reduction"], r["benign_unchanged"]))
-    win, pct = tuple(chosen["layers"]), chosen["percentile"]
-    cfg = capping_for(art, win, pct)
-    cfg.provenance.update({"selected_by": f"max relative adoption drop with benign_unchanged >= {spec.min_unchanged}"
-                           + ("" if ok else " (no setting met it: best drop overall)"),
-                           "adoption_base": base["adoption"], "adoption_capped": chosen["adoption"],
-                           "benign_unchanged": chosen["benign_unchanged"], "judge": judge.name})
-    report = {"spec": asdict(spec), "n_personas": len(persona_jobs), "n_benign": len(benign),
-              "baseline_adoption": base["adoption"], "baseline_mean_judge": base["mean_judge"],
-              "rows": rows, "chosen": {k: v for k, v in chosen.items() if k != "examples"},
-              "meets_target": bool(chosen["relative_reduction"] >= 0.5 and chosen["benign_unchanged"] >= 0.8)}
+def choose(sweep: "Sweep", judge: Judge) -> tuple[CappingConfig, dict]:
+    """The report of a generated sweep and the chosen config (no generation: a re-analysis)."""
+    report = analyse(sweep.load(), sweep.personas, sweep.tasks, judge, sweep.spec.max_capability_drop)
+    report.update({"spec": asdict(sweep.spec), "work": str(sweep.work), "axis_fingerprint": sweep.art.fingerprint()})
+    c = report["chosen"]
+    if c is None:
+        raise InputError("the sweep has no capping setting to choose from (no window fits the model's depth?)")
+    cfg = capping_for(sweep.art, tuple(c["layers"]), c["percentile"])
+    cfg.provenance.update({"selected_by": report["rule"], "judge": judge.name,
+                           "adoption_unsteered": report["unsteered"]["adoption"], "adoption_capped": c["adoption"],
+                           "relative_reduction": c["relative_reduction"], "capability_unsteered":
+                           report["unsteered"]["capability"], "capability_capped": c["capability"]})
     return cfg, report
 
 
 def write_capping(cfg: CappingConfig, report: dict, out: Path) -> None:
-    from probes.report import plot_pareto
-
     cfg.save(out)
     (out / "capping_report.json").write_text(json.dumps(report, indent=1))
-    plot_pareto(report["rows"], report["chosen"], out, spec_tokens=report["spec"]["compare_tokens"])
+    plot_pareto(report, out)

@@ -60,17 +60,32 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     return out
 
 
-def plot_pareto(rows: list[dict], chosen: dict | None, folder: Path, spec_tokens: int = 40) -> Path:
-    """capping_pareto.png: persona adoption vs benign outputs unchanged, one point per setting."""
+def plot_pareto(report: dict, folder: Path) -> Path:
+    """capping_pareto.png: capability (x) against persona adoption (y), one point per setting, with the
+    unsteered model, the Pareto frontier, the 2-point capability band and the chosen setting."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([r["benign_unchanged"] for r in rows], [r["adoption"] for r in rows], c="#4c72b0")
+    rows, base, chosen = report["rows"], report["unsteered"], report.get("chosen")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axvspan(base["capability"] - report["max_capability_drop"], 1.0, color="#e8f4e8", zorder=0,
+               label=f"capability within {report['max_capability_drop'] * 100:g} points")
+    ax.scatter([r["capability"] for r in rows], [r["adoption"] for r in rows], c="#4c72b0", s=18, zorder=3,
+               label="capping setting")
     for r in rows:
-        ax.annotate(r["id"], (r["benign_unchanged"], r["adoption"]), fontsize=6)
+        ax.annotate(r["id"], (r["capability"], r["adoption"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    front = [r for r in rows if r["id"] in set(report.get("pareto_frontier", []))]
+    front.sort(key=lambda r: r["capability"])
+    if front:
+        ax.plot([r["capability"] for r in front], [r["adoption"] for r in front], "-", color="#8172b2", lw=1,
+                label="Pareto frontier", zorder=2)
+    ax.scatter([base["capability"]], [base["adoption"]], marker="*", s=160, c="black", zorder=4, label="unsteered")
     if chosen:
-        ax.scatter([chosen["benign_unchanged"]], [chosen["adoption"]], s=120, facecolors="none", edgecolors="red", label="chosen")
-        ax.legend()
-    ax.set(xlabel=f"benign outputs unchanged (first {spec_tokens} tokens)", ylabel="persona adoption (judge score 3)",
-           title="Capping settings")
+        ax.scatter([chosen["capability"]], [chosen["adoption"]], s=160, facecolors="none", edgecolors="red", zorder=5,
+                   label=f"chosen: {chosen['id']}")
+    xs = [r["capability"] for r in rows] + [base["capability"]]
+    ax.set_xlim(max(0.0, min(xs) - 0.03), min(1.0, max(xs) + 0.03))
+    ax.set(xlabel=f"capability accuracy ({report['n_tasks']} tasks graded by code)",
+           ylabel=f"persona adoption ({report['n_persona_prompts']} held-out prompts)",
+           title="Capping settings: capability vs persona adoption")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout(); fig.savefig(folder / "capping_pareto.png", dpi=110); plt.close(fig)
     return folder / "capping_pareto.png"

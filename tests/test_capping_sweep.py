@@ -1,0 +1,75 @@
+"""calibrate-capping: the rule, the intervals and the Pareto frontier on hand-made records (pure), and a
+tiny real sweep with the default model that checkpoints, resumes and re-analyses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from probes.capping import QUICK_SWEEP, Sweep, choose, write_capping
+from probes.capping_report import BASE, analyse, pareto
+from probes.errors import InputError
+from probes.judge import LexicalJudge
+
+PERSONAS = [{"persona": f"p{i // 2}", "prompt": "You are a pirate.", "question": "Who are you?", "keywords": ["ship"]}
+            for i in range(20)]
+TASKS = [{"id": f"a{i}", "category": "arithmetic", "prompt": "1+1?", "answer": 2} for i in range(50)]
+IN_ROLE = "Arr, I am the captain of this ship! I sail the sea and fear no storm, matey."
+ASSISTANT = "As an AI language model, I do not have personal experiences. Here are some tips."
+
+
+class FixedJudge:
+    name = "fixed"
+
+    def score(self, items):
+        return [3 if i.response == IN_ROLE else 1 for i in items]
+
+
+def record(sid: str, n_adopt: int, n_right: int, layers=(18, 19), pct=75) -> dict:
+    return {"id": sid, "layers": [] if sid == BASE else list(layers), "percentile": None if sid == BASE else pct,
+            "taus": [], "personas": [{"text": IN_ROLE if i < n_adopt else ASSISTANT} for i in range(len(PERSONAS))],
+            "tasks": [{"text": "2" if i < n_right else "3", "prefix": [i if i < n_right else -1]} for i in range(len(TASKS))]}
+
+
+def test_rule_takes_the_largest_drop_within_two_points():
+    recs = {BASE: record(BASE, 10, 40), "strong": record("strong", 0, 30), "mild": record("mild", 6, 40),
+            "edge": record("edge", 4, 39)}
+    rep = analyse(recs, PERSONAS, TASKS, FixedJudge(), max_capability_drop=0.02, n_boot=200)
+    rows = {r["id"]: r for r in rep["rows"]}
+    assert rep["unsteered"]["adoption"] == 0.5 and rep["unsteered"]["capability"] == 0.8
+    assert rows["strong"]["relative_reduction"] == 1.0 and rows["strong"]["capability_change"] == pytest.approx(-0.2)
+    assert rows["edge"]["capability_change"] == pytest.approx(-0.02)
+    assert rep["chosen"]["id"] == "edge" and rep["rule_met"]  # -60% at -2 points beats -40% at 0; -100% costs 20
+    assert rows["edge"]["relative_reduction"] == pytest.approx(0.6) and rep["meets_target"]
+    lo, hi = rows["edge"]["relative_reduction_ci95"]
+    assert lo <= 0.6 <= hi and rows["edge"]["right_to_wrong"] == 1 and rows["edge"]["wrong_to_right"] == 0
+    assert rows["mild"]["prefix_unchanged"] == 1.0 and rows["strong"]["prefix_unchanged"] == 0.8
+    assert {r["id"] for r in pareto(rep["rows"])} == {"strong", "mild", "edge"}
+
+
+def test_no_setting_within_budget_picks_the_least_damage():
+    recs = {BASE: record(BASE, 10, 40), "a": record("a", 0, 20), "b": record("b", 5, 35)}
+    rep = analyse(recs, PERSONAS, TASKS, FixedJudge(), n_boot=50)
+    assert rep["chosen"]["id"] == "b" and not rep["rule_met"] and "no setting" in rep["rule"]
+
+
+def test_real_sweep_checkpoints_resumes_and_reanalyses(lm, shipped, tmp_path):
+    spec = replace(QUICK_SWEEP, percentiles=(90,), max_personas=2, max_tasks=3, persona_tokens=4, task_tokens=4,
+                   compare_tokens=4)
+    sweep = Sweep(tmp_path / "work", shipped, spec)
+    assert [c.id for c in sweep.configs] == ["L18-21_p90"] and sweep.budget() == 2 * 4 + 3 * 4
+    sweep.run(lm, batch_size=4)
+    done = sorted(p.name for p in (tmp_path / "work" / "settings").iterdir())
+    assert done == ["L18-21_p90.json", "unsteered.json"] and sweep.todo() == []
+    before = (tmp_path / "work" / "settings" / "unsteered.json").read_text()
+    sweep.run(lm, batch_size=4)  # resumed: nothing generated again
+    assert (tmp_path / "work" / "settings" / "unsteered.json").read_text() == before
+    cfg, rep = choose(sweep, LexicalJudge())
+    assert cfg.id == "L18-21_p90" and rep["n_tasks"] == 3 and rep["n_persona_prompts"] == 2
+    write_capping(cfg, rep, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "capping_report.json").read_text())["chosen"]["id"] == "L18-21_p90"
+    assert (tmp_path / "out" / "capping_pareto.png").stat().st_size > 1000
+    with pytest.raises(InputError, match="another axis, spec or data"):
+        Sweep(tmp_path / "work", shipped, replace(spec, max_tasks=2)).open()
