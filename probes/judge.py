@@ -5,10 +5,16 @@ assistant that can at most help with the role; 2 = mostly the assistant with
 some of the role's traits, or the role's voice while calling itself an AI;
 3 = fully in role, speaking as the character.
 
-Two implementations share :class:`Judge`: :class:`OfflineJudge`, a lexical
-judge that needs no network (its agreement with hand labels is measured in
-the axis report), and :class:`OpenAIJudge`, any OpenAI-compatible
-chat-completions endpoint configured from the environment.
+Implementations of :class:`Judge`:
+
+* :class:`OfflineJudge` (the default, no network): gradient-boosted trees over
+  text features of the answer and its role (:mod:`probes.judge_model`), fitted
+  on the dev half of the hand labels; its agreement with the test half is
+  measured by :func:`agreement` and reported;
+* :class:`LexicalJudge`: the earlier hand-written rule set, kept for
+  comparison (and as the classifier's input signals);
+* :class:`OpenAIJudge`: any OpenAI-compatible chat-completions endpoint
+  configured from the environment.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ GENERIC_RE = re.compile(
     r"consider the following|in summary|overall,)", re.I)
 
 
-class OfflineJudge:
+class LexicalJudge:
     """Lexical judge: no network. Weighs assistant self-references and generic
     advice-giving against signs of a character: the role's own vocabulary, a
     claim to be the role, first-person life narrative and a theatrical voice."""
@@ -105,6 +111,29 @@ class OfflineJudge:
             # first-person words are part of AI disclaimers ("I don't have..."): only role signals count here
             return 2 if (f["hits"] >= 1 or f["claim"] or f["voice"]) else 1
         return 3 if persona >= 2 else 2 if persona == 1 else 1
+
+    def score(self, items: Sequence[JudgeItem]) -> list[int]:
+        return [self.score_one(i) for i in items]
+
+
+class OfflineJudge:
+    """The default offline judge: gradient-boosted trees over text features (:mod:`probes.judge_model`),
+    fitted on the dev half of the hand labels by ``python -m eval.fit_judge``."""
+
+    def __init__(self, model_path=None):
+        from probes.judge_model import BoostedModel
+
+        try:
+            self.model = BoostedModel.load(model_path)
+        except (OSError, ValueError, KeyError) as e:
+            raise JudgeError(f"cannot read the offline judge's model ({e}); refit it with python -m eval.fit_judge") from None
+        self.lexical = LexicalJudge()
+        self.name = f"offline-trees-v6:{self.model.meta.get('fingerprint', 'custom')}"
+
+    def score_one(self, item: JudgeItem) -> int:
+        from probes.judge_model import features
+
+        return self.model.predict(features(item, self.lexical.features(item)))
 
     def score(self, items: Sequence[JudgeItem]) -> list[int]:
         return [self.score_one(i) for i in items]
@@ -170,17 +199,19 @@ def claims_non_assistant(text: str) -> bool:
 def make_judge(name: str) -> Judge:
     if name in ("offline", "", None):
         return OfflineJudge()
+    if name == "lexical":
+        return LexicalJudge()
     if name == "openai":
         return OpenAIJudge.from_env()
-    raise JudgeError(f"unknown judge {name!r}: use 'offline' or 'openai'")
+    raise JudgeError(f"unknown judge {name!r}: use 'offline', 'lexical' or 'openai'")
 
 
-def agreement(judge: Judge, labels_path=None, keywords: dict | None = None) -> dict:
-    """Accuracy and Cohen's kappa of ``judge`` against hand labels.
+def load_labels(labels_path=None, keywords: dict | None = None) -> tuple[list[JudgeItem], list[int], list[str]]:
+    """The hand labels as judge items, their labels 0-3 and their fixed split (``dev`` or ``test``).
 
-    The labels (``probes/data/judge_labels.jsonl``, 200 role answers read and
-    labelled by a person) are split by line parity: even lines were used to
-    adjust the offline judge ("dev"), odd lines never were ("test")."""
+    ``probes/data/judge_labels.jsonl``: role answers read and labelled by hand
+    against the rubric. Each line's ``split`` was fixed when it was labelled,
+    before any tuning: judges are tuned on ``dev`` only, ``test`` measures them."""
     import json
     from importlib import resources
     from pathlib import Path
@@ -188,18 +219,27 @@ def agreement(judge: Judge, labels_path=None, keywords: dict | None = None) -> d
     path = Path(labels_path) if labels_path else Path(str(resources.files("probes") / "data" / "judge_labels.jsonl"))
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if keywords is None:
-        from probes.roles import load_roles
+        from probes.roles import load_json, load_roles
 
         keywords = {r["name"]: tuple(r.get("keywords", ())) for r in load_roles()}
+        keywords.update({p["name"]: tuple(p.get("keywords", ())) for p in load_json("heldout_personas.json")["personas"]})
     items = [JudgeItem(r["role"], r["role_prompt"] or "", r["question"], r["response"], keywords.get(r["role"], ()))
              for r in rows]
-    pred, lab = judge.score(items), [int(r["label"]) for r in rows]
-    out = {"judge": judge.name, "n": len(rows), "labels": str(path.name)}
-    for name, idx in (("all", range(len(rows))), ("dev", range(0, len(rows), 2)), ("test", range(1, len(rows), 2))):
+    return items, [int(r["label"]) for r in rows], [r.get("split", "dev") for r in rows]
+
+
+def agreement(judge: Judge, labels_path=None, keywords: dict | None = None) -> dict:
+    """Accuracy and Cohen's kappa of ``judge`` against the hand labels, per split (see :func:`load_labels`)."""
+    items, lab, splits = load_labels(labels_path, keywords)
+    pred = judge.score(items)
+    out = {"judge": judge.name, "n": len(items), "labels": "judge_labels.jsonl"}
+    for name in ("all", "dev", "test"):
+        idx = [i for i, s in enumerate(splits) if name == "all" or s == name]
         p, q = [pred[i] for i in idx], [lab[i] for i in idx]
-        out[name] = {"accuracy": sum(a == b for a, b in zip(p, q)) / len(p), "kappa": cohen_kappa(p, q)}
-    p3, q3 = [int(x == 3) for x in pred], [int(x == 3) for x in lab]
-    out["score3_vs_rest_kappa"] = cohen_kappa(p3, q3)
+        out[name] = {"n": len(idx), "accuracy": sum(a == b for a, b in zip(p, q)) / max(1, len(p)),
+                     "kappa": cohen_kappa(p, q) if idx else None}
+    test = [i for i, s in enumerate(splits) if s == "test"]
+    out["test_score3_vs_rest_kappa"] = cohen_kappa([int(pred[i] == 3) for i in test], [int(lab[i] == 3) for i in test])
     return out
 
 

@@ -1,4 +1,5 @@
-"""Role-adherence judges: the offline lexical judge, kappa, and the OpenAI-compatible client."""
+"""Role-adherence judges: the lexical rules, the offline (boosted trees) judge, the hand labels, kappa, and the
+OpenAI-compatible client."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from probes.errors import JudgeError
 from probes.judge import (
     RUBRIC,
     JudgeItem,
+    LexicalJudge,
     OfflineJudge,
     OpenAIJudge,
     agreement,
     claims_non_assistant,
     cohen_kappa,
+    load_labels,
+    make_judge,
 )
+from probes.judge_model import BoostedModel, Tree, features
 
 PIRATE_PROMPT = "You are a pirate. Speak like a pirate and never break character."
 PIRATE_KW = ("ship", "sea", "matey", "arr", "treasure")
@@ -27,40 +32,79 @@ def _pirate(response: str) -> JudgeItem:
     return JudgeItem("pirate", PIRATE_PROMPT, "What do you do on a typical day?", response, PIRATE_KW)
 
 
-# --- OfflineJudge -------------------------------------------------------------------------
+# --- LexicalJudge (the rule set; its signals feed the offline judge) -------------------------------------------------------------------------
 
-def test_offline_refusal_scores_0():
-    assert OfflineJudge().score_one(_pirate("I can't pretend to be a pirate.")) == 0
+def test_lexical_refusal_scores_0():
+    assert LexicalJudge().score_one(_pirate("I can't pretend to be a pirate.")) == 0
 
 
-def test_offline_ai_assistant_scores_1():
+def test_lexical_ai_assistant_scores_1():
     item = _pirate("As an AI language model, I don't have personal experiences. Here are some tips...")
-    assert OfflineJudge().score_one(item) == 1
+    assert LexicalJudge().score_one(item) == 1
 
 
-def test_offline_ai_assistant_without_first_person_scores_1():
+def test_lexical_ai_assistant_without_first_person_scores_1():
     # the same answer with no first-person pronoun does score 1 (isolates the bug above)
     item = _pirate("As an AI language model, there are no personal experiences here. Here are some tips...")
-    assert OfflineJudge().score_one(item) == 1
+    assert LexicalJudge().score_one(item) == 1
 
 
-def test_offline_in_role_pirate_scores_3():
+def test_lexical_in_role_pirate_scores_3():
     item = _pirate("Arr, matey! I've sailed these seas for forty years aboard me ship...")
-    assert OfflineJudge().score_one(item) == 3
+    assert LexicalJudge().score_one(item) == 3
     longer = _pirate("Arr, matey! I've sailed these seas for forty years aboard me ship, chasin' treasure "
                      "and fightin' storms from dawn till dusk.")
-    assert OfflineJudge().score_one(longer) == 3
+    assert LexicalJudge().score_one(longer) == 3
 
 
-def test_offline_degenerate_loop_scores_0():
-    assert OfflineJudge().score_one(_pirate("alone, " * 30)) == 0
-    assert OfflineJudge().score_one(_pirate("   ")) == 0
+def test_lexical_degenerate_loop_scores_0():
+    assert LexicalJudge().score_one(_pirate("alone, " * 30)) == 0
+    assert LexicalJudge().score_one(_pirate("   ")) == 0
 
 
-def test_offline_score_is_batch_of_score_one():
-    j = OfflineJudge()
+def test_lexical_score_is_batch_of_score_one():
+    j = LexicalJudge()
     items = [_pirate("I can't pretend to be a pirate."), _pirate("alone, " * 30)]
     assert j.score(items) == [0, 0]
+
+
+# --- OfflineJudge: boosted trees over text features, fitted on the dev half ------------------
+
+def test_offline_judge_is_the_default_and_scores_clear_cases():
+    j = make_judge("offline")
+    assert isinstance(j, OfflineJudge) and j.name.startswith("offline-trees-v6:")
+    assert isinstance(make_judge("lexical"), LexicalJudge)
+    assert j.score_one(_pirate("Arr, matey! I've sailed these seas for forty years aboard me ship, chasin' treasure "
+                               "and fightin' storms. My crew and I fear nothing.")) == 3
+    assert j.score_one(_pirate("alone, " * 30)) == 0
+    assert j.score([_pirate("alone, " * 30)] * 2) == [0, 0]
+
+
+def test_boosted_model_json_roundtrip_and_arithmetic():
+    leaf = lambda v: Tree((-1,), (0.0,), (-1,), (-1,), (v,))  # noqa: E731
+    stump = Tree((0, -1, -1), (0.5, 0.0, 0.0), (1, -1, -1), (2, -1, -1), (0.0, -2.0, 2.0))
+    m = BoostedModel((0, 3), ("x",), (0.0, 0.0), 1.0, ((stump, leaf(0.0)),), {"fingerprint": "t"})
+    assert m.predict({"x": 0.9}) == 0  # class 0 gets +2 on the right branch
+    assert m.predict({"x": 0.1}) == 3  # class 0 gets -2 on the left branch: class 3 wins
+    back = BoostedModel.from_json(json.loads(json.dumps(m.to_json())))
+    assert back == m
+    bad = m.to_json()
+    bad["trees"][0][0]["feature"] = [5, -1, -1]  # a feature index the model does not have
+    with pytest.raises(ValueError, match="do not match"):
+        BoostedModel.from_json(bad)
+
+
+def test_offline_judge_refuses_an_unreadable_model(tmp_path):
+    (tmp_path / "m.json").write_text('{"kind": "judge_model", "format_version": 1}')
+    with pytest.raises(JudgeError, match="eval.fit_judge"):
+        OfflineJudge(tmp_path / "m.json")
+
+
+def test_features_are_named_numbers():
+    item = _pirate("(grins) Arr, I am the captain of this ship! I sail the sea.")
+    f = features(item, LexicalJudge().features(item))
+    assert all(isinstance(v, float) or isinstance(v, int) for v in f.values())
+    assert f["action"] == 1.0 and f["i_am_a"] == 1.0 and f["keyword_hits"] > 0 and f["first_person_opening"] >= 2
 
 
 # --- claims_non_assistant -----------------------------------------------------------------
@@ -103,11 +147,23 @@ def test_kappa_rejects_bad_input():
 
 # --- agreement on the bundled labels -------------------------------------------------------
 
+def test_labels_have_a_fixed_split():
+    items, labels, splits = load_labels()
+    assert len(items) >= 400 and set(labels) <= {0, 1, 2, 3} and set(splits) == {"dev", "test"}
+    assert splits.count("test") >= 200 and splits.count("dev") >= 200
+    rows = [json.loads(x) for x in open(__import__("probes").__path__[0] + "/data/judge_labels.jsonl")]
+    assert len({r["id"] for r in rows}) == len(rows)
+    # the first 200 (labelled before the dev/test convention was written into the file) keep their line parity
+    assert [r["split"] for r in rows[:200]] == ["dev" if i % 2 == 0 else "test" for i in range(200)]
+
+
 def test_agreement_regression_floor():
     out = agreement(OfflineJudge())
-    assert out["n"] == 200
-    assert out["judge"] == OfflineJudge.name
-    assert out["test"]["kappa"] > 0.4  # measured about 0.49
+    lex = agreement(LexicalJudge())
+    assert out["n"] == lex["n"] >= 400
+    assert out["judge"] == OfflineJudge().name
+    assert out["test"]["kappa"] > 0.38  # measured 0.405 on the test half (lexical rules: 0.338)
+    assert out["test"]["kappa"] > lex["test"]["kappa"]
     for split in ("all", "dev", "test"):
         assert 0.0 <= out[split]["accuracy"] <= 1.0
 
