@@ -13,7 +13,9 @@ categories, each graded by a pure function of the answer text:
   currency sign allowed) equals ``answer``;
 * ``factual`` and ``extraction``: one of ``accept`` appears in the answer (a
   word alias as whole words, case-insensitive; a numeric alias as a number
-  stated, so "0" does not match "-18.0");
+  stated, so "0" does not match "-18.0"); an extraction answer that also names
+  one of the task's ``distractors`` (the other candidates in its text) fails,
+  so echoing the text back is not an answer;
 * ``rewrite``: a ``check`` object (``contains_all``, ``contains_all_ci``,
   ``contains_none_ci``, ``sorted_list``, ``exact_ci``).
 """
@@ -93,9 +95,13 @@ def _check(text: str, check: dict) -> bool:
 @functools.lru_cache(maxsize=1)
 def _ifeval_registry() -> dict:
     try:
+        import langdetect
         from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-    except ImportError as e:  # pragma: no cover - a declared dependency
+    except ImportError as e:  # pragma: no cover - declared dependencies
         raise InputError(f"grading IFEval tasks needs the if-verifiable package ({e})") from None
+    # the case checkers ask langdetect whether the answer is English; it samples at random unless seeded,
+    # and a grade must not change between two runs over the same text
+    langdetect.DetectorFactory.seed = 0
     return INSTRUCTION_DICT
 
 
@@ -116,7 +122,7 @@ def grade(task: dict, text: str) -> bool:
     if cat == "arithmetic":
         return grade_arithmetic(text, task["answer"])
     if cat in ("factual", "extraction"):
-        return grade_accept(text, task["accept"])
+        return grade_accept(text, task["accept"]) and not grade_accept(text, task.get("distractors") or ())
     if cat == "rewrite":
         return _check(text, task["check"])
     raise InputError(f"task {task.get('id')!r}: unknown category {cat!r}")

@@ -92,3 +92,15 @@ def test_bad_tasks_fail_with_a_clear_error(tmp_path):
         load_tasks(path)
     with pytest.raises(InputError, match="unknown rewrite check"):
         grade({"id": "r", "category": "rewrite", "prompt": "p", "check": {"type": "nope"}}, "x")
+
+
+def test_extraction_fails_an_answer_that_names_a_distractor():
+    task = {"id": "e", "category": "extraction", "prompt": "p", "accept": ["Monday"], "distractors": ["Friday"]}
+    assert grade(task, "Monday.") and not grade(task, "She went on Monday and on Friday.")
+
+
+def test_ifeval_case_checks_are_deterministic():
+    task = {"id": "c", "category": "ifeval", "prompt": "p", "instruction_id_list": ["change_case:english_capital"],
+            "kwargs": [{}]}
+    text = "THE SUN RISES IN THE EAST AND SETS IN THE WEST EVERY DAY."
+    assert len({grade(task, text) for _ in range(20)}) == 1
