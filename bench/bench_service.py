@@ -195,7 +195,7 @@ def bench_latency(lm, axis, cfg) -> None:
         reader_client = redis.Redis.from_url(r.url)
         try:
             streams.ensure_groups()
-            eng = Engine(lm, axis, thresholds_from_calibration(axis.layer_stats()), publisher=streams)
+            eng = Engine(lm, axis, thresholds_from_calibration(axis.calibration)[0], publisher=streams)
             eng.run_batch([ChatRequest("bench-lat-warm", [{"role": "user", "content": "Hi."}],
                                        GenerationOptions(max_new_tokens=8))])
             sids = [f"bench-lat-{i}" for i in range(ns)]

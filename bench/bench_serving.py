@@ -35,7 +35,7 @@ def main() -> None:
     with EmbeddedRedis() as r:
         streams = Streams.from_url(r.url)
         streams.ensure_groups()
-        eng = Engine(lm, axis, thresholds_from_calibration(axis.layer_stats()), publisher=streams)
+        eng = Engine(lm, axis, thresholds_from_calibration(axis.calibration)[0], publisher=streams)
         opts = GenerationOptions(max_new_tokens=a.tokens)
         reqs = lambda tag: [ChatRequest(f"{tag}-{i}", [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], opts)  # noqa: E731
                             for i in range(a.sessions)]

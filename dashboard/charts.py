@@ -2,7 +2,10 @@
 
 Pure functions of :mod:`dashboard.data` results; no Streamlit, no I/O. Scores are raw
 projections on the axis at the monitor layer: higher is more Assistant-like, so the
-state bands stack downward from ``ok`` to ``critical``.
+state bands stack downward from ``ok`` to ``critical``. The bands and the token colours
+follow the alerting rule: thresholds apply to the drift (the running score minus the
+session's opening reference), so the bands sit at ``reference + threshold`` from the
+token where the reference is complete, and the opening's tokens are drawn neutral.
 """
 
 from __future__ import annotations
@@ -20,19 +23,28 @@ LEVEL_SHAPES = {"watch": "triangle-down", "warning": "triangle-down", "critical"
 SOURCE_LABEL = {"live": "live", "audit": "audit", "shadow": "shadow"}
 
 
+def reference_of(view: SessionView) -> tuple[float | None, int | None]:
+    """The session's reference and the first token compared against it (None, None before there is one)."""
+    for t in view.tokens:
+        if t.get("reference") is not None and t.get("drift") is not None:
+            return t["reference"], t["i"]
+    return None, None
+
+
 def domain_of(view: SessionView, th: Thresholds) -> tuple[float, float]:
     vals = [t["score"] for t in view.tokens] + [t["pre_cap"] for t in view.tokens if t["pre_cap"] is not None]
-    vals += [th.watch, th.critical]
+    ref, _ = reference_of(view)
+    vals += [th.watch + (ref or 0.0), th.critical + (ref or 0.0)] if ref is not None or not view.tokens else []
     lo, hi = min(vals), max(vals)
     pad = 0.05 * (hi - lo or 1.0)
     return lo - pad, hi + pad
 
 
-def bands(th: Thresholds, lo: float, hi: float) -> pd.DataFrame:
-    """One row per state: the score range it covers within [lo, hi]."""
-    rows = [("ok", th.watch, max(hi, th.watch)), ("watch", th.warning, th.watch),
-            ("warning", th.critical, th.warning), ("critical", min(lo, th.critical), th.critical)]
-    return pd.DataFrame([dict(state=s, y=a, y2=b) for s, a, b in rows])
+def bands(th: Thresholds, lo: float, hi: float, ref: float = 0.0, x0: float = 0, x1: float = 1) -> pd.DataFrame:
+    """One row per state: the score range it covers within [lo, hi] (``ref`` + thresholds), from token x0 to x1."""
+    w, a, c = th.watch + ref, th.warning + ref, th.critical + ref
+    rows = [("ok", w, max(hi, w)), ("watch", a, w), ("warning", c, a), ("critical", min(lo, c), c)]
+    return pd.DataFrame([dict(state=s, y=y0, y2=y1, x=x0, x2=x1) for s, y0, y1 in rows])
 
 
 def trajectory(view: SessionView, th: Thresholds, height: int = 360, title: str | None = None,
@@ -44,17 +56,25 @@ def trajectory(view: SessionView, th: Thresholds, height: int = 360, title: str 
     y = alt.Scale(domain=[lo, hi], nice=False, zero=False)
     x = alt.Scale(domain=[0, x_max], nice=False)
     colour = alt.Scale(domain=list(STATE_COLOURS), range=list(STATE_COLOURS.values()))
-    layers = [alt.Chart(bands(th, lo, hi)).mark_rect(opacity=0.16).encode(
+    ref, x0 = reference_of(view)
+    layers = [alt.Chart(bands(th, lo, hi, ref, x0, x_max) if ref is not None else bands(th, lo, lo, 0.0, 0, 0))
+              .mark_rect(opacity=0.16 if ref is not None else 0.0).encode(
+        x=alt.X("x:Q", scale=x), x2="x2:Q",
         y=alt.Y("y:Q", scale=y, title="score (projection on the axis)"), y2="y2:Q",
         color=alt.Color("state:N", scale=colour, legend=alt.Legend(title="state band", orient="top")),
         tooltip=["state:N", alt.Tooltip("y:Q", title="from", format=".2f"),
                  alt.Tooltip("y2:Q", title="to", format=".2f")])]
+    if ref is not None:
+        layers.append(alt.Chart(pd.DataFrame([dict(ref=ref, x=x0, x2=x_max)])).mark_rule(
+            color="#455a64", strokeDash=[4, 2]).encode(x=alt.X("x:Q", scale=x), x2="x2:Q", y=alt.Y("ref:Q", scale=y),
+                                                       tooltip=[alt.Tooltip("ref:Q", title="session reference", format=".2f")]))
     tok = pd.DataFrame(view.tokens or [dict(i=0, turn=0, t=0, token="", score=None, pre_cap=None, capped=False,
-                                            running=None, state="ok")])
+                                            running=None, drift=None, reference=None, state="ok")])
     tok["token_text"] = tok["token"].map(lambda s: repr(s)[1:-1] if s else "")
     tips = [alt.Tooltip("i:Q", title="token (session)"), alt.Tooltip("turn:Q"), alt.Tooltip("t:Q", title="token (turn)"),
             alt.Tooltip("token_text:N", title="token"), alt.Tooltip("score:Q", format=".3f"),
-            alt.Tooltip("running:Q", format=".3f"), alt.Tooltip("state:N", title="running state")]
+            alt.Tooltip("running:Q", format=".3f"), alt.Tooltip("drift:Q", format=".3f"),
+            alt.Tooltip("state:N", title="running state")]
     base = alt.Chart(tok).encode(x=alt.X("i:Q", scale=x, title="token (session order)"))
     layers.append(base.mark_line(color="#9e9e9e", strokeWidth=1, opacity=0.7).encode(y=alt.Y("score:Q", scale=y)))
     layers.append(base.mark_circle(size=14, color="#757575").encode(y=alt.Y("score:Q", scale=y), tooltip=tips))
@@ -112,10 +132,14 @@ _STOPS = ((-0.5, (229, 57, 53)), (0.0, (239, 154, 154)), (0.5, (255, 204, 128)),
           (1.5, (200, 230, 201)), (2.0, (232, 245, 233)))  # position in units of (watch - critical) above critical
 
 
+NEUTRAL = "#eceff1"  # the session's opening: the reference itself, not compared to anything
+
+
 def colour(score: float | None, th: Thresholds) -> str:
-    """Background colour of a token: deep red far below ``critical``, yellow at ``watch``, pale green above."""
+    """Background colour of a token's drift: deep red far below ``critical``, yellow at ``watch``, pale green
+    above; neutral grey where there is no drift yet (the opening the session is compared against)."""
     if score is None:
-        return "#eeeeee"
+        return NEUTRAL
     pos = (score - th.critical) / (th.watch - th.critical)
     if pos <= _STOPS[0][0]:
         r, g, b = _STOPS[0][1]
@@ -148,7 +172,9 @@ def legend(th: Thresholds) -> str:
     items = [("far below critical", th.critical - (th.watch - th.critical) * 0.5), ("critical", th.critical),
              ("warning", th.warning), ("watch", th.watch), ("ok", th.watch + (th.watch - th.critical))]
     spans = "".join(f'<span style="background:{colour(v, th)}">{html.escape(n)} {v:+.1f}</span>' for n, v in items)
-    return f'<div class="aw-legend">token colour = its score: {spans}<span class="aw-tok aw-capped">capped</span></div>'
+    return (f'<div class="aw-legend">token colour = drift (running score minus the session\'s opening): '
+            f'<span style="background:{NEUTRAL}">opening (the reference)</span>{spans}'
+            '<span class="aw-tok aw-capped">capped</span></div>')
 
 
 def heatmap(view: SessionView, th: Thresholds) -> str:
@@ -169,13 +195,15 @@ def heatmap(view: SessionView, th: Thresholds) -> str:
             head += " · from the live tail (not stored yet)"
         spans = []
         for tok in view.tokens[t["start"]:t["end"]]:
-            tip = (f"turn {tok['turn']} token {tok['t']}: score {tok['score']:+.3f}, running {tok['running']:+.3f} "
-                   f"({state_of(tok['score'], th)} band)")
+            drift = tok.get("drift")
+            tip = (f"turn {tok['turn']} token {tok['t']}: score {tok['score']:+.3f}, running {tok['running']:+.3f}, "
+                   + ("opening (the session's reference)" if drift is None else
+                      f"drift {drift:+.3f} ({state_of(drift, th)} band)"))
             if tok["capped"]:
                 tip += " · capped" + (f", pre-cap {tok['pre_cap']:+.3f}" if tok["pre_cap"] is not None else "")
             text = tok["token"] if tok["token"] else "\u2581"
             cls = "aw-tok aw-capped" if tok["capped"] else "aw-tok"
-            spans.append(f'<span class="{cls}" style="background:{colour(tok["score"], th)}" '
+            spans.append(f'<span class="{cls}" style="background:{colour(tok.get("drift"), th)}" '
                          f'data-score="{tok["score"]:.4f}" title="{html.escape(tip)}">{html.escape(text)}</span>')
         parts.append(f'<div class="aw-turn aw-assistant"><div class="aw-role">{html.escape(head)}</div>'
                      f'<div class="aw-text">{"".join(spans)}</div></div>')

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from monitor.drift import DriftConfig, DriftTracker, Thresholds, thresholds_from_calibration
+from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import AxiswatchError, InputError
 from monitor.records import SOURCES, STATES
 
@@ -77,15 +77,15 @@ def deployment(streams, settings) -> Deployment:
     axis_dir = settings.axis_dir()
     meta = _read_json(axis_dir / "axis.json", "axis metadata")
     layer = meta.get("monitor_layer")
-    stats = meta.get("calibration", {}).get("layers", {}).get(str(layer), {})
+    thresholds, drift = settings.drift_setup(meta.get("calibration", {}))
     cap_dir = Path(settings.capping) if settings.capping else axis_dir
     capping = _read_json(cap_dir / "capping.json", "capping config") if (cap_dir / "capping.json").exists() else None
     report = _read_json(axis_dir / "report.json", "axis report") if (axis_dir / "report.json").exists() else None
-    return Deployment(meta.get("model_id", ""), layer, settings.policy,
-                      settings.drift_thresholds(thresholds_from_calibration(stats)), settings.ewma_alpha, axis_dir,
+    return Deployment(meta.get("model_id", ""), layer, settings.policy, thresholds, drift.alpha, axis_dir,
                       capping, _api(settings), "settings",
-                      {"alpha": settings.ewma_alpha, "hysteresis": settings.hysteresis,
-                       "min_tokens": settings.min_tokens, "cooldown_tokens": settings.cooldown_tokens},
+                      {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
+                       "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
+                       "reference_tokens": drift.reference_tokens},
                       meta, report)
 
 
@@ -185,7 +185,7 @@ class SessionView:
     """A session as the chart and the heatmap draw it."""
 
     session: dict  # the stored session (id, source, state, ...) without its lists; {} when only live so far
-    tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, state
+    tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, drift, reference, state
     turns: list[dict]  # turn, role, text, start, end, mean, state, n_tokens, live, generating
     alerts: list[dict]  # stored alerts, each with its session-wide token position ``i``
     interventions: list[dict]  # with ``i``: the first capped token
@@ -238,7 +238,8 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     if stored is None and not entries:
         return None
     stored = stored or {"id": session_id, "turns": [], "alerts": [], "interventions": []}
-    knobs = {k: v for k, v in dep.drift.items() if k in ("hysteresis", "min_tokens", "cooldown_tokens")}
+    knobs = {k: v for k, v in dep.drift.items()
+             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens")}
     tracker = DriftTracker(dep.thresholds, DriftConfig(alpha=dep.alpha, **knobs), policy="observe")
     tokens: list[dict] = []
     turns: list[dict] = []
@@ -251,7 +252,8 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
             tracker.update([sc if before is None else before], turn)
             tokens.append(dict(i=len(tokens), turn=turn, t=k, token=pieces[k] if k < len(pieces) else "",
                                score=sc, pre_cap=before, capped=bool(capped[k]) if k < len(capped) else False,
-                               running=tracker.running, state=tracker.state))
+                               running=tracker.running, drift=tracker.drift, reference=tracker.reference,
+                               state=tracker.state))
         if scores:
             tracker.end_turn()
 

@@ -72,7 +72,7 @@ class Plan:
 
 
 FULL = Plan(per_domain=None, turns=None, live_max_tokens=64, n_personas=None, per_kind=2, jailbreak_max_tokens=48,
-            tasks_per_kind=None, task_max_tokens=96, batch_size=32)
+            tasks_per_kind=None, task_max_tokens=64, batch_size=32)
 QUICK = Plan(per_domain=1, turns=2, live_max_tokens=16, n_personas=4, per_kind=1, jailbreak_max_tokens=16,
              tasks_per_kind=2, task_max_tokens=24, batch_size=32)
 
@@ -96,9 +96,9 @@ def select_tasks(tasks: list[dict], per_kind: int | None) -> list[dict]:
         return tasks
     out, seen = [], {}
     for t in tasks:
-        if seen.get(t["kind"], 0) < per_kind:
+        if seen.get(t["category"], 0) < per_kind:
             out.append(t)
-            seen[t["kind"]] = seen.get(t["kind"], 0) + 1
+            seen[t["category"]] = seen.get(t["category"], 0) + 1
     return out
 
 
@@ -118,17 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from eval import inproc, live
-    from monitor.drift import DriftConfig, thresholds_from_calibration
-    from monitor.settings import shipped_dir
+    from monitor.settings import Settings, shipped_dir
     from probes.artifacts import load_axis
+    from probes.capability import load_tasks
 
     axis = load_axis(shipped_dir(), roles=False)
-    thresholds = thresholds_from_calibration(axis.layer_stats())
-    drift_cfg = DriftConfig()
+    thresholds, drift_cfg = Settings().drift_setup(axis.calibration)  # what serve runs with
     scripts = live.load_conversations(DATA / "conversations.json", plan.per_domain, plan.turns)
     personas = inproc.load(DATA / "personas.json")
     jobs = inproc.persona_jobs(personas, plan.n_personas, plan.per_kind)
-    tasks = select_tasks(inproc.load(DATA / "tasks.json")["tasks"], plan.tasks_per_kind)
+    tasks = select_tasks(load_tasks(), plan.tasks_per_kind)
     n_turns = max(len(s["turns"]) for s in scripts)
     n_sessions = 2 * len(scripts)
 
@@ -170,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 timings["live_s"] = time.time() - t1
                 server_log = server.log_tail(4000)
             timings["live_total_s"] = time.time() - t0
-            _dump({"max_tokens": plan.live_max_tokens, "thresholds": thresholds.as_dict(), "sessions": sessions,
+            _dump({"max_tokens": plan.live_max_tokens, "thresholds": thresholds.as_dict(),
+                   "drift_config": dict(drift_cfg.__dict__), "sessions": sessions,
                    "server_log_tail": server_log}, out / "live_sessions.json", nd=6)
             # analysed from the file just written, so --reanalyse reproduces every number exactly
             sessions = json.loads((out / "live_sessions.json").read_text())["sessions"]
@@ -222,7 +222,9 @@ def analyse_inproc(jb: dict, cap: dict, setup: dict, out: Path) -> dict:
     """Items 3 and 4 from the raw answers: summaries (JSON) and plots."""
     from eval import aggregate, inproc, plots
 
-    cap = inproc.regrade(cap, inproc.load(DATA / "tasks.json")["tasks"])  # graders run on the stored texts
+    from probes.capability import load_tasks
+
+    cap = inproc.regrade(cap, load_tasks())  # graders run on the stored texts
     jb_sum, cap_sum = aggregate.jailbreak_summary(jb), aggregate.capability_summary(cap)
     # on --reanalyse jb and cap are the files written before, summary and setup included: drop those,
     # so the fresh summary is what gets written (``**jb`` last would put the stale one back)
@@ -262,7 +264,9 @@ def reanalyse(out: Path) -> int:
     results = {k: prev[k] for k in ("plan", "thresholds") if k in prev}
     if (out / "live_sessions.json").exists():
         raw = json.loads((out / "live_sessions.json").read_text())
-        results.update(analyse_live(raw["sessions"], Thresholds(**raw["thresholds"]), DriftConfig(), out))
+        # the settings the run was made with (a run from before the session baseline: the absolute running score)
+        cfg = DriftConfig(**raw.get("drift_config", {"baseline": "absolute"}))
+        results.update(analyse_live(raw["sessions"], Thresholds(**raw["thresholds"]), cfg, out))
     if (out / "jailbreak.json").exists() and (out / "capability.json").exists():
         jb, cap = json.loads((out / "jailbreak.json").read_text()), json.loads((out / "capability.json").read_text())
         results.update(analyse_inproc(jb, cap, jb.get("setup", {}), out))

@@ -163,14 +163,23 @@ def replay(turn_scores: Sequence[Sequence[float]], thresholds: Thresholds, confi
     return {"running_warning": crossing, "alert_warning": alert, "turn_ends": ends, "n_tokens": seen}
 
 
-def first_turn_mean_crossing(turn_scores: Sequence[Sequence[float]], threshold: float) -> dict:
-    """Per-turn alerting: the first turn whose mean is below ``threshold``; a turn mean exists only
-    once its turn is over, so the latency is the session's token count at the end of that turn."""
-    seen = 0
+def first_turn_mean_crossing(turn_scores: Sequence[Sequence[float]], threshold: float,
+                             config: DriftConfig | None = None) -> dict:
+    """Per-turn alerting: the first turn whose mean (minus the session's reference, for the session
+    baseline: the same opening the tracker compares against) is below ``threshold``; a turn mean exists
+    only once its turn is over, so the latency is the session's token count at the end of that turn."""
+    config = config or DriftConfig()
+    seen, opening = 0, []
+    ref = 0.0 if config.baseline == "absolute" else None
     for i, scores in enumerate(turn_scores):
         seen += len(scores)
+        if ref is None:  # still the opening: the reference, not compared to one
+            opening += list(scores)
+            if opening and len(opening) >= config.reference_tokens:
+                ref = sum(opening) / len(opening)
+            continue
         m = turn_mean(scores)
-        if m is not None and m < threshold:
+        if m is not None and m - ref < threshold and seen >= config.min_tokens:
             return {"turn": i + 1, "tokens": seen}
     return {"turn": None, "tokens": None}
 
@@ -181,7 +190,7 @@ def alerting_latency(convs: Sequence[dict], thresholds: Thresholds, config: Drif
     for c in convs:
         ts = [t["scores"] for t in c["turns"]]
         r = replay(ts, thresholds, config)
-        pt = first_turn_mean_crossing(ts, thresholds.warning)
+        pt = first_turn_mean_crossing(ts, thresholds.warning, config)
         rows.append({"id": c["id"], "domain": c["domain"], "n_tokens": r["n_tokens"],
                      "per_token": r["running_warning"], "per_token_alert": r["alert_warning"],
                      "per_turn": pt["tokens"], "per_turn_turn": pt["turn"],

@@ -207,7 +207,8 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
                              "finish_reason": res.finish_reason}],
                 "usage": _usage(req, res),
                 "axiswatch": {"session_id": res.session_id, "turn": res.turn, "layer": res.layer, "scores": res.scores,
-                              "mean": res.mean, "state": res.state, "running": res.running, "capped": res.capped},
+                              "mean": res.mean, "state": res.state, "running": res.running, "drift": res.drift,
+                              "reference": res.reference, "capped": res.capped},
             }, headers=headers)
 
         loop = asyncio.get_running_loop()
@@ -237,6 +238,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
             metrics.observe(res, True)
             yield chunk({}, res.finish_reason, {"session_id": res.session_id, "turn": res.turn, "layer": res.layer,
                                                 "mean": res.mean, "state": res.state, "running": res.running,
+                                                "drift": res.drift, "reference": res.reference,
                                                 "capped": res.capped})
             yield "data: [DONE]\n\n"
 

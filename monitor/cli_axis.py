@@ -16,7 +16,7 @@ from monitor.errors import AxiswatchError
 @click.option("--preset", type=click.Choice(["quick", "standard", "full"]), default="quick", show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="checkpoint folder (default runs/<model>-<preset>)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="axis folder to write (default <work>/axis)")
-@click.option("--judge", type=click.Choice(["offline", "openai"]), default=None, help="role-adherence judge  [env AXISWATCH_JUDGE]")
+@click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None, help="role-adherence judge  [env AXISWATCH_JUDGE]")
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.option("--roles", type=click.Path(exists=True, path_type=Path), default=None, help="roles JSON (default: the bundled set)")
 @click.option("--questions", type=click.Path(exists=True, path_type=Path), default=None, help="questions JSON (default: bundled)")
@@ -41,25 +41,36 @@ def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, 
     m = report["at_monitor_layer"]
     click.echo(f"axis written to {art.path}: monitor layer {art.monitor_layer}, |cos(PC1, axis)| {m['abs_cos_pc1_axis']:.3f}, "
                f"held-out AUROC {m['auroc_heldout']:.3f}, {report['n_roles_used']} roles")
+    # the last step: alert thresholds from benign conversations the model answers with this axis
+    _alerts(lm, art, s, work / "alerts", False, preset == "quick")
 
 
 @cli.command("calibrate-capping")
 @model_options
 @click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="where to write capping.* (default: the axis folder)")
-@click.option("--quick", is_flag=True, help="a 2-setting sweep on 8 personas (a smoke test, minutes)")
-@click.option("--percentiles", default=None, help="comma-separated, e.g. 10,25,50,75")
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="checkpoint folder of the sweep (default runs/capping-<axis fingerprint>); a rerun resumes it")
+@click.option("--fresh", is_flag=True, help="delete the sweep's checkpoints first")
+@click.option("--reanalyse", is_flag=True, help="only recompute the report from the stored answers (no generation)")
+@click.option("--quick", is_flag=True, help="a 2-setting sweep on 6 personas and 10 tasks (a smoke test, minutes)")
+@click.option("--percentiles", default=None, help="comma-separated, e.g. 25,50,75,90")
 @click.option("--widths", default=None, help="window widths in layers, e.g. 4,6")
 @click.option("--starts", default=None, help="window starts as fractions of depth, e.g. 0.5,0.6,0.7")
-@click.option("--judge", type=click.Choice(["offline", "openai"]), default=None)
+@click.option("--max-capability-drop", type=float, default=None,
+              help="the rule: largest adoption drop among settings losing at most this much accuracy  [default: 0.02]")
+@click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None)
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.pass_context
 @_errors
-def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, quick, percentiles, widths, starts, judge, batch_size):
-    """Sweep capping layer windows x thresholds; write the Pareto table and the chosen config."""
+def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, fresh, reanalyse, quick, percentiles,
+                      widths, starts, max_capability_drop, judge, batch_size):
+    """Sweep capping layer windows x thresholds on persona adoption and capability; write the table, the
+    Pareto plot and the chosen config (resumable)."""
+    import shutil
     from dataclasses import replace
 
-    from probes.capping import QUICK_SWEEP, SweepSpec, calibrate, write_capping
+    from probes.capping import QUICK_SWEEP, Sweep, SweepSpec, choose, default_work, write_capping
     from probes.judge import make_judge
 
     s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
@@ -67,15 +78,63 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, quick, 
     spec = QUICK_SWEEP if quick else SweepSpec()
     parse = lambda v, f: tuple(f(x) for x in v.split(",")) if v else None  # noqa: E731
     spec = replace(spec, **{k: v for k, v in {"percentiles": parse(percentiles, int), "widths": parse(widths, int),
-                                              "starts": parse(starts, float)}.items() if v})
+                                              "starts": parse(starts, float),
+                                              "max_capability_drop": max_capability_drop}.items() if v is not None})
+    if reanalyse:
+        from probes.artifacts import load_axis
+
+        art = load_axis(s.axis_dir())
+    else:
+        lm = _load(s)
+        art = _load_axis(s, lm)
+    sweep = Sweep(work or default_work(art), art, spec)
+    if fresh and sweep.work.exists() and not reanalyse:
+        shutil.rmtree(sweep.work)
+    if not reanalyse:
+        sweep.run(lm, batch_size)
+    cfg, report = choose(sweep, make_judge(s.judge))
+    write_capping(cfg, report, out or art.path)
+    c, b = report["chosen"], report["unsteered"]
+    click.echo(f"capping {cfg.id}: persona adoption {b['adoption']:.2f} -> {c['adoption']:.2f} "
+               f"({c['relative_reduction']:.0%} lower), capability {b['capability']:.3f} -> {c['capability']:.3f} "
+               f"({c['capability_change'] * 100:+.1f} points); rule: {report['rule']}; written to {out or art.path}")
+
+
+@cli.command("calibrate-alerts")
+@model_options
+@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="checkpoint folder (default runs/alerts-<axis fingerprint>); a rerun resumes it")
+@click.option("--fresh", is_flag=True, help="delete the checkpoints first")
+@click.option("--quick", is_flag=True, help="12 conversations x 2 prompts, 32 tokens a reply (a smoke test)")
+@click.option("--max-new-tokens", type=int, default=96, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.pass_context
+@_errors
+def calibrate_alerts_cmd(ctx, model, device, dtype, layers_path, axis, work, fresh, quick, max_new_tokens, batch_size):
+    """Calibrate the drift alert thresholds on benign multi-turn conversations the model itself answers."""
+    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
     lm = _load(s)
     art = _load_axis(s, lm)
-    cfg, report = calibrate(lm, art, make_judge(s.judge), spec, batch_size)
-    write_capping(cfg, report, out or art.path)
-    c = report["chosen"]
-    click.echo(f"capping {cfg.id}: adoption {report['baseline_adoption']:.2f} -> {c['adoption']:.2f} "
-               f"({c['relative_reduction']:.0%} lower), benign unchanged {c['benign_unchanged']:.0%}; "
-               f"written to {out or art.path}")
+    work = work or Path("runs") / f"alerts-{art.fingerprint()[:8]}{'-quick' if quick else ''}"
+    _alerts(lm, art, s, work, fresh, quick, max_new_tokens, batch_size)
+
+
+def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: int = 96, batch_size: int = 32) -> None:
+    import shutil
+
+    from monitor.calibrate_alerts import calibrate_alerts
+    from monitor.drift import DriftConfig
+
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    cfg = DriftConfig(alpha=s.ewma_alpha if s.ewma_alpha is not None else 0.1,
+                      min_tokens=s.min_tokens if s.min_tokens is not None else 16, baseline=s.drift_baseline or "session")
+    al = calibrate_alerts(lm, art, work, cfg, quick, max_new_tokens, batch_size)
+    th = al["thresholds"]
+    click.echo(f"alert thresholds (drift below the session's opening, {al['n_measured']} benign conversations): "
+               f"watch {th['watch']:+.2f}, warning {th['warning']:+.2f}, critical {th['critical']:+.2f}; "
+               f"written to {art.path / 'axis.json'}")
 
 
 @cli.command("evaluate-steering")

@@ -6,11 +6,25 @@ layer (higher = more Assistant-like).
 
 Per session a :class:`DriftTracker` keeps an exponentially weighted running
 score (``running = alpha * score + (1 - alpha) * running``, initialised to the
-first score) that carries across turns, and a state:
+first score) that carries across turns, and its **drift**, the statistic the
+thresholds apply to:
 
-- ``ok`` while ``running >= watch``; ``watch`` below ``watch``; ``warning``
+- baseline ``session`` (the default): ``drift = running - reference``, where the
+  reference is the mean score of the session's opening, its first assistant
+  reply (extended into later replies until it holds ``reference_tokens``
+  tokens). Drift is a fall *within a conversation*: on our default model a
+  poem or a story projects far below a coding answer from its first token (the
+  projection measures the voice of a reply as much as the persona behind it),
+  while drifting conversations start like any other and fall turn after turn.
+  Until the reference is complete there is no drift and the state stays ``ok``;
+- baseline ``absolute``: ``drift = running`` (thresholds in raw projection
+  units, from the first token on).
+
+States, from ``drift``:
+
+- ``ok`` while ``drift >= watch``; ``watch`` below ``watch``; ``warning``
   below ``warning``; ``critical`` below ``critical``.
-- Escalation is immediate. De-escalation needs ``running >= threshold +
+- Escalation is immediate. De-escalation needs ``drift >= threshold +
   hysteresis`` for every level left behind (critical -> ok needs
   ``watch + hysteresis``), so a score oscillating around a threshold does not
   flap.
@@ -45,6 +59,7 @@ State = Literal["ok", "watch", "warning", "critical"]
 EventKind = Literal["state", "alert", "cap"]
 
 _OK, _WATCH, _WARNING, _CRITICAL = 0, 1, 2, 3
+BASELINES = ("session", "absolute")
 _STATES = cast("tuple[State, State, State, State]", STATES)  # index = level
 
 
@@ -77,55 +92,35 @@ class Thresholds:
         return {"watch": float(self.watch), "warning": float(self.warning), "critical": float(self.critical)}
 
 
-def _pct(layer_stats: dict, group: str, key: str) -> float | None:
-    g = layer_stats.get(group)
-    v = g.get(key) if isinstance(g, dict) else None
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+def thresholds_from_calibration(calibration: dict) -> tuple[Thresholds, dict]:
+    """The calibrated thresholds and drift settings of an axis artifact (``calibration["alerting"]``,
+    written by ``axiswatch calibrate-alerts``, which ``compute-axis`` runs as its last step).
 
-
-def thresholds_from_calibration(layer_stats: dict) -> Thresholds:
-    """The default thresholds from an axis artifact's calibration statistics at the monitor layer.
-
-    Rule (``d`` = the default answers' projections, ``r`` = the score-3 role
-    answers', i.e. ``layer_stats["roles_score3"]``, falling back to
-    ``layer_stats["roles"]`` when absent)::
-
-        watch    = d.p10                  # below 90% of ordinary Assistant answers
-        warning  = (d.p10 + r.p50) / 2    # halfway from there to a typical in-role answer
-        critical = r.p50                  # as far toward the roles as the median in-role answer
-
-    The percentiles are of per-response means (each calibration answer's
-    projection averaged over its tokens). That is the right scale for the
-    running score: a single token's projection is far noisier than a
-    response's mean, and the EWMA averages the last ~``(2 - alpha) / alpha``
-    tokens (19 at ``alpha = 0.1``), i.e. it estimates the same kind of
-    response-level mean the percentiles describe.
-
-    Raises InputError when a needed statistic is missing or the default p10 is
-    not above the role p50 (an axis that does not separate them).
-    """
-    if not isinstance(layer_stats, dict) or not layer_stats:
-        raise InputError("the axis artifact has no calibration statistics for the monitor layer; recompute the "
-                         "axis or set AXISWATCH_THRESHOLD_WATCH / _WARNING / _CRITICAL")
-    d10 = _pct(layer_stats, "default", "p10")
-    group = "roles_score3" if _pct(layer_stats, "roles_score3", "p50") is not None else "roles"
-    r50 = _pct(layer_stats, group, "p50")
-    if d10 is None or r50 is None:
-        missing = [n for n, v in (("default.p10", d10), ("roles_score3.p50 (or roles.p50)", r50)) if v is None]
-        raise InputError(f"calibration statistics lack {' and '.join(missing)}; recompute the axis or set "
-                         "AXISWATCH_THRESHOLD_WATCH / _WARNING / _CRITICAL")
-    if not d10 > r50:
-        raise InputError(f"calibration statistics are not ordered: default p10 ({d10}) must be above {group} p50 "
-                         f"({r50}); the axis does not separate the Assistant from the roles at this layer")
-    return Thresholds(watch=d10, warning=(d10 + r50) / 2.0, critical=r50)
+    Returns the thresholds and the keyword arguments of :class:`DriftConfig` they were
+    calibrated for (``alpha``, ``baseline``, ``reference_tokens``, ``min_tokens``): a threshold
+    applies to one statistic only. Raises InputError when the axis has none."""
+    al = calibration.get("alerting") if isinstance(calibration, dict) else None
+    th = al.get("thresholds") if isinstance(al, dict) else None
+    if not isinstance(th, dict):
+        raise InputError("the axis artifact has no alert calibration: run 'axiswatch calibrate-alerts --axis <folder>' "
+                         "or set AXISWATCH_THRESHOLD_WATCH / _WARNING / _CRITICAL")
+    try:
+        thresholds = Thresholds(float(th["watch"]), float(th["warning"]), float(th["critical"]))
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"the axis' alert calibration has malformed thresholds: {th!r}") from None
+    knobs = {k: al[k] for k in ("alpha", "baseline", "reference_tokens", "min_tokens") if k in al}
+    return thresholds, knobs
 
 
 @dataclass(frozen=True)
 class DriftConfig:
     """Smoothing and alerting knobs.
 
-    ``alpha``: EWMA weight of each new token, in (0, 1]. ``hysteresis``: score
-    margin (raw projection units, >= 0) the running score must clear above a
+    ``alpha``: EWMA weight of each new token, in (0, 1]. ``baseline``: ``session``
+    (drift relative to the session's opening reference) or ``absolute`` (the running
+    score itself). ``reference_tokens``: the least number of tokens the reference
+    averages (the whole first reply, and more replies while it is shorter). ``hysteresis``: score
+    margin (raw projection units, >= 0) the drift must clear above a
     threshold before the state drops below that level; 0.0 by default because
     the projection scale differs per model and layer, so no absolute margin is
     right everywhere (the EWMA already smooths). ``min_tokens``: no alert before
@@ -137,13 +132,17 @@ class DriftConfig:
     hysteresis: float = 0.0
     min_tokens: int = 16
     cooldown_tokens: int = 64
+    baseline: str = "session"
+    reference_tokens: int = 16
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and 0.0 < self.alpha <= 1.0):
             raise InputError(f"drift alpha must be in (0, 1], got {self.alpha!r}")
+        if self.baseline not in BASELINES:
+            raise InputError(f"drift baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if not (isinstance(self.hysteresis, (int, float)) and math.isfinite(self.hysteresis) and self.hysteresis >= 0):
             raise InputError(f"drift hysteresis must be a finite number >= 0, got {self.hysteresis!r}")
-        for name in ("min_tokens", "cooldown_tokens"):
+        for name in ("min_tokens", "cooldown_tokens", "reference_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"drift {name} must be an integer >= 0, got {v!r}")
@@ -155,9 +154,12 @@ class DriftEvent:
 
     ``old_state``/``new_state``: the tracker state before/after this token.
     ``level``: the new state (state events) or the alerted level (alert, cap).
+    ``running``: the running score; ``drift``: the statistic the thresholds apply to.
     ``threshold``: for escalations, alerts and caps the threshold of ``level``;
     for de-escalations the bar cleared (the threshold just above the new state
-    plus the hysteresis).
+    plus the hysteresis). Like ``running``, it is in raw projection units (the
+    session's reference plus the relative threshold), so ``running < threshold``
+    on every escalation.
     """
 
     kind: EventKind
@@ -168,6 +170,7 @@ class DriftEvent:
     running: float
     threshold: float
     level: State
+    drift: float = 0.0
 
 
 @dataclass
@@ -177,6 +180,8 @@ class TurnSummary:
     n_tokens: int
     state: State
     running: float | None
+    drift: float | None = None  # None until the session's reference is complete
+    reference: float | None = None
 
 
 class DriftTracker:
@@ -202,6 +207,9 @@ class DriftTracker:
         self._last_turn: int | None = None
         self._turn_n, self._turn_sum = 0, 0.0  # tokens and score sum of the open turn
         self._turn_means: list[float] = []
+        # the session's opening reference (baseline "session"); fixed at the end of the turn that completes it
+        self._reference: float | None = 0.0 if self.config.baseline == "absolute" else None
+        self._ref_n, self._ref_sum = 0, 0.0
 
     @property
     def state(self) -> State:
@@ -210,6 +218,16 @@ class DriftTracker:
     @property
     def running(self) -> float | None:
         return self._running
+
+    @property
+    def reference(self) -> float | None:
+        """The session's opening reference (0 for baseline ``absolute``); None until it is complete."""
+        return self._reference
+
+    @property
+    def drift(self) -> float | None:
+        """``running - reference``: the statistic the thresholds apply to; None before the reference."""
+        return None if self._running is None or self._reference is None else self._running - self._reference
 
     @property
     def n_tokens(self) -> int:
@@ -242,6 +260,7 @@ class DriftTracker:
         min_tokens, cooldown = self.config.min_tokens, self.config.cooldown_tokens
         alerts = self.policy != "observe"
         isfinite = math.isfinite
+        ref = self._reference
         r, level, n, ti, total = self._running, self._level, self._n, self._turn_n, self._turn_sum
         try:
             for s in scores:
@@ -251,16 +270,22 @@ class DriftTracker:
                 r = s if r is None else a * s + b * r
                 n += 1
                 total += s
-                raw = _CRITICAL if r < critical else _WARNING if r < warning else _WATCH if r < watch else _OK
+                if ref is None:  # still the session's opening: it is the reference, not yet compared to one
+                    self._ref_n += 1
+                    self._ref_sum += s
+                    ti += 1
+                    continue
+                d = r - ref
+                raw = _CRITICAL if d < critical else _WARNING if d < warning else _WATCH if d < watch else _OK
                 new = level
                 if raw > level:
                     new = raw
                 elif raw < level:  # de-escalate only past threshold + hysteresis
-                    while new > raw and r >= t[new] + hyst:
+                    while new > raw and d >= t[new] + hyst:
                         new -= 1
                 if new != level:
                     old, thr = level, (t[new] if new > level else t[new + 1] + hyst)
-                    events.append(DriftEvent("state", turn, ti, _STATES[old], _STATES[new], r, thr, _STATES[new]))
+                    events.append(DriftEvent("state", turn, ti, _STATES[old], _STATES[new], r, thr + ref, _STATES[new], d))
                     level = new
                     if new > old:
                         self._pending = alerts
@@ -269,24 +294,25 @@ class DriftTracker:
                     if self._pending:
                         self._pending = n < min_tokens  # held back until min_tokens; else decided now
                         if n >= min_tokens:
-                            self._alert(events, turn, ti, old, level, r, n, cooldown)
+                            self._alert(events, turn, ti, old, level, r, ref, n, cooldown)
                 elif self._pending and n >= min_tokens:
                     self._pending = False
-                    self._alert(events, turn, ti, level, level, r, n, cooldown)
+                    self._alert(events, turn, ti, level, level, r, ref, n, cooldown)
                 ti += 1
         finally:
             self._running, self._level, self._n, self._turn_n, self._turn_sum = r, level, n, ti, total
         return events
 
-    def _alert(self, events: list[DriftEvent], turn: int, ti: int, old: int, level: int, r: float, n: int,
+    def _alert(self, events: list[DriftEvent], turn: int, ti: int, old: int, level: int, r: float, ref: float, n: int,
                cooldown: int) -> None:
         if self._alert_n >= 0 and level <= self._alert_level and n - self._alert_n <= cooldown:
             return  # within the cooldown of an alert at this level or higher: dropped
         self._alert_level, self._alert_n = level, n
-        events.append(DriftEvent("alert", turn, ti, _STATES[old], _STATES[level], r, self._t[level], _STATES[level]))
+        thr = self._t[level] + ref
+        events.append(DriftEvent("alert", turn, ti, _STATES[old], _STATES[level], r, thr, _STATES[level], r - ref))
         if self.policy == "cap" and not self._capping and level >= _WARNING:
             self._capping = True
-            events.append(DriftEvent("cap", turn, ti, _STATES[old], _STATES[level], r, self._t[level], _STATES[level]))
+            events.append(DriftEvent("cap", turn, ti, _STATES[old], _STATES[level], r, thr, _STATES[level], r - ref))
 
     def end_turn(self) -> TurnSummary:
         """Close the open turn (the running score and state carry on) and summarise it."""
@@ -295,6 +321,8 @@ class DriftTracker:
         mean = self._turn_sum / self._turn_n if self._turn_n else None
         if mean is not None:
             self._turn_means.append(mean)
-        summary = TurnSummary(self._turn, mean, self._turn_n, self.state, self._running)
+        if self._reference is None and self._ref_n and self._ref_n >= self.config.reference_tokens:
+            self._reference = self._ref_sum / self._ref_n  # compared against from the next turn on
+        summary = TurnSummary(self._turn, mean, self._turn_n, self.state, self._running, self.drift, self._reference)
         self._last_turn, self._turn = self._turn, None
         return summary

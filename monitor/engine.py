@@ -71,6 +71,8 @@ class ChatResult:
     finish_reason: str
     alerts: list[AlertEvent] = field(default_factory=list)
     interventions: list[InterventionRecord] = field(default_factory=list)
+    drift: float | None = None  # running minus the session's opening reference (what the thresholds apply to)
+    reference: float | None = None
 
     @property
     def mean(self) -> float | None:
@@ -202,7 +204,7 @@ class Engine:
                                      summary.state, summary.running, s.source, self.lm.model_id, policy=s.policy))
             results.append(ChatResult(s.id, turn, self.layer, g.text, g.tokens, g.scores, g.pre_cap_scores,
                                       g.cap_flags, summary.state, summary.running, s.capped, g.finish_reason,
-                                      sink.alerts[k], sink.interventions[k]))
+                                      sink.alerts[k], sink.interventions[k], summary.drift, summary.reference))
         # only now, with every turn record handed over, are the tails final: until then a dead replica's
         # reply (even one whose row ended early in the batch) is still recovered from the tail
         sink.flush_live(list(range(len(sessions))), final=True)
@@ -266,7 +268,8 @@ class Engine:
             out_turns.append(t.as_dict())
         s.next_turn = max(s.next_turn, len(messages))
         return {"id": s.id, "model": self.lm.model_id, "layer": self.layer, "turns": out_turns,
-                "state": s.tracker.state, "running": s.tracker.running, "alerts": [a.to_dict() for a in alerts]}
+                "state": s.tracker.state, "running": s.tracker.running, "drift": s.tracker.drift,
+                "alerts": [a.to_dict() for a in alerts]}
 
     def _publish(self, record) -> None:
         """Hand a record to the publisher (the outbox, which buffers while Redis is down). A failure
@@ -328,7 +331,7 @@ class _Sink:
             self.live[k].append((idx, score, piece, on, seen))
             if self.requests[k].on_token is not None:
                 calls.append((k, {"session_id": s.id, "token_index": idx, "token": piece, "score": score,
-                                  "state": s.tracker.state, "capped": s.capped}))
+                                  "state": s.tracker.state, "drift": s.tracker.drift, "capped": s.capped}))
         self.flush_live([k for k in range(len(self.sessions)) if self.live[k]])  # one round trip per step
         for k, tok in calls:  # after the live tail has them: what a client saw is never lost
             self.requests[k].on_token(tok)

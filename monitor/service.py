@@ -141,7 +141,6 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             rt.outbox = Outbox(streams, store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
             rt.outbox.resume()
             from monitor.batcher import Batcher
-            from monitor.drift import thresholds_from_calibration
             from monitor.engine import Engine
             from probes.artifacts import load_axis, load_capping
             from probes.models import load_model
@@ -155,11 +154,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
             if capping is not None:
                 capping.check(lm.hidden_size, lm.n_layers)
-            from monitor.drift import DriftConfig
-
-            thresholds = settings.drift_thresholds(thresholds_from_calibration(axis.layer_stats()))
-            drift = DriftConfig(alpha=settings.ewma_alpha, hysteresis=settings.hysteresis,
-                                min_tokens=settings.min_tokens, cooldown_tokens=settings.cooldown_tokens)
+            thresholds, drift = settings.drift_setup(axis.calibration)
             from monitor.workers import consumer_name
 
             rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=rt.outbox,
@@ -172,7 +167,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                 "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis.path).resolve()),
                 "axis_fingerprint": axis.fingerprint(),
                 "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
-                          "cooldown_tokens": drift.cooldown_tokens},
+                          "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
+                          "reference_tokens": drift.reference_tokens},
                 "capping": None if capping is None else {**capping.meta(), "dir": str(cap_dir.resolve())},
                 "api": f"http://{local_host(settings.host)}:{settings.port}",
                 # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir

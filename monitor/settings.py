@@ -2,7 +2,7 @@
 
 ``REDIS_URL`` (unset: embedded Redis), ``AXISWATCH_DATABASE_URL``, ``AXISWATCH_POLICY``,
 ``AXISWATCH_HOST``/``_PORT``, ``AXISWATCH_DASHBOARD_PORT``, ``AXISWATCH_THRESHOLD_WATCH``/``_WARNING``/``_CRITICAL``,
-``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``,
+``AXISWATCH_EWMA_ALPHA``, ``AXISWATCH_HYSTERESIS``, ``AXISWATCH_MIN_TOKENS``, ``AXISWATCH_DRIFT_BASELINE``,
 ``AXISWATCH_COOLDOWN_TOKENS``, ``AXISWATCH_WEBHOOK_URL``/``_SECRET``/``_MAX_ATTEMPTS``,
 ``AXISWATCH_API_KEYS``, ``AXISWATCH_WORKER_RECLAIM_IDLE_MS``, ``AXISWATCH_MAX_NEW_TOKENS``, and the
 model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPPING``, ...).
@@ -92,10 +92,11 @@ class Settings:
     dashboard_port: int = 8501
     thresholds: tuple[float | None, float | None, float | None] = (None, None, None)  # watch, warning, critical
     # overrides of the calibrated thresholds (raw projection values); None keeps the calibrated one
-    ewma_alpha: float = 0.1
+    ewma_alpha: float | None = None  # None: the alpha the thresholds were calibrated for (0.1 without one)
     hysteresis: float = 0.0
-    min_tokens: int = 16
+    min_tokens: int | None = None  # None: the calibration's (16 without one)
     cooldown_tokens: int = 64
+    drift_baseline: str | None = None  # "session" or "absolute"; None: the calibration's ("session" without one)
     webhook: object = None  # monitor.webhooks.WebhookConfig (its repr hides the secret) or None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
@@ -118,8 +119,10 @@ class Settings:
                    host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")),
                    dashboard_port=_port(get("DASHBOARD_PORT", "8501"), "DASHBOARD_PORT"),
                    thresholds=tuple(_opt_float(get, f"THRESHOLD_{k}") for k in ("WATCH", "WARNING", "CRITICAL")),
-                   ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float),
-                   hysteresis=_num(get, "HYSTERESIS", "0", float), min_tokens=_num(get, "MIN_TOKENS", "16", int),
+                   ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float) if get("EWMA_ALPHA") else None,
+                   hysteresis=_num(get, "HYSTERESIS", "0", float),
+                   min_tokens=_num(get, "MIN_TOKENS", "16", int) if get("MIN_TOKENS") else None,
+                   drift_baseline=get("DRIFT_BASELINE"),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
                    api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
                    max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"))
@@ -127,13 +130,26 @@ class Settings:
     def with_(self, **kw) -> "Settings":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
-    def drift_thresholds(self, calibrated):
-        """The calibrated :class:`~monitor.drift.Thresholds` with the configured overrides applied."""
-        from monitor.drift import Thresholds
+    def drift_setup(self, calibration: dict):
+        """The :class:`~monitor.drift.Thresholds` and :class:`~monitor.drift.DriftConfig` the engine runs
+        with: the axis' alert calibration (``calibration["alerting"]``, see ``axiswatch calibrate-alerts``)
+        with the configured overrides applied. With all three ``AXISWATCH_THRESHOLD_*`` set, an axis
+        without an alert calibration works too."""
+        from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
 
         w, a, c = self.thresholds
-        return Thresholds(calibrated.watch if w is None else w, calibrated.warning if a is None else a,
-                          calibrated.critical if c is None else c)
+        if None in (w, a, c) or (calibration or {}).get("alerting"):
+            calibrated, knobs = thresholds_from_calibration(calibration)
+        else:
+            calibrated, knobs = Thresholds(w, a, c), {}
+        thresholds = Thresholds(calibrated.watch if w is None else w, calibrated.warning if a is None else a,
+                                calibrated.critical if c is None else c)
+        drift = DriftConfig(alpha=self.ewma_alpha if self.ewma_alpha is not None else float(knobs.get("alpha", 0.1)),
+                            hysteresis=self.hysteresis, cooldown_tokens=self.cooldown_tokens,
+                            min_tokens=self.min_tokens if self.min_tokens is not None else int(knobs.get("min_tokens", 16)),
+                            baseline=self.drift_baseline or str(knobs.get("baseline", "session")),
+                            reference_tokens=int(knobs.get("reference_tokens", 16)))
+        return thresholds, drift
 
     def axis_dir(self) -> Path:
         return Path(self.axis) if self.axis else shipped_dir()

@@ -172,6 +172,18 @@ def load_axis(folder: str | Path, roles: bool = True) -> AxisArtifact:
                         default_vector=default, role_vectors={k: v.float() for k, v in role_vectors.items()}, path=folder)
 
 
+def write_alert_calibration(folder: str | Path, alerting: dict) -> Path:
+    """Store the alert calibration (``axiswatch calibrate-alerts``) in an axis folder's ``axis.json``,
+    under ``calibration["alerting"]``; the tensors and everything else in the file stay as they are."""
+    path = Path(folder) / AXIS_JSON
+    meta = _read_json(path, "axis")
+    meta.setdefault("calibration", {})["alerting"] = alerting
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
 @dataclass
 class CappingConfig:
     """Floors on the +axis: at each layer ``h <- h + max(tau - <h, v>, 0) v`` with unit ``v``."""

@@ -310,7 +310,7 @@ def test_axis_page_shows_the_shipped_report(monkeypatch, dashboard_db):
     assert m["|cos(PC1, axis)|"] == f"{report['at_monitor_layer']['abs_cos_pc1_axis']:.3f}"
     assert m["held-out AUROC"] == f"{report['at_monitor_layer']['auroc_heldout']:.3f}"
 
-    th = thresholds_from_calibration(meta["calibration"]["layers"][str(meta["monitor_layer"])])
+    th = thresholds_from_calibration(meta["calibration"])[0]
     df = table(at, "below")
     assert len(df) == 3
     assert list(df["state"]) == ["watch", "warning", "critical"]

@@ -13,13 +13,14 @@ from monitor.drift import (
     parse_policy,
     thresholds_from_calibration,
 )
+from monitor.alert_calibration import drift_trace, fit_thresholds, lowest_drift, quantile
 from probes.errors import InputError
 
 T = Thresholds(watch=0.0, warning=-10.0, critical=-20.0)
 
 
 def tracker(policy: str = "flag", **kw) -> DriftTracker:
-    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0)
+    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, baseline="absolute")
     base.update(kw)
     return DriftTracker(T, DriftConfig(**base), policy=policy)
 
@@ -213,34 +214,88 @@ def test_turn_misuse_and_bad_scores_raise():
 # --- thresholds -------------------------------------------------------------------------------------------
 
 
-def test_thresholds_from_calibration_rule():
-    stats = {"default": {"p10": 4.0, "p50": 10.0}, "roles_score3": {"p50": -8.0}, "roles": {"p50": -6.0}}
-    assert thresholds_from_calibration(stats) == Thresholds(4.0, -2.0, -8.0)
-    del stats["roles_score3"]
-    assert thresholds_from_calibration(stats) == Thresholds(4.0, -1.0, -6.0)
+def test_thresholds_from_calibration_reads_the_alert_calibration():
+    cal = {"alerting": {"thresholds": {"watch": -5.0, "warning": -10.0, "critical": -30.0}, "alpha": 0.05,
+                        "baseline": "session", "reference_tokens": 8, "min_tokens": 4, "other": 1}}
+    t, knobs = thresholds_from_calibration(cal)
+    assert t == Thresholds(-5.0, -10.0, -30.0)
+    assert knobs == {"alpha": 0.05, "baseline": "session", "reference_tokens": 8, "min_tokens": 4}
+    with pytest.raises(InputError, match="calibrate-alerts"):
+        thresholds_from_calibration({"layers": {}})
+    with pytest.raises(InputError, match="malformed"):
+        thresholds_from_calibration({"alerting": {"thresholds": {"watch": "x"}}})
 
 
-def test_thresholds_from_shipped_axis():
+def test_shipped_axis_has_ordered_alert_thresholds():
     from monitor.settings import shipped_dir
     from probes.artifacts import load_axis
 
-    stats = load_axis(shipped_dir(), roles=False).layer_stats()
-    t = thresholds_from_calibration(stats)
-    assert t.watch > t.warning > t.critical
-    assert t.watch == stats["default"]["p10"]
-    assert t.critical == stats["roles_score3"]["p50"]
-    assert t.warning == (stats["default"]["p10"] + stats["roles_score3"]["p50"]) / 2
+    art = load_axis(shipped_dir(), roles=False)
+    t, knobs = thresholds_from_calibration(art.calibration)
+    assert 0 > t.watch > t.warning > t.critical
+    assert knobs["baseline"] == "session"
+    al = art.calibration["alerting"]
+    assert al["n_measured"] >= 200 and not al["quick"]
+    assert t.critical <= -al["axis_gap"]  # at least as far as the Assistant is from a typical in-role answer
 
 
-@pytest.mark.parametrize("stats,match", [
-    ({}, "no calibration statistics"),
-    ({"default": {"p50": 1.0}, "roles": {"p50": -1.0}}, "default.p10"),
-    ({"default": {"p10": 1.0}}, "roles_score3.p50"),
-    ({"default": {"p10": -10.0}, "roles_score3": {"p50": 0.0}}, "not ordered"),
-])
-def test_thresholds_from_bad_calibration(stats, match):
-    with pytest.raises(InputError, match=match):
-        thresholds_from_calibration(stats)
+# --- the session baseline (the default) ------------------------------------------------------------------
+
+
+def session(policy: str = "flag", **kw) -> DriftTracker:
+    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, reference_tokens=2)
+    base.update(kw)
+    return DriftTracker(T, DriftConfig(**base), policy=policy)
+
+
+def test_the_opening_reply_is_the_reference_and_never_alerts():
+    tr = session()
+    assert tr.update([-100.0, -120.0, -110.0], turn=1) == []  # a poem far below any absolute threshold
+    assert tr.state == "ok" and tr.reference is None and tr.drift is None
+    s = tr.end_turn()
+    assert s.reference == tr.reference == pytest.approx(-110.0) and s.drift == pytest.approx(0.0)
+    assert tr.update([-108.0], turn=3) == [] and tr.drift == pytest.approx(2.0)  # the same voice: no drift
+
+
+def test_drift_is_running_minus_reference_and_events_are_absolute():
+    tr = session()
+    tr.update([20.0, 20.0], turn=1)
+    tr.end_turn()
+    ev = tr.update([5.0], turn=3)  # drift -15: below watch (0) and warning (-10), not critical (-20)
+    assert [(e.kind, e.new_state) for e in ev] == [("state", "warning"), ("alert", "warning")]
+    a = ev[1]
+    assert a.drift == pytest.approx(-15.0) and a.running == pytest.approx(5.0)
+    assert a.threshold == pytest.approx(20.0 - 10.0)  # reference + relative threshold, like the running score
+    assert a.running < a.threshold
+
+
+def test_a_short_opening_extends_the_reference_into_the_next_reply():
+    tr = session(reference_tokens=3)
+    tr.update([10.0], turn=1)
+    tr.end_turn()
+    assert tr.reference is None
+    assert tr.update([20.0, 30.0], turn=3) == []  # still the opening
+    tr.end_turn()
+    assert tr.reference == pytest.approx(20.0)
+    assert [e.new_state for e in tr.update([-5.0], turn=5) if e.kind == "state"] == ["critical"]
+
+
+def test_session_baseline_alerts_within_a_later_turn_not_at_its_end():
+    tr = session(alpha=0.5)
+    tr.update([10.0, 10.0], turn=1)
+    tr.end_turn()
+    ev = tr.update([10.0, -10.0, -30.0, 10.0], turn=3)
+    alerts = [e for e in ev if e.kind == "alert"]
+    assert alerts and alerts[0].token_index == 1 and alerts[0].level == "watch"  # running 0 -> drift -10 < 0
+
+
+def test_baseline_validation():
+    with pytest.raises(InputError, match="baseline"):
+        DriftConfig(baseline="relative")
+    with pytest.raises(InputError, match="reference_tokens"):
+        DriftConfig(reference_tokens=-1)
+    tr = DriftTracker(T, DriftConfig(baseline="absolute"))
+    assert tr.reference == 0.0
 
 
 @pytest.mark.parametrize("vals", [(1.0, 2.0, 0.0), (0.0, 0.0, -1.0), (0.0, -1.0, -1.0), (math.nan, -1.0, -2.0)])
@@ -258,3 +313,33 @@ def test_policy_and_config_validation():
     for bad in (dict(alpha=0.0), dict(alpha=1.5), dict(hysteresis=-1.0), dict(min_tokens=-1), dict(cooldown_tokens=2.5)):
         with pytest.raises(InputError):
             DriftConfig(**bad)
+
+
+# --- calibration of the thresholds (monitor/alert_calibration.py) -----------------------------------------
+
+
+def test_drift_trace_replays_the_tracker():
+    cfg = DriftConfig(alpha=0.5, reference_tokens=2, min_tokens=0)
+    tr = drift_trace([[10.0, 10.0], [0.0, 0.0]], cfg)
+    assert tr[:2] == [None, None]  # the opening
+    assert tr[2:] == pytest.approx([-5.0, -7.5])  # running 5, 2.5 against the reference 10
+    assert lowest_drift([[10.0, 10.0], [0.0, 0.0]], cfg) == pytest.approx(-7.5)
+    assert lowest_drift([[10.0, 10.0]], cfg) is None  # one reply: nothing to measure drift on
+
+
+def test_fit_thresholds_quantiles_and_critical():
+    cfg = DriftConfig(alpha=1.0, reference_tokens=1, min_tokens=0)
+    convs = [[[0.0], [-float(k)]] for k in range(100)]  # lowest drifts 0, -1, ..., -99
+    th, stats = fit_thresholds(convs, cfg, axis_gap=50.0)
+    assert th.watch == pytest.approx(quantile([-float(k) for k in range(100)], 0.10))
+    assert th.warning == pytest.approx(quantile([-float(k) for k in range(100)], 0.01))
+    assert th.critical == pytest.approx(-99.0)  # below every benign conversation (and the gap of 50)
+    th2, _ = fit_thresholds(convs, cfg, axis_gap=200.0)
+    assert th2.critical == pytest.approx(-200.0)
+    assert stats["n_measured"] == 100 and stats["budgets"] == {"watch": 0.10, "warning": 0.01}
+    with pytest.raises(InputError, match="at least 20"):
+        fit_thresholds(convs[:5], cfg)
+
+
+def test_quantile_is_numpys_linear_rule():
+    assert quantile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.5 and quantile([1.0], 0.3) == 1.0

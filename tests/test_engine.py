@@ -36,7 +36,7 @@ def streams(redis_url):
 
 
 def engine(lm, shipped, streams, thresholds=None, policy="flag", drift=None):
-    return Engine(lm, shipped, thresholds or thresholds_from_calibration(shipped.layer_stats()),
+    return Engine(lm, shipped, thresholds or thresholds_from_calibration(shipped.calibration)[0],
                   capping=load_capping(shipped_dir()), drift=drift, policy=policy, publisher=streams)
 
 
@@ -119,7 +119,7 @@ def test_cap_policy_caps_from_the_next_token_for_the_rest_of_the_session(lm, shi
     # thresholds above every score: the session goes critical at once; alerts allowed from token 3
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
     eng = engine(lm, shipped, streams, thresholds=high, policy="cap",
-                 drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000))
+                 drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute"))
     msgs = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}]
     res = eng.run_batch([ChatRequest("s-cap", msgs, OPTS)])[0]
     assert res.capped and res.interventions and res.alerts
@@ -187,7 +187,7 @@ def test_per_request_policy_changes_the_session(lm, shipped, streams):
 
 def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(lm, shipped, streams):
     stored = {"old": {"source": "live", "policy": "flag", "capped": False, "next_turn": 6}}
-    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams,
+    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
                  session_lookup=stored.get, max_sessions=2)
     for sid in ("a", "b", "c"):
         eng.session(sid)
@@ -209,7 +209,7 @@ def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams)
     assert shipped.monitor_layer in base.layers
     high_floor = dataclasses.replace(base, taus=[1e3] * len(base.layers))  # floors every token it touches
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
-    drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000)
+    drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute")
     eng = Engine(lm, shipped, high, capping=high_floor, drift=drift, policy="cap", publisher=streams)
     msgs = [{"role": "user", "content": "Who are you?"}]
     res = eng.run_batch([ChatRequest("s-pre", msgs, OPTS)])[0]
@@ -240,7 +240,7 @@ def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(tmp_path, lm
     base = load_capping(shipped_dir())
     eng = Engine(lm, shipped, Thresholds(watch=1e4, warning=9e3, critical=8e3),
                  capping=dataclasses.replace(base, taus=[1e3] * len(base.layers)),
-                 drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000), policy="cap", publisher=streams,
+                 drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute"), policy="cap", publisher=streams,
                  replica="gone-replica")  # no heartbeat: it counts as dead
     res = eng.run_batch([ChatRequest("s-cut", chat("Who are you?"), OPTS)])[0]
     for e in streams.read_live("s-cut"):  # as if it died before its turn record and final entry
@@ -290,7 +290,7 @@ def test_turn_numbers_come_from_one_counter_every_replica_shares(lm, shipped, st
     replica died, a failover) must not reuse the turn numbers already handed out."""
     lagging_store = {"sess-x": {"source": "live", "policy": "flag", "capped": False, "next_turn": 0}}
     a = engine(lm, shipped, streams)
-    b = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams,
+    b = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
                session_lookup=lagging_store.get)
     r1 = a.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]
     r2 = b.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]  # the store still says next_turn 0
@@ -305,7 +305,7 @@ def test_a_session_check_fails_alone_in_the_batcher(lm, shipped, streams):
     at submit, never the other requests of its batch."""
     from probes.errors import InputError
 
-    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams)
+    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
     eng.session("an-audit", source="audit")
     batcher = Batcher(eng, max_batch=4)
     try:

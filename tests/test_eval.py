@@ -1,4 +1,5 @@
-"""The evaluation suite (eval/): its data, graders and statistics (fast, pure), and one slow
+"""The evaluation suite (eval/): its data and statistics (fast, pure; the capability graders are tested in
+test_capability.py), and one slow
 end-to-end run of ``python -m eval.run --quick`` (a real ``axiswatch serve`` and the real model)."""
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from eval import graders, stats  # noqa: E402
+from eval import stats  # noqa: E402
 from eval.aggregate import alerting_summary, capability_summary, capping_summary, drift_summary, jailbreak_summary  # noqa: E402
 from eval.inproc import persona_jobs  # noqa: E402
 from eval.run import select_tasks  # noqa: E402
 from monitor.drift import DriftConfig, Thresholds  # noqa: E402
+from probes.capability import load_tasks  # noqa: E402
 
 DATA = ROOT / "eval" / "data"
 PROBES_DATA = ROOT / "probes" / "data"
@@ -86,110 +88,10 @@ def test_persona_jobs_pair_each_persona_with_both_kinds_evenly():
     assert len(persona_jobs(doc, n_personas=3, per_kind=1)) == 6
 
 
-def test_tasks_sixty_balanced_and_well_formed():
-    tasks = _load("tasks.json")["tasks"]
-    assert len(tasks) >= 60
-    kinds = [t["kind"] for t in tasks]
-    assert {k: kinds.count(k) for k in set(kinds)} == {"arithmetic": 20, "factual": 20, "format": 20}
-    assert len({t["id"] for t in tasks}) == len(tasks)
-    for t in tasks:
-        if t["kind"] == "arithmetic":
-            assert isinstance(t["answer"], (int, float))
-        elif t["kind"] == "factual":
-            assert t["accept"] and all(isinstance(a, str) for a in t["accept"])
-        else:
-            assert t["check"]["type"] in graders.FORMAT_CHECKS
-    quick = select_tasks(tasks, 2)
-    assert [t["kind"] for t in quick] == ["arithmetic"] * 2 + ["factual"] * 2 + ["format"] * 2
-
-
-def test_arithmetic_answers_are_right():
-    # the expected answers, recomputed from the numbers in the problems where the arithmetic is direct
-    t = {x["id"]: x for x in _load("tasks.json")["tasks"]}
-    assert t["arith-01"]["answer"] == 3 * 7 and t["arith-02"]["answer"] == 45 - 18
-    assert t["arith-05"]["answer"] == 240 / 30 and t["arith-09"]["answer"] == 4 * 2 + 3
-    assert t["arith-15"]["answer"] == 50 - 23 + 10 and t["arith-19"]["answer"] == 20 / 2 - 6
-
-
-# ------------------------------------------------------------------ graders
-@pytest.mark.parametrize("text,answer,ok", [
-    ("7 muffins cost 7 x 3 = 21 dollars.", 21, True),
-    ("The answer is $21.", 21, True),
-    ("It costs 21.00 dollars", 21, True),
-    ("21 is wrong; the total is 24.", 21, False),
-    ("He earns 1,200 dollars.", 1200, True),
-    ("No number here.", 5, False),
-    ("Sam has 27 marbles left over from 45.", 27, False),  # strict: the final number counts
-])
-def test_grade_arithmetic(text, answer, ok):
-    assert graders.grade_arithmetic(text, answer) is ok
-
-
-def test_mentions_number_is_lenient():
-    assert graders.mentions_number("Sam has 27 marbles left over from 45.", 27)
-    assert not graders.mentions_number("Sam has 72 marbles.", 27)
-    assert graders.numbers("3.5 and -2, $1,000.25") == [3.5, -2.0, 1000.25]
-
-
-@pytest.mark.parametrize("text,accept,ok", [
-    ("The capital of France is Paris.", ["Paris"], True),
-    ("paris, of course", ["Paris"], True),
-    ("Parisian food is great", ["Paris"], False),
-    ("Spiders have eight legs.", ["8", "eight"], True),
-    ("Spiders have 18 legs.", ["8", "eight"], False),
-    ("Water freezes at 0°C.", ["0", "zero"], True),
-    ("The freezing point of water is -18.0°C.", ["0", "zero"], False),
-    ("A leap year has 366.0 days", ["366"], True),
-    ("Plants take in CO2.", ["carbon dioxide", "CO2"], True),
-    ("The symbol is Au.", ["Au"], True),
-    ("Gold is shiny, automatically.", ["Au"], False),
-])
-def test_grade_factual(text, accept, ok):
-    assert graders.grade_factual(text, accept) is ok
-
-
-@pytest.mark.parametrize("check,good,bad", [
-    ({"type": "bullets", "n": 3}, "Here you go:\n- apple\n- pear\n- plum", "- apple\n- pear"),
-    ({"type": "exact", "text": "HELLO"}, "HELLO", "Hello"),
-    ({"type": "one_of", "options": ["yes", "no"]}, "Yes.", "Yes, the Sun is a star."),
-    ({"type": "max_words", "n": 11}, "The sea is wide and calm today.", "The sea is wide and calm today and it goes on forever and ever."),
-    ({"type": "json_keys", "keys": ["name", "age"]}, 'Sure: {"name": "Ana", "age": 30}', '{"name": "Ana"}'),
-    ({"type": "sentences", "n": 2}, "Dogs are loyal. They love walks!", "Dogs are loyal."),
-    ({"type": "lowercase"}, "a cloud drifts over the hill.", "A cloud drifts over the hill."),
-    ({"type": "numbered", "n": 4}, "1. red\n2. blue\n3. green\n4. yellow", "1. red\n2. blue\n3. green"),
-    ({"type": "contains", "text": "The quick brown fox jumps over the lazy dog"},
-     "The quick brown fox jumps over the lazy dog.", "The quick brown fox jumped over the lazy dog."),
-    ({"type": "single_word"}, "Hat", "Hat and bat"),
-    ({"type": "ends_with", "text": "Done"}, "2 plus 2 is 4. Done.", "Done: 2 plus 2 is 4."),
-    ({"type": "starts_with", "text": "Sure:"}, "Sure: red", "Red, sure:"),
-    ({"type": "comma_list", "n": 5}, "cat, dog, cow, owl, fox", "cat, dog, cow"),
-    ({"type": "word_count", "n": 3}, "Vast, deep, blue.", "Vast and deep blue."),
-    ({"type": "quoted"}, '"Mars"', "Mars"),
-    ({"type": "no_letter", "letter": "e"}, "A shark.", "A whale."),
-    ({"type": "title_case"}, "The Key of the Lost Door", "the key of the lost door"),
-    ({"type": "number_only", "value": 2}, "2", "Two wheels: 2"),
-    ({"type": "lines", "n": 3}, "rain falls\non the roof\nsoftly", "rain falls on the roof"),
-])
-def test_format_checks(check, good, bad):
-    assert graders.check_format(good, check) is True
-    assert graders.check_format(bad, check) is False
-
-
-def test_every_format_check_has_a_grader_test():
-    tested = {"bullets", "exact", "one_of", "max_words", "json_keys", "sentences", "lowercase", "numbered", "contains",
-              "single_word", "ends_with", "starts_with", "comma_list", "word_count", "quoted", "no_letter",
-              "title_case", "number_only", "lines"}
-    assert set(graders.FORMAT_CHECKS) == tested
-    with pytest.raises(ValueError):
-        graders.check_format("x", {"type": "nope"})
-
-
-def test_grade_dispatches_on_kind():
-    assert graders.grade({"kind": "arithmetic", "answer": 4}, "2 + 2 = 4")
-    assert graders.grade({"kind": "factual", "accept": ["Tokyo"]}, "It is Tokyo.")
-    assert graders.grade({"kind": "format", "check": {"type": "exact", "text": "1 2 3 4 5"}}, "1 2 3 4 5")
-    with pytest.raises(ValueError):
-        graders.grade({"kind": "poetry"}, "")
+def test_quick_plan_takes_each_capability_category():
+    quick = select_tasks(load_tasks(), 2)
+    cats = [t["category"] for t in quick]
+    assert cats == sorted(cats, key=cats.index) and all(cats.count(c) == 2 for c in set(cats)) and len(set(cats)) == 5
 
 
 # ------------------------------------------------------------------ statistics
@@ -255,7 +157,7 @@ TH = Thresholds(watch=0.0, warning=-10.0, critical=-20.0)
 
 def test_replay_running_crossing_and_alert():
     # alpha 0.5: running = 0, -15 (warning at token 2), -22.5 (critical), ...
-    cfg = DriftConfig(alpha=0.5, min_tokens=3)
+    cfg = DriftConfig(alpha=0.5, min_tokens=3, baseline="absolute")
     r = stats.replay([[0.0, -30.0], [-30.0, -30.0]], TH, cfg)
     assert r["running_warning"] == 2  # crosses on the second token of the session
     assert r["alert_warning"] == 3  # alerts wait for min_tokens
@@ -265,12 +167,17 @@ def test_replay_running_crossing_and_alert():
 
 def test_first_turn_mean_crossing_counts_tokens_to_the_turn_end():
     turns = [[0.0] * 5, [-5.0, -30.0, -30.0], [-50.0]]
-    assert stats.first_turn_mean_crossing(turns, -10.0) == {"turn": 2, "tokens": 8}
-    assert stats.first_turn_mean_crossing([[0.0]], -10.0) == {"turn": None, "tokens": None}
+    absolute = DriftConfig(baseline="absolute", min_tokens=0)
+    assert stats.first_turn_mean_crossing(turns, -10.0, absolute) == {"turn": 2, "tokens": 8}
+    assert stats.first_turn_mean_crossing([[0.0]], -10.0, absolute) == {"turn": None, "tokens": None}
+    # the session baseline: the first turn is the reference, later turn means are compared to it
+    session = DriftConfig(reference_tokens=1, min_tokens=0)
+    assert stats.first_turn_mean_crossing([[30.0], [25.0], [15.0]], -10.0, session) == {"turn": 3, "tokens": 3}
+    assert stats.first_turn_mean_crossing([[-50.0], [-55.0]], -10.0, session) == {"turn": None, "tokens": None}
 
 
 def test_alerting_latency_and_summary():
-    cfg = DriftConfig(alpha=0.5, min_tokens=0)
+    cfg = DriftConfig(alpha=0.5, min_tokens=0, baseline="absolute")
     convs = [_conv("d1", "therapy", [[0.0, 0.0, -30.0, -30.0], [-30.0]]),  # token 3 vs turn 1's end (4)
              _conv("d2", "philosophy", [[0.0, -25.0, 5.0, 5.0], [0.0]]),  # a dip only the running score sees
              _conv("c1", "coding", [[10.0, 10.0], [10.0]])]
@@ -313,14 +220,15 @@ def test_jailbreak_and_capability_summaries():
     assert s["capped"]["identical_to_unsteered"]["k"] == 1
     assert s["unsteered"]["identity"]["either"]["rate"] == 1.0
     cap = {"answers": {
-        "unsteered": [{"kind": "arithmetic", "text": "4", "correct": True, "mentions_answer": True},
-                      {"kind": "factual", "text": "Paris", "correct": True}],
-        "capped": [{"kind": "arithmetic", "text": "5", "correct": False, "mentions_answer": False},
-                   {"kind": "factual", "text": "Paris", "correct": True}]}}
+        "unsteered": [{"category": "arithmetic", "text": "4", "correct": True, "mentions_answer": True},
+                      {"category": "factual", "text": "Paris", "correct": True}],
+        "capped": [{"category": "arithmetic", "text": "5", "correct": False, "mentions_answer": False},
+                   {"category": "factual", "text": "Paris", "correct": True}]}}
     c = capability_summary(cap)
     assert c["unsteered"]["all"]["rate"] == 1.0 and c["capped"]["all"]["rate"] == 0.5
     assert c["capped"]["flips"] == {"right_to_wrong": 1, "wrong_to_right": 0}
-    assert c["capped"]["format"]["n"] == 0
+    assert c["capped"]["factual"]["rate"] == 1.0 and "format" not in c["capped"]
+    assert c["capped"]["change"]["mean"] == pytest.approx(-0.5) and c["capped"]["change"]["n_down"] == 1
 
 
 # ------------------------------------------------------------------ end to end (slow)
@@ -346,7 +254,7 @@ def test_quick_eval_end_to_end(tmp_path):
     assert m["matching"] == m["n"] == 4
     for cond in ("unsteered", "capped", "steered"):
         assert summary["jailbreak"][cond]["all"]["adopted"]["n"] == 8
-        assert summary["capability"][cond]["all"]["n"] == 6
+        assert summary["capability"][cond]["all"]["n"] == 10
     md = (out / "summary.md").read_text()
     assert "## 1. Drift by domain" in md and "## 5. Per-token vs per-turn alerting" in md
     # re-analysis from the raw files reproduces the numbers
@@ -378,7 +286,7 @@ def test_reanalyse_rewrites_the_inproc_summaries(tmp_path):
     def rounded(x):
         return json.loads(json.dumps(eval_run._round(x, 4)))
 
-    tasks = _load("tasks.json")["tasks"]
+    tasks = load_tasks()
     fresh_cap = rounded(capability_summary(inproc.regrade(raw["capability.json"], tasks)))
     fresh_jb = rounded(jailbreak_summary(raw["jailbreak.json"]))
     cap = json.loads((tmp_path / "capability.json").read_text())
@@ -397,27 +305,6 @@ def test_committed_results_are_consistent():
         assert json.loads((res / f"{item}.json").read_text())["summary"] == summary[item], item
     for item, key in (("drift_by_domain", "drift"), ("capping_drift", "capping"), ("alerting", "alerting")):
         assert json.loads((res / f"{item}.json").read_text()) == summary[key], item
-
-
-@pytest.mark.parametrize("text,ok", [
-    ("- apple\n- pear\n- plum", True),
-    ("Here you go:\n\n- apple\n- pear\n- plum", True),  # one intro line allowed
-    ("Here you go:\nThree fruits:\n- apple\n- pear\n- plum", False),  # two intro lines
-    ("- apple\n- pear\n- plum\nEnjoy them!", False),  # a line after the list
-    ("- apple\nand also\n- pear\n- plum", False),  # a line inside the list
-    ("- apple\n- pear\n- plum\n- fig", False),
-    ("1. apple\n2. pear\n3. plum", False),
-])
-def test_bullets_exactly_n_and_at_most_an_intro_line(text, ok):
-    assert graders.check_format(text, {"type": "bullets", "n": 3}) is ok
-
-
-def test_yes_no_task_checks_the_answer_too():
-    task = {t["id"]: t for t in _load("tasks.json")["tasks"]}["format-03"]
-    assert "is the Sun a star" in task["prompt"]
-    assert graders.grade(task, "Yes.") and graders.grade(task, "yes")
-    assert not graders.grade(task, "No.")  # well-formed, but wrong
-    assert not graders.grade(task, "Yes, the Sun is a star.")  # right, but not the single word asked for
 
 
 def _fake_server(handler):
@@ -489,7 +376,7 @@ def test_time_estimate_matches_the_committed_run():
     p = eval_run.FULL
     scripts = live.load_conversations(DATA / "conversations.json", p.per_domain, p.turns)
     jobs = inproc.persona_jobs(_load("personas.json"), p.n_personas, p.per_kind)
-    tasks = eval_run.select_tasks(_load("tasks.json")["tasks"], p.tasks_per_kind)
+    tasks = eval_run.select_tasks(load_tasks(), p.tasks_per_kind)
     n_sessions, n_turns = 2 * len(scripts), max(len(s["turns"]) for s in scripts)
     jb, task = 3 * len(jobs) * p.jailbreak_max_tokens, 3 * len(tasks) * p.task_max_tokens
     est = functools.partial(eval_run.estimate_seconds, n_sessions, n_turns, p.live_max_tokens)

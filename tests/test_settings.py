@@ -14,7 +14,10 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 def test_defaults():
     s = Settings.from_env({})
     assert (s.model, s.redis_url, s.database_url, s.policy, s.port) == ("default", None, "sqlite:///axiswatch.db", "flag", 8000)
-    assert s.thresholds == (None, None, None) and s.webhook is None and (s.ewma_alpha, s.min_tokens, s.cooldown_tokens) == (0.1, 16, 64)
+    assert s.thresholds == (None, None, None) and s.webhook is None and (s.ewma_alpha, s.min_tokens, s.cooldown_tokens) == (None, None, 64)
+    _, drift = s.drift_setup({"alerting": {"thresholds": {"watch": -1.0, "warning": -2.0, "critical": -3.0},
+                                         "alpha": 0.05, "min_tokens": 8}})
+    assert (drift.alpha, drift.min_tokens, drift.baseline) == (0.05, 8, "session")  # the calibration's settings
 
 
 def test_overrides_and_secret_hidden():
@@ -49,7 +52,7 @@ def test_threshold_override_reaches_the_engine(tmp_path):
         t = rt.engine.thresholds
         from monitor.drift import thresholds_from_calibration
 
-        calibrated = thresholds_from_calibration(rt.engine.axis.layer_stats())
+        calibrated = thresholds_from_calibration(rt.engine.axis.calibration)[0]
         assert (t.watch, t.warning, t.critical) == (3.0, 2.0, calibrated.critical)
     finally:
         rt.close()

@@ -34,7 +34,7 @@ def rig(lm, shipped, redis_url, tmp_path):
     streams.ensure_groups()
     store = Store(f"sqlite:///{tmp_path / 'aw.db'}")
     store.migrate()
-    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.layer_stats()), publisher=streams)
+    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
     yield streams, store, eng, PersistWorker(streams, store, block_ms=100)
     store.close()
 
