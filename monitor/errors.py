@@ -1,47 +1,28 @@
-"""The axiswatch exception tree, shared by ``probes`` (model side), ``monitor`` and ``dashboard``.
-
-It lives here, with no imports, so that the dashboard can use the store without importing
-``probes`` (DESIGN.md section 3); ``probes.errors`` re-exports it for the model side.
-
-Every error a user can cause derives from :class:`AxiswatchError`; the CLI
-turns it into a one-line message and a non-zero exit, the HTTP API into a
-JSON error with the status in ``http_status``.
-"""
+"""The exception tree of the service: the shared tree of :mod:`probes.errors` (re-exported here, so
+``monitor`` and ``dashboard`` code imports its errors from one place) plus the service's own."""
 
 from __future__ import annotations
 
+from probes.errors import (ArtifactError, ArtifactMismatchError, AxiswatchError, InputError, JudgeError,
+                           LayerNotFoundError, ModelLoadError)
 
-class AxiswatchError(Exception):
-    """Base class: a problem the user can act on (bad input, wrong artifact...)."""
-
-    http_status = 400
-
-
-class ModelLoadError(AxiswatchError):
-    """A model or tokenizer could not be loaded."""
+__all__ = ["ArtifactError", "ArtifactMismatchError", "AxiswatchError", "InputError", "JudgeError",
+           "LayerNotFoundError", "ModelLoadError", "NotFoundError", "RedisUnavailable", "StoreError"]
 
 
-class LayerNotFoundError(AxiswatchError):
-    """The decoder-layer list of a model could not be located."""
+class StoreError(AxiswatchError):
+    """The database is unreachable, at an unknown schema version, or refused a write."""
+
+    http_status = 503
 
 
-class ArtifactError(AxiswatchError):
-    """An axis or capping artifact is missing, corrupted or malformed."""
+class NotFoundError(StoreError):
+    """No row with that key (an alert's event id...)."""
+
+    http_status = 404
 
 
-class ArtifactMismatchError(ArtifactError):
-    """An artifact was made for a different model (hidden size, layers...)."""
+class RedisUnavailable(AxiswatchError):
+    """Redis could not be started or reached."""
 
-    http_status = 409
-
-
-class InputError(AxiswatchError):
-    """Malformed user input (transcripts, generation records, options)."""
-
-    http_status = 422
-
-
-class JudgeError(AxiswatchError):
-    """The role-adherence judge failed (network, bad reply)."""
-
-    http_status = 502
+    http_status = 503

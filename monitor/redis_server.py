@@ -16,15 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from monitor.errors import AxiswatchError
+from monitor.errors import RedisUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class RedisUnavailable(AxiswatchError):
-    """Redis could not be started or reached."""
-
-    http_status = 503
 
 
 def redis_executable() -> str:

@@ -1,8 +1,8 @@
 """axiswatch's model side: load chat models, find their layers, hook them, and
 compute, score and cap the Assistant Axis. No Redis, SQL or HTTP in here.
 
-Names are imported lazily, so ``probes.errors`` (the exception tree, which lives in
-``monitor.errors``) can be imported without loading torch.
+Names are imported lazily, so ``probes.errors`` (the exception tree, with no imports of its
+own) can be imported without loading torch.
 """
 
 from importlib import import_module

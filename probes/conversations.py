@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 
 from probes.errors import InputError
-from probes.generation import GenerationOptions, generate
-from probes.models import LoadedModel, format_chat
+from probes.generation import GenerationOptions, batched_generate
+from probes.models import LoadedModel
 
 
 def run_conversations(lm: LoadedModel, convs: list[dict], axis_unit: torch.Tensor, layer: int, work: Path,
@@ -46,16 +46,9 @@ def run_conversations(lm: LoadedModel, convs: list[dict], axis_unit: torch.Tenso
             if on_batch is not None:
                 on_batch(len(rows))
             continue
-        msgs = {i: _history(convs[i], replies[i], k) for i in rows}
-        lengths = {i: len(lm.tokenizer(format_chat(lm.tokenizer, m))["input_ids"]) for i, m in msgs.items()}
-        order = sorted(rows, key=lambda i: (lengths[i], i))
-        got: dict[int, dict] = {}
-        for j in range(0, len(order), batch_size):
-            idx = order[j:j + batch_size]
-            for i, g in zip(idx, generate(lm, [msgs[i] for i in idx], opts, axis=axis_unit, monitor_layer=layer)):
-                got[i] = {"text": g.text, "scores": g.pre_cap_scores}
-            if on_batch is not None:
-                on_batch(len(idx))
+        outs = batched_generate(lm, [_history(convs[i], replies[i], k) for i in rows], opts, batch_size,
+                                on_batch=on_batch, axis=axis_unit, monitor_layer=layer)
+        got = dict(zip(rows, ({"text": g.text, "scores": g.pre_cap_scores} for g in outs)))
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps([got[i] for i in rows]))
         tmp.rename(path)

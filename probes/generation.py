@@ -279,3 +279,20 @@ def generate(
             layer_norms=(norm_sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
         ))
     return results
+
+
+def batched_generate(lm: LoadedModel, msgs: list[list[dict]], opts: GenerationOptions, batch_size: int, *,
+                     on_batch=None, **kw) -> list[Generated]:
+    """Answers to many chats in their input order, generated in batches of similar prompt length
+    (less padding); ``kw`` go to :func:`generate` (``capping``, ``steering``, ``axis`` and
+    ``monitor_layer``...); ``on_batch(n)`` is called after each batch of ``n``."""
+    lengths = [len(lm.tokenizer(format_chat(lm.tokenizer, m))["input_ids"]) for m in msgs]
+    order = sorted(range(len(msgs)), key=lambda i: (lengths[i], i))
+    out: list = [None] * len(msgs)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        for k, g in zip(idx, generate(lm, [msgs[k] for k in idx], opts, **kw)):
+            out[k] = g
+        if on_batch is not None:
+            on_batch(len(idx))
+    return out

@@ -19,12 +19,17 @@ Implementations of :class:`Judge`:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Protocol, Sequence
 
-from probes.errors import JudgeError
+from probes.errors import InputError, JudgeError
+from probes.judge_model import BoostedModel, features
+from probes.roles import load_json, load_roles
 
 RUBRIC = (
     "Score 0-3 how fully the RESPONSE plays the ROLE given to the model. "
@@ -121,8 +126,6 @@ class OfflineJudge:
     fitted on the dev half of the hand labels by ``python -m eval.fit_judge``."""
 
     def __init__(self, model_path=None):
-        from probes.judge_model import BoostedModel
-
         try:
             self.model = BoostedModel.load(model_path)
         except (OSError, ValueError, KeyError) as e:
@@ -131,8 +134,6 @@ class OfflineJudge:
         self.name = f"offline-trees-v6:{self.model.meta.get('fingerprint', 'custom')}"
 
     def score_one(self, item: JudgeItem) -> int:
-        from probes.judge_model import features
-
         return self.model.predict(features(item, self.lexical.features(item)))
 
     def score(self, items: Sequence[JudgeItem]) -> list[int]:
@@ -209,23 +210,21 @@ def make_judge(name: str) -> Judge:
 def load_labels(labels_path=None, keywords: dict | None = None) -> tuple[list[JudgeItem], list[int], list[str]]:
     """The hand labels as judge items, their labels 0-3 and their fixed split (``dev`` or ``test``).
 
-    ``probes/data/judge_labels.jsonl``: role answers read and labelled by hand
-    against the rubric. Each line's ``split`` was fixed when it was labelled,
-    before any tuning: judges are tuned on ``dev`` only, ``test`` measures them."""
-    import json
-    from importlib import resources
-    from pathlib import Path
-
+    ``probes/data/judge_labels.jsonl``: role answers read and labelled against the
+    rubric (the first 200 by a person, the rest by three AI reviewers; see the README).
+    Each line's ``split`` was fixed when it was labelled, before any tuning: judges
+    are tuned on ``dev`` only, ``test`` measures them."""
     path = Path(labels_path) if labels_path else Path(str(resources.files("probes") / "data" / "judge_labels.jsonl"))
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    unsplit = [i + 1 for i, r in enumerate(rows) if r.get("split") not in ("dev", "test")]
+    if unsplit:  # a line without its split would silently become training data
+        raise InputError(f"{path}: lines {unsplit[:5]} have no split 'dev' or 'test' (fix it before any tuning)")
     if keywords is None:
-        from probes.roles import load_json, load_roles
-
         keywords = {r["name"]: tuple(r.get("keywords", ())) for r in load_roles()}
         keywords.update({p["name"]: tuple(p.get("keywords", ())) for p in load_json("heldout_personas.json")["personas"]})
     items = [JudgeItem(r["role"], r["role_prompt"] or "", r["question"], r["response"], keywords.get(r["role"], ()))
              for r in rows]
-    return items, [int(r["label"]) for r in rows], [r.get("split", "dev") for r in rows]
+    return items, [int(r["label"]) for r in rows], [r["split"] for r in rows]
 
 
 def agreement(judge: Judge, labels_path=None, keywords: dict | None = None) -> dict:

@@ -17,6 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 FIRST_PERSON_RE = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|myself)\b", re.I)
@@ -136,7 +137,5 @@ class BoostedModel:
     @classmethod
     def load(cls, path: str | Path | None = None) -> "BoostedModel":
         if path is None:
-            from importlib import resources
-
             path = Path(str(resources.files("probes") / "data" / MODEL_FILE))
         return cls.from_json(json.loads(Path(path).read_text()))

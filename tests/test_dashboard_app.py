@@ -351,7 +351,9 @@ def test_axis_page_reads_what_the_replica_published_not_its_disk(monkeypatch, da
 
 # ---------------------------------------------------------------- no model side
 def test_dashboard_never_imports_torch_or_probes(dashboard_db):
-    """Every page, run in a fresh interpreter, draws what it should without torch, transformers or probes."""
+    """Every page, run in a fresh interpreter, draws what it should without torch, transformers or the model
+    side: of ``probes`` only the shared exception tree (``probes.errors``, no imports; the package itself
+    loads its modules lazily)."""
     db_url, redis_url, ids = dashboard_db
     code = (
         "import json, sys\n"
@@ -387,7 +389,7 @@ def test_dashboard_never_imports_torch_or_probes(dashboard_db):
     assert drawn["alerts"]["rows"] == len(stored(db_url))
     assert drawn["audit"]["charts"] == 3 and drawn["audit"]["heatmaps"] == 2  # the compare tab
     assert drawn["axis"]["charts"] == 3 and drawn["axis"]["metrics"]["monitor layer"].startswith("21 of ")
-    assert out["heavy"] == "[]"
+    assert out["heavy"] == "['probes', 'probes.errors']"
 
 
 def test_alerts_selection_does_not_move_to_another_alert(monkeypatch, dashboard_db, tmp_path):

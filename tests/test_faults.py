@@ -24,6 +24,7 @@ from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import Streams
 from probes.generation import GenerationOptions
+from polling import wait_until
 from serving import wait_http
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
@@ -31,15 +32,6 @@ AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 
 def durable_redis(data_dir: Path, port: int) -> EmbeddedRedis:
     return EmbeddedRedis(port=port, data_dir=data_dir, durable=True).start()
-
-
-def wait_until(cond, timeout_s: float, what: str, poll_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (v := cond()):
-            return v
-        time.sleep(poll_s)
-    raise TimeoutError(f"{what} not within {timeout_s} s")
 
 
 def test_outbox_buffers_spills_and_replays_in_order(tmp_path):

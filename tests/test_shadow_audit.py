@@ -9,7 +9,6 @@ import pytest
 
 from monitor.drift import thresholds_from_calibration
 from monitor.engine import Engine
-from monitor.redis_server import EmbeddedRedis
 from monitor.shadow import ShadowWorker
 from monitor.store import Store
 from monitor.streams import Streams
@@ -20,12 +19,6 @@ from probes.errors import InputError
 CONV = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 is 4."},
         {"role": "user", "content": "Who are you really?"},
         {"role": "assistant", "content": "I am the ancient spirit of the forest, child, and I have watched you."}]
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    with EmbeddedRedis() as e:
-        yield e.url
 
 
 @pytest.fixture

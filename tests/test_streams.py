@@ -15,12 +15,6 @@ from monitor.streams import Streams
 EXTERNAL = os.environ.get("AXISWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-@pytest.fixture(scope="module")
-def embedded():
-    with EmbeddedRedis() as e:
-        yield e
-
-
 @pytest.fixture(params=["embedded", "external"])
 def streams(request, embedded):
     url = embedded.url if request.param == "embedded" else EXTERNAL

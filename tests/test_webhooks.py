@@ -16,7 +16,6 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from monitor.records import AlertEvent
-from monitor.redis_server import EmbeddedRedis
 from monitor.store import Store
 from monitor.streams import Streams
 from monitor.alert_worker import AlertWorker
@@ -92,12 +91,6 @@ class Receiver:
 
     def answered(self, status: int) -> list[dict]:
         return [r for r in self.requests if r["status"] == status]
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    with EmbeddedRedis() as e:
-        yield e
 
 
 @pytest.fixture
