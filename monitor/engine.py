@@ -112,7 +112,7 @@ class Engine:
             else:
                 while len(self.sessions) >= self.max_sessions:
                     # the least recently used session leaves memory; the store keeps its turns and a later
-                    # request continues it through session_lookup (its running score starts afresh)
+                    # request continues it through session_lookup (its drift state rebuilt from them)
                     self.sessions.popitem(last=False)
                 known = None
                 if session_id and self.session_lookup is not None:
@@ -129,6 +129,11 @@ class Engine:
                 if known:  # numbering goes on where the store left it; a capped session stays capped
                     s.source, s.next_turn = known.get("source") or source, int(known.get("next_turn") or 0)
                     s.capped = bool(known.get("capped")) and self.capping is not None
+                    # the tracker's reference, running score and state, replayed from the stored turns (their
+                    # events were published when they happened); as the dashboard replays them too
+                    for turn, scores in known.get("history") or ():
+                        s.tracker.update(list(scores), turn)
+                        s.tracker.end_turn()
             return s
 
     def validate(self, request: ChatRequest) -> None:
@@ -308,8 +313,10 @@ class _Sink:
                     self.ended.append(k)
                 continue
             score = float(scores[k])
-            # the tracker follows the score before capping acted on it: floored at the monitor layer, a
-            # capped session would otherwise look safe however far the model itself keeps drifting
+            # the tracker follows the score before the monitor layer's own cap: floored there, a capped
+            # session would otherwise look safe however far the model itself keeps drifting. Capped layers
+            # below the monitor layer have already acted on it (one forward pass has no uncapped copy):
+            # the tracker then follows the capped model's state there, which is not floored and can fall
             seen = float(pre_scores[k]) if pre_scores is not None else score
             on = s.capped  # capping acts on this token only if it was on before it
             idx = len(self.ids[k])

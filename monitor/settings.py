@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from monitor.errors import InputError
+
 
 MAX_AUDIT_BYTES = 4 * 1024 * 1024  # the largest transcript body /v1/audit (and the dashboard's upload) takes
 
@@ -28,8 +30,6 @@ def _num(get, key: str, default: str, kind):
     try:
         return kind(raw)
     except ValueError:
-        from monitor.errors import InputError
-
         raise InputError(f"AXISWATCH_{key} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
 
 
@@ -40,15 +40,11 @@ def _opt_float(get, key: str) -> float | None:
     try:
         return float(raw)
     except ValueError:
-        from monitor.errors import InputError
-
-        raise InputError(f"AXISWATCH_{key} must be a number (a raw projection value), not {raw!r}") from None
+        raise InputError(f"AXISWATCH_{key} must be a number (a score threshold), not {raw!r}") from None
 
 
 def _positive(v: int, key: str) -> int:
     if v < 1:
-        from monitor.errors import InputError
-
         raise InputError(f"AXISWATCH_{key} must be at least 1, not {v}")
     return v
 
@@ -67,8 +63,6 @@ def _webhook(env):
 
 def _port(v: str, key: str = "PORT") -> int:
     if not v.isdigit() or not 0 < int(v) < 65536:
-        from monitor.errors import InputError
-
         raise InputError(f"AXISWATCH_{key} must be a port number, not {v!r}")
     return int(v)
 
@@ -91,7 +85,7 @@ class Settings:
     port: int = 8000
     dashboard_port: int = 8501
     thresholds: tuple[float | None, float | None, float | None] = (None, None, None)  # watch, warning, critical
-    # overrides of the calibrated thresholds (raw projection values); None keeps the calibrated one
+    # overrides of the calibrated thresholds (drift values; raw projections for baseline "absolute"); None keeps the calibrated one
     ewma_alpha: float | None = None  # None: the alpha the thresholds were calibrated for (0.1 without one)
     hysteresis: float = 0.0
     min_tokens: int | None = None  # None: the calibration's (16 without one)
@@ -108,8 +102,6 @@ class Settings:
         get = lambda k, d=None: env.get(f"AXISWATCH_{k}") or d  # noqa: E731
         batch = get("BATCH_SIZE", "16")
         if not batch.isdigit() or int(batch) < 1:
-            from monitor.errors import InputError
-
             raise InputError(f"AXISWATCH_BATCH_SIZE must be a positive integer, not {batch!r}")
         return cls(model=get("MODEL", "default"), device=get("DEVICE", "cpu"), dtype=get("DTYPE", "float32"),
                    cache_dir=get("CACHE_DIR"), axis=get("AXIS"), capping=get("CAPPING"),
@@ -142,6 +134,11 @@ class Settings:
             calibrated, knobs = thresholds_from_calibration(calibration)
         else:
             calibrated, knobs = Thresholds(w, a, c), {}
+        calibrated_for = str(knobs.get("baseline", "session"))
+        if self.drift_baseline and self.drift_baseline != calibrated_for and None in (w, a, c):
+            raise InputError(f"AXISWATCH_DRIFT_BASELINE={self.drift_baseline} but the axis' alert thresholds were "
+                             f"calibrated for the {calibrated_for!r} baseline (another statistic, other units): set "
+                             "all three AXISWATCH_THRESHOLD_* too, or recalibrate with axiswatch calibrate-alerts")
         thresholds = Thresholds(calibrated.watch if w is None else w, calibrated.warning if a is None else a,
                                 calibrated.critical if c is None else c)
         drift = DriftConfig(alpha=self.ewma_alpha if self.ewma_alpha is not None else float(knobs.get("alpha", 0.1)),

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor.errors import AxiswatchError, InputError
+from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
 from monitor.rows import (DELIVERY_STATUSES, LEVELS, checked_records, from_row, is_int, is_name, is_num, need,
                           one_of, to_row)
@@ -29,14 +29,6 @@ from monitor.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, Interven
                             SchemaVersion, SessionRow, SpillRow, TurnRow)
 
 DEFAULT_URL = "sqlite:///axiswatch.db"
-
-
-class StoreError(AxiswatchError):
-    http_status = 503  # the database is unreachable, at an unknown schema version, or refused a write
-
-
-class NotFoundError(StoreError):
-    http_status = 404  # no row with that key (an alert's event id...)
 
 
 # ---------------------------------------------------------------- the store
@@ -312,11 +304,16 @@ class Store:
 
 
     def session_meta(self, session_id: str) -> dict[str, Any] | None:
-        """What a restarted engine needs to continue a session: source, policy, capped, and the
-        next free turn number (None when the session is unknown)."""
+        """What a restarted engine needs to continue a session: source, policy, capped, the next free
+        turn number, and ``history``: (turn, scores) of every scored turn in order, the scores the drift
+        tracker followed (pre-cap where capping acted), to rebuild its reference and running score
+        (None when the session is unknown)."""
         with self._tx() as s:
             if (row := s.get(SessionRow, session_id)) is None:
                 return None
             last = s.scalar(select(func.max(TurnRow.turn)).where(TurnRow.session_id == session_id))
+            q = select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.turn, TurnRow.created_at)
+            history = [(d["turn"], d["pre_cap_scores"] or d["scores"]) for d in map(from_row, s.scalars(q))
+                       if d.get("scores")]
             return {"source": row.source, "policy": row.policy, "capped": bool(row.capped),
-                    "next_turn": 0 if last is None else int(last) + 1}
+                    "next_turn": 0 if last is None else int(last) + 1, "history": history}

@@ -20,12 +20,6 @@ from monitor.settings import shipped_dir
 OPTS = GenerationOptions(max_new_tokens=10)
 
 
-@pytest.fixture(scope="module")
-def redis_url():
-    with EmbeddedRedis() as e:
-        yield e.url
-
-
 @pytest.fixture
 def streams(redis_url):
     import uuid
@@ -195,6 +189,11 @@ def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(
     eng.session("b")  # used again: now the most recent
     eng.session("old")
     assert list(eng.sessions) == ["b", "old"] and eng.sessions["old"].next_turn == 6
+    # a session that comes back continues its drift: the reference is its opening reply, not its next one
+    stored["back"] = {"source": "live", "policy": "flag", "capped": False, "next_turn": 4,
+                      "history": [(1, [30.0] * 20), (3, [-20.0] * 20)]}
+    tr = eng.session("back").tracker
+    assert tr.reference == pytest.approx(30.0) and tr.drift < -40 and tr.state != "ok"
 
 
 def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams):

@@ -59,3 +59,16 @@ def test_threshold_override_reaches_the_engine(tmp_path):
     bad = Settings.from_env({"AXISWATCH_THRESHOLD_WATCH": "-100", "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
     with pytest.raises(InputError, match="watch > warning > critical"):
         service.start(bad, workers=False)
+
+
+def test_a_baseline_override_needs_thresholds_in_its_own_units(shipped):
+    """The shipped thresholds are drifts below a session's reference: switching the statistic to the absolute
+    running score without thresholds for it is refused, with all three given it is accepted."""
+    with pytest.raises(InputError, match="calibrated for the 'session' baseline"):
+        Settings.from_env({"AXISWATCH_DRIFT_BASELINE": "absolute"}).drift_setup(shipped.calibration)
+    th, cfg = Settings.from_env({"AXISWATCH_DRIFT_BASELINE": "absolute", "AXISWATCH_THRESHOLD_WATCH": "-5",
+                                 "AXISWATCH_THRESHOLD_WARNING": "-10", "AXISWATCH_THRESHOLD_CRITICAL": "-20"}
+                                ).drift_setup(shipped.calibration)
+    assert cfg.baseline == "absolute" and (th.watch, th.warning, th.critical) == (-5, -10, -20)
+    th, cfg = Settings().drift_setup(shipped.calibration)
+    assert cfg.baseline == "session" and th.critical < th.warning < th.watch < 0
