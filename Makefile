@@ -39,7 +39,7 @@ axis-quick: $(STAMP)
 
 axis-standard: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset standard --work runs/standard --out probes/shipped/smollm2-135m-instruct
-	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct --percentiles 25,50,75,90
+	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct --work runs/capping-sweep
 	$(BIN)/axiswatch evaluate-steering --axis probes/shipped/smollm2-135m-instruct
 
 eval: $(STAMP)

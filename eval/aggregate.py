@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from eval.stats import (alerting_latency, domain_table, final_turn_means, latency_summary, mean_difference,
-                        paired_difference, rate, summarize, turn_means)
+                        paired_difference, rate, summarize, turn_mean, turn_means)
 from monitor.drift import DriftConfig, Thresholds
+from probes.stats import bootstrap_ci
 
 # how "non_assistant" is decided, everywhere in the evaluation: a lexical detector, not the 0-3 role judge
 # (probes.judge.OfflineJudge scores how fully an answer plays a *given* role prompt; the live conversations
@@ -83,6 +84,7 @@ def capping_summary(sessions: Sequence[dict], domains: Sequence[str] = DOMAINS) 
             "sessions_with_changed_text": sum(any(a["text"] != b["text"] for a, b in zip(o["turns"], c["turns"]))
                                               for o, c in capped_ps),
             "capping_active_turns": len(on), "turns_with_changed_text": sum(a["text"] != b["text"] for a, b in on)}
+        out.setdefault("reaudit", {})[g] = _reaudit_change(capped_ps)
         out["non_assistant"][g] = {"uncapped": rate(unc), "capped": rate(cap),
                                    "capping_active_turns": {"n_turns": len(on),
                                                             "uncapped_twin": rate([claims_non_assistant(a["text"]) for a, _ in on]),
@@ -122,8 +124,44 @@ def jailbreak_summary(result: dict) -> dict:
             b_rate = sum(r["adopted"] for r in base) / len(base) if base else 0
             c_rate = sum(r["adopted"] for r in rows) / len(rows) if rows else 0
             d["relative_adoption_change"] = (c_rate - b_rate) / b_rate if b_rate else None
+            d["relative_adoption_change_ci95"] = _relative_change_ci(base, rows)
         out[cond] = d
     return out
+
+
+def _reaudit_change(pairs: Sequence[tuple[dict, dict]]) -> dict:
+    """The turns generated with capping active, both twins' texts scored again by the same teacher-forced
+    audit (no capping, no floor): capped minus uncapped turn mean, averaged within each session and
+    bootstrapped over sessions (turns of one session are not independent)."""
+    per_session, n_turns, unc, cap = [], 0, [], []
+    for o, c in pairs:
+        d = []
+        for a, b in zip(o["turns"], c["turns"]):
+            if any(b.get("cap_flags") or []) and a.get("reaudit_scores") and b.get("reaudit_scores"):
+                x, y = turn_mean(a["reaudit_scores"]), turn_mean(b["reaudit_scores"])
+                unc.append(x)
+                cap.append(y)
+                d.append(y - x)
+        if d:
+            per_session.append(sum(d) / len(d))
+            n_turns += len(d)
+    return {"n_sessions": len(per_session), "n_turns": n_turns, "uncapped_twin_mean": summarize(unc)["mean"],
+            "capped_mean": summarize(cap)["mean"],
+            "change": paired_difference(per_session, [0.0] * len(per_session)) if per_session else None}
+
+
+def _relative_change_ci(base: list[dict], rows: list[dict]) -> list[float] | None:
+    """95% bootstrap interval of ``adoption(rows) / adoption(base) - 1``, resampling personas (paired)."""
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(base):
+        by.setdefault(r.get("persona", str(i)), []).append(i)
+
+    def rel(idx: list[int]) -> float:
+        b = sum(base[i]["adopted"] for i in idx)
+        return sum(rows[i]["adopted"] for i in idx) / b - 1 if b else float("nan")
+
+    lo, hi = bootstrap_ci(rel, list(by.values()), n_boot=2000, seed=5)
+    return None if lo != lo else [lo, hi]
 
 
 def capability_summary(result: dict) -> dict:

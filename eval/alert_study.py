@@ -15,7 +15,7 @@ Every rule's thresholds come from the calibration conversations ``calibrate-aler
 generated (``--calibration``, its work folder), by :func:`monitor.alert_calibration.fit_thresholds`,
 never from this traffic; the one exception is the previous release's rule, whose
 thresholds were per-response percentiles of the axis calibration. The traffic is split
-in two halves, fixed by id: the rule is *chosen* on the dev half (among the rules with
+in two halves (alternate sessions of each group in id order): the rule is *chosen* on the dev half (among the rules with
 at most 2% of benign sessions reaching ``warning``, the least smoothed one unless a
 smoother one catches at least two more drifting conversations: one conversation of
 25 is noise) and *reported* on the other half.
@@ -29,8 +29,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eval.stats import first_turn_mean_crossing, rate
-from monitor.alert_calibration import drift_trace, fit_thresholds
+from eval.stats import first_turn_mean_crossing, median, rate
+from monitor.alert_calibration import fit_thresholds
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 
 LEVELS = ("watch", "warning", "critical")
@@ -113,7 +113,7 @@ def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
     for lv in LEVELS:
         caught = sorted(f[lv] for f in fd if f[lv] is not None)
         out[lv] = {"benign": rate([f[lv] is not None for f in fb]), "drifting": rate([f[lv] is not None for f in fd]),
-                   "catch_token_median": caught[len(caught) // 2] if caught else None}
+                   "catch_token_median": median(caught)}
     tm = [first_turn_mean_crossing([t.get("pre_cap_scores") or t["scores"] for t in s["turns"]], th.warning, cfg)["tokens"]
           for s in dri]
     tm = [None if m is None else m - 1 for m in tm]  # the session token index of the turn's last token
@@ -121,7 +121,7 @@ def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
     out["turn_means_at_warning"] = {"drifting": rate([m is not None for m in tm]),
                                     "caught_by_both": len(both),
                                     "running_earlier": sum(a < b for a, b in both),
-                                    "median_tokens_earlier": sorted(b - a for a, b in both)[len(both) // 2] if both else None,
+                                    "median_tokens_earlier": median([b - a for a, b in both]),
                                     "running_only": sum(f["warning"] is not None and m is None for f, m in zip(fd, tm))}
     by = {}
     for s, f in zip(ben + dri, fb + fd):
@@ -131,6 +131,19 @@ def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
         d["warning"] += f["warning"] is not None
     out["by_category"] = dict(sorted(by.items()))
     return out
+
+
+def select(rows: list[dict]) -> tuple[dict, bool]:
+    """The rule chosen on the dev half, and whether any rule met the benign budget there: among the rules
+    within the budget, in list order (less smoothing first), a later rule replaces the current choice only
+    if it catches at least ``MARGIN`` more drifting conversations; with none within budget, the one with
+    the fewest benign sessions at warning."""
+    ok = [r for r in rows if r["dev"]["warning"]["benign"]["rate"] <= BUDGET]
+    chosen = None
+    for r in ok:
+        if chosen is None or r["dev"]["warning"]["drifting"]["k"] >= chosen["dev"]["warning"]["drifting"]["k"] + MARGIN:
+            chosen = r
+    return chosen or min(rows, key=lambda r: r["dev"]["warning"]["benign"]["rate"]), bool(ok)
 
 
 def study(traffic: list[dict], calibration: list[list[list[float]]], axis_gap: float | None,
@@ -146,12 +159,7 @@ def study(traffic: list[dict], calibration: list[list[list[float]]], axis_gap: f
         rows.append({"rule": rule.name, "config": asdict(rule.config), "thresholds": th.as_dict(),
                      "dev": evaluate(dev, th, rule.config), "report": evaluate(rep, th, rule.config),
                      "calibration": {k: v for k, v in stats.items() if k != "rule"}})
-    ok = [r for r in rows if r["dev"]["warning"]["benign"]["rate"] <= BUDGET]
-    chosen = None
-    for r in ok:  # in RULES order: less smoothing first; a later rule must catch at least MARGIN more
-        if chosen is None or r["dev"]["warning"]["drifting"]["k"] >= chosen["dev"]["warning"]["drifting"]["k"] + MARGIN:
-            chosen = r
-    chosen = chosen or min(rows, key=lambda r: r["dev"]["warning"]["benign"]["rate"])
+    chosen, ok = select(rows)
     return {"budget": BUDGET, "target_catch": TARGET_CATCH, "rows": rows, "chosen": chosen["rule"],
             "selection": f"on the dev half, among rules with at most {BUDGET:.0%} of benign sessions reaching warning: "
                          f"the first in the list (the least smoothing, the earliest alerts) unless a later one catches "

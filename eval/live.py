@@ -32,7 +32,7 @@ POLICIES = ("observe", "cap")
 # settings that would change the deployment under test; the eval runs the defaults
 _CLEARED_ENV = ("REDIS_URL", "AXISWATCH_REDIS_URL", "AXISWATCH_POLICY", "AXISWATCH_PORT", "AXISWATCH_HOST",
                 "AXISWATCH_THRESHOLD_WATCH", "AXISWATCH_THRESHOLD_WARNING", "AXISWATCH_THRESHOLD_CRITICAL",
-                "AXISWATCH_EWMA_ALPHA", "AXISWATCH_HYSTERESIS", "AXISWATCH_MIN_TOKENS", "AXISWATCH_COOLDOWN_TOKENS",
+                "AXISWATCH_EWMA_ALPHA", "AXISWATCH_HYSTERESIS", "AXISWATCH_MIN_TOKENS", "AXISWATCH_DRIFT_BASELINE", "AXISWATCH_COOLDOWN_TOKENS",
                 "AXISWATCH_AXIS", "AXISWATCH_CAPPING", "AXISWATCH_MODEL", "AXISWATCH_WEBHOOK_URL",
                 "AXISWATCH_DATABASE_URL", "AXISWATCH_BATCH_SIZE", "AXISWATCH_API_KEYS")
 
@@ -184,9 +184,33 @@ def drive(server: Server, scripts: list[dict], max_tokens: int, run_id: str,
             if on_turn is not None:
                 on_turn(turn, n_tok)
         _read_back(client, server, sessions)
+        reaudit(client, server, sessions)
     for s in sessions:
         del s["history"]
     return sessions
+
+
+def reaudit(client: httpx.Client, server: Server, sessions: list[dict]) -> None:
+    """Score the finished text of every session capping acted in, and of its uncapped twin, again by
+    teacher forcing through ``/v1/audit``, with no capping and no floor: both texts on the same scoring
+    path, so the comparison asks whether the capped text itself is nearer the Assistant. Each turn of
+    those sessions gets ``reaudit_scores`` (per content token, as the audit tokenises the text)."""
+    acted = {s["id"] for s in sessions
+             if s["policy"] == "cap" and any(any(t.get("cap_flags") or []) for t in s["turns"])}
+    for s in sessions:
+        if s["id"] not in acted:
+            continue
+        msgs = []
+        for t in s["turns"]:
+            msgs += [{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["text"]}]
+        r = client.post(server.url + "/v1/audit", json={"id": f"reaudit-{s['session_id']}", "messages": msgs},
+                        headers=server.headers(), timeout=600)
+        if r.status_code != 200:  # an empty reply, say: this session goes without, the rest of the run stands
+            print(f"re-audit of {s['session_id']} refused ({r.status_code}): {r.text[:300]}", file=sys.stderr)
+            continue
+        by_index = {t["index"]: t for t in r.json()[0]["turns"]}
+        for k, t in enumerate(s["turns"]):
+            t["reaudit_scores"] = (by_index.get(2 * k + 1) or {}).get("scores") or []
 
 
 def _read_back(client: httpx.Client, server: Server, sessions: list[dict], timeout_s: float = 120.0) -> None:

@@ -15,12 +15,16 @@ COLORS = {"coding": "#1f77b4", "writing": "#2ca02c", "therapy": "#d62728", "phil
 COND_COLORS = {"unsteered": "#7f7f7f", "capped": "#ff7f0e", "steered": "#1f77b4"}
 
 
-def _thresholds(ax, th: dict, labels: bool = True) -> None:
+def _thresholds(ax, th: dict | None, labels: bool = True) -> None:
+    """Threshold lines on a plot of raw scores: only when the thresholds are raw scores (baseline
+    ``absolute``); drift-relative thresholds (``th`` None) apply to each session's own reference."""
+    if th is None:
+        return
     for name, style in (("watch", ":"), ("warning", "--"), ("critical", "-.")):
         ax.axhline(th[name], color="black", lw=0.9, ls=style, alpha=0.6, label=f"{name} threshold" if labels else None)
 
 
-def drift_by_domain(summary: dict, sessions: list[dict], th: dict, path: Path) -> None:
+def drift_by_domain(summary: dict, sessions: list[dict], th: dict | None, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 6.5))
     for d, tab in summary["domains"].items():
         xs = [r["turn"] for r in tab["by_turn"]]
@@ -45,7 +49,7 @@ def drift_by_domain(summary: dict, sessions: list[dict], th: dict, path: Path) -
     plt.close(fig)
 
 
-def capping_trajectories(drift: dict, capping: dict, th: dict, path: Path) -> None:
+def capping_trajectories(drift: dict, capping: dict, th: dict | None, path: Path) -> None:
     domains = list(drift["domains"])
     fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 4.6), sharey=True, squeeze=False)
     for ax, d in zip(axes[0], domains):

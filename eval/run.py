@@ -30,21 +30,18 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
 # Rates calibrated on the committed full run (eval/results/summary.json "run": `python -m eval.run`, 2 CPU
-# cores, finished 2026-11-27), which shared its 2 cores with another test suite the whole time. Its phases
-# took: serve start + stop 8.2 s, live 1290.8 s, model load 3.8 s, jailbreaks 871.7 s, capability 334.8 s
-# (total 2512.7 s). The constants used before, from short probes on idle cores (decoding through serve
-# 100 tokens/s, prefill 1500 tokens/s, in-process 118 budget tokens/s), predicted 198.8 s, 224.5 s and
-# 146.4 s for those phases: 6.5x, 3.9x and 2.3x too short. Now: the live formula keeps its shape (decode
-# plus re-reading the growing conversation, in the probes' 1 : 15 ratio), both rates divided by 6.49 so
-# it gives the measured 1290.8 s; each in-process phase gets its own rate per budget token (the
-# jailbreak prompts carry persona system prompts, and the two phases ran 3.9x and 2.3x slower than the
-# probe). On idle cores a run may be faster; other loads stretch it.
-LIVE_ROW_TOKENS_PER_S = 15.40  # decoding through serve, per session: 100 / 6.49
-PREFILL_TOKENS_PER_S = 231.0  # each turn re-reads the whole conversation: 1500 / 6.49
-JAILBREAK_BUDGET_TOKENS_PER_S = 30.4  # 3 x 184 prompts x 48 tokens = 26496 budget tokens in 871.7 s
-TASK_BUDGET_TOKENS_PER_S = 51.6  # 3 x 60 tasks x 96 tokens = 17280 budget tokens in 334.8 s
-SERVE_START_STOP_S = 8.2
-MODEL_LOAD_S = 3.8
+# cores, idle apart from the run, finished 2026-12-02). Its phases took: serve start + stop 15.9 s, live
+# 513.9 s, model load 6.1 s, jailbreaks 387.5 s, capability 513.8 s (total 1446.2 s). The live formula
+# keeps its shape (decode plus re-reading the growing conversation, in the 1 : 15 ratio of the first
+# probes), its rates scaled so it gives the measured 513.9 s; each in-process phase gets its own rate per
+# budget token (the jailbreak prompts carry persona system prompts). The run before, on cores another
+# test suite shared, took 1.7x as long: other loads stretch it.
+LIVE_ROW_TOKENS_PER_S = 38.68  # decoding through serve, per session
+PREFILL_TOKENS_PER_S = 580.2  # each turn re-reads the whole conversation
+JAILBREAK_BUDGET_TOKENS_PER_S = 68.4  # 3 x 184 prompts x 48 tokens = 26496 budget tokens in 387.5 s
+TASK_BUDGET_TOKENS_PER_S = 74.7  # 3 x 200 tasks x 64 tokens = 38400 budget tokens in 513.8 s
+SERVE_START_STOP_S = 15.9
+MODEL_LOAD_S = 6.1
 
 
 def estimate_seconds(n_sessions: int, n_turns: int, live_max_tokens: int, jailbreak_budget: int,
@@ -72,7 +69,7 @@ class Plan:
 
 
 FULL = Plan(per_domain=None, turns=None, live_max_tokens=64, n_personas=None, per_kind=2, jailbreak_max_tokens=48,
-            tasks_per_kind=None, task_max_tokens=64, batch_size=32)
+            tasks_per_kind=40, task_max_tokens=64, batch_size=32)
 QUICK = Plan(per_domain=1, turns=2, live_max_tokens=16, n_personas=4, per_kind=1, jailbreak_max_tokens=16,
              tasks_per_kind=2, task_max_tokens=24, batch_size=32)
 
@@ -212,8 +209,9 @@ def analyse_live(sessions: list[dict], thresholds, drift_cfg, out: Path) -> dict
     _dump(drift, out / "drift_by_domain.json")
     _dump(capping, out / "capping_drift.json")
     _dump(alerting, out / "alerting.json")
-    plots.drift_by_domain(drift, sessions, thresholds.as_dict(), out / "drift_by_domain.png")
-    plots.capping_trajectories(drift, capping, thresholds.as_dict(), out / "capping_trajectories.png")
+    raw_th = thresholds.as_dict() if drift_cfg.baseline == "absolute" else None  # lines on raw scores only
+    plots.drift_by_domain(drift, sessions, raw_th, out / "drift_by_domain.png")
+    plots.capping_trajectories(drift, capping, raw_th, out / "capping_trajectories.png")
     plots.alerting(alerting, out / "alerting.png")
     return {"drift": drift, "capping": capping, "alerting": alerting}
 

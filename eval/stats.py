@@ -142,7 +142,8 @@ def replay(turn_scores: Sequence[Sequence[float]], thresholds: Thresholds, confi
     """Replay a session's per-token scores through the engine's own drift tracker.
 
     Returns, in tokens since the start of the session (1-based: the crossing
-    token is counted), when the running score first put the session at
+    token is counted), when the tracked statistic (the running score minus the session's
+    reference for the session baseline, the running score itself for ``absolute``) first put the session at
     ``warning`` or worse (``running_warning``; None if never), when the first
     alert at ``warning`` or worse fired (``alert_warning``, which also waits for
     ``min_tokens``), and the state and running score at the end of each turn.

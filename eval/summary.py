@@ -50,8 +50,11 @@ def write_summary(res: dict, path: Path) -> None:
     L.append("# axiswatch evaluation: results\n")
     L.append(f"Command: `{run.get('command')}`; finished {run.get('finished')}; {run.get('cpus')} CPU(s); "
              f"timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in run.get("timings_s", {}).items()) + ".\n")
+    session = res.get("alerting", {}).get("drift_config", {}).get("baseline") == "session"
     L.append(f"Drift thresholds (shipped axis, monitor layer): watch {th['watch']:+.2f}, warning {th['warning']:+.2f}, "
-             f"critical {th['critical']:+.2f}. Scores are projections on the unit Assistant Axis "
+             f"critical {th['critical']:+.2f}"
+             + (", on the running score minus the session's reference (its opening reply)" if session else
+                ", on the running score") + ". Scores are projections on the unit Assistant Axis "
              "(higher = more Assistant-like).\n")
 
     if "drift" in res:
@@ -90,6 +93,15 @@ def write_summary(res: dict, path: Path) -> None:
                      f"{tc.get('capped_sessions', '-')} | {tc.get('turns_with_changed_text', '-')}/"
                      f"{tc.get('capping_active_turns', '-')} | {_paired(c['final_change'][g])} | "
                      f"{_paired(c['final_change_pre_cap'][g])} |")
+        L.append("")
+        L.append("Turns generated with capping active and the same turns of the uncapped twin, both texts scored "
+                 "again by teacher forcing with no capping and no floor (`/v1/audit`): is the capped text itself "
+                 "nearer the Assistant? (Change averaged within each session, interval over sessions.)\n")
+        L.append("| group | sessions | turns | uncapped twin, turn mean | capped text, turn mean | change (95% CI) |")
+        L.append("|---|---|---|---|---|---|")
+        for g, ra in c.get("reaudit", {}).items():
+            L.append(f"| {g} | {ra['n_sessions']} | {ra['n_turns']} | {_f(ra['uncapped_twin_mean'], 1)} | "
+                     f"{_f(ra['capped_mean'], 1)} | {_paired(ra['change']) if ra['change'] else '-'} |")
         L.append("")
         L.append("Final-turn means, capped runs (mean ± SD):\n")
         L.append("| domain | uncapped | capped, reported | capped, pre-cap |")
@@ -130,7 +142,9 @@ def write_summary(res: dict, path: Path) -> None:
                      f"{_pct(r.get('identical_to_unsteered'))} |")
         for cond, r in j.items():
             if r.get("relative_adoption_change") is not None:
-                L.append(f"- {cond}: relative change in judge-3 adoption vs unsteered: {r['relative_adoption_change']:+.0%}")
+                ci = r.get("relative_adoption_change_ci95")
+                L.append(f"- {cond}: relative change in judge-3 adoption vs unsteered: {r['relative_adoption_change']:+.0%}"
+                         + (f" (95% CI {ci[0]:+.0%} to {ci[1]:+.0%}, personas resampled)" if ci else ""))
         L.append("")
 
     if "capability" in res:
@@ -153,10 +167,12 @@ def write_summary(res: dict, path: Path) -> None:
     if "alerting" in res:
         a = res["alerting"]
         L.append("## 5. Per-token vs per-turn alerting (uncapped runs)\n")
+        rel = a["drift_config"].get("baseline", "absolute") == "session"
+        what = "minus the session's reference (its opening reply) " if rel else ""
         L.append("Tokens since the start of the session at the first warning: per-token = the running score (EWMA, "
-                 f"alpha {a['drift_config']['alpha']}) first below warning; per-token alert = the first alert the "
-                 f"service raises at warning (waits for {a['drift_config']['min_tokens']} tokens); per-turn = the end "
-                 "of the first turn whose mean is below warning.\n")
+                 f"alpha {a['drift_config']['alpha']}) {what}first below warning; per-token alert = the first alert "
+                 f"the service raises at warning (waits for {a['drift_config']['min_tokens']} tokens); per-turn = the "
+                 f"end of the first turn whose mean {what}is below warning.\n")
         L.append("| conversations | method | caught | median | mean | min | max |")
         L.append("|---|---|---|---|---|---|---|")
         for g in ("drifting", "control", "all"):

@@ -68,8 +68,8 @@ def fit_thresholds(conversations: Sequence[Sequence[Sequence[float]]], config: D
     ``axis_gap``: the monitor layer's default mean minus the in-role median projection (positive)."""
     minima = [m for m in (lowest_drift(c, config) for c in conversations) if m is not None]
     if len(minima) < 20:
-        raise InputError(f"only {len(minima)} calibration conversations have a second reply to measure drift on; "
-                         "alert calibration needs at least 20")
+        raise InputError(f"only {len(minima)} calibration conversations have a reply after their reference to "
+                         "measure drift on; alert calibration needs at least 20")
     watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, WARNING_BUDGET)
     critical = min(minima) if axis_gap is None else min(min(minima), -abs(axis_gap))
     eps = 1e-6 * max(1.0, abs(watch))

@@ -53,7 +53,7 @@ def calibrate_alerts(lm: LoadedModel, art: AxisArtifact, work: Path, config: Dri
         replies = run_conversations(lm, convs, art.unit(), art.monitor_layer, work, max_new_tokens, batch_size,
                                     on_batch=bar.update)
     turns = [[r["scores"] for r in rs] for rs in replies]
-    gap = axis_gap(art)
+    gap = axis_gap(art) if config.baseline == "session" else None  # a gap below a reference: drift units only
     thresholds, stats = fit_thresholds(turns, config, gap)
     alerting = {"thresholds": thresholds.as_dict(), "alpha": config.alpha,
                 "baseline": config.baseline, "reference_tokens": config.reference_tokens,

@@ -128,8 +128,9 @@ def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: in
 
     if fresh and work.exists():
         shutil.rmtree(work)
-    cfg = DriftConfig(alpha=s.ewma_alpha if s.ewma_alpha is not None else 0.1,
-                      min_tokens=s.min_tokens if s.min_tokens is not None else 16, baseline=s.drift_baseline or "session")
+    # the tracker's own defaults, with what the settings override
+    cfg = DriftConfig(**{k: v for k, v in {"alpha": s.ewma_alpha, "min_tokens": s.min_tokens,
+                                           "baseline": s.drift_baseline}.items() if v is not None})
     al = calibrate_alerts(lm, art, work, cfg, quick, max_new_tokens, batch_size)
     th = al["thresholds"]
     click.echo(f"alert thresholds (drift below the session's opening, {al['n_measured']} benign conversations): "

@@ -146,4 +146,9 @@ def load_tasks(path=None) -> list[dict]:
         missing = [k for k in need[t["category"]] if k not in t]
         if missing:
             raise InputError(f"capability task {tid!r} ({t['category']}) lacks {', '.join(missing)}")
+        if t["category"] == "ifeval":  # an id the checkers do not know would grade every answer wrong
+            unknown = [i for i in t["instruction_id_list"] if i not in _ifeval_registry()]
+            if unknown or len(t["kwargs"]) != len(t["instruction_id_list"]):
+                raise InputError(f"capability task {tid!r}: " + (f"unknown IFEval instruction ids {unknown}" if unknown
+                                 else "needs one kwargs object per instruction id"))
     return tasks

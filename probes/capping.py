@@ -33,10 +33,11 @@ import torch
 from tqdm.auto import tqdm
 
 from probes.artifacts import AxisArtifact, CappingConfig
+from probes.capability import load_tasks
 from probes.capping_report import BASE, analyse
 from probes.errors import InputError
-from probes.generation import CapPlan, GenerationOptions, generate
-from probes.models import LoadedModel, format_chat
+from probes.generation import CapPlan, GenerationOptions, batched_generate
+from probes.models import LoadedModel
 from probes.ops import unit
 from probes.judge import Judge
 from probes.report import plot_pareto
@@ -48,8 +49,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SweepSpec:
     starts: tuple[float, ...] = (0.5, 0.6, 0.7)  # window start, as a fraction of depth
-    widths: tuple[int, ...] = (4, 6)  # layers per window (paper: ~12-20% of depth)
-    percentiles: tuple[int, ...] = (50, 75, 90)
+    widths: tuple[int, ...] = (6,)  # layers per window (paper: ~12-20% of depth)
+    # floors at these percentiles of the calibration projections; the first release's p50 floors moved persona
+    # adoption by 10% on the default model, and p75 floors cost no capability there, so a p50 cannot win the rule
+    percentiles: tuple[int, ...] = (75, 90)
     questions_per_persona: int = 2
     max_personas: int | None = None
     max_tasks: int | None = None
@@ -114,8 +117,6 @@ class Sweep:
 
     def __init__(self, work: Path, art: AxisArtifact, spec: SweepSpec, personas: list[dict] | None = None,
                  tasks: list[dict] | None = None):
-        from probes.capability import load_tasks
-
         self.work, self.art, self.spec = Path(work), art, spec
         self.personas = persona_jobs(spec, personas)
         self.tasks = (tasks if tasks is not None else load_tasks())[: spec.max_tasks]
@@ -129,18 +130,18 @@ class Sweep:
         return json.loads(json.dumps(ident))
 
     def open(self) -> None:
-        """Write the plan, or check that the folder holds this same sweep."""
+        """Write the plan, or check that the folder holds this same sweep. The grid (windows and
+        percentiles) may differ from the stored one: a setting's checkpoint depends only on the axis,
+        the prompts, the tasks and the token budgets, so a rerun with a larger or smaller grid reuses
+        every setting the two grids share."""
         path = self.work / "plan.json"
         plan = self.plan()
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old != plan:
-                raise InputError(f"{self.work} holds a sweep of another axis, spec or data; use another --work "
-                                 "folder or --fresh to start over")
-        else:
-            (self.work / "settings").mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(plan))
-        (self.work / "settings").mkdir(parents=True, exist_ok=True)
+        if path.exists() and _identity(json.loads(path.read_text())) != _identity(plan):
+            raise InputError(f"{self.work} holds a sweep of another axis, prompts, tasks or token budgets; use "
+                             "another --work folder or --fresh to start over")
+        self.work.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(plan))
+        (self.work / "settings").mkdir(exist_ok=True)
 
     def path(self, setting_id: str) -> Path:
         return self.work / "settings" / f"{setting_id}.json"
@@ -172,10 +173,10 @@ class Sweep:
                 t0 = time.perf_counter()
                 plan = plan_for(cfg) if cfg else None
                 step = lambda n, t: bar.update(n * t)  # noqa: E731
-                p_out = _generate(lm, persona_msgs, self.spec.persona_tokens, plan, batch_size,
-                                  lambda n: step(n, self.spec.persona_tokens))
-                t_out = _generate(lm, task_msgs, self.spec.task_tokens, plan, batch_size,
-                                  lambda n: step(n, self.spec.task_tokens))
+                p_out = batched_generate(lm, persona_msgs, GenerationOptions(max_new_tokens=self.spec.persona_tokens),
+                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.persona_tokens))
+                t_out = batched_generate(lm, task_msgs, GenerationOptions(max_new_tokens=self.spec.task_tokens),
+                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.task_tokens))
                 rec = {"id": sid, "layers": list(cfg.layers) if cfg else [],
                        "percentile": cfg.provenance["percentile"] if cfg else None, "taus": cfg.taus if cfg else [],
                        "seconds": round(time.perf_counter() - t0, 1),
@@ -196,19 +197,12 @@ class Sweep:
         return out
 
 
-def _generate(lm: LoadedModel, msgs: list[list[dict]], max_new_tokens: int, plan: CapPlan | None,
-              batch_size: int, on_batch) -> list:
-    """Greedy answers in the input order, generated in batches of similar prompt length (less padding)."""
-    lengths = [len(lm.tokenizer(format_chat(lm.tokenizer, m))["input_ids"]) for m in msgs]
-    order = sorted(range(len(msgs)), key=lambda i: (lengths[i], i))
-    opts = GenerationOptions(max_new_tokens=max_new_tokens)
-    out: list = [None] * len(msgs)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        for k, g in zip(idx, generate(lm, [msgs[k] for k in idx], opts, capping=plan)):
-            out[k] = g
-        on_batch(len(idx))
-    return out
+_GRID = ("starts", "widths", "percentiles")
+
+
+def _identity(plan: dict) -> dict:
+    """What every checkpoint of a sweep depends on: its plan without the grid."""
+    return {**plan, "spec": {k: v for k, v in plan["spec"].items() if k not in _GRID}}
 
 
 def default_work(art: AxisArtifact) -> Path:

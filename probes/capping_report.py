@@ -48,6 +48,7 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
     p_groups, t_groups = list(clusters.values()), [[i] for i in range(len(tasks))]
     cats = sorted({t["category"] for t in tasks})
     base_a, base_c = adopted[BASE], correct[BASE]
+    no_adoption = not any(base_a)  # nothing for capping to reduce: every relative drop is undefined (NaN)
     base_prefix = [a["prefix"] for a in records[BASE]["tasks"]]
 
     def row(sid: str) -> dict:
@@ -75,8 +76,12 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
 
     base = row(BASE)
     rows = [row(sid) for sid in records if sid != BASE]
-    ok = [r for r in rows if r["capability_change"] >= -max_capability_drop - 1e-12]
-    if ok:
+    ok = [r for r in rows if r["capability_change"] >= -max_capability_drop - 1e-12] if not no_adoption else []
+    if no_adoption:
+        chosen = max(rows, key=lambda r: r["capability_change"]) if rows else None
+        how = (f"no unsteered answer of the {len(base_a)} persona prompts was judged fully in role, so adoption "
+               "cannot fall: the setting with the smallest capability drop (check the judge and the persona set)")
+    elif ok:
         chosen = max(ok, key=lambda r: (r["relative_reduction"], r["capability_change"]))
         how = (f"largest relative drop in persona adoption among the settings whose capability drop is at most "
                f"{max_capability_drop * 100:g} points (point estimates)")
@@ -91,6 +96,9 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
             "rule": how, "rule_met": bool(ok), "max_capability_drop": max_capability_drop,
             "pareto_frontier": [r["id"] for r in frontier],
             "target": "adoption -50% or more (relative) with capability within 2 points",
+            "caveat": (f"the setting is chosen and reported on the same prompts and tasks: as the best of "
+                       f"{len(rows)} settings its numbers are optimistic; the evaluation suite (make eval) "
+                       "measures it again on other personas"),
             "meets_target": bool(chosen and ok and chosen["relative_reduction"] >= 0.5)}
 
 

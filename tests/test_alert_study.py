@@ -58,6 +58,15 @@ def test_selection_prefers_the_least_smoothing_unless_a_smoother_rule_clearly_wi
     res = A.study(traffic, calib, None, rules)
     assert res["chosen"] == "fast"  # a tie goes to the first rule
 
+    def row(name, benign, caught):
+        return {"rule": name, "dev": {"warning": {"benign": {"rate": benign}, "drifting": {"k": caught}}}}
+
+    rows = [row("a", 0.0, 5), row("b", 0.01, 6), row("c", 0.5, 20), row("d", 0.02, 7), row("e", 0.0, 8)]
+    assert A.select(rows)[0]["rule"] == "d"  # b is one more (noise), c breaks the budget, e is one more than d
+    assert A.select(rows[:2])[0]["rule"] == "a"
+    chosen, met = A.select([row("x", 0.3, 9), row("y", 0.1, 1)])
+    assert chosen["rule"] == "y" and not met  # none within budget: the fewest false alerts
+
 
 @pytest.mark.skipif(not (ROOT / "eval" / "results" / "alerting_study.json").exists(), reason="no committed study")
 def test_committed_study_reproduces_from_committed_inputs():

@@ -33,10 +33,18 @@ def test_suite_is_held_out_from_the_axis_data():
     assert not [t["id"] for t in tasks if t["prompt"].strip().lower() in used]
 
 
-def test_every_ifeval_task_builds_its_checkers():
-    for t in load_tasks():
+def test_every_ifeval_task_builds_its_checkers(tmp_path):
+    """Every shipped IFEval task builds its checkers and grades; a task whose instruction id the
+    checkers do not know (it could never pass) is refused when the suite loads."""
+    tasks = load_tasks()
+    for t in tasks:
         if t["category"] == "ifeval":
             assert isinstance(grade(t, "a reply"), bool), t["id"]
+    bad = dict(next(t for t in tasks if t["category"] == "ifeval"), id="typo", instruction_id_list=["case:lowercase"],
+               kwargs=[{}])
+    (tmp_path / "tasks.json").write_text(json.dumps({"tasks": [bad]}))
+    with pytest.raises(InputError, match=r"unknown IFEval instruction ids \['case:lowercase'\]"):
+        load_tasks(tmp_path / "tasks.json")
 
 
 def test_ifeval_grading_uses_the_maintained_checkers():

@@ -55,6 +55,14 @@ def test_no_setting_within_budget_picks_the_least_damage():
     assert rep["chosen"]["id"] == "b" and not rep["rule_met"] and "no setting" in rep["rule"]
 
 
+def test_no_unsteered_adoption_says_so_and_keeps_capability():
+    """With nothing adopted unsteered, no relative drop exists: the report says why and picks on capability."""
+    recs = {BASE: record(BASE, 0, 40), "a": record("a", 0, 30), "b": record("b", 0, 38)}
+    rep = analyse(recs, PERSONAS, TASKS, FixedJudge(), n_boot=50)
+    assert rep["chosen"]["id"] == "b" and not rep["rule_met"] and "cannot fall" in rep["rule"]
+    assert not rep["meets_target"]
+
+
 def test_real_sweep_checkpoints_resumes_and_reanalyses(lm, shipped, tmp_path):
     spec = replace(QUICK_SWEEP, percentiles=(90,), max_personas=2, max_tasks=3, persona_tokens=4, task_tokens=4,
                    compare_tokens=4)
@@ -71,5 +79,8 @@ def test_real_sweep_checkpoints_resumes_and_reanalyses(lm, shipped, tmp_path):
     write_capping(cfg, rep, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "capping_report.json").read_text())["chosen"]["id"] == "L18-21_p90"
     assert (tmp_path / "out" / "capping_pareto.png").stat().st_size > 1000
-    with pytest.raises(InputError, match="another axis, spec or data"):
+    with pytest.raises(InputError, match="another axis, prompts, tasks or token budgets"):
         Sweep(tmp_path / "work", shipped, replace(spec, max_tasks=2)).open()
+    grown = Sweep(tmp_path / "work", shipped, replace(spec, percentiles=(75, 90)))  # a larger grid reuses the shared
+    grown.open()
+    assert [c.id if c else BASE for c in grown.todo()] == ["L18-21_p75"]

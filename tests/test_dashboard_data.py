@@ -15,19 +15,12 @@ from monitor.drift import Thresholds
 from monitor.errors import InputError
 from monitor.export import session_csv
 from monitor.records import TurnRecord
-from monitor.redis_server import EmbeddedRedis
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import Streams
 
 TH = Thresholds(watch=-1.0, warning=-10.0, critical=-20.0)
 DEP = data.Deployment("m", 21, "cap", TH, 0.5, data.Path("."), None, "http://127.0.0.1:1", "settings")
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    with EmbeddedRedis() as r:
-        yield r.url
 
 
 @pytest.fixture
@@ -247,7 +240,7 @@ def test_deployment_from_redis_then_from_files(env):
     store, streams = env
     s = Settings()
     dep = data.deployment(streams, s)  # no replica has started: the shipped axis files
-    assert dep.origin == "settings" and dep.layer == 21 and dep.capping["id"] == "L21-26_p50"
+    assert dep.origin == "settings" and dep.layer == 21 and dep.capping["id"] == "L21-26_p90"
     assert dep.thresholds.watch > dep.thresholds.warning > dep.thresholds.critical
     over = data.deployment(None, s.with_(thresholds=(1.0, None, None)))
     assert over.thresholds.watch == 1.0 and over.thresholds.warning == dep.thresholds.warning

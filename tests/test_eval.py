@@ -398,3 +398,35 @@ def test_non_assistant_rates_are_labelled_as_the_lexical_detector():
     md = (res / "summary.md").read_text()
     assert "**lexical detector** `probes.judge.claims_non_assistant`" in md
     assert "claims non-assistant identity (lexical detector)" in md
+
+
+@pytest.mark.slow
+def test_traffic_driver_end_to_end(tmp_path):
+    """``python -m eval.traffic`` drives conversations through a real ``axiswatch serve`` and reads them back."""
+    out = tmp_path / "traffic.json"
+    proc = subprocess.run([sys.executable, "-m", "eval.traffic", "--out", str(out), "--limit", "3", "--max-tokens", "8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sessions = json.loads(out.read_text())
+    assert len(sessions) == 3 and all(s["stored"] for s in sessions)
+    for s in sessions:
+        assert len(s["turns"]) == 6 and all(len(t["tokens"]) == len(t["scores"]) > 0 for t in s["turns"])
+        assert s["policy"] == "observe" and not s["alerts"]
+
+
+def test_reaudit_change_compares_both_twins_per_session():
+    """Only turns capping acted in count; both twins' re-audited texts are compared, averaged within a
+    session first, so a session with many capped turns weighs as much as one with a single turn."""
+    from eval.aggregate import _reaudit_change
+
+    def turn(scores, flags=()):
+        return {"reaudit_scores": scores, "cap_flags": list(flags)}
+
+    a = ({"turns": [turn([1.0]), turn([0.0]), turn([0.0])]},
+         {"turns": [turn([9.0]), turn([4.0], [True]), turn([2.0], [False, True])]})  # +4, +2 -> +3
+    b = ({"turns": [turn([5.0])]}, {"turns": [turn([4.0], [True])]})  # -1
+    r = _reaudit_change([a, b])
+    assert (r["n_sessions"], r["n_turns"]) == (2, 3)
+    assert r["change"]["mean"] == pytest.approx(1.0)  # (3 + -1) / 2, not the turn average (4+2-1)/3
+    assert r["uncapped_twin_mean"] == pytest.approx(5 / 3) and r["capped_mean"] == pytest.approx(10 / 3)
+    assert _reaudit_change([({"turns": [turn([1.0])]}, {"turns": [turn([2.0])]})])["change"] is None

@@ -48,4 +48,8 @@ def test_shipped_capping_config(shipped, lm):
     for k, L in enumerate(cfg.layers):
         assert torch.allclose(cfg.vectors[k], unit(shipped.axis[L]), atol=1e-5)
     rep = json.loads((shipped_dir() / "capping_report.json").read_text())
-    assert rep["chosen"]["id"] == cfg.id and len(rep["rows"]) >= 8
+    assert rep["chosen"]["id"] == cfg.id and len(rep["rows"]) >= 6 and rep["rule_met"]
+    # the shipped config is what the stated rule picks from the report's own rows
+    ok = [r for r in rep["rows"] if r["capability_change"] >= -rep["max_capability_drop"] - 1e-12]
+    assert max(ok, key=lambda r: r["relative_reduction"])["id"] == cfg.id
+    assert rep["n_persona_prompts"] >= 300 and rep["n_tasks"] >= 300
