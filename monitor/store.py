@@ -311,9 +311,8 @@ class Store:
         with self._tx() as s:
             if (row := s.get(SessionRow, session_id)) is None:
                 return None
-            last = s.scalar(select(func.max(TurnRow.turn)).where(TurnRow.session_id == session_id))
             q = select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.turn, TurnRow.created_at)
-            history = [(d["turn"], d["pre_cap_scores"] or d["scores"]) for d in map(from_row, s.scalars(q))
-                       if d.get("scores")]
+            turns = [from_row(r) for r in s.scalars(q)]
             return {"source": row.source, "policy": row.policy, "capped": bool(row.capped),
-                    "next_turn": 0 if last is None else int(last) + 1, "history": history}
+                    "next_turn": int(turns[-1]["turn"]) + 1 if turns else 0,
+                    "history": [(d["turn"], d["pre_cap_scores"] or d["scores"]) for d in turns if d.get("scores")]}
