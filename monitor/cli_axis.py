@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from monitor.cli import _errors, _load, _load_axis, _settings, cli, model_options
+from monitor.cli_base import cli, handle_errors, load_axis_for, load_model_for, model_options, settings_from
 from monitor.errors import AxiswatchError
 
 
@@ -22,7 +22,7 @@ from monitor.errors import AxiswatchError
 @click.option("--questions", type=click.Path(exists=True, path_type=Path), default=None, help="questions JSON (default: bundled)")
 @click.option("--fresh", is_flag=True, help="delete the work folder's checkpoints first")
 @click.pass_context
-@_errors
+@handle_errors
 def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, judge, batch_size, roles, questions, fresh):
     """Compute the Assistant Axis of a chat model (the paper's pipeline; resumable)."""
     import shutil
@@ -31,11 +31,11 @@ def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, 
     from probes.pipeline import compute_axis
     from probes.roles import PRESETS, load_questions, load_roles
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, judge=judge)
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, judge=judge)
     work = work or Path("runs") / f"{Path(s.model).name.replace('.gguf', '')}-{preset}"
     if fresh and work.exists():
         shutil.rmtree(work)
-    lm = _load(s)
+    lm = load_model_for(s)
     art, report = compute_axis(lm, work, out or work / "axis", PRESETS[preset], make_judge(s.judge), batch_size,
                                load_roles(roles) if roles else None, load_questions(questions) if questions else None)
     m = report["at_monitor_layer"]
@@ -62,7 +62,7 @@ def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, 
 @click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None)
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.pass_context
-@_errors
+@handle_errors
 def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, fresh, reanalyse, quick, percentiles,
                       widths, starts, max_capability_drop, judge, batch_size):
     """Sweep capping layer windows x thresholds on persona adoption and capability; write the table, the
@@ -73,7 +73,7 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
     from probes.capping import QUICK_SWEEP, Sweep, SweepSpec, choose, default_work, write_capping
     from probes.judge import make_judge
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
                   axis=str(axis) if axis else None, judge=judge)
     spec = QUICK_SWEEP if quick else SweepSpec()
     parse = lambda v, f: tuple(f(x) for x in v.split(",")) if v else None  # noqa: E731
@@ -85,8 +85,8 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
 
         art = load_axis(s.axis_dir())
     else:
-        lm = _load(s)
-        art = _load_axis(s, lm)
+        lm = load_model_for(s)
+        art = load_axis_for(s, lm)
     sweep = Sweep(work or default_work(art), art, spec)
     if fresh and sweep.work.exists() and not reanalyse:
         shutil.rmtree(sweep.work)
@@ -110,12 +110,12 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
 @click.option("--max-new-tokens", type=int, default=96, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.pass_context
-@_errors
+@handle_errors
 def calibrate_alerts_cmd(ctx, model, device, dtype, layers_path, axis, work, fresh, quick, max_new_tokens, batch_size):
     """Calibrate the drift alert thresholds on benign multi-turn conversations the model itself answers."""
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
-    lm = _load(s)
-    art = _load_axis(s, lm)
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
+    lm = load_model_for(s)
+    art = load_axis_for(s, lm)
     work = work or Path("runs") / f"alerts-{art.fingerprint()[:8]}{'-quick' if quick else ''}"
     _alerts(lm, art, s, work, fresh, quick, max_new_tokens, batch_size)
 
@@ -146,19 +146,19 @@ def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: in
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="report file (default: <axis>/steering_report.json)")
 @click.pass_context
-@_errors
+@handle_errors
 def evaluate_steering_cmd(ctx, model, device, dtype, layers_path, axis, coeffs, max_new_tokens, out):
     """Rate of non-assistant identity claims in answers to identity questions, per steering coefficient."""
     from probes.roles import load_json
     from probes.steering import evaluate_steering
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
     try:
         cs = tuple(float(c) for c in coeffs.split(","))
     except ValueError:
         raise AxiswatchError(f"--coeffs must be comma-separated numbers, not {coeffs!r}") from None
-    lm = _load(s)
-    art = _load_axis(s, lm)
+    lm = load_model_for(s)
+    art = load_axis_for(s, lm)
     report = evaluate_steering(lm, art, load_json("questions.json")["identity"], cs, max_new_tokens=max_new_tokens)
     path = out or art.path / "steering_report.json"
     path.write_text(json.dumps(report, indent=1))
@@ -176,11 +176,11 @@ def axis():
 @click.option("--axis", "axis_path", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_errors
+@handle_errors
 def axis_show(ctx, axis_path, as_json):
     """Metadata of the axis in use and where its tensors are."""
-    s = _settings(ctx, axis=str(axis_path) if axis_path else None)
-    art = _load_axis(s)
+    s = settings_from(ctx, axis=str(axis_path) if axis_path else None)
+    art = load_axis_for(s)
     folder = art.path.resolve()
     files = {k: str(folder / f) if (folder / f).exists() else None for k, f in
              (("axis", "axis.safetensors"), ("default_vector", "default_vector.safetensors"),
@@ -206,7 +206,7 @@ def axis_show(ctx, axis_path, as_json):
 @click.option("--model-id", required=True, help="the model the files belong to, e.g. Qwen/Qwen3-32B")
 @click.option("--monitor-layer", type=int, default=None, help="default: the middle layer")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="axis folder to write")
-@_errors
+@handle_errors
 def axis_import(axis_pt, capping_pt, experiment, model_id, monitor_layer, out):
     """Convert the paper's published .pt files (loaded with weights_only=True) to an axis folder."""
     from probes.artifacts import import_paper_axis, import_paper_capping

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from monitor.cli import _errors, _settings, cli, model_options
+from monitor.cli_base import cli, handle_errors, model_options, settings_from
 
 COLOURS = {"ok": "green", "watch": "yellow", "warning": "magenta", "critical": "red"}
 
@@ -66,7 +66,7 @@ def _stream_http(url: str, body: dict, on_token):
 @click.option("--max-tokens", type=int, default=128, show_default=True)
 @click.option("--policy", type=click.Choice(["observe", "flag", "cap"]), default=None)
 @click.pass_context
-@_errors
+@handle_errors
 def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_tokens, policy):
     """Chat in the terminal; every token is coloured by its drift state, with the running score after each turn."""
     from monitor.records import new_id
@@ -78,7 +78,7 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
     if url is None:
         from monitor import service
 
-        rt = service.start(_settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
+        rt = service.start(settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
                                      policy=policy))
     click.echo(f"session {sid}; an empty line or Ctrl-D ends the chat")
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from monitor.cli import _errors, _settings, cli
+from monitor.cli_base import cli, handle_errors, settings_from
 from monitor.errors import InputError
 from monitor.settings import MAX_AUDIT_BYTES
 
@@ -39,7 +39,7 @@ def launch(settings, redis_url: str | None, host: str, port: int, api_url: str |
 @click.option("--port", type=int, default=None, help="[env AXISWATCH_DASHBOARD_PORT, default 8501]")
 @click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL, default sqlite:///axiswatch.db]")
 @click.pass_context
-@_errors
+@handle_errors
 def dashboard(ctx, host, port, database_url):
     """The Streamlit dashboard: sessions, trajectories, token heatmaps, alerts, audits and the axis.
 
@@ -48,7 +48,7 @@ def dashboard(ctx, host, port, database_url):
     from monitor.service import listen
     from monitor.store import Store
 
-    s = _settings(ctx, database_url=database_url)
+    s = settings_from(ctx, database_url=database_url)
     port = port or s.dashboard_port
     if not 0 < port < 65536:
         raise InputError(f"--port must be a port number, not {port}")

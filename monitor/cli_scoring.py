@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from monitor.cli import _errors, _load, _load_axis, _load_capping, _settings, cli, model_options
+from monitor.cli_base import (cli, handle_errors, load_axis_for, load_capping_for, load_model_for,
+                               model_options, settings_from)
 from monitor.errors import AxiswatchError
 
 
@@ -19,7 +20,7 @@ from monitor.errors import AxiswatchError
 @click.option("--layer", type=int, default=None, help="layer to score (default: the axis' monitor layer)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per conversation on stdout")
 @click.pass_context
-@_errors
+@handle_errors
 def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
     """Score existing conversations by teacher forcing.
 
@@ -29,9 +30,9 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
     """
     from probes.audit import read_transcripts, score_conversation
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
-    lm = _load(s)
-    art = _load_axis(s, lm)
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
+    lm = load_model_for(s)
+    art = load_axis_for(s, lm)
     layer = art.monitor_layer if layer is None else layer
     if not 0 <= layer < art.n_layers:
         raise AxiswatchError(f"--layer {layer} outside 0..{art.n_layers - 1}")
@@ -120,7 +121,7 @@ def _read_generate_records(path: Path) -> list[dict]:
 @click.option("--batch-size", type=int, default=None, help="records per batch  [env AXISWATCH_BATCH_SIZE]")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per record on stdout")
 @click.pass_context
-@_errors
+@handle_errors
 def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_tokens, temperature, cap, capping, steer,
              batch_size, as_json):
     """Generate with monitoring: per-token scores from the generation's own forward pass."""
@@ -128,21 +129,21 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_t
     from probes.models import normalise_messages
     from probes.ops import steer_coefficient
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
                   axis=str(axis) if axis else None, batch_size=batch_size)
     records = _read_generate_records(input_path)
     if max_new_tokens < 1:
         raise AxiswatchError("--max-new-tokens must be at least 1")
-    lm = _load(s)
+    lm = load_model_for(s)
     for r in records:
         try:
             normalise_messages(lm.tokenizer, r["messages"])
         except AxiswatchError as e:
             raise AxiswatchError(f"{r['where']}: {e}") from None
-    art = _load_axis(s, lm)
+    art = load_axis_for(s, lm)
     plan = None
     if cap or capping:
-        cfg = _load_capping(s, art, lm, capping)
+        cfg = load_capping_for(s, art, lm, capping)
         plan = CapPlan(tuple(cfg.layers), cfg.vectors, torch_tensor(cfg.taus))
     steering = None
     if steer is not None:
@@ -179,7 +180,7 @@ def torch_tensor(x):
 @click.option("--file", "path", type=click.Path(exists=True, path_type=Path), default=None,
               help="with --transcript: score this transcript file instead")
 @click.pass_context
-@_errors
+@handle_errors
 def demo(ctx, model, device, dtype, layers_path, url, max_tokens, transcript, path):
     """Drive scripted conversations (coding, an emotionally vulnerable user, a push for meta-reflection)
     through the monitor and show how each one's score and drift state move, turn by turn."""
@@ -192,4 +193,4 @@ def demo(ctx, model, device, dtype, layers_path, url, max_tokens, transcript, pa
         return
     from monitor.demo import run_demo
 
-    run_demo(_settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path), url, max_tokens, click.echo)
+    run_demo(settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path), url, max_tokens, click.echo)

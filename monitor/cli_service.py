@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from monitor.cli import _errors, _settings, cli, model_options
+from monitor.cli_base import cli, handle_errors, model_options, settings_from
 
 
 @cli.command()
@@ -22,7 +22,7 @@ from monitor.cli import _errors, _settings, cli, model_options
 @click.option("--dashboard", "with_dashboard", is_flag=True,
               help="also start the dashboard (on AXISWATCH_DASHBOARD_PORT, default 8501)")
 @click.pass_context
-@_errors
+@handle_errors
 def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_url, no_workers, with_dashboard):
     """Run the probe service: OpenAI-compatible chat completions with per-token scores.
 
@@ -34,7 +34,7 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
     from monitor import service
     from monitor.api import create_app
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
                   policy=policy, database_url=database_url)
     # the dashboard shows every conversation: only a password lets it listen beyond this machine
     ui_host = s.host if os.environ.get("AXISWATCH_DASHBOARD_PASSWORD") else "127.0.0.1"
@@ -79,13 +79,13 @@ def _exit_on_signal(signum, _frame):
 @cli.command()
 @click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL]")
 @click.pass_context
-@_errors
+@handle_errors
 def worker(ctx, database_url):
     """Persist scored turns, alerts and interventions from Redis to the store (needs REDIS_URL)."""
     from monitor import service
     from monitor.errors import InputError
 
-    s = _settings(ctx, database_url=database_url)
+    s = settings_from(ctx, database_url=database_url)
     if not s.redis_url:
         raise InputError("a separate worker needs the deployment's Redis: set REDIS_URL (an embedded Redis "
                          "started by 'axiswatch serve' is printed at its start)")
@@ -107,7 +107,7 @@ def worker(ctx, database_url):
 @click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL]")
 @click.option("--no-workers", is_flag=True, help="leave persistence to separate 'axiswatch worker' processes")
 @click.pass_context
-@_errors
+@handle_errors
 def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_workers):
     """Score turns another inference server publishes to the Redis stream axiswatch:ingest (needs REDIS_URL).
 
@@ -118,7 +118,7 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
     from monitor.shadow import ShadowWorker
     from monitor.errors import InputError
 
-    s = _settings(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy,
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy,
                   database_url=database_url)
     if not s.redis_url:
         raise InputError("shadow mode reads the gateway's Redis: set REDIS_URL")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from monitor.cli import _errors, _settings, cli
+from monitor.cli_base import cli, handle_errors, settings_from
 
 
 def _store(ctx, database_url):
     from monitor.store import Store
 
-    s = _settings(ctx, database_url=database_url)
+    s = settings_from(ctx, database_url=database_url)
     store = Store(s.database_url, must_exist=True)
     store.migrate()
     return store
@@ -36,7 +36,7 @@ def sessions():
 @click.option("--database-url", default=None)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per session")
 @click.pass_context
-@_errors
+@handle_errors
 def sessions_list(ctx, state, source, limit, database_url, as_json):
     """Newest sessions first."""
     rows = _store(ctx, database_url).list_sessions(state=state, source=source, limit=limit)
@@ -66,7 +66,7 @@ def _get(ctx, database_url, session_id):
 @click.option("--database-url", default=None)
 @click.option("--json", "as_json", is_flag=True, help="the full trace as JSON")
 @click.pass_context
-@_errors
+@handle_errors
 def sessions_show(ctx, session_id, database_url, as_json):
     """One session's turns, states, alerts and interventions."""
     s = _get(ctx, database_url, session_id)
@@ -93,7 +93,7 @@ def sessions_show(ctx, session_id, database_url, as_json):
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="file (default: stdout)")
 @click.option("--database-url", default=None)
 @click.pass_context
-@_errors
+@handle_errors
 def sessions_export(ctx, session_id, fmt, output, database_url):
     """Export a session: the JSON trace, or CSV with one row per scored token."""
     from monitor.export import session_csv, session_json
@@ -118,7 +118,7 @@ def alerts():
 @click.option("--database-url", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_errors
+@handle_errors
 def alerts_list(ctx, status, limit, database_url, as_json):
     """Newest alerts first, with their webhook delivery status."""
     rows = _store(ctx, database_url).list_alerts(status=status, limit=limit)
@@ -133,7 +133,7 @@ def alerts_list(ctx, status, limit, database_url, as_json):
                    f"{a['delivery_status']} ({a['attempts']} attempts)")
     if not rows:
         click.echo("no alerts" + (f" with status {status}" if status else " stored yet"), err=True)
-    elif _settings(ctx).webhook is None and any(a["delivery_status"] == "pending" for a in rows):
+    elif settings_from(ctx).webhook is None and any(a["delivery_status"] == "pending" for a in rows):
         click.echo("pending: not delivered yet. Alerts are sent only by a deployment with AXISWATCH_WEBHOOK_URL "
                    "and AXISWATCH_WEBHOOK_SECRET set (not set here).", err=True)
 
@@ -142,7 +142,7 @@ def alerts_list(ctx, status, limit, database_url, as_json):
 @click.option("--limit", type=click.IntRange(1, 100_000), default=None, help="at most this many (oldest first)")
 @click.option("--database-url", default=None)
 @click.pass_context
-@_errors
+@handle_errors
 def alerts_replay(ctx, limit, database_url):
     """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
     from monitor.streams import Streams
@@ -150,7 +150,7 @@ def alerts_replay(ctx, limit, database_url):
     from monitor.webhooks import dead_key
     from monitor.errors import InputError
 
-    s = _settings(ctx, database_url=database_url)
+    s = settings_from(ctx, database_url=database_url)
     if not s.redis_url:
         raise InputError("replay reads the dead-letter list in the deployment's Redis: set REDIS_URL")
     config = s.webhook
