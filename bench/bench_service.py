@@ -116,10 +116,10 @@ def bench_audit(lm, axis, cfg) -> None:
 # ----------------------------------------------------------------------------- 2. persistence worker
 def bench_persist(cfg, tmp: Path) -> None:
     from monitor.records import TurnRecord
-    from monitor.redis_server import EmbeddedRedis
+    from monitor.streams.embedded import EmbeddedRedis
     from monitor.store import Store
     from monitor.streams import Streams
-    from monitor.workers import PersistWorker
+    from monitor.workers.persist import PersistWorker
 
     n, t, group = cfg["persist_turns"], cfg["persist_tokens"], cfg["persist_group"]
     print(f"\n[2] persistence worker: {n} turns x {t} token scores ({n // group} sessions of {group} turns) "
@@ -180,8 +180,9 @@ def bench_latency(lm, axis, cfg) -> None:
     import redis
 
     from monitor.drift import thresholds_from_calibration
+    from monitor.backends.hf import HFBackend
     from monitor.engine import ChatRequest, Engine
-    from monitor.redis_server import EmbeddedRedis
+    from monitor.streams.embedded import EmbeddedRedis
     from monitor.streams import Streams
     from probes.generation import GenerationOptions
 
@@ -195,7 +196,7 @@ def bench_latency(lm, axis, cfg) -> None:
         reader_client = redis.Redis.from_url(r.url)
         try:
             streams.ensure_groups()
-            eng = Engine(lm, axis, thresholds_from_calibration(axis.calibration)[0], publisher=streams)
+            eng = Engine(HFBackend(lm, axis), thresholds_from_calibration(axis.calibration)[0], publisher=streams)
             eng.run_batch([ChatRequest("bench-lat-warm", [{"role": "user", "content": "Hi."}],
                                        GenerationOptions(max_new_tokens=8))])
             sids = [f"bench-lat-{i}" for i in range(ns)]
@@ -278,7 +279,7 @@ def bench_e2e(cfg, tmp: Path) -> None:
     rt = service.start(Settings(database_url=f"sqlite:///{db}"))
     srv = th = None
     try:
-        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams)
+        app = create_app(rt.engine, rt.store, rt.streams)
         port = _free_port()
         srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         th = threading.Thread(target=srv.run, name="bench-uvicorn", daemon=True)
@@ -288,7 +289,7 @@ def bench_e2e(cfg, tmp: Path) -> None:
             time.sleep(0.05)
         if not srv.started:
             raise RuntimeError("uvicorn did not start within 30 s")
-        lm = rt.engine.lm
+        lm = rt.engine.backend.lm
         msgs = [[{"role": "user", "content": p}] for p in E2E_PROMPTS[:k]]
         opts = GenerationOptions(max_new_tokens=nt)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -1,4 +1,4 @@
-"""Serving throughput: N sessions sent at once through the batcher vs one after another.
+"""Serving throughput: N sessions sent at once through the hf backend's scheduler vs one after another.
 
     .venv/bin/python bench/bench_serving.py [--sessions 8] [--tokens 32]
 
@@ -12,10 +12,10 @@ import argparse
 import time
 from concurrent.futures import wait
 
-from monitor.batcher import Batcher
+from monitor.backends.hf import HFBackend
 from monitor.drift import thresholds_from_calibration
 from monitor.engine import ChatRequest, Engine
-from monitor.redis_server import EmbeddedRedis
+from monitor.streams.embedded import EmbeddedRedis
 from monitor.settings import shipped_dir
 from monitor.streams import Streams
 from probes.artifacts import load_axis
@@ -35,7 +35,8 @@ def main() -> None:
     with EmbeddedRedis() as r:
         streams = Streams.from_url(r.url)
         streams.ensure_groups()
-        eng = Engine(lm, axis, thresholds_from_calibration(axis.calibration)[0], publisher=streams)
+        eng = Engine(HFBackend(lm, axis, max_batch=a.sessions, max_wait_s=0.05),
+                     thresholds_from_calibration(axis.calibration)[0], publisher=streams)
         opts = GenerationOptions(max_new_tokens=a.tokens)
         reqs = lambda tag: [ChatRequest(f"{tag}-{i}", [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], opts)  # noqa: E731
                             for i in range(a.sessions)]
@@ -43,12 +44,11 @@ def main() -> None:
         t0 = time.perf_counter()
         seq = [eng.run_batch([q])[0] for q in reqs("seq")]
         t_seq = time.perf_counter() - t0
-        batcher = Batcher(eng, max_batch=a.sessions, max_wait_s=0.05)
         t0 = time.perf_counter()
-        futs = [batcher.submit(q) for q in reqs("conc")]
+        futs = [eng.submit(q) for q in reqs("conc")]
         wait(futs)
         t_conc = time.perf_counter() - t0
-        batcher.close()
+        eng.close()
         conc = [f.result() for f in futs]
     n_seq, n_conc = sum(len(x.tokens) for x in seq), sum(len(x.tokens) for x in conc)
     same = all(x.tokens == y.tokens for x, y in zip(seq, conc))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from monitor.redis_server import EmbeddedRedis, _free_port
+from monitor.streams.embedded import EmbeddedRedis, _free_port
 from monitor.store import Store
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")

@@ -24,6 +24,7 @@ import httpx
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import AxiswatchError, InputError
 from monitor.records import SOURCES, STATES
+from monitor.streams.live import ended, live_turns
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,6 @@ def state_of(score: float | None, th: Thresholds) -> str:
         return "ok"
     return ("ok" if score >= th.watch else "watch" if score >= th.warning
             else "warning" if score >= th.critical else "critical")
-
-
-def ended(entry: dict) -> bool:
-    """Whether a live entry says its turn is over: ``ended`` (the reply is complete) or ``final``
-    (its turn record is handed over, or its generation failed)."""
-    return bool(entry.get("final") or entry.get("ended"))
 
 
 # ---------------------------------------------------------------- overview
@@ -196,33 +191,6 @@ class SessionView:
     @property
     def id(self) -> str:
         return self.session.get("id", "")
-
-
-def live_turns(entries, after: int | None) -> dict[int, dict]:
-    """The live tail's turns numbered above ``after`` (the highest stored turn), in order:
-    turn -> {"scores", "pre", "capped", "pieces", "last"} (``last``: the turn's newest entry).
-
-    A stored turn is the record and the tail only a display buffer: a turn at or below ``after``
-    is stored already, or never will be (its generation failed, and later turns were stored)."""
-    out: dict[int, dict] = {}
-    for e in entries:
-        d = e.data
-        turn = d.get("turn")
-        if not isinstance(turn, int) or (after is not None and turn <= after):
-            continue
-        buf = out.setdefault(turn, {"scores": [], "pre": [], "capped": [], "pieces": [], "last": d})
-        buf["last"] = d
-        start = int(d.get("start", len(buf["scores"])))
-        if start != len(buf["scores"]):  # a gap means the tail was capped: keep what follows the gap out
-            continue
-        scores = [float(x) for x in d.get("scores") or []]
-        n = len(scores)
-        pre, flags, pieces = d.get("pre_cap_scores"), d.get("cap_flags"), d.get("tokens") or []
-        buf["scores"] += scores
-        buf["pre"] += [float(pre[k]) if pre and k < len(pre) else None for k in range(n)]
-        buf["capped"] += [bool(flags[k]) if flags and k < len(flags) else bool(d.get("capped")) for k in range(n)]
-        buf["pieces"] += [pieces[k] if k < len(pieces) else "" for k in range(n)]
-    return dict(sorted(out.items()))
 
 
 def session_view(store, streams, session_id: str, dep: Deployment) -> SessionView | None:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import charts, data
 from dashboard.context import ago
-from monitor.export import session_csv, session_json
+from monitor.store.export import session_csv, session_json
 
 STATE_BADGE = {"ok": "🟢 ok", "watch": "🟡 watch", "warning": "🟠 warning", "critical": "🔴 critical"}
 DELIVERY_BADGE = {"delivered": "✅ delivered", "pending": "⏳ pending", "retrying": "🔁 retrying",

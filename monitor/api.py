@@ -24,12 +24,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.auth import OPEN_PATHS, allowed, bearer
-from monitor.batcher import Batcher
 from monitor.engine import ChatRequest, ChatResult, Engine
 from monitor.errors import AxiswatchError, InputError
 from monitor.settings import MAX_AUDIT_BYTES
 from probes.generation import GenerationOptions
-from probes.models import format_chat
 
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 1024
@@ -152,7 +150,7 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
-def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_keys: tuple[str, ...] = (),
+def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ...] = (),
                max_new_tokens: int = MAX_NEW_TOKENS) -> FastAPI:
     """The ASGI app. ``api_keys``: bearer tokens every endpoint but the health checks requires (none: open).
     ``max_new_tokens``: the most tokens one request may ask for (``AXISWATCH_MAX_NEW_TOKENS``).
@@ -160,7 +158,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
     app = FastAPI(title="axiswatch", version="0.1.0",
                   description="Persona-drift monitoring on the Assistant Axis (OpenAI-compatible).")
     metrics = Metrics()
-    model_id = engine.lm.model_id
+    model_id = engine.model_id
     keys = tuple(api_keys)
 
     app.add_middleware(_Guard, keys=keys, limit=MAX_BODY_BYTES)
@@ -189,7 +187,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         return ChatRequest(session.id, [m.model_dump() for m in body.messages], opts, body.policy)
 
     def _usage(req: ChatRequest, res: ChatResult) -> dict:
-        prompt = len(engine.lm.tokenizer(format_chat(engine.lm.tokenizer, req.messages), add_special_tokens=False)["input_ids"])
+        prompt = engine.backend.prompt_tokens(req.messages)
         return {"prompt_tokens": prompt, "completion_tokens": len(res.tokens), "total_tokens": prompt + len(res.tokens)}
 
     @app.post("/v1/chat/completions")
@@ -198,7 +196,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = {"X-Session-Id": req.session_id}
         if not body.stream:
-            res: ChatResult = await asyncio.wrap_future(batcher.submit(req))
+            res: ChatResult = await asyncio.wrap_future(engine.submit(req))
             metrics.observe(res, False)
             return JSONResponse({
                 "id": cid, "object": "chat.completion", "created": created, "model": model_id,
@@ -214,7 +212,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         req.on_token = lambda tok: loop.call_soon_threadsafe(q.put_nowait, tok)
-        fut = asyncio.wrap_future(batcher.submit(req))
+        fut = asyncio.wrap_future(engine.submit(req))
         fut.add_done_callback(lambda _f: q.put_nowait(None))
 
         def chunk(delta: dict, finish: str | None, extra: dict) -> str:
@@ -267,7 +265,7 @@ def create_app(engine: Engine, batcher: Batcher, store=None, streams=None, api_k
             if rid is not None and (not rid or len(rid) > 200 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in rid)):
                 raise InputError(f"record {i}: 'id' must be 1-200 characters without control characters")
         for _rid, msgs in parsed:  # template problems surface before anything is stored
-            format_chat(engine.lm.tokenizer, msgs, add_generation_prompt=False)
+            engine.backend.validate_transcript(msgs)
         out = []
         for rid, msgs in parsed:
             out.append(await asyncio.to_thread(engine.score_transcript, rid, msgs, "audit", policy or "observe"))

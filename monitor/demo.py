@@ -48,7 +48,7 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
         from monitor import service
 
         rt = service.start(settings)
-        echo(f"in-process monitor: {rt.engine.lm.model_id}, layer {rt.engine.layer}, thresholds "
+        echo(f"in-process monitor: {rt.engine.model_id}, layer {rt.engine.layer}, thresholds "
              + ", ".join(f"{k} {v:+.1f}" for k, v in rt.engine.thresholds.as_dict().items()) + f"; store {rt.store.url}")
     else:
         import httpx
@@ -66,7 +66,7 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
                 from monitor.engine import ChatRequest
                 from probes.generation import GenerationOptions
 
-                futs = {s["name"]: rt.batcher.submit(ChatRequest(sids[s["name"]], list(history[s["name"]]),
+                futs = {s["name"]: rt.engine.submit(ChatRequest(sids[s["name"]], list(history[s["name"]]),
                                                                  GenerationOptions(max_new_tokens=max_tokens)))
                         for s in active}
                 replies = {}

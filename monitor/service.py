@@ -1,6 +1,6 @@
 """Assembling a running deployment from :class:`Settings`: Redis (embedded when
 no ``REDIS_URL``), the store (migrated), the model and its axis, the engine,
-the batcher and, unless ``workers=False``, an in-process persistence worker.
+the generation backend and, unless ``workers=False``, an in-process persistence worker.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ class Runtime:
     store: object
     outbox: object = None
     engine: object = None
-    batcher: object = None
     workers: list = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
 
@@ -54,8 +53,8 @@ class Runtime:
 
     def close(self) -> None:
         """Stop taking requests, let the workers drain what was published, then stop everything."""
-        if self.batcher is not None:
-            self.batcher.close()
+        if self.engine is not None:
+            self.engine.close()
         if self.outbox is not None:  # replay what waits for Redis, or spill it to the store
             self.outbox.close()
         for w in self.workers:
@@ -107,7 +106,7 @@ def _report(path) -> dict | None:
 
 def open_data(settings: Settings, stack: ExitStack):
     """Redis (embedded when no URL), its stream groups, and the migrated store."""
-    from monitor.redis_server import EmbeddedRedis
+    from monitor.streams.embedded import EmbeddedRedis
     from monitor.store import Store
     from monitor.streams import Streams
 
@@ -120,7 +119,7 @@ def open_data(settings: Settings, stack: ExitStack):
     try:
         streams.r.ping()
     except Exception as e:  # noqa: BLE001 - any connection failure
-        from monitor.redis_server import RedisUnavailable
+        from monitor.streams.embedded import RedisUnavailable
 
         raise RedisUnavailable(f"cannot reach Redis at {url}: {e} (unset REDIS_URL to use the embedded one)") from None
     streams.ensure_groups(webhooks=settings.webhook is not None)
@@ -135,12 +134,12 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
         url, streams, store = open_data(settings, stack)
         rt = Runtime(settings, url, streams, store, _stack=stack)
         if model:
-            from monitor.outbox import Outbox
+            from monitor.streams.outbox import Outbox
 
             webhooks = settings.webhook is not None
             rt.outbox = Outbox(streams, store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
             rt.outbox.resume()
-            from monitor.batcher import Batcher
+            from monitor.backends.hf import HFBackend
             from monitor.engine import Engine
             from probes.artifacts import load_axis, load_capping
             from probes.models import load_model
@@ -155,13 +154,13 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             if capping is not None:
                 capping.check(lm.hidden_size, lm.n_layers)
             thresholds, drift = settings.drift_setup(axis.calibration)
-            from monitor.workers import consumer_name
+            from monitor.workers.persist import consumer_name
 
-            rt.engine = Engine(lm, axis, thresholds, capping, drift=drift, policy=settings.policy, publisher=rt.outbox,
+            backend = HFBackend(lm, axis, capping, max_batch=settings.batch_size)
+            rt.engine = Engine(backend, thresholds, drift=drift, policy=settings.policy, publisher=rt.outbox,
                                session_lookup=store.session_meta,
                                replica=f"{consumer_name('serve')}-{uuid.uuid4().hex[:6]}")
             rt.start_heartbeat()
-            rt.batcher = Batcher(rt.engine, max_batch=settings.batch_size)
             streams.set_deployment({
                 "model_id": lm.model_id, "layer": rt.engine.layer, "policy": rt.engine.policy,
                 "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis.path).resolve()),
@@ -175,8 +174,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                 "axis_meta": axis.meta(),  # what axis.json holds
                 "axis_report": _report(Path(axis.path) / "report.json")})
         if workers:
-            from monitor.alert_worker import AlertWorker
-            from monitor.workers import PersistWorker
+            from monitor.workers.alerts import AlertWorker
+            from monitor.workers.persist import PersistWorker
 
             w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)
             w.start_thread()

@@ -56,7 +56,7 @@ def _keys(env) -> tuple[str, ...]:
 
 
 def _webhook(env):
-    from monitor.webhooks import WebhookConfig
+    from monitor.workers.webhooks import WebhookConfig
 
     return WebhookConfig.from_env(env)
 
@@ -91,7 +91,7 @@ class Settings:
     min_tokens: int | None = None  # None: the calibration's (16 without one)
     cooldown_tokens: int = 64
     drift_baseline: str | None = None  # "session" or "absolute"; None: the calibration's ("session" without one)
-    webhook: object = None  # monitor.webhooks.WebhookConfig (its repr hides the secret) or None
+    webhook: object = None  # monitor.workers.webhooks.WebhookConfig (its repr hides the secret) or None
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
     max_new_tokens: int = 1024  # the most tokens one request may ask for

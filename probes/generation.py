@@ -18,7 +18,7 @@ one step, and a sequence cut by ``max_new_tokens`` costs one extra pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
@@ -94,19 +94,32 @@ def stop_token_ids(lm: LoadedModel) -> set[int]:
     return ids
 
 
+class Detokenizer:
+    """The text each new token of one sequence adds, linear in the sequence's length: every token
+    decodes a short window (the tokens since the last emitted piece, with the piece before them as
+    context, so tokenizers that drop a leading space at a decode boundary still come out right), never
+    the whole reply. A token that ends in half a multi-byte character adds "" and its text comes with
+    the token that completes it. The one detokeniser: stored tokens, the live tail and streaming."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._start = self._read = 0  # window: context from _start, emitted up to _read
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        prefix = self.tokenizer.decode(self.ids[self._start:self._read], skip_special_tokens=True)
+        text = self.tokenizer.decode(self.ids[self._start:], skip_special_tokens=True)
+        if len(text) <= len(prefix) or text.endswith("\ufffd"):  # nothing yet, or half a character
+            return ""
+        self._start, self._read = self._read, len(self.ids)
+        return text[len(prefix):]
+
+
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """Per-token text pieces whose concatenation is ``decode(ids)``."""
-    pieces, prev = [], ""
-    for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        pieces.append(text[len(prev):] if text.startswith(prev) else text)
-        prev = text
-    return pieces
-
-
-def _hit_length_limit(out_tokens: list, opts: GenerationOptions) -> bool:
-    """Did the loop stop at max_new_tokens (rather than because every row finished)?"""
-    return len(out_tokens) == opts.max_new_tokens
+    """Per-token text pieces (:class:`Detokenizer`); they concatenate to ``decode(ids)``."""
+    d = Detokenizer(tokenizer)
+    return [d.push(i) for i in ids]
 
 
 def _cache_kwarg(model) -> str:
@@ -114,6 +127,16 @@ def _cache_kwarg(model) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _sample_rows(logits: torch.Tensor, opts: list[GenerationOptions],
+                 gens: list[torch.Generator | None]) -> torch.Tensor:
+    """The next token of every row ``[b]`` from ``logits [b, V]``, each row with its own options."""
+    out = logits.argmax(-1)
+    for i, o in enumerate(opts):
+        if o.temperature > 0:
+            out[i] = _sample(logits[i:i + 1], o, gens[i])[0]
+    return out
 
 
 def _sample(logits: torch.Tensor, opts: GenerationOptions, gen: torch.Generator | None) -> torch.Tensor:
@@ -141,7 +164,7 @@ def encode_prompts(lm: LoadedModel, prompts: list[list[dict] | str]) -> dict:
 def generate(
     lm: LoadedModel,
     prompts: list[list[dict] | str],
-    opts: GenerationOptions | None = None,
+    opts: GenerationOptions | Sequence[GenerationOptions] | None = None,
     *,
     axis: torch.Tensor | None = None,
     monitor_layer: int | None = None,
@@ -153,17 +176,21 @@ def generate(
 ) -> list[Generated]:
     """Generate for a batch of chats (message lists or pre-rendered strings).
 
-    ``axis`` is the unit axis ``[d]`` scored at ``monitor_layer``. ``capping``
-    applies to the rows in ``cap_rows`` (bool ``[b]``; all rows when None),
-    and a ``sink`` may add rows while generating.
+    ``opts``: one options object for every row, or one per row (each row stops at its own
+    ``max_new_tokens`` and samples with its own temperature, top-p and seed). ``axis`` is the unit
+    axis ``[d]`` scored at ``monitor_layer``. ``capping`` applies to the rows in ``cap_rows`` (bool
+    ``[b]``; all rows when None), and a ``sink`` may add rows while generating.
     """
-    opts = opts or GenerationOptions()
     model, b = lm.model, len(prompts)
+    row_opts = list(opts) if isinstance(opts, Sequence) else [opts or GenerationOptions()] * b
+    if len(row_opts) != b:
+        raise ValueError(f"{len(row_opts)} options for {b} prompts")
     enc = encode_prompts(lm, prompts)
     input_ids, attn = enc["input_ids"], enc["attention_mask"]
     dev = input_ids.device
     stops = torch.tensor(sorted(stop_token_ids(lm)), device=dev)
-    gen = torch.Generator(device=dev).manual_seed(opts.seed) if opts.seed is not None else None
+    gens = [torch.Generator(device=dev).manual_seed(o.seed) if o.seed is not None else None for o in row_opts]
+    limits = torch.tensor([o.max_new_tokens for o in row_opts], device=dev)
 
     n_layers = lm.n_layers
     scores_now = torch.zeros(b, device=dev)
@@ -216,6 +243,7 @@ def generate(
             counts.add_(mask)
 
     finished = torch.zeros(b, dtype=torch.bool, device=dev)
+    stopped = torch.zeros(b, dtype=torch.bool, device=dev)  # ended by an end-of-turn token (not its length)
     prev_content = torch.zeros(b, dtype=torch.bool, device=dev)
     out_tokens, out_scores, out_pre, out_content, cap_on = [], [], [], [], []
     position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
@@ -223,13 +251,14 @@ def generate(
     cache_kw = _cache_kwarg(model)
     step_ids, step_pos = input_ids, position_ids
     with layer_hooks(model, fns, lm.layers_path):
-        for step in range(opts.max_new_tokens):
+        for step in range(max((o.max_new_tokens for o in row_opts), default=0)):
             out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
                         use_cache=True, **{cache_kw: past})
             past = getattr(out, cache_kw)
-            nxt = _sample(out.logits[:, -1], opts, gen)
+            nxt = _sample_rows(out.logits[:, -1], row_opts, gens)
             is_stop = torch.isin(nxt, stops)
             content = ~finished & ~is_stop
+            stopped |= ~finished & is_stop
             if collect_means and step > 0:  # this step's input is the previous token: its own position
                 accumulate(prev_content)
             prev_content = content
@@ -242,15 +271,15 @@ def generate(
                 more = sink.put(step, tok_h, sc_h, cont_h, pre_h)
                 if more is not None and capping is not None:
                     active |= more.to(dev)
-            finished |= is_stop
+            finished |= is_stop | (step + 1 >= limits)
+            # the next input: this step's token where it is content, padding (not attended) elsewhere
+            step_ids = torch.where(content, nxt, torch.full_like(nxt, lm.tokenizer.pad_token_id)).unsqueeze(-1)
+            attn = torch.cat([attn, content.long().unsqueeze(-1)], -1)
+            step_pos = step_pos[:, -1:] + 1
             if bool(finished.all()):
                 break
-            nxt = torch.where(finished, torch.full_like(nxt, lm.tokenizer.pad_token_id), nxt)
-            attn = torch.cat([attn, (~finished).long().unsqueeze(-1)], -1)
-            step_ids = nxt.unsqueeze(-1)
-            step_pos = step_pos[:, -1:] + 1
-        if collect_means and _hit_length_limit(out_tokens, opts) and bool(prev_content.any()):
-            # stopped at max_new_tokens: one more pass gives the last content token's own position
+        if collect_means and bool(prev_content.any()):
+            # rows cut at max_new_tokens: one more pass gives their last content token's own position
             model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, use_cache=True, **{cache_kw: past})
             accumulate(prev_content)
     if sink is not None:
@@ -265,7 +294,6 @@ def generate(
     for i in range(b):
         m = cont[i]
         ids = toks[i][m].tolist()
-        stopped = bool((~m).any()) and T > 0
         results.append(Generated(
             token_ids=ids,
             tokens=token_pieces(lm.tokenizer, ids),
@@ -274,7 +302,7 @@ def generate(
             pre_cap_scores=pr[i][m].tolist() if axis is not None else [],
             capped=bool(capm[i][m].any()) if capping is not None else False,
             cap_flags=capm[i][m].tolist() if capping is not None else [False] * len(ids),
-            finish_reason="stop" if stopped else "length",
+            finish_reason="stop" if bool(stopped[i]) else "length",
             layer_means=(sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
             layer_norms=(norm_sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
         ))

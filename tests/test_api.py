@@ -19,7 +19,7 @@ def server(tmp_path_factory):
     db = tmp_path_factory.mktemp("db") / "aw.db"
     rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=4))
     try:
-        with uvicorn_thread(create_app(rt.engine, rt.batcher, rt.store, rt.streams)) as url:
+        with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams)) as url:
             yield {"url": url, "rt": rt}
     finally:
         rt.close()
@@ -92,7 +92,7 @@ def test_bad_requests_are_4xx(server):
 
 def test_models_lists_the_served_model(server, client):
     """OpenAI clients (and tools built on them) list models before they chat."""
-    served = server["rt"].engine.lm.model_id
+    served = server["rt"].engine.model_id
     assert [m.id for m in client.models.list()] == [served]
     assert client.models.retrieve(served).id == served  # ids with a slash work too
     r = httpx.get(server["url"] + "/v1/models/gpt-4")

@@ -13,7 +13,7 @@ from dashboard import charts, data
 from dashboard_seed import MODEL, records
 from monitor.drift import Thresholds
 from monitor.errors import InputError
-from monitor.export import session_csv
+from monitor.store.export import session_csv
 from monitor.records import TurnRecord
 from monitor.settings import Settings
 from monitor.store import Store

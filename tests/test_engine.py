@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 
-from monitor.batcher import Batcher
+from monitor.backends.hf import HFBackend
 from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
 from monitor.engine import ChatRequest, Engine
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.redis_server import EmbeddedRedis
+from monitor.streams.embedded import EmbeddedRedis
 from monitor.streams import Streams
 from probes.artifacts import load_capping
 from probes.generation import GenerationOptions, generate
@@ -30,8 +30,9 @@ def streams(redis_url):
 
 
 def engine(lm, shipped, streams, thresholds=None, policy="flag", drift=None):
-    return Engine(lm, shipped, thresholds or thresholds_from_calibration(shipped.calibration)[0],
-                  capping=load_capping(shipped_dir()), drift=drift, policy=policy, publisher=streams)
+    return Engine(HFBackend(lm, shipped, load_capping(shipped_dir())),
+                  thresholds or thresholds_from_calibration(shipped.calibration)[0],
+                  drift=drift, policy=policy, publisher=streams)
 
 
 def records(streams, stream):
@@ -75,14 +76,13 @@ def test_no_extra_forward_pass(lm, shipped, streams):
 
 def test_concurrent_sessions_each_get_their_own_tokens(lm, shipped, streams):
     eng = engine(lm, shipped, streams)
-    batcher = Batcher(eng, max_batch=4, max_wait_s=0.05)
     questions = {f"c{i}": q for i, q in enumerate(["Name a fruit.", "What is 3 + 4?", "Say hello in French.",
                                                    "Name a planet.", "What colour is the sky?"])}
     results, errors = {}, []
 
     def client(sid, q):
         try:
-            results[sid] = [batcher.submit(ChatRequest(sid, chat(q), OPTS)).result(timeout=300) for _ in range(2)]
+            results[sid] = [eng.submit(ChatRequest(sid, chat(q), OPTS)).result(timeout=300) for _ in range(2)]
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -91,7 +91,7 @@ def test_concurrent_sessions_each_get_their_own_tokens(lm, shipped, streams):
         t.start()
     for t in threads:
         t.join()
-    batcher.close()
+    eng.close()
     assert not errors
     for sid, q in questions.items():
         alone = generate(lm, [chat(q)], OPTS, axis=shipped.unit(), monitor_layer=shipped.monitor_layer)[0]
@@ -142,7 +142,7 @@ def test_one_batch_rejects_two_turns_of_one_session(lm, shipped, streams):
         eng.run_batch([ChatRequest("dup", chat("a"), OPTS), ChatRequest("dup", chat("b"), OPTS)])
     with pytest.raises(InputError, match="unknown role"):
         eng.run_batch([ChatRequest("bad", [{"role": "wizard", "content": "x"}], OPTS)])
-    assert torch.is_tensor(eng.v)
+    assert torch.is_tensor(eng.backend.v)
 
 
 def test_redis_going_away_does_not_break_generation_or_sessions(lm, shipped):
@@ -156,19 +156,18 @@ def test_redis_going_away_does_not_break_generation_or_sessions(lm, shipped):
     assert third.turn == 5  # the session goes on
 
 
-def test_a_bad_request_fails_alone_in_the_batcher(lm, shipped, streams):
+def test_a_bad_request_fails_alone_at_submit(lm, shipped, streams):
     from probes.errors import InputError
 
     eng = engine(lm, shipped, streams)
-    batcher = Batcher(eng, max_batch=4)
     try:
         with pytest.raises(InputError, match="exceeds the model's"):
-            batcher.submit(ChatRequest("big", chat("hi"), GenerationOptions(max_new_tokens=10 ** 6)))
-        ok = batcher.submit(ChatRequest("fine", chat("Name a colour."), OPTS)).result(timeout=120)
+            eng.submit(ChatRequest("big", chat("hi"), GenerationOptions(max_new_tokens=10 ** 6)))
+        ok = eng.submit(ChatRequest("fine", chat("Name a colour."), OPTS)).result(timeout=120)
         assert ok.tokens
         assert "big" not in eng.sessions  # refused before any session state was touched
     finally:
-        batcher.close()
+        eng.close()
 
 
 def test_per_request_policy_changes_the_session(lm, shipped, streams):
@@ -181,7 +180,7 @@ def test_per_request_policy_changes_the_session(lm, shipped, streams):
 
 def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(lm, shipped, streams):
     stored = {"old": {"source": "live", "policy": "flag", "capped": False, "next_turn": 6}}
-    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
+    eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
                  session_lookup=stored.get, max_sessions=2)
     for sid in ("a", "b", "c"):
         eng.session(sid)
@@ -209,7 +208,7 @@ def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams)
     high_floor = dataclasses.replace(base, taus=[1e3] * len(base.layers))  # floors every token it touches
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
     drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute")
-    eng = Engine(lm, shipped, high, capping=high_floor, drift=drift, policy="cap", publisher=streams)
+    eng = Engine(HFBackend(lm, shipped, high_floor), high, drift=drift, policy="cap", publisher=streams)
     msgs = [{"role": "user", "content": "Who are you?"}]
     res = eng.run_batch([ChatRequest("s-pre", msgs, OPTS)])[0]
     flagged = [k for k, c in enumerate(res.cap_flags) if c]
@@ -233,12 +232,12 @@ def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(tmp_path, lm
     """Recovery stores a cut-off reply from the live tail with its capping flags and pre-cap scores."""
     import dataclasses
 
-    from monitor.recovery import recover_interrupted
+    from monitor.workers.recovery import recover_interrupted
     from monitor.store import Store
 
     base = load_capping(shipped_dir())
-    eng = Engine(lm, shipped, Thresholds(watch=1e4, warning=9e3, critical=8e3),
-                 capping=dataclasses.replace(base, taus=[1e3] * len(base.layers)),
+    eng = Engine(HFBackend(lm, shipped, dataclasses.replace(base, taus=[1e3] * len(base.layers))),
+                 Thresholds(watch=1e4, warning=9e3, critical=8e3),
                  drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute"), policy="cap", publisher=streams,
                  replica="gone-replica")  # no heartbeat: it counts as dead
     res = eng.run_batch([ChatRequest("s-cut", chat("Who are you?"), OPTS)])[0]
@@ -289,7 +288,7 @@ def test_turn_numbers_come_from_one_counter_every_replica_shares(lm, shipped, st
     replica died, a failover) must not reuse the turn numbers already handed out."""
     lagging_store = {"sess-x": {"source": "live", "policy": "flag", "capped": False, "next_turn": 0}}
     a = engine(lm, shipped, streams)
-    b = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
+    b = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
                session_lookup=lagging_store.get)
     r1 = a.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]
     r2 = b.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]  # the store still says next_turn 0
@@ -299,20 +298,19 @@ def test_turn_numbers_come_from_one_counter_every_replica_shares(lm, shipped, st
     assert turns == [(0, "user"), (1, "assistant"), (2, "user"), (3, "assistant"), (4, "user"), (5, "assistant")]
 
 
-def test_a_session_check_fails_alone_in_the_batcher(lm, shipped, streams):
+def test_a_session_check_fails_alone_at_submit(lm, shipped, streams):
     """An audit session chatted into, or policy cap without a capping config, fails its own request
     at submit, never the other requests of its batch."""
     from probes.errors import InputError
 
-    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
+    eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
     eng.session("an-audit", source="audit")
-    batcher = Batcher(eng, max_batch=4)
     try:
         with pytest.raises(InputError, match="audit session"):
-            batcher.submit(ChatRequest("an-audit", chat("hi"), OPTS))
+            eng.submit(ChatRequest("an-audit", chat("hi"), OPTS))
         with pytest.raises(InputError, match="needs a capping config"):
-            batcher.submit(ChatRequest("wants-cap", chat("hi"), OPTS, policy="cap"))
-        ok = batcher.submit(ChatRequest("fine-2", chat("Name a colour."), OPTS)).result(timeout=120)
+            eng.submit(ChatRequest("wants-cap", chat("hi"), OPTS, policy="cap"))
+        ok = eng.submit(ChatRequest("fine-2", chat("Name a colour."), OPTS)).result(timeout=120)
         assert ok.tokens
     finally:
-        batcher.close()
+        eng.close()

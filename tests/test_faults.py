@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 from monitor.engine import ChatRequest
-from monitor.outbox import Outbox
+from monitor.streams.outbox import Outbox
 from monitor.records import TurnRecord
-from monitor.redis_server import EmbeddedRedis, _free_port
+from monitor.streams.embedded import EmbeddedRedis, _free_port
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import Streams
@@ -74,7 +74,7 @@ def test_outbox_buffers_spills_and_replays_in_order(tmp_path):
 def test_spill_left_by_an_earlier_run_is_replayed(tmp_path):
     """A replica that died (or shut down) during an outage left spilled rows: the next replica's outbox
     replays them at start, and a persistence worker drains them if no replica comes back."""
-    from monitor.workers import PersistWorker
+    from monitor.workers.persist import PersistWorker
 
     redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
     store = Store(f"sqlite:///{tmp_path / 'a.db'}")
@@ -162,7 +162,7 @@ def test_redis_killed_and_restarted_mid_generation(tmp_path):
             futs = {}
             for i, s in enumerate(sids):
                 history[s].append({"role": "user", "content": prompts[(i + turn) % 3]})
-                futs[s] = rt.batcher.submit(ChatRequest(s, list(history[s]), GenerationOptions(max_new_tokens=24)))
+                futs[s] = rt.engine.submit(ChatRequest(s, list(history[s]), GenerationOptions(max_new_tokens=24)))
             for s, f in futs.items():
                 res = f.result(timeout=300)
                 history[s].append({"role": "assistant", "content": res.text})
@@ -317,7 +317,7 @@ def test_serve_killed_mid_reply_keeps_what_was_streamed(tmp_path):
 def test_redis_and_the_store_both_down_keep_a_bounded_queue(tmp_path):
     """Nowhere to spill: the outbox keeps at most HARD_LIMIT x max_buffer records in memory, drops the
     oldest beyond that and counts them, and tries the store only once a buffer more has queued."""
-    from monitor.outbox import HARD_LIMIT
+    from monitor.streams.outbox import HARD_LIMIT
 
     store = Store(f"sqlite:///{tmp_path / 'gone' / 'a.db'}")  # never migrated: every spill fails
     tries = []

@@ -29,7 +29,7 @@ def api_schema(tmp_path_factory):
     db = tmp_path_factory.mktemp("fuzz") / "aw.db"
     rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=4))
     try:
-        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(rt.engine, rt.batcher, rt.store,
+        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(rt.engine, rt.store,
                                                                          rt.streams, max_new_tokens=4))
     finally:
         rt.close()

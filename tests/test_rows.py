@@ -1,11 +1,11 @@
-"""Records to rows and back (monitor/rows.py): pure, no database."""
+"""Records to rows and back (monitor/store/rows.py): pure, no database."""
 
 import pytest
 
 from monitor.errors import InputError
 from monitor.records import AlertEvent, TurnRecord
-from monitor.rows import from_row, to_row
-from monitor.schema import TurnRow
+from monitor.store.rows import from_row, to_row
+from monitor.store.schema import TurnRow
 
 
 def test_turn_row_round_trip_packs_scores_and_capping_bits():

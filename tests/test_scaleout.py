@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from monitor.redis_server import EmbeddedRedis, _free_port
+from monitor.streams.embedded import EmbeddedRedis, _free_port
 from monitor.store import Store
 from polling import wait_until
 from test_webhooks import SECRET, Receiver

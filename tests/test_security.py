@@ -26,7 +26,7 @@ def server(tmp_path_factory):
     db = tmp_path_factory.mktemp("db") / "aw.db"
     rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=2))
     try:
-        with uvicorn_thread(create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=(KEY, OTHER))) as url:
+        with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams, api_keys=(KEY, OTHER))) as url:
             yield url
     finally:
         rt.close()
@@ -44,10 +44,7 @@ def test_the_guarded_list_covers_every_route():
     from monitor.api import create_app
     from monitor.auth import OPEN_PATHS
 
-    class _LM:
-        model_id = "m"
-
-    app = create_app(type("E", (), {"lm": _LM()})(), batcher=None)
+    app = create_app(type("E", (), {"model_id": "m"})())
     routes = {(m, re.sub(r"\{[^}]+\}", "x", r.path)) for r in app.routes for m in getattr(r, "methods", ()) - {"HEAD"}}
     covered = {(m, re.sub(r"/x(/y)?$", "/x", p)) for m, p in GUARDED} | {("GET", p) for p in OPEN_PATHS}
     assert routes - covered - {("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")} == set()

@@ -8,11 +8,12 @@ import uuid
 import pytest
 
 from monitor.drift import thresholds_from_calibration
+from monitor.backends.hf import HFBackend
 from monitor.engine import Engine
-from monitor.shadow import ShadowWorker
+from monitor.workers.shadow import ShadowWorker
 from monitor.store import Store
 from monitor.streams import Streams
-from monitor.workers import PersistWorker
+from monitor.workers.persist import PersistWorker
 from probes.audit import score_conversation
 from probes.errors import InputError
 
@@ -27,7 +28,7 @@ def rig(lm, shipped, redis_url, tmp_path):
     streams.ensure_groups()
     store = Store(f"sqlite:///{tmp_path / 'aw.db'}")
     store.migrate()
-    eng = Engine(lm, shipped, thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
+    eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
     yield streams, store, eng, PersistWorker(streams, store, block_ms=100)
     store.close()
 

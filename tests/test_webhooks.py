@@ -18,9 +18,9 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from monitor.records import AlertEvent
 from monitor.store import Store
 from monitor.streams import Streams
-from monitor.alert_worker import AlertWorker
-from monitor.dead_letters import replay_dead
-from monitor.webhooks import WebhookConfig, dead_key
+from monitor.workers.alerts import AlertWorker
+from monitor.workers.dead_letters import replay_dead
+from monitor.workers.webhooks import WebhookConfig, dead_key
 from probes.errors import InputError
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from monitor.cli_base import cli, handle_errors, load_axis_for, load_model_for, model_options, settings_from
+from monitor.cli.base import cli, handle_errors, load_axis_for, load_model_for, model_options, settings_from
 from monitor.errors import AxiswatchError
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from monitor.cli_base import cli, handle_errors, model_options, settings_from
+from monitor.cli.base import cli, handle_errors, model_options, settings_from
 
 COLOURS = {"ok": "green", "watch": "yellow", "warning": "magenta", "critical": "red"}
 
@@ -107,7 +107,7 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
                 from monitor.engine import ChatRequest
                 from probes.generation import GenerationOptions
 
-                res = rt.batcher.submit(ChatRequest(sid, list(messages), GenerationOptions(max_new_tokens=max_tokens),
+                res = rt.engine.submit(ChatRequest(sid, list(messages), GenerationOptions(max_new_tokens=max_tokens),
                                                     policy, on_token=on_token)).result()
                 final = {"state": res.state, "running": res.running, "mean": res.mean, "capped": res.capped}
             click.echo()

@@ -1,6 +1,6 @@
 """Records to database rows and back: every field checked, a turn's scores packed as little-endian
-float32 bytes and its capping flags as bits. Pure: no engine, no session, no I/O (monitor/store.py
-owns those; the tables are in monitor/schema.py)."""
+float32 bytes and its capping flags as bits. Pure: no engine, no session, no I/O (monitor/store/db.py
+owns those; the tables are in monitor/store/schema.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from monitor.errors import InputError
 from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
-from monitor.schema import Base, TurnRow
+from monitor.store.schema import Base, TurnRow
 
 DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
 ROLES = ("assistant", "user", "system")

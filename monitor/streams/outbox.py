@@ -23,18 +23,17 @@ import threading
 from collections import deque
 from typing import Callable
 
-import redis
 
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.streams.client import REDIS_DOWN
 
 log = logging.getLogger(__name__)
 
 HARD_LIMIT = 10  # x max_buffer: with Redis and the store both down, the oldest records beyond this go
 KIND = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}
 RECORD = {v: k for k, v in KIND.items()}
-# Any Redis error means "not stored there": unreachable, but also a full (OOM), read-only (a
-# replica after a failover), or misconfigured (MISCONF) server. The records wait; nothing is dropped.
-REDIS_DOWN = (redis.RedisError, OSError)
+# REDIS_DOWN: any Redis error means "not stored there": unreachable, but also a full (OOM), read-only
+# (a replica after a failover), or misconfigured (MISCONF) server. The records wait; nothing is dropped.
 
 
 class Outbox:

@@ -1,4 +1,4 @@
-"""The alert worker: drift alerts from Redis -> signed webhooks (:mod:`monitor.webhooks`), retries,
+"""The alert worker: drift alerts from Redis -> signed webhooks (:mod:`monitor.workers.webhooks`), retries,
 dead letter. It reads the ``webhooks`` group of the ``{prefix}:alerts`` stream. Delivery is at least
 once; every state is recorded with ``Store.set_alert_delivery``:
 
@@ -10,7 +10,7 @@ once; every state is recorded with ``Store.set_alert_delivery``:
   reclaimed (idle > ``reclaim_idle_ms``) at start and every ``reclaim_every_s``. While alive, a worker
   refreshes the idle time of the entries it holds, so a peer never takes over an alert in backoff.
 - after ``max_attempts`` failures: ``dead``; the alert goes onto the dead-letter list and the entry is
-  acknowledged in one MULTI. :func:`monitor.dead_letters.replay_dead` (``axiswatch alerts replay``)
+  acknowledged in one MULTI. :func:`monitor.workers.dead_letters.replay_dead` (``axiswatch alerts replay``)
   re-delivers them.
 - dedupe by event id: an event whose row is already ``delivered`` (or one in flight in this worker)
   is acknowledged without sending again. Across workers, an alert is delivered only by the worker
@@ -39,9 +39,9 @@ import redis
 from monitor.records import AlertEvent
 from monitor.store import Store, StoreError
 from monitor.streams import Entry, Streams
-from monitor.webhooks import (GROUP, RELEASE_LUA, RENEW_LUA, STREAM, WebhookConfig, alert_of, dead_key, deliver,
+from monitor.workers.webhooks import (GROUP, RELEASE_LUA, RENEW_LUA, STREAM, WebhookConfig, alert_of, dead_key, deliver,
                               lease_key, record_delivery, stored_alert)
-from monitor.workers import consumer_name
+from monitor.workers.persist import consumer_name
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ class InterventionRow(Base):
 
 
 class SpillRow(Base):
-    """Records the engine could not hand to Redis while it was down (monitor/outbox.py), oldest first."""
+    """Records the engine could not hand to Redis while it was down (monitor/streams/outbox.py), oldest first."""
     __tablename__ = "spill"
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
     kind: Mapped[str]

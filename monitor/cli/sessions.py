@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from monitor.cli_base import cli, handle_errors, settings_from
+from monitor.cli.base import cli, handle_errors, settings_from
 
 
 def _store(ctx, database_url):
@@ -96,7 +96,7 @@ def sessions_show(ctx, session_id, database_url, as_json):
 @handle_errors
 def sessions_export(ctx, session_id, fmt, output, database_url):
     """Export a session: the JSON trace, or CSV with one row per scored token."""
-    from monitor.export import session_csv, session_json
+    from monitor.store.export import session_csv, session_json
 
     s = _get(ctx, database_url, session_id)
     text = session_json(s) if fmt == "json" else session_csv(s)
@@ -146,8 +146,8 @@ def alerts_list(ctx, status, limit, database_url, as_json):
 def alerts_replay(ctx, limit, database_url):
     """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
     from monitor.streams import Streams
-    from monitor.dead_letters import replay_dead
-    from monitor.webhooks import dead_key
+    from monitor.workers.dead_letters import replay_dead
+    from monitor.workers.webhooks import dead_key
     from monitor.errors import InputError
 
     s = settings_from(ctx, database_url=database_url)

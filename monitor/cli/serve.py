@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from monitor.cli_base import cli, handle_errors, model_options, settings_from
+from monitor.cli.base import cli, handle_errors, model_options, settings_from
 
 
 @cli.command()
@@ -48,16 +48,16 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
         raise
     ui = None
     try:
-        app = create_app(rt.engine, rt.batcher, rt.store, rt.streams, api_keys=s.api_keys,
+        app = create_app(rt.engine, rt.store, rt.streams, api_keys=s.api_keys,
                          max_new_tokens=s.max_new_tokens)
         if with_dashboard:
-            from monitor.cli_dashboard import launch
+            from monitor.cli.dashboard import launch
             from monitor.service import local_host
 
             ui = launch(s, rt.redis_url, ui_host, s.dashboard_port, f"http://{local_host(s.host)}:{s.port}")
             click.echo(f"dashboard on http://{ui_host}:{s.dashboard_port}"
                        + ("" if ui_host == s.host else " (loopback only: set AXISWATCH_DASHBOARD_PASSWORD to expose it)"))
-        click.echo(f"axiswatch serving {rt.engine.lm.model_id} on http://{s.host}:{s.port}/v1 "
+        click.echo(f"axiswatch serving {rt.engine.model_id} on http://{s.host}:{s.port}/v1 "
                    f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url}, "
                    f"{'API keys required' if s.api_keys else 'no API keys: open to anyone who can reach it'})")
         click.echo(f"try: curl -s http://{s.host}:{s.port}/v1/chat/completions -H 'content-type: application/json' "
@@ -115,7 +115,7 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
     the assistant's reply. Sessions are recorded and alerted like live ones (source 'shadow').
     """
     from monitor import service
-    from monitor.shadow import ShadowWorker
+    from monitor.workers.shadow import ShadowWorker
     from monitor.errors import InputError
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy,
@@ -128,7 +128,7 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     sw.start_thread()
-    click.echo(f"shadow mode: scoring {rt.streams.key('ingest')} on {rt.redis_url} with {rt.engine.lm.model_id} "
+    click.echo(f"shadow mode: scoring {rt.streams.key('ingest')} on {rt.redis_url} with {rt.engine.model_id} "
                f"(layer {rt.engine.layer}) -> {rt.store.url}")
     try:
         stop.wait()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from monitor.cli_base import cli, handle_errors, settings_from
+from monitor.cli.base import cli, handle_errors, settings_from
 from monitor.errors import InputError
 from monitor.settings import MAX_AUDIT_BYTES
 
@@ -29,7 +29,7 @@ def launch(settings, redis_url: str | None, host: str, port: int, api_url: str |
         env["REDIS_URL"] = redis_url
     if api_url:
         env["AXISWATCH_API_URL"] = api_url
-    from monitor.redis_server import die_with_parent
+    from monitor.streams.embedded import die_with_parent
 
     return subprocess.Popen(dashboard_command(host, port), env=env, preexec_fn=die_with_parent)  # dies with serve
 

@@ -48,6 +48,8 @@ from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 log = logging.getLogger(__name__)
 
 VERSION = "1"
+# what "Redis is down" raises: every handler that carries on without Redis catches these, nothing wider
+REDIS_DOWN = (redis.RedisError, OSError)
 KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions"}
 LAG_SCAN = 2_000  # on Redis 6.2, lag() counts undelivered entries up to this many (it reads them whole)

@@ -16,6 +16,7 @@ import logging
 import time
 
 from monitor.records import TurnRecord
+from monitor.streams.live import live_turns
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,9 @@ def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 
         if last["replica"] in alive:
             continue
         turn = last.get("turn")
-        scores, pieces, pre, flags = [], [], [], []
-        for e in streams.read_live(sid, count=100_000):
-            d = e.data
-            if d.get("turn") == turn and int(d.get("start", -1)) == len(scores):
-                got = [float(x) for x in d.get("scores") or []]
-                scores += got
-                pieces += list(d.get("tokens") or [""] * len(got))
-                flags += [bool(x) for x in d.get("cap_flags") or [False] * len(got)]
-                pre += [float(x) for x in d.get("pre_cap_scores") or got]
+        got = live_turns(streams.read_live(sid, count=100_000), int(turn) - 1).get(int(turn))
+        scores, pieces, flags = (got["scores"], got["pieces"], got["capped"]) if got else ([], [], [])
+        pre = [s if p is None else p for s, p in zip(scores, got["pre"])] if got else []
         capped = any(flags)
         stored = store.turn_meta(sid, int(turn))
         if stored is None or (stored["role"] == "assistant" and stored["n_tokens"] < len(scores)):

@@ -1,6 +1,6 @@
 """Alert webhooks: where and how to deliver (:class:`WebhookConfig`), the signed POST (Standard
 Webhooks), the delivery state in the store, and the Redis keys the alert worker and the dead-letter
-replay share. The worker is :mod:`monitor.alert_worker`, the replay :mod:`monitor.dead_letters`.
+replay share. The worker is :mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
 
 Each alert is POSTed as ``{"type": "axiswatch.alert", "data": <AlertEvent dict>}`` with the Standard
 Webhooks headers ``webhook-id`` (the alert's ``event_id``: receivers dedupe on it; it is the same on

@@ -1,6 +1,6 @@
 """Dead-lettered alerts: ``axiswatch alerts replay`` tries each once more (:func:`replay_dead`).
 One replay runs at a time (``{prefix}:alerts:dead:lock``); a second is refused with a clear error.
-Keys: :mod:`monitor.webhooks`."""
+Keys: :mod:`monitor.workers.webhooks`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import redis
 from monitor.errors import InputError
 from monitor.store import Store, StoreError
 from monitor.streams import Streams
-from monitor.webhooks import (RELEASE_LUA, RENEW_LUA, WebhookConfig, alert_of, dead_key, deliver, record_delivery,
+from monitor.workers.webhooks import (RELEASE_LUA, RENEW_LUA, WebhookConfig, alert_of, dead_key, deliver, record_delivery,
                               stored_alert)
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ the entries only after the commit. On start (and every ``reclaim_every_s``) it
 takes over entries that another, dead, consumer was given but never
 acknowledged. Replays create no duplicate rows (the store's keys). Every
 ``recover_every_s`` it stores the replies a dead ``serve`` replica left half
-generated (monitor/recovery.py).
+generated (monitor/workers/recovery.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 import redis
 
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.outbox import publish_spilled
-from monitor.recovery import recover_interrupted
+from monitor.streams.outbox import publish_spilled
+from monitor.workers.recovery import recover_interrupted
 from monitor.store import Store
 from monitor.streams import Entry, Streams
 from monitor.errors import InputError

@@ -18,7 +18,7 @@ import threading
 
 from monitor.engine import Engine
 from monitor.streams import Streams
-from monitor.workers import StreamWorker, consumer_name
+from monitor.workers.persist import StreamWorker, consumer_name
 from monitor.errors import AxiswatchError
 
 log = logging.getLogger(__name__)

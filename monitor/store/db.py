@@ -1,8 +1,8 @@
 """The store: the one module that owns the database (DESIGN.md section 3, convention 9).
 
 Engine, transactions, migrating, reads and writes. The typed models and migrations are in
-monitor/schema.py; checking records and encoding them as rows (per-token scores as little-endian float32
-bytes per turn) is in monitor/rows.py. SQLite by default (WAL, one writer at a time) or PostgreSQL
+monitor/store/schema.py; checking records and encoding them as rows (per-token scores as little-endian float32
+bytes per turn) is in monitor/store/rows.py. SQLite by default (WAL, one writer at a time) or PostgreSQL
 through the same URL. Batched writes, one transaction each, idempotent by the records' keys
 (monitor/records.py). Reads return plain dicts (no torch, no numpy). Times are float epoch seconds.
 """
@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
-from monitor.rows import (DELIVERY_STATUSES, LEVELS, checked_records, from_row, is_int, is_name, is_num, need,
+from monitor.store.rows import (DELIVERY_STATUSES, LEVELS, checked_records, from_row, is_int, is_name, is_num, need,
                           one_of, to_row)
-from monitor.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, InterventionRow,  # noqa: F401 - re-exported
+from monitor.store.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, InterventionRow,  # noqa: F401 - re-exported
                             SchemaVersion, SessionRow, SpillRow, TurnRow)
 
 DEFAULT_URL = "sqlite:///axiswatch.db"

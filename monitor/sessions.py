@@ -1,0 +1,92 @@
+"""The sessions one engine holds in memory: an LRU registry that continues sessions from the store.
+
+A session is created on first use. When the registry is full the least recently used session leaves
+memory; the store keeps its turns, and a later request continues it through ``lookup`` (a restart,
+another replica, an eviction): its source, policy, capping, next turn number and, replayed from its
+stored turns' scores, its drift tracker's reference, running score and state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from monitor.drift import DriftConfig, DriftTracker, Thresholds, parse_policy
+from monitor.errors import InputError, StoreError
+from monitor.records import new_id
+
+log = logging.getLogger(__name__)
+
+# what a lookup returns for a stored session: {source, policy, capped, next_turn, history}
+Lookup = Callable[[str], "dict | None"]
+
+
+@dataclass
+class Session:
+    id: str
+    tracker: DriftTracker
+    policy: str
+    source: str = "live"
+    next_turn: int = 0  # record index of the next stored turn (user and assistant turns both count)
+    capped: bool = False
+
+
+class SessionRegistry:
+    def __init__(self, thresholds: Thresholds, drift: DriftConfig, policy: str, can_cap: bool,
+                 lookup: Lookup | None = None, max_sessions: int = 10_000):
+        self.thresholds, self.drift, self.policy, self.can_cap = thresholds, drift, parse_policy(policy), can_cap
+        self.lookup, self.max_sessions = lookup, max_sessions
+        self.sessions: OrderedDict[str, Session] = OrderedDict()  # most recently used last
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str | None = None, policy: str | None = None, source: str = "live") -> Session:
+        """The session with this id, created on first use (a new id when None)."""
+        with self._lock:
+            sid = session_id or new_id("sess")
+            s = self.sessions.get(sid)
+            if s is not None:
+                self.sessions.move_to_end(sid)
+                return s
+            while len(self.sessions) >= self.max_sessions:
+                self.sessions.popitem(last=False)  # the store keeps its turns; a later request continues it
+            known = self._stored(sid) if session_id else None
+            s = self.sessions[sid] = self._new(sid, policy or (known or {}).get("policy"), source)
+            if known:
+                self._continue(s, known)
+            return s
+
+    def peek(self, session_id: str) -> Session | None:
+        """The session if it is in memory (no lookup, no LRU change)."""
+        return self.sessions.get(session_id)
+
+    def check_policy(self, policy: str | None) -> str:
+        pol = parse_policy(policy or self.policy)
+        if pol == "cap" and not self.can_cap:
+            raise InputError("policy 'cap' needs a capping config; none is loaded")
+        return pol
+
+    def _stored(self, sid: str) -> dict | None:
+        if self.lookup is None:
+            return None
+        try:
+            return self.lookup(sid)
+        except StoreError as e:  # the store being down must not stop serving: a fresh session
+            log.warning("could not look up session %s: %s", sid, e)
+            return None
+
+    def _new(self, sid: str, policy: str | None, source: str) -> Session:
+        pol = self.check_policy(policy)
+        return Session(sid, DriftTracker(self.thresholds, self.drift, pol), pol, source)
+
+    def _continue(self, s: Session, known: dict) -> None:
+        """Numbering goes on where the store left it; a capped session stays capped; the tracker's
+        reference, running score and state are replayed from the stored turns (their events were
+        published when they happened), as the dashboard replays them too."""
+        s.source, s.next_turn = known.get("source") or s.source, int(known.get("next_turn") or 0)
+        s.capped = bool(known.get("capped")) and self.can_cap
+        for turn, scores in known.get("history") or ():
+            s.tracker.update(list(scores), turn)
+            s.tracker.end_turn()
