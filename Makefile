@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run demo test test-slow axis-quick axis-standard eval eval-quick clean
+.PHONY: install lock run demo lint test test-slow axis-quick axis-standard eval eval-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,7 +28,11 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/axiswatch demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -116,9 +116,9 @@ def bench_audit(lm, axis, cfg) -> None:
 # ----------------------------------------------------------------------------- 2. persistence worker
 def bench_persist(cfg, tmp: Path) -> None:
     from monitor.records import TurnRecord
-    from monitor.streams.embedded import EmbeddedRedis
     from monitor.store import Store
     from monitor.streams import Streams
+    from monitor.streams.embedded import EmbeddedRedis
     from monitor.workers.persist import PersistWorker
 
     n, t, group = cfg["persist_turns"], cfg["persist_tokens"], cfg["persist_group"]
@@ -179,11 +179,11 @@ def bench_persist(cfg, tmp: Path) -> None:
 def bench_latency(lm, axis, cfg) -> None:
     import redis
 
-    from monitor.drift import thresholds_from_calibration
     from monitor.backends.hf import HFBackend
+    from monitor.drift import thresholds_from_calibration
     from monitor.engine import ChatRequest, Engine
-    from monitor.streams.embedded import EmbeddedRedis
     from monitor.streams import Streams
+    from monitor.streams.embedded import EmbeddedRedis
     from probes.generation import GenerationOptions
 
     ns, nt = cfg["lat_sessions"], cfg["lat_tokens"]

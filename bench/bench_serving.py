@@ -15,9 +15,9 @@ from concurrent.futures import wait
 from monitor.backends.hf import HFBackend
 from monitor.drift import thresholds_from_calibration
 from monitor.engine import ChatRequest, Engine
-from monitor.streams.embedded import EmbeddedRedis
 from monitor.settings import shipped_dir
 from monitor.streams import Streams
+from monitor.streams.embedded import EmbeddedRedis
 from probes.artifacts import load_axis
 from probes.generation import GenerationOptions
 from probes.models import load_model

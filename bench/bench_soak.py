@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from monitor.streams.embedded import EmbeddedRedis, _free_port
 from monitor.store import Store
+from monitor.streams.embedded import EmbeddedRedis, _free_port
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 

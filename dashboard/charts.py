@@ -11,6 +11,7 @@ token where the reference is complete, and the opening's tokens are drawn neutra
 from __future__ import annotations
 
 import html
+import itertools
 
 import altair as alt
 import pandas as pd
@@ -146,7 +147,7 @@ def colour(score: float | None, th: Thresholds) -> str:
     elif pos >= _STOPS[-1][0]:
         r, g, b = _STOPS[-1][1]
     else:
-        for (p0, c0), (p1, c1) in zip(_STOPS, _STOPS[1:]):
+        for (p0, c0), (p1, c1) in itertools.pairwise(_STOPS):
             if p0 <= pos <= p1:
                 f = (pos - p0) / (p1 - p0)
                 r, g, b = (round(a + f * (c - a)) for a, c in zip(c0, c1))

@@ -24,6 +24,7 @@ import httpx
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import AxiswatchError, InputError
 from monitor.records import SOURCES, STATES
+from monitor.streams import REDIS_DOWN
 from monitor.streams.live import ended, live_turns
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def deployment(streams, settings) -> Deployment:
     if streams is not None:
         try:
             info = streams.deployment()
-        except Exception as e:  # noqa: BLE001 - Redis down: fall back to the files
+        except REDIS_DOWN as e:  # fall back to the files
             log.warning("cannot read the deployment from Redis: %s", e)
     if info:
         drift = info.get("drift") or {}
@@ -135,7 +136,7 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
         try:
             live_ts = streams.live_sessions(now - live_window_s)
             latest = streams.live_latest(sorted(live_ts))
-        except Exception as e:  # noqa: BLE001 - Redis down: history only
+        except REDIS_DOWN as e:  # history only
             log.warning("live tail unavailable: %s", e)
     skip = set()  # live sessions the filters rule out without loading them
     for sid in [sid for sid in live_ts if sid not in stored]:  # off the filtered page, or not stored yet
@@ -201,7 +202,7 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     if streams is not None:
         try:
             entries = streams.read_live(session_id, count=100_000)
-        except Exception as e:  # noqa: BLE001 - Redis down: history only
+        except REDIS_DOWN as e:  # history only
             log.warning("live tail of %s unavailable: %s", session_id, e)
     if stored is None and not entries:
         return None
@@ -312,7 +313,7 @@ def submit_audit(api_url: str, body: bytes, policy: str = "observe", timeout_s: 
         r = httpx.post(f"{api_url.rstrip('/')}/v1/audit", content=body, params={"policy": policy},
                        headers=headers, timeout=timeout_s)
     except httpx.HTTPError as e:
-        raise AxiswatchError(f"cannot reach the probe service at {api_url} ({e}); start it with 'axiswatch serve'")
+        raise AxiswatchError(f"cannot reach the probe service at {api_url} ({e}); start it with 'axiswatch serve'") from None
     if r.status_code >= 400:
         try:
             msg = r.json()["error"]["message"]

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eval.stats import (alerting_latency, domain_table, final_turn_means, latency_summary, mean_difference,
-                        paired_difference, rate, summarize, turn_mean, turn_means)
+from eval.stats import (
+    alerting_latency,
+    domain_table,
+    final_turn_means,
+    latency_summary,
+    mean_difference,
+    paired_difference,
+    rate,
+    summarize,
+    turn_mean,
+    turn_means,
+)
 from monitor.drift import DriftConfig, Thresholds
 from probes.stats import bootstrap_ci
 

@@ -90,7 +90,7 @@ def is_drift(s: dict) -> bool:
 def first_alerts(s: dict, th: Thresholds, cfg: DriftConfig) -> dict[str, int | None]:
     """Session token index of the first alert at each level or higher (policy flag), None if never."""
     tr = DriftTracker(th, cfg, policy="flag")
-    first: dict[str, int | None] = {lv: None for lv in LEVELS}
+    first: dict[str, int | None] = dict.fromkeys(LEVELS)
     n = 0
     for k, t in enumerate(s["turns"]):
         tr.update([], k)

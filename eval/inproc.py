@@ -13,8 +13,8 @@ Every condition sees the same prompts in the same batches, greedy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # chosen before any evaluation run, from the shipped steering report (+0.1 is its middle positive coefficient)
 STEER_COEFF = 0.1

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -32,7 +32,8 @@ POLICIES = ("observe", "cap")
 # settings that would change the deployment under test; the eval runs the defaults
 _CLEARED_ENV = ("REDIS_URL", "AXISWATCH_REDIS_URL", "AXISWATCH_POLICY", "AXISWATCH_PORT", "AXISWATCH_HOST",
                 "AXISWATCH_THRESHOLD_WATCH", "AXISWATCH_THRESHOLD_WARNING", "AXISWATCH_THRESHOLD_CRITICAL",
-                "AXISWATCH_EWMA_ALPHA", "AXISWATCH_HYSTERESIS", "AXISWATCH_MIN_TOKENS", "AXISWATCH_DRIFT_BASELINE", "AXISWATCH_COOLDOWN_TOKENS",
+                "AXISWATCH_EWMA_ALPHA", "AXISWATCH_HYSTERESIS", "AXISWATCH_MIN_TOKENS", "AXISWATCH_DRIFT_BASELINE",
+                "AXISWATCH_COOLDOWN_TOKENS",
                 "AXISWATCH_AXIS", "AXISWATCH_CAPPING", "AXISWATCH_MODEL", "AXISWATCH_WEBHOOK_URL",
                 "AXISWATCH_DATABASE_URL", "AXISWATCH_BATCH_SIZE", "AXISWATCH_API_KEYS")
 
@@ -57,7 +58,7 @@ class Server:
         self.log_path = self.workdir / "serve.log"
         self.deployment: dict | None = None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
         env.update({"AXISWATCH_DATABASE_URL": f"sqlite:///{self.workdir / 'eval.db'}",
                     "AXISWATCH_BATCH_SIZE": str(self.batch_size), "AXISWATCH_API_KEYS": self.key,
@@ -165,7 +166,7 @@ def drive(server: Server, scripts: list[dict], max_tokens: int, run_id: str,
             gate = threading.Barrier(len(active))
 
             def one(s):
-                gate.wait()  # release all requests together so the batcher takes them as one batch
+                gate.wait()  # noqa: B023 - used within this turn; release all requests together so the batcher takes them as one batch
                 return _post(client, server, s["session_id"], s["policy"], list(s["history"]), max_tokens)
 
             t0 = time.perf_counter()

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from eval.stats import turn_means  # noqa: E402
+from eval.stats import turn_means
 
 COLORS = {"coding": "#1f77b4", "writing": "#2ca02c", "therapy": "#d62728", "philosophy": "#9467bd"}
 COND_COLORS = {"unsteered": "#7f7f7f", "capped": "#ff7f0e", "steered": "#1f77b4"}
@@ -30,7 +30,7 @@ def drift_by_domain(summary: dict, sessions: list[dict], th: dict | None, path: 
         xs = [r["turn"] for r in tab["by_turn"]]
         mean = [r["mean"] for r in tab["by_turn"]]
         sd = [r["sd"] or 0.0 for r in tab["by_turn"]]
-        c = COLORS.get(d, None)
+        c = COLORS.get(d)
         for s in sessions:
             if s["policy"] == "observe" and s["domain"] == d:
                 ax.plot(xs, turn_means(s), color=c, lw=0.7, alpha=0.3)

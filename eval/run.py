@@ -219,7 +219,6 @@ def analyse_live(sessions: list[dict], thresholds, drift_cfg, out: Path) -> dict
 def analyse_inproc(jb: dict, cap: dict, setup: dict, out: Path) -> dict:
     """Items 3 and 4 from the raw answers: summaries (JSON) and plots."""
     from eval import aggregate, inproc, plots
-
     from probes.capability import load_tasks
 
     cap = inproc.regrade(cap, load_tasks())  # graders run on the stored texts

@@ -27,6 +27,8 @@ from monitor.auth import OPEN_PATHS, allowed, bearer
 from monitor.engine import ChatRequest, ChatResult, Engine
 from monitor.errors import AxiswatchError, InputError
 from monitor.settings import MAX_AUDIT_BYTES
+from monitor.streams import REDIS_DOWN
+from probes.audit import parse_record
 from probes.generation import GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -247,8 +249,6 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
         """Score finished conversations (the body of an ``axiswatch audit`` file: one conversation
         object or a list of them); each is stored as a session with source ``audit``. Every record is
         checked first: one bad record rejects the request and nothing is scored."""
-        from probes.audit import parse_record
-
         raw = await request.body()
         if len(raw) > MAX_AUDIT_BYTES:
             return _error(413, f"audit body is {len(raw)} bytes; the limit is {MAX_AUDIT_BYTES}", "TooLarge")
@@ -310,8 +310,8 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
         checks = {"model": True}
         if streams is not None:
             try:
-                checks["redis"] = bool(streams.r.ping())
-            except Exception:  # noqa: BLE001 - any failure means not ready
+                checks["redis"] = streams.ping()
+            except REDIS_DOWN:  # not ready
                 checks["redis"] = False
         # Redis down does not make a replica unready: generation goes on and the outbox buffers
         box = engine.publisher
@@ -337,7 +337,7 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
             try:
                 lags = await asyncio.to_thread(_lag)
                 metrics.redis_up.set(1)
-            except Exception as e:  # noqa: BLE001 - Redis down: the scrape still answers, with redis_up 0
+            except REDIS_DOWN as e:  # the scrape still answers, with redis_up 0
                 log.warning("metrics: stream lag unavailable: %s", e)
                 lags = {}
                 metrics.redis_up.set(0)

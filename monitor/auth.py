@@ -8,6 +8,8 @@ Unset (or empty) means no authentication. Every HTTP endpoint except the health 
 from __future__ import annotations
 
 import hmac
+import os
+from collections.abc import Mapping
 
 from monitor.errors import InputError
 
@@ -33,11 +35,9 @@ def bearer(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def client_key(env: dict | None = None) -> str | None:
+def client_key(env: Mapping[str, str] | None = None) -> str | None:
     """The key a client command (chat, demo, the dashboard's audit upload) sends: ``AXISWATCH_API_KEY``,
     else the first of ``AXISWATCH_API_KEYS`` (the same machine as the server)."""
-    import os
-
     env = os.environ if env is None else env
     if env.get("AXISWATCH_API_KEY"):
         return env["AXISWATCH_API_KEY"].strip()
@@ -45,7 +45,7 @@ def client_key(env: dict | None = None) -> str | None:
     return keys[0] if keys else None
 
 
-def auth_headers(env: dict | None = None) -> dict[str, str]:
+def auth_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
     key = client_key(env)
     return {"authorization": f"Bearer {key}"} if key else {}
 

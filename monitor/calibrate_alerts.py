@@ -60,6 +60,6 @@ def calibrate_alerts(lm: LoadedModel, art: AxisArtifact, work: Path, config: Dri
                 "min_tokens": config.min_tokens, "statistic": "running score minus the session's opening reference",
                 "data": "probes/data/alert_calibration.json", "system_prompts": list(SYSTEM_PROMPTS),
                 "max_new_tokens": max_new_tokens, "quick": quick, **stats}
-    write_alert_calibration(out or art.path, alerting)
+    write_alert_calibration(out or Path(str(art.path)), alerting)
     art.calibration["alerting"] = alerting
     return alerting

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+
+import httpx
+
+from monitor import service
+from monitor.auth import auth_headers
+from monitor.engine import ChatRequest
+from monitor.errors import InputError
+from monitor.records import new_id
+from probes.generation import GenerationOptions
 
 BAR = (-40.0, 40.0)
 
@@ -26,8 +35,6 @@ def _http_turn(client, url: str, sid: str, messages: list[dict], max_tokens: int
     r = client.post(url.rstrip("/") + "/chat/completions", json={"messages": messages, "max_tokens": max_tokens,
                                                                  "session_id": sid}, timeout=600)
     if r.status_code >= 400:
-        from monitor.errors import InputError
-
         raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
     body = r.json()
     aw = body["axiswatch"]
@@ -37,24 +44,17 @@ def _http_turn(client, url: str, sid: str, messages: list[dict], max_tokens: int
 
 def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], None]) -> list[dict]:
     """Run every script turn by turn (the scripts' turns are batched together in-process)."""
-    from monitor.records import new_id
-
     scripts = load_scripts()
     sids = {s["name"]: new_id(f"demo-{s['name']}") for s in scripts}
-    history = {s["name"]: [] for s in scripts}
+    history: dict[str, list[dict]] = {s["name"]: [] for s in scripts}
     summary = []
     rt = client = None
     if url is None:
-        from monitor import service
-
         rt = service.start(settings)
+        assert rt.engine is not None  # started with the model
         echo(f"in-process monitor: {rt.engine.model_id}, layer {rt.engine.layer}, thresholds "
              + ", ".join(f"{k} {v:+.1f}" for k, v in rt.engine.thresholds.as_dict().items()) + f"; store {rt.store.url}")
     else:
-        import httpx
-
-        from monitor.auth import auth_headers
-
         client = httpx.Client(headers=auth_headers())
         echo(f"driving {url}")
     try:
@@ -62,10 +62,7 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
             active = [s for s in scripts if turn < len(s["turns"])]
             for s in active:
                 history[s["name"]].append({"role": "user", "content": s["turns"][turn]})
-            if rt is not None:
-                from monitor.engine import ChatRequest
-                from probes.generation import GenerationOptions
-
+            if rt is not None and rt.engine is not None:
                 futs = {s["name"]: rt.engine.submit(ChatRequest(sids[s["name"]], list(history[s["name"]]),
                                                                  GenerationOptions(max_new_tokens=max_tokens)))
                         for s in active}
@@ -75,6 +72,7 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
                     replies[name] = {"text": r.text, "mean": r.mean, "state": r.state, "capped": r.capped,
                                      "alerts": len(r.alerts)}
             else:
+                assert url is not None
                 replies = {s["name"]: _http_turn(client, url, sids[s["name"]], history[s["name"]], max_tokens)
                            for s in active}
             echo(f"\nturn {turn + 1}")

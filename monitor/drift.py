@@ -51,8 +51,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from monitor.records import POLICIES, STATES
 from monitor.errors import InputError
+from monitor.records import POLICIES, STATES
 
 Policy = Literal["observe", "flag", "cap"]
 State = Literal["ok", "watch", "warning", "critical"]
@@ -108,7 +108,7 @@ def thresholds_from_calibration(calibration: dict) -> tuple[Thresholds, dict]:
         thresholds = Thresholds(float(th["watch"]), float(th["warning"]), float(th["critical"]))
     except (KeyError, TypeError, ValueError):
         raise InputError(f"the axis' alert calibration has malformed thresholds: {th!r}") from None
-    knobs = {k: al[k] for k in ("alpha", "baseline", "reference_tokens", "min_tokens") if k in al}
+    knobs = {k: al[k] for k in ("alpha", "baseline", "reference_tokens", "min_tokens") if k in al}  # type: ignore[index,operator]  # al is the dict th came from
     return thresholds, knobs
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from monitor.backends import Backend, Job, TokenEvent
 from monitor.drift import DriftConfig, DriftEvent, Thresholds, parse_policy
@@ -183,7 +184,8 @@ class Engine:
             job.tag.ended = True
         self._flush({job.tag for job, _ in events} | {job.tag for job in ended})
         for turn, payload in calls:
-            turn.request.on_token(payload)
+            if turn.request.on_token is not None:
+                turn.request.on_token(payload)
 
     def _on_drift(self, turn: Turn, ev: DriftEvent) -> None:
         s, idx = turn.session, len(turn.scores) - 1

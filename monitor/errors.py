@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
-from probes.errors import (ArtifactError, ArtifactMismatchError, AxiswatchError, InputError, JudgeError,
-                           LayerNotFoundError, ModelLoadError)
+from probes.errors import (
+    ArtifactError,
+    ArtifactMismatchError,
+    AxiswatchError,
+    InputError,
+    JudgeError,
+    LayerNotFoundError,
+    ModelLoadError,
+)
 
 __all__ = ["ArtifactError", "ArtifactMismatchError", "AxiswatchError", "InputError", "JudgeError",
            "LayerNotFoundError", "ModelLoadError", "NotFoundError", "RedisUnavailable", "StoreError"]

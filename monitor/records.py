@@ -31,11 +31,11 @@ class _Record:
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
         """Build from a dict, ignoring unknown keys (newer writers may add fields)."""
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # every subclass is a dataclass
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass

@@ -12,8 +12,20 @@ import threading
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from monitor.errors import InputError, RedisUnavailable, StoreError
 from monitor.settings import Settings
+from monitor.store import Store
+from monitor.streams import REDIS_DOWN, Streams
+from monitor.streams.embedded import EmbeddedRedis
+from monitor.streams.outbox import Outbox
+from monitor.workers.alerts import AlertWorker
+from monitor.workers.persist import PersistWorker, consumer_name
+
+if TYPE_CHECKING:  # the engine loads torch; a data-only runtime never imports it
+    from monitor.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +34,11 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     redis_url: str
-    streams: object
-    store: object
-    outbox: object = None
-    engine: object = None
-    workers: list = field(default_factory=list)
+    streams: Streams
+    store: Store
+    outbox: Outbox | None = None
+    engine: Engine | None = None  # None: a data-only runtime (model=False)
+    workers: list[PersistWorker | AlertWorker] = field(default_factory=list)
     _stack: ExitStack = field(default_factory=ExitStack)
 
     def start_heartbeat(self, every_s: float = 3.0, ttl_s: int = 10) -> None:
@@ -37,7 +49,7 @@ class Runtime:
             while True:
                 try:
                     self.streams.heartbeat(self.engine.replica, ttl_s)
-                except Exception as e:  # noqa: BLE001 - Redis down: the outbox copes; keep beating
+                except REDIS_DOWN as e:  # the outbox copes; keep beating
                     log.debug("heartbeat failed: %s", e)
                 if stop.wait(every_s):
                     return
@@ -63,7 +75,7 @@ class Runtime:
             if drain is not None:
                 try:
                     drain()
-                except Exception as e:  # noqa: BLE001 - shutting down anyway; entries stay in Redis
+                except (*REDIS_DOWN, StoreError) as e:  # shutting down anyway; entries stay in Redis
                     log.warning("could not drain %s (%s): its entries stay in Redis for the next worker",
                                 type(w).__name__, e)
         self._stack.close()
@@ -79,7 +91,6 @@ def listen(host: str, port: int, option: str = "--port") -> socket.socket:
     """A socket bound to ``host:port``, or a one-line error naming ``option`` when the port is taken.
 
     Bound before the model loads, so a clash fails in a second rather than after a start banner."""
-    from monitor.errors import InputError
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,9 +117,6 @@ def _report(path) -> dict | None:
 
 def open_data(settings: Settings, stack: ExitStack):
     """Redis (embedded when no URL), its stream groups, and the migrated store."""
-    from monitor.streams.embedded import EmbeddedRedis
-    from monitor.store import Store
-    from monitor.streams import Streams
 
     url = settings.redis_url
     if not url:
@@ -117,10 +125,8 @@ def open_data(settings: Settings, stack: ExitStack):
     # a reply's whole tail must fit the live stream, or a dead replica's half reply cannot be recovered
     streams = Streams.from_url(url, live_maxlen=max(2_000, settings.max_new_tokens + 64))
     try:
-        streams.r.ping()
-    except Exception as e:  # noqa: BLE001 - any connection failure
-        from monitor.streams.embedded import RedisUnavailable
-
+        streams.ping()
+    except REDIS_DOWN as e:
         raise RedisUnavailable(f"cannot reach Redis at {url}: {e} (unset REDIS_URL to use the embedded one)") from None
     streams.ensure_groups(webhooks=settings.webhook is not None)
     store = Store(settings.database_url)
@@ -134,28 +140,24 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
         url, streams, store = open_data(settings, stack)
         rt = Runtime(settings, url, streams, store, _stack=stack)
         if model:
-            from monitor.streams.outbox import Outbox
-
             webhooks = settings.webhook is not None
             rt.outbox = Outbox(streams, store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
             rt.outbox.resume()
+            # the model side loads torch: only a deployment that serves imports it (`worker` does not)
             from monitor.backends.hf import HFBackend
             from monitor.engine import Engine
             from probes.artifacts import load_axis, load_capping
             from probes.models import load_model
 
             lm = load_model(settings.model, settings.device, settings.dtype, settings.cache_dir, settings.layers_path)
-            axis = load_axis(settings.axis_dir())
+            axis_dir = settings.axis_dir()
+            axis = load_axis(axis_dir)
             axis.check(lm.model_id, lm.hidden_size, lm.n_layers)
-            from pathlib import Path
-
-            cap_dir = Path(settings.capping) if settings.capping else axis.path
+            cap_dir = Path(settings.capping) if settings.capping else Path(axis_dir)
             capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
             if capping is not None:
                 capping.check(lm.hidden_size, lm.n_layers)
             thresholds, drift = settings.drift_setup(axis.calibration)
-            from monitor.workers.persist import consumer_name
-
             backend = HFBackend(lm, axis, capping, max_batch=settings.batch_size)
             rt.engine = Engine(backend, thresholds, drift=drift, policy=settings.policy, publisher=rt.outbox,
                                session_lookup=store.session_meta,
@@ -163,7 +165,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             rt.start_heartbeat()
             streams.set_deployment({
                 "model_id": lm.model_id, "layer": rt.engine.layer, "policy": rt.engine.policy,
-                "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis.path).resolve()),
+                "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis_dir).resolve()),
                 "axis_fingerprint": axis.fingerprint(),
                 "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
                           "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
@@ -172,11 +174,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                 "api": f"http://{local_host(settings.host)}:{settings.port}",
                 # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir
                 "axis_meta": axis.meta(),  # what axis.json holds
-                "axis_report": _report(Path(axis.path) / "report.json")})
+                "axis_report": _report(Path(axis_dir) / "report.json")})
         if workers:
-            from monitor.workers.alerts import AlertWorker
-            from monitor.workers.persist import PersistWorker
-
             w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)
             w.start_thread()
             rt.workers.append(w)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from monitor.drift import DriftConfig, DriftTracker, Thresholds, parse_policy
 from monitor.errors import InputError, StoreError

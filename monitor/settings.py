@@ -11,11 +11,14 @@ model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPP
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from monitor.auth import parse_keys
+from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
 from monitor.errors import InputError
-
+from monitor.workers.webhooks import WebhookConfig
 
 MAX_AUDIT_BYTES = 4 * 1024 * 1024  # the largest transcript body /v1/audit (and the dashboard's upload) takes
 
@@ -50,14 +53,10 @@ def _positive(v: int, key: str) -> int:
 
 
 def _keys(env) -> tuple[str, ...]:
-    from monitor.auth import parse_keys
-
     return parse_keys(env.get("AXISWATCH_API_KEYS"))
 
 
 def _webhook(env):
-    from monitor.workers.webhooks import WebhookConfig
-
     return WebhookConfig.from_env(env)
 
 
@@ -91,13 +90,13 @@ class Settings:
     min_tokens: int | None = None  # None: the calibration's (16 without one)
     cooldown_tokens: int = 64
     drift_baseline: str | None = None  # "session" or "absolute"; None: the calibration's ("session" without one)
-    webhook: object = None  # monitor.workers.webhooks.WebhookConfig (its repr hides the secret) or None
+    webhook: WebhookConfig | None = None  # its repr hides the secret
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
     max_new_tokens: int = 1024  # the most tokens one request may ask for
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         get = lambda k, d=None: env.get(f"AXISWATCH_{k}") or d  # noqa: E731
         batch = get("BATCH_SIZE", "16")
@@ -110,7 +109,8 @@ class Settings:
                    database_url=get("DATABASE_URL", "sqlite:///axiswatch.db"), policy=get("POLICY", "flag"),
                    host=get("HOST", "127.0.0.1"), port=_port(get("PORT", "8000")),
                    dashboard_port=_port(get("DASHBOARD_PORT", "8501"), "DASHBOARD_PORT"),
-                   thresholds=tuple(_opt_float(get, f"THRESHOLD_{k}") for k in ("WATCH", "WARNING", "CRITICAL")),
+                   thresholds=(_opt_float(get, "THRESHOLD_WATCH"), _opt_float(get, "THRESHOLD_WARNING"),
+                               _opt_float(get, "THRESHOLD_CRITICAL")),
                    ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float) if get("EWMA_ALPHA") else None,
                    hysteresis=_num(get, "HYSTERESIS", "0", float),
                    min_tokens=_num(get, "MIN_TOKENS", "16", int) if get("MIN_TOKENS") else None,
@@ -119,7 +119,7 @@ class Settings:
                    api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
                    max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"))
 
-    def with_(self, **kw) -> "Settings":
+    def with_(self, **kw) -> Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     def drift_setup(self, calibration: dict):
@@ -127,10 +127,8 @@ class Settings:
         with: the axis' alert calibration (``calibration["alerting"]``, see ``axiswatch calibrate-alerts``)
         with the configured overrides applied. With all three ``AXISWATCH_THRESHOLD_*`` set, an axis
         without an alert calibration works too."""
-        from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
-
         w, a, c = self.thresholds
-        if None in (w, a, c) or (calibration or {}).get("alerting"):
+        if w is None or a is None or c is None or (calibration or {}).get("alerting"):
             calibrated, knobs = thresholds_from_calibration(calibration)
         else:
             calibrated, knobs = Thresholds(w, a, c), {}

@@ -4,8 +4,8 @@ feeds it the backend's token events, and finishes or aborts it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from monitor.backends import Job, TokenEvent
 from monitor.drift import DriftEvent
@@ -21,7 +21,7 @@ class ChatRequest:
     messages: list[dict]
     options: GenerationOptions = field(default_factory=GenerationOptions)
     policy: str | None = None  # None: the session's (or the deployment's) policy
-    on_token: Callable[[dict], None] | None = None  # streaming: called once per content token
+    on_token: Callable[[dict], object] | None = None  # streaming: called once per content token
 
 
 @dataclass

@@ -16,6 +16,7 @@ paper's published ``.pt`` files are imported with ``torch.load(weights_only=True
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -64,8 +65,6 @@ class AxisArtifact:
 
     def fingerprint(self) -> str:
         """Short content hash of the axis tensor; capping configs record the axis they came from."""
-        import hashlib
-
         return hashlib.sha256(self.axis.float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
     def meta(self) -> dict:
@@ -253,7 +252,7 @@ def _torch_load(path: Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ArtifactError(f"file not found: {path}") from None
-    except Exception as e:  # UnpicklingError for anything but plain tensors/containers
+    except Exception as e:  # noqa: BLE001 - UnpicklingError for anything but plain tensors/containers
         raise ArtifactError(f"{path} is not a tensor file loadable with weights_only=True: {e}") from None
 
 

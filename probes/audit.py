@@ -10,9 +10,10 @@ are scored (no template markers).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ class TurnScores:
 
 
 def parse_record(rec, where: str) -> tuple[str | None, list[dict]]:
+    msgs: Any
     if isinstance(rec, list):
         msgs, rid = rec, None
     elif isinstance(rec, dict):
@@ -155,7 +157,7 @@ def score_conversation(lm: LoadedModel, messages: list[dict], axis_unit: torch.T
         lm.model(input_ids=ids.to(lm.device), use_cache=False)
     scores = project(captured["h"], axis_unit.to(lm.device)).cpu()  # [t]
     # messages that were folded (system into user) shift indices: map back by content match
-    index_of = {}
+    index_of: dict[str, list[int]] = {}
     for j, m in enumerate(messages):
         if m["role"] == "assistant":
             index_of.setdefault(m["content"].strip(), []).append(j)

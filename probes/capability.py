@@ -27,6 +27,7 @@ import re
 from collections.abc import Sequence
 
 from probes.errors import InputError
+from probes.roles import load_json
 
 CATEGORIES = ("ifeval", "arithmetic", "factual", "extraction", "rewrite")
 _NUM_RE = re.compile(r"(?<![\w.])[-+]?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])[-+]?\$?\d+(?:\.\d+)?")
@@ -130,8 +131,6 @@ def grade(task: dict, text: str) -> bool:
 
 def load_tasks(path=None) -> list[dict]:
     """The suite's tasks, checked: unique ids, known categories, the fields each category needs."""
-    from probes.roles import load_json
-
     tasks = load_json(path or "capability.json")["tasks"]
     need = {"ifeval": ("instruction_id_list", "kwargs"), "arithmetic": ("answer",), "factual": ("accept",),
             "extraction": ("accept",), "rewrite": ("check",)}

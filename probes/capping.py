@@ -37,9 +37,9 @@ from probes.capability import load_tasks
 from probes.capping_report import BASE, analyse
 from probes.errors import InputError
 from probes.generation import CapPlan, GenerationOptions, batched_generate
+from probes.judge import Judge
 from probes.models import LoadedModel
 from probes.ops import unit
-from probes.judge import Judge
 from probes.report import plot_pareto
 from probes.roles import load_json
 
@@ -174,9 +174,9 @@ class Sweep:
                 plan = plan_for(cfg) if cfg else None
                 step = lambda n, t: bar.update(n * t)  # noqa: E731
                 p_out = batched_generate(lm, persona_msgs, GenerationOptions(max_new_tokens=self.spec.persona_tokens),
-                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.persona_tokens))
+                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.persona_tokens))  # noqa: B023
                 t_out = batched_generate(lm, task_msgs, GenerationOptions(max_new_tokens=self.spec.task_tokens),
-                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.task_tokens))
+                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.task_tokens))  # noqa: B023 - used within this iteration
                 rec = {"id": sid, "layers": list(cfg.layers) if cfg else [],
                        "percentile": cfg.provenance["percentile"] if cfg else None, "taus": cfg.taus if cfg else [],
                        "seconds": round(time.perf_counter() - t0, 1),
@@ -210,7 +210,7 @@ def default_work(art: AxisArtifact) -> Path:
     return Path("runs") / f"capping-{h}"
 
 
-def choose(sweep: "Sweep", judge: Judge) -> tuple[CappingConfig, dict]:
+def choose(sweep: Sweep, judge: Judge) -> tuple[CappingConfig, dict]:
     """The report of a generated sweep and the chosen config (no generation: a re-analysis)."""
     report = analyse(sweep.load(), sweep.personas, sweep.tasks, judge, sweep.spec.max_capability_drop)
     report.update({"spec": asdict(sweep.spec), "work": str(sweep.work), "axis_fingerprint": sweep.art.fingerprint()})

@@ -54,8 +54,13 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
     def row(sid: str) -> dict:
         rec, a, c = records[sid], adopted[sid], correct[sid]
         adoption = _mean(a, range(len(a)))
-        rel = (lambda idx: 1 - _mean(a, idx) / _mean(base_a, idx) if _mean(base_a, idx) > 0 else float("nan"))
-        change = lambda idx: _mean(c, idx) - _mean(base_c, idx)  # noqa: E731
+
+        def rel(idx):
+            return 1 - _mean(a, idx) / _mean(base_a, idx) if _mean(base_a, idx) > 0 else float("nan")
+
+        def change(idx):
+            return _mean(c, idx) - _mean(base_c, idx)
+
         out = {"id": sid, "layers": rec["layers"], "percentile": rec["percentile"], "taus": rec["taus"],
                "adoption": adoption, "adoption_ci95": bootstrap_ci(lambda i: _mean(a, i), p_groups, n_boot, 1),
                "mean_judge": sum(judged[sid]) / len(judged[sid]),

@@ -11,8 +11,8 @@ done, so an interrupted run resumes at the next round.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -17,8 +17,10 @@ one step, and a sequence cut by ``max_new_tokens`` costs one extra pass.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
@@ -124,8 +126,6 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
 
 def _cache_kwarg(model) -> str:
     """transformers 5.x renamed ``past_key_values`` to ``cache``; accept both."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
@@ -231,7 +231,10 @@ def generate(
             add(monitor_layer, score_post)
     if collect_means:
         for layer in range(n_layers):
-            add(layer, lambda h, layer=layer: last_hidden.__setitem__(layer, h[:, -1].float()) or None)
+            def keep(h, layer=layer):
+                last_hidden[layer] = h[:, -1].float()
+
+            add(layer, keep)
         sums = torch.zeros(b, n_layers, lm.hidden_size, device=dev)
         norm_sums = torch.zeros(b, n_layers, device=dev)
         counts = torch.zeros(b, device=dev)
@@ -245,7 +248,11 @@ def generate(
     finished = torch.zeros(b, dtype=torch.bool, device=dev)
     stopped = torch.zeros(b, dtype=torch.bool, device=dev)  # ended by an end-of-turn token (not its length)
     prev_content = torch.zeros(b, dtype=torch.bool, device=dev)
-    out_tokens, out_scores, out_pre, out_content, cap_on = [], [], [], [], []
+    out_tokens: list[torch.Tensor] = []
+    out_scores: list[torch.Tensor] = []
+    out_pre: list[torch.Tensor] = []
+    out_content: list[torch.Tensor] = []
+    cap_on: list[torch.Tensor] = []
     position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
     past = None
     cache_kw = _cache_kwarg(model)
@@ -265,8 +272,9 @@ def generate(
             # one host transfer per step: tokens, scores, masks together
             host = torch.stack([nxt.float(), scores_now, pre_now, content.float(), active.float()]).cpu()
             tok_h, sc_h, pre_h, cont_h, act_h = host[0].long(), host[1], host[2], host[3].bool(), host[4].bool()
-            out_tokens.append(tok_h); out_scores.append(sc_h); out_pre.append(pre_h)
-            out_content.append(cont_h); cap_on.append(act_h)
+            for acc, x in ((out_tokens, tok_h), (out_scores, sc_h), (out_pre, pre_h), (out_content, cont_h),
+                           (cap_on, act_h)):
+                acc.append(x)
             if sink is not None:
                 more = sink.put(step, tok_h, sc_h, cont_h, pre_h)
                 if more is not None and capping is not None:

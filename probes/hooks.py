@@ -9,8 +9,8 @@ leave it unchanged. Hook functions never do I/O: they hand results to a sink.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping
 
 import torch
 

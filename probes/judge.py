@@ -22,10 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
+
+import httpx
 
 from probes.errors import InputError, JudgeError
 from probes.judge_model import BoostedModel, features
@@ -152,7 +155,7 @@ class OpenAIJudge:
         self.name = f"openai:{model}"
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "OpenAIJudge":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OpenAIJudge:
         env = os.environ if env is None else env
         base, model = env.get("AXISWATCH_JUDGE_BASE_URL"), env.get("AXISWATCH_JUDGE_MODEL")
         if not base or not model:
@@ -176,8 +179,6 @@ class OpenAIJudge:
         return int(m.group())
 
     def score(self, items: Sequence[JudgeItem]) -> list[int]:
-        import httpx
-
         with httpx.Client(timeout=self.timeout) as client:
             return [self.score_one(i, client) for i in items]
 

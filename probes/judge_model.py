@@ -24,11 +24,7 @@ FIRST_PERSON_RE = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|myself)\b", re.
 SECOND_PERSON_RE = re.compile(r"\b(you|your|yours|yourself)\b", re.I)
 WORD_RE = re.compile(r"[a-z][a-z']*")
 STOP = frozenset(
-    "the a an and or but of to in on at for with by from as is are was were be been being that this these those it its "
-    "who whom which what when where why how your you yours their there they them he she his her our we us not no "
-    "never always every all any some have has had do does did can could would should will shall may might must "
-    "into onto about over under than then so such very just also only even ever own same other more most much "
-    "speak answer respond stay character role act like".split())
+    ["the", "a", "an", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "by", "from", "as", "is", "are", "was", "were", "be", "been", "being", "that", "this", "these", "those", "it", "its", "who", "whom", "which", "what", "when", "where", "why", "how", "your", "you", "yours", "their", "there", "they", "them", "he", "she", "his", "her", "our", "we", "us", "not", "no", "never", "always", "every", "all", "any", "some", "have", "has", "had", "do", "does", "did", "can", "could", "would", "should", "will", "shall", "may", "might", "must", "into", "onto", "about", "over", "under", "than", "then", "so", "such", "very", "just", "also", "only", "even", "ever", "own", "same", "other", "more", "most", "much", "speak", "answer", "respond", "stay", "character", "role", "act", "like"])  # noqa: E501 - one list of stop words
 MODEL_FILE = "judge_model.json"
 
 
@@ -121,7 +117,7 @@ class BoostedModel:
                             "right": list(t.right), "value": list(t.value)} for t in stage] for stage in self.trees]}
 
     @classmethod
-    def from_json(cls, doc: dict) -> "BoostedModel":
+    def from_json(cls, doc: dict) -> BoostedModel:
         if doc.get("kind") != "judge_model" or doc.get("format_version") != 2:
             raise ValueError("not a judge_model file of format version 2")
         k, n = len(doc["classes"]), len(doc["names"])
@@ -135,7 +131,7 @@ class BoostedModel:
                    float(doc["rate"]), trees, doc.get("meta", {}))
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "BoostedModel":
+    def load(cls, path: str | Path | None = None) -> BoostedModel:
         if path is None:
             path = Path(str(resources.files("probes") / "data" / MODEL_FILE))
         return cls.from_json(json.loads(Path(path).read_text()))

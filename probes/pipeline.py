@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from probes.artifacts import AxisArtifact
 from probes.errors import InputError
 from probes.generation import GenerationOptions, generate
-from probes.judge import Judge, JudgeItem
+from probes.judge import Judge, JudgeItem, agreement
 from probes.models import LoadedModel
 from probes.ops import percentiles, project, unit
 from probes.roles import Job, Preset, load_roles, plan_jobs
@@ -95,8 +96,9 @@ def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset,
         for i, shard in todo:
             t0 = time.perf_counter()
             outs = generate(lm, [j.messages() for j in shard], opts, collect_means=True)
-            save_file({"means": torch.stack([o.layer_means for o in outs]).contiguous(),
-                       "norms": torch.stack([o.layer_norms for o in outs]).contiguous()},
+            means = [o.layer_means for o in outs if o.layer_means is not None]  # all of them (collect_means)
+            norms = [o.layer_norms for o in outs if o.layer_norms is not None]
+            save_file({"means": torch.stack(means).contiguous(), "norms": torch.stack(norms).contiguous()},
                       gen_dir / f"{i:05d}.safetensors")
             records = [{"id": j.id, "text": o.text, "n_tokens": len(o.token_ids), "finish": o.finish_reason}
                        for j, o in zip(shard, outs)]
@@ -205,7 +207,8 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
         "default_heldout": [j.id for j in jobs if j.kind == "default" and j.split == "heldout" and j.id in means],
         "role3_heldout": [j.id for j in jobs if j.kind == "role" and j.split == "heldout" and scores.get(j.id) == 3],
     }
-    layers, pcs = {}, {}
+    layers: dict[str, dict[str, Any]] = {}
+    pcs: dict[int, torch.Tensor] = {}
     for L in range(n_layers):
         comps, var = pca(R[:, L], k=min(10, len(names)))
         pcs[L] = comps[0]
@@ -249,7 +252,7 @@ def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, t
         "default_projection": float(project(default[monitor], unit(axis[monitor]))),
         "auroc_heldout_by_category": {
             c: auroc(proj(groups["default_heldout"], monitor),
-                     proj([i for i in groups["role3_heldout"] if categories.get(i.split(":")[1]) == c], monitor))
+                     proj([i for i in groups["role3_heldout"] if (categories or {}).get(i.split(":")[1]) == c], monitor))
             for c in sorted(set((categories or {}).values()))},
         "provenance": provenance,
     }
@@ -292,8 +295,6 @@ def compute_axis(lm: LoadedModel, work: Path, out: Path, preset: Preset, judge: 
     report["batch_size"] = batch_size
     report["mean_response_tokens"] = round(sum(t["n_tokens"] for t in texts.values()) / len(texts), 1)
     if judge.name.startswith("offline"):
-        from probes.judge import agreement
-
         report["judge_agreement"] = agreement(judge)
     (out / "report.json").write_text(json.dumps(finite(report), indent=1))
     plot_axis_report(report, art.calibration["layers"], out)

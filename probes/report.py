@@ -28,7 +28,9 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     ax.set(xlabel="principal component of the role vectors", ylabel="fraction of variance",
            title=f"Persona space at layer {m}: variance explained")
     ax.legend()
-    fig.tight_layout(); fig.savefig(folder / "variance_explained.png", dpi=110); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(folder / "variance_explained.png", dpi=110)
+    plt.close(fig)
     out.append(folder / "variance_explained.png")
 
     n = len(report["per_layer"]["abs_cos_pc1_axis"])
@@ -43,7 +45,9 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     ax.axvline(m, color="red", lw=0.8, label=f"monitor layer {m}")
     ax.set(xlabel="layer (output of decoder block L)", ylim=(0, 1.02), title="Axis quality per layer")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout(); fig.savefig(folder / "pc1_cosine.png", dpi=110); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(folder / "pc1_cosine.png", dpi=110)
+    plt.close(fig)
     out.append(folder / "pc1_cosine.png")
 
     roles = report["roles_along_axis"]
@@ -55,7 +59,9 @@ def plot_axis_report(report: dict, layers: dict, folder: Path) -> list[Path]:
     ax.set_yticks(range(len(roles)), [r["role"] for r in roles], fontsize=5)
     ax.set(xlabel=f"projection on the unit axis at layer {m}", title="Roles along the Assistant Axis")
     ax.legend(fontsize=8)
-    fig.tight_layout(); fig.savefig(folder / "roles_along_axis.png", dpi=110); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(folder / "roles_along_axis.png", dpi=110)
+    plt.close(fig)
     out.append(folder / "roles_along_axis.png")
     return out
 
@@ -87,5 +93,7 @@ def plot_pareto(report: dict, folder: Path) -> Path:
            ylabel=f"persona adoption ({report['n_persona_prompts']} held-out prompts)",
            title="Capping settings: capability vs persona adoption")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(); fig.savefig(folder / "capping_pareto.png", dpi=110); plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(folder / "capping_pareto.png", dpi=110)
+    plt.close(fig)
     return folder / "capping_pareto.png"

@@ -112,7 +112,7 @@ def plan_jobs(preset: Preset, model_name: str, roles: list[dict] | None = None,
                             r["name"], 0, r["prompts"][0], question, kw))
     for p, system in enumerate(DEFAULT_PROMPTS):
         system = system.format(model_name=model_name) if system else None
-        for i, question in enumerate(_spread(extraction, preset.default_questions)):
+        for question in _spread(extraction, preset.default_questions):
             jobs.append(Job(f"default:{p}:fit:{extraction.index(question)}", "default", "fit", "default", p, system, question))
         for question in _spread(heldout, preset.heldout_default_questions):
             jobs.append(Job(f"default:{p}:heldout:{heldout.index(question)}", "default", "heldout", "default", p, system, question))

@@ -38,6 +38,7 @@ def dashboard_db(tmp_path_factory):
     """A store and a real redis-server seeded by the real service (tests/dashboard_seed.py):
     (database URL, Redis URL, name -> session id). Shared by the dashboard's page and browser tests."""
     from dashboard_seed import real_sessions
+
     from monitor.streams.embedded import EmbeddedRedis
 
     db = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'seeded.db'}"

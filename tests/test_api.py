@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import httpx
 import pytest
-
-from monitor.settings import Settings
 from polling import wait_until
 from serving import uvicorn_thread
+
+from monitor.settings import Settings
 
 
 @pytest.fixture(scope="module")

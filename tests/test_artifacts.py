@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import re
 
 import pytest
 import torch

@@ -101,7 +101,7 @@ def test_session_view_draws_chart_and_heatmap(browser, dashboard):
                                                                                     ".vega-embed canvas")
                                          if e.size["height"] > 200])
     assert chart[0].size["width"] > 600
-    spans = wait_for(browser, lambda d: [s for s in d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")])
+    spans = wait_for(browser, lambda d: list(d.find_elements(By.CSS_SELECTOR, "span.aw-tok[data-score]")))
     assert len(spans) == n
     scores = [t for turn in stored["turns"] for t in (turn["scores"] or [])]
     assert float(spans[5].get_attribute("data-score")) == pytest.approx(scores[5], abs=1e-3)
@@ -162,7 +162,7 @@ def test_overview_alerts_and_axis_pages_render(browser, dashboard):
     assert "dead-lettered" in browser.page_source  # the delivery legend
     shot(browser, "alerts")
     browser.get(f"{url}/axis")
-    charts = wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, ".vega-embed")] if len(
+    charts = wait_for(browser, lambda d: list(d.find_elements(By.CSS_SELECTOR, ".vega-embed")) if len(
         d.find_elements(By.CSS_SELECTOR, ".vega-embed")) >= 3 else None)
     assert len(charts) >= 3 and "L21-26_p90" in browser.page_source  # the shipped capping config
     shot(browser, "axis")

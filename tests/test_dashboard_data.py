@@ -8,15 +8,15 @@ import json
 import time
 
 import pytest
+from dashboard_seed import MODEL, records
 
 from dashboard import charts, data
-from dashboard_seed import MODEL, records
 from monitor.drift import Thresholds
 from monitor.errors import InputError
-from monitor.store.export import session_csv
 from monitor.records import TurnRecord
 from monitor.settings import Settings
 from monitor.store import Store
+from monitor.store.export import session_csv
 from monitor.streams import Streams
 
 TH = Thresholds(watch=-1.0, warning=-10.0, critical=-20.0)
@@ -271,7 +271,7 @@ def test_axis_report_comes_from_redis_else_from_the_folder(env):
     rep = data.axis_report(data.deployment(streams, Settings()))
     assert rep["meta"] == meta and rep["report"] == {} and "No axis report" in rep["missing"]
     streams.set_deployment(base)  # an older replica elsewhere: nothing to show, and the page says why
-    with pytest.raises(InputError, match="did not publish them in Redis.*/on/another/host cannot be read"):
+    with pytest.raises(InputError, match=r"did not publish them in Redis.*/on/another/host cannot be read"):
         data.axis_report(data.deployment(streams, Settings()))
     streams.set_deployment({**base, "axis_dir": str(shipped)})  # an older replica on this host
     assert data.axis_report(data.deployment(streams, Settings()))["report"] == report

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from monitor.alert_calibration import drift_trace, fit_thresholds, lowest_drift, quantile
 from monitor.drift import (
     DriftConfig,
     DriftTracker,
@@ -13,7 +14,6 @@ from monitor.drift import (
     parse_policy,
     thresholds_from_calibration,
 )
-from monitor.alert_calibration import drift_trace, fit_thresholds, lowest_drift, quantile
 from probes.errors import InputError
 
 T = Thresholds(watch=0.0, warning=-10.0, critical=-20.0)

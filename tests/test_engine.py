@@ -11,11 +11,11 @@ from monitor.backends.hf import HFBackend
 from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
 from monitor.engine import ChatRequest, Engine
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.streams.embedded import EmbeddedRedis
+from monitor.settings import shipped_dir
 from monitor.streams import Streams
+from monitor.streams.embedded import EmbeddedRedis
 from probes.artifacts import load_capping
 from probes.generation import GenerationOptions, generate
-from monitor.settings import shipped_dir
 
 OPTS = GenerationOptions(max_new_tokens=10)
 
@@ -232,8 +232,8 @@ def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(tmp_path, lm
     """Recovery stores a cut-off reply from the live tail with its capping flags and pre-cap scores."""
     import dataclasses
 
-    from monitor.workers.recovery import recover_interrupted
     from monitor.store import Store
+    from monitor.workers.recovery import recover_interrupted
 
     base = load_capping(shipped_dir())
     eng = Engine(HFBackend(lm, shipped, dataclasses.replace(base, taus=[1e3] * len(base.layers))),

@@ -189,7 +189,7 @@ def test_alerting_latency_and_summary():
     s = stats.latency_summary(rows[:2])
     assert s["per_token"]["caught"] == 2 and s["per_turn"]["caught"] == 1 and s["only_per_token"] == 1
     assert s["lead_tokens"]["n_both"] == 1 and s["lead_tokens"]["median"] == 1
-    summ = alerting_summary([c for c in convs], TH, cfg)
+    summ = alerting_summary(list(convs), TH, cfg)
     assert summ["drifting"]["per_token"]["caught"] == 2 and summ["control"]["per_token"]["caught"] == 0
 
 
@@ -270,7 +270,8 @@ def test_reanalyse_rewrites_the_inproc_summaries(tmp_path):
     recomputation from their answers, never the summary the files held before."""
     import shutil
 
-    from eval import inproc, run as eval_run
+    from eval import inproc
+    from eval import run as eval_run
 
     res = ROOT / "eval" / "results"
     for name in ("summary.json", "jailbreak.json", "capability.json"):
@@ -370,7 +371,8 @@ def test_live_post_retries_only_a_refused_connection():
 def test_time_estimate_matches_the_committed_run():
     """The printed estimate is calibrated on the committed full run: each phase and the total
     within 5% of what that run measured."""
-    from eval import inproc, live, run as eval_run
+    from eval import inproc, live
+    from eval import run as eval_run
 
     t = json.loads((ROOT / "eval" / "results" / "summary.json").read_text())["run"]["timings_s"]
     p = eval_run.FULL

@@ -15,17 +15,17 @@ import threading
 import time
 from pathlib import Path
 
+from polling import wait_until
+from serving import wait_http
 
 from monitor.engine import ChatRequest
-from monitor.streams.outbox import Outbox
 from monitor.records import TurnRecord
-from monitor.streams.embedded import EmbeddedRedis, _free_port
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import Streams
+from monitor.streams.embedded import EmbeddedRedis, _free_port
+from monitor.streams.outbox import Outbox
 from probes.generation import GenerationOptions
-from polling import wait_until
-from serving import wait_http
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 
@@ -145,7 +145,7 @@ def test_redis_killed_and_restarted_mid_generation(tmp_path):
     rt.engine.publisher.max_buffer = 6  # small, so the outage also exercises the spill to the store
     sids = [f"outage-{i}" for i in range(8)]
     history = {s: [] for s in sids}
-    generated = {s: 0 for s in sids}
+    generated = dict.fromkeys(sids, 0)
     raised = {s: set() for s in sids}  # event ids of the alerts the engine raised
     prompts = ["Tell me about the ocean.", "Who are you, really, underneath it all?", "Write a haiku about rain."]
     killed = threading.Event()
@@ -322,7 +322,7 @@ def test_redis_and_the_store_both_down_keep_a_bounded_queue(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'gone' / 'a.db'}")  # never migrated: every spill fails
     tries = []
     real = store.spill
-    store.spill = lambda items: (tries.append(len(items)), real(items))  # noqa: E731
+    store.spill = lambda items: (tries.append(len(items)), real(items))
     box = Outbox(Streams.from_url(f"redis://127.0.0.1:{_free_port()}/0"), store, max_buffer=5, retry_s=60)
     for n in range(80):
         box.publish(TurnRecord("s", n, "user", "x", 21))

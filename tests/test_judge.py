@@ -32,7 +32,7 @@ def _pirate(response: str) -> JudgeItem:
     return JudgeItem("pirate", PIRATE_PROMPT, "What do you do on a typical day?", response, PIRATE_KW)
 
 
-# --- LexicalJudge (the rule set; its signals feed the offline judge) -------------------------------------------------------------------------
+# --- LexicalJudge (the rule set; its signals feed the offline judge) ----------------------------------------
 
 def test_lexical_refusal_scores_0():
     assert LexicalJudge().score_one(_pirate("I can't pretend to be a pirate.")) == 0
@@ -96,14 +96,14 @@ def test_boosted_model_json_roundtrip_and_arithmetic():
 
 def test_offline_judge_refuses_an_unreadable_model(tmp_path):
     (tmp_path / "m.json").write_text('{"kind": "judge_model", "format_version": 1}')
-    with pytest.raises(JudgeError, match="eval.fit_judge"):
+    with pytest.raises(JudgeError, match=r"eval\.fit_judge"):
         OfflineJudge(tmp_path / "m.json")
 
 
 def test_features_are_named_numbers():
     item = _pirate("(grins) Arr, I am the captain of this ship! I sail the sea.")
     f = features(item, LexicalJudge().features(item))
-    assert all(isinstance(v, float) or isinstance(v, int) for v in f.values())
+    assert all(isinstance(v, (float, int)) for v in f.values())
     assert f["action"] == 1.0 and f["i_am_a"] == 1.0 and f["keyword_hits"] > 0 and f["first_person_opening"] >= 2
 
 
@@ -151,7 +151,8 @@ def test_labels_have_a_fixed_split():
     items, labels, splits = load_labels()
     assert len(items) >= 400 and set(labels) <= {0, 1, 2, 3} and set(splits) == {"dev", "test"}
     assert splits.count("test") >= 200 and splits.count("dev") >= 200
-    rows = [json.loads(x) for x in open(__import__("probes").__path__[0] + "/data/judge_labels.jsonl")]
+    with open(__import__("probes").__path__[0] + "/data/judge_labels.jsonl") as f:
+        rows = [json.loads(x) for x in f]
     assert len({r["id"] for r in rows}) == len(rows)
     # the first 200 (labelled before the dev/test convention was written into the file) keep their line parity
     assert [r["split"] for r in rows[:200]] == ["dev" if i % 2 == 0 else "test" for i in range(200)]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from monitor.streams.embedded import EmbeddedRedis, _free_port
-from monitor.store import Store
 from polling import wait_until
 from test_webhooks import SECRET, Receiver
+
+from monitor.store import Store
+from monitor.streams.embedded import EmbeddedRedis, _free_port
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 SESSIONS, TURNS = 50, 2
@@ -34,7 +34,8 @@ def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
                OMP_NUM_THREADS="1",  # two replicas on two cores: one thread each
                # absolute thresholds every reply crosses: every session alerts at once (deterministic load;
                # the default session-relative rule stays quiet through each session's reference reply)
-               AXISWATCH_DRIFT_BASELINE="absolute", AXISWATCH_THRESHOLD_WATCH="1000", AXISWATCH_THRESHOLD_WARNING="999", AXISWATCH_THRESHOLD_CRITICAL="-1000")
+               AXISWATCH_DRIFT_BASELINE="absolute", AXISWATCH_THRESHOLD_WATCH="1000", AXISWATCH_THRESHOLD_WARNING="999",
+               AXISWATCH_THRESHOLD_CRITICAL="-1000")
     ports = [_free_port(), _free_port()]
     procs = [subprocess.Popen([AXISWATCH, "serve", "--no-workers", "--port", str(p)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-
 from polling import wait_until
 from serving import free_port, wait_http
 

@@ -1,6 +1,7 @@
 """Settings: one frozen object from the environment, clear errors for bad values."""
 
 import base64
+import dataclasses
 import os
 
 import pytest
@@ -27,7 +28,7 @@ def test_overrides_and_secret_hidden():
                            "AXISWATCH_WEBHOOK_SECRET": SECRET, "AXISWATCH_POLICY": "cap"})
     assert s.redis_url == "redis://h:6379/1" and s.thresholds == (5.0, 0.0, -5.0) and s.min_tokens == 4
     assert s.webhook.url == "https://hooks.example/x" and SECRET not in repr(s) and s.policy == "cap"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.policy = "observe"  # frozen
 
 

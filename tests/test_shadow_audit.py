@@ -7,13 +7,13 @@ import uuid
 
 import pytest
 
-from monitor.drift import thresholds_from_calibration
 from monitor.backends.hf import HFBackend
+from monitor.drift import thresholds_from_calibration
 from monitor.engine import Engine
-from monitor.workers.shadow import ShadowWorker
 from monitor.store import Store
 from monitor.streams import Streams
 from monitor.workers.persist import PersistWorker
+from monitor.workers.shadow import ShadowWorker
 from probes.audit import score_conversation
 from probes.errors import InputError
 

@@ -10,8 +10,18 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.store import (SCHEMA_VERSION, AlertRow, Base, InterventionRow, NotFoundError, SchemaVersion,
-                           SessionRow, Store, StoreError, TurnRow)
+from monitor.store import (
+    SCHEMA_VERSION,
+    AlertRow,
+    Base,
+    InterventionRow,
+    NotFoundError,
+    SchemaVersion,
+    SessionRow,
+    Store,
+    StoreError,
+    TurnRow,
+)
 from probes.errors import InputError
 
 

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.streams.embedded import EmbeddedRedis
 from monitor.streams import Streams
+from monitor.streams.embedded import EmbeddedRedis
 
 EXTERNAL = os.environ.get("AXISWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

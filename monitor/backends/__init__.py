@@ -16,9 +16,10 @@ builds one (:mod:`monitor.service`, tests, benchmarks).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from probes.generation import GenerationOptions
 

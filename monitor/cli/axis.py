@@ -16,7 +16,8 @@ from monitor.errors import AxiswatchError
 @click.option("--preset", type=click.Choice(["quick", "standard", "full"]), default="quick", show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="checkpoint folder (default runs/<model>-<preset>)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="axis folder to write (default <work>/axis)")
-@click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None, help="role-adherence judge  [env AXISWATCH_JUDGE]")
+@click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None,
+              help="role-adherence judge  [env AXISWATCH_JUDGE]")
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.option("--roles", type=click.Path(exists=True, path_type=Path), default=None, help="roles JSON (default: the bundled set)")
 @click.option("--questions", type=click.Path(exists=True, path_type=Path), default=None, help="questions JSON (default: bundled)")
@@ -173,7 +174,8 @@ def axis():
 
 
 @axis.command("show")
-@click.option("--axis", "axis_path", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
+@click.option("--axis", "axis_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="axis folder (default: the shipped one)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @handle_errors
@@ -196,7 +198,8 @@ def axis_show(ctx, axis_path, as_json):
         click.echo(f"  {k:15s} {v or '-'}")
     m = report.get("at_monitor_layer", {})
     if m:
-        click.echo(f"  |cos(PC1, axis)| {m.get('abs_cos_pc1_axis', float('nan')):.3f}   held-out AUROC {m.get('auroc_heldout') or float('nan'):.3f}")
+        click.echo(f"  |cos(PC1, axis)| {m.get('abs_cos_pc1_axis', float('nan')):.3f}   "
+                   f"held-out AUROC {m.get('auroc_heldout') or float('nan'):.3f}")
 
 
 @axis.command("import-paper")

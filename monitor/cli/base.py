@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from monitor.settings import Settings
 from monitor.errors import ArtifactError, AxiswatchError
+from monitor.settings import Settings
 
 
 def handle_errors(fn):
@@ -33,10 +33,12 @@ def handle_errors(fn):
 
 def model_options(fn):
     for opt in reversed([
-        click.option("--model", default=None, help="'default' (bundled SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file  [env AXISWATCH_MODEL]"),
+        click.option("--model", default=None,
+                     help="'default' (bundled SmolLM2-135M-Instruct), a hub id, a folder or a .gguf file  [env AXISWATCH_MODEL]"),
         click.option("--device", default=None, help="cpu, cuda, cuda:N, mps or auto  [env AXISWATCH_DEVICE]"),
         click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]), help="[env AXISWATCH_DTYPE]"),
-        click.option("--layers-path", default=None, help="dotted path of the decoder-layer list, for unknown architectures  [env AXISWATCH_LAYERS_PATH]"),
+        click.option("--layers-path", default=None,
+                     help="dotted path of the decoder-layer list, for unknown architectures  [env AXISWATCH_LAYERS_PATH]"),
     ]):
         fn = opt(fn)
     return fn

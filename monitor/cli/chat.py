@@ -97,7 +97,7 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
 
             def on_token(tok):
                 piece = tok["token"]
-                pieces.append(piece)
+                pieces.append(piece)  # noqa: B023 - called within this iteration
                 click.echo(click.style(piece, fg=COLOURS.get(tok["state"])) if colour else piece, nl=False)
 
             body = {"messages": messages, "max_tokens": max_tokens, "session_id": sid, "policy": policy}

@@ -8,15 +8,23 @@ from pathlib import Path
 
 import click
 
-from monitor.cli.base import (cli, handle_errors, load_axis_for, load_capping_for, load_model_for,
-                               model_options, settings_from)
+from monitor.cli.base import (
+    cli,
+    handle_errors,
+    load_axis_for,
+    load_capping_for,
+    load_model_for,
+    model_options,
+    settings_from,
+)
 from monitor.errors import AxiswatchError
 
 
 @cli.command()
 @model_options
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)  [env AXISWATCH_AXIS]")
+@click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None,
+              help="axis folder (default: the shipped one)  [env AXISWATCH_AXIS]")
 @click.option("--layer", type=int, default=None, help="layer to score (default: the axis' monitor layer)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per conversation on stdout")
 @click.pass_context
@@ -125,7 +133,8 @@ def _read_generate_records(path: Path) -> list[dict]:
 def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_tokens, temperature, cap, capping, steer,
              batch_size, as_json):
     """Generate with monitoring: per-token scores from the generation's own forward pass."""
-    from probes.generation import CapPlan, GenerationOptions, SteerPlan, generate as run
+    from probes.generation import CapPlan, GenerationOptions, SteerPlan
+    from probes.generation import generate as run
     from probes.models import normalise_messages
     from probes.ops import steer_coefficient
 

@@ -115,8 +115,8 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
     the assistant's reply. Sessions are recorded and alerted like live ones (source 'shadow').
     """
     from monitor import service
-    from monitor.workers.shadow import ShadowWorker
     from monitor.errors import InputError
+    from monitor.workers.shadow import ShadowWorker
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy,
                   database_url=database_url)

@@ -145,10 +145,10 @@ def alerts_list(ctx, status, limit, database_url, as_json):
 @handle_errors
 def alerts_replay(ctx, limit, database_url):
     """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
-    from monitor.streams import Streams
-    from monitor.workers.dead_letters import replay_dead
-    from monitor.workers.webhooks import dead_key
     from monitor.errors import InputError
+    from monitor.streams import Streams
+    from monitor.streams.alerts import AlertLedger
+    from monitor.workers.dead_letters import replay_dead
 
     s = settings_from(ctx, database_url=database_url)
     if not s.redis_url:
@@ -157,9 +157,10 @@ def alerts_replay(ctx, limit, database_url):
     if config is None:
         raise InputError("set AXISWATCH_WEBHOOK_URL and AXISWATCH_WEBHOOK_SECRET to replay alerts")
     streams = Streams.from_url(s.redis_url)
-    waiting = streams.r.llen(dead_key(streams))
+    ledger = AlertLedger(streams)
+    waiting = ledger.dead_count()
     delivered = replay_dead(streams, _store(ctx, database_url), config, limit=limit)
-    left = streams.r.llen(dead_key(streams))
+    left = ledger.dead_count()
     click.echo(f"replayed to {config.target}: {delivered} delivered, {left} still dead-lettered (of {waiting})")
     if left and delivered == 0 and waiting:
         sys.exit(1)

@@ -5,8 +5,16 @@ store with its engine and transactions (:mod:`~monitor.store.db`) and a stored s
 
 from monitor.errors import NotFoundError, StoreError
 from monitor.store.db import DEFAULT_URL, Store
-from monitor.store.schema import (SCHEMA_VERSION, AlertRow, Base, InterventionRow, SchemaVersion, SessionRow,
-                                  SpillRow, TurnRow)
+from monitor.store.schema import (
+                                  SCHEMA_VERSION,
+                                  AlertRow,
+                                  Base,
+                                  InterventionRow,
+                                  SchemaVersion,
+                                  SessionRow,
+                                  SpillRow,
+                                  TurnRow,
+)
 
 __all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "AlertRow", "Base", "InterventionRow", "NotFoundError", "SchemaVersion",
            "SessionRow", "SpillRow", "Store", "StoreError", "TurnRow"]

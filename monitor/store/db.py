@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,10 +24,30 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
-from monitor.store.rows import (DELIVERY_STATUSES, LEVELS, checked_records, from_row, is_int, is_name, is_num, need,
-                          one_of, to_row)
-from monitor.store.schema import (MIGRATIONS, SCHEMA_VERSION, AlertRow, Base, InterventionRow,  # noqa: F401 - re-exported
-                            SchemaVersion, SessionRow, SpillRow, TurnRow)
+from monitor.store.rows import (
+    DELIVERY_STATUSES,
+    LEVELS,
+    checked_records,
+    from_row,
+    is_int,
+    is_name,
+    is_num,
+    need,
+    one_of,
+    to_row,
+)
+from monitor.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    AlertRow,
+    Base,
+    InterventionRow,
+    SchemaVersion,
+    SessionRow,
+    SpillRow,
+    TurnRow,
+    table,
+)
 
 DEFAULT_URL = "sqlite:///axiswatch.db"
 
@@ -88,14 +109,14 @@ class Store:
             conn = s.connection()
             if self.dialect == "postgresql":  # several replicas may start at once
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727011)")
-            SchemaVersion.__table__.create(conn, checkfirst=True)
+            table(SchemaVersion).create(conn, checkfirst=True)
             current = s.scalar(select(func.max(SchemaVersion.version))) or 0
             if current > SCHEMA_VERSION:
                 raise StoreError(f"database {self.url} is at schema version {current}, newer than the "
                                  f"{SCHEMA_VERSION} this axiswatch knows: upgrade axiswatch to use it")
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version - 1](conn)
-                conn.execute(insert(SchemaVersion.__table__).values(version=version, applied_at=time.time()))
+                conn.execute(insert(table(SchemaVersion)).values(version=version, applied_at=time.time()))
         return SCHEMA_VERSION
 
     def _insert(self, s: Session, model: type[Base], rows: list[dict], keys: tuple[str, ...],
@@ -105,7 +126,7 @@ class Store:
         the live tail); a replay of the same record changes nothing."""
         if not rows:
             return 0
-        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(model.__table__)
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table(model))
         if longer_wins:  # one row per key (PostgreSQL refuses to update a row twice in one statement)
             best: dict[tuple, dict] = {}
             for r in rows:
@@ -113,13 +134,13 @@ class Store:
                 if k not in best or r["n_tokens"] > best[k]["n_tokens"]:
                     best[k] = r
             rows = list(best.values())
-            cols = {c.name: ins.excluded[c.name] for c in model.__table__.columns if c.name not in ("id", *keys)}
-            t = model.__table__.c
+            cols = {c.name: ins.excluded[c.name] for c in table(model).columns if c.name not in ("id", *keys)}
+            t = table(model).c
             stmt = ins.on_conflict_do_update(index_elements=list(keys), set_=cols,
                                              where=(ins.excluded.n_tokens > t.n_tokens) & (ins.excluded.role == t.role))
         else:
             stmt = ins.on_conflict_do_nothing(index_elements=list(keys))
-        return len(s.execute(stmt.returning(*model.__table__.primary_key), rows).all())
+        return len(s.execute(stmt.returning(*table(model).primary_key), rows).all())
 
     def write(self, turns: Iterable[TurnRecord] = (), alerts: Iterable[AlertEvent] = (),
               interventions: Iterable[InterventionRecord] = ()) -> dict[str, int]:
@@ -129,7 +150,8 @@ class Store:
         counts = dict(sessions=0, turns=0, alerts=0, interventions=0)
         if not (recs := [*turns, *alerts, *interventions]):
             return counts
-        ids, now, born = sorted({r.session_id for r in recs}), time.time(), {}
+        ids, now = sorted({r.session_id for r in recs}), time.time()
+        born: dict[str, float] = {}
         for r in (r for r in recs if is_num(r.created_at)):
             born[r.session_id] = min(born.get(r.session_id, r.created_at), r.created_at)
         with self._tx(write=True) as s:
@@ -170,7 +192,7 @@ class Store:
             if t := last_turn.get(sid):  # where the session runs: source, model, monitor layer
                 vals.update(source=t.source, layer=t.layer, **({"model_id": t.model_id} if t.model_id else {}))
             vals.update({"capped": True} if sid in capped else {}, **({"policy": policy[sid]} if sid in policy else {}))
-            s.execute(update(SessionRow.__table__).where(SessionRow.id == sid).values(**vals))
+            s.execute(update(table(SessionRow)).where(SessionRow.id == sid).values(**vals))
 
     def _alert(self, s: Session, event_id: str) -> AlertRow:
         if (row := s.get(AlertRow, event_id, with_for_update=True)) is None:
@@ -211,10 +233,10 @@ class Store:
             one_of(v, STATES, "state")
         for v in sources:
             one_of(v, SOURCES, "source")
-        for name, v in (("since", since), ("active_since", active_since)):
-            need(v is None or is_num(v), f"{name} must be epoch seconds, not {v!r}")
+        for name, t in (("since", since), ("active_since", active_since)):
+            need(t is None or is_num(t), f"{name} must be epoch seconds, not {t!r}")
         need(is_int(limit) and limit > 0, f"limit must be a positive integer, not {limit!r}")
-        where = [c.in_(vs) for c, vs in ((SessionRow.state, states), (SessionRow.source, sources)) if None not in vs]
+        where: list[Any] = [c.in_(vs) for c, vs in ((SessionRow.state, states), (SessionRow.source, sources)) if None not in vs]
         where += [SessionRow.created_at >= since] if since is not None else []
         where += [SessionRow.updated_at >= active_since] if active_since is not None else []
         newest = SessionRow.created_at if active_since is None else SessionRow.updated_at
@@ -266,7 +288,7 @@ class Store:
         rows = [dict(kind=k, data=json.dumps(d, separators=(",", ":")), created_at=now) for k, d in items]
         if rows:
             with self._tx(write=True) as s:
-                s.execute(insert(SpillRow.__table__), rows)
+                s.execute(insert(table(SpillRow)), rows)
 
     def drain_spill(self, publish, limit: int = 500) -> int:
         """Hand the oldest spilled records to ``publish([(kind, dict), ...])`` and delete them in the same
@@ -278,7 +300,7 @@ class Store:
             if not rows:
                 return 0
             publish([(r.kind, json.loads(r.data)) for r in rows])
-            s.execute(delete(SpillRow.__table__).where(SpillRow.id.in_([r.id for r in rows])))
+            s.execute(delete(table(SpillRow)).where(SpillRow.id.in_([r.id for r in rows])))
             return len(rows)
 
     def spill_count(self) -> int:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import sys
 from array import array
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from monitor.errors import InputError
 from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
-from monitor.store.schema import Base, TurnRow
+from monitor.store.schema import Base, TurnRow, table
 
 DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
 ROLES = ("assistant", "user", "system")
@@ -99,7 +100,7 @@ def to_row(r: Any) -> dict[str, Any]:
 
 def from_row(obj: Base) -> dict[str, Any]:
     """A row as a plain dict (a turn's scores unpacked to floats, its capping flags to booleans)."""
-    d = {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+    d = {c.key: getattr(obj, c.key) for c in table(type(obj)).columns}
     if isinstance(obj, TurnRow):
         d["scores"], d["pre_cap_scores"] = _unpack(obj.scores), _unpack(obj.pre_cap_scores)
         bits = obj.capped  # token i is bit i % 8 of byte i // 8

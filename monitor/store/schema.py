@@ -6,7 +6,7 @@ Per-token scores are stored per turn as little-endian float32 bytes (see the sto
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Table, Text, UniqueConstraint
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -16,6 +16,11 @@ _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTE
 
 class Base(DeclarativeBase):  # the current schema; MIGRATIONS below build it
     pass
+
+
+def table(model: type[Base]) -> Table:
+    """A model's Core table (SQLAlchemy types ``__table__`` as the wider FromClause)."""
+    return model.__table__  # type: ignore[return-value]
 
 
 class SessionRow(Base):
@@ -106,13 +111,13 @@ class SchemaVersion(Base):
 # its version-1 definition into _v1 as Core (test_migrated_schema_matches_models checks the result).
 def _v1(conn: Connection) -> None:
     """Version 1: sessions, turns, alerts, interventions."""
-    tables = [m.__table__ for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
+    tables = [table(m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
     Base.metadata.create_all(conn, tables=tables, checkfirst=False)
 
 
 def _v2(conn: Connection) -> None:
     """Version 2: the outbox's spill table."""
-    Base.metadata.create_all(conn, tables=[SpillRow.__table__], checkfirst=False)
+    Base.metadata.create_all(conn, tables=[table(SpillRow)], checkfirst=False)
 
 
 MIGRATIONS = [_v1, _v2]

@@ -4,6 +4,6 @@ the outbox that buffers records while Redis is down, the embedded ``redis-server
 ``REDIS_URL`` is given, and the live-entry format that the engine writes and recovery and the
 dashboard read."""
 
-from monitor.streams.client import REDIS_DOWN, Entry, Streams
+from monitor.streams.client import REDIS_DOWN, UNREACHABLE, Entry, ResponseError, Streams
 
-__all__ = ["REDIS_DOWN", "Entry", "Streams"]
+__all__ = ["REDIS_DOWN", "UNREACHABLE", "Entry", "ResponseError", "Streams"]

@@ -40,6 +40,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 VERSION = "1"
 # what "Redis is down" raises: every handler that carries on without Redis catches these, nothing wider
 REDIS_DOWN = (redis.RedisError, OSError)
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)  # no answer at all (vs. an error reply)
+ResponseError = redis.ResponseError  # an error reply: OOM, READONLY, NOGROUP, MISCONF...
 KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions"}
 LAG_SCAN = 2_000  # on Redis 6.2, lag() counts undelivered entries up to this many (it reads them whole)
@@ -76,10 +79,12 @@ def _id_tuple(i: str) -> tuple[int, int]:
 class Streams:
     def __init__(self, client: redis.Redis, prefix: str = "axiswatch", maxlen: int = 100_000, live_maxlen: int = 2_000,
                  live_ttl_s: int = 86_400):
-        self.r, self.prefix, self.maxlen, self.live_maxlen, self.live_ttl_s = client, prefix, maxlen, live_maxlen, live_ttl_s
+        # Any: redis-py annotates every command for its sync and async clients at once (Awaitable | value)
+        self.r: Any = client
+        self.prefix, self.maxlen, self.live_maxlen, self.live_ttl_s = prefix, maxlen, live_maxlen, live_ttl_s
 
     @classmethod
-    def from_url(cls, url: str, **kw) -> "Streams":
+    def from_url(cls, url: str, **kw) -> Streams:
         # fail fast when Redis is down (the outbox buffers); block_ms reads add their own wait on top
         return cls(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30),
                    **kw)
@@ -154,6 +159,13 @@ class Streams:
             self.publish_live(sid, payload, pipe=p)
         p.zremrangebyscore(self.key("live_index"), "-inf", time.time() - self.live_ttl_s)
         p.execute()
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    def reject_ingest(self, entry_id: str, error: str, data) -> None:
+        """Keep an ingest entry shadow mode could not score on ``{prefix}:ingest:rejected``."""
+        self.r.rpush(self.key("ingest:rejected"), json.dumps({"id": entry_id, "error": error, "data": data}))
 
     def heartbeat(self, replica: str, ttl_s: int = 10) -> None:
         """Say that ``replica`` (a ``serve`` process) is alive for the next ``ttl_s`` seconds."""

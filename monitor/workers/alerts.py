@@ -24,24 +24,23 @@ once; every state is recorded with ``Store.set_alert_delivery``:
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import httpx
-import redis
 
 from monitor.records import AlertEvent
 from monitor.store import Store, StoreError
-from monitor.streams import Entry, Streams
-from monitor.workers.webhooks import (GROUP, RELEASE_LUA, RENEW_LUA, STREAM, WebhookConfig, alert_of, dead_key, deliver,
-                              lease_key, record_delivery, stored_alert)
+from monitor.streams import REDIS_DOWN, UNREACHABLE, Entry, ResponseError, Streams
+from monitor.streams.alerts import GROUP, STREAM, AlertLedger
 from monitor.workers.persist import consumer_name
+from monitor.workers.webhooks import WebhookConfig, alert_of, deliver, record_delivery, stored_alert
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,7 @@ class AlertWorker:
                  client: httpx.Client | None = None):
         self.streams, self.store, self.config, self.batch, self.block_ms = streams, store, config, batch, block_ms
         self.name = name or consumer_name("webhooks")
+        self.ledger = AlertLedger(streams)
         self.clock, self.reclaim_idle_ms, self.reclaim_every_s = clock, reclaim_idle_ms, reclaim_every_s
         # a lease outlives one attempt and a blocked read, so it never lapses under a live worker
         self.lease_ms = int(max(reclaim_idle_ms, 3 * block_ms, 2000 * config.timeout_s + 1000))
@@ -102,18 +102,16 @@ class AlertWorker:
         """Take or renew the leases of these alerts; True where this worker holds it now."""
         if not event_ids:
             return []
-        keys = [lease_key(self.streams, e) for e in event_ids]
         try:
-            got = self.streams.r.eval(RENEW_LUA, len(keys), *keys, self.name, self.lease_ms)
-        except redis.ResponseError as e:  # OOM or READONLY: no lease can be written; deliver anyway
+            return self.ledger.lease(event_ids, self.name, self.lease_ms)
+        except ResponseError as e:  # OOM or READONLY: no lease can be written; deliver anyway
             log.warning("alert leases not writable (%s): delivering without them (at least once)", e)
             return [True] * len(event_ids)
-        return [bool(x) for x in got]
 
     def _release(self, event_id: str) -> None:
         try:
-            self.streams.r.eval(RELEASE_LUA, 1, lease_key(self.streams, event_id), self.name)
-        except redis.RedisError as e:  # it expires by itself
+            self.ledger.release(event_id, self.name)
+        except REDIS_DOWN as e:  # it expires by itself
             log.warning("alert %s: lease not released (%s)", event_id, e)
 
     def _drop(self, job: _Job) -> None:
@@ -131,10 +129,7 @@ class AlertWorker:
 
     def _dead_letter(self, event: AlertEvent, ids) -> None:
         """Onto the dead list and acknowledged in one MULTI: exactly one list item per dead entry."""
-        with self.streams.r.pipeline(transaction=True) as p:
-            p.lpush(dead_key(self.streams), json.dumps(event.to_dict(), separators=(",", ":")))
-            p.xack(self.streams.key(STREAM), GROUP, *sorted(ids))
-            p.execute()
+        self.ledger.dead_letter(event.to_dict(), sorted(ids))
 
     def _admit(self, e: Entry) -> None:
         ev = alert_of(e.data) if e.kind == "alert" else None
@@ -222,8 +217,7 @@ class AlertWorker:
             return
         self._last_beat = self.clock()
         ids = sorted({i for j in self._jobs.values() for i in j.ids})
-        for k in range(0, len(ids), 500):
-            self.streams.r.xclaim(self.streams.key(STREAM), GROUP, self.name, 0, ids[k:k + 500], justid=True)
+        self.ledger.touch(self.name, ids)
         jobs = list(self._jobs.values())
         for job, held in zip(jobs, self._lease([j.event.event_id for j in jobs])):
             if not held and not job.owed:  # a job that owes its record (it was sent) finishes that first
@@ -276,18 +270,18 @@ class AlertWorker:
             while not self._stop.is_set():
                 try:
                     self.run_once(self.block_ms)
-                except (redis.ConnectionError, redis.TimeoutError) as e:
+                except UNREACHABLE as e:
                     log.warning("alert worker %s: Redis unreachable (%s); retrying", self.name, e)
                     self.sleep(1.0)
-                except redis.ResponseError as e:  # NOGROUP: Redis restarted without its data
+                except ResponseError as e:  # NOGROUP: Redis restarted without its data
                     if "NOGROUP" not in str(e):
                         log.exception("alert worker %s: pass failed; will retry", self.name)
                     try:
                         self.streams.ensure_groups(webhooks=True)
-                    except redis.RedisError:
+                    except REDIS_DOWN:
                         pass
                     self.sleep(0.2)
-                except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending
+                except Exception:  # keep the worker alive (logged); entries stay pending
                     log.exception("alert worker %s: pass failed; will retry", self.name)
                     self.sleep(1.0)
         finally:

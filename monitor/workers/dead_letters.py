@@ -1,6 +1,6 @@
 """Dead-lettered alerts: ``axiswatch alerts replay`` tries each once more (:func:`replay_dead`).
 One replay runs at a time (``{prefix}:alerts:dead:lock``); a second is refused with a clear error.
-Keys: :mod:`monitor.workers.webhooks`."""
+Keys: :mod:`monitor.streams.alerts`."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import os
 import time
 
 import httpx
-import redis
 
 from monitor.errors import InputError
 from monitor.store import Store, StoreError
-from monitor.streams import Streams
-from monitor.workers.webhooks import (RELEASE_LUA, RENEW_LUA, WebhookConfig, alert_of, dead_key, deliver, record_delivery,
-                              stored_alert)
+from monitor.streams import REDIS_DOWN, Streams
+from monitor.streams.alerts import AlertLedger
+from monitor.workers.webhooks import WebhookConfig, alert_of, deliver, record_delivery, stored_alert
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +25,31 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
 
     Delivered ones are marked ``delivered``; failed ones go back onto the dead list (status ``dead``,
     attempts + 1); ones already delivered (a duplicate on the list) are dropped without sending."""
-    r, key = streams.r, dead_key(streams)
-    taking, lock, me = key + ":replaying", key + ":lock", f"replay-{os.getpid()}-{time.time()}"
+    ledger = AlertLedger(streams)
+    me = f"replay-{os.getpid()}-{time.time()}"
     lock_ms = int(max(60.0, 3 * config.timeout_s) * 1000)  # renewed before every alert
-    if not r.set(lock, me, nx=True, px=lock_ms):
-        raise InputError(f"another 'axiswatch alerts replay' is running (Redis key {lock}); wait for it to "
+    if not ledger.lock_replay(me, lock_ms):
+        raise InputError(f"another 'axiswatch alerts replay' is running (Redis key {ledger.lock}); wait for it to "
                          f"finish (the key expires {lock_ms // 1000} s after a crashed replay's last alert)")
     own = client is None
     delivered, seen = 0, set()
     try:
-        while r.lmove(taking, key, "LEFT", "RIGHT") is not None:  # leftovers of a replay that crashed
-            pass
-        n = r.llen(key) if limit is None else min(limit, r.llen(key))
+        ledger.restore_taken()  # leftovers of a replay that crashed
+        n = ledger.dead_count() if limit is None else min(limit, ledger.dead_count())
         client = client or httpx.Client(timeout=config.timeout_s, follow_redirects=False)
         for _ in range(n):
-            if not r.eval(RENEW_LUA, 1, lock, me, lock_ms)[0]:  # ours lapsed and another replay took over
-                raise InputError(f"the replay lock {lock} was taken over by another replay; stopping")
-            raw = r.lmove(key, taking, "RIGHT", "LEFT")
+            if not ledger.renew_replay(me, lock_ms):  # ours lapsed and another replay took over
+                raise InputError(f"the replay lock {ledger.lock} was taken over by another replay; stopping")
+            raw = ledger.take()
             if raw is None:
                 break
             if (ev := alert_of(raw)) is None:
-                log.error("malformed item on %s left in place: %r", key, raw[:200])
-                with r.pipeline(transaction=True) as p:
-                    p.lrem(taking, 1, raw).lpush(key, raw).execute()
+                log.error("malformed item on %s left in place: %r", ledger.dead, raw[:200])
+                ledger.put_back(raw)
                 continue
             row = stored_alert(store, ev)
             if ev.event_id in seen or (row and row["delivery_status"] == "delivered"):
-                r.lrem(taking, 1, raw)
+                ledger.settle(raw)
                 continue
             attempts = (int(row["attempts"]) if row else 0) + 1
             error = deliver(client, config, ev)
@@ -63,18 +60,17 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
             if error is None:
                 delivered += 1
                 seen.add(ev.event_id)
-                r.lrem(taking, 1, raw)
+                ledger.settle(raw)
                 log.info("dead-lettered alert %s delivered to %s", ev.event_id, config.target)
             else:
                 log.warning("dead-lettered alert %s: delivery to %s failed again (%s)", ev.event_id,
                             config.target, error)
-                with r.pipeline(transaction=True) as p:
-                    p.lrem(taking, 1, raw).lpush(key, raw).execute()
+                ledger.put_back(raw)
     finally:
         if own and client is not None:
             client.close()
         try:
-            r.eval(RELEASE_LUA, 1, lock, me)
-        except redis.RedisError as e:  # it expires by itself
-            log.warning("replay lock %s not released (%s)", lock, e)
+            ledger.unlock_replay(me)
+        except REDIS_DOWN as e:  # it expires by itself
+            log.warning("replay lock %s not released (%s)", ledger.lock, e)
     return delivered

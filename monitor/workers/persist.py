@@ -17,19 +17,18 @@ import socket
 import threading
 import time
 
-import redis
-
+from monitor.errors import InputError
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.store import Store
+from monitor.streams import UNREACHABLE, Entry, ResponseError, Streams
 from monitor.streams.outbox import publish_spilled
 from monitor.workers.recovery import recover_interrupted
-from monitor.store import Store
-from monitor.streams import Entry, Streams
-from monitor.errors import InputError
 
 log = logging.getLogger(__name__)
 PERSISTED = ("turns", "alerts", "interventions")
 RECOVER_GRACE_S = 12.0  # > a replica's heartbeat period (3 s) and TTL (10 s)
-RECORD = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
+RECORD: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord]] = {
+    "turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
 
 
 def consumer_name(role: str) -> str:
@@ -63,17 +62,17 @@ class StreamWorker:
                 if down_since is not None:
                     log.warning("%s: Redis is back after %.1f s", self.name, time.monotonic() - down_since)
                     down_since, self._up_since = None, time.monotonic()
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except UNREACHABLE as e:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("%s: Redis unreachable (%s); retrying every second", self.name, e)
                 self._stop.wait(1.0)
-            except redis.ResponseError as e:
+            except ResponseError as e:
                 if "NOGROUP" not in str(e):
                     log.exception("%s: pass failed; will retry", self.name)
                 self._groups_ok = False
                 self._stop.wait(0.2)
-            except Exception:  # noqa: BLE001 - keep the worker alive; entries stay pending and are retried
+            except Exception:  # keep the worker alive (logged); entries stay pending and are retried
                 log.exception("%s: pass failed; will retry", self.name)
                 self._stop.wait(1.0)
 
@@ -107,9 +106,8 @@ class PersistWorker(StreamWorker):
         """Write and acknowledge one batch; malformed entries are logged and acknowledged (never retried forever)."""
         groups: dict[str, list] = {"turn": [], "alert": [], "intervention": []}
         for e in entries:
-            cls = RECORD.get(e.kind)
             try:
-                groups[e.kind].append(cls.from_dict(e.data))
+                groups[e.kind].append(RECORD[e.kind].from_dict(e.data))
             except (TypeError, KeyError, AttributeError) as err:
                 log.error("dropping malformed %s entry %s: %s", e.stream, e.id, err)
         try:

@@ -12,14 +12,14 @@ Entries it cannot use are acknowledged and kept, with the reason, on the list
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 
 from monitor.engine import Engine
+from monitor.errors import AxiswatchError
 from monitor.streams import Streams
 from monitor.workers.persist import StreamWorker, consumer_name
-from monitor.errors import AxiswatchError
+from probes.audit import parse_record
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ class ShadowWorker(StreamWorker):
         self._stop = threading.Event()
 
     def _handle(self, entry) -> None:
-        from probes.audit import parse_record
-
         data = entry.data
         try:
             sid = data.get("session_id") if isinstance(data, dict) else None
@@ -46,8 +44,7 @@ class ShadowWorker(StreamWorker):
             self.scored += 1
         except AxiswatchError as e:
             log.error("rejected ingest entry %s: %s", entry.id, e)
-            self.streams.r.rpush(self.streams.key("ingest:rejected"),
-                                 json.dumps({"id": entry.id, "error": str(e), "data": data}))
+            self.streams.reject_ingest(entry.id, str(e), data)
 
     def run_once(self, block_ms: int | None = None) -> int:
         entries = self.streams.reclaim("ingest", "shadow", self.name, self.reclaim_idle_ms)

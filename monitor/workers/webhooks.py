@@ -1,6 +1,5 @@
 """Alert webhooks: where and how to deliver (:class:`WebhookConfig`), the signed POST (Standard
-Webhooks), the delivery state in the store, and the Redis keys the alert worker and the dead-letter
-replay share. The worker is :mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
+Webhooks) and the delivery state in the store. The worker is :mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
 
 Each alert is POSTed as ``{"type": "axiswatch.alert", "data": <AlertEvent dict>}`` with the Standard
 Webhooks headers ``webhook-id`` (the alert's ``event_id``: receivers dedupe on it; it is the same on
@@ -8,17 +7,7 @@ every retry), ``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + HMAC-SH
 ``standardwebhooks`` package). A failed attempt's error is the status (``HTTP 500``) or the error's
 class name, never a message that could carry the URL or the secret.
 
-Redis keys besides the ``{prefix}:alerts`` stream (``prefix`` as in :mod:`monitor.streams`):
-
-======================================  ==========================================================
-``{prefix}:alerts:dead``                LIST of dead-lettered alerts, each the AlertEvent dict as
-                                        JSON; LPUSH (newest at the head), replay pops from the tail
-``{prefix}:alerts:dead:replaying``      LIST: alerts a running replay has taken off the dead list;
-                                        the next replay moves leftovers of a crashed one back
-``{prefix}:alerts:dead:lock``           STRING: held by the running replay; expires if it crashes
-``{prefix}:alerts:lease:{event_id}``    STRING: the name of the worker delivering that alert; expires
-                                        unless renewed, deleted when the delivery is recorded
-======================================  ==========================================================
+The Redis keys the alert worker and the dead-letter replay share are in :mod:`monitor.streams.alerts`.
 """
 
 from __future__ import annotations
@@ -28,8 +17,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -38,34 +28,9 @@ from standardwebhooks import Webhook
 from monitor.errors import InputError
 from monitor.records import AlertEvent
 from monitor.store import NotFoundError, Store, StoreError
-from monitor.streams import Streams
 
 log = logging.getLogger(__name__)
-STREAM, GROUP, EVENT_TYPE = "alerts", "webhooks", "axiswatch.alert"
-
-
-def dead_key(streams: Streams) -> str:
-    return streams.key("alerts:dead")
-
-
-def lease_key(streams: Streams, event_id: str) -> str:
-    return streams.key(f"alerts:lease:{event_id}")
-
-
-# a lease (an alert's, the replay lock) is renewed, or retaken once expired, and released only by its holder
-RENEW_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-    local v = redis.call('GET', key)
-    if v == ARGV[1] or not v then
-        redis.call('SET', key, ARGV[1], 'PX', ARGV[2]); out[i] = 1
-    else
-        out[i] = 0
-    end
-end
-return out
-"""
-RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+EVENT_TYPE = "axiswatch.alert"
 
 
 # ---------------------------------------------------------------- configuration and signing
@@ -96,7 +61,7 @@ class WebhookConfig:
         object.__setattr__(self, "_signer", _signer(self.secret))
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "WebhookConfig | None":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookConfig | None:
         """From AXISWATCH_WEBHOOK_URL, AXISWATCH_WEBHOOK_SECRET, AXISWATCH_WEBHOOK_MAX_ATTEMPTS; None without a URL."""
         env = os.environ if env is None else env
         url = (env.get("AXISWATCH_WEBHOOK_URL") or "").strip()
@@ -123,7 +88,7 @@ class WebhookConfig:
     def sign(self, event: AlertEvent, now: float | None = None) -> tuple[bytes, dict[str, str]]:
         """The body and headers of one delivery attempt (a fresh timestamp each attempt)."""
         body = json.dumps({"type": EVENT_TYPE, "data": event.to_dict()}, separators=(",", ":"))
-        ts = datetime.fromtimestamp(int(time.time() if now is None else now), tz=timezone.utc)
+        ts = datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC)
         return body.encode(), {"content-type": "application/json", "user-agent": "axiswatch-webhooks",
                                "webhook-id": event.event_id, "webhook-timestamp": str(int(ts.timestamp())),
                                "webhook-signature": self._signer.sign(event.event_id, ts, body)}
