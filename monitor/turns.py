@@ -42,6 +42,7 @@ class ChatResult:
     interventions: list[InterventionRecord] = field(default_factory=list)
     drift: float | None = None  # running minus the session's opening reference (what the thresholds apply to)
     reference: float | None = None
+    token_ids: list[int] = field(default_factory=list)  # the generated content tokens (no end-of-turn marker)
 
     @property
     def mean(self) -> float | None:
@@ -84,4 +85,4 @@ class Turn:
         s = self.session
         return ChatResult(s.id, self.number, layer, self.job.text, self.tokens, self.scores, self.pre_cap_scores,
                           self.cap_flags, summary.state, summary.running, s.capped, self.job.finish_reason,
-                          self.alerts, self.interventions, summary.drift, summary.reference)
+                          self.alerts, self.interventions, summary.drift, summary.reference, list(self.job.token_ids))

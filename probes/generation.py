@@ -180,25 +180,36 @@ def generate(
     ``max_new_tokens`` and samples with its own temperature, top-p and seed). ``axis`` is the unit
     axis ``[d]`` scored at ``monitor_layer``. ``capping`` applies to the rows in ``cap_rows`` (bool
     ``[b]``; all rows when None), and a ``sink`` may add rows while generating.
+
+    Pre-cap scores: where every capping layer is at or above the monitor layer, the monitor layer's
+    score before its own cap is the uncapped model's score. Where capping acts below the monitor
+    layer, one forward pass holds no uncapped copy of it: each row then gets an uncapped twin row fed
+    the same tokens (the batch doubles), and the twin's score is the row's pre-cap score, the score the
+    uncapped model gives the same text (what a teacher-forced audit of the reply would find).
     """
     model, b = lm.model, len(prompts)
     row_opts = list(opts) if isinstance(opts, Sequence) else [opts or GenerationOptions()] * b
     if len(row_opts) != b:
         raise ValueError(f"{len(row_opts)} options for {b} prompts")
-    enc = encode_prompts(lm, prompts)
+    twin = (capping is not None and axis is not None and monitor_layer is not None
+            and min(capping.layers) < monitor_layer)
+    if twin and collect_means:
+        raise ValueError("collect_means with capping below the monitor layer is not supported")
+    n = 2 * b if twin else b  # rows in the batch: b, then b uncapped twins
+    enc = encode_prompts(lm, list(prompts) * (2 if twin else 1))
     input_ids, attn = enc["input_ids"], enc["attention_mask"]
     dev = input_ids.device
     stops = torch.tensor(sorted(stop_token_ids(lm)), device=dev)
     gens = [torch.Generator(device=dev).manual_seed(o.seed) if o.seed is not None else None for o in row_opts]
-    limits = torch.tensor([o.max_new_tokens for o in row_opts], device=dev)
+    limits = torch.tensor([o.max_new_tokens for o in row_opts] * (n // b if b else 1), device=dev)
 
     n_layers = lm.n_layers
-    scores_now = torch.zeros(b, device=dev)
-    pre_now = torch.zeros(b, device=dev)
+    scores_now = torch.zeros(n, device=dev)
+    pre_now = torch.zeros(n, device=dev)
     last_hidden: dict[int, torch.Tensor] = {}
-    active = (cap_rows.clone() if cap_rows is not None else torch.ones(b, dtype=torch.bool)).to(dev)
-    if capping is None:
-        active[:] = False
+    active = torch.zeros(n, dtype=torch.bool, device=dev)  # twins are never capped
+    if capping is not None:
+        active[:b] = (cap_rows.to(dev) if cap_rows is not None else True)
 
     fns: dict[int, list] = {}
 
@@ -245,9 +256,9 @@ def generate(
             norm_sums.add_(stacked.norm(dim=-1) * mask.view(-1, 1))
             counts.add_(mask)
 
-    finished = torch.zeros(b, dtype=torch.bool, device=dev)
-    stopped = torch.zeros(b, dtype=torch.bool, device=dev)  # ended by an end-of-turn token (not its length)
-    prev_content = torch.zeros(b, dtype=torch.bool, device=dev)
+    finished = torch.zeros(n, dtype=torch.bool, device=dev)
+    stopped = torch.zeros(n, dtype=torch.bool, device=dev)  # ended by an end-of-turn token (not its length)
+    prev_content = torch.zeros(n, dtype=torch.bool, device=dev)
     out_tokens: list[torch.Tensor] = []
     out_scores: list[torch.Tensor] = []
     out_pre: list[torch.Tensor] = []
@@ -262,7 +273,9 @@ def generate(
             out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
                         use_cache=True, **{cache_kw: past})
             past = getattr(out, cache_kw)
-            nxt = _sample_rows(out.logits[:, -1], row_opts, gens)
+            nxt = _sample_rows(out.logits[:b, -1], row_opts, gens)
+            if twin:  # a twin reads its row's token, whatever it would have said itself
+                nxt = torch.cat([nxt, nxt])
             is_stop = torch.isin(nxt, stops)
             content = ~finished & ~is_stop
             stopped |= ~finished & is_stop
@@ -270,7 +283,8 @@ def generate(
                 accumulate(prev_content)
             prev_content = content
             # one host transfer per step: tokens, scores, masks together
-            host = torch.stack([nxt.float(), scores_now, pre_now, content.float(), active.float()]).cpu()
+            pre = pre_now[b:] if twin else pre_now
+            host = torch.stack([nxt[:b].float(), scores_now[:b], pre, content[:b].float(), active[:b].float()]).cpu()
             tok_h, sc_h, pre_h, cont_h, act_h = host[0].long(), host[1], host[2], host[3].bool(), host[4].bool()
             for acc, x in ((out_tokens, tok_h), (out_scores, sc_h), (out_pre, pre_h), (out_content, cont_h),
                            (cap_on, act_h)):
@@ -278,7 +292,7 @@ def generate(
             if sink is not None:
                 more = sink.put(step, tok_h, sc_h, cont_h, pre_h)
                 if more is not None and capping is not None:
-                    active |= more.to(dev)
+                    active[:b] |= more.to(dev)
             finished |= is_stop | (step + 1 >= limits)
             # the next input: this step's token where it is content, padding (not attended) elsewhere
             step_ids = torch.where(content, nxt, torch.full_like(nxt, lm.tokenizer.pad_token_id)).unsqueeze(-1)

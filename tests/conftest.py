@@ -1,4 +1,6 @@
-"""Shared fixtures: the real bundled default model, loaded once per test session."""
+"""Shared fixtures: the real bundled default model (loaded once per test session), the shipped axis,
+an embedded Redis per test module, a migrated SQLite store per test, the machine's PostgreSQL in a
+schema of the test's own, and the seeded dashboard data. ``tests/polling.py`` holds ``wait_until``."""
 
 from __future__ import annotations
 
@@ -59,6 +61,17 @@ def embedded():
 @pytest.fixture(scope="module")
 def redis_url(embedded):
     return embedded.url
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A migrated store on a SQLite file of the test's own (tests/test_store.py runs its own on both databases)."""
+    from monitor.store import Store
+
+    st = Store(f"sqlite:///{tmp_path / 'axiswatch.db'}")
+    st.migrate()
+    yield st
+    st.close()
 
 
 PG_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

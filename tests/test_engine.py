@@ -228,11 +228,10 @@ def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams)
     assert seen == pytest.approx(res.pre_cap_scores, abs=1e-4)  # what the tracker saw, token by token
 
 
-def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(tmp_path, lm, shipped, streams):
+def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(store, lm, shipped, streams):
     """Recovery stores a cut-off reply from the live tail with its capping flags and pre-cap scores."""
     import dataclasses
 
-    from monitor.store import Store
     from monitor.workers.recovery import recover_interrupted
 
     base = load_capping(shipped_dir())
@@ -244,8 +243,6 @@ def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(tmp_path, lm
     for e in streams.read_live("s-cut"):  # as if it died before its turn record and final entry
         if e.data.get("final"):
             streams.r.xdel(streams.live_key("s-cut"), e.id)
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    store.migrate()
     assert recover_interrupted(streams, store, stale_s=0.0) == ["s-cut"]
     t = store.get_session("s-cut")["turns"][0]
     assert t["turn"] == res.turn and t["capped"] == res.cap_flags and any(t["capped"])
@@ -314,3 +311,35 @@ def test_a_session_check_fails_alone_at_submit(lm, shipped, streams):
         assert ok.tokens
     finally:
         eng.close()
+
+
+def test_capping_below_the_monitor_layer_is_tracked_on_the_true_pre_cap_score(lm, shipped, streams):
+    """A capping window that starts below the monitor layer (calibrate-capping may pick one) leaves no
+    uncapped monitor-layer state in the capped forward pass: the engine's tracker must still follow the
+    uncapped model's score of the same text (the hf backend's uncapped twin rows), not the capped one."""
+    from monitor.drift import DriftTracker
+    from probes.artifacts import CappingConfig
+    from probes.models import format_chat
+    from probes.ops import project
+
+    L = shipped.monitor_layer
+    layers = list(range(L - 6, L))  # all below the monitor layer
+    cfg = CappingConfig("below", layers, shipped.axis[layers].clone(), [1e3] * len(layers))
+    high = Thresholds(watch=1e4, warning=9e3, critical=8e3)  # every token is critical: capped from the 4th
+    drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute")
+    eng = Engine(HFBackend(lm, shipped, cfg), high, drift=drift, policy="cap", publisher=streams)
+    msgs = chat("Who are you?")
+    res = eng.run_batch([ChatRequest("s-below", msgs, GenerationOptions(max_new_tokens=16))])[0]
+    assert any(res.cap_flags) and res.interventions
+    ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ids + res.token_ids])
+    with torch.no_grad():  # the uncapped model, teacher-forced over the capped reply
+        hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[L + 1][0]
+    n = len(res.scores)
+    uncapped = project(hs[ids.shape[1] - n - 1: ids.shape[1] - 1], shipped.unit()).tolist()
+    assert res.pre_cap_scores == pytest.approx(uncapped, abs=1e-2)
+    flagged = [k for k, c in enumerate(res.cap_flags) if c]
+    assert max(abs(res.scores[k] - res.pre_cap_scores[k]) for k in flagged) > 1.0  # the capped stream differs
+    replay = DriftTracker(high, drift, "observe")
+    replay.update(res.pre_cap_scores, res.turn)
+    assert res.running == pytest.approx(replay.running, abs=1e-4)  # the tracker followed the true pre-cap score

@@ -215,3 +215,81 @@ def test_sampling_at_normal_temperatures_is_unchanged_by_the_shift():
         a = _sample(logits, GenerationOptions(temperature=t), torch.Generator().manual_seed(7))
         b = torch.multinomial(torch.softmax(logits / t, -1), 1, generator=torch.Generator().manual_seed(7)).squeeze(-1)
         assert a.tolist() == b.tolist()
+
+
+PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
+           [{"role": "user", "content": "Write a haiku about the sea."}], CHAT]
+
+
+def test_greedy_generate_gives_exactly_transformers_generate(lm):
+    """Our decoding loop is the reference loop: the same tokens as transformers' own greedy
+    ``model.generate``, batched with the same left padding, and for each prompt alone."""
+    from probes.generation import encode_prompts, stop_token_ids
+
+    stops = sorted(stop_token_ids(lm))
+    ours = generate(lm, PROMPTS, GenerationOptions(max_new_tokens=32))
+
+    def theirs(prompts):
+        enc = encode_prompts(lm, prompts)
+        out = lm.model.generate(**enc, max_new_tokens=32, do_sample=False, temperature=None, top_p=None, top_k=None,
+                                eos_token_id=stops, pad_token_id=lm.tokenizer.pad_token_id)
+        rows = []
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            cut = next((k for k, t in enumerate(row) if t in stops), len(row))  # theirs keeps the end-of-turn token
+            rows.append(row[:cut])
+        return rows
+
+    assert [g.token_ids for g in ours] == theirs(PROMPTS)
+    for p, g in zip(PROMPTS, ours):
+        assert generate(lm, [p], GenerationOptions(max_new_tokens=32))[0].token_ids == theirs([p])[0] == g.token_ids
+    assert sum(g.finish_reason == "stop" for g in ours) >= 1  # the comparison covers a stop, not only the length
+
+
+def test_each_row_keeps_its_own_options(lm):
+    """Per-request options in one batch: each row stops at its own length and samples with its own seed,
+    exactly as it would alone."""
+    opts = [GenerationOptions(max_new_tokens=4), GenerationOptions(max_new_tokens=12, temperature=0.9, seed=7),
+            GenerationOptions(max_new_tokens=9)]
+    together = generate(lm, PROMPTS, opts)
+    alone = [generate(lm, [p], o)[0] for p, o in zip(PROMPTS, opts)]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert len(together[0].token_ids) == 4 and together[0].finish_reason == "length"
+    with pytest.raises(ValueError, match="2 options for 3 prompts"):
+        generate(lm, PROMPTS, opts[:2])
+
+
+def test_the_detokeniser_is_linear_and_concatenates_to_the_text(lm):
+    from probes.generation import Detokenizer, token_pieces
+
+    ids = lm.tokenizer("Arr, the sea! Über café — naïve 🦜 ships, 42 of them.", add_special_tokens=False)["input_ids"]
+    pieces = token_pieces(lm.tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == lm.tokenizer.decode(ids, skip_special_tokens=True)
+    d, seen = Detokenizer(lm.tokenizer), []
+    calls = []
+    real = lm.tokenizer.decode
+    try:
+        lm.tokenizer.decode = lambda x, **kw: calls.append(len(x)) or real(x, **kw)
+        seen = [d.push(i) for i in ids]
+    finally:
+        lm.tokenizer.decode = real
+    assert seen == pieces and max(calls) <= 8  # a short window per token, never the whole text
+
+
+def test_capping_below_the_monitor_layer_keeps_the_true_pre_cap_score(lm, rand_axis):
+    """With capping at layers below the monitor layer, the monitor layer only ever sees the capped
+    stream; the pre-cap score must still be the uncapped model's score of the same text (what a
+    teacher-forced audit finds), not the capped stream's, or the drift tracker follows a floored score."""
+    layers, monitor = tuple(range(8, 12)), LAYER  # every capping layer below the monitor layer
+    plan = CapPlan(layers, rand_axis.repeat(len(layers), 1), torch.full((len(layers),), 40.0))
+    g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=12), axis=rand_axis, monitor_layer=monitor,
+                 capping=plan)[0]
+    assert g.capped and all(g.cap_flags)
+    ids = torch.tensor([lm.tokenizer(format_chat(lm.tokenizer, CHAT), add_special_tokens=False)["input_ids"]
+                        + g.token_ids])
+    with torch.no_grad():
+        hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[monitor + 1][0]
+    p0 = ids.shape[1] - len(g.token_ids)  # the first generated token's position
+    uncapped = project(hs[p0 - 1: ids.shape[1] - 1], rand_axis).tolist()
+    assert g.pre_cap_scores == pytest.approx(uncapped, abs=1e-3)  # the true pre-cap score
+    # the capped stream itself scores differently at the monitor layer (the bug this guards against)
+    assert max(abs(a - b) for a, b in zip(g.scores, g.pre_cap_scores)) > 1.0

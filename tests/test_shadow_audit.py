@@ -10,7 +10,6 @@ import pytest
 from monitor.backends.hf import HFBackend
 from monitor.drift import thresholds_from_calibration
 from monitor.engine import Engine
-from monitor.store import Store
 from monitor.streams import Streams
 from monitor.workers.persist import PersistWorker
 from monitor.workers.shadow import ShadowWorker
@@ -23,14 +22,11 @@ CONV = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "co
 
 
 @pytest.fixture
-def rig(lm, shipped, redis_url, tmp_path):
+def rig(lm, shipped, redis_url, store):
     streams = Streams.from_url(redis_url, prefix=f"sh-{uuid.uuid4().hex[:8]}")
     streams.ensure_groups()
-    store = Store(f"sqlite:///{tmp_path / 'aw.db'}")
-    store.migrate()
     eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
     yield streams, store, eng, PersistWorker(streams, store, block_ms=100)
-    store.close()
 
 
 def drain(worker):

@@ -18,9 +18,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from monitor.records import AlertEvent
 from monitor.store import Store
 from monitor.streams import Streams
+from monitor.streams.alerts import dead_key
 from monitor.workers.alerts import AlertWorker
 from monitor.workers.dead_letters import replay_dead
-from monitor.workers.webhooks import WebhookConfig, dead_key
+from monitor.workers.webhooks import WebhookConfig
 from probes.errors import InputError
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -100,14 +101,6 @@ def streams(embedded):
     yield s
     for k in s.r.scan_iter(f"{s.prefix}:*"):
         s.r.delete(k)
-
-
-@pytest.fixture
-def store(tmp_path):
-    st = Store(f"sqlite:///{tmp_path / 'axiswatch.db'}")
-    st.migrate()
-    yield st
-    st.close()
 
 
 @pytest.fixture
