@@ -198,7 +198,7 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = {"X-Session-Id": req.session_id}
         if not body.stream:
-            res: ChatResult = await asyncio.wrap_future(engine.submit(req))
+            res: ChatResult = await asyncio.wrap_future(await asyncio.to_thread(engine.submit, req))
             metrics.observe(res, False)
             return JSONResponse({
                 "id": cid, "object": "chat.completion", "created": created, "model": model_id,
@@ -214,7 +214,8 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         req.on_token = lambda tok: loop.call_soon_threadsafe(q.put_nowait, tok)
-        fut = asyncio.wrap_future(engine.submit(req))
+        # submit off the event loop: opening a turn talks to Redis
+        fut = asyncio.wrap_future(await asyncio.to_thread(engine.submit, req))
         fut.add_done_callback(lambda _f: q.put_nowait(None))
 
         def chunk(delta: dict, finish: str | None, extra: dict) -> str:

@@ -54,6 +54,8 @@ class Engine:
         self.publish_errors = 0
         self._lock = threading.Lock()
         self._queued: dict[str, deque[tuple[ChatRequest, Future]]] = {}  # per session: in flight, then waiting
+        self._idle = threading.Condition(self._lock)  # notified when a session's queue empties
+        self._closing = False
 
     # what the backend runs
     axis = property(lambda self: self.backend.axis)
@@ -82,6 +84,8 @@ class Engine:
         self.validate(request)
         fut: Future = Future()
         with self._lock:
+            if self._closing:
+                raise RuntimeError("the engine is closed")
             queue = self._queued.setdefault(request.session_id, deque())
             queue.append((request, fut))
             if len(queue) > 1:
@@ -104,7 +108,11 @@ class Engine:
             raise
         return self._finish(turns)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Take no new requests, let every submitted turn finish (queued ones too), then stop the backend."""
+        with self._lock:
+            self._closing = True
+            self._idle.wait_for(lambda: not self._queued, timeout)
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
@@ -119,18 +127,29 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - handed to the caller
             fut.set_exception(e)
             return self._next(sid)
-        self.backend.submit(turn.job, self).add_done_callback(lambda done: self._done(turn, done, fut))
-
-    def _done(self, turn: Turn, done: Future, fut: Future) -> None:
         try:
-            done.result()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            done = self.backend.submit(turn.job, self)
+        except Exception as e:  # noqa: BLE001 - a closed or broken backend: handed to the caller
             self._abort([turn])
             fut.set_exception(e)
+            return self._next(sid)
+        done.add_done_callback(lambda d: self._done(turn, d, fut))
+
+    def _done(self, turn: Turn, done: Future, fut: Future) -> None:
+        """The backend finished the job: finish (or abort) the turn; the caller always gets an answer."""
+        try:
+            try:
+                done.result()
+            except BaseException:
+                self._abort([turn])
+                raise
+            result = self._finish([turn])[0]
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            fut.set_exception(e)
         else:
-            fut.set_result(self._finish([turn])[0])
+            fut.set_result(result)
         finally:
-            self._next(turn.session.id)
+            self._next(turn.request.session_id)
 
     def _next(self, sid: str) -> None:
         with self._lock:
@@ -138,6 +157,7 @@ class Engine:
             queue.popleft()
             if not queue:
                 del self._queued[sid]
+                self._idle.notify_all()
                 return
         self._start(sid)
 
@@ -241,6 +261,8 @@ class Engine:
             self.publisher.publish_live_many(items)
         except REDIS_DOWN as e:
             log.warning("live tail of %d session(s) not published: %s", len(items), e)
+        except Exception:
+            log.exception("live tail of %d session(s) not published", len(items))
 
     def _reserve(self, sessions: list[Session], counts: list[int]) -> list[int]:
         """The first of ``counts[k]`` new turn numbers for each session. From Redis where the publisher
@@ -307,3 +329,6 @@ class Engine:
         except REDIS_DOWN as e:
             self.publish_errors += 1
             log.error("could not publish %s of session %s: %s", type(record).__name__, record.session_id, e)
+        except Exception:
+            self.publish_errors += 1
+            log.exception("could not publish %s of session %s", type(record).__name__, record.session_id)

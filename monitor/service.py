@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from monitor.errors import InputError, RedisUnavailable, StoreError
+from monitor.errors import InputError, RedisUnavailable
 from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import REDIS_DOWN, Streams
@@ -75,11 +75,23 @@ class Runtime:
             if drain is not None:
                 try:
                     drain()
-                except (*REDIS_DOWN, StoreError) as e:  # shutting down anyway; entries stay in Redis
+                except Exception as e:  # noqa: BLE001 - shutting down: every component still gets its close
                     log.warning("could not drain %s (%s): its entries stay in Redis for the next worker",
                                 type(w).__name__, e)
         self._stack.close()
         self.store.close()
+
+
+def make_backend(settings: Settings, hf):
+    """The generation backend the settings ask for, around the transformers copy of the model."""
+    if settings.backend != "vllm":
+        return hf
+    from monitor.backends.vllm import VLLMBackend, VLLMOptions  # vLLM lives in its own environment
+
+    opts = VLLMOptions(memory_gb=settings.vllm_memory_gb, max_model_len=settings.vllm_max_model_len,
+                       tensor_parallel_size=settings.vllm_tensor_parallel_size,
+                       enforce_eager=settings.vllm_enforce_eager)
+    return VLLMBackend(hf, hf.lm.meta.get("weights"), opts, dtype=settings.dtype)
 
 
 def local_host(host: str) -> str:
@@ -158,7 +170,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
             if capping is not None:
                 capping.check(lm.hidden_size, lm.n_layers)
             thresholds, drift = settings.drift_setup(axis.calibration)
-            backend = HFBackend(lm, axis, capping, max_batch=settings.batch_size)
+            backend = make_backend(settings, HFBackend(lm, axis, capping, max_batch=settings.batch_size))
             rt.engine = Engine(backend, thresholds, drift=drift, policy=settings.policy, publisher=rt.outbox,
                                session_lookup=store.session_meta,
                                replica=f"{consumer_name('serve')}-{uuid.uuid4().hex[:6]}")

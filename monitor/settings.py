@@ -28,6 +28,9 @@ def shipped_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "probes" / "shipped" / "smollm2-135m-instruct"
 
 
+BACKENDS = ("hf", "vllm")
+
+
 def _num(get, key: str, default: str, kind):
     raw = get(key, default)
     try:
@@ -58,6 +61,12 @@ def _keys(env) -> tuple[str, ...]:
 
 def _webhook(env):
     return WebhookConfig.from_env(env)
+
+
+def _backend(v: str) -> str:
+    if v not in BACKENDS:
+        raise InputError(f"AXISWATCH_BACKEND must be one of {', '.join(BACKENDS)}, not {v!r}")
+    return v
 
 
 def _port(v: str, key: str = "PORT") -> int:
@@ -94,6 +103,11 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
     max_new_tokens: int = 1024  # the most tokens one request may ask for
+    backend: str = "hf"  # who runs generation: "hf" (our transformers loop) or "vllm" (vLLM's engine)
+    vllm_memory_gb: float = 1.0  # the vllm backend's KV cache (on CPU, host memory reserved for it)
+    vllm_max_model_len: int = 2048
+    vllm_tensor_parallel_size: int = 1
+    vllm_enforce_eager: bool = True  # no CUDA graphs: the monitor's hooks must run on every step
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -117,7 +131,13 @@ class Settings:
                    drift_baseline=get("DRIFT_BASELINE"),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
                    api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
-                   max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"))
+                   max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"),
+                   backend=_backend(get("BACKEND", "hf")),
+                   vllm_memory_gb=_num(get, "VLLM_MEMORY_GB", "1.0", float),
+                   vllm_max_model_len=_positive(_num(get, "VLLM_MAX_MODEL_LEN", "2048", int), "VLLM_MAX_MODEL_LEN"),
+                   vllm_tensor_parallel_size=_positive(_num(get, "VLLM_TENSOR_PARALLEL_SIZE", "1", int),
+                                                       "VLLM_TENSOR_PARALLEL_SIZE"),
+                   vllm_enforce_eager=get("VLLM_ENFORCE_EAGER", "1").lower() not in ("0", "false", "no"))
 
     def with_(self, **kw) -> Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

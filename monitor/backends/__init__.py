@@ -55,8 +55,9 @@ class StepSink(Protocol):
     """The engine's side of a backend: one call per decoding step."""
 
     def step(self, events: Sequence[tuple[Job, TokenEvent]], ended: Sequence[Job]) -> None:
-        """This step's tokens (at most one per job) and the jobs whose generation ended at it (stopped by
-        an end-of-turn token; a job cut at ``max_new_tokens`` ends when :meth:`Backend.run` returns)."""
+        """This step's tokens (at most one per job) and the jobs whose generation ended at it (an
+        end-of-turn token, or its ``max_new_tokens``); an ended job has ``token_ids``, ``text`` and
+        ``finish_reason`` set already."""
 
 
 class Backend(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import torch
@@ -55,12 +55,18 @@ class HFBackend:
     def validate_transcript(self, messages: list[dict]) -> None:
         format_chat(self.lm.tokenizer, messages, add_generation_prompt=False)
 
-    def run(self, jobs: Sequence[Job], sink: StepSink) -> None:
-        rows = _Rows(self, list(jobs), sink)
+    @property
+    def plan(self) -> CapPlan | None:
+        return self._plan
+
+    def run(self, jobs: Sequence[Job], sink: StepSink, on_end: Callable[[Job], None] | None = None) -> None:
+        """One batch; ``on_end(job)`` is called as each job ends (the scheduler resolves its future then,
+        so a short reply does not wait for the batch's longest)."""
+        rows = _Rows(self, list(jobs), sink, on_end)
         with self._model_lock:
             outs = generate(self.lm, [j.messages for j in jobs], [j.options for j in jobs], axis=self.v,
                             monitor_layer=self.layer, capping=self._plan, cap_rows=rows.active.clone(), sink=rows)
-        for job, g in zip(jobs, outs):
+        for job, g in zip(jobs, outs):  # the same values the rows set as they ended
             job.token_ids, job.text, job.finish_reason = g.token_ids, g.text, g.finish_reason
 
     def submit(self, job: Job, sink: StepSink) -> Future:
@@ -81,8 +87,9 @@ class HFBackend:
 class _Rows:
     """probes.generation's step sink for one batch: tensors per row -> token events per job."""
 
-    def __init__(self, backend: HFBackend, jobs: list[Job], sink: StepSink):
-        self.jobs, self.sink = jobs, sink
+    def __init__(self, backend: HFBackend, jobs: list[Job], sink: StepSink,
+                 on_end: Callable[[Job], None] | None = None):
+        self.jobs, self.sink, self.on_end, self.tokenizer = jobs, sink, on_end, backend.lm.tokenizer
         can_cap = backend.capping is not None
         self.active = torch.tensor([j.capped and can_cap for j in jobs], dtype=torch.bool)
         self.can_cap = can_cap
@@ -94,21 +101,28 @@ class _Rows:
         for k, job in enumerate(self.jobs):
             if self.ended[k]:
                 continue
-            if not bool(content[k]):  # its end-of-turn token: the reply is complete
-                self.ended[k] = True
-                ended.append(job)
-                continue
             d = self.detok[k]
+            if not bool(content[k]):  # its end-of-turn token: the reply is complete
+                ended.append(self._end(k, "stop"))
+                continue
             piece = d.push(int(tokens[k]))
             events.append((job, TokenEvent(int(tokens[k]), piece, float(scores[k]), float(pre_scores[k]),
                                            bool(self.active[k]))))
             if len(d.ids) >= job.options.max_new_tokens:  # cut at its length: complete too
-                self.ended[k] = True
-                ended.append(job)
+                ended.append(self._end(k, "length"))
         self.sink.step(events, ended)
+        if self.on_end is not None:
+            for job in ended:
+                self.on_end(job)
         now = torch.tensor([j.capped and self.can_cap for j in self.jobs], dtype=torch.bool)
         self.active |= now
         return now
+
+    def _end(self, k: int, reason: str) -> Job:
+        job, ids = self.jobs[k], list(self.detok[k].ids)
+        self.ended[k] = True
+        job.token_ids, job.text, job.finish_reason = ids, self.tokenizer.decode(ids, skip_special_tokens=True), reason
+        return job
 
     def end(self):
         pass
@@ -163,11 +177,14 @@ class Scheduler:
                 self._run(group)
 
     def _run(self, group: list[tuple[Job, StepSink, Future]]) -> None:
+        futs = {id(j): f for j, _, f in group}
         try:
-            self.backend.run([j for j, _, _ in group], group[0][1])
-        except Exception as e:  # noqa: BLE001 - every error goes to the waiting callers
-            for _, _, f in group:
-                f.set_exception(e)
+            self.backend.run([j for j, _, _ in group], group[0][1], on_end=lambda j: futs[id(j)].set_result(None))
+        except Exception as e:  # noqa: BLE001 - every error goes to the callers still waiting
+            for f in futs.values():
+                if not f.done():
+                    f.set_exception(e)
             return
-        for _, _, f in group:
-            f.set_result(None)
+        for f in futs.values():
+            if not f.done():
+                f.set_result(None)

@@ -13,7 +13,7 @@ from monitor.cli.base import cli, handle_errors, settings_from
 from monitor.errors import InputError
 from monitor.settings import MAX_AUDIT_BYTES
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
 
 def dashboard_command(host: str, port: int) -> list[str]:

@@ -19,11 +19,15 @@ from monitor.cli.base import cli, handle_errors, model_options, settings_from
               help="what to do when a session drifts  [env AXISWATCH_POLICY, default flag]")
 @click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL, default sqlite:///axiswatch.db]")
 @click.option("--no-workers", is_flag=True, help="API and engine only; run 'axiswatch worker' processes beside it")
+@click.option("--backend", type=click.Choice(["hf", "vllm"]), default=None,
+              help="who runs generation: hf (transformers) or vllm (vLLM's engine, continuous batching)  "
+                   "[env AXISWATCH_BACKEND, default hf]")
 @click.option("--dashboard", "with_dashboard", is_flag=True,
               help="also start the dashboard (on AXISWATCH_DASHBOARD_PORT, default 8501)")
 @click.pass_context
 @handle_errors
-def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_url, no_workers, with_dashboard):
+def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_url, no_workers, backend,
+          with_dashboard):
     """Run the probe service: OpenAI-compatible chat completions with per-token scores.
 
     Without REDIS_URL an embedded redis-server is started (and stopped on exit);
@@ -35,7 +39,7 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
     from monitor.api import create_app
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, host=host, port=port,
-                  policy=policy, database_url=database_url)
+                  policy=policy, database_url=database_url, backend=backend)
     # the dashboard shows every conversation: only a password lets it listen beyond this machine
     ui_host = s.host if os.environ.get("AXISWATCH_DASHBOARD_PASSWORD") else "127.0.0.1"
     if with_dashboard:
@@ -58,7 +62,8 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
             click.echo(f"dashboard on http://{ui_host}:{s.dashboard_port}"
                        + ("" if ui_host == s.host else " (loopback only: set AXISWATCH_DASHBOARD_PASSWORD to expose it)"))
         click.echo(f"axiswatch serving {rt.engine.model_id} on http://{s.host}:{s.port}/v1 "
-                   f"(layer {rt.engine.layer}, policy {rt.engine.policy}, redis {rt.redis_url}, store {rt.store.url}, "
+                   f"(backend {rt.engine.backend.name}, layer {rt.engine.layer}, policy {rt.engine.policy}, "
+                   f"redis {rt.redis_url}, store {rt.store.url}, "
                    f"{'API keys required' if s.api_keys else 'no API keys: open to anyone who can reach it'})")
         click.echo(f"try: curl -s http://{s.host}:{s.port}/v1/chat/completions -H 'content-type: application/json' "
                    "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Who are you?\"}], \"max_tokens\": 32}'")

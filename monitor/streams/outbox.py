@@ -120,7 +120,7 @@ class Outbox:
                 self._replay()
             except REDIS_DOWN:
                 pass
-            except StoreError as e:  # the store is down too: keep what is queued
+            except (StoreError, KeyError, TypeError, ValueError) as e:  # store down, or a malformed spilled row
                 log.warning("outbox: last replay at shutdown failed: %s", e)
         with self._lock:
             if self._buf:

@@ -1,0 +1,274 @@
+"""The ``vllm`` backend: generation inside vLLM's engine (continuous batching, paged attention), with
+the score of every generated token and per-request capping from the same forward pass.
+
+vLLM's V1 engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the V1 model runner),
+driven step by step from one thread: jobs join the running batch between steps and leave it when
+they end, each with its own sampling options. The monitor's hooks (:mod:`probes.vllm_hooks`) sit in
+vLLM's own model; each step they score the last row of every request that produces a token, and
+floor the capped requests' rows at the capping layers; between steps the backend reads each job's
+``capped`` flag, so a session is capped from its next token, as with the ``hf`` backend.
+
+Prompts are rendered and tokenised by our own tokenizer (the same ids as ``hf``), and replies are
+detokenised by :class:`probes.generation.Detokenizer`. Audits, shadow mode and validation use the
+transformers copy of the model (:class:`~monitor.backends.hf.HFBackend`). Prefix caching is off
+while a capping config is loaded: a capped request's KV cache is never shared with an uncapped one.
+A configuration in which the hooks would not run (CUDA graphs or torch.compile, speculative
+decoding, the V2 model runner, tensor parallelism) is refused: axiswatch never serves unmonitored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from monitor.backends import Job, StepSink, TokenEvent
+from monitor.backends.hf import HFBackend
+from monitor.errors import InputError, ModelLoadError
+from probes.generation import Detokenizer, GenerationOptions, stop_token_ids
+from probes.hooks import layer_hooks
+from probes.models import format_chat
+from probes.vllm_hooks import KEY, VLLMMonitor, runner_rows
+
+log = logging.getLogger(__name__)
+INSTALL_HINT = ("the vllm backend needs vLLM, which lives in its own environment: run 'make install' (it builds "
+                ".venv-vllm) and start axiswatch from there (.venv-vllm/bin/axiswatch serve --backend vllm)")
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """What users tune (``AXISWATCH_VLLM_*``); the defaults run the default model on CPU."""
+
+    memory_gb: float = 1.0  # KV cache size (on CPU: host memory reserved for it)
+    max_model_len: int = 2048
+    max_num_seqs: int = 64  # requests decoded together at most
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile: the hooks must run on every step
+
+
+@dataclass(eq=False)
+class _Live:
+    job: Job
+    sink: StepSink
+    future: Future
+    detok: Detokenizer
+
+
+@dataclass
+class _Step:
+    events: list[tuple[Job, TokenEvent]] = field(default_factory=list)
+    ended: list[Job] = field(default_factory=list)
+
+
+def _vllm():
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core, and the model, in this process
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the runner whose batch layout the hooks read
+    try:
+        import vllm
+        from vllm.sampling_params import RequestOutputKind
+    except ImportError as e:
+        raise InputError(f"{INSTALL_HINT} ({e})") from None
+    return vllm, RequestOutputKind
+
+
+def check_config(vc) -> None:
+    """Refuse, with the reason, any vLLM configuration in which the monitor's hooks would not run."""
+    problems = []
+    if not vc.model_config.enforce_eager:
+        problems.append("CUDA graphs are on (set AXISWATCH_VLLM_ENFORCE_EAGER=1): captured graphs skip Python hooks")
+    if getattr(vc.compilation_config.mode, "name", str(vc.compilation_config.mode)) != "NONE":
+        problems.append("torch.compile is on: compiled graphs skip Python hooks")
+    if vc.speculative_config is not None:
+        problems.append("speculative decoding is on: draft tokens would be scored as if generated")
+    if getattr(vc, "use_v2_model_runner", False):
+        problems.append("vLLM's V2 model runner is in use (set VLLM_USE_V2_MODEL_RUNNER=0)")
+    if vc.parallel_config.tensor_parallel_size != 1 or vc.parallel_config.pipeline_parallel_size != 1:
+        problems.append("tensor or pipeline parallelism is not supported by the in-process backend yet")
+    if problems:
+        raise InputError("vLLM configuration refused, the monitor would not see every token: " + "; ".join(problems))
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, hf: HFBackend, weights: str | None, options: VLLMOptions | None = None, dtype: str = "float32"):
+        if weights is None:
+            raise InputError("the vllm backend needs the model as a Hugging Face folder or hub id, not a GGUF file")
+        vllm, self._kind = _vllm()
+        self.hf, self.options = hf, options or VLLMOptions()
+        self.lm, self.axis, self.capping = hf.lm, hf.axis, hf.capping
+        self.model_id, self.layer = hf.model_id, hf.layer
+        self._sampling = vllm.SamplingParams
+        self.stops = sorted(stop_token_ids(self.lm))
+        o = self.options
+        args = vllm.EngineArgs(model=weights, tokenizer=weights, dtype=dtype, enforce_eager=o.enforce_eager,
+                               max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
+                               kv_cache_memory_bytes=int(o.memory_gb * 2**30),
+                               tensor_parallel_size=o.tensor_parallel_size, seed=0,
+                               enable_prefix_caching=self.capping is None)
+        self.engine = vllm.LLMEngine.from_engine_args(args)
+        check_config(self.engine.vllm_config)
+        runner = self.engine.model_executor.driver_worker.worker.model_runner
+        if not hasattr(runner, "input_batch"):
+            raise InputError("vLLM's model runner has no input_batch (the V2 runner?): set VLLM_USE_V2_MODEL_RUNNER=0")
+        self.monitor = VLLMMonitor(hf.v, self.layer, hf.plan, lambda: runner_rows(runner))
+        self._hooks = ExitStack()
+        self._hooks.enter_context(layer_hooks(runner.model, self.monitor.hooks(), residual=True))
+        self._q: queue.Queue = queue.Queue()
+        self._live: dict[str, _Live] = {}
+        self._n = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="axiswatch-vllm", daemon=True)
+        self._thread.start()
+        self._self_check()
+
+    # ------------------------------------------------------------------ the Backend interface
+    def validate(self, messages: list[dict], options: GenerationOptions) -> None:
+        self.hf.validate(messages, options)
+        n = self.hf.prompt_tokens(messages)
+        if n + options.max_new_tokens > self.options.max_model_len:
+            raise InputError(f"prompt of {n} tokens + {options.max_new_tokens} new tokens exceeds the vllm backend's "
+                             f"{self.options.max_model_len} positions (AXISWATCH_VLLM_MAX_MODEL_LEN)")
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        return self.hf.prompt_tokens(messages)
+
+    def validate_transcript(self, messages: list[dict]) -> None:
+        self.hf.validate_transcript(messages)
+
+    def score_conversation(self, messages: list[dict]) -> list:
+        return self.hf.score_conversation(messages)
+
+    def submit(self, job: Job, sink: StepSink) -> Future:
+        if self._stop.is_set():
+            raise RuntimeError("the vllm backend is closed")
+        fut: Future = Future()
+        self._q.put((job, sink, fut))
+        return fut
+
+    def run(self, jobs: Sequence[Job], sink: StepSink) -> None:
+        futs = [self.submit(j, sink) for j in jobs]
+        errors = [f.exception() for f in futs]
+        if any(errors):
+            raise next(e for e in errors if e is not None)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._q.put(None)
+        self._thread.join(timeout)
+        self._hooks.close()
+
+    # ------------------------------------------------------------------ the engine thread
+    def _self_check(self) -> None:
+        """One greedy token of a fixed prompt through vLLM and through transformers must agree, token and
+        score: weights loaded wrongly (a tied embedding left at zero, say) fail here, not silently."""
+        got: list[TokenEvent] = []
+
+        class _Collect:
+            def step(self, events, ended):
+                got.extend(ev for _, ev in events)
+
+        msgs = [{"role": "user", "content": "What is the capital of France?"}]
+        self.run([Job(msgs, GenerationOptions(max_new_tokens=2))], _Collect())
+        ref: list[TokenEvent] = []
+
+        class _Ref:
+            def step(self, events, ended):
+                ref.extend(ev for _, ev in events)
+
+        self.hf.run([Job(msgs, GenerationOptions(max_new_tokens=2))], _Ref())
+        if not got or [e.token_id for e in got] != [e.token_id for e in ref] or \
+                abs(got[0].score - ref[0].score) > 0.05 * max(1.0, abs(ref[0].score)):
+            raise ModelLoadError(
+                f"vLLM and transformers disagree on the first tokens of a fixed prompt (vLLM {[e.token_id for e in got]}"
+                f" {[round(e.score, 3) for e in got]}, transformers {[e.token_id for e in ref]} "
+                f"{[round(e.score, 3) for e in ref]}): vLLM did not load these weights as transformers does")
+
+    def _loop(self) -> None:
+        while True:
+            if not self._admit():
+                return
+            if not self._live:
+                continue
+            try:
+                self._step()
+            except Exception as e:
+                log.exception("vLLM step failed")
+                self._fail_all(e)
+
+    def _admit(self) -> bool:
+        """New jobs into the running batch (blocking while there is nothing to do); False to stop."""
+        block = not self._live
+        while True:
+            try:
+                item = self._q.get(block=block)
+            except queue.Empty:
+                return True
+            if item is None:
+                self._fail_all(RuntimeError("the vllm backend was closed"))
+                return False
+            job, sink, fut = item
+            try:
+                self._add(job, sink, fut)
+            except Exception as e:  # noqa: BLE001 - this job's error, to its caller
+                fut.set_exception(e)
+            block = False
+
+    def _add(self, job: Job, sink: StepSink, fut: Future) -> None:
+        self._n += 1
+        key = f"aw-{self._n}"
+        tok, o = self.lm.tokenizer, job.options
+        ids = tok(format_chat(tok, job.messages), add_special_tokens=False)["input_ids"]
+        params = self._sampling(max_tokens=o.max_new_tokens, temperature=o.temperature, top_p=o.top_p, seed=o.seed,
+                                stop_token_ids=self.stops, output_kind=self._kind.DELTA, detokenize=False,
+                                extra_args={KEY: key})
+        self.engine.add_request(key, {"prompt_token_ids": ids}, params)
+        self._live[key] = _Live(job, sink, fut, Detokenizer(tok))
+
+    def _step(self) -> None:
+        capped = {k for k, lv in self._live.items() if lv.job.capped and self.capping is not None}
+        self.monitor.capped = capped  # from this step's tokens on
+        outs = self.engine.step()
+        scores = self.monitor.take()
+        steps: dict[int, tuple[StepSink, _Step]] = {}
+        done = []
+        for out in outs:
+            lv = self._live.get(out.request_id)
+            if lv is None:
+                continue
+            st = steps.setdefault(id(lv.sink), (lv.sink, _Step()))[1]
+            completion = out.outputs[0]
+            content = [t for t in completion.token_ids if t not in self.stops]
+            if len(content) > 1:
+                raise RuntimeError(f"{len(content)} tokens in one step for one request: only one can be scored")
+            for tid in content:
+                if out.request_id not in scores:
+                    raise RuntimeError("a generated token has no score: the monitor's hooks did not run")
+                score, pre = scores[out.request_id]
+                st.events.append((lv.job, TokenEvent(tid, lv.detok.push(tid), score, pre, out.request_id in capped)))
+            if out.finished:
+                ids = list(lv.detok.ids)
+                lv.job.token_ids, lv.job.text = ids, self.lm.tokenizer.decode(ids, skip_special_tokens=True)
+                lv.job.finish_reason = "length" if completion.finish_reason == "length" else "stop"
+                st.ended.append(lv.job)
+                done.append(out.request_id)
+        for sink, st in steps.values():
+            sink.step(st.events, st.ended)
+        for key in done:
+            self._live.pop(key).future.set_result(None)
+
+    def _fail_all(self, e: BaseException) -> None:
+        if self._live:
+            try:
+                self.engine.abort_request(list(self._live))
+            except Exception:
+                log.exception("could not abort the vLLM requests")
+        for lv in self._live.values():
+            if not lv.future.done():
+                lv.future.set_exception(e)
+        self._live.clear()
