@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from probes.errors import InputError, ModelLoadError
-from probes.models import default_gguf_path, format_chat, load_model, normalise_messages
+from probes.models import DEFAULT_CACHE_NAME, default_gguf_path, format_chat, load_model, normalise_messages
 
 
 def test_default_model_loads_from_the_wheel(lm):
@@ -28,7 +28,7 @@ def test_cached_load_is_identical(lm, tmp_path):
 def test_first_load_dequantises_and_caches(tmp_path):
     fresh = load_model("default", cache_dir=tmp_path)
     assert fresh.source == "gguf"
-    assert (tmp_path / "models" / "smollm2-135m-instruct-f32" / "model.safetensors").is_file()
+    assert (tmp_path / "models" / DEFAULT_CACHE_NAME / "model.safetensors").is_file()
     assert load_model("default", cache_dir=tmp_path).source == "cache"
 
 
