@@ -167,21 +167,18 @@ class VLLMBackend:
     def _self_check(self) -> None:
         """One greedy token of a fixed prompt through vLLM and through transformers must agree, token and
         score: weights loaded wrongly (a tied embedding left at zero, say) fail here, not silently."""
-        got: list[TokenEvent] = []
-
         class _Collect:
+            def __init__(self):
+                self.events: list[TokenEvent] = []
+
             def step(self, events, ended):
-                got.extend(ev for _, ev in events)
+                self.events.extend(ev for _, ev in events)
 
         msgs = [{"role": "user", "content": "What is the capital of France?"}]
-        self.run([Job(msgs, GenerationOptions(max_new_tokens=2))], _Collect())
-        ref: list[TokenEvent] = []
-
-        class _Ref:
-            def step(self, events, ended):
-                ref.extend(ev for _, ev in events)
-
-        self.hf.run([Job(msgs, GenerationOptions(max_new_tokens=2))], _Ref())
+        ours, theirs = _Collect(), _Collect()
+        self.run([Job(msgs, GenerationOptions(max_new_tokens=2))], ours)
+        self.hf.run([Job(msgs, GenerationOptions(max_new_tokens=2))], theirs)
+        got, ref = ours.events, theirs.events
         if not got or [e.token_id for e in got] != [e.token_id for e in ref] or \
                 abs(got[0].score - ref[0].score) > 0.05 * max(1.0, abs(ref[0].score)):
             raise ModelLoadError(
