@@ -71,8 +71,7 @@ class Engine:
     def validate(self, request: ChatRequest) -> None:
         """Refuse a request the model cannot take, before it touches any session state."""
         self.backend.validate(request.messages, request.options)
-        if request.policy is not None:
-            self.registry.check_policy(request.policy)
+        self.validate_policy(request)
         s = self.registry.peek(request.session_id)  # a known session's own checks, so they fail alone too
         if s is not None and s.source != "live":
             raise InputError(f"session {s.id!r} is a {s.source} session; chat in a new session")
@@ -107,6 +106,22 @@ class Engine:
             self._abort(turns)
             raise
         return self._finish(turns)
+
+    def open_turn(self, request: ChatRequest) -> Turn:
+        """Open one turn that something else generates (vLLM's plugin, where vLLM schedules the
+        requests): feed its tokens to :meth:`step` through ``turn.job``, then :meth:`finish_turn`."""
+        self.validate_policy(request)
+        return self._open([request])[0]
+
+    def finish_turn(self, turn: Turn) -> ChatResult:
+        return self._finish([turn])[0]
+
+    def abort_turn(self, turn: Turn) -> None:
+        self._abort([turn])
+
+    def validate_policy(self, request: ChatRequest) -> None:
+        if request.policy is not None:
+            self.registry.check_policy(request.policy)
 
     def close(self, timeout: float = 60.0) -> None:
         """Take no new requests, let every submitted turn finish (queued ones too), then stop the backend."""

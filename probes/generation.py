@@ -38,6 +38,13 @@ class CapPlan:
     taus: torch.Tensor
 
 
+def cap_plan(capping) -> CapPlan | None:
+    """The plan of a :class:`~probes.artifacts.CappingConfig` (None for None)."""
+    if capping is None:
+        return None
+    return CapPlan(tuple(capping.layers), capping.vectors, torch.tensor(capping.taus))
+
+
 @dataclass(frozen=True)
 class SteerPlan:
     layer: int

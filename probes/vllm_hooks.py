@@ -36,8 +36,11 @@ class StepRows:
     sampled: list[bool]
 
 
-def runner_rows(runner) -> StepRows | None:
-    """The current step's rows, read from vLLM's V1 GPU/CPU model runner (None: nothing scheduled)."""
+def runner_rows(runner, by_request_id: bool = False) -> StepRows | None:
+    """The current step's rows, read from vLLM's V1 GPU/CPU model runner (None: nothing scheduled).
+
+    A request's key is ``extra_args[KEY]`` (the backend names its own requests), or with
+    ``by_request_id`` the runner's request id (the plugin watches every request)."""
     batch = runner.input_batch
     n = batch.num_reqs
     if n == 0:
@@ -46,6 +49,9 @@ def runner_rows(runner) -> StepRows | None:
     discard = runner.discard_request_mask.np[:n]
     keys = []
     for rid in batch.req_ids[:n]:
+        if by_request_id:
+            keys.append(rid)
+            continue
         state = runner.requests.get(rid)
         params = getattr(state, "sampling_params", None)
         extra = (getattr(params, "extra_args", None) or {}) if params is not None else {}

@@ -76,8 +76,9 @@ def _vllm():
     return vllm, RequestOutputKind
 
 
-def check_config(vc) -> None:
-    """Refuse, with the reason, any vLLM configuration in which the monitor's hooks would not run."""
+def check_config(vc, tensor_parallel: bool = False) -> None:
+    """Refuse, with the reason, any vLLM configuration in which the monitor's hooks would not run
+    (``tensor_parallel``: the plugin, whose hooks run in every rank, allows it)."""
     problems = []
     if not vc.model_config.enforce_eager:
         problems.append("CUDA graphs are on (set AXISWATCH_VLLM_ENFORCE_EAGER=1): captured graphs skip Python hooks")
@@ -87,8 +88,11 @@ def check_config(vc) -> None:
         problems.append("speculative decoding is on: draft tokens would be scored as if generated")
     if getattr(vc, "use_v2_model_runner", False):
         problems.append("vLLM's V2 model runner is in use (set VLLM_USE_V2_MODEL_RUNNER=0)")
-    if vc.parallel_config.tensor_parallel_size != 1 or vc.parallel_config.pipeline_parallel_size != 1:
-        problems.append("tensor or pipeline parallelism is not supported by the in-process backend yet")
+    if vc.parallel_config.pipeline_parallel_size != 1:
+        problems.append("pipeline parallelism: no rank holds every layer")
+    if vc.parallel_config.tensor_parallel_size != 1 and not tensor_parallel:
+        problems.append("tensor parallelism needs the engine in its own processes: use the vLLM plugin "
+                        "(see README, Serving with vLLM)")
     if problems:
         raise InputError("vLLM configuration refused, the monitor would not see every token: " + "; ".join(problems))
 

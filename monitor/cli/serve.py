@@ -140,3 +140,36 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
     finally:
         sw.stop()
         rt.close()
+
+
+@cli.command("vllm-args")
+@model_options
+@click.option("--policy", type=click.Choice(["observe", "flag", "cap"]), default=None,
+              help="the policy the plugin will run  [env AXISWATCH_POLICY, default flag]")
+@click.pass_context
+@handle_errors
+def vllm_args(ctx, model, device, dtype, layers_path, policy):
+    """Print the arguments for an unchanged vLLM OpenAI server that serves this model with the plugin on.
+
+    \b
+    AXISWATCH_VLLM_PLUGIN=1 python -m vllm.entrypoints.openai.api_server $(axiswatch vllm-args)
+    The default model is materialised as a Hugging Face folder in the axiswatch cache first.
+    """
+    import shlex
+
+    from monitor.cli.base import load_model_for
+
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy)
+    lm = load_model_for(s)
+    folder = lm.meta.get("weights")
+    if not folder:
+        from monitor.errors import InputError
+        raise InputError(f"vLLM needs the model as a Hugging Face folder or hub id, not {s.model!r}")
+    args = ["--model", str(folder), "--served-model-name", lm.model_id, "--dtype", s.dtype,
+            "--max-model-len", str(s.vllm_max_model_len), "--kv-cache-memory-bytes", str(int(s.vllm_memory_gb * 2**30)),
+            "--tensor-parallel-size", str(s.vllm_tensor_parallel_size)]
+    if s.vllm_enforce_eager:
+        args.append("--enforce-eager")
+    if s.policy == "cap":
+        args.append("--no-enable-prefix-caching")  # a capped session never reuses an uncapped one's KV cache
+    click.echo(shlex.join(args))

@@ -1,0 +1,281 @@
+"""axiswatch as a vLLM plugin: an unchanged vLLM OpenAI server, every generated token scored.
+
+Installing axiswatch registers :func:`register` in vLLM's ``vllm.general_plugins`` entry point
+group, which vLLM calls in each of its processes. With ``AXISWATCH_VLLM_PLUGIN=1`` it wraps the V1
+model runner's ``load_model``: in the process that loads the model (the engine core, or each
+tensor-parallel worker) the monitor's hooks (:mod:`probes.vllm_hooks`) go into vLLM's model, and
+every step's sampled tokens go, with their scores, through the same :class:`~monitor.engine.Engine`
+as ``axiswatch serve``: sessions, drift tracker, policy (``cap`` caps a session from its next
+token), and the turns, alerts and interventions published to Redis, so ``axiswatch worker``, the
+dashboard and webhooks work unchanged. Other processes (the API server) do nothing.
+
+A request names its session in ``extra_body={"vllm_xargs": {"session_id": ...}}`` (optionally
+``"policy"``); one without gets a session of its own. The turn's stored messages are read back from
+the prompt's tokens (chat-markup templates; anything else is stored as one user message). On tensor
+parallelism every rank runs the same tracker on the same scores (so all ranks cap alike) and only
+rank 0 publishes. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``, ``REDIS_URL``;
+without it an embedded Redis is started, its address logged) and starts a persistence worker in the
+engine's process unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from monitor.backends import Job, TokenEvent
+from monitor.backends.vllm import check_config
+from monitor.errors import InputError
+from monitor.records import new_id
+from monitor.turns import ChatRequest, Turn
+from probes.generation import Detokenizer, GenerationOptions, cap_plan
+from probes.vllm_hooks import VLLMMonitor, runner_rows
+
+log = logging.getLogger("axiswatch.vllm_plugin")
+SWITCH = "AXISWATCH_VLLM_PLUGIN"
+_CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S)
+
+
+def enabled(env=os.environ) -> bool:
+    return env.get(SWITCH, "").lower() in ("1", "true", "yes", "on")
+
+
+def register() -> None:
+    """vLLM's plugin entry point (every vLLM process): patch the model runner when switched on."""
+    if not enabled() or getattr(register, "done", False):
+        return
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    classes = [GPUModelRunner]
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+        classes.append(CPUModelRunner)
+    except ImportError:  # a GPU build without the CPU runner
+        pass
+    for cls in classes:
+        if "load_model" in cls.__dict__:
+            cls.load_model = _wrap_load(cls.__dict__["load_model"])
+    register.done = True  # type: ignore[attr-defined]
+
+
+def _wrap_load(load):
+    def load_model(self, *a, **kw):
+        out = load(self, *a, **kw)
+        if getattr(self, "_axiswatch", None) is None:
+            self._axiswatch = RunnerMonitor(self)
+        return out
+    load_model.__wrapped__ = load
+    return load_model
+
+
+def parse_prompt(text: str) -> list[dict]:
+    """The chat a rendered prompt holds (chat markup: ``<|im_start|>role\\n...<|im_end|>``); the last,
+    empty assistant header (the generation prompt) is dropped. Other templates: one user message."""
+    msgs = [{"role": r, "content": c.strip("\n")} for r, c in _CHATML.findall(text)]
+    if msgs and msgs[-1]["role"] == "assistant" and not msgs[-1]["content"]:
+        msgs.pop()
+    return msgs or [{"role": "user", "content": text}]
+
+
+@dataclass(eq=False)
+class _Req:
+    turn: Turn
+    detok: Detokenizer
+    stops: set[int]
+    max_tokens: int
+    n: int = 0
+
+
+class _Watcher:
+    """Only the model's identity for the engine: vLLM runs generation, the plugin feeds the engine."""
+
+    name = "vllm-plugin"
+
+    def __init__(self, model_id, layer, axis, capping):
+        self.model_id, self.layer, self.axis, self.capping = model_id, layer, axis, capping
+
+
+class RunnerMonitor:
+    """The plugin inside one model runner: hooks, per-request turns, and the engine they feed."""
+
+    def __init__(self, runner):
+        from monitor import service
+        from monitor.engine import Engine
+        from monitor.settings import Settings
+        from monitor.streams.outbox import Outbox
+        from probes.artifacts import load_axis, load_capping
+        from probes.hooks import layer_hooks
+        from probes.models import DEFAULT_MODEL_ID, default_cache_dir
+
+        self.runner = runner
+        vc = runner.vllm_config
+        check_config(vc, tensor_parallel=True)
+        settings = Settings.from_env()
+        hf = vc.model_config.hf_config
+        hidden, n_layers = int(hf.hidden_size), int(hf.num_hidden_layers)
+        axis_dir = settings.axis_dir()
+        axis = load_axis(axis_dir)
+        axis.check(None, hidden, n_layers)
+        cap_dir = Path(settings.capping) if settings.capping else Path(axis_dir)
+        capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
+        if capping is not None:
+            capping.check(hidden, n_layers)
+            if settings.policy == "cap" and vc.cache_config.enable_prefix_caching:
+                raise InputError("AXISWATCH_POLICY=cap with vLLM's prefix caching on: a capped session could reuse "
+                                 "an uncapped one's KV cache (start vLLM with --no-enable-prefix-caching)")
+        model = str(vc.model_config.model)
+        in_cache = Path(model).resolve().is_relative_to(default_cache_dir().resolve())
+        model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
+        thresholds, drift = settings.drift_setup(axis.calibration)
+        self.rank = _tp_rank()
+        self.rt = None
+        publisher = None
+        if self.rank == 0:
+            self.rt = service.start(settings, workers=os.environ.get(f"{SWITCH}_WORKERS", "1") != "0", model=False)
+            webhooks = settings.webhook is not None
+            streams = self.rt.streams
+            self.rt.outbox = publisher = Outbox(streams, self.rt.store,
+                                                ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
+            self.rt.outbox.resume()
+            atexit.register(self.close)
+        self.engine = Engine(_Watcher(model_id, axis.monitor_layer, axis, capping), thresholds, drift=drift,
+                             policy=settings.policy, publisher=publisher,
+                             session_lookup=self.rt.store.session_meta if self.rt else None,
+                             replica=f"vllm-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(vc.model_config.tokenizer)
+        self.max_model_len = int(vc.model_config.max_model_len)
+        self.monitor = VLLMMonitor(axis.unit(), axis.monitor_layer, cap_plan(capping),
+                                   lambda: runner_rows(runner, by_request_id=True))
+        self._hooks = layer_hooks(runner.model, self.monitor.hooks(), residual=True)
+        self._hooks.__enter__()
+        self.live: dict[str, _Req] = {}
+        self.errors = 0
+        run, sample = runner.execute_model, runner.sample_tokens
+        runner.execute_model = lambda so, *a, **kw: self._after(run(self._before(so), *a, **kw))
+        runner.sample_tokens = lambda *a, **kw: self._after(sample(*a, **kw))
+        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s, rank %d)", axis.monitor_layer,
+                 model_id, settings.policy, self.rank)
+        if self.rt is not None:
+            log.info("axiswatch plugin: publishing to %s, store %s", self.rt.redis_url, settings.database_url)
+
+    # ------------------------------------------------------------------ around each step
+    def _before(self, so):
+        """Requests vLLM finished without a token we saw end (stop strings, aborts); capping for this step."""
+        try:
+            for rid in getattr(so, "finished_req_ids", ()) or ():
+                if rid in self.live:
+                    self._end([self.live.pop(rid)], "stop")
+            self.monitor.capped = {rid for rid, r in self.live.items() if r.turn.job.capped}
+        except Exception:  # a monitor bug must not stop vLLM's step; it is logged and counted
+            self.errors += 1
+            log.exception("axiswatch plugin: before-step bookkeeping failed")
+        return so
+
+    def _after(self, out):
+        if out is None:
+            return out
+        get = getattr(out, "get_output", None)
+        if get is not None:  # async scheduling: the tokens are known when vLLM asks for them
+            def get_output(get=get):
+                res = get()
+                self._tokens(res)
+                return res
+            out.get_output = get_output
+            return out
+        self._tokens(out)
+        return out
+
+    def _tokens(self, out) -> None:
+        scores = self.monitor.take()
+        if not getattr(out, "sampled_token_ids", None):
+            return
+        try:
+            self._step(out, scores)
+        except Exception:  # see _before
+            self.errors += 1
+            log.exception("axiswatch plugin: scoring step failed")
+
+    def _step(self, out, scores: dict) -> None:
+        events, ended = [], []
+        for i, rid in enumerate(out.req_ids):
+            sampled = out.sampled_token_ids[i] if i < len(out.sampled_token_ids) else []
+            if not len(sampled) or rid not in scores:
+                continue
+            r = self.live.get(rid) or self._open(rid)
+            if r is None:
+                continue
+            tid = int(sampled[0])
+            r.n += 1
+            score, pre = scores[rid]
+            if tid not in r.stops:
+                r.turn.job.token_ids.append(tid)
+                events.append((r.turn.job, TokenEvent(tid, r.detok.push(tid), score, pre, rid in self.monitor.capped)))
+            state = self.runner.requests.get(rid)
+            n_prompt = len(getattr(state, "prompt_token_ids", None) or [])
+            if tid in r.stops or r.n >= r.max_tokens or n_prompt + r.n >= self.max_model_len:
+                r.turn.job.finish_reason = "stop" if tid in r.stops else "length"
+                ended.append(self.live.pop(rid))
+        if events or ended:
+            for r in ended:
+                self._text(r)
+            self.engine.step(events, [r.turn.job for r in ended])
+            self._end(ended, None)
+
+    def _open(self, rid: str) -> _Req | None:
+        state = self.runner.requests.get(rid)
+        params = getattr(state, "sampling_params", None)
+        if state is None or params is None:
+            return None
+        extra = params.extra_args or {}
+        sid = str(extra.get("session_id") or new_id("vllm"))
+        prompt = self.tok.decode(state.prompt_token_ids or [], skip_special_tokens=False)
+        opts = GenerationOptions(max_new_tokens=int(params.max_tokens or 0), temperature=float(params.temperature),
+                                 top_p=float(params.top_p), seed=params.seed)
+        req = ChatRequest(sid, parse_prompt(prompt), opts, policy=extra.get("policy"))
+        try:
+            turn = self.engine.open_turn(req)
+        except InputError as e:  # a bad policy, or an audit session's id: scored under a session of its own
+            log.warning("axiswatch plugin: request %s: %s; scored in a new session", rid, e)
+            req.session_id, req.policy = new_id("vllm"), None
+            turn = self.engine.open_turn(req)
+        stops = set() if params.ignore_eos else {params.eos_token_id} - {None}
+        stops |= set(params.stop_token_ids or ())
+        r = _Req(turn, Detokenizer(self.tok), {int(s) for s in stops}, int(params.max_tokens or 1 << 30))
+        self.live[rid] = r
+        return r
+
+    def _text(self, r: _Req) -> None:
+        job: Job = r.turn.job
+        job.text = self.tok.decode(job.token_ids, skip_special_tokens=True)
+
+    def _end(self, reqs: list[_Req], reason: str | None) -> None:
+        for r in reqs:
+            if reason is not None:
+                r.turn.job.finish_reason = reason
+                self._text(r)
+                r.turn.ended = True
+            self.engine.finish_turn(r.turn)
+
+    def close(self) -> None:
+        """At exit: the open turns end, then what was published drains to the store."""
+        for r in list(self.live.values()):
+            self._end([r], "stop")
+        self.live.clear()
+        if self.rt is not None:
+            rt, self.rt = self.rt, None
+            rt.close()
+
+
+def _tp_rank() -> int:
+    try:
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+        return int(get_tensor_model_parallel_rank())
+    except Exception:  # noqa: BLE001 - no distributed state (a single process): rank 0
+        return 0
