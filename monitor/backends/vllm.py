@@ -129,7 +129,11 @@ class VLLMBackend:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="axiswatch-vllm", daemon=True)
         self._thread.start()
-        self._self_check()
+        try:
+            self._self_check()
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ the Backend interface
     def validate(self, messages: list[dict], options: GenerationOptions) -> None:
@@ -162,10 +166,16 @@ class VLLMBackend:
             raise next(e for e in errors if e is not None)
 
     def close(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs, fail those still running, stop the engine thread and free vLLM's engine."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._q.put(None)
         self._thread.join(timeout)
         self._hooks.close()
+        shutdown = getattr(self.engine.engine_core, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     # ------------------------------------------------------------------ the engine thread
     def _self_check(self) -> None:

@@ -36,7 +36,7 @@ from monitor.turns import ChatRequest, Turn
 from probes.generation import Detokenizer, GenerationOptions, cap_plan
 from probes.vllm_hooks import VLLMMonitor, runner_rows
 
-log = logging.getLogger("axiswatch.vllm_plugin")
+log = logging.getLogger("vllm.axiswatch")  # under vLLM's logger: its handlers print it
 SWITCH = "AXISWATCH_VLLM_PLUGIN"
 _CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S)
 
