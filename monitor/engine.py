@@ -8,7 +8,9 @@ every token with its score from the forward pass that produced it (:meth:`Engine
 alerts, capping from the next token, the live tail, the client's stream), then finished (the turn
 record, then the tail's final entry) or aborted. :meth:`Engine.submit` takes requests from any
 thread (one turn of a session at a time, the backend batches them); :meth:`Engine.run_batch` runs
-several sessions' turns together in the caller's thread.
+several sessions' turns together in the caller's thread. Where something else schedules generation
+(vLLM's plugin), :meth:`Engine.open_turn`, :meth:`Engine.step` and :meth:`Engine.finish_turn` are the
+same lifecycle driven from outside.
 """
 
 from __future__ import annotations
