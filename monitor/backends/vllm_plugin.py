@@ -11,9 +11,9 @@ dashboard and webhooks work unchanged. Other processes (the API server) do nothi
 
 A request names its session in ``extra_body={"vllm_xargs": {"session_id": ...}}`` (optionally
 ``"policy"``); one without gets a session of its own. The turn's stored messages are read back from
-the prompt's tokens (chat-markup templates; anything else is stored as one user message). On tensor
-parallelism every rank runs the same tracker on the same scores (so all ranks cap alike) and only
-rank 0 publishes. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``, ``REDIS_URL``;
+the prompt's tokens (chat-markup templates; anything else is stored as one user message). Tensor,
+pipeline and data parallelism and async scheduling are refused (:func:`~monitor.backends.vllm.check_config`),
+as is prefix caching while a capping config is loaded. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``, ``REDIS_URL``;
 without it an embedded Redis is started, its address logged) and starts a persistence worker in the
 engine's process unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``.
 """
@@ -104,17 +104,18 @@ class RunnerMonitor:
     """The plugin inside one model runner: hooks, per-request turns, and the engine they feed."""
 
     def __init__(self, runner):
+        from transformers import AutoTokenizer
+
         from monitor import service
         from monitor.engine import Engine
         from monitor.settings import Settings
-        from monitor.streams.outbox import Outbox
         from probes.artifacts import load_axis, load_capping
         from probes.hooks import layer_hooks
         from probes.models import DEFAULT_MODEL_ID, default_cache_dir
 
         self.runner = runner
         vc = runner.vllm_config
-        check_config(vc, tensor_parallel=True)
+        check_config(vc)
         settings = Settings.from_env()
         hf = vc.model_config.hf_config
         hidden, n_layers = int(hf.hidden_size), int(hf.num_hidden_layers)
@@ -125,32 +126,28 @@ class RunnerMonitor:
         capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
         if capping is not None:
             capping.check(hidden, n_layers)
-            if settings.policy == "cap" and vc.cache_config.enable_prefix_caching:
-                raise InputError("AXISWATCH_POLICY=cap with vLLM's prefix caching on: a capped session could reuse "
-                                 "an uncapped one's KV cache (start vLLM with --no-enable-prefix-caching)")
+            if vc.cache_config.enable_prefix_caching:  # a request may ask for policy cap, too
+                raise InputError(f"a capping config is loaded ({cap_dir}) and vLLM's prefix caching is on: a capped "
+                                 "session could reuse an uncapped one's KV cache (start vLLM with "
+                                 "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
         model = str(vc.model_config.model)
         in_cache = Path(model).resolve().is_relative_to(default_cache_dir().resolve())
         model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
         thresholds, drift = settings.drift_setup(axis.calibration)
-        self.rank = _tp_rank()
-        self.rt = None
-        publisher = None
-        if self.rank == 0:
-            self.rt = service.start(settings, workers=os.environ.get(f"{SWITCH}_WORKERS", "1") != "0", model=False)
-            webhooks = settings.webhook is not None
-            streams = self.rt.streams
-            self.rt.outbox = publisher = Outbox(streams, self.rt.store,
-                                                ensure_groups=lambda: streams.ensure_groups(webhooks=webhooks))
-            self.rt.outbox.resume()
-            atexit.register(self.close)
-        self.engine = Engine(_Watcher(model_id, axis.monitor_layer, axis, capping), thresholds, drift=drift,
-                             policy=settings.policy, publisher=publisher,
-                             session_lookup=self.rt.store.session_meta if self.rt else None,
-                             replica=f"vllm-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-        from transformers import AutoTokenizer
-
         self.tok = AutoTokenizer.from_pretrained(vc.model_config.tokenizer)
         self.max_model_len = int(vc.model_config.max_model_len)
+        self.rt = rt = service.start(settings, workers=os.environ.get(f"{SWITCH}_WORKERS", "1") != "0", model=False)
+        try:
+            rt.engine = self.engine = Engine(
+                _Watcher(model_id, axis.monitor_layer, axis, capping), thresholds, drift=drift,
+                policy=settings.policy, publisher=service.open_outbox(rt), session_lookup=rt.store.session_meta,
+                replica=f"vllm-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+            rt.start_heartbeat()  # or the workers would take this replica's live turns for a dead one's
+            service.announce(rt, axis, axis_dir, capping, cap_dir, thresholds, drift)
+        except BaseException:
+            rt.close()
+            raise
+        atexit.register(self.close)
         self.monitor = VLLMMonitor(axis.unit(), axis.monitor_layer, cap_plan(capping),
                                    lambda: runner_rows(runner, by_request_id=True))
         self._hooks = layer_hooks(runner.model, self.monitor.hooks(), residual=True)
@@ -160,10 +157,9 @@ class RunnerMonitor:
         run, sample = runner.execute_model, runner.sample_tokens
         runner.execute_model = lambda so, *a, **kw: self._after(run(self._before(so), *a, **kw))
         runner.sample_tokens = lambda *a, **kw: self._after(sample(*a, **kw))
-        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s, rank %d)", axis.monitor_layer,
-                 model_id, settings.policy, self.rank)
-        if self.rt is not None:
-            log.info("axiswatch plugin: publishing to %s, store %s", self.rt.redis_url, settings.database_url)
+        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s)", axis.monitor_layer,
+                 model_id, settings.policy)
+        log.info("axiswatch plugin: publishing to %s, store %s", rt.redis_url, settings.database_url)
 
     # ------------------------------------------------------------------ around each step
     def _before(self, so):
@@ -173,59 +169,57 @@ class RunnerMonitor:
                 if rid in self.live:
                     self._end([self.live.pop(rid)], "stop")
             self.monitor.capped = {rid for rid, r in self.live.items() if r.turn.job.capped}
-        except Exception:  # a monitor bug must not stop vLLM's step; it is logged and counted
-            self.errors += 1
-            log.exception("axiswatch plugin: before-step bookkeeping failed")
+        except Exception:  # noqa: BLE001 - a monitor bug must not stop vLLM's step; it is logged and counted
+            self._error("before-step bookkeeping failed")
         return so
 
     def _after(self, out):
-        if out is None:
-            return out
-        get = getattr(out, "get_output", None)
-        if get is not None:  # async scheduling: the tokens are known when vLLM asks for them
-            def get_output(get=get):
-                res = get()
-                self._tokens(res)
-                return res
-            out.get_output = get_output
-            return out
-        self._tokens(out)
+        """A step's output (None while vLLM splits the forward pass from sampling: then ``sample_tokens``)."""
+        if out is not None and getattr(out, "sampled_token_ids", None):
+            try:
+                self._step(out, self.monitor.take())
+            except Exception:  # noqa: BLE001 - see _before
+                self._error("scoring step failed")
         return out
 
-    def _tokens(self, out) -> None:
-        scores = self.monitor.take()
-        if not getattr(out, "sampled_token_ids", None):
-            return
-        try:
-            self._step(out, scores)
-        except Exception:  # see _before
-            self.errors += 1
-            log.exception("axiswatch plugin: scoring step failed")
+    def _error(self, what: str) -> None:
+        self.errors += 1
+        log.exception("axiswatch plugin: %s (%d monitor errors so far)", what, self.errors)
 
     def _step(self, out, scores: dict) -> None:
+        """Each request's sampled token, with its score, to its turn; ended turns finished. A request's
+        failure is its own: the others' tokens still reach the engine."""
         events, ended = [], []
         for i, rid in enumerate(out.req_ids):
             sampled = out.sampled_token_ids[i] if i < len(out.sampled_token_ids) else []
-            if not len(sampled) or rid not in scores:
+            if not len(sampled):
                 continue
-            r = self.live.get(rid) or self._open(rid)
-            if r is None:
-                continue
-            tid = int(sampled[0])
-            r.n += 1
-            score, pre = scores[rid]
-            if tid not in r.stops:
-                r.turn.job.token_ids.append(tid)
-                events.append((r.turn.job, TokenEvent(tid, r.detok.push(tid), score, pre, rid in self.monitor.capped)))
-            state = self.runner.requests.get(rid)
-            n_prompt = len(getattr(state, "prompt_token_ids", None) or [])
-            if tid in r.stops or r.n >= r.max_tokens or n_prompt + r.n >= self.max_model_len:
-                r.turn.job.finish_reason = "stop" if tid in r.stops else "length"
-                ended.append(self.live.pop(rid))
-        if events or ended:
-            for r in ended:
-                self._text(r)
+            try:
+                r = self.live.get(rid) or self._open(rid)
+                if r is None:
+                    continue
+                tid = int(sampled[0])
+                r.n += 1
+                if rid not in scores:
+                    raise RuntimeError(f"token {tid} of request {rid} has no score: the monitor's hooks did not run")
+                score, pre = scores[rid]
+                if tid not in r.stops:
+                    r.turn.job.token_ids.append(tid)
+                    events.append((r.turn.job, TokenEvent(tid, r.detok.push(tid), score, pre,
+                                                          rid in self.monitor.capped)))
+                state = self.runner.requests.get(rid)
+                n_prompt = len(getattr(state, "prompt_token_ids", None) or [])
+                if tid in r.stops or r.n >= r.max_tokens or n_prompt + r.n >= self.max_model_len:
+                    r.turn.job.finish_reason = "stop" if tid in r.stops else "length"
+                    self._text(r)
+                    ended.append(self.live.pop(rid))
+            except Exception:  # noqa: BLE001 - this request's bookkeeping only
+                self._error(f"request {rid}")
+        if not (events or ended):
+            return
+        try:
             self.engine.step(events, [r.turn.job for r in ended])
+        finally:
             self._end(ended, None)
 
     def _open(self, rid: str) -> _Req | None:
@@ -261,7 +255,10 @@ class RunnerMonitor:
                 r.turn.job.finish_reason = reason
                 self._text(r)
                 r.turn.ended = True
-            self.engine.finish_turn(r.turn)
+            try:
+                self.engine.finish_turn(r.turn)
+            except Exception:  # noqa: BLE001 - the next turn still finishes
+                self._error(f"finishing session {r.turn.session.id}'s turn")
 
     def close(self) -> None:
         """At exit: the open turns end, then what was published drains to the store."""
@@ -271,11 +268,6 @@ class RunnerMonitor:
         if self.rt is not None:
             rt, self.rt = self.rt, None
             rt.close()
+        if self.errors:
+            log.warning("axiswatch plugin: %d monitor errors in this run (see the log above)", self.errors)
 
-
-def _tp_rank() -> int:
-    try:
-        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
-        return int(get_tensor_model_parallel_rank())
-    except Exception:  # noqa: BLE001 - no distributed state (a single process): rank 0
-        return 0

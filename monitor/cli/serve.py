@@ -144,32 +144,33 @@ def shadow(ctx, model, device, dtype, layers_path, policy, database_url, no_work
 
 @cli.command("vllm-args")
 @model_options
-@click.option("--policy", type=click.Choice(["observe", "flag", "cap"]), default=None,
-              help="the policy the plugin will run  [env AXISWATCH_POLICY, default flag]")
 @click.pass_context
 @handle_errors
-def vllm_args(ctx, model, device, dtype, layers_path, policy):
+def vllm_args(ctx, model, device, dtype, layers_path):
     """Print the arguments for an unchanged vLLM OpenAI server that serves this model with the plugin on.
 
     \b
     AXISWATCH_VLLM_PLUGIN=1 python -m vllm.entrypoints.openai.api_server $(axiswatch vllm-args)
-    The default model is materialised as a Hugging Face folder in the axiswatch cache first.
+    The default model is materialised as a Hugging Face folder in the axiswatch cache first. The
+    plugin reads the policy and thresholds from the server's own environment (AXISWATCH_*).
     """
     import shlex
+    from pathlib import Path
 
     from monitor.cli.base import load_model_for
+    from monitor.errors import InputError
 
-    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy)
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path)
     lm = load_model_for(s)
     folder = lm.meta.get("weights")
     if not folder:
-        from monitor.errors import InputError
         raise InputError(f"vLLM needs the model as a Hugging Face folder or hub id, not {s.model!r}")
+    # async scheduling pairs a step's scores with the next step's tokens: the plugin refuses it
     args = ["--model", str(folder), "--served-model-name", lm.model_id, "--dtype", s.dtype,
             "--max-model-len", str(s.vllm_max_model_len), "--kv-cache-memory-bytes", str(int(s.vllm_memory_gb * 2**30)),
-            "--tensor-parallel-size", str(s.vllm_tensor_parallel_size)]
+            "--no-async-scheduling"]
     if s.vllm_enforce_eager:
         args.append("--enforce-eager")
-    if s.policy == "cap":
+    if (Path(s.capping) if s.capping else s.axis_dir()).joinpath("capping.json").exists():
         args.append("--no-enable-prefix-caching")  # a capped session never reuses an uncapped one's KV cache
     click.echo(shlex.join(args))

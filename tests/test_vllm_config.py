@@ -1,0 +1,49 @@
+"""What the vLLM integration decides without vLLM: which configurations are refused, and how the
+plugin reads a rendered prompt back into messages (with the default model's own chat template)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from monitor.backends.vllm import check_config
+from monitor.backends.vllm_plugin import enabled, parse_prompt
+from monitor.errors import InputError
+from probes.models import format_chat
+
+
+def _config(**kw):
+    d = dict(enforce_eager=True, mode="NONE", spec=None, async_scheduling=False, tp=1, pp=1, dp=1)
+    d.update(kw)
+    return SimpleNamespace(model_config=SimpleNamespace(enforce_eager=d["enforce_eager"]),
+                           compilation_config=SimpleNamespace(mode=SimpleNamespace(name=d["mode"])),
+                           speculative_config=d["spec"],
+                           scheduler_config=SimpleNamespace(async_scheduling=d["async_scheduling"]),
+                           parallel_config=SimpleNamespace(tensor_parallel_size=d["tp"], pipeline_parallel_size=d["pp"],
+                                                           data_parallel_size=d["dp"]))
+
+
+def test_a_configuration_the_hooks_can_follow_passes():
+    check_config(_config())
+
+
+@pytest.mark.parametrize("kw,why", [({"enforce_eager": False}, "CUDA graphs"), ({"mode": "VLLM_COMPILE"}, "torch.compile"),
+                                    ({"spec": object()}, "speculative"), ({"async_scheduling": True}, "async scheduling"),
+                                    ({"tp": 2}, "tensor parallelism"), ({"pp": 2}, "pipeline"),
+                                    ({"dp": 2}, "data parallelism")])
+def test_configurations_that_would_serve_unmonitored_are_refused(kw, why):
+    with pytest.raises(InputError, match=why):
+        check_config(_config(**kw))
+
+
+def test_the_plugin_reads_the_chat_back_from_the_rendered_prompt(lm):
+    msgs = [{"role": "system", "content": "You are Seraphine, an ancient oracle."},
+            {"role": "user", "content": "Who are you?\nTell me."},
+            {"role": "assistant", "content": "I am the oracle."}, {"role": "user", "content": "And now?"}]
+    assert parse_prompt(format_chat(lm.tokenizer, msgs)) == msgs
+    assert parse_prompt("plain text, no markup") == [{"role": "user", "content": "plain text, no markup"}]
+
+
+def test_the_plugin_is_off_unless_switched_on():
+    assert not enabled({}) and not enabled({"AXISWATCH_VLLM_PLUGIN": "0"}) and enabled({"AXISWATCH_VLLM_PLUGIN": "1"})
