@@ -92,7 +92,7 @@ def test_bad_messages(lm):
 def test_local_folder_and_gguf_path_specs(lm):
     from probes.models import default_cache_dir
 
-    folder = load_model(str(default_cache_dir() / "models" / "smollm2-135m-instruct-f32"))
+    folder = load_model(str(default_cache_dir() / "models" / DEFAULT_CACHE_NAME))
     assert folder.source == "folder" and folder.n_layers == 30
     gguf = load_model(str(default_gguf_path()))
     assert gguf.source == "gguf" and gguf.hidden_size == 576
