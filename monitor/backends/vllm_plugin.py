@@ -87,7 +87,7 @@ class _Req:
     turn: Turn
     detok: Detokenizer
     stops: set[int]
-    max_tokens: int
+    max_tokens: int  # it ends at this many sampled tokens (its max_tokens, or the model length's room)
     n: int = 0
 
 
@@ -207,9 +207,7 @@ class RunnerMonitor:
                     r.turn.job.token_ids.append(tid)
                     events.append((r.turn.job, TokenEvent(tid, r.detok.push(tid), score, pre,
                                                           rid in self.monitor.capped)))
-                state = self.runner.requests.get(rid)
-                n_prompt = len(getattr(state, "prompt_token_ids", None) or [])
-                if tid in r.stops or r.n >= r.max_tokens or n_prompt + r.n >= self.max_model_len:
+                if tid in r.stops or r.n >= r.max_tokens:
                     r.turn.job.finish_reason = "stop" if tid in r.stops else "length"
                     self._text(r)
                     ended.append(self.live.pop(rid))
@@ -241,7 +239,8 @@ class RunnerMonitor:
             turn = self.engine.open_turn(req)
         stops = set() if params.ignore_eos else {params.eos_token_id} - {None}
         stops |= set(params.stop_token_ids or ())
-        r = _Req(turn, Detokenizer(self.tok), {int(s) for s in stops}, int(params.max_tokens or 1 << 30))
+        room = self.max_model_len - len(state.prompt_token_ids or [])  # the positions its reply may take
+        r = _Req(turn, Detokenizer(self.tok), {int(s) for s in stops}, min(int(params.max_tokens or room), room))
         self.live[rid] = r
         return r
 
