@@ -85,9 +85,7 @@ def deployment(streams, settings) -> Deployment:
     report = _read_json(axis_dir / "report.json", "axis report") if (axis_dir / "report.json").exists() else None
     return Deployment(meta.get("model_id", ""), layer, settings.policy, thresholds, drift.alpha, axis_dir,
                       capping, _api(settings), "settings",
-                      {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
-                       "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
-                       "reference_tokens": drift.reference_tokens},
+                      drift.as_dict(),
                       meta, report)
 
 
@@ -208,7 +206,8 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
         return None
     stored = stored or {"id": session_id, "turns": [], "alerts": [], "interventions": []}
     knobs = {k: v for k, v in dep.drift.items()
-             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens")}
+             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens",
+                      "recover_tokens")}
     tracker = DriftTracker(dep.thresholds, DriftConfig(alpha=dep.alpha, **knobs), policy="observe")
     tokens: list[dict] = []
     turns: list[dict] = []
@@ -249,6 +248,26 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     return SessionView(info, tokens, turns, [at(a) for a in stored["alerts"]],
                        [at(x) for x in stored["interventions"]], live=bool(live), stored=original,
                        generating=any(t["generating"] for t in turns))
+
+
+def current_state(view: SessionView) -> str:
+    """The session's drift state now. While a turn newer than the store is on show it is the live
+    tail's (its newest entry's ``state``, as that turn's header says), not the last stored turn's;
+    else the stored session's."""
+    live = [t for t in view.turns if t["live"] and t.get("state") in STATE_RANK]
+    if live:
+        return live[-1]["state"]
+    if view.live and view.tokens:  # a tail entry without a state: the replayed tracker's
+        return view.tokens[-1]["state"]
+    state = view.session.get("state")
+    return state if state in STATE_RANK else view.tokens[-1]["state"] if view.tokens else "ok"
+
+
+def peak_state(view: SessionView) -> str:
+    """The worst state the session reached: over its turns' states (each the state at the end of that
+    turn, as stored; a live turn's from the tail) and its state now."""
+    states = [t["state"] for t in view.turns if t.get("state") in STATE_RANK] + [current_state(view)]
+    return max(states, key=STATE_RANK.__getitem__)
 
 
 def turn_means(view: SessionView) -> list[dict]:

@@ -50,12 +50,12 @@ class Rule:
 
 RULES = (
     Rule("previous: absolute running score, per-response percentile thresholds",
-         DriftConfig(alpha=0.1, baseline="absolute"), calibrated=False),
-    Rule("absolute running score (alpha 0.1), calibrated on it", DriftConfig(alpha=0.1, baseline="absolute")),
-    Rule("absolute running score (alpha 0.02), calibrated on it", DriftConfig(alpha=0.02, baseline="absolute")),
-    Rule("session reference (alpha 0.1)", DriftConfig(alpha=0.1, baseline="session")),
-    Rule("session reference (alpha 0.05)", DriftConfig(alpha=0.05, baseline="session")),
-    Rule("session reference (alpha 0.03)", DriftConfig(alpha=0.03, baseline="session")),
+         DriftConfig(alpha=0.1, baseline="absolute", hysteresis=0.0, recover_tokens=0), calibrated=False),
+    Rule("absolute running score (alpha 0.1), calibrated on it", DriftConfig(alpha=0.1, baseline="absolute", hysteresis=0.0, recover_tokens=0)),
+    Rule("absolute running score (alpha 0.02), calibrated on it", DriftConfig(alpha=0.02, baseline="absolute", hysteresis=0.0, recover_tokens=0)),
+    Rule("session reference (alpha 0.1)", DriftConfig(alpha=0.1, baseline="session", hysteresis=0.0, recover_tokens=0)),
+    Rule("session reference (alpha 0.05)", DriftConfig(alpha=0.05, baseline="session", hysteresis=0.0, recover_tokens=0)),
+    Rule("session reference (alpha 0.03)", DriftConfig(alpha=0.03, baseline="session", hysteresis=0.0, recover_tokens=0)),
 )
 
 

@@ -26,8 +26,11 @@ States, from ``drift``:
   below ``warning``; ``critical`` below ``critical``.
 - Escalation is immediate. De-escalation needs ``drift >= threshold +
   hysteresis`` for every level left behind (critical -> ok needs
-  ``watch + hysteresis``), so a score oscillating around a threshold does not
-  flap.
+  ``watch + hysteresis``), held for ``recover_tokens`` consecutive tokens, so a
+  score oscillating around a threshold does not flap and a session does not
+  look healthy after a few calm tokens. The default hysteresis is a quarter of
+  the alerting band (``0.25 * (watch - critical)``), in the thresholds' own
+  units, so it fits every model and layer the thresholds were calibrated for.
 
 Events (:class:`DriftEvent`), in order, per token:
 
@@ -42,13 +45,19 @@ Events (:class:`DriftEvent`), in order, per token:
 - ``cap`` once per session with policy ``cap``, at the first alert at level
   ``warning`` or ``critical``; :attr:`DriftTracker.capping` stays on for the
   rest of the session (the engine caps from the next token on).
+- ``resolve`` when the state falls below the level of an alert still open
+  (so after the hysteresis and the ``recover_tokens`` dwell): its ``level`` is
+  the new state, and every open alert above it is resolved.
+
+:meth:`DriftTracker.snapshot` is the whole state as a JSON-safe dict (stored with each turn);
+:meth:`DriftTracker.restore` continues from it exactly, as if the process had never stopped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, cast
 
 from monitor.errors import InputError
@@ -56,7 +65,7 @@ from monitor.records import POLICIES, STATES
 
 Policy = Literal["observe", "flag", "cap"]
 State = Literal["ok", "watch", "warning", "critical"]
-EventKind = Literal["state", "alert", "cap"]
+EventKind = Literal["state", "alert", "cap", "resolve"]
 
 _OK, _WATCH, _WARNING, _CRITICAL = 0, 1, 2, 3
 BASELINES = ("session", "absolute")
@@ -91,6 +100,11 @@ class Thresholds:
     def as_dict(self) -> dict[str, float]:
         return {"watch": float(self.watch), "warning": float(self.warning), "critical": float(self.critical)}
 
+    @property
+    def default_hysteresis(self) -> float:
+        """A quarter of the alerting band: the margin used when none is configured."""
+        return 0.25 * (self.watch - self.critical)
+
 
 def thresholds_from_calibration(calibration: dict) -> tuple[Thresholds, dict]:
     """The calibrated thresholds and drift settings of an axis artifact (``calibration["alerting"]``,
@@ -120,32 +134,42 @@ class DriftConfig:
     (drift relative to the session's opening reference) or ``absolute`` (the running
     score itself). ``reference_tokens``: the least number of tokens the reference
     averages (the whole first reply, and more replies while it is shorter). ``hysteresis``: score
-    margin (raw projection units, >= 0) the drift must clear above a
-    threshold before the state drops below that level; 0.0 by default because
-    the projection scale differs per model and layer, so no absolute margin is
-    right everywhere (the EWMA already smooths). ``min_tokens``: no alert before
-    the session has seen this many scored tokens. ``cooldown_tokens``: after an
-    alert, no alert at the same or a lower level for this many tokens.
+    margin (the thresholds' units, >= 0) the drift must clear above a threshold before the
+    state drops below that level; None (the default): :attr:`Thresholds.default_hysteresis`,
+    a quarter of the alerting band, since the projection scale differs per model and layer.
+    ``recover_tokens``: consecutive tokens past that margin before the state drops (and the
+    alerts above it resolve). ``min_tokens``: no alert before the session has seen this many
+    scored tokens. ``cooldown_tokens``: after an alert, no alert at the same or a lower level
+    for this many tokens.
     """
 
     alpha: float = 0.1
-    hysteresis: float = 0.0
+    hysteresis: float | None = None
     min_tokens: int = 16
     cooldown_tokens: int = 64
     baseline: str = "session"
     reference_tokens: int = 16
+    recover_tokens: int = 32
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and 0.0 < self.alpha <= 1.0):
             raise InputError(f"drift alpha must be in (0, 1], got {self.alpha!r}")
         if self.baseline not in BASELINES:
             raise InputError(f"drift baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        if not (isinstance(self.hysteresis, (int, float)) and math.isfinite(self.hysteresis) and self.hysteresis >= 0):
-            raise InputError(f"drift hysteresis must be a finite number >= 0, got {self.hysteresis!r}")
-        for name in ("min_tokens", "cooldown_tokens", "reference_tokens"):
+        h = self.hysteresis
+        if h is not None and not (isinstance(h, (int, float)) and math.isfinite(h) and h >= 0):
+            raise InputError(f"drift hysteresis must be a finite number >= 0, got {h!r}")
+        for name in ("min_tokens", "cooldown_tokens", "reference_tokens", "recover_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"drift {name} must be an integer >= 0, got {v!r}")
+
+    def resolved(self, thresholds: Thresholds) -> DriftConfig:
+        """This config with the default hysteresis filled in for these thresholds."""
+        return self if self.hysteresis is not None else replace(self, hysteresis=thresholds.default_hysteresis)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -193,7 +217,7 @@ class DriftTracker:
 
     def __init__(self, thresholds: Thresholds, config: DriftConfig | None = None, policy: str = "flag") -> None:
         self.thresholds = thresholds
-        self.config = config or DriftConfig()
+        self.config = (config or DriftConfig()).resolved(thresholds)
         self.policy: Policy = parse_policy(policy)
         self._t = (math.inf, thresholds.watch, thresholds.warning, thresholds.critical)  # index = level
         self._level = _OK
@@ -202,6 +226,8 @@ class DriftTracker:
         self._pending = False  # an escalation held back by min_tokens
         self._alert_level = _OK
         self._alert_n = -1  # session token count at the last alert; -1: none yet
+        self._open_bits = 0  # bit k set: an alert at level k is not yet resolved
+        self._calm = 0  # consecutive tokens past the bar below the current level
         self._capping = False
         self._turn: int | None = None  # the open turn
         self._last_turn: int | None = None
@@ -210,6 +236,24 @@ class DriftTracker:
         # the session's opening reference (baseline "session"); fixed at the end of the turn that completes it
         self._reference: float | None = 0.0 if self.config.baseline == "absolute" else None
         self._ref_n, self._ref_sum = 0, 0.0
+
+    _SAVED = ("_level", "_running", "_n", "_pending", "_alert_level", "_alert_n", "_open_bits", "_calm",
+              "_capping", "_last_turn", "_turn_means", "_reference", "_ref_n", "_ref_sum")
+
+    def snapshot(self) -> dict:
+        """The tracker's whole state between turns, JSON-safe: :meth:`restore` continues from it exactly."""
+        if self._turn is not None:
+            raise InputError(f"turn {self._turn} is still open; snapshot between turns")
+        return {"v": 1, **{k[1:]: getattr(self, k) for k in self._SAVED}, "turn_means": list(self._turn_means)}
+
+    def restore(self, snap: dict) -> None:
+        """Continue from a :meth:`snapshot` (of a tracker with the same thresholds and config)."""
+        if not isinstance(snap, dict) or snap.get("v") != 1 or any(k[1:] not in snap for k in self._SAVED):
+            raise InputError(f"not a drift tracker snapshot: {snap!r}"[:200])
+        for k in self._SAVED:
+            setattr(self, k, snap[k[1:]])
+        self._turn_means = list(snap["turn_means"])
+        self._turn = None
 
     @property
     def state(self) -> State:
@@ -238,6 +282,11 @@ class DriftTracker:
         return self._capping
 
     @property
+    def open_alert_level(self) -> State:
+        """The highest level with an alert not yet resolved (``ok``: none)."""
+        return _STATES[self._open_bits.bit_length() - 1 if self._open_bits else _OK]
+
+    @property
     def turn_means(self) -> list[float]:
         """Means of the ended turns that had scored tokens, in order."""
         return list(self._turn_means)
@@ -256,12 +305,13 @@ class DriftTracker:
         events: list[DriftEvent] = []
         t = self._t
         watch, warning, critical = t[1], t[2], t[3]
-        a, b, hyst = self.config.alpha, 1.0 - self.config.alpha, self.config.hysteresis
+        a, b = self.config.alpha, 1.0 - self.config.alpha
+        hyst, recover = float(self.config.hysteresis or 0.0), self.config.recover_tokens
         min_tokens, cooldown = self.config.min_tokens, self.config.cooldown_tokens
         alerts = self.policy != "observe"
         isfinite = math.isfinite
         ref = self._reference
-        r, level, n, ti, total = self._running, self._level, self._n, self._turn_n, self._turn_sum
+        r, level, n, ti, total, calm = self._running, self._level, self._n, self._turn_n, self._turn_sum, self._calm
         try:
             for s in scores:
                 s = float(s)
@@ -279,14 +329,23 @@ class DriftTracker:
                 raw = _CRITICAL if d < critical else _WARNING if d < warning else _WATCH if d < watch else _OK
                 new = level
                 if raw > level:
-                    new = raw
-                elif raw < level:  # de-escalate only past threshold + hysteresis
-                    while new > raw and d >= t[new] + hyst:
-                        new -= 1
+                    new, calm = raw, 0
+                elif raw < level and d >= t[level] + hyst:  # past the bar: calm for one more token
+                    calm += 1
+                    if calm >= recover:  # held long enough: drop as far as the bars allow
+                        while new > raw and d >= t[new] + hyst:
+                            new -= 1
+                        calm = 0
+                else:
+                    calm = 0
                 if new != level:
                     old, thr = level, (t[new] if new > level else t[new + 1] + hyst)
                     events.append(DriftEvent("state", turn, ti, _STATES[old], _STATES[new], r, thr + ref, _STATES[new], d))
                     level = new
+                    if self._open_bits >> (new + 1):  # the open alerts above the new state are over
+                        self._open_bits &= (1 << (new + 1)) - 1
+                        events.append(DriftEvent("resolve", turn, ti, _STATES[old], _STATES[new], r, thr + ref,
+                                                 _STATES[new], d))
                     if new > old:
                         self._pending = alerts
                     elif new == _OK:
@@ -301,6 +360,7 @@ class DriftTracker:
                 ti += 1
         finally:
             self._running, self._level, self._n, self._turn_n, self._turn_sum = r, level, n, ti, total
+            self._calm = calm
         return events
 
     def _alert(self, events: list[DriftEvent], turn: int, ti: int, old: int, level: int, r: float, ref: float, n: int,
@@ -308,6 +368,7 @@ class DriftTracker:
         if self._alert_n >= 0 and level <= self._alert_level and n - self._alert_n <= cooldown:
             return  # within the cooldown of an alert at this level or higher: dropped
         self._alert_level, self._alert_n = level, n
+        self._open_bits |= 1 << level
         thr = self._t[level] + ref
         events.append(DriftEvent("alert", turn, ti, _STATES[old], _STATES[level], r, thr, _STATES[level], r - ref))
         if self.policy == "cap" and not self._capping and level >= _WARNING:

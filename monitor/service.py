@@ -98,9 +98,7 @@ def announce(rt: Runtime, axis, axis_dir, capping, cap_dir, thresholds, drift) -
         "model_id": engine.model_id, "layer": engine.layer, "policy": engine.policy,
         "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis_dir).resolve()),
         "axis_fingerprint": axis.fingerprint(),
-        "drift": {"alpha": drift.alpha, "hysteresis": drift.hysteresis, "min_tokens": drift.min_tokens,
-                  "cooldown_tokens": drift.cooldown_tokens, "baseline": drift.baseline,
-                  "reference_tokens": drift.reference_tokens},
+        "drift": drift.as_dict(),
         "capping": None if capping is None else {**capping.meta(), "dir": str(Path(cap_dir).resolve())},
         "api": f"http://{local_host(settings.host)}:{settings.port}",
         # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir

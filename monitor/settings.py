@@ -95,7 +95,8 @@ class Settings:
     thresholds: tuple[float | None, float | None, float | None] = (None, None, None)  # watch, warning, critical
     # overrides of the calibrated thresholds (drift values; raw projections for baseline "absolute"); None keeps the calibrated one
     ewma_alpha: float | None = None  # None: the alpha the thresholds were calibrated for (0.1 without one)
-    hysteresis: float = 0.0
+    hysteresis: float | None = None  # None: a quarter of the alerting band (Thresholds.default_hysteresis)
+    recover_tokens: int = 32  # calm tokens before a state drops and the alerts above it resolve
     min_tokens: int | None = None  # None: the calibration's (16 without one)
     cooldown_tokens: int = 64
     drift_baseline: str | None = None  # "session" or "absolute"; None: the calibration's ("session" without one)
@@ -126,7 +127,8 @@ class Settings:
                    thresholds=(_opt_float(get, "THRESHOLD_WATCH"), _opt_float(get, "THRESHOLD_WARNING"),
                                _opt_float(get, "THRESHOLD_CRITICAL")),
                    ewma_alpha=_num(get, "EWMA_ALPHA", "0.1", float) if get("EWMA_ALPHA") else None,
-                   hysteresis=_num(get, "HYSTERESIS", "0", float),
+                   hysteresis=_num(get, "HYSTERESIS", "0", float) if get("HYSTERESIS") else None,
+                   recover_tokens=_num(get, "RECOVER_TOKENS", "32", int),
                    min_tokens=_num(get, "MIN_TOKENS", "16", int) if get("MIN_TOKENS") else None,
                    drift_baseline=get("DRIFT_BASELINE"),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
@@ -163,8 +165,9 @@ class Settings:
                             hysteresis=self.hysteresis, cooldown_tokens=self.cooldown_tokens,
                             min_tokens=self.min_tokens if self.min_tokens is not None else int(knobs.get("min_tokens", 16)),
                             baseline=self.drift_baseline or str(knobs.get("baseline", "session")),
-                            reference_tokens=int(knobs.get("reference_tokens", 16)))
-        return thresholds, drift
+                            reference_tokens=int(knobs.get("reference_tokens", 16)),
+                            recover_tokens=self.recover_tokens)
+        return thresholds, drift.resolved(thresholds)
 
     def axis_dir(self) -> Path:
         return Path(self.axis) if self.axis else shipped_dir()

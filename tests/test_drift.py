@@ -20,7 +20,7 @@ T = Thresholds(watch=0.0, warning=-10.0, critical=-20.0)
 
 
 def tracker(policy: str = "flag", **kw) -> DriftTracker:
-    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, baseline="absolute")
+    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, baseline="absolute", recover_tokens=0)
     base.update(kw)
     return DriftTracker(T, DriftConfig(**base), policy=policy)
 
@@ -243,7 +243,7 @@ def test_shipped_axis_has_ordered_alert_thresholds():
 
 
 def session(policy: str = "flag", **kw) -> DriftTracker:
-    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, reference_tokens=2)
+    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, reference_tokens=2, recover_tokens=0)
     base.update(kw)
     return DriftTracker(T, DriftConfig(**base), policy=policy)
 
@@ -343,3 +343,64 @@ def test_fit_thresholds_quantiles_and_critical():
 
 def test_quantile_is_numpys_linear_rule():
     assert quantile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.5 and quantile([1.0], 0.3) == 1.0
+
+
+# --- recovery, resolution, snapshots ------------------------------------------------------------------------
+
+def test_default_hysteresis_is_a_quarter_of_the_alerting_band():
+    tr = DriftTracker(T, DriftConfig(), "flag")
+    assert tr.config.hysteresis == pytest.approx(5.0)  # 0.25 * (0 - -20)
+    assert DriftTracker(T, DriftConfig(hysteresis=0.0)).config.hysteresis == 0.0  # an explicit 0 stays 0
+
+
+def test_a_state_drops_only_after_recover_tokens_past_the_bar():
+    tr = tracker(hysteresis=2.0, recover_tokens=4)
+    ev = tr.update([-25.0], turn=0)
+    assert tr.state == "critical" and len(kinds(ev, "alert")) == 1
+    tr.update([5.0, 5.0, 5.0], turn=0)  # calm, but not for long enough
+    assert tr.state == "critical"
+    tr.update([-25.0], turn=0)  # a relapse restarts the count
+    tr.update([5.0, 5.0, 5.0], turn=0)
+    assert tr.state == "critical"
+    ev = tr.update([5.0], turn=0)  # the fourth calm token in a row: straight to ok
+    assert tr.state == "ok" and [e.new_state for e in kinds(ev, "state")] == ["ok"]
+    assert [(e.level, e.old_state) for e in kinds(ev, "resolve")] == [("ok", "critical")]
+
+
+def test_alerts_resolve_only_below_their_level():
+    tr = tracker(hysteresis=0.0, recover_tokens=0)
+    tr.update([-15.0], turn=0)  # warning, alerted
+    assert tr.open_alert_level == "warning"
+    ev = tr.update([-5.0], turn=0)  # watch: below the alerted level, so it resolves
+    assert [e.level for e in kinds(ev, "resolve")] == ["watch"] and tr.open_alert_level == "ok"
+    ev = tr.update([5.0], turn=0)  # ok: nothing open any more, no second resolve
+    assert not kinds(ev, "resolve")
+    observe = tracker(policy="observe")
+    observe.update([-25.0, 5.0], turn=0)
+    assert observe.state == "ok" and observe.open_alert_level == "ok"  # observe raises no alert to resolve
+
+
+def test_a_snapshot_continues_exactly():
+    import json
+
+    scores = [[3.0, -4.0, -12.0, -30.0, 2.0], [-8.0, 1.0, 1.0, -22.0], [-18.0, 4.0, 4.0, 4.0, 4.0, -11.0]]
+    cfg = dict(hysteresis=1.0, recover_tokens=2, min_tokens=3, cooldown_tokens=4)
+    whole, events_whole = tracker(**cfg), []
+    for t, sc in enumerate(scores):
+        events_whole += whole.update(sc, turn=t)
+        whole.end_turn()
+    events_split, snap = [], None
+    for t, sc in enumerate(scores):
+        tr = tracker(**cfg)  # a new process for every turn
+        if snap is not None:
+            tr.restore(json.loads(json.dumps(snap)))  # through JSON, as stored
+        events_split += tr.update(sc, turn=t)
+        tr.end_turn()
+        snap = tr.snapshot()
+    assert [vars(e) for e in events_split] == [vars(e) for e in events_whole]
+    assert tr.snapshot() == whole.snapshot()
+    with pytest.raises(InputError, match="not a drift tracker snapshot"):
+        tr.restore({"v": 1})
+    tr.update([1.0], turn=9)
+    with pytest.raises(InputError, match="still open"):
+        tr.snapshot()
