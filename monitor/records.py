@@ -2,7 +2,8 @@
 
 Plain dataclasses with ``to_dict``/``from_dict`` (JSON-safe). Every record is
 idempotent by key: a turn by ``(session_id, turn)``, an alert by ``event_id``,
-an intervention by ``(session_id, turn, token_index, config_id)``, so a
+an intervention by ``(session_id, turn, token_index, config_id)``, an alert's update by
+``(event_id, action)``, so a
 replayed stream entry never makes a duplicate row. Layer ``L`` is the output
 of decoder block ``L``.
 """
@@ -57,6 +58,13 @@ class TurnRecord(_Record):
     model_id: str = ""
     created_at: float = field(default_factory=now)
     policy: str | None = None  # the session's policy when the turn was recorded (None: unknown)
+    # what the model was given (assistant turns): the hash of the last input message, whose chain
+    # of parents is the whole input (monitor/conversation.py); the nodes of that chain the store may
+    # not have yet; where the client's history first differed from the stored one (None: it did not)
+    input_head: str | None = None
+    input: list[dict] | None = None
+    diverged_at: int | None = None
+    tracker: dict | None = None  # the drift tracker's snapshot after this turn (DriftTracker.snapshot)
 
     @property
     def mean(self) -> float | None:
@@ -76,6 +84,7 @@ class AlertEvent(_Record):
     event_id: str = field(default_factory=lambda: new_id("evt"))
     policy: str = "flag"
     created_at: float = field(default_factory=now)
+    excerpt: str = ""  # the reply's text up to the alerted token (its last ~200 characters)
 
 
 @dataclass
@@ -88,4 +97,22 @@ class InterventionRecord(_Record):
     config_id: str
     thresholds: dict[str, float] = field(default_factory=dict)
     layers: list[int] = field(default_factory=list)
+    created_at: float = field(default_factory=now)
+
+
+ALERT_ACTIONS = ("acknowledged", "resolved")
+
+
+@dataclass
+class AlertUpdate(_Record):
+    """An alert's lifecycle step: ``acknowledged`` by an operator (``by``, ``note``), or ``resolved`` by
+    the engine when the session's state fell below the alert's level (at ``token_index`` of ``turn``)."""
+
+    session_id: str
+    event_id: str
+    action: str  # ALERT_ACTIONS
+    by: str = "axiswatch"
+    note: str = ""
+    turn: int | None = None
+    token_index: int | None = None
     created_at: float = field(default_factory=now)

@@ -22,6 +22,7 @@ from monitor.store import (
     StoreError,
     TurnRow,
 )
+from monitor.store.schema import MessageRow
 from probes.errors import InputError
 
 
@@ -150,16 +151,16 @@ def test_turn_round_trip(store):
 def test_idempotent_replay(store):
     batch = dict(turns=[turn("a", 1), turn("a", 2), turn("b", 1)],
                  alerts=[alert("a", 2, "evt_1"), alert("b", 1, "evt_2")], interventions=[iv("a", 2)])
-    assert store.write(**batch) == dict(sessions=2, turns=3, alerts=2, interventions=1)
+    assert store.write(**batch) == dict(sessions=2, turns=3, alerts=2, interventions=1, updates=0)
     before = [count(store, m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
-    assert store.write(**batch) == dict(sessions=0, turns=0, alerts=0, interventions=0)
+    assert store.write(**batch) == dict(sessions=0, turns=0, alerts=0, interventions=0, updates=0)
     # The same records rebuilt from their JSON form (as they come off a Redis stream), each twice in one batch.
     kinds = dict(turns=TurnRecord, alerts=AlertEvent, interventions=InterventionRecord)
     again = {k: [kinds[k].from_dict(json.loads(json.dumps(r.to_dict()))) for r in v] * 2 for k, v in batch.items()}
-    assert store.write(**again) == dict(sessions=0, turns=0, alerts=0, interventions=0)
+    assert store.write(**again) == dict(sessions=0, turns=0, alerts=0, interventions=0, updates=0)
     assert [count(store, m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)] == before == [2, 3, 2, 1]
     assert store.get_session("a")["n_turns"] == 2 and store.token_count("a") == 8
-    assert store.write() == dict(sessions=0, turns=0, alerts=0, interventions=0)
+    assert store.write() == dict(sessions=0, turns=0, alerts=0, interventions=0, updates=0)
 
 
 def test_a_longer_turn_replaces_a_recovered_part(store):
@@ -226,10 +227,15 @@ def test_alert_delivery_and_acknowledge(store):
     got = {x["event_id"]: x for x in store.list_alerts(session_id="s")}
     assert got["evt_a"]["delivery_status"] == "delivered" and got["evt_a"]["attempts"] == 2
     assert not got["evt_a"]["acknowledged"]
-    store.acknowledge_alert("evt_a")
-    assert store.get_session("s")["alerts"][0]["acknowledged"] is True
+    ack = store.acknowledge_alert("evt_a", by="ops@example.com", note="looking")
+    a = store.get_session("s")["alerts"][0]
+    assert a["acknowledged"] is True and a["status"] == "acknowledged" and a["acknowledged_by"] == "ops@example.com"
+    assert a["acknowledged_at"] == ack["created_at"]
+    assert store.acknowledge_alert("evt_a", by="someone else")["by"] == "ops@example.com"  # the first one stands
     with pytest.raises(NotFoundError, match="evt_zzz"):
-        store.acknowledge_alert("evt_zzz")
+        store.acknowledge_alert("evt_zzz", by="ops")
+    with pytest.raises(InputError, match="who made it"):
+        store.acknowledge_alert("evt_a", by="")
     with pytest.raises(NotFoundError, match="evt_zzz"):
         store.set_alert_delivery("evt_zzz", "delivered", 1)
     with pytest.raises(InputError, match="delivery status"):
@@ -334,3 +340,65 @@ def test_session_meta_holds_what_a_continuing_engine_replays(store):
     meta = store.session_meta("back")
     assert meta["next_turn"] == 4 and meta["history"] == [(1, [30.0, 20.0]), (3, [-9.0, -40.0])]
     assert store.session_meta("nobody") is None
+
+
+# ---------------------------------------------------------------- audit-grade records
+def _input_turn(sid, i, messages, **kw):
+    from monitor.conversation import chain
+
+    nodes = chain(messages)
+    return turn(sid, i, input_head=nodes[-1]["h"], input=nodes, tracker={"v": 1, "n": i}, **kw)
+
+
+def test_a_turns_input_is_stored_once_and_given_back(store):
+    from monitor.conversation import walk
+
+    first = [{"role": "system", "content": "You are Seraphine, an ancient oracle."}, {"role": "user", "content": "Hi"}]
+    second = first + [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "Who are you?"}]
+    store.write(turns=[_input_turn("in", 1, first), _input_turn("in", 3, second, diverged_at=None)])
+    assert count(store, MessageRow) == 4  # the shared messages once
+    d = store.get_session("in")
+    t1, t3 = d["turns"]
+    assert [(m["role"], m["content"]) for m in walk(t3["input_head"], d["messages"])] == [
+        (m["role"], m["content"]) for m in second]
+    assert walk(t1["input_head"], d["messages"])[0]["content"].startswith("You are Seraphine")
+    assert t3["tracker"] == {"v": 1, "n": 3}
+    meta = store.session_meta("in")
+    assert meta["tracker"] == {"v": 1, "n": 3} and meta["history"] == []  # nothing after the snapshot to replay
+    assert len(meta["conversation"]) == 5  # the last input and its reply
+    with pytest.raises(InputError, match="bad input"):  # a node whose hash is not its own
+        store.write(turns=[turn("in", 5, input_head="x", input=[{"h": "x", "p": "", "role": "user", "content": "y"}])])
+
+
+def test_the_hash_chain_detects_edits_deletions_and_insertions(store):
+    store.write(turns=[_input_turn("ch", 1, [{"role": "user", "content": "Hi"}])], alerts=[alert("ch", 1, "evt_c1")],
+                interventions=[iv("ch", 1)])
+    store.acknowledge_alert("evt_c1", by="ops")
+    store.write(turns=[turn("ch", 1, n=9)])  # a longer reply replaces the stored one: a new link, still valid
+    ok = store.verify_session("ch")
+    assert ok["ok"] and ok["links"] == 6 and ok["head"] and ok["problems"] == []
+    with closing(store.engine.connect()) as c:
+        c.execute(text("update turns set text = 'tampered' where session_id = 'ch'"))
+        c.commit()
+    bad = store.verify_session("ch")
+    assert not bad["ok"] and bad["problems"][0]["kind"] == "turn" and "edited" in bad["problems"][0]["problem"]
+    with closing(store.engine.connect()) as c:
+        c.execute(text("delete from interventions where session_id = 'ch'"))
+        c.execute(text("update messages set content = 'Hello' where session_id = 'ch'"))
+        c.execute(text("update alerts set score = 0 where event_id = 'evt_c1'"))
+        c.commit()
+    problems = {(p["kind"], p["problem"].split(" (")[0]) for p in store.verify_session("ch")["problems"]}
+    assert {("intervention", "the record was deleted"), ("alert", "the record does not match what was written"),
+            ("message", "the message's text no longer hashes to its id")} <= problems
+    with pytest.raises(NotFoundError):
+        store.verify_session("nobody")
+
+
+def test_ids_resolve_from_unique_prefixes(store):
+    store.write(turns=[turn("sess_abc123"), turn("sess_abd999"), turn("x_y")])
+    assert store.resolve_id("session", "sess_abc") == "sess_abc123"
+    assert store.resolve_id("session", "x_y") == "x_y"
+    with pytest.raises(InputError, match="ambiguous: sess_abc123, sess_abd999"):
+        store.resolve_id("session", "sess_ab")
+    with pytest.raises(NotFoundError, match="no session"):
+        store.resolve_id("session", "x%")  # a wildcard is a literal character here

@@ -23,28 +23,37 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import InputError, NotFoundError, StoreError
-from monitor.records import SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
+from monitor.records import SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
+from monitor.conversation import node_hash, walk
+from monitor.store.chain import append_links
+from monitor.store.chain import verify as verify_chain
 from monitor.store.rows import (
     DELIVERY_STATUSES,
     LEVELS,
     checked_records,
+    context_row,
     from_row,
     is_int,
     is_name,
     is_num,
+    message_rows,
     need,
     one_of,
+    raw_row,
     to_row,
 )
 from monitor.store.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     AlertRow,
+    AlertUpdateRow,
     Base,
     InterventionRow,
+    MessageRow,
     SchemaVersion,
     SessionRow,
     SpillRow,
+    TurnContextRow,
     TurnRow,
     table,
 )
@@ -120,50 +129,64 @@ class Store:
         return SCHEMA_VERSION
 
     def _insert(self, s: Session, model: type[Base], rows: list[dict], keys: tuple[str, ...],
-                longer_wins: bool = False) -> int:
-        """INSERT ... ON CONFLICT DO NOTHING RETURNING: the number of rows written. ``longer_wins`` (turns):
+                longer_wins: bool = False) -> list[dict]:
+        """INSERT ... ON CONFLICT DO NOTHING RETURNING: the rows actually written. ``longer_wins`` (turns):
         a row with more tokens replaces the stored one (a whole reply over the part a recovery stored from
         the live tail); a replay of the same record changes nothing."""
         if not rows:
-            return 0
+            return []
         ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table(model))
-        if longer_wins:  # one row per key (PostgreSQL refuses to update a row twice in one statement)
-            best: dict[tuple, dict] = {}
-            for r in rows:
-                k = tuple(r[c] for c in keys)
-                if k not in best or r["n_tokens"] > best[k]["n_tokens"]:
-                    best[k] = r
-            rows = list(best.values())
+        best: dict[tuple, dict] = {}  # one row per key (PostgreSQL refuses to update a row twice in one statement)
+        for r in rows:
+            k = tuple(r[c] for c in keys)
+            if k not in best or (longer_wins and r["n_tokens"] > best[k]["n_tokens"]):
+                best[k] = r
+        if longer_wins:
             cols = {c.name: ins.excluded[c.name] for c in table(model).columns if c.name not in ("id", *keys)}
             t = table(model).c
             stmt = ins.on_conflict_do_update(index_elements=list(keys), set_=cols,
                                              where=(ins.excluded.n_tokens > t.n_tokens) & (ins.excluded.role == t.role))
         else:
             stmt = ins.on_conflict_do_nothing(index_elements=list(keys))
-        return len(s.execute(stmt.returning(*table(model).primary_key), rows).all())
+        written = s.execute(stmt.returning(*(table(model).c[k] for k in keys)), list(best.values())).all()
+        return [best[tuple(w)] for w in written]
 
     def write(self, turns: Iterable[TurnRecord] = (), alerts: Iterable[AlertEvent] = (),
-              interventions: Iterable[InterventionRecord] = ()) -> dict[str, int]:
-        """One idempotent transaction for the whole batch; the counts of rows actually inserted."""
+              interventions: Iterable[InterventionRecord] = (), updates: Iterable[AlertUpdate] = ()) -> dict[str, int]:
+        """One idempotent transaction for the whole batch; the counts of rows actually inserted. Every
+        row written is linked into its session's hash chain (monitor/store/chain.py) in the same
+        transaction; a turn's input messages are stored once per session."""
         turns, alerts = checked_records(TurnRecord, turns), checked_records(AlertEvent, alerts)
         interventions = checked_records(InterventionRecord, interventions)
-        counts = dict(sessions=0, turns=0, alerts=0, interventions=0)
-        if not (recs := [*turns, *alerts, *interventions]):
+        updates = checked_records(AlertUpdate, updates)
+        counts = dict(sessions=0, turns=0, alerts=0, interventions=0, updates=0)
+        if not (recs := [*turns, *alerts, *interventions, *updates]):
             return counts
         ids, now = sorted({r.session_id for r in recs}), time.time()
         born: dict[str, float] = {}
         for r in (r for r in recs if is_num(r.created_at)):
             born[r.session_id] = min(born.get(r.session_id, r.created_at), r.created_at)
+        turn_rows = [to_row(t) for t in turns]
+        contexts = [c for c in map(context_row, turns) if c is not None]
+        messages = [m for t in turns for m in message_rows(t)]
         with self._tx(write=True) as s:
             new = [dict(id=i, created_at=float(born.get(i, now)), updated_at=now) for i in ids]
-            counts["sessions"] = self._insert(s, SessionRow, new, ("id",))
+            counts["sessions"] = len(self._insert(s, SessionRow, new, ("id",)))
             # Lock the session rows (PostgreSQL) so that concurrent batches recompute counters in turn.
             s.execute(select(SessionRow.id).where(SessionRow.id.in_(ids)).order_by(SessionRow.id).with_for_update())
-            counts["turns"] = self._insert(s, TurnRow, [to_row(t) for t in turns], ("session_id", "turn"),
-                                           longer_wins=True)
-            counts["alerts"] = self._insert(s, AlertRow, [to_row(a) for a in alerts], ("event_id",))
-            counts["interventions"] = self._insert(s, InterventionRow, [to_row(i) for i in interventions],
-                                                   ("session_id", "turn", "token_index", "config_id"))
+            self._insert(s, MessageRow, messages, ("session_id", "hash"))
+            written = {
+                "turn": self._insert(s, TurnRow, turn_rows, ("session_id", "turn"), longer_wins=True),
+                "context": self._insert(s, TurnContextRow, contexts, ("session_id", "turn")),
+                "alert": self._insert(s, AlertRow, [to_row(a) for a in alerts], ("event_id",)),
+                "intervention": self._insert(s, InterventionRow, [to_row(i) for i in interventions],
+                                             ("session_id", "turn", "token_index", "config_id")),
+                "alert_update": self._insert(s, AlertUpdateRow, [to_row(u) for u in updates], ("event_id", "action"))}
+            if acked := [u["event_id"] for u in written["alert_update"] if u["action"] == "acknowledged"]:
+                s.execute(update(table(AlertRow)).where(AlertRow.event_id.in_(acked)).values(acknowledged=True))
+            counts.update(turns=len(written["turn"]), alerts=len(written["alert"]),
+                          interventions=len(written["intervention"]), updates=len(written["alert_update"]))
+            append_links(s, [(kind, row) for kind, rows in written.items() for row in rows], now)
             if any(counts.values()):  # a pure replay changes nothing, not even updated_at
                 self._refresh(s, ids, turns, alerts, interventions, now)
         return counts
@@ -210,9 +233,47 @@ class Store:
             row.delivery_status, row.attempts, row.last_error = status, attempts, last_error
             return True
 
-    def acknowledge_alert(self, event_id: str) -> None:
-        with self._tx(write=True) as s:
-            self._alert(s, event_id).acknowledged = True
+    def acknowledge_alert(self, event_id: str, by: str, note: str = "") -> dict[str, Any]:
+        """Record who acknowledged an alert (an ``acknowledged`` alert update, in the session's chain);
+        the stored update (the first one, when it was acknowledged already)."""
+        need(is_name(by) and len(by) <= 200, f"an acknowledgement needs who made it (by, 1-200 characters), not {by!r}")
+        need(isinstance(note, str) and len(note) <= 2000, "an acknowledgement's note must be at most 2000 characters")
+        with self._tx() as s:
+            row = s.get(AlertRow, event_id)
+            if row is None:
+                raise NotFoundError(f"no alert with event id {event_id!r}")
+            sid = row.session_id
+        self.write(updates=[AlertUpdate(sid, event_id, "acknowledged", by=by, note=note)])
+        with self._tx() as s:
+            return raw_row(s.get(AlertUpdateRow, (event_id, "acknowledged")))
+
+    def resolve_id(self, kind: str, prefix: str) -> str:
+        """The one stored session (``kind`` "session") or alert ("alert") id that is ``prefix`` or starts with it."""
+        need(kind in ("session", "alert"), f"kind must be session or alert, not {kind!r}")
+        need(is_name(prefix), f"a {kind} id must be a non-empty string, not {prefix!r}")
+        col = SessionRow.id if kind == "session" else AlertRow.event_id
+        with self._tx() as s:
+            if s.scalar(select(col).where(col == prefix)) is not None:
+                return prefix
+            like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            found = list(s.scalars(select(col).where(col.like(like, escape="\\")).order_by(col).limit(6)))
+        if not found:
+            raise NotFoundError(f"no {kind} {prefix!r} in the store")
+        if len(found) > 1:
+            raise InputError(f"{kind} id prefix {prefix!r} is ambiguous: " + ", ".join(found[:5])
+                             + (", ..." if len(found) > 5 else ""))
+        return found[0]
+
+    def verify_session(self, session_id: str) -> dict[str, Any]:
+        """Check the session's hash chain against its rows (monitor/store/chain.py ``verify``)."""
+        with self._tx() as s:
+            if s.get(SessionRow, session_id) is None:
+                raise NotFoundError(f"no session {session_id!r} in the store")
+            return {"session_id": session_id, **verify_chain(s, session_id)}
+
+    def session_ids(self) -> list[str]:
+        with self._tx() as s:
+            return list(s.scalars(select(SessionRow.id).order_by(SessionRow.created_at, SessionRow.id)))
 
     def mark_interrupted(self, session_id: str) -> None:
         """Flag a session whose generation was cut off (creating its row if nothing was written yet)."""
@@ -245,18 +306,28 @@ class Store:
             return [from_row(r) for r in s.scalars(q.limit(limit))]
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
-        """The session with its turns (scores decoded), alerts and interventions; None if unknown."""
+        """The session with its turns (scores decoded; an assistant turn with ``input_head``,
+        ``diverged_at`` and ``tracker`` where stored), alerts (each with ``status``: open, acknowledged or
+        resolved, and its ``updates``), interventions, ``messages`` (hash -> node: ``conversation.walk``
+        gives any turn's input) and ``peak_state``; None if unknown."""
         with self._tx() as s:
             if (row := s.get(SessionRow, session_id)) is None:
                 return None
             d = from_row(row)
             for key, model, order in (("turns", TurnRow, ("turn",)), ("alerts", AlertRow, ("turn", "token_index")),
-                                      ("interventions", InterventionRow, ("turn", "token_index", "config_id"))):
-                q = select(model).where(model.session_id == session_id)
-                q = q.order_by(*(getattr(model, c) for c in order), model.created_at)
+                                      ("interventions", InterventionRow, ("turn", "token_index", "config_id")),
+                                      ("updates", AlertUpdateRow, ("created_at", "action"))):
+                q = select(model).where(model.session_id == session_id)  # type: ignore[attr-defined]
+                q = q.order_by(*(getattr(model, c) for c in order), model.created_at)  # type: ignore[attr-defined]
                 d[key] = [from_row(r) for r in s.scalars(q)]
-            return d
-
+            ctx = {c.turn: raw_row(c) for c in s.scalars(select(TurnContextRow).where(TurnContextRow.session_id == session_id))}
+            d["messages"] = {m.hash: {"h": m.hash, "p": m.parent, "role": m.role, "content": m.content}
+                             for m in s.scalars(select(MessageRow).where(MessageRow.session_id == session_id))}
+        for t in d["turns"]:
+            c = ctx.get(t["turn"]) or {}
+            t.update(input_head=c.get("input_head"), diverged_at=c.get("diverged_at"), tracker=c.get("tracker"))
+        lifecycle(d)
+        return d
     def list_alerts(self, status: str | None = None, limit: int = 100, session_id: str | None = None,
                     level: str | None = None, acknowledged: bool | None = None) -> list[dict]:
         """Alerts newest first, optionally only those with one delivery status, of one session, at one
@@ -269,14 +340,20 @@ class Store:
         where += [AlertRow.acknowledged.is_(acknowledged)] if acknowledged is not None else []
         q = select(AlertRow).where(*where).order_by(AlertRow.created_at.desc(), AlertRow.event_id)
         with self._tx() as s:
-            return [from_row(a) for a in s.scalars(q.limit(limit))]
+            d = {"alerts": [from_row(a) for a in s.scalars(q.limit(limit))], "turns": []}
+            ids = [a["event_id"] for a in d["alerts"]]
+            d["updates"] = [from_row(u) for u in s.scalars(select(AlertUpdateRow).where(AlertUpdateRow.event_id.in_(ids)))]
+        lifecycle(d)
+        return d["alerts"]
 
     def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
-        """Unacknowledged alerts per session (sessions without any are left out)."""
+        """Open alerts (neither acknowledged nor resolved) per session (sessions without any are left out)."""
         if not session_ids:
             return {}
+        resolved = select(AlertUpdateRow.event_id).where(AlertUpdateRow.action == "resolved")
         q = (select(AlertRow.session_id, func.count()).where(AlertRow.session_id.in_(list(session_ids)),
-                                                            AlertRow.acknowledged.is_(False))
+                                                            AlertRow.acknowledged.is_(False),
+                                                            AlertRow.event_id.not_in(resolved))
              .group_by(AlertRow.session_id))
         with self._tx() as s:
             return {sid: int(n) for sid, n in s.execute(q)}
@@ -326,15 +403,43 @@ class Store:
 
 
     def session_meta(self, session_id: str) -> dict[str, Any] | None:
-        """What a restarted engine needs to continue a session: source, policy, capped, the next free
-        turn number, and ``history``: (turn, scores) of every scored turn in order, the scores the drift
-        tracker followed (pre-cap where capping acted), to rebuild its reference and running score
-        (None when the session is unknown)."""
-        with self._tx() as s:
-            if (row := s.get(SessionRow, session_id)) is None:
-                return None
-            q = select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.turn, TurnRow.created_at)
-            turns = [from_row(r) for r in s.scalars(q)]
-            return {"source": row.source, "policy": row.policy, "capped": bool(row.capped),
-                    "next_turn": int(turns[-1]["turn"]) + 1 if turns else 0,
-                    "history": [(d["turn"], d["pre_cap_scores"] or d["scores"]) for d in turns if d.get("scores")]}
+        """What a restarted engine needs to continue a session (None when unknown): source, policy,
+        capped, the next free turn number, ``tracker`` (the drift tracker's snapshot after the last
+        turn that stored one) and ``history``: (turn, scores) of the scored turns after it, the scores the
+        tracker followed (pre-cap where capping acted), replayed on top; ``open_alerts``: (event id,
+        level) of the alerts not yet resolved; ``conversation``: the message hashes of the stored
+        conversation (the last assistant turn's input and its reply), to tell an edited history."""
+        d = self.get_session(session_id)
+        if d is None:
+            return None
+        turns = d["turns"]
+        snap = next((t for t in reversed(turns) if t.get("tracker")), None)
+        after = snap["turn"] if snap else -1
+        last = next((t for t in reversed(turns) if t["role"] == "assistant" and t.get("input_head")), None)
+        conversation = [n["h"] for n in walk(last["input_head"], d["messages"])] if last else []
+        if last:
+            conversation.append(node_hash(last["input_head"], "assistant", last["text"]))
+        return {"source": d["source"], "policy": d["policy"], "capped": bool(d["capped"]),
+                "next_turn": int(turns[-1]["turn"]) + 1 if turns else 0,
+                "tracker": snap["tracker"] if snap else None, "conversation": conversation,
+                "open_alerts": [(a["event_id"], a["level"]) for a in d["alerts"] if a["status"] != "resolved"],
+                "history": [(t["turn"], t["pre_cap_scores"] or t["scores"]) for t in turns
+                            if t.get("scores") and t["turn"] > after]}
+
+
+def lifecycle(d: dict[str, Any]) -> None:
+    """Each alert's ``status`` (open, acknowledged, resolved: the latest that applies), who acknowledged
+    it and when, when it resolved, and the session's ``peak_state`` (the worst state any turn ended in
+    or any alert reached) and ``open_alerts`` (not resolved, not acknowledged)."""
+    by_event: dict[str, dict] = {}
+    for u in d["updates"]:
+        by_event.setdefault(u["event_id"], {})[u["action"]] = u
+    for a in d["alerts"]:
+        ups = by_event.get(a["event_id"], {})
+        ack, res = ups.get("acknowledged"), ups.get("resolved")
+        a.update(status="resolved" if res else "acknowledged" if ack else "open",
+                 acknowledged_by=ack and ack["by"], acknowledged_at=ack and ack["created_at"],
+                 resolved_at=res and res["created_at"])
+    levels = [t["state"] for t in d["turns"] if t["role"] == "assistant"] + [a["level"] for a in d["alerts"]]
+    d["peak_state"] = max(levels, key=STATES.index) if levels else d.get("state", "ok")
+    d["open_alerts"] = sum(a["status"] == "open" for a in d["alerts"])

@@ -4,13 +4,16 @@ owns those; the tables are in monitor/store/schema.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from array import array
 from collections.abc import Iterable
 from typing import Any
 
 from monitor.errors import InputError
-from monitor.records import POLICIES, SOURCES, STATES, AlertEvent, InterventionRecord, TurnRecord
+from monitor.conversation import verify_node
+from monitor.records import ALERT_ACTIONS, POLICIES, SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
 from monitor.store.schema import Base, TurnRow, table
 
 DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
@@ -47,14 +50,28 @@ def one_of(value: Any, allowed: tuple, what: str, optional: bool = True) -> None
 is_int = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
 is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
 is_name = lambda x: isinstance(x, str) and bool(x)  # noqa: E731
+is_text = lambda x: isinstance(x, str)  # noqa: E731
+opt_int = lambda x: x is None or (is_int(x) and x >= 0)  # noqa: E731
+_NODE_KEYS = {"h", "p", "role", "content"}
+
+
+def _nodes_ok(x: Any) -> bool:
+    return x is None or (isinstance(x, list) and all(
+        isinstance(n, dict) and set(n) == _NODE_KEYS and all(isinstance(n[k], str) for k in _NODE_KEYS)
+        and verify_node(n) for n in x))
+
 
 _FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a predicate or the allowed values
     TurnRecord: dict(turn=lambda x: is_int(x) and x >= 0, role=ROLES, layer=is_int, state=STATES, source=SOURCES,
                      text=lambda x: isinstance(x, str), model_id=lambda x: isinstance(x, str), created_at=is_num,
                      running=lambda x: x is None or is_num(x), policy=lambda x: x is None or x in POLICIES,
-                     tokens=lambda x: isinstance(x, list) and all(isinstance(t, str) for t in x)),
+                     tokens=lambda x: isinstance(x, list) and all(isinstance(t, str) for t in x),
+                     input_head=lambda x: x is None or is_name(x), input=_nodes_ok, diverged_at=opt_int,
+                     tracker=lambda x: x is None or isinstance(x, dict)),
     AlertEvent: dict(event_id=is_name, turn=is_int, token_index=is_int, level=LEVELS, policy=POLICIES, score=is_num,
-                     threshold=is_num, created_at=is_num),
+                     threshold=is_num, created_at=is_num, excerpt=is_text),
+    AlertUpdate: dict(event_id=is_name, action=ALERT_ACTIONS, by=is_name, note=is_text, turn=opt_int,
+                      token_index=opt_int, created_at=is_num),
     InterventionRecord: dict(turn=is_int, token_index=is_int, config_id=is_name, created_at=is_num,
                              thresholds=lambda x: isinstance(x, dict) and all(is_num(v) for v in x.values()),
                              layers=lambda x: isinstance(x, list) and all(is_int(v) for v in x)),
@@ -83,6 +100,10 @@ def to_row(r: Any) -> dict[str, Any]:
         v = getattr(r, name)
         need(v in ok if isinstance(ok, tuple) else ok(v),
              f"{where}: bad {name} {v!r}" + (f", expected one of {ok}" if isinstance(ok, tuple) else ""))
+    if isinstance(r, AlertEvent):
+        return {**r.to_dict(), "excerpt": clean_text(r.excerpt)}
+    if isinstance(r, AlertUpdate):
+        return {**r.to_dict(), "by": clean_text(r.by), "note": clean_text(r.note)}
     if not isinstance(r, TurnRecord):
         return r.to_dict()
     scores, n = _pack(r.scores, f"{where}: scores"), len(r.scores)
@@ -106,3 +127,55 @@ def from_row(obj: Base) -> dict[str, Any]:
         bits = obj.capped  # token i is bit i % 8 of byte i // 8
         d["capped"] = None if bits is None else [bool(bits[i >> 3] >> (i & 7) & 1) for i in range(len(d["scores"]))]
     return d
+
+
+def context_row(r: TurnRecord) -> dict[str, Any] | None:
+    """The turn_context row of a checked turn record (None when it carries no input and no drift state)."""
+    if r.input_head is None and r.tracker is None:
+        return None
+    return dict(session_id=r.session_id, turn=r.turn, input_head=r.input_head, diverged_at=r.diverged_at,
+                tracker=r.tracker, created_at=r.created_at)
+
+
+def message_rows(r: TurnRecord) -> list[dict[str, Any]]:
+    return [dict(session_id=r.session_id, hash=n["h"], parent=n["p"], role=n["role"], content=clean_text(n["content"]))
+            for n in r.input or ()]
+
+
+# ---------------------------------------------------------------- the hash chain's record digests
+CHAINED = ("turn", "context", "alert", "intervention", "alert_update")
+_VOLATILE = {"turn": {"id"}, "intervention": {"id"},  # the delivery state changes by design
+             "alert": {"delivery_status", "attempts", "last_error", "acknowledged"}}
+
+
+def chain_key(kind: str, row: dict[str, Any]) -> str:
+    """The record's key within its session, as the chain names it."""
+    if kind in ("turn", "context"):
+        return str(row["turn"])
+    if kind == "alert":
+        return str(row["event_id"])
+    if kind == "alert_update":
+        return f"{row['event_id']}:{row['action']}"
+    return f"{row['turn']}:{row['token_index']}:{row['config_id']}"
+
+
+def _plain(v: Any) -> Any:
+    return v.hex() if isinstance(v, (bytes, bytearray, memoryview)) else v
+
+
+def content_digest(kind: str, row: dict[str, Any]) -> str:
+    """SHA-256 of a stored row's columns (the ones that never change after the write), canonical JSON:
+    the same from the dict that was inserted and from the row read back."""
+    skip = _VOLATILE.get(kind, set())
+    d = {k: _plain(bytes(v) if isinstance(v, memoryview) else v) for k, v in row.items() if k not in skip}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                     default=str).encode()).hexdigest()
+
+
+def link_digest(prev: str, kind: str, key: str, content: str) -> str:
+    return hashlib.sha256(json.dumps([prev, kind, key, content], separators=(",", ":")).encode()).hexdigest()
+
+
+def raw_row(obj: Base) -> dict[str, Any]:
+    """A row's columns as stored (no decoding): what :func:`content_digest` reads back."""
+    return {c.key: getattr(obj, c.key) for c in table(type(obj)).columns}

@@ -6,7 +6,21 @@ Per-token scores are stored per turn as little-endian float32 bytes (see the sto
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, LargeBinary, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -75,6 +89,7 @@ class AlertRow(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     acknowledged: Mapped[bool] = mapped_column(default=False)
+    excerpt: Mapped[str | None] = mapped_column(Text)  # version 3
 
 
 class InterventionRow(Base):
@@ -99,6 +114,52 @@ class SpillRow(Base):
     created_at: Mapped[float]
 
 
+class MessageRow(Base):
+    """A message some turn's input held, once per session (monitor/conversation.py: hash of parent, role, content)."""
+    __tablename__ = "messages"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    hash: Mapped[str] = mapped_column(String, primary_key=True)
+    parent: Mapped[str] = mapped_column(String)
+    role: Mapped[str]
+    content: Mapped[str] = mapped_column(Text)
+
+
+class TurnContextRow(Base):
+    """What an assistant turn was generated (or scored) from, and the drift state it left."""
+    __tablename__ = "turn_context"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    turn: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    input_head: Mapped[str | None]  # the last input message (messages.hash); its parents are the rest
+    diverged_at: Mapped[int | None]  # the first input message that differed from the stored history
+    tracker: Mapped[dict | None] = mapped_column(JSON)  # DriftTracker.snapshot() after the turn
+    created_at: Mapped[float]
+
+
+class AlertUpdateRow(Base):
+    __tablename__ = "alert_updates"
+    event_id: Mapped[str] = mapped_column(String, primary_key=True)
+    action: Mapped[str] = mapped_column(String, primary_key=True)  # acknowledged | resolved
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    by: Mapped[str]
+    note: Mapped[str] = mapped_column(Text)
+    turn: Mapped[int | None]
+    token_index: Mapped[int | None]
+    created_at: Mapped[float]
+
+
+class ChainRow(Base):
+    """A session's hash chain: one link per stored record (turn, context, alert, intervention, alert update),
+    ``digest = sha256(previous digest, kind, key, content)`` where content is the record's own digest."""
+    __tablename__ = "chain"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str]
+    key: Mapped[str]
+    content: Mapped[str]
+    digest: Mapped[str]
+    created_at: Mapped[float]
+
+
 class SchemaVersion(Base):
     __tablename__ = "schema_version"
     version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
@@ -110,9 +171,25 @@ class SchemaVersion(Base):
 # Version 1 builds its tables from the models; the first migration that alters one must first paste
 # its version-1 definition into _v1 as Core (test_migrated_schema_matches_models checks the result).
 def _v1(conn: Connection) -> None:
-    """Version 1: sessions, turns, alerts, interventions."""
-    tables = [table(m) for m in (SessionRow, TurnRow, AlertRow, InterventionRow)]
-    Base.metadata.create_all(conn, tables=tables, checkfirst=False)
+    """Version 1: sessions, turns, alerts, interventions (alerts as they were then: no excerpt)."""
+    tables = [table(m) for m in (SessionRow, TurnRow, InterventionRow)]
+    Base.metadata.create_all(conn, tables=[tables[0], tables[1]], checkfirst=False)
+    _ALERTS_V1.create(conn, checkfirst=False)
+    Base.metadata.create_all(conn, tables=[tables[2]], checkfirst=False)
+
+
+_V1 = MetaData()
+Table("sessions", _V1, Column("id", String, primary_key=True))  # for the foreign key only; never created from here
+_ALERTS_V1 = Table(
+    "alerts", _V1,
+    Column("event_id", String, primary_key=True),
+    Column("session_id", String, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("turn", Integer, nullable=False), Column("token_index", Integer, nullable=False),
+    Column("level", String, nullable=False), Column("score", Float, nullable=False),
+    Column("threshold", Float, nullable=False), Column("policy", String, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("delivery_status", String, nullable=False, index=True), Column("attempts", Integer, nullable=False),
+    Column("last_error", Text), Column("acknowledged", Boolean, nullable=False))
 
 
 def _v2(conn: Connection) -> None:
@@ -120,5 +197,13 @@ def _v2(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[table(SpillRow)], checkfirst=False)
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """Version 3: audit-grade records: the messages each turn was given, its context and drift state,
+    alert excerpts and updates (acknowledged, resolved), and each session's hash chain."""
+    conn.exec_driver_sql("ALTER TABLE alerts ADD COLUMN excerpt TEXT")
+    Base.metadata.create_all(conn, tables=[table(m) for m in (MessageRow, TurnContextRow, AlertUpdateRow, ChainRow)],
+                             checkfirst=False)
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)

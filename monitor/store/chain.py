@@ -1,0 +1,116 @@
+"""Each session's tamper-evident trail: a hash chain over every record the store writes for it.
+
+A link is ``(seq, kind, key, content, digest)``: ``content`` is the SHA-256 of the record's row as
+written (monitor/store/rows.py ``content_digest``: the columns that never change after the write;
+an alert's delivery state and its acknowledged flag are not among them, its acknowledgement is a
+record of its own), ``digest = sha256(previous digest, kind, key, content)``. Links are appended
+in the transaction that writes the records, under the session row's lock. A record written again
+with more content (a whole reply over a partial one a recovery stored) gets a new link; the
+last link of a key is the one its row must match.
+
+:func:`verify` recomputes it all from the rows and names the first link or row that does not match:
+an edited column, a deleted or inserted row, an edited or removed link, a message whose text no
+longer hashes to its id. Someone who can rewrite the whole database can rebuild a consistent chain
+too: record the head digest elsewhere (``axiswatch sessions verify`` prints it) to pin it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from monitor.conversation import verify_node
+from monitor.store.rows import CHAINED, chain_key, content_digest, link_digest, raw_row
+from monitor.store.schema import (
+    AlertRow,
+    AlertUpdateRow,
+    Base,
+    ChainRow,
+    InterventionRow,
+    MessageRow,
+    TurnContextRow,
+    TurnRow,
+    table,
+)
+
+MODELS: dict[str, type[Base]] = {"turn": TurnRow, "context": TurnContextRow, "alert": AlertRow,
+                                 "intervention": InterventionRow, "alert_update": AlertUpdateRow}
+
+
+def append_links(s: Session, written: list[tuple[str, dict[str, Any]]], now: float) -> None:
+    """Link the rows just written (``(kind, row as inserted)``) into their sessions' chains, oldest first."""
+    if not written:
+        return
+    ids = sorted({row["session_id"] for _, row in written})
+    last = (select(ChainRow.session_id, func.max(ChainRow.seq).label("seq")).where(ChainRow.session_id.in_(ids))
+            .group_by(ChainRow.session_id).subquery())
+    heads = {sid: (seq, digest) for sid, seq, digest in s.execute(
+        select(ChainRow.session_id, ChainRow.seq, ChainRow.digest)
+        .join(last, (ChainRow.session_id == last.c.session_id) & (ChainRow.seq == last.c.seq)))}
+    links = []
+    order = sorted(written, key=lambda kr: (kr[1]["session_id"], float(kr[1].get("created_at") or 0.0),
+                                            CHAINED.index(kr[0]), chain_key(*kr)))
+    for kind, row in order:
+        sid, key = row["session_id"], chain_key(kind, row)
+        seq, prev = heads.get(sid, (-1, ""))
+        content = content_digest(kind, row)
+        digest = link_digest(prev, kind, key, content)
+        heads[sid] = (seq + 1, digest)
+        links.append(dict(session_id=sid, seq=seq + 1, kind=kind, key=key, content=content, digest=digest,
+                          created_at=now))
+    s.execute(insert(table(ChainRow)), links)
+
+
+def verify(s: Session, session_id: str) -> dict[str, Any]:
+    """``{"ok", "links", "head", "problems": [{"seq", "kind", "key", "problem"}]}``, problems in chain order
+    (rows missing from the chain after them, then messages)."""
+    links = list(s.scalars(select(ChainRow).where(ChainRow.session_id == session_id).order_by(ChainRow.seq)))
+    rows: dict[tuple[str, str], dict] = {}
+    for kind, model in MODELS.items():
+        for obj in s.scalars(select(model).where(model.session_id == session_id)):  # type: ignore[attr-defined]
+            d = raw_row(obj)
+            rows[(kind, chain_key(kind, d))] = d
+    problems: list[dict[str, Any]] = []
+
+    def bad(seq: int | None, kind: str, key: str, problem: str) -> None:
+        problems.append({"seq": seq, "kind": kind, "key": key, "problem": problem})
+
+    last_of = {(ln.kind, ln.key): ln.seq for ln in links}
+    prev = ""
+    for i, ln in enumerate(links):
+        if ln.seq != i:
+            bad(ln.seq, ln.kind, ln.key, f"link {i} is missing (the chain jumps to {ln.seq})")
+        if ln.digest != link_digest(prev, ln.kind, ln.key, ln.content):
+            bad(ln.seq, ln.kind, ln.key, "the link's digest does not follow from the previous link (link edited)")
+        prev = ln.digest
+        if last_of[(ln.kind, ln.key)] != ln.seq:
+            continue  # superseded by a later write of the same record
+        row = rows.get((ln.kind, ln.key))
+        if row is None:
+            bad(ln.seq, ln.kind, ln.key, "the record was deleted")
+        elif content_digest(ln.kind, row) != ln.content:
+            bad(ln.seq, ln.kind, ln.key, "the record does not match what was written (edited)")
+    for kind, key in sorted(set(rows) - set(last_of)):
+        bad(None, kind, key, "the record is not in the chain (inserted outside axiswatch)")
+    acks = {k.split(":")[0] for kind, k in rows if kind == "alert_update" and k.endswith(":acknowledged")}
+    for (kind, key), row in sorted(rows.items()):
+        if kind == "alert" and row.get("acknowledged") and key not in acks:
+            bad(None, kind, key, "marked acknowledged without an acknowledgement record")
+    nodes = {m.hash: raw_row(m) for m in s.scalars(select(MessageRow).where(MessageRow.session_id == session_id))}
+    for h, m in sorted(nodes.items()):
+        if not verify_node({"h": h, "p": m["parent"], "role": m["role"], "content": m["content"]}):
+            bad(None, "message", h[:16], "the message's text no longer hashes to its id (edited)")
+    whole: set[str] = set()  # messages whose chain back to the first message is complete
+    for (kind, key), row in sorted(rows.items()):
+        head, path = (row.get("input_head") if kind == "context" else None), []
+        while head and head not in whole:
+            if head not in nodes:
+                bad(None, kind, key, f"input message {head[:16]} is missing")
+                path = []
+                break
+            path.append(head)
+            head = nodes[head]["parent"]
+        whole.update(path)
+    return {"ok": not problems, "links": len(links), "head": prev or None, "problems": problems}
