@@ -55,6 +55,12 @@ class CompletionBody(BaseModel):
     policy: Literal["observe", "flag", "cap"] | None = None
 
 
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=200, description="who acknowledges (an e-mail, a name, an on-call handle)")
+    note: str = Field(default="", max_length=2000)
+
+
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -148,6 +154,10 @@ AUDIT_BODY = {"required": True, "content": {"application/json": {"schema": {"any
     {"type": "array", "items": _MESSAGE, "minItems": 1}]}}}}
 
 
+def _events(res: ChatResult) -> dict:
+    return {"alerts": [a.to_dict() for a in res.alerts], "interventions": [i.to_dict() for i in res.interventions]}
+
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
@@ -208,7 +218,7 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
                 "usage": _usage(req, res),
                 "axiswatch": {"session_id": res.session_id, "turn": res.turn, "layer": res.layer, "scores": res.scores,
                               "mean": res.mean, "state": res.state, "running": res.running, "drift": res.drift,
-                              "reference": res.reference, "capped": res.capped},
+                              "reference": res.reference, "capped": res.capped, **_events(res)},
             }, headers=headers)
 
         loop = asyncio.get_running_loop()
@@ -240,7 +250,7 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
             yield chunk({}, res.finish_reason, {"session_id": res.session_id, "turn": res.turn, "layer": res.layer,
                                                 "mean": res.mean, "state": res.state, "running": res.running,
                                                 "drift": res.drift, "reference": res.reference,
-                                                "capped": res.capped})
+                                                "capped": res.capped, **_events(res)})
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
@@ -290,6 +300,12 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
         rows = await asyncio.to_thread(store.list_sessions, state=state, source=source, limit=min(max(limit, 1), 1000))
         return {"sessions": rows}
 
+    @app.get("/v1/sessions/{session_id:path}/verify")
+    async def verify_session(session_id: str) -> Any:
+        """Check the session's hash chain against its stored records (``axiswatch sessions verify``)."""
+        _need_store()
+        return await asyncio.to_thread(store.verify_session, session_id)
+
     @app.get("/v1/sessions/{session_id:path}")  # an audit id may hold a "/"
     async def get_session(session_id: str) -> Any:
         _need_store()
@@ -297,6 +313,19 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
         if s is None:
             return _error(404, f"no session {session_id!r}", "NotFound")
         return s
+
+    @app.get("/v1/alerts")
+    async def list_alerts(session_id: str | None = None, level: str | None = None, limit: int = 100) -> Any:
+        _need_store()
+        rows = await asyncio.to_thread(store.list_alerts, session_id=session_id, level=level,
+                                       limit=min(max(limit, 1), 1000))
+        return {"alerts": rows}
+
+    @app.post("/v1/alerts/{event_id}/acknowledge")
+    async def acknowledge(event_id: str, body: AckBody) -> Any:
+        """Acknowledge an alert: who and when are stored with it (in the session's hash chain)."""
+        _need_store()
+        return await asyncio.to_thread(store.acknowledge_alert, event_id, body.by, body.note)
 
     def _need_store():
         if store is None:

@@ -22,7 +22,7 @@ def chain(messages: Iterable[Mapping], parent: str = "") -> list[dict]:
     """The nodes of these messages (``role``, ``content``), in order, after ``parent``."""
     out = []
     for m in messages:
-        role, content = str(m["role"]), str(m["content"])
+        role, content = str(m["role"]), str(m["content"]).replace("\x00", "\ufffd")  # as every store keeps text
         h = node_hash(parent, role, content)
         out.append({"h": h, "p": parent, "role": role, "content": content})
         parent = h

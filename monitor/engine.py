@@ -23,9 +23,10 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from monitor.backends import Backend, Job, TokenEvent
+from monitor.conversation import chain, divergence, node_hash
 from monitor.drift import DriftConfig, DriftEvent, Thresholds, parse_policy
 from monitor.errors import InputError
-from monitor.records import AlertEvent, InterventionRecord, TurnRecord, new_id
+from monitor.records import STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord, new_id
 from monitor.sessions import Lookup, Session, SessionRegistry
 from monitor.streams import REDIS_DOWN
 from monitor.streams.live import tokens_entry
@@ -197,7 +198,9 @@ class Engine:
             if user:
                 self._publish(TurnRecord(s.id, first, "user", r.messages[-1]["content"], self.layer,
                                          source=s.source, model_id=self.model_id, policy=s.policy))
-            turn = Turn(r, s, first + int(user), Job(r.messages, r.options, s.capped))
+            nodes = chain(r.messages)
+            turn = Turn(r, s, first + int(user), Job(r.messages, r.options, s.capped), input=nodes,
+                        diverged_at=divergence(s.conversation, [n["h"] for n in nodes]))
             turn.job.tag = turn
             s.tracker.update([], turn.number)
             turns.append(turn)
@@ -210,13 +213,15 @@ class Engine:
         calls = []
         for job, ev in events:
             turn: Turn = job.tag
-            for de in turn.add(ev):
+            drift = turn.add(ev)
+            for de in drift:
                 self._on_drift(turn, de)
             if turn.request.on_token is not None:
                 s = turn.session
                 calls.append((turn, {"session_id": s.id, "token_index": len(turn.scores) - 1, "token": ev.piece,
                                      "score": ev.score, "state": s.tracker.state, "drift": s.tracker.drift,
-                                     "capped": s.capped}))
+                                     "capped": s.capped,
+                                     "alerts": [de.level for de in drift if de.kind == "alert"]}))
         for job in ended:
             job.tag.ended = True
         self._flush({job.tag for job, _ in events} | {job.tag for job in ended})
@@ -227,15 +232,38 @@ class Engine:
     def _on_drift(self, turn: Turn, ev: DriftEvent) -> None:
         s, idx = turn.session, len(turn.scores) - 1
         if ev.kind == "alert":
-            a = AlertEvent(s.id, turn.number, idx, ev.level, ev.running, ev.threshold, policy=s.policy)
+            a = AlertEvent(s.id, turn.number, idx, ev.level, ev.running, ev.threshold, policy=s.policy,
+                           excerpt=turn.excerpt(idx))
             turn.alerts.append(a)
+            s.open_alerts.append((a.event_id, a.level))
             self._publish(a)  # alerted now, not at the end of the turn
+        elif ev.kind == "resolve":
+            self._resolve(s, ev, turn.number)
         elif ev.kind == "cap" and not s.capped:
             s.capped = turn.job.capped = True  # the backend caps this request from its next token
             iv = InterventionRecord(s.id, turn.number, idx + 1, self.capping.id, self.thresholds.as_dict(),
                                     list(self.capping.layers))
             turn.interventions.append(iv)
             self._publish(iv)
+
+    def _resolve(self, s: Session, ev: DriftEvent, turn: int) -> None:
+        """The session's state fell below these alerts' levels (past the hysteresis, for the dwell): resolved."""
+        keep = []
+        for event_id, level in s.open_alerts:
+            if STATES.index(level) > STATES.index(ev.level):
+                self._publish(AlertUpdate(s.id, event_id, "resolved", turn=turn, token_index=ev.token_index))
+            else:
+                keep.append((event_id, level))
+        s.open_alerts = keep
+
+    def _input(self, s: Session, nodes: list[dict], reply: str) -> tuple[str | None, list[dict]]:
+        """The head of a turn's input and the nodes the store may lack; the session's conversation is now
+        that input and its reply."""
+        head = nodes[-1]["h"] if nodes else None
+        new = [n for n in nodes if n["h"] not in s.sent]
+        s.sent.update(n["h"] for n in new)
+        s.conversation = [n["h"] for n in nodes] + [node_hash(head or "", "assistant", reply)]
+        return head, new
 
     def _finish(self, turns: list[Turn]) -> list[ChatResult]:
         """Every tracker's turn ends before any I/O; then the turn records; only then are the tails
@@ -246,11 +274,13 @@ class Engine:
             t.ended = True
         self._flush(rest)
         for t, summary in zip(turns, summaries):
-            capped_any = any(t.cap_flags)
-            self._publish(TurnRecord(t.session.id, t.number, "assistant", t.job.text, self.layer, t.tokens, t.scores,
+            capped_any, s = any(t.cap_flags), t.session
+            head, new = self._input(s, t.input, t.job.text)
+            self._publish(TurnRecord(s.id, t.number, "assistant", t.job.text, self.layer, t.tokens, t.scores,
                                      t.pre_cap_scores if capped_any else None, t.cap_flags if capped_any else None,
-                                     summary.state, summary.running, t.session.source, self.model_id,
-                                     policy=t.session.policy))
+                                     summary.state, summary.running, s.source, self.model_id, policy=s.policy,
+                                     input_head=head, input=new, diverged_at=t.diverged_at,
+                                     tracker=s.tracker.snapshot()))
         self._flush(set(turns), final=True)
         return [t.result(self.layer, summary) for t, summary in zip(turns, summaries)]
 
@@ -312,6 +342,7 @@ class Engine:
         if s.source != source:
             raise InputError(f"session {s.id!r} is a {s.source} session; give the {source} transcript another id")
         scored = {t.index: t for t in self.backend.score_conversation(messages)}
+        nodes = chain(messages)
         out_turns, alerts = [], []
         for i, m in enumerate(messages):
             if i < s.next_turn:
@@ -321,15 +352,22 @@ class Engine:
                 self._publish(TurnRecord(s.id, i, m["role"], m["content"], self.layer, source=source,
                                          model_id=self.model_id, policy=s.policy))
                 continue
-            new = [AlertEvent(s.id, i, ev.token_index, ev.level, ev.running, ev.threshold, policy=s.policy)
-                   for ev in s.tracker.update(t.scores, i) if ev.kind == "alert"]
+            events = s.tracker.update(t.scores, i)
             summary = s.tracker.end_turn()
-            for a in new:
-                self._publish(a)
-            alerts += new
+            for ev in events:
+                if ev.kind == "alert":
+                    a = AlertEvent(s.id, i, ev.token_index, ev.level, ev.running, ev.threshold, policy=s.policy,
+                                   excerpt="".join(t.tokens[:ev.token_index + 1])[-200:])
+                    s.open_alerts.append((a.event_id, a.level))
+                    self._publish(a)
+                    alerts.append(a)
+                elif ev.kind == "resolve":
+                    self._resolve(s, ev, i)
+            head, new = self._input(s, nodes[:i], m["content"])
             self._publish(TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
                                      state=summary.state, running=summary.running, source=source,
-                                     model_id=self.model_id, policy=s.policy))
+                                     model_id=self.model_id, policy=s.policy, input_head=head, input=new,
+                                     tracker=s.tracker.snapshot()))
             out_turns.append(t.as_dict())
         s.next_turn = max(s.next_turn, len(messages))
         return {"id": s.id, "model": self.model_id, "layer": self.layer, "turns": out_turns,

@@ -2,8 +2,9 @@
 
 A session is created on first use. When the registry is full the least recently used session leaves
 memory; the store keeps its turns, and a later request continues it through ``lookup`` (a restart,
-another replica, an eviction): its source, policy, capping, next turn number and, replayed from its
-stored turns' scores, its drift tracker's reference, running score and state.
+another replica, an eviction): its source, policy, capping, next turn number, its drift tracker (restored
+from the snapshot stored with its last turn, then any later stored scores replayed on top), its open
+alerts, and the conversation as stored (to tell when a client's history differs from it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from monitor.drift import DriftConfig, DriftTracker, Thresholds, parse_policy
 from monitor.errors import InputError, StoreError
@@ -20,7 +21,7 @@ from monitor.records import new_id
 
 log = logging.getLogger(__name__)
 
-# what a lookup returns for a stored session: {source, policy, capped, next_turn, history}
+# what a lookup returns for a stored session: Store.session_meta's dict
 Lookup = Callable[[str], "dict | None"]
 
 
@@ -32,6 +33,9 @@ class Session:
     source: str = "live"
     next_turn: int = 0  # record index of the next stored turn (user and assistant turns both count)
     capped: bool = False
+    open_alerts: list[tuple[str, str]] = field(default_factory=list)  # (event id, level) not yet resolved
+    conversation: list[str] = field(default_factory=list)  # message hashes of the stored conversation
+    sent: set[str] = field(default_factory=set)  # message hashes already handed to the store
 
 
 class SessionRegistry:
@@ -82,11 +86,20 @@ class SessionRegistry:
         return Session(sid, DriftTracker(self.thresholds, self.drift, pol), pol, source)
 
     def _continue(self, s: Session, known: dict) -> None:
-        """Numbering goes on where the store left it; a capped session stays capped; the tracker's
-        reference, running score and state are replayed from the stored turns (their events were
-        published when they happened), as the dashboard replays them too."""
+        """Numbering goes on where the store left it; a capped session stays capped; the tracker goes on
+        from its stored snapshot (cooldowns, dwell, open alert levels included), and the scores stored
+        after it (a turn recovered from a dead replica's tail) are replayed (their events were published
+        when they happened), as the dashboard replays them too."""
         s.source, s.next_turn = known.get("source") or s.source, int(known.get("next_turn") or 0)
         s.capped = bool(known.get("capped")) and self.can_cap
+        s.open_alerts = [(str(e), str(lv)) for e, lv in known.get("open_alerts") or ()]
+        s.conversation = list(known.get("conversation") or ())
+        s.sent = set(s.conversation[:-1])  # the last is the reply: stored once a later input holds it
+        if known.get("tracker"):
+            try:
+                s.tracker.restore(known["tracker"])
+            except InputError as e:
+                log.warning("session %s: stored drift state not usable (%s); replaying its scores", s.id, e)
         for turn, scores in known.get("history") or ():
             s.tracker.update(list(scores), turn)
             s.tracker.end_turn()

@@ -62,6 +62,8 @@ class Turn:
     alerts: list[AlertEvent] = field(default_factory=list)
     interventions: list[InterventionRecord] = field(default_factory=list)
     pending: list[LiveToken] = field(default_factory=list)  # not yet in the live tail
+    input: list[dict] = field(default_factory=list)  # the request's messages as hash-chain nodes
+    diverged_at: int | None = None  # where they first differ from the session's stored conversation
     ended: bool = False  # the reply is complete (its "ended" live entry is out or due)
 
     def add(self, ev: TokenEvent) -> list[DriftEvent]:
@@ -76,6 +78,10 @@ class Turn:
         self.cap_flags.append(ev.capped)
         self.pending.append(LiveToken(idx, ev.score, ev.piece, ev.capped, ev.pre_cap_score))
         return self.session.tracker.update([ev.pre_cap_score], self.number)
+
+    def excerpt(self, upto: int, chars: int = 200) -> str:
+        """The reply's text up to token ``upto`` (its last ``chars`` characters)."""
+        return "".join(self.tokens[:upto + 1])[-chars:]
 
     def take_pending(self) -> list[LiveToken]:
         out, self.pending = self.pending, []

@@ -22,9 +22,9 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.conversation import node_hash, walk
 from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
-from monitor.conversation import node_hash, walk
 from monitor.store.chain import append_links
 from monitor.store.chain import verify as verify_chain
 from monitor.store.rows import (

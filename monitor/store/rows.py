@@ -11,9 +11,18 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
-from monitor.errors import InputError
 from monitor.conversation import verify_node
-from monitor.records import ALERT_ACTIONS, POLICIES, SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
+from monitor.errors import InputError
+from monitor.records import (
+    ALERT_ACTIONS,
+    POLICIES,
+    SOURCES,
+    STATES,
+    AlertEvent,
+    AlertUpdate,
+    InterventionRecord,
+    TurnRecord,
+)
 from monitor.store.schema import Base, TurnRow, table
 
 DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")

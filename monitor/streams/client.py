@@ -44,7 +44,7 @@ from typing import Any
 
 import redis
 
-from monitor.records import AlertEvent, InterventionRecord, TurnRecord
+from monitor.records import AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ VERSION = "1"
 REDIS_DOWN = (redis.RedisError, OSError)
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)  # no answer at all (vs. an error reply)
 ResponseError = redis.ResponseError  # an error reply: OOM, READONLY, NOGROUP, MISCONF...
-KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
-STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions"}
+KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord, "alert_update": AlertUpdate}
+KIND_OF = {cls: kind for kind, cls in KINDS.items()}
+# an alert's updates share its stream: the webhooks group sees a resolve after its alert
+STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions", "alert_update": "alerts"}
 LAG_SCAN = 2_000  # on Redis 6.2, lag() counts undelivered entries up to this many (it reads them whole)
 GROUPS = {"turns": ("persist",), "alerts": ("persist", "webhooks"), "interventions": ("persist",), "ingest": ("shadow",)}
 
@@ -133,9 +135,9 @@ class Streams:
         args = [v for _, floor, n in items for v in (int(floor), int(n))] + [int(ttl_s)]
         return [int(x) for x in self.r.eval(self._RESERVE, len(keys), *keys, *args)]
 
-    def publish(self, record: TurnRecord | AlertEvent | InterventionRecord, pipe=None) -> None:
+    def publish(self, record: TurnRecord | AlertEvent | InterventionRecord | AlertUpdate, pipe=None) -> None:
         """Append a record to its durable stream (in ``pipe`` when given)."""
-        kind = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}[type(record)]
+        kind = KIND_OF[type(record)]
         fields = {"v": VERSION, "kind": kind, "data": json.dumps(record.to_dict(), separators=(",", ":"))}
         (pipe or self.r).xadd(self.key(STREAM_OF_KIND[kind]), fields)
 

@@ -24,14 +24,11 @@ from collections import deque
 from collections.abc import Callable
 
 from monitor.errors import StoreError
-from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.streams.client import REDIS_DOWN
+from monitor.streams.client import KIND_OF, KINDS, REDIS_DOWN
 
 log = logging.getLogger(__name__)
 
 HARD_LIMIT = 10  # x max_buffer: with Redis and the store both down, the oldest records beyond this go
-KIND = {TurnRecord: "turn", AlertEvent: "alert", InterventionRecord: "intervention"}
-RECORD: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord]] = {v: k for k, v in KIND.items()}
 # REDIS_DOWN: any Redis error means "not stored there": unreachable, but also a full (OOM), read-only
 # (a replica after a failover), or misconfigured (MISCONF) server. The records wait; nothing is dropped.
 
@@ -152,7 +149,7 @@ class Outbox:
             self.stats["lost"] += max(drop, 0)
             log.error("outbox full and no store to spill to: dropped the %d oldest records", max(drop, 0))
             return
-        items = [(KIND[type(r)], r.to_dict()) for r in self._buf]
+        items = [(KIND_OF[type(r)], r.to_dict()) for r in self._buf]
         try:
             self.store.spill(items)
         except StoreError:  # the database is down too: keep them in memory, within a bound
@@ -223,4 +220,4 @@ def publish_batch(streams, records: list) -> None:
 
 def publish_spilled(streams, rows: list[tuple[str, dict]]) -> None:
     """Publish spilled ``(kind, record dict)`` rows (the outbox, or a worker draining a dead replica's spill)."""
-    publish_batch(streams, [RECORD[kind].from_dict(data) for kind, data in rows])
+    publish_batch(streams, [KINDS[kind].from_dict(data) for kind, data in rows])

@@ -18,17 +18,16 @@ import threading
 import time
 
 from monitor.errors import InputError
-from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 from monitor.store import Store
 from monitor.streams import UNREACHABLE, Entry, ResponseError, Streams
+from monitor.streams.client import KINDS
 from monitor.streams.outbox import publish_spilled
 from monitor.workers.recovery import recover_interrupted
 
 log = logging.getLogger(__name__)
 PERSISTED = ("turns", "alerts", "interventions")
 RECOVER_GRACE_S = 12.0  # > a replica's heartbeat period (3 s) and TTL (10 s)
-RECORD: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord]] = {
-    "turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord}
+ARG = {"turn": "turns", "alert": "alerts", "intervention": "interventions", "alert_update": "updates"}  # Store.write's
 
 
 def consumer_name(role: str) -> str:
@@ -100,24 +99,24 @@ class PersistWorker(StreamWorker):
         self.reclaim_idle_ms, self.reclaim_every_s = reclaim_idle_ms, reclaim_every_s
         self._stop = threading.Event()
         self._last_reclaim = 0.0
-        self.written = {"turns": 0, "alerts": 0, "interventions": 0}
+        self.written = {"turns": 0, "alerts": 0, "interventions": 0, "updates": 0}
 
     def _apply(self, entries: list[Entry]) -> None:
         """Write and acknowledge one batch; malformed entries are logged and acknowledged (never retried forever)."""
-        groups: dict[str, list] = {"turn": [], "alert": [], "intervention": []}
+        groups: dict[str, list] = {kind: [] for kind in ARG}
         for e in entries:
             try:
-                groups[e.kind].append(RECORD[e.kind].from_dict(e.data))
+                groups[e.kind].append(KINDS[e.kind].from_dict(e.data))
             except (TypeError, KeyError, AttributeError) as err:
                 log.error("dropping malformed %s entry %s: %s", e.stream, e.id, err)
         try:
-            counts = self.store.write(turns=groups["turn"], alerts=groups["alert"], interventions=groups["intervention"])
+            counts = self.store.write(**{ARG[kind]: recs for kind, recs in groups.items()})
         except InputError:  # one bad record must not block the batch forever: write one by one
             counts = {}
             for kind, recs in groups.items():
                 for rec in recs:
                     try:
-                        c = self.store.write(**{kind + "s": [rec]})
+                        c = self.store.write(**{ARG[kind]: [rec]})
                     except InputError as err:
                         log.error("dropping invalid %s record of session %s: %s", kind, rec.session_id, err)
                         continue
