@@ -153,12 +153,33 @@ def test_delivered_alert_is_signed_and_recorded(streams, store, receiver):
     h = req["headers"]
     assert h["webhook-id"] == ev.event_id and h["content-type"] == "application/json"
     assert abs(int(h["webhook-timestamp"]) - time.time()) < 60 and h["webhook-signature"].startswith("v1,")
-    assert Webhook(SECRET).verify(req["body"], h) == {"type": "axiswatch.alert", "data": ev.to_dict()}
+    assert Webhook(SECRET).verify(req["body"], h) == {"type": "axiswatch.alert", "data": ev.to_dict(), "link": None}
     with pytest.raises(WebhookVerificationError):  # signed with our secret only
         Webhook("whsec_" + base64.b64encode(os.urandom(32)).decode()).verify(req["body"], h)
     row = status(store, ev)
     assert (row["delivery_status"], row["attempts"], row["last_error"]) == ("delivered", 1, None)
     assert streams.r.llen(dead_key(streams)) == 0
+
+
+def test_a_resolution_is_notified_after_its_alert_with_the_session_link(streams, store, receiver):
+    from monitor.records import AlertUpdate
+
+    ev = AlertEvent("s/1", 2, 17, "critical", -50.0, -42.8, excerpt="I am no assistant. I am the oracle")
+    store.write(alerts=[ev])
+    streams.publish(ev)
+    streams.publish(AlertUpdate("s/1", ev.event_id, "acknowledged", by="ops"))  # nothing to notify
+    streams.publish(AlertUpdate("s/1", ev.event_id, "resolved", turn=3, token_index=40))
+    w = AlertWorker(streams, store, config(receiver, dashboard_url="https://watch.example/ui"))
+    run_until(w, lambda: settled(streams) and w.in_flight == 0 and len(receiver.requests) == 2)
+    w.close()
+    bodies = [Webhook(SECRET).verify(r["body"], r["headers"]) for r in receiver.requests]
+    assert [r["headers"]["webhook-id"] for r in receiver.requests] == [ev.event_id, f"{ev.event_id}.resolved"]
+    assert [b["type"] for b in bodies] == ["axiswatch.alert", "axiswatch.alert.resolved"]
+    assert bodies[0]["data"]["excerpt"] == "I am no assistant. I am the oracle" and bodies[0]["data"]["level"] == "critical"
+    assert bodies[1]["data"]["action"] == "resolved" and bodies[1]["data"]["token_index"] == 40
+    assert {b["link"] for b in bodies} == {"https://watch.example/ui/session?id=s%2F1"}
+    assert WebhookConfig.from_env({"AXISWATCH_WEBHOOK_URL": receiver.url, "AXISWATCH_WEBHOOK_SECRET": SECRET,
+                                   "AXISWATCH_DASHBOARD_URL": "http://dash:8501/"}).dashboard_url == "http://dash:8501"
 
 
 def test_500s_then_200_is_delivered_once_and_goes_retrying_then_delivered(streams, store, receiver):

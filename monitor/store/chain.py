@@ -104,7 +104,7 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
             bad(None, "message", h[:16], "the message's text no longer hashes to its id (edited)")
     whole: set[str] = set()  # messages whose chain back to the first message is complete
     for (kind, key), row in sorted(rows.items()):
-        head, path = (row.get("input_head") if kind == "context" else None), []
+        head, path = (row.get("input_head") if kind == "context" else None), list[str]()
         while head and head not in whole:
             if head not in nodes:
                 bad(None, kind, key, f"input message {head[:16]} is missing")

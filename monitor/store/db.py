@@ -245,7 +245,9 @@ class Store:
             sid = row.session_id
         self.write(updates=[AlertUpdate(sid, event_id, "acknowledged", by=by, note=note)])
         with self._tx() as s:
-            return raw_row(s.get(AlertUpdateRow, (event_id, "acknowledged")))
+            got = s.get(AlertUpdateRow, (event_id, "acknowledged"))
+            assert got is not None  # written above, or before
+            return raw_row(got)
 
     def resolve_id(self, kind: str, prefix: str) -> str:
         """The one stored session (``kind`` "session") or alert ("alert") id that is ``prefix`` or starts with it."""
@@ -317,8 +319,8 @@ class Store:
             for key, model, order in (("turns", TurnRow, ("turn",)), ("alerts", AlertRow, ("turn", "token_index")),
                                       ("interventions", InterventionRow, ("turn", "token_index", "config_id")),
                                       ("updates", AlertUpdateRow, ("created_at", "action"))):
-                q = select(model).where(model.session_id == session_id)  # type: ignore[attr-defined]
-                q = q.order_by(*(getattr(model, c) for c in order), model.created_at)  # type: ignore[attr-defined]
+                q = select(model).where(model.session_id == session_id)
+                q = q.order_by(*(getattr(model, c) for c in order), model.created_at)
                 d[key] = [from_row(r) for r in s.scalars(q)]
             ctx = {c.turn: raw_row(c) for c in s.scalars(select(TurnContextRow).where(TurnContextRow.session_id == session_id))}
             d["messages"] = {m.hash: {"h": m.hash, "p": m.parent, "role": m.role, "content": m.content}

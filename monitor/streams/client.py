@@ -53,7 +53,8 @@ VERSION = "1"
 REDIS_DOWN = (redis.RedisError, OSError)
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)  # no answer at all (vs. an error reply)
 ResponseError = redis.ResponseError  # an error reply: OOM, READONLY, NOGROUP, MISCONF...
-KINDS = {"turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord, "alert_update": AlertUpdate}
+KINDS: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord] | type[AlertUpdate]] = {
+    "turn": TurnRecord, "alert": AlertEvent, "intervention": InterventionRecord, "alert_update": AlertUpdate}
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 # an alert's updates share its stream: the webhooks group sees a resolve after its alert
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions", "alert_update": "alerts"}

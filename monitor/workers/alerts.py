@@ -40,14 +40,14 @@ from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, UNREACHABLE, Entry, ResponseError, Streams
 from monitor.streams.alerts import GROUP, STREAM, AlertLedger
 from monitor.workers.persist import consumer_name
-from monitor.workers.webhooks import WebhookConfig, alert_of, deliver, record_delivery, stored_alert
+from monitor.workers.webhooks import Notice, Resolved, WebhookConfig, deliver, notice_of, record_delivery, stored_alert
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Job:
-    event: AlertEvent
+    event: Notice
     ids: set[str]
     attempts: int = 0
     owed: tuple[str, str | None] | None = None  # a final status the store refused; record it, then ack
@@ -132,7 +132,10 @@ class AlertWorker:
         self.ledger.dead_letter(event.to_dict(), sorted(ids))
 
     def _admit(self, e: Entry) -> None:
-        ev = alert_of(e.data) if e.kind == "alert" else None
+        if e.kind == "alert_update" and (e.data or {}).get("action") == "acknowledged":
+            self._ack([e.id])  # the operator's own act: nothing to notify
+            return
+        ev = notice_of(e.kind, e.data)
         if ev is None:
             log.error("dropping malformed entry %s of %s (kind %r)", e.id, e.stream, e.kind)
             self._ack([e.id])
@@ -148,14 +151,16 @@ class AlertWorker:
         if not self._lease([eid])[0]:  # a peer is delivering it (from another entry of the same event)
             self.stats["leased_elsewhere"] += 1
             return
-        row = stored_alert(self.store, ev)  # read under the lease: a peer that finished has recorded it by now
+        row = None if isinstance(ev, Resolved) else stored_alert(self.store, ev)  # read under the lease: a peer
+        # that finished has recorded it by now (a resolve notice keeps no delivery state: at least once)
         status = row["delivery_status"] if row else "pending"
         if status == "delivered":
             self.stats["duplicates"] += 1
             self._done[eid] = "delivered"
             self._ack([e.id])
             self._release(eid)
-        elif status == "dead":  # recorded dead, but its worker died before the list push + ack: finish that
+        elif status == "dead" and isinstance(ev, AlertEvent):  # recorded dead, but its worker died before the
+            # list push + ack: finish that
             self._dead_letter(ev, [e.id])  # (a later duplicate entry may add a second copy: replay skips it)
             self._done[eid] = "dead"
             self._release(eid)
@@ -165,6 +170,12 @@ class AlertWorker:
 
     def _finish(self, job: _Job, status: str, error: str | None) -> None:
         ev = job.event
+        if isinstance(ev, Resolved):  # no delivery row: acknowledged either way, a failure logged
+            if status == "dead":
+                log.error("resolve notice %s dropped after %d attempts to %s (last error: %s); the alert stays "
+                          "resolved in the store", ev.event_id, job.attempts, self.config.target, error)
+            self._ack(job.ids)
+            return self._forget(job, "delivered" if status == "delivered" else "dead")
         try:
             changed = record_delivery(self.store, ev, status, job.attempts, error)
         except StoreError as e:  # the database is down: keep the entries pending, record later
@@ -172,7 +183,7 @@ class AlertWorker:
             job.owed = (status, error)
             self._schedule(job, self.backoff(job.attempts))
             return
-        if status == "dead" and changed:
+        if status == "dead" and changed and isinstance(ev, AlertEvent):
             self._dead_letter(ev, job.ids)
             self.stats["dead"] += 1
             log.error("alert %s dead-lettered after %d attempts to %s (last error: %s)",
@@ -187,7 +198,7 @@ class AlertWorker:
             return self._finish(job, *job.owed)
         if not self._lease([ev.event_id])[0]:  # ours lapsed (a long pause) and a peer took it over
             return self._drop(job)
-        if (row := stored_alert(self.store, ev)) and row["delivery_status"] == "delivered":
+        if isinstance(ev, AlertEvent) and (row := stored_alert(self.store, ev)) and row["delivery_status"] == "delivered":
             self.stats["duplicates"] += 1  # delivered by a peer in the meantime
             self._ack(job.ids)
             return self._forget(job, "delivered")
@@ -204,7 +215,7 @@ class AlertWorker:
         log.warning("alert %s: delivery to %s failed (attempt %d/%d: %s); retrying in %.2fs",
                     ev.event_id, c.target, job.attempts, c.max_attempts, error, delay)
         try:
-            if not record_delivery(self.store, ev, "retrying", job.attempts, error):  # a peer delivered it
+            if isinstance(ev, AlertEvent) and not record_delivery(self.store, ev, "retrying", job.attempts, error):
                 self._ack(job.ids)
                 return self._forget(job, "delivered")
         except StoreError as e:

@@ -1,10 +1,14 @@
 """Alert webhooks: where and how to deliver (:class:`WebhookConfig`), the signed POST (Standard
 Webhooks) and the delivery state in the store. The worker is :mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
 
-Each alert is POSTed as ``{"type": "axiswatch.alert", "data": <AlertEvent dict>}`` with the Standard
-Webhooks headers ``webhook-id`` (the alert's ``event_id``: receivers dedupe on it; it is the same on
-every retry), ``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + HMAC-SHA256, by the
-``standardwebhooks`` package). A failed attempt's error is the status (``HTTP 500``) or the error's
+Each alert is POSTed as ``{"type": "axiswatch.alert", "data": <AlertEvent dict>, "link": <its session on
+the dashboard>}`` (the data holds the session id, turn, token index, level, running score, threshold and
+``excerpt``, the reply's text up to the alerted token; ``link`` needs ``AXISWATCH_DASHBOARD_URL``), and
+when the session recovers below the alert's level, ``{"type": "axiswatch.alert.resolved", "data":
+<AlertUpdate dict>, "link": ...}`` (as PagerDuty and Langfuse send recovery notices), with the Standard
+Webhooks headers ``webhook-id`` (the alert's ``event_id``, ``<event_id>.resolved`` for its resolution:
+receivers dedupe on it; it is the same on every retry), ``webhook-timestamp`` and ``webhook-signature``
+(``v1,`` + HMAC-SHA256, by the ``standardwebhooks`` package). A failed attempt's error is the status (``HTTP 500``) or the error's
 class name, never a message that could carry the URL or the secret.
 
 The Redis keys the alert worker and the dead-letter replay share are in :mod:`monitor.streams.alerts`.
@@ -21,16 +25,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from standardwebhooks import Webhook
 
 from monitor.errors import InputError
-from monitor.records import AlertEvent
+from monitor.records import AlertEvent, AlertUpdate
 from monitor.store import NotFoundError, Store, StoreError
 
 log = logging.getLogger(__name__)
 EVENT_TYPE = "axiswatch.alert"
+RESOLVED_TYPE = "axiswatch.alert.resolved"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A resolve notice as the alert worker delivers it: ``event_id`` is its webhook id."""
+
+    update: AlertUpdate
+
+    @property
+    def event_id(self) -> str:
+        return f"{self.update.event_id}.resolved"
+
+    @property
+    def session_id(self) -> str:
+        return self.update.session_id
+
+    def to_dict(self) -> dict:
+        return self.update.to_dict()
+
+
+Notice = AlertEvent | Resolved
 
 
 # ---------------------------------------------------------------- configuration and signing
@@ -44,6 +71,7 @@ class WebhookConfig:
     base_delay_s: float = 1.0
     max_delay_s: float = 300.0
     timeout_s: float = 10.0
+    dashboard_url: str | None = None  # AXISWATCH_DASHBOARD_URL: each payload links to its session there
     _signer: Webhook = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,7 +101,10 @@ class WebhookConfig:
         n = (env.get("AXISWATCH_WEBHOOK_MAX_ATTEMPTS") or "8").strip()
         if not n.isdigit() or int(n) < 1:
             raise InputError(f"AXISWATCH_WEBHOOK_MAX_ATTEMPTS must be a positive integer, not {n!r}")
-        return cls(url=url, secret=secret, max_attempts=int(n))
+        dash = (env.get("AXISWATCH_DASHBOARD_URL") or "").strip().rstrip("/") or None
+        if dash and not dash.startswith(("http://", "https://")):
+            raise InputError(f"AXISWATCH_DASHBOARD_URL must be an http:// or https:// URL, not {dash!r}")
+        return cls(url=url, secret=secret, max_attempts=int(n), dashboard_url=dash)
 
     @property
     def target(self) -> str:
@@ -85,9 +116,15 @@ class WebhookConfig:
         return (f"WebhookConfig(url={self.target + '/...'!r}, secret='whsec_***', max_attempts={self.max_attempts}, "
                 f"base_delay_s={self.base_delay_s}, max_delay_s={self.max_delay_s}, timeout_s={self.timeout_s})")
 
-    def sign(self, event: AlertEvent, now: float | None = None) -> tuple[bytes, dict[str, str]]:
+    def link(self, session_id: str) -> str | None:
+        """The session's page on the dashboard (None without AXISWATCH_DASHBOARD_URL)."""
+        return f"{self.dashboard_url}/session?id={quote(session_id, safe='')}" if self.dashboard_url else None
+
+    def sign(self, event: Notice, now: float | None = None) -> tuple[bytes, dict[str, str]]:
         """The body and headers of one delivery attempt (a fresh timestamp each attempt)."""
-        body = json.dumps({"type": EVENT_TYPE, "data": event.to_dict()}, separators=(",", ":"))
+        kind = RESOLVED_TYPE if isinstance(event, Resolved) else EVENT_TYPE
+        body = json.dumps({"type": kind, "data": event.to_dict(), "link": self.link(event.session_id)},
+                          separators=(",", ":"))
         ts = datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC)
         return body.encode(), {"content-type": "application/json", "user-agent": "axiswatch-webhooks",
                                "webhook-id": event.event_id, "webhook-timestamp": str(int(ts.timestamp())),
@@ -106,7 +143,7 @@ def _signer(secret: Any) -> Webhook:
         raise bad from None
 
 
-def deliver(client: httpx.Client, config: WebhookConfig, event: AlertEvent) -> str | None:
+def deliver(client: httpx.Client, config: WebhookConfig, event: Notice) -> str | None:
     """One signed POST; None when the receiver answered 2xx, else a safe error (status or error class)."""
     body, headers = config.sign(event)
     try:
@@ -144,6 +181,21 @@ def stored_alert(store: Store, event: AlertEvent) -> dict | None:
         log.warning("cannot read the delivery state of alert %s: %s", event.event_id, e)
         return None
     return next((r for r in rows if r["event_id"] == event.event_id), None)
+
+
+def notice_of(kind: str, data: Any) -> Notice | None:
+    """What an alerts-stream entry asks the alert worker to deliver: an alert, or an alert's resolution
+    (an acknowledgement is the operator's own act: nothing to notify). None when malformed."""
+    if kind == "alert":
+        return alert_of(data)
+    if kind != "alert_update":
+        return None
+    try:
+        up = AlertUpdate.from_dict(json.loads(data) if isinstance(data, (bytes, str)) else data)
+    except (TypeError, AttributeError, ValueError):
+        return None
+    ok = isinstance(up.event_id, str) and up.event_id and isinstance(up.session_id, str)
+    return Resolved(up) if ok and up.action == "resolved" else None
 
 
 def alert_of(data: Any) -> AlertEvent | None:
