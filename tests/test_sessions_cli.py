@@ -1,4 +1,4 @@
-"""`axiswatch sessions list|show|export` on a seeded SQLite store."""
+"""`axiswatch sessions list|show|export|verify` and `alerts list|ack` on a seeded SQLite store."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_list_and_filters(db):
 
 def test_show(db):
     out = run(db, "sessions", "show", "s-1").stdout
-    assert "state critical" in out and "alert critical at turn 1 token 2" in out
+    assert "state critical (peak critical)" in out and "alert evt_1 critical at turn 1 token 2" in out
+    assert "[open]" in out and "open alerts 1" in out
     assert "capping L21-26_p50 from turn 1 token 3" in out
     full = json.loads(run(db, "sessions", "show", "s-1", "--json").stdout)
     assert full["turns"][1]["scores"] == [3.0, -1.5, -20.0, -30.0, -25.0]
@@ -95,3 +97,64 @@ def test_alerts_list_has_a_header_and_says_when_empty_or_undelivered(db, tmp_pat
     Store(empty).migrate()
     r = run(empty, "sessions", "list")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stderr.strip() == "no sessions stored yet"
+
+
+def test_full_ids_and_unique_prefixes_everywhere(db):
+    long_id = "sess_" + "a1b2c3d4" * 6  # longer than any column the tables used to cut to
+    st = Store(db)
+    st.write(turns=[TurnRecord(long_id, 1, "assistant", "Hi.", 21, ["Hi", "."], [1.0, 2.0])],
+             alerts=[AlertEvent(long_id, 1, 1, "watch", -1.0, 0.0, event_id="evt_" + "9f" * 20)])
+    st.close()
+    assert long_id in run(db, "sessions", "list").stdout
+    alerts = run(db, "alerts", "list").stdout
+    assert long_id in alerts and "evt_" + "9f" * 20 in alerts
+    assert run(db, "sessions", "show", long_id[:12]).stdout.startswith(f"session {long_id} ")
+    r = run(db, "sessions", "show", "s-")  # s-1 and s-2
+    assert r.returncode == 1 and "ambiguous: s-1, s-2" in r.stderr
+    r = run(db, "alerts", "ack", "evt_9f9f", "--by", "oncall@example.com", "--note", "looking into it")
+    assert r.returncode == 0 and r.stdout.strip() == f"evt_{'9f' * 20} acknowledged by oncall@example.com"
+    assert run(db, "alerts", "ack", "evt_9f", "--by", "someone").stdout.strip().endswith("(earlier; kept)")
+    line = next(x for x in run(db, "alerts", "list").stdout.splitlines() if x.startswith("evt_9f"))
+    assert " acknowledged " in line
+    assert [json.loads(x)["event_id"] for x in run(db, "alerts", "list", "--open", "--json").stdout.splitlines()] == [
+        "evt_1"]
+    shown = run(db, "sessions", "show", long_id).stdout
+    assert "[acknowledged by oncall@example.com]" in shown
+
+
+def test_verify_names_the_record_an_sql_edit_changed(db):
+    import sqlite3
+
+    r = run(db, "sessions", "verify")
+    assert r.returncode == 0 and r.stdout.count("ok   ") == 2 and "2 of 2 session(s) verified" in r.stderr
+    assert run(db, "sessions", "verify", "s-1").stdout.startswith("ok   s-1  4 records  head ")  # 2 turns, alert, intervention
+    path = db.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as c:
+        c.execute("update turns set text = 'I am a helpful assistant.' where session_id = 's-1' and turn = 1")
+    r = run(db, "sessions", "verify")
+    assert r.returncode == 1 and "ok   s-2" in r.stdout
+    assert re.search(r"FAIL s-1  turn 1 \(link \d\): the record does not match what was written \(edited\)", r.stdout)
+    assert "1 FAILED" in r.stderr
+    with sqlite3.connect(path) as c:
+        c.execute("delete from alerts where event_id = 'evt_1'")
+    problems = json.loads(run(db, "sessions", "verify", "s-1", "--json").stdout)["problems"]
+    assert [(p["kind"], p["key"]) for p in problems] == [("turn", "1"), ("alert", "evt_1")]
+
+
+def test_show_prints_the_system_prompt_and_an_edited_history(tmp_path):
+    from monitor.conversation import chain
+
+    url = f"sqlite:///{tmp_path / 'in.db'}"
+    sys_msg = {"role": "system", "content": "You are Seraphine, an ancient oracle."}
+    first = chain([sys_msg, {"role": "user", "content": "Who are you?"}])
+    edited = chain([sys_msg, {"role": "user", "content": "Who are you, truly?"}])
+    st = Store(url)
+    st.migrate()
+    st.write(turns=[TurnRecord("o", 1, "assistant", "I am the oracle.", 21, input_head=first[-1]["h"], input=first),
+                    TurnRecord("o", 3, "assistant", "The oracle.", 21, input_head=edited[-1]["h"], input=edited,
+                               diverged_at=1)])
+    st.close()
+    out = run(url, "sessions", "show", "o").stdout.splitlines()
+    assert out[2] == "system: You are Seraphine, an ancient oracle."
+    at = out.index(next(x for x in out if "differs from the stored one from message 1" in x))
+    assert out[at + 1].strip() == "(1) user: Who are you, truly?"

@@ -1,4 +1,5 @@
-"""Commands that read the store: ``sessions list|show|export``."""
+"""Commands that read the store: ``sessions list|show|export|verify``. Every session id may be given
+as a unique prefix of one (``sessions list`` prints them whole)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,17 @@ from pathlib import Path
 import click
 
 from monitor.cli.base import cli, handle_errors, settings_from
+from monitor.cli.show import fmt as _fmt
+from monitor.cli.show import show_lines
 
 
-def _store(ctx, database_url):
+def store_for(ctx, database_url):
     from monitor.store import Store
 
     s = settings_from(ctx, database_url=database_url)
     store = Store(s.database_url, must_exist=True)
     store.migrate()
     return store
-
-
-def _fmt(v, spec="+.2f"):
-    return "-" if v is None else format(v, spec)
 
 
 @cli.group()
@@ -39,25 +38,28 @@ def sessions():
 @handle_errors
 def sessions_list(ctx, state, source, limit, database_url, as_json):
     """Newest sessions first."""
-    rows = _store(ctx, database_url).list_sessions(state=state, source=source, limit=limit)
+    rows = store_for(ctx, database_url).list_sessions(state=state, source=source, limit=limit)
     if as_json:
         for r in rows:
             click.echo(json.dumps(r, default=str))
         return
-    click.echo(f"{'session':32s} {'source':7s} {'state':9s} {'running':>8s} {'turns':>5s} {'tokens':>6s} capped")
+    store = store_for(ctx, database_url)
+    peaks, open_ = store.peak_states([r["id"] for r in rows]), store.open_alert_counts([r["id"] for r in rows])
+    width = max([len(r["id"]) for r in rows] + [7])
+    click.echo(f"{'session':{width}s} {'source':7s} {'state':9s} {'peak':9s} {'running':>8s} {'turns':>5s} "
+               f"{'tokens':>6s} {'open':>4s} capped")
     for r in rows:
-        click.echo(f"{r['id'][:32]:32s} {r['source']:7s} {r['state']:9s} {_fmt(r['running']):>8s} "
-                   f"{r['n_turns']:5d} {r['n_tokens']:6d} {'yes' if r['capped'] else 'no'}")
+        click.echo(f"{r['id']:{width}s} {r['source']:7s} {r['state']:9s} {peaks.get(r['id'], r['state']):9s} "
+                   f"{_fmt(r['running']):>8s} {r['n_turns']:5d} {r['n_tokens']:6d} {open_.get(r['id'], 0):4d} "
+                   f"{'yes' if r['capped'] else 'no'}")
     if not rows:
         click.echo("no sessions" + (" match these filters" if state or source else " stored yet"), err=True)
 
 
 def _get(ctx, database_url, session_id):
-    from monitor.errors import InputError
-
-    s = _store(ctx, database_url).get_session(session_id)
-    if s is None:
-        raise InputError(f"no session {session_id!r} in the store")
+    store = store_for(ctx, database_url)
+    s = store.get_session(store.resolve_id("session", session_id))
+    assert s is not None  # resolve_id found it
     return s
 
 
@@ -68,23 +70,14 @@ def _get(ctx, database_url, session_id):
 @click.pass_context
 @handle_errors
 def sessions_show(ctx, session_id, database_url, as_json):
-    """One session's turns, states, alerts and interventions."""
+    """One session: the conversation as the model saw it (system prompt included, edits shown), its
+    turns' states, alerts with their lifecycle, and interventions."""
     s = _get(ctx, database_url, session_id)
     if as_json:
         click.echo(json.dumps(s, default=str))
         return
-    click.echo(f"session {s['id']}  source {s['source']}  model {s['model_id']}  layer {s['layer']}  "
-               f"state {s['state']}  running {_fmt(s['running'])}  capped {'yes' if s['capped'] else 'no'}")
-    for t in s["turns"]:
-        text = t["text"].replace("\n", " ")
-        text = text[:100] + ("..." if len(text) > 100 else "")
-        score = f"mean {_fmt(t['mean'])}  state {t['state']}" if t["role"] == "assistant" else ""
-        click.echo(f"  [{t['turn']}] {t['role']:9s} {score}  {text}")
-    for a in s["alerts"]:
-        click.echo(f"  alert {a['level']} at turn {a['turn']} token {a['token_index']}: running {_fmt(a['score'])} "
-                   f"< {_fmt(a['threshold'])}  ({a['delivery_status']})")
-    for i in s["interventions"]:
-        click.echo(f"  capping {i['config_id']} from turn {i['turn']} token {i['token_index']}")
+    for line in show_lines(s):
+        click.echo(line)
 
 
 @sessions.command("export")
@@ -107,60 +100,35 @@ def sessions_export(ctx, session_id, fmt, output, database_url):
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-@cli.group()
-def alerts():
-    """Alerts across sessions, and replaying dead-lettered webhooks."""
-
-
-@alerts.command("list")
-@click.option("--status", type=click.Choice(["pending", "delivered", "retrying", "dead"]), default=None)
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@sessions.command("verify")
+@click.argument("session_id", required=False)
 @click.option("--database-url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per session")
 @click.pass_context
 @handle_errors
-def alerts_list(ctx, status, limit, database_url, as_json):
-    """Newest alerts first, with their webhook delivery status."""
-    rows = _store(ctx, database_url).list_alerts(status=status, limit=limit)
-    if as_json:
-        for a in rows:
-            click.echo(json.dumps(a, default=str))
-        return
-    click.echo(f"{'event':28s} {'session':28s} {'level':8s} where             running < threshold  webhook")
-    for a in rows:
-        click.echo(f"{a['event_id']:28s} {a['session_id'][:28]:28s} {a['level']:8s} turn {a['turn']:3d} "
-                   f"token {a['token_index']:4d} {_fmt(a['score']):>7s} < {_fmt(a['threshold']):>7s}  "
-                   f"{a['delivery_status']} ({a['attempts']} attempts)")
-    if not rows:
-        click.echo("no alerts" + (f" with status {status}" if status else " stored yet"), err=True)
-    elif settings_from(ctx).webhook is None and any(a["delivery_status"] == "pending" for a in rows):
-        click.echo("pending: not delivered yet. Alerts are sent only by a deployment with AXISWATCH_WEBHOOK_URL "
-                   "and AXISWATCH_WEBHOOK_SECRET set (not set here).", err=True)
+def sessions_verify(ctx, session_id, database_url, as_json):
+    """Check sessions' hash chains against their stored records (every session without an id).
 
-
-@alerts.command("replay")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=None, help="at most this many (oldest first)")
-@click.option("--database-url", default=None)
-@click.pass_context
-@handle_errors
-def alerts_replay(ctx, limit, database_url):
-    """Deliver dead-lettered alerts again (needs REDIS_URL and AXISWATCH_WEBHOOK_URL/_SECRET)."""
-    from monitor.errors import InputError
-    from monitor.streams import Streams
-    from monitor.streams.alerts import AlertLedger
-    from monitor.workers.dead_letters import replay_dead
-
-    s = settings_from(ctx, database_url=database_url)
-    if not s.redis_url:
-        raise InputError("replay reads the dead-letter list in the deployment's Redis: set REDIS_URL")
-    config = s.webhook
-    if config is None:
-        raise InputError("set AXISWATCH_WEBHOOK_URL and AXISWATCH_WEBHOOK_SECRET to replay alerts")
-    streams = Streams.from_url(s.redis_url)
-    ledger = AlertLedger(streams)
-    waiting = ledger.dead_count()
-    delivered = replay_dead(streams, _store(ctx, database_url), config, limit=limit)
-    left = ledger.dead_count()
-    click.echo(f"replayed to {config.target}: {delivered} delivered, {left} still dead-lettered (of {waiting})")
-    if left and delivered == 0 and waiting:
+    Names the first record that does not match (edited, deleted, inserted outside axiswatch) and
+    exits 1 when any does; prints each chain's head digest, which you can keep elsewhere to pin it."""
+    store = store_for(ctx, database_url)
+    ids = [store.resolve_id("session", session_id)] if session_id else store.session_ids()
+    bad = 0
+    for sid in ids:
+        r = store.verify_session(sid)
+        bad += not r["ok"]
+        if as_json:
+            click.echo(json.dumps(r))
+        elif r["ok"]:
+            click.echo(f"ok   {sid}  {r['links']} records  head {r['head'] or '-'}")
+        else:
+            p = r["problems"][0]
+            where = f"link {p['seq']}" if p["seq"] is not None else "outside the chain"
+            click.echo(f"FAIL {sid}  {p['kind']} {p['key']} ({where}): {p['problem']}"
+                       + (f"  (+{len(r['problems']) - 1} more)" if len(r["problems"]) > 1 else ""))
+    if not ids:
+        click.echo("no sessions stored yet", err=True)
+    elif not as_json:
+        click.echo(f"{len(ids) - bad} of {len(ids)} session(s) verified" + (f", {bad} FAILED" if bad else ""), err=True)
+    if bad:
         sys.exit(1)

@@ -348,6 +348,21 @@ class Store:
         lifecycle(d)
         return d["alerts"]
 
+    def peak_states(self, session_ids: list[str]) -> dict[str, str]:
+        """The worst state each session reached: any assistant turn's end state or alert level."""
+        if not session_ids:
+            return {}
+        ids = list(session_ids)
+        with self._tx() as s:
+            seen = list(s.execute(select(TurnRow.session_id, TurnRow.state).where(
+                TurnRow.session_id.in_(ids), TurnRow.role == "assistant").distinct()))
+            seen += list(s.execute(select(AlertRow.session_id, AlertRow.level).where(AlertRow.session_id.in_(ids)).distinct()))
+        peak: dict[str, str] = {}
+        for sid, state in seen:
+            if STATES.index(state) >= STATES.index(peak.get(sid, "ok")):
+                peak[sid] = state
+        return peak
+
     def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
         """Open alerts (neither acknowledged nor resolved) per session (sessions without any are left out)."""
         if not session_ids:
