@@ -115,6 +115,8 @@ def bench_audit(lm, axis, cfg) -> None:
 
 # ----------------------------------------------------------------------------- 2. persistence worker
 def bench_persist(cfg, tmp: Path) -> None:
+    from monitor.conversation import chain
+    from monitor.drift import DriftTracker, Thresholds
     from monitor.records import TurnRecord
     from monitor.store import Store
     from monitor.streams import Streams
@@ -125,15 +127,24 @@ def bench_persist(cfg, tmp: Path) -> None:
     print(f"\n[2] persistence worker: {n} turns x {t} token scores ({n // group} sessions of {group} turns) "
           f"-> PersistWorker.run_once -> SQLite (WAL)")
     rng = random.Random(0)
-    recs, sids = [], []
+    recs, sids, heads, prev = [], [], {}, {}
+    tr = DriftTracker(Thresholds(-1.0, -2.0, -3.0))
+    tr.update([0.5] * t, 1)
+    tr.end_turn()
+    snapshot = tr.snapshot()
     for i in range(n):
         sid = f"bench-persist-{i // group:05d}"
         if i % group == 0:
             sids.append(sid)
         toks = [f" w{rng.randrange(5000)}" for _ in range(t)]
+        # as the engine writes them: the new input messages (the previous reply and the new question) and
+        # the drift snapshot, linked into the session's hash chain
+        msgs = [{"role": "assistant", "content": prev.get(sid, "")}, {"role": "user", "content": f"question {i}"}]
+        nodes = chain(msgs, heads.get(sid, ""))
+        heads[sid], prev[sid] = nodes[-1]["h"], "".join(toks)
         recs.append(TurnRecord(sid, 2 * (i % group) + 1, "assistant", "".join(toks), 15, toks,
                                [rng.uniform(-5, 5) for _ in range(t)], state="ok", running=rng.uniform(-5, 5),
-                               model_id="bench"))
+                               model_id="bench", input_head=nodes[-1]["h"], input=nodes, tracker=snapshot))
     db = tmp / "persist.db"
     store = Store(f"sqlite:///{db}")
     try:
