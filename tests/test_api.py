@@ -140,3 +140,26 @@ def test_chat_command_against_the_server(server):
     s = wait_until(lambda: store.get_session("chat-http") if store.token_count("chat-http") > 0 and
                  len(store.get_session("chat-http")["turns"]) == 4 else None)
     assert [t["role"] for t in s["turns"]] == ["user", "assistant", "user", "assistant"]
+
+
+def test_inputs_acknowledgements_and_the_chain_over_http(client, server):
+    from monitor.conversation import walk
+    from monitor.records import AlertEvent
+
+    system = {"role": "system", "content": "You are Seraphine, an ancient oracle."}
+    client.chat.completions.create(model="default", messages=[system, *MSGS], max_tokens=4,
+                                   extra_body={"session_id": "api-ack"})
+    store, url = server["rt"].store, server["url"]
+    got = wait_until(lambda: (d := httpx.get(f"{url}/v1/sessions/api-ack").json()).get("turns") and d)
+    reply = next(t for t in got["turns"] if t["role"] == "assistant")
+    assert [m["content"] for m in walk(reply["input_head"], got["messages"])] == [system["content"], MSGS[0]["content"]]
+    assert got["peak_state"] in ("ok", "watch", "warning", "critical") and got["open_alerts"] == 0
+    store.write(alerts=[AlertEvent("api-ack", 1, 2, "warning", -40.0, -38.9, event_id="evt_api_ack")])
+    r = httpx.post(f"{url}/v1/alerts/evt_api_ack/acknowledge", json={"by": "oncall", "note": "on it"})
+    assert r.status_code == 200 and r.json()["by"] == "oncall"
+    a = httpx.get(f"{url}/v1/alerts", params={"session_id": "api-ack"}).json()["alerts"][0]
+    assert a["status"] == "acknowledged" and a["acknowledged_by"] == "oncall"
+    assert httpx.post(f"{url}/v1/alerts/evt_nope/acknowledge", json={"by": "oncall"}).status_code == 404
+    assert httpx.post(f"{url}/v1/alerts/evt_api_ack/acknowledge", json={"by": ""}).status_code == 422
+    v = httpx.get(f"{url}/v1/sessions/api-ack/verify").json()
+    assert v["ok"] and v["links"] >= 4 and v["session_id"] == "api-ack"  # turns, context, alert, acknowledgement

@@ -33,6 +33,7 @@ def server(tmp_path_factory):
 
 
 GUARDED = [("POST", "/v1/chat/completions"), ("POST", "/v1/audit"), ("GET", "/v1/sessions"), ("GET", "/v1/sessions/x"),
+           ("GET", "/v1/sessions/x/verify"), ("GET", "/v1/alerts"), ("POST", "/v1/alerts/x/acknowledge"),
            ("GET", "/v1/models"), ("GET", "/v1/models/x/y"), ("GET", "/metrics"), ("GET", "/openapi.json"),
            ("GET", "/docs")]
 
