@@ -1,4 +1,7 @@
-"""The demo: scripted conversations driven through the monitor, in-process or over HTTP."""
+"""The demo: scripted conversations driven through the monitor, in-process or over HTTP.
+
+Both modes print the same lines from the same fields: per reply its mean score, drift state, the
+alerts it raised (levels) and whether the session is capped; at the end the alerts per script."""
 
 from __future__ import annotations
 
@@ -38,8 +41,33 @@ def _http_turn(client, url: str, sid: str, messages: list[dict], max_tokens: int
         raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
     body = r.json()
     aw = body["axiswatch"]
+    alerts = aw.get("alerts")  # None: a server too old to list them
     return {"text": body["choices"][0]["message"]["content"], "mean": aw["mean"], "state": aw["state"],
-            "capped": aw["capped"], "alerts": None}
+            "capped": aw["capped"], "alerts": None if alerts is None else [a["level"] for a in alerts]}
+
+
+def _served_model(client, url: str) -> str:
+    try:
+        r = client.get(url.rstrip("/") + "/models", timeout=30)
+    except httpx.HTTPError as e:
+        raise InputError(f"cannot reach {url}: {e}") from None
+    if r.status_code >= 400:
+        raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
+    data = r.json().get("data") or [{}]
+    return str(data[0].get("id", "?"))
+
+
+def _alerts(levels: list[str] | None) -> str:
+    if levels is None:
+        return "alerts unknown (the server does not report them)"
+    return f"{len(levels)} alert{'' if len(levels) == 1 else 's'}" + (f" ({', '.join(levels)})" if levels else "")
+
+
+def reply_line(name: str, r: dict) -> str:
+    """One reply of one script: what both modes print."""
+    mean = "   -  " if r["mean"] is None else f"{r['mean']:+6.1f}"
+    extra = (f"  {_alerts(r['alerts'])}" if r["alerts"] != [] else "") + ("  CAPPED" if r["capped"] else "")
+    return f"  {name:16s} mean {mean} [{_bar(r['mean'])}] {r['state']:8s}{extra}"
 
 
 def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], None]) -> list[dict]:
@@ -52,11 +80,11 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
     if url is None:
         rt = service.start(settings)
         assert rt.engine is not None  # started with the model
-        echo(f"in-process monitor: {rt.engine.model_id}, layer {rt.engine.layer}, thresholds "
+        echo(f"monitor in-process: {rt.engine.model_id}, layer {rt.engine.layer}, thresholds "
              + ", ".join(f"{k} {v:+.1f}" for k, v in rt.engine.thresholds.as_dict().items()) + f"; store {rt.store.url}")
     else:
         client = httpx.Client(headers=auth_headers())
-        echo(f"driving {url}")
+        echo(f"monitor at {url}: {_served_model(client, url)}")
     try:
         for turn in range(max(len(s["turns"]) for s in scripts)):
             active = [s for s in scripts if turn < len(s["turns"])]
@@ -70,7 +98,7 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
                 for name, f in futs.items():
                     r = f.result()
                     replies[name] = {"text": r.text, "mean": r.mean, "state": r.state, "capped": r.capped,
-                                     "alerts": len(r.alerts)}
+                                     "alerts": [a.level for a in r.alerts]}
             else:
                 assert url is not None
                 replies = {s["name"]: _http_turn(client, url, sids[s["name"]], history[s["name"]], max_tokens)
@@ -79,13 +107,17 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
             for s in active:
                 r = replies[s["name"]]
                 history[s["name"]].append({"role": "assistant", "content": r["text"]})
-                mean = "   -  " if r["mean"] is None else f"{r['mean']:+6.1f}"
-                extra = (f"  {r['alerts']} alert(s)" if r["alerts"] else "") + ("  CAPPED" if r["capped"] else "")
-                echo(f"  {s['name']:16s} mean {mean} [{_bar(r['mean'])}] {r['state']:8s}{extra}")
+                echo(reply_line(s["name"], r))
                 echo(f"  {'':16s} {r['text'][:90].replace(chr(10), ' ')}")
                 summary.append({"script": s["name"], "session_id": sids[s["name"]], "turn": turn + 1, **r})
-        echo("\nsessions: " + ", ".join(f"{n} = {sid}" for n, sid in sids.items())
-             + ("  (see them with: axiswatch sessions show <id>)" if rt is not None else ""))
+        totals = []
+        for name in sids:
+            got = [r["alerts"] for r in summary if r["script"] == name]
+            totals.append(f"{name} {_alerts(None if None in got else [lv for levels in got for lv in levels])}")
+        echo("\nalerts: " + ", ".join(totals))
+        where = "see them with: axiswatch sessions show <id>" if url is None else \
+            f"stored by the server: GET {url.rstrip('/')}/sessions/<id>"
+        echo("sessions: " + ", ".join(f"{n} = {sid}" for n, sid in sids.items()) + f"  ({where})")
     finally:
         if rt is not None:
             rt.close()

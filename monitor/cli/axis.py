@@ -189,7 +189,8 @@ def axis_show(ctx, axis_path, as_json):
               ("role_vectors", "role_vectors.safetensors"), ("capping", "capping.json"))}
     report = json.loads((folder / "report.json").read_text()) if (folder / "report.json").exists() else {}
     out = {"model": art.model_id, "monitor_layer": art.monitor_layer, "n_layers": art.n_layers,
-           "hidden_size": art.hidden_size, "files": files, "report": report}
+           "hidden_size": art.hidden_size, "files": files, "report": report, "alerting": _alerting(art.calibration),
+           "in_use": _in_use(s, art.calibration)}
     if as_json:
         click.echo(json.dumps(out))
         return
@@ -200,6 +201,43 @@ def axis_show(ctx, axis_path, as_json):
     if m:
         click.echo(f"  |cos(PC1, axis)| {m.get('abs_cos_pc1_axis', float('nan')):.3f}   "
                    f"held-out AUROC {m.get('auroc_heldout') or float('nan'):.3f}")
+    al, used = out["alerting"], out["in_use"]
+    if al is None:
+        click.echo("  alert thresholds: none calibrated (run 'axiswatch calibrate-alerts', or set "
+                   "AXISWATCH_THRESHOLD_WATCH / _WARNING / _CRITICAL)")
+    else:
+        click.echo(f"  alert thresholds {_levels(al['thresholds'], al['calibrated_for'])}"
+                   + (f"; from {al['n_conversations']} benign conversations" if al.get("n_conversations") else ""))
+        click.echo("  calibrated for: " + ", ".join(f"{k} {v}" for k, v in al["calibrated_for"].items()))
+    if used is not None and (al is None or used["thresholds"] != al["thresholds"]):
+        click.echo(f"  in use, from the AXISWATCH_THRESHOLD_* settings {_levels(used['thresholds'], used['drift'])}")
+
+
+def _levels(th: dict, knobs: dict) -> str:
+    what = "drift from the session's reference" if knobs.get("baseline", "session") == "session" else "raw projection"
+    return f"({what}): watch {th['watch']:+.2f}, warning {th['warning']:+.2f}, critical {th['critical']:+.2f}"
+
+
+def _in_use(s, calibration: dict) -> dict | None:
+    """The thresholds and drift config a service on these settings runs with (None: it could not start)."""
+    try:
+        thresholds, drift = s.drift_setup(calibration)
+    except AxiswatchError:
+        return None
+    return {"thresholds": thresholds.as_dict(), "drift": drift.as_dict()}
+
+
+def _alerting(calibration: dict) -> dict | None:
+    """The axis' alert calibration: its thresholds and the drift knobs they hold for (None: none)."""
+    from monitor.drift import thresholds_from_calibration
+
+    if not (calibration or {}).get("alerting"):
+        return None
+    thresholds, knobs = thresholds_from_calibration(calibration)
+    al = calibration["alerting"]
+    return {"thresholds": thresholds.as_dict(), "calibrated_for": knobs,
+            "n_conversations": al.get("n_measured", al.get("n_conversations")), "budgets": al.get("budgets"),
+            "rule": al.get("rule")}
 
 
 @axis.command("import-paper")

@@ -12,6 +12,28 @@ from monitor.cli.base import cli, handle_errors, model_options, settings_from
 COLOURS = {"ok": "green", "watch": "yellow", "warning": "magenta", "critical": "red"}
 
 
+def legend(colour: bool) -> str:
+    """One line naming the token colours (each in its colour on a terminal)."""
+    names = " ".join(click.style(st, fg=fg) if colour else f"{st}={fg}" for st, fg in COLOURS.items())
+    return f"token colours by drift state: {names}; uncoloured: the opening reply (the session's reference, no drift yet)"
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:+.1f}"
+
+
+def event_lines(alerts: list[dict], interventions: list[dict]) -> list[str]:
+    """A line per alert and per capping switch of one reply, in token order."""
+    lines = [(int(a.get("token_index") or 0), f"! ALERT {a.get('level', '?')} at token {a.get('token_index', '?')}: "
+                                             f"running {_fmt(a.get('score'))} fell below {_fmt(a.get('threshold'))}")
+             for a in alerts]
+    lines += [(int(i.get("token_index") or 0), f"! CAPPING ON from token {i.get('token_index', '?')}"
+                                             + (f" (config {i['config_id']})" if i.get("config_id") else "")
+                                             + ": this session stays capped for the rest of the conversation")
+              for i in interventions]
+    return [text for _, text in sorted(lines, key=lambda x: x[0])]
+
+
 BAR_RANGE = (-40.0, 40.0)  # running scores drawn across the bar (higher = more Assistant-like)
 
 
@@ -29,10 +51,41 @@ def _status(state: str, running: float | None, mean: float | None, capped: bool)
     return f"[{_bar(running)}] state {state} | running {r} | turn mean {m}{' | CAPPED' if capped else ''}"
 
 
+class _Reply:
+    """One reply as it streams: its pieces, echoed coloured by drift state, and what the token payloads
+    said about alerts and capping (for a server whose final chunk does not list them)."""
+
+    def __init__(self, colour: bool):
+        self.colour = colour
+        self.pieces: list[str] = []
+        self.alerts: list[dict] = []
+        self.capped_from: int | None = None  # the first capped token, when capping switched on in this reply
+        self._was_capped: bool | None = None
+
+    def on_token(self, tok: dict) -> None:
+        piece, idx = tok["token"], tok.get("token_index", len(self.pieces))
+        self.pieces.append(piece)
+        self.alerts += [{"level": level, "token_index": idx} for level in tok.get("alerts") or ()]
+        capped = bool(tok.get("capped"))  # the session's flag once this token is scored
+        switched = self._was_capped is False or (self._was_capped is None and bool(tok.get("alerts")))
+        if capped and switched and self.capped_from is None:
+            self.capped_from = idx + 1  # this token's alert switched capping on: it acts from the next token
+        self._was_capped = capped
+        # the opening reply has no drift yet: drawn neutral, as in the dashboard
+        fg = COLOURS.get(tok["state"]) if tok.get("drift", 0) is not None else None
+        click.echo(click.style(piece, fg=fg) if self.colour and fg else piece, nl=False)
+
+    def event_lines(self, final: dict) -> list[str]:
+        alerts, interventions = final.get("alerts"), final.get("interventions")
+        if interventions is None:
+            interventions = [] if self.capped_from is None else [{"token_index": self.capped_from}]
+        return event_lines(self.alerts if alerts is None else alerts, interventions)
+
+
 def _stream_http(url: str, body: dict, on_token):
     import httpx
 
-    final = {}
+    final: dict = {}
     from monitor.auth import auth_headers
 
     with httpx.stream("POST", url.rstrip("/") + "/chat/completions", json={**body, "stream": True}, timeout=600,
@@ -81,6 +134,7 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
         rt = service.start(settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
                                      policy=policy))
     click.echo(f"session {sid}; an empty line or Ctrl-D ends the chat")
+    click.echo(legend(colour))
     try:
         while True:
             try:
@@ -93,26 +147,24 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
             messages.append({"role": "user", "content": text})
             click.echo("assistant> ", nl=False)
 
-            pieces: list[str] = []
-
-            def on_token(tok):
-                piece = tok["token"]
-                pieces.append(piece)  # noqa: B023 - called within this iteration
-                click.echo(click.style(piece, fg=COLOURS.get(tok["state"])) if colour else piece, nl=False)
-
+            reply = _Reply(colour)
             body = {"messages": messages, "max_tokens": max_tokens, "session_id": sid, "policy": policy}
             if rt is None:
-                final = _stream_http(url, body, on_token)
+                final = _stream_http(url, body, reply.on_token)
             else:
                 from monitor.engine import ChatRequest
                 from probes.generation import GenerationOptions
 
                 res = rt.engine.submit(ChatRequest(sid, list(messages), GenerationOptions(max_new_tokens=max_tokens),
-                                                    policy, on_token=on_token)).result()
-                final = {"state": res.state, "running": res.running, "mean": res.mean, "capped": res.capped}
+                                                    policy, on_token=reply.on_token)).result()
+                final = {"state": res.state, "running": res.running, "mean": res.mean, "capped": res.capped,
+                         "alerts": [a.to_dict() for a in res.alerts],
+                         "interventions": [i.to_dict() for i in res.interventions]}
             click.echo()
+            for line in reply.event_lines(final):
+                click.echo(click.style(line, fg="red", bold=True) if colour else line)
             click.echo(_status(final.get("state", "?"), final.get("running"), final.get("mean"), final.get("capped", False)))
-            messages.append({"role": "assistant", "content": "".join(pieces)})
+            messages.append({"role": "assistant", "content": "".join(reply.pieces)})
     finally:
         if rt is not None:
             rt.close()

@@ -45,6 +45,9 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
     if not 0 <= layer < art.n_layers:
         raise AxiswatchError(f"--layer {layer} outside 0..{art.n_layers - 1}")
     v = art.unit(layer)
+    drift, why = _audit_drift(s, art, layer)
+    if why and not as_json:
+        click.echo(f"note: no drift states: {why}", err=True)
     failed = 0
     for f in files:
         for where, rec in read_transcripts(f):
@@ -62,12 +65,43 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
             place = where[len(str(f)):].split()
             out = {"id": rid if rid is not None else ":".join([Path(f).name, *place[-1:]]), "model": lm.model_id,
                    "layer": layer, "turns": [t.as_dict() for t in turns]}
+            if drift is not None:
+                out.update(track(out["turns"], *drift))
             if as_json:
                 click.echo(json.dumps(out))
             else:
                 _print_trajectory(out)
     if failed:
         sys.exit(1)
+
+
+def _audit_drift(s, art, layer: int):
+    """The deployment's thresholds and drift config for this axis ((thresholds, config), None), or
+    (None, why) when there are none to apply: an axis without an alert calibration, or another layer."""
+    if layer != art.monitor_layer:
+        return None, f"the alert thresholds hold for the monitor layer {art.monitor_layer}, not --layer {layer}"
+    try:
+        return s.drift_setup(art.calibration), None
+    except AxiswatchError as e:
+        return None, str(e)
+
+
+def track(turns: list[dict], thresholds, config) -> dict:
+    """Replay the scored assistant turns through a drift tracker as a live session under policy ``flag``
+    would (nothing is stored): each turn gets the ``state`` at its end; the conversation its final
+    ``state``, ``running`` and ``drift`` and the ``alerts`` raised, as ``POST /v1/audit`` answers."""
+    from monitor.drift import DriftTracker
+
+    tr = DriftTracker(thresholds, config, policy="flag")
+    alerts = []
+    for t in turns:
+        for ev in tr.update(t["scores"], t["index"]):
+            if ev.kind == "alert":
+                alerts.append({"turn": t["index"], "token_index": ev.token_index, "level": ev.level,
+                               "score": ev.running, "threshold": ev.threshold,
+                               "excerpt": "".join(t["tokens"][:ev.token_index + 1])[-200:]})
+        t["state"] = tr.end_turn().state
+    return {"state": tr.state, "running": tr.running, "drift": tr.drift, "alerts": alerts}
 
 
 def _bar(score: float, lo: float, hi: float, width: int = 30) -> str:
@@ -80,11 +114,21 @@ def _print_trajectory(out: dict) -> None:
     scores = [s for t in out["turns"] for s in t["scores"]]
     lo, hi = (min(scores), max(scores)) if scores else (0, 1)
     click.echo(f"conversation {out['id']}  model {out['model']}  layer {out['layer']}  (higher = more Assistant-like)")
+    alerts = out.get("alerts") or []
     for t in out["turns"]:
         mean = t["mean"]
-        click.echo(f"\n  turn {t['index']}  mean {mean:+.2f}" if mean is not None else f"\n  turn {t['index']}  (empty)")
-        for tok, sc in zip(t["tokens"], t["scores"]):
-            click.echo(f"    {sc:+8.2f} {_bar(sc, lo, hi)} {tok!r}")
+        state = f"  state {t['state']}" if "state" in t else ""
+        click.echo(f"\n  turn {t['index']}  mean {mean:+.2f}{state}" if mean is not None
+                   else f"\n  turn {t['index']}  (empty){state}")
+        at = {a["token_index"]: a for a in alerts if a["turn"] == t["index"]}
+        for k, (tok, sc) in enumerate(zip(t["tokens"], t["scores"])):
+            a = at.get(k)
+            mark = f"  <- ALERT {a['level']}: running {a['score']:+.2f} below {a['threshold']:+.2f}" if a else ""
+            click.echo(f"    {sc:+8.2f} {_bar(sc, lo, hi)} {tok!r}{mark}")
+    if "state" in out:
+        levels = ", ".join(f"{a['level']} (turn {a['turn']}, token {a['token_index']})" for a in alerts)
+        drift = "-" if out["drift"] is None else f"{out['drift']:+.2f}"
+        click.echo(f"\n  final state {out['state']}  drift {drift}  alerts: {levels or 'none'}")
 
 
 def _read_generate_records(path: Path) -> list[dict]:
