@@ -48,14 +48,15 @@ class Rule:
     calibrated: bool = True  # False: the previous release's fixed thresholds
 
 
+_THEN = {"hysteresis": 0.0, "recover_tokens": 0}  # the tracker as the study ran it (first alerts do not depend on it)
 RULES = (
     Rule("previous: absolute running score, per-response percentile thresholds",
-         DriftConfig(alpha=0.1, baseline="absolute", hysteresis=0.0, recover_tokens=0), calibrated=False),
-    Rule("absolute running score (alpha 0.1), calibrated on it", DriftConfig(alpha=0.1, baseline="absolute", hysteresis=0.0, recover_tokens=0)),
-    Rule("absolute running score (alpha 0.02), calibrated on it", DriftConfig(alpha=0.02, baseline="absolute", hysteresis=0.0, recover_tokens=0)),
-    Rule("session reference (alpha 0.1)", DriftConfig(alpha=0.1, baseline="session", hysteresis=0.0, recover_tokens=0)),
-    Rule("session reference (alpha 0.05)", DriftConfig(alpha=0.05, baseline="session", hysteresis=0.0, recover_tokens=0)),
-    Rule("session reference (alpha 0.03)", DriftConfig(alpha=0.03, baseline="session", hysteresis=0.0, recover_tokens=0)),
+         DriftConfig(alpha=0.1, baseline="absolute", **_THEN), calibrated=False),
+    Rule("absolute running score (alpha 0.1), calibrated on it", DriftConfig(alpha=0.1, baseline="absolute", **_THEN)),
+    Rule("absolute running score (alpha 0.02), calibrated on it", DriftConfig(alpha=0.02, baseline="absolute", **_THEN)),
+    Rule("session reference (alpha 0.1)", DriftConfig(alpha=0.1, baseline="session", **_THEN)),
+    Rule("session reference (alpha 0.05)", DriftConfig(alpha=0.05, baseline="session", **_THEN)),
+    Rule("session reference (alpha 0.03)", DriftConfig(alpha=0.03, baseline="session", **_THEN)),
 )
 
 

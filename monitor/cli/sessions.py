@@ -89,10 +89,10 @@ def sessions_show(ctx, session_id, database_url, as_json):
 @handle_errors
 def sessions_export(ctx, session_id, fmt, output, database_url):
     """Export a session: the JSON trace, or CSV with one row per scored token."""
-    from monitor.store.export import session_csv, session_json
+    from monitor.store.export import deployment_drift, session_csv, session_json
 
     s = _get(ctx, database_url, session_id)
-    text = session_json(s) if fmt == "json" else session_csv(s)
+    text = session_json(s) if fmt == "json" else session_csv(s, deployment_drift(settings_from(ctx)))
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)
