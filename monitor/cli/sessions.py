@@ -89,10 +89,19 @@ def sessions_show(ctx, session_id, database_url, as_json):
 @handle_errors
 def sessions_export(ctx, session_id, fmt, output, database_url):
     """Export a session: the JSON trace, or CSV with one row per scored token."""
+    from monitor.errors import InputError
     from monitor.store.export import deployment_drift, session_csv, session_json
 
     s = _get(ctx, database_url, session_id)
-    text = session_json(s) if fmt == "json" else session_csv(s, deployment_drift(settings_from(ctx)))
+    if fmt == "json":
+        text = session_json(s)
+    else:
+        try:
+            drift = deployment_drift(settings_from(ctx))
+        except InputError as e:  # no thresholds to replay against: the states stay empty
+            click.echo(f"note: no running score or state columns ({e})", err=True)
+            drift = None
+        text = session_csv(s, drift)
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
-from monitor.errors import AxiswatchError
+from monitor.errors import InputError
 
 CSV_COLUMNS = ["session_id", "turn", "role", "token_index", "token", "score", "pre_cap_score", "capped",
                "running", "drift", "state"]
@@ -53,8 +53,6 @@ def replay(turns: list[dict[str, Any]], thresholds: Thresholds, config: DriftCon
 def deployment_drift(settings) -> Drift:
     """The thresholds and drift config a service on these :class:`~monitor.settings.Settings` runs with:
     its axis folder's alert calibration (``axis.json``, no tensors loaded) with the settings' overrides."""
-    from monitor.errors import InputError
-
     path = settings.axis_dir() / "axis.json"
     try:
         meta = json.loads(path.read_text())
@@ -69,15 +67,8 @@ def session_json(session: dict[str, Any]) -> str:
 
 def session_csv(session: dict[str, Any], drift: Drift | None = None) -> str:
     """One row per scored token. ``drift``: the deployment's thresholds and config (see
-    :func:`deployment_drift`); None: those of the settings in the environment. Where none can be
-    found (an axis without an alert calibration and no thresholds set) the last three columns are empty."""
-    if drift is None:
-        from monitor.settings import Settings
-
-        try:
-            drift = deployment_drift(Settings.from_env())
-        except AxiswatchError:
-            drift = None
+    :func:`deployment_drift`) for the running, drift and state columns; None (an axis without an alert
+    calibration and no thresholds set): those three columns are empty."""
     tracked = replay(session["turns"], *drift) if drift is not None else [[] for _ in session["turns"]]
     buf = io.StringIO()
     w = csv.writer(buf)
