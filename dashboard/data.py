@@ -264,10 +264,12 @@ def current_state(view: SessionView) -> str:
 
 
 def peak_state(view: SessionView) -> str:
-    """The worst state the session reached: over its turns' states (each the state at the end of that
-    turn, as stored; a live turn's from the tail) and its state now."""
-    states = [t["state"] for t in view.turns if t.get("state") in STATE_RANK] + [current_state(view)]
-    return max(states, key=STATE_RANK.__getitem__)
+    """The worst state the session reached: the store's ``peak_state`` (the worst state any stored turn
+    ended in or any alert reached), the states its turns on show ended in (a live turn's from the tail)
+    and its state now."""
+    states = ([view.session.get("peak_state"), current_state(view)] + [t.get("state") for t in view.turns]
+              + [a.get("level") for a in view.alerts])
+    return max((s for s in states if s in STATE_RANK), key=STATE_RANK.__getitem__)
 
 
 def turn_means(view: SessionView) -> list[dict]:

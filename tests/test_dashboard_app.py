@@ -21,8 +21,9 @@ from sqlalchemy.engine import make_url
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
-from dashboard.render import STATE_BADGE, rows_key
+from dashboard.render import EMPTY, STATE_BADGE, rows_key
 from monitor.drift import thresholds_from_calibration
+from monitor.records import STATES
 from monitor.store import Store
 from monitor.streams import Streams
 
@@ -168,11 +169,13 @@ def test_session_page_shows_the_stored_session(monkeypatch, dashboard_db, name):
 
     m = metrics(at)
     assert m["state"] == STATE_BADGE[s["state"]]
+    reached = [t["state"] for t in scored_turns(s)] + [a["level"] for a in s["alerts"]]
+    assert m["peak state"] == STATE_BADGE[max(reached, key=STATES.index)]
     assert m["running score"] == f"{s['running']:+.2f}"
     assert m["turns"] == str(len(s["turns"])) == str(s["n_turns"])
     assert m["scored tokens"] == str(len(scores)) == str(s["n_tokens"])
     assert m["capped"] == ("yes" if s["capped"] or s["interventions"] else "no")
-    assert m["open alerts"] == str(sum(not a["acknowledged"] for a in s["alerts"]))
+    assert m["open alerts"] == str(sum(a["status"] == "open" and not a["acknowledged"] for a in s["alerts"]))
     if name == "meta-reflection":
         assert m["capped"] == "yes" and len(s["interventions"]) == 1 and s["alerts"]
     if name == "coding":
@@ -206,6 +209,85 @@ def test_session_page_shows_the_stored_session(monkeypatch, dashboard_db, name):
         assert len(table(at, "config")) == len(s["interventions"])
 
     assert [b.label for b in at.download_button] == ["Export JSON", "Export CSV"]
+
+
+def publish_turn(redis_url: str, sid: str, state: str, turn: int = 99, final: bool = False) -> Streams:
+    """A turn generating now (or, ``final``, just ended) in the live tail of ``sid``, not stored."""
+    streams = Streams.from_url(redis_url)
+    streams.publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": turn, "start": 0,
+                               "scores": [1.0, -30.0, -31.0], "state": state, "running": -17.4, "capped": False,
+                               "final": final})
+    return streams
+
+
+def drop_tail(streams: Streams, sid: str) -> None:
+    streams.r.delete(streams.live_key(sid))  # the seeded Redis is shared with the other tests
+    streams.r.zrem(streams.key("live_index"), sid)
+
+
+def test_session_header_shows_the_live_state_while_a_turn_generates(monkeypatch, dashboard_db):
+    """Issue 13: with a turn generating, the header's state is the live tail's (what that turn says),
+    not the last stored turn's; the peak state is the worst any turn reached, the live one included."""
+    db_url, redis_url, ids = dashboard_db
+    sid = ids["coding"]
+    assert stored(db_url, sid)["state"] == "ok"
+    streams = publish_turn(redis_url, sid, "warning")
+    try:
+        at = ok(page("session", monkeypatch, dashboard_db, id=sid))
+        [heat] = [h.value for h in at.get("html") if "aw-heatmap" in h.value]
+        assert "state warning · generating (from the live tail)" in html.unescape(heat)
+        m = metrics(at)
+        assert (m["state"], m["peak state"]) == (STATE_BADGE["warning"], STATE_BADGE["warning"])
+        assert any("generating" in c.value and "the state come from the live tail" in c.value for c in at.caption)
+    finally:
+        drop_tail(streams, sid)
+    sid = ids["meta-reflection"]  # it drifted: a calmer live turn is the state now, the worst stored one the peak
+    s = stored(db_url, sid)
+    peak = max([t["state"] for t in scored_turns(s)] + [a["level"] for a in s["alerts"]], key=STATES.index)
+    assert STATES.index(peak) > STATES.index("watch")
+    streams = publish_turn(redis_url, sid, "watch", final=True)
+    try:
+        m = metrics(ok(page("session", monkeypatch, dashboard_db, id=sid)))
+        assert (m["state"], m["peak state"]) == (STATE_BADGE["watch"], STATE_BADGE[peak])
+    finally:
+        drop_tail(streams, sid)
+
+
+FIT_PX = 780  # the data width of a 1280 px window with the sidebar open (what the pages lay out for)
+
+
+def shown_widths(frame) -> dict[str, int | None]:
+    """A drawn dataframe's shown columns and the widths it set for them (None: sized to its content)."""
+    config = json.loads(frame.proto.columns or "{}")
+    cols = list(frame.proto.column_order) or list(frame.value.columns)
+    return {c: (config.get(c) or {}).get("width") for c in cols}
+
+
+@pytest.mark.parametrize("name", ["overview", "alerts", "session", "audit", "axis"])
+def test_tables_fit_the_page_and_draw_missing_values_as_a_dash(monkeypatch, dashboard_db, name):
+    """Issue 13: the Sessions and Alerts tables (and the session's) were wider than the page, the compare
+    table printed "None". Every table with more than four columns sets each shown column's width, their sum
+    within a 1280 px window's data width (the browser test measures the drawn grids); every table draws a
+    missing value as an em dash."""
+    _, redis_url, ids = dashboard_db
+    sid = ids["audit"]  # the compare tab's session B: one more assistant turn than A, so A has a gap
+    streams = publish_turn(redis_url, sid, "warning")
+    try:
+        at = ok(page(name, monkeypatch, dashboard_db, **({"id": ids["meta-reflection"]} if name == "session" else {})))
+    finally:
+        drop_tail(streams, sid)
+    assert at.dataframe
+    for frame in at.dataframe:
+        assert frame.proto.placeholder == EMPTY
+        widths = shown_widths(frame)
+        if len(widths) > 4:
+            assert None not in widths.values(), widths
+            assert sum(widths.values()) <= FIT_PX, widths
+    if name == "audit":
+        df = table(at, "A mean")
+        assert df["A mean"].isna().tolist() == [False, False, False, True]  # drawn as EMPTY, not "None"
+        assert df["B - A"].isna().tolist() == [False, False, False, True]
+        assert any(EMPTY in c.value and "no such assistant turn" in c.value for c in at.caption)
 
 
 def test_session_page_unknown_id_warns(monkeypatch, dashboard_db):
@@ -319,6 +401,29 @@ def test_axis_page_shows_the_shipped_report(monkeypatch, dashboard_db):
     assert list(taus["layer"]) == capping["layers"]
     assert list(taus["tau (floor)"]) == pytest.approx(capping["taus"])
     assert len(at.get("vega_lite_chart")) == 3  # variance explained, per layer, roles along the axis
+    assert metrics(at)["roles used"] == str(report["n_roles_used"])
+
+
+def roles_chart(at: AppTest) -> tuple[str, int]:
+    """The roles chart's title and how many role bars it plots."""
+    [chart] = [c for c in at.get("vega_lite_chart") if "Roles along the axis" in json.loads(c.proto.spec)["title"]]
+    frames = [dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
+    [bars] = [f for f in frames if "role" in f.columns]
+    return json.loads(chart.proto.spec)["title"], len(bars)
+
+
+def test_axis_roles_chart_title_counts_the_roles_it_plots(monkeypatch, dashboard_db):
+    """Issue 13: the title said "133 roles" over 40 bars. It says how many of how many it plots."""
+    roles = json.loads((AXIS_DIR / "report.json").read_text())["roles_along_axis"]
+    at = ok(page("axis", monkeypatch, dashboard_db))
+    title, n = roles_chart(at)
+    assert n == 40 < len(roles)
+    assert f": {n} of {len(roles)}, the 20 at each end" in title
+    assert any("the 20 roles nearest the Assistant and the 20 farthest" in c.value for c in at.caption)
+    [slider] = at.slider
+    ok(slider.set_value(int(slider.max)).run())
+    title, n = roles_chart(at)
+    assert n == len(roles) and f": all {len(roles)} " in title
 
 
 def test_axis_page_reads_what_the_replica_published_not_its_disk(monkeypatch, dashboard_db):

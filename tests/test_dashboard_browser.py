@@ -9,6 +9,7 @@ tests are skipped, unless ``AXISWATCH_REQUIRE_BROWSER=1`` (CI sets it) makes tha
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,20 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from serving import free_port, wait_http  # noqa: E402
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+DRAWN_HOOK = """window.awDrawn = new Set();
+const fill = CanvasRenderingContext2D.prototype.fillText;
+CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+  window.awDrawn.add(String(text)); return fill.call(this, text, ...rest); };"""
+# per metric: its label, its value, and any element in it whose text is cut off (wider than its box)
+METRICS_JS = """return [...document.querySelectorAll('[data-testid="stMetric"]')].map(m => [
+  m.querySelector('[data-testid="stMetricLabel"]').textContent, m.querySelector('[data-testid="stMetricValue"]').textContent,
+  [...m.querySelectorAll('*')].filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth).map(e => e.textContent)])"""
+# per table: how far its grid overflows its own box, and how far the table reaches past the page's content
+TABLES_JS = """const page = document.querySelector('[data-testid="stMainBlockContainer"]');
+const inner = page.getBoundingClientRect().right - parseFloat(getComputedStyle(page).paddingRight);
+return [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(t => t.offsetParent !== null).map(t => {
+  const s = t.querySelector('.dvn-scroller');
+  return [s ? s.scrollWidth - s.clientWidth : null, Math.round(t.getBoundingClientRect().right - inner)]; })"""
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -55,6 +70,8 @@ def browser():
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(60)
+    # the data grid paints its cells on a canvas: record every text painted, to check what a cell shows
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": DRAWN_HOOK})
     yield driver
     driver.quit()
 
@@ -130,10 +147,18 @@ def test_session_view_updates_live_from_redis(browser, dashboard):
         assert browser.execute_script("return window.awMark") == 1  # in place, without reloading the page
         print(f"live tokens on the page {time.monotonic() - t0:.1f} s after they reached Redis")
         assert "generating" in browser.page_source
+        # the header's state is the live tail's, as the generating turn's own header says (the store says ok)
+        assert "state warning · generating (from the live tail)" in browser.page_source
+        wait_for(browser, lambda d: metric_values(d).get("state") == "🟠 warning", 10)
+        assert metric_values(browser)["peak state"] == "🟠 warning"
         shot(browser, "session-live")
     finally:  # the seeded Redis is shared with other tests
         streams.r.delete(streams.live_key(sid))
         streams.r.zrem(streams.key("live_index"), sid)
+
+
+def metric_values(driver) -> dict[str, str]:
+    return {label: value for label, value, _ in driver.execute_script(METRICS_JS)}
 
 
 def column(driver, n: int) -> list[str]:
@@ -166,6 +191,83 @@ def test_overview_alerts_and_axis_pages_render(browser, dashboard):
         d.find_elements(By.CSS_SELECTOR, ".vega-embed")) >= 3 else None)
     assert len(charts) >= 3 and "L21-26_p90" in browser.page_source  # the shipped capping config
     shot(browser, "axis")
+
+
+@pytest.mark.parametrize("width", [1400, 1280])
+def test_metrics_and_tables_fit_the_page(browser, dashboard, width):
+    """Issue 13: at 1400 px the state metrics were cut off ("crit..."), the Sessions and Alerts tables were
+    wider than the page. At 1400 and 1280 px (the sidebar open) every metric's text is whole and every
+    table's grid fits its box and the page, on every page that has them."""
+    url, ids, _, _ = dashboard
+    browser.set_window_size(width, 2200)
+    grid = "[data-testid='stDataFrame'] .dvn-scroller"
+    try:
+        for path, ready in (("", grid), ("/alerts", grid), (f"/session?id={ids['meta-reflection']}", grid),
+                            ("/axis", ".vega-embed"), ("/audit", "[role='tab']")):
+            browser.get(url + path)
+            wait_for(browser, lambda d, ready=ready: d.find_elements(By.CSS_SELECTOR, ready))
+            if path.startswith("/session"):
+                wait_for(browser, lambda d: metric_values(d).get("peak state"))
+                [toggle] = [e for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] summary")
+                            if "Token table" in e.text]
+                toggle.click()  # the token table too
+                wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, grid)) >= 3)
+            if path == "/audit":
+                [tab] = [t for t in browser.find_elements(By.CSS_SELECTOR, "[role='tab']") if "Compare" in t.text]
+                tab.click()
+                wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, grid) if e.is_displayed()])
+            time.sleep(1.0)  # layout settles (fonts, the grid's column sizing)
+            metrics = browser.execute_script(METRICS_JS)
+            assert metrics or path == "/audit"
+            assert [(label, value, cut) for label, value, cut in metrics if cut] == [], (width, path)
+            tables = browser.execute_script(TABLES_JS)
+            assert tables
+            assert [t for t in tables if t[0] is None or t[0] > 0 or t[1] > 1] == [], (width, path, tables)
+            shot(browser, f"fit-{width}-{path.strip('/').split('?')[0] or 'sessions'}")
+    finally:
+        browser.set_window_size(1500, 2200)
+
+
+def test_axis_chart_title_counts_the_roles_it_plots(browser, dashboard):
+    """Issue 13: the roles chart said "133 roles" over 40 bars: its title's count is the bars drawn."""
+    url, _, _, _ = dashboard
+    browser.get(f"{url}/axis")
+    roles_js = """const e = [...document.querySelectorAll('.vega-embed')].find(
+        e => (e.querySelector('.role-title-text') || {}).textContent?.startsWith('Roles along the axis'));
+      return e && [e.querySelector('.role-title-text').textContent, e.querySelector('g.mark-rect.role-mark').children.length,
+                   e.querySelectorAll('g.role-axis-label text').length];"""
+    title, bars, labels = wait_for(browser, lambda d: d.execute_script(roles_js))
+    m = re.search(r"Roles along the axis: (\d+) of (\d+)", title)
+    assert m, title
+    assert int(m.group(1)) == bars == 40 < int(m.group(2)) == 133
+    assert labels >= bars  # every bar's role is labelled (x-axis ticks besides)
+    shot(browser, "axis-roles")
+
+
+def test_compare_table_draws_a_dash_not_none(browser, dashboard):
+    """Issue 13: the compare table printed a literal "None" where one session has no such turn."""
+    url, ids, _, redis_url = dashboard
+    from monitor.streams import Streams
+
+    sid, streams = ids["audit"], Streams.from_url(redis_url)  # session B of the compare tab: one more turn
+    streams.publish_live(sid, {"kind": "tokens", "session_id": sid, "turn": 99, "start": 0, "scores": [1.0, -30.0],
+                               "state": "warning", "running": -17.4, "capped": False, "final": False})
+    try:
+        browser.get(f"{url}/audit")
+        [tab] = wait_for(browser, lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']")
+                                             if "Compare" in t.text])
+        tab.click()
+        cells = "[data-testid='stDataFrame'] td[role='gridcell']"
+        wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, cells)) == 16)  # 4 turns x 4 columns
+        [grid] = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame']")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
+        drawn = wait_for(browser, lambda d: (lambda s: s if "—" in s else None)(
+            d.execute_script("return [...window.awDrawn]")), 15)
+        assert "None" not in drawn and "-14.50" in drawn, drawn  # turn 4: A has none, B has the live mean -14.5
+        shot(browser, "compare-dash")
+    finally:
+        streams.r.delete(streams.live_key(sid))
+        streams.r.zrem(streams.key("live_index"), sid)
 
 
 def test_session_picker_takes_any_typed_id(browser, dashboard):

@@ -144,6 +144,33 @@ def test_live_tail_of_a_turn_that_was_never_stored_is_ignored(env):
     assert v.live and not v.generating and v.tokens[-1]["score"] == 1.5
 
 
+def test_current_state_is_the_live_tails_and_peak_state_the_worst_reached(env):
+    """Issue 13: while a turn generates, the session's state is the live tail's (what the turn says),
+    not the last stored turn's; its peak is the worst state any turn ended in or any alert reached."""
+    store, streams = env
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert (data.current_state(v), data.peak_state(v)) == ("critical", "critical")
+    calm = data.session_view(store, streams, "calm", DEP)
+    assert (data.current_state(calm), data.peak_state(calm)) == ("ok", "ok")
+    # the session recovers in a later stored turn: it is ok now, its peak stays critical
+    store.write([TurnRecord("drifting", 5, "assistant", "Back", 21, ["Back"], [9.0], state="ok", running=4.0,
+                            model_id=MODEL, created_at=time.time())])
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert v.session["state"] == "ok" and (data.current_state(v), data.peak_state(v)) == ("ok", "critical")
+    # a turn generating now: the tail's state, although the store (the last stored turn) still says ok
+    live(streams, "drifting", 7, 0, [-30.0, -31.0], state="warning", running=-17.4)
+    v = data.session_view(store, streams, "drifting", DEP)
+    assert v.generating and v.turns[-1]["state"] == "warning" and v.session["state"] == "ok"
+    assert (data.current_state(v), data.peak_state(v)) == ("warning", "critical")
+    # a session so far only in the tail; a peak reached only by the live turn
+    live(streams, "fresh", 1, 0, [4.0, -40.0], state="watch")
+    fresh = data.session_view(store, streams, "fresh", DEP)
+    assert (data.current_state(fresh), data.peak_state(fresh)) == ("watch", "watch")
+    live(streams, "calm", 3, 0, [-40.0], state="critical")
+    calm = data.session_view(store, streams, "calm", DEP)
+    assert (data.current_state(calm), data.peak_state(calm)) == ("critical", "critical")
+
+
 def test_overview_merges_store_and_live_tail(env):
     store, streams = env
     rows = {r["session_id"]: r for r in data.overview(store, streams)}
@@ -152,7 +179,7 @@ def test_overview_merges_store_and_live_tail(env):
     assert (d["state"], d["turns"], d["tokens"], d["capped"], d["open_alerts"], d["source"]) == \
            ("critical", 4, 7, True, 2, "live")
     assert rows["calm"]["source"] == "audit" and rows["calm"]["open_alerts"] == 0
-    store.acknowledge_alert("evt-a")
+    store.acknowledge_alert("evt-a", by="test")
     live(streams, "drifting", 5, 0, [-30.0, -31.0], state="critical", running=-30.5)
     live(streams, "fresh", 1, 0, [4.0, 6.0], running=5.0)
     rows = {r["session_id"]: r for r in data.overview(store, streams)}
@@ -221,7 +248,7 @@ def test_alerts_feed_filters_and_acknowledges(env):
     assert [a["event_id"] for a in data.alerts_feed(store, level="watch")] == ["evt-a"]
     store.set_alert_delivery("evt-b", "dead", 5, "HTTP 500")
     assert [a["event_id"] for a in data.alerts_feed(store, status="dead")] == ["evt-b"]
-    store.acknowledge_alert("evt-b")
+    store.acknowledge_alert("evt-b", by="test")
     assert [a["event_id"] for a in data.alerts_feed(store, unacknowledged=True)] == ["evt-a"]
 
 

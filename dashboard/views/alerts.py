@@ -7,7 +7,18 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.context import ago, guard, store
-from dashboard.render import DELIVERY_BADGE, rows_key, when
+from dashboard.render import DELIVERY_BADGE, STATE_BADGE, metrics, rows_key, table, when
+
+# the columns shown and their widths (px): within the 780 px of data a 1280 px window has (issue 13);
+# a delivery's attempts are in its cell, its last error in the expander under the table
+WIDTHS = {"time": 110, "level": 95, "session": 140, "turn": 45, "token": 50, "running score": 65,
+          "threshold": 70, "delivery": 105, "acknowledged": 45, "open": 50}
+
+
+def delivery(a: dict) -> str:
+    badge = DELIVERY_BADGE.get(a["delivery_status"], a["delivery_status"])
+    return f"{badge} ×{a['attempts']}" if a["attempts"] > 1 else badge
+
 
 st.title("Alerts")
 f = st.columns([1.5, 1.5, 1.5, 1])
@@ -23,35 +34,37 @@ def feed() -> None:
                  level=None if level == "any" else level, unacknowledged=only_open)
     if rows is None:
         return
-    m = st.columns(4)
-    m[0].metric("alerts shown", len(rows))
-    m[1].metric("unacknowledged", sum(not a["acknowledged"] for a in rows))
-    m[2].metric("dead-lettered", sum(a["delivery_status"] == "dead" for a in rows))
-    m[3].metric("newest", ago(rows[0]["created_at"]) if rows else "-")
+    metrics([("alerts shown", len(rows), None), ("unacknowledged", sum(not a["acknowledged"] for a in rows), None),
+             ("dead-lettered", sum(a["delivery_status"] == "dead" for a in rows), None),
+             ("newest", ago(rows[0]["created_at"]) if rows else "-", None)])
     if not rows:
         st.info("No alerts match.")
         return
     df = pd.DataFrame([{
-        "time": when(a["created_at"]), "level": {"watch": "🟡", "warning": "🟠", "critical": "🔴"}[a["level"]]
-        + " " + a["level"], "session": a["session_id"], "turn": a["turn"], "token": a["token_index"],
-        "running score": a["score"], "threshold": a["threshold"], "policy": a["policy"],
-        "delivery": DELIVERY_BADGE.get(a["delivery_status"], a["delivery_status"]), "attempts": a["attempts"],
-        "last error": a["last_error"] or "", "acknowledged": a["acknowledged"], "event_id": a["event_id"],
+        "time": when(a["created_at"]), "level": STATE_BADGE.get(a["level"], a["level"]), "session": a["session_id"],
+        "turn": a["turn"], "token": a["token_index"], "running score": a["score"], "threshold": a["threshold"],
+        "policy": a["policy"], "delivery": delivery(a), "attempts": a["attempts"], "last error": a["last_error"] or "",
+        "acknowledged": a["acknowledged"], "event_id": a["event_id"],
         "open": f"/session?id={quote(a['session_id'])}"} for a in rows])
     key = rows_key("alerts", list(df["event_id"]))
-    event = st.dataframe(df, hide_index=True, width="stretch", key=key, on_select="rerun",
-                         selection_mode="multi-row",
-                         column_order=["time", "level", "session", "turn", "token", "running score", "threshold",
-                                       "delivery", "attempts", "last error", "acknowledged", "open"],
-                         column_config={"running score": st.column_config.NumberColumn(format="%+.2f"),
-                                        "threshold": st.column_config.NumberColumn(format="%+.2f"),
-                                        "time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                                        "open": st.column_config.LinkColumn("session view", display_text="open ›")})
+    number = st.column_config.NumberColumn(format="%+.2f")
+    event = table(df, key, WIDTHS, on_select="rerun", selection_mode="multi-row", column_order=list(WIDTHS),
+                  column_config={"running score": st.column_config.NumberColumn("running", format="%+.2f"),
+                                 "threshold": number, "time": st.column_config.DatetimeColumn(format="MM-DD HH:mm:ss"),
+                                 "acknowledged": st.column_config.CheckboxColumn("ack", help="acknowledged"),
+                                 "delivery": st.column_config.TextColumn(help="webhook delivery (×: attempts)"),
+                                 "open": st.column_config.LinkColumn("view", display_text="open ›")})
+    errors = df[df["last error"] != ""]
+    if len(errors):
+        with st.expander(f"Delivery errors ({len(errors)})"):
+            table(errors, "alert-errors", {"time": 150, "session": 180, "attempts": 70, "last error": 380},
+                  column_order=["time", "session", "attempts", "last error"],
+                  column_config={"time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
     picked = [df.iloc[i]["event_id"] for i in (event.selection.rows if event is not None else [])]
     todo = [e for e in picked if not df.set_index("event_id").loc[e, "acknowledged"]]
     if st.button(f"Acknowledge {len(todo)} selected", disabled=not todo, key="ack"):
         for e in todo:
-            guard(store().acknowledge_alert, e)
+            guard(store().acknowledge_alert, e, by="dashboard")
         st.session_state.pop(key, None)  # the selection is done with
         st.toast(f"acknowledged {len(todo)} alert(s)")
         st.rerun()

@@ -58,11 +58,12 @@ with tab_compare:
              if r[k] is not None]
     if means:
         st.altair_chart(charts.turn_means_chart(means), width="stretch", key="cmp-means")
-        st.dataframe(pd.DataFrame(rows).rename(columns={"n": "assistant turn", "a": "A mean", "b": "B mean",
-                                                       "diff": "B - A"}),
-                     hide_index=True, key="cmp-table",
+        render.table(pd.DataFrame(rows).rename(columns={"n": "assistant turn", "a": "A mean", "b": "B mean",
+                                                        "diff": "B - A"}), "cmp-table",
                      column_config={k: st.column_config.NumberColumn(format="%+.2f")
                                     for k in ("A mean", "B mean", "B - A")})
+        if any(r["a"] is None or r["b"] is None for r in rows):
+            st.caption(f"{render.EMPTY}: that session has no such assistant turn (yet)")
     left, right = st.columns(2)
     for col, view, name, key in ((left, va, a, "cmp-left"), (right, vb, b, "cmp-right")):
         with col:

@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.context import deployment, guard
+from dashboard.render import metrics, table
 
 st.title("Assistant Axis")
 dep = guard(deployment)
@@ -22,12 +23,11 @@ st.caption(f"model `{dep.model_id}` · axis folder `{dep.axis_dir or '-'}` · "
               else " · axis report read from the axis folder on this host"))
 if rep["missing"]:
     st.warning(rep["missing"])
-m = st.columns(5)
-m[0].metric("monitor layer", f"{dep.layer} of {meta.get('n_layers', '?')}")
-m[1].metric("|cos(PC1, axis)|", f"{at.get('abs_cos_pc1_axis', float('nan')):.3f}")
-m[2].metric("held-out AUROC", f"{at.get('auroc_heldout', float('nan')):.3f}")
-m[3].metric("roles used", report.get("n_roles_used", "-"))
-m[4].metric("default projection", f"{report.get('default_projection', float('nan')):+.2f}")
+metrics([("monitor layer", f"{dep.layer} of {meta.get('n_layers', '?')}", None),
+         ("|cos(PC1, axis)|", f"{at.get('abs_cos_pc1_axis', float('nan')):.3f}", None),
+         ("held-out AUROC", f"{at.get('auroc_heldout', float('nan')):.3f}", None),
+         ("roles used", report.get("n_roles_used", "-"), None),
+         ("default projection", f"{report.get('default_projection', float('nan')):+.2f}", None)])
 st.caption(f"monitor layer rule: {report.get('monitor_layer_rule', '-')}")
 
 c1, c2 = st.columns(2)
@@ -55,32 +55,37 @@ with c2:
 
 roles = report.get("roles_along_axis") or []
 if roles:
-    df = pd.DataFrame(roles)
+    df = pd.DataFrame(roles).sort_values("projection", ascending=False, kind="stable")
     df["end"] = df["projection"].map(lambda p: "Assistant side (>= 0)" if p >= 0 else "role side (< 0)")
-    half = max(1, len(df) // 2)
+    half = (len(df) + 1) // 2  # at most: both ends together are every role
     n = st.slider("roles shown at each end", 5, half, min(20, half)) if half > 5 else half
     shown = pd.concat([df.head(n), df.tail(n)]).drop_duplicates("role")
     bars = alt.Chart(shown).mark_bar().encode(
-        y=alt.Y("role:N", sort=alt.EncodingSortField("projection", order="descending"), title=None),
+        y=alt.Y("role:N", sort=alt.EncodingSortField("projection", order="descending"), title=None,
+                axis=alt.Axis(labelOverlap=False, labelLimit=180)),
         x=alt.X("projection:Q", title="projection of the role vector on the axis"),
-        color=alt.Color("end:N", scale=alt.Scale(range=["#1565c0", "#c62828"]), title=None),
+        color=alt.Color("end:N", scale=alt.Scale(domain=["Assistant side (>= 0)", "role side (< 0)"],
+                                                 range=["#1565c0", "#c62828"]), title=None),
         tooltip=["role", alt.Tooltip("projection:Q", format="+.2f")])
     default = alt.Chart(pd.DataFrame({"projection": [report.get("default_projection", 0.0)],
                                       "label": ["default Assistant"]})).mark_rule(color="#2e7d32", strokeWidth=2).encode(
         x="projection:Q", tooltip=["label", alt.Tooltip("projection:Q", format="+.2f")])
-    st.altair_chart((bars + default).properties(height=max(300, 14 * len(shown)),
-                                                title=f"Roles along the axis ({len(df)} roles; green: the default "
-                                                      "Assistant)"), width="stretch", key="roles")
+    which = f"all {len(df)}" if len(shown) == len(df) else f"{len(shown)} of {len(df)}, the {n} at each end"
+    st.altair_chart((bars + default).properties(height=18 * len(shown) + 40, title=f"Roles along the axis: {which} "
+                                                "(green: the default Assistant)"), width="stretch", key="roles")
+    if len(shown) < len(df):
+        st.caption(f"Shown: the {n} roles nearest the Assistant and the {n} farthest from it; the "
+                   f"{len(df) - len(shown)} in between are left out (the slider shows more).")
 
-c3, c4 = st.columns(2)
+c3, c4 = st.columns([3, 2])
 with c3:
     st.subheader("Drift thresholds")
     th = dep.thresholds
-    st.dataframe(pd.DataFrame([
+    table(pd.DataFrame([
         dict(state="watch", below=th.watch, rule="p10 of the default Assistant answers"),
         dict(state="warning", below=th.warning, rule="halfway from watch to critical"),
         dict(state="critical", below=th.critical, rule="median in-role (score-3) answer")]),
-        hide_index=True, width="stretch", key="thresholds",
+        "thresholds", {"state": 70, "below": 130, "rule": 250},
         column_config={"below": st.column_config.NumberColumn("running score below", format="%+.3f")})
     st.caption("drift settings: " + ", ".join(f"{k} {v}" for k, v in dep.drift.items()) + f" · policy {dep.policy}")
 with c4:
@@ -90,8 +95,7 @@ with c4:
         st.info("No capping config: policy cap cannot act.")
     else:
         st.markdown(f"`{cap.get('id')}`: floors at layers {', '.join(map(str, cap.get('layers', [])))}")
-        st.dataframe(pd.DataFrame({"layer": cap.get("layers", []), "tau (floor)": cap.get("taus", [])}),
-                     hide_index=True, width="stretch", key="taus")
+        table(pd.DataFrame({"layer": cap.get("layers", []), "tau (floor)": cap.get("taus", [])}), "taus")
         prov = cap.get("provenance") or {}
         if prov:
             st.caption(" · ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in prov.items()))

@@ -8,11 +8,15 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.context import deployment, guard, store, streams
-from dashboard.render import STATE_BADGE, rows_key, when
+from dashboard.render import STATE_BADGE, metrics, rows_key, table, when
 
 WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400, "all time": None}
 SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
          "state (worst first)": ("rank", False), "open alerts": ("open alerts", False)}
+
+# the columns shown and their widths (px): within the 780 px of data a 1280 px window has (issue 13)
+WIDTHS = {"session": 150, "state": 100, "running": 70, "turns": 50, "tokens": 55, "open alerts": 55,
+          "source": 60, "activity": 85, "last activity": 105, "open": 50}
 
 st.title("Sessions")
 dep = guard(deployment)
@@ -32,19 +36,17 @@ if streams() is None:
 
 
 @st.fragment(run_every=2 if live else None)
-def table() -> None:
+def sessions() -> None:
     now = time.time()
     since = now - WINDOWS[window] if WINDOWS[window] else None
     rows = guard(data.overview, store(), streams(), states=states or None, sources=sources or None, since=since,
                  now=now)
     if rows is None:
         return
-    m = st.columns(5)
-    m[0].metric("sessions", len(rows))
-    m[1].metric("generating now", sum(r["generating"] for r in rows))
-    m[2].metric("critical", sum(r["state"] == "critical" for r in rows))
-    m[3].metric("warning", sum(r["state"] == "warning" for r in rows))
-    m[4].metric("open alerts", sum(r["open_alerts"] for r in rows))
+    metrics([("sessions", len(rows), None), ("generating now", sum(r["generating"] for r in rows), None),
+             ("critical", sum(r["state"] == "critical" for r in rows), "sessions in state critical now"),
+             ("warning", sum(r["state"] == "warning" for r in rows), "sessions in state warning now"),
+             ("open alerts", sum(r["open_alerts"] for r in rows), None)])
     if not rows:
         st.info("No sessions yet. Send a chat to the probe service (see the README) or audit a transcript.")
         return
@@ -52,22 +54,22 @@ def table() -> None:
         "session": r["session_id"], "state": STATE_BADGE[r["state"]], "rank": data.STATE_RANK[r["state"]],
         "running": r["running"], "turns": r["turns"], "tokens": r["tokens"], "capped": r["capped"],
         "open alerts": r["open_alerts"], "source": r["source"],
-        "activity": ("🔴 generating" if r["generating"] else "") + (" ⚠️ interrupted" if r["interrupted"] else ""),
+        "activity": " ".join(flag for on, flag in ((r["generating"], "🔴 generating"), (r["capped"], "✂️ capped"),
+                                                   (r["interrupted"], "⚠️ interrupted")) if on),
         "last activity": when(r["last_activity"]), "open": f"/session?id={quote(r['session_id'])}"} for r in rows])
     col, asc = SORTS[sort]
     df = df.sort_values(col, ascending=asc, na_position="last", kind="stable")
-    event = st.dataframe(
-        df, hide_index=True, width="stretch", key=rows_key("sessions", list(df["session"])), on_select="rerun",
-        selection_mode="single-row",
-        column_order=["session", "state", "running", "turns", "tokens", "capped", "open alerts", "source",
-                      "activity", "last activity", "open"],
-        column_config={"running": st.column_config.NumberColumn("running score", format="%+.2f"),
-                       "last activity": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                       "open": st.column_config.LinkColumn("view", display_text="open ›")})
+    event = table(df, rows_key("sessions", list(df["session"])), WIDTHS, on_select="rerun",
+                  selection_mode="single-row", column_order=list(WIDTHS),
+                  column_config={"running": st.column_config.NumberColumn(format="%+.2f",
+                                                                          help="running score (EWMA)"),
+                                 "open alerts": st.column_config.NumberColumn("alerts", help="open alerts"),
+                                 "last activity": st.column_config.DatetimeColumn(format="MM-DD HH:mm:ss"),
+                                 "open": st.column_config.LinkColumn("view", display_text="open ›")})
     st.caption("Select a row (or use its link) to open the session.")
     picked = event.selection.rows if event is not None else []
     if picked:
         st.switch_page("views/session.py", query_params={"id": df.iloc[picked[0]]["session"]})
 
 
-table()
+sessions()
