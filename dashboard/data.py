@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from monitor.conversation import walk
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import AxiswatchError, InputError
 from monitor.records import SOURCES, STATES
@@ -192,6 +193,28 @@ class SessionView:
         return self.session.get("id", "")
 
 
+def drift_config(dep: Deployment) -> DriftConfig:
+    """The drift config the deployment runs with (what the engine's tracker does, the replay does)."""
+    knobs = {k: v for k, v in dep.drift.items()
+             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens", "recover_tokens")}
+    return DriftConfig(alpha=dep.alpha, **knobs)
+
+
+def model_input(stored: dict | None) -> dict:
+    """What the model was given: ``system`` (the system prompt(s) of the first reply's input) and
+    ``edits``: per reply whose input differed from the stored conversation, ``{turn, diverged_at,
+    messages}`` (its input from the first message that differed on)."""
+    if not stored:
+        return {"system": [], "edits": []}
+    nodes = stored.get("messages") or {}
+    replies = [t for t in stored.get("turns", []) if t["role"] == "assistant" and t.get("input_head")]
+    system = [m["content"] for m in walk(replies[0]["input_head"], nodes) if m["role"] == "system"] if replies else []
+    edits = [{"turn": t["turn"], "diverged_at": t["diverged_at"],
+              "messages": walk(t["input_head"], nodes)[t["diverged_at"]:]}
+             for t in replies if t.get("diverged_at") is not None]
+    return {"system": system, "edits": edits}
+
+
 def session_view(store, streams, session_id: str, dep: Deployment) -> SessionView | None:
     """The stored turns, then any newer turn from the live tail; per-token running scores replayed
     through the same drift tracker the engine uses. None when the session is unknown everywhere."""
@@ -205,10 +228,7 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     if stored is None and not entries:
         return None
     stored = stored or {"id": session_id, "turns": [], "alerts": [], "interventions": []}
-    knobs = {k: v for k, v in dep.drift.items()
-             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens",
-                      "recover_tokens")}
-    tracker = DriftTracker(dep.thresholds, DriftConfig(alpha=dep.alpha, **knobs), policy="observe")
+    tracker = DriftTracker(dep.thresholds, drift_config(dep), policy="observe")
     tokens: list[dict] = []
     turns: list[dict] = []
 
@@ -293,8 +313,10 @@ def compare(a: SessionView, b: SessionView) -> list[dict]:
 # ---------------------------------------------------------------- alerts
 def alerts_feed(store, *, status: str | None = None, level: str | None = None, unacknowledged: bool = False,
                 limit: int = 200) -> list[dict]:
-    """Alerts newest first with their webhook delivery status."""
-    return store.list_alerts(status=status, level=level, acknowledged=False if unacknowledged else None, limit=limit)
+    """Alerts newest first with their lifecycle (``status``: open, acknowledged, resolved) and webhook
+    delivery status; ``unacknowledged``: only the open ones."""
+    rows = store.list_alerts(status=status, level=level, acknowledged=False if unacknowledged else None, limit=limit)
+    return [a for a in rows if a["status"] == "open"] if unacknowledged else rows
 
 
 # ---------------------------------------------------------------- audit

@@ -23,7 +23,8 @@ TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 TOKEN_WIDTHS = {"i": 50, "turn": 50, "t": 45, "token": 105, "score": 75, "pre_cap": 75, "capped": 60,
                 "running": 75, "drift": 70, "reference": 75, "state": 75}
 ALERT_WIDTHS = {"level": 100, "turn": 50, "token": 55, "running": 100, "threshold": 80, "delivery": 130,
-                "acknowledged": 105, "time": 150}
+                "status": 105, "time": 150}
+LIFECYCLE = {"open": "🔔 open", "acknowledged": "👤 acknowledged", "resolved": "✔️ resolved"}
 
 
 def rows_key(name: str, ids: list[str]) -> str:
@@ -80,10 +81,23 @@ def header(view: data.SessionView) -> None:
     st.caption(" · ".join(bits))
 
 
+def given(view: data.SessionView) -> None:
+    """The system prompt the session ran under, and every reply whose client history was edited."""
+    seen = data.model_input(view.stored)
+    for prompt in seen["system"]:
+        st.info(f"**System prompt** {prompt}")
+    for e in seen["edits"]:
+        with st.expander(f"⚠️ Turn {e['turn']}: the client's history differs from the stored conversation from "
+                         f"message {e['diverged_at']}; what the model was given from there"):
+            for k, m in enumerate(e["messages"], start=e["diverged_at"]):
+                st.markdown(f"`({k}) {m['role']}` {m['content']}")
+
+
 def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain=None, compact: bool = False) -> None:
     """A session: header, trajectory chart, heatmap, alerts, interventions, export."""
     if not compact:
         header(view)
+        given(view)
     if not view.tokens:
         st.info("No scored assistant tokens in this session yet.")
     st.altair_chart(charts.trajectory(view, dep.thresholds, domain=domain, height=300 if compact else 380),
@@ -104,11 +118,17 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
         df = pd.DataFrame([dict(level=STATE_BADGE.get(a["level"], a["level"]), turn=a["turn"], token=a["token_index"],
                                 running=a["score"], threshold=a["threshold"],
                                 delivery=DELIVERY_BADGE.get(a["delivery_status"], a["delivery_status"]),
-                                acknowledged=a["acknowledged"], time=when(a["created_at"]), event_id=a["event_id"])
+                                status=LIFECYCLE.get(a.get("status", "open"), a.get("status")),
+                                time=when(a["created_at"]), event_id=a["event_id"])
                            for a in view.alerts])
         table(df, f"{key}-alerts", ALERT_WIDTHS, column_order=list(ALERT_WIDTHS),
               column_config={"running": st.column_config.NumberColumn("running score", format="%+.2f"),
                              "threshold": st.column_config.NumberColumn(format="%+.2f"), "time": TIME})
+        with st.expander("What each alert saw (the reply up to the alerted token), who acknowledged it"):
+            for a in view.alerts:
+                who = f" · acknowledged by {a['acknowledged_by']}" if a.get("acknowledged_by") else ""
+                st.markdown(f"**{a['level']}** at turn {a['turn']} token {a['token_index']}{who}")
+                st.text("..." + (a.get("excerpt") or "(no excerpt stored)")[-200:])
     else:
         st.caption("none")
     st.markdown("**Interventions**")
@@ -124,4 +144,5 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
     if stored:
         a, b, _ = st.columns([1, 1, 4])
         a.download_button("Export JSON", session_json(stored), f"{view.id}.json", "application/json", key=f"{key}-json")
-        b.download_button("Export CSV", session_csv(stored), f"{view.id}.csv", "text/csv", key=f"{key}-csv")
+        csv = session_csv(stored, (dep.thresholds, data.drift_config(dep)))
+        b.download_button("Export CSV", csv, f"{view.id}.csv", "text/csv", key=f"{key}-csv")

@@ -316,7 +316,7 @@ def test_alerts_page_lists_and_filters(monkeypatch, dashboard_db):
     at = ok(page("alerts", monkeypatch, dashboard_db))
     m = metrics(at)
     assert m["alerts shown"] == str(len(alerts))
-    assert m["unacknowledged"] == str(sum(not a["acknowledged"] for a in alerts))
+    assert m["open"] == str(sum(a["status"] == "open" for a in alerts))
     assert sorted(table(at, "event_id")["event_id"]) == sorted(a["event_id"] for a in alerts)
     button = at.button(key="ack")
     assert button.disabled and button.label == "Acknowledge 0 selected"  # nothing selected
@@ -337,21 +337,26 @@ def test_alerts_page_acknowledges_the_selected_alert(monkeypatch, dashboard_db, 
     copy = db_copy(dashboard_db, tmp_path)  # the shared store stays unacknowledged for the other tests
     db_url = copy[0]
     at = ok(page("alerts", monkeypatch, copy))
-    before = int(metrics(at)["unacknowledged"])
+    before = int(metrics(at)["open"])
     assert before > 0
     df = table(at, "event_id")
-    row = next(i for i, acked in enumerate(df["acknowledged"]) if not acked)
+    row = next(i for i, s in enumerate(df["status"]) if s.endswith("open"))
     target = df["event_id"].iloc[row]
 
     at.session_state[rows_key("alerts", list(df["event_id"]))] = {"selection": {"rows": [row], "columns": []}}
     ok(at.run())
     button = at.button(key="ack")
-    assert not button.disabled and button.label == "Acknowledge 1 selected"
-    ok(button.click().run())
+    assert button.disabled and button.label == "Acknowledge 1 selected"  # not before saying who
+    at.text_input(key="ack-by").input("oncall@example.com")
+    at.text_input(key="ack-note").input("checked the transcript")
+    at.session_state[rows_key("alerts", list(df["event_id"]))] = {"selection": {"rows": [row], "columns": []}}
+    ok(at.run())
+    ok(at.button(key="ack").click().run())
 
-    assert {a["event_id"] for a in stored(db_url) if a["acknowledged"]} == {target}
-    assert metrics(at)["unacknowledged"] == str(before - 1)
-    assert bool(table(at, "event_id").set_index("event_id").loc[target, "acknowledged"])
+    acked = [a for a in stored(db_url) if a["acknowledged"]]
+    assert [a["event_id"] for a in acked] == [target] and acked[0]["acknowledged_by"] == "oncall@example.com"
+    assert metrics(at)["open"] == str(before - 1)
+    assert table(at, "event_id").set_index("event_id").loc[target, "status"].endswith("acknowledged")
     assert at.button(key="ack").disabled  # the selected row is acknowledged now
     assert at.toast and "acknowledged 1 alert" in at.toast[0].value
 
@@ -498,11 +503,13 @@ def test_dashboard_never_imports_torch_or_probes(dashboard_db):
 
 
 def test_alerts_selection_does_not_move_to_another_alert(monkeypatch, dashboard_db, tmp_path):
-    """With 'unacknowledged only', an acknowledged row leaves the table: the selection must go with it,
+    """With 'open only', an acknowledged row leaves the table: the selection must go with it,
     not land on the alert that moved into its place."""
     copy = db_copy(dashboard_db, tmp_path)
     at = ok(page("alerts", monkeypatch, copy))
-    ok(at.toggle[0].set_value(True).run())  # unacknowledged only
+    ok(at.toggle[0].set_value(True).run())  # open only
+    at.text_input(key="ack-by").input("ops")
+    ok(at.run())
     df = table(at, "event_id")
     assert len(df) >= 2
     at.session_state[rows_key("alerts", list(df["event_id"]))] = {"selection": {"rows": [0], "columns": []}}
@@ -525,3 +532,28 @@ def test_password_gate(monkeypatch, dashboard_db):
     assert [e.value for e in at.error] == ["Wrong password."] and not at.metric
     at.text_input(key="aw_password").input("correct horse battery").run()
     assert not at.exception and "Sessions" in [t.value for t in at.title] and at.metric
+
+
+def test_session_page_shows_the_system_prompt_edits_and_alert_excerpts(monkeypatch, dashboard_db, tmp_path):
+    from monitor.conversation import chain
+    from monitor.records import AlertEvent, TurnRecord
+
+    copy = db_copy(dashboard_db, tmp_path)
+    system = {"role": "system", "content": "You are Seraphine, an ancient oracle."}
+    first = chain([system, {"role": "user", "content": "Who are you?"}])
+    edited = chain([system, {"role": "user", "content": "Who are you, truly?"}])
+    s = Store(copy[0])
+    s.write(turns=[TurnRecord("oracle", 1, "assistant", "I am the oracle.", 21, ["I", " am"], [1.0, -50.0],
+                              input_head=first[-1]["h"], input=first),
+                   TurnRecord("oracle", 3, "assistant", "The oracle.", 21, ["The"], [-60.0],
+                              input_head=edited[-1]["h"], input=edited, diverged_at=1)],
+            alerts=[AlertEvent("oracle", 1, 1, "critical", -50.0, -42.8, excerpt="I am", event_id="evt_oracle")])
+    s.acknowledge_alert("evt_oracle", by="oncall@example.com")
+    s.close()
+    at = ok(page("session", monkeypatch, copy, id="oracle"))
+    assert any("System prompt" in i.value and "You are Seraphine" in i.value for i in at.info)
+    edit = next(e for e in at.expander if "differs from the stored conversation from message 1" in e.label)
+    assert "Who are you, truly?" in " ".join(m.value for m in edit.markdown)
+    alerts = next(e for e in at.expander if e.label.startswith("What each alert saw"))
+    assert "acknowledged by oncall@example.com" in " ".join(m.value for m in alerts.markdown)
+    assert "...I am" in [t.value for t in alerts.text]
