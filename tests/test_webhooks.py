@@ -385,6 +385,38 @@ def test_alerts_replay_command(embedded, tmp_path, receiver):
     store.close()
 
 
+def test_alerts_raised_before_a_webhook_was_configured_are_delivered_by_alerts_deliver(embedded, tmp_path, receiver):
+    """Raised while no webhook was set, an alert stays pending (no worker has a webhooks group to read it);
+    `axiswatch alerts deliver` hands it to the worker of a deployment that has one now, which sends it once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    streams = Streams.from_url(embedded.url)  # the default prefix, as the CLI uses (this module's own Redis)
+    for k in streams.r.scan_iter(f"{streams.prefix}:*"):
+        streams.r.delete(k)
+    db = tmp_path / "deliver.db"
+    store = Store(f"sqlite:///{db}")
+    store.migrate()
+    ev = AlertEvent("early-1", 1, 20, "critical", -50.0, -42.8, excerpt="long before the webhook")
+    store.write(alerts=[ev])  # stored by the persistence worker; trimmed from the stream long since
+    streams.ensure_groups(webhooks=True)  # a webhook configured now
+    worker = AlertWorker(streams, store, config(receiver))
+    worker.run_once(block_ms=10)
+    assert receiver.requests == [] and status(store, ev)["delivery_status"] == "pending"
+    env = {**os.environ, "REDIS_URL": embedded.url, "AXISWATCH_DATABASE_URL": f"sqlite:///{db}"}
+    exe = str(Path(sys.executable).parent / "axiswatch")
+    r = subprocess.run([exe, "alerts", "deliver"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("1 pending alert(s) handed to the alert worker"), r.stderr
+    run_until(worker, lambda: status(store, ev)["delivery_status"] == "delivered")
+    worker.close()
+    assert [q["headers"]["webhook-id"] for q in receiver.requests] == [ev.event_id]
+    assert json.loads(receiver.requests[0]["body"])["data"]["excerpt"] == "long before the webhook"
+    store.close()
+    for k in streams.r.scan_iter(f"{streams.prefix}:*"):
+        streams.r.delete(k)
+
+
 def test_two_workers_given_the_same_event_deliver_it_once(streams, store, receiver):
     """The outbox replays at least once, so one event can reach two alert workers as two entries.
     Only the worker holding the event's lease delivers; the other's entry waits and is then
