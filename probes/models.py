@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,10 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
     gguf = default_gguf_path()
     log.info("dequantising %s once; caching to %s", gguf.name, folder)
     model, tok = _from_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    # a folder of this process's own: replicas started together on a fresh machine each convert, and the
+    # first complete folder wins (a shared ".tmp" was renamed away under the others mid-write)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     # a GGUF-loaded model refuses save_pretrained; write plain weights + config
 
     config = model.config
@@ -136,10 +139,21 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
     save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"),
               metadata={"format": "pt", "source": gguf.name})
     tok.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    _publish_folder(tmp, folder)
     return model.to(dtype), tok, "gguf"
+
+
+def _publish_folder(tmp: Path, folder: Path) -> None:
+    """Move a finished cache folder into place, atomically; another process's complete one is kept."""
+    complete = lambda: (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))  # noqa: E731
+    if folder.exists() and not complete():
+        shutil.rmtree(folder, ignore_errors=True)  # a partial one from an older version or a crash
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process got there first (a non-empty folder is never replaced)
+        if not complete():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_model(

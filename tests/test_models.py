@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -29,6 +32,18 @@ def test_first_load_dequantises_and_caches(tmp_path):
     fresh = load_model("default", cache_dir=tmp_path)
     assert fresh.source == "gguf"
     assert (tmp_path / "models" / DEFAULT_CACHE_NAME / "model.safetensors").is_file()
+    assert load_model("default", cache_dir=tmp_path).source == "cache"
+
+
+def test_two_first_loads_at_once_both_succeed(tmp_path):
+    """Replicas started together on a fresh machine each dequantise; both load and one folder remains."""
+    code = "import sys; from probes.models import load_model; print(load_model('default', cache_dir=sys.argv[1]).source)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert {out.strip() for out, _ in outs} <= {"gguf", "cache"}
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [DEFAULT_CACHE_NAME]
     assert load_model("default", cache_dir=tmp_path).source == "cache"
 
 
