@@ -37,10 +37,10 @@ def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
                AXISWATCH_DRIFT_BASELINE="absolute", AXISWATCH_THRESHOLD_WATCH="1000", AXISWATCH_THRESHOLD_WARNING="999",
                AXISWATCH_THRESHOLD_CRITICAL="-1000")
     ports = [_free_port(), _free_port()]
-    procs = [subprocess.Popen([AXISWATCH, "serve", "--no-workers", "--port", str(p)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
-    procs += [subprocess.Popen([AXISWATCH, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-              for _ in range(2)]
+    logs = [tmp_path / f"{name}.log" for name in ("replica-0", "replica-1", "worker-0", "worker-1")]
+    cmds = [[AXISWATCH, "serve", "--no-workers", "--port", str(p)] for p in ports] + [[AXISWATCH, "worker"]] * 2
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+             for cmd, log in zip(cmds, logs)]
     generated: dict[str, int] = {}
     try:
         def ready(p):
@@ -74,6 +74,10 @@ def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
                and len({r["headers"]["webhook-id"] for r in hook.requests if r["status"] == 200}) >= len(alerts)
                and all(a["delivery_status"] == "delivered" for a in alerts), 120, "all alerts delivered")
         alerts = store.list_alerts(limit=10_000)
+    except BaseException:
+        for log in logs:  # what the processes said, to tell why
+            print(f"--- {log.name}\n" + log.read_text(errors="replace")[-4000:])
+        raise
     finally:
         for p in procs:
             p.terminate()
