@@ -402,3 +402,37 @@ def test_ids_resolve_from_unique_prefixes(store):
         store.resolve_id("session", "sess_ab")
     with pytest.raises(NotFoundError, match="no session"):
         store.resolve_id("session", "x%")  # a wildcard is a literal character here
+    store.write(turns=[turn("Sess_Upper")])
+    assert store.resolve_id("session", "Sess") == "Sess_Upper"  # case-sensitive on SQLite as on PostgreSQL
+    with pytest.raises(NotFoundError):
+        store.resolve_id("session", "SESS_ABC")
+
+
+def test_whole_numbers_in_float_columns_verify(store):
+    """A producer that sends 5 for a float reads back 5.0: the same record, not an edit."""
+    store.write(turns=[turn("nums", 1, running=-3)], alerts=[alert("nums", 1, "evt_n", created_at=1700000000)])
+    assert store.verify_session("nums")["ok"]
+
+
+def test_records_from_before_the_trail_are_linked_at_the_upgrade(db_url):
+    """A store at schema 2 (no chain) upgrades to one whose sessions verify; acknowledgements from then
+    get their record; an edit after the upgrade is found."""
+    with closing(Store(db_url)) as s:
+        s.migrate()
+        s.write(turns=[turn("old", 1)], alerts=[alert("old", 1, "evt_old")], interventions=[iv("old", 1)])
+        with s.engine.begin() as c:  # back to what schema 2 held
+            for t in ("chain", "alert_updates", "turn_context", "messages"):
+                c.execute(text(f"drop table {t}"))
+            c.execute(text("alter table alerts drop column excerpt"))
+            c.execute(text("update alerts set acknowledged = true"))
+            c.execute(text("delete from schema_version where version = 3"))
+    with closing(Store(db_url)) as s:
+        assert s.migrate() == SCHEMA_VERSION
+        v = s.verify_session("old")
+        assert v["ok"] and v["links"] == 4, v["problems"]  # turn, alert, intervention, the acknowledgement
+        [a] = s.get_session("old")["alerts"]
+        assert a["status"] == "acknowledged" and a["acknowledged_by"] == "before-v3"
+        assert s.migrate() == SCHEMA_VERSION and s.verify_session("old")["links"] == 4  # linked once
+        with s.engine.begin() as c:
+            c.execute(text("update turns set text = 'rewritten' where session_id = 'old'"))
+        assert not s.verify_session("old")["ok"]

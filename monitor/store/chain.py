@@ -30,6 +30,7 @@ from monitor.store.schema import (
     ChainRow,
     InterventionRow,
     MessageRow,
+    SessionRow,
     TurnContextRow,
     TurnRow,
     table,
@@ -61,6 +62,31 @@ def append_links(s: Session, written: list[tuple[str, dict[str, Any]]], now: flo
         links.append(dict(session_id=sid, seq=seq + 1, kind=kind, key=key, content=content, digest=digest,
                           created_at=now))
     s.execute(insert(table(ChainRow)), links)
+
+
+def seal_unlinked(s: Session, now: float) -> int:
+    """Link every record not yet in its session's chain: records written before the trail existed
+    (schema version 3), at the upgrade. An alert acknowledged then gets the acknowledgement record it
+    lacks (by ``before-v3``). From the upgrade on, the chain vouches for them; what they were before it
+    cannot be told. The number of records linked."""
+    ids = list(s.scalars(select(SessionRow.id).order_by(SessionRow.id)))
+    total = 0
+    for sid in ids:  # one session at a time: a large store is never loaded whole
+        linked = {(k, key) for k, key in s.execute(select(ChainRow.kind, ChainRow.key)
+                                                     .where(ChainRow.session_id == sid))}
+        rows = [(kind, raw_row(obj)) for kind, model in MODELS.items()
+                for obj in s.scalars(select(model).where(model.session_id == sid))]  # type: ignore[attr-defined]
+        acked = {chain_key("alert_update", r).split(":")[0] for k, r in rows
+                 if k == "alert_update" and r["action"] == "acknowledged"}
+        acks = [dict(event_id=r["event_id"], action="acknowledged", session_id=sid, by="before-v3",
+                     note="acknowledged before the audit trail existed", turn=None, token_index=None, created_at=now)
+                for k, r in rows if k == "alert" and r.get("acknowledged") and r["event_id"] not in acked]
+        if acks:
+            s.execute(insert(table(AlertUpdateRow)), acks)
+        todo = [(k, r) for k, r in rows if (k, chain_key(k, r)) not in linked] + [("alert_update", a) for a in acks]
+        append_links(s, todo, now)
+        total += len(todo)
+    return total
 
 
 def verify(s: Session, session_id: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ through the same URL. Batched writes, one transaction each, idempotent by the re
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from monitor.conversation import node_hash, walk
 from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
-from monitor.store.chain import append_links
+from monitor.store.chain import append_links, seal_unlinked
 from monitor.store.chain import verify as verify_chain
 from monitor.store.rows import (
     DELIVERY_STATUSES,
@@ -43,6 +44,7 @@ from monitor.store.rows import (
     to_row,
 )
 from monitor.store.schema import (
+    CHAIN_VERSION,
     MIGRATIONS,
     SCHEMA_VERSION,
     AlertRow,
@@ -58,6 +60,7 @@ from monitor.store.schema import (
     table,
 )
 
+log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///axiswatch.db"
 
 
@@ -126,6 +129,10 @@ class Store:
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[version - 1](conn)
                 conn.execute(insert(table(SchemaVersion)).values(version=version, applied_at=time.time()))
+            if 0 < current < CHAIN_VERSION <= SCHEMA_VERSION:  # the records from before the trail, linked now
+                n = seal_unlinked(s, time.time())
+                log.info("schema %d -> %d: %d records written before the audit trail linked into it",
+                         current, SCHEMA_VERSION, n)
         return SCHEMA_VERSION
 
     def _insert(self, s: Session, model: type[Base], rows: list[dict], keys: tuple[str, ...],
@@ -257,8 +264,9 @@ class Store:
         with self._tx() as s:
             if s.scalar(select(col).where(col == prefix)) is not None:
                 return prefix
-            like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            found = list(s.scalars(select(col).where(col.like(like, escape="\\")).order_by(col).limit(6)))
+            # substr, not LIKE: case-sensitive on SQLite as on PostgreSQL, and no wildcards to escape
+            found = list(s.scalars(select(col).where(func.substr(col, 1, len(prefix)) == prefix)
+                                   .order_by(col).limit(6)))
         if not found:
             raise NotFoundError(f"no {kind} {prefix!r} in the store")
         if len(found) > 1:
@@ -269,6 +277,8 @@ class Store:
     def verify_session(self, session_id: str) -> dict[str, Any]:
         """Check the session's hash chain against its rows (monitor/store/chain.py ``verify``)."""
         with self._tx() as s:
+            if self.dialect == "postgresql":  # one snapshot for the links and the rows, however workers write
+                s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             if s.get(SessionRow, session_id) is None:
                 raise NotFoundError(f"no session {session_id!r} in the store")
             return {"session_id": session_id, **verify_chain(s, session_id)}

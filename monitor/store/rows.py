@@ -177,6 +177,8 @@ def content_digest(kind: str, row: dict[str, Any]) -> str:
     the same from the dict that was inserted and from the row read back."""
     skip = _VOLATILE.get(kind, set())
     d = {k: _plain(bytes(v) if isinstance(v, memoryview) else v) for k, v in row.items() if k not in skip}
+    # numbers as floats: a whole number inserted into a float column reads back as 5.0, not 5
+    d = {k: float(v) if is_num(v) else v for k, v in d.items()}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                      default=str).encode()).hexdigest()
 

@@ -207,3 +207,4 @@ def _v3(conn: Connection) -> None:
 
 MIGRATIONS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
+CHAIN_VERSION = 3  # the version that began each session's hash chain (older records are linked at the upgrade)
