@@ -260,10 +260,14 @@ class Engine:
         """The head of a turn's input and the nodes the store may lack; the session's conversation is now
         that input and its reply."""
         head = nodes[-1]["h"] if nodes else None
-        new = [n for n in nodes if n["h"] not in s.sent]
-        s.sent.update(n["h"] for n in new)
         s.conversation = [n["h"] for n in nodes] + [node_hash(head or "", "assistant", reply)]
-        return head, new
+        return head, [n for n in nodes if n["h"] not in s.sent]
+
+    def _publish_turn(self, s: Session, record: TurnRecord) -> None:
+        """A turn record; its new messages count as sent only once it was handed over (a record that could
+        not be published sends them again with the next turn, so the store never lacks a turn's input)."""
+        if self._publish(record):
+            s.sent.update(n["h"] for n in record.input or ())
 
     def _finish(self, turns: list[Turn]) -> list[ChatResult]:
         """Every tracker's turn ends before any I/O; then the turn records; only then are the tails
@@ -276,7 +280,7 @@ class Engine:
         for t, summary in zip(turns, summaries):
             capped_any, s = any(t.cap_flags), t.session
             head, new = self._input(s, t.input, t.job.text)
-            self._publish(TurnRecord(s.id, t.number, "assistant", t.job.text, self.layer, t.tokens, t.scores,
+            self._publish_turn(s, TurnRecord(s.id, t.number, "assistant", t.job.text, self.layer, t.tokens, t.scores,
                                      t.pre_cap_scores if capped_any else None, t.cap_flags if capped_any else None,
                                      summary.state, summary.running, s.source, self.model_id, policy=s.policy,
                                      input_head=head, input=new, diverged_at=t.diverged_at,
@@ -364,7 +368,7 @@ class Engine:
                 elif ev.kind == "resolve":
                     self._resolve(s, ev, i)
             head, new = self._input(s, nodes[:i], m["content"])
-            self._publish(TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
+            self._publish_turn(s, TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
                                      state=summary.state, running=summary.running, source=source,
                                      model_id=self.model_id, policy=s.policy, input_head=head, input=new,
                                      tracker=s.tracker.snapshot()))
@@ -374,16 +378,18 @@ class Engine:
                 "state": s.tracker.state, "running": s.tracker.running, "drift": s.tracker.drift,
                 "alerts": [a.to_dict() for a in alerts]}
 
-    def _publish(self, record) -> None:
-        """Hand a record to the publisher (the outbox, which buffers while Redis is down). A failure
-        is logged and counted, never raised into generation."""
+    def _publish(self, record) -> bool:
+        """Hand a record to the publisher (the outbox, which buffers while Redis is down); whether it
+        took it. A failure is logged and counted, never raised into generation."""
         if self.publisher is None:
-            return
+            return False
         try:
             self.publisher.publish(record)
+            return True
         except REDIS_DOWN as e:
             self.publish_errors += 1
             log.error("could not publish %s of session %s: %s", type(record).__name__, record.session_id, e)
         except Exception:
             self.publish_errors += 1
             log.exception("could not publish %s of session %s", type(record).__name__, record.session_id)
+        return False
