@@ -182,6 +182,29 @@ def test_a_resolution_is_notified_after_its_alert_with_the_session_link(streams,
                                    "AXISWATCH_DASHBOARD_URL": "http://dash:8501/"}).dashboard_url == "http://dash:8501"
 
 
+def test_a_resolution_the_receiver_missed_is_dead_lettered_and_replayed(streams, store, receiver):
+    """A recovery notice matters as much as the page it closes: one that exhausts its attempts waits on
+    the dead list, and ``alerts replay`` delivers it once."""
+    from monitor.records import AlertUpdate
+
+    ev = alert(store)
+    up = AlertUpdate(ev.session_id, ev.event_id, "resolved", turn=2, token_index=9)
+    receiver.close()
+    streams.publish(up)
+    w = AlertWorker(streams, store, config(receiver, max_attempts=2))
+    run_until(w, lambda: settled(streams) and w.in_flight == 0)
+    w.close()
+    assert [json.loads(x) for x in streams.r.lrange(dead_key(streams), 0, -1)] == [up.to_dict()]
+    assert w.stats["dead"] == 1
+    receiver.open()
+    assert replay_dead(streams, store, config(receiver)) == 1
+    [r] = receiver.requests
+    assert r["verified"] and r["headers"]["webhook-id"] == f"{ev.event_id}.resolved"
+    assert Webhook(SECRET).verify(r["body"], r["headers"])["type"] == "axiswatch.alert.resolved"
+    assert streams.r.llen(dead_key(streams)) == 0
+    assert status(store, ev)["delivery_status"] == "pending"  # the alert's own delivery is not the notice's
+
+
 def test_500s_then_200_is_delivered_once_and_goes_retrying_then_delivered(streams, store, receiver):
     ev = alert(store)
     receiver.script = [500, 500, 500]

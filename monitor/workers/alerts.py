@@ -40,7 +40,15 @@ from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, UNREACHABLE, Entry, ResponseError, Streams
 from monitor.streams.alerts import GROUP, STREAM, AlertLedger
 from monitor.workers.persist import consumer_name
-from monitor.workers.webhooks import Notice, Resolved, WebhookConfig, deliver, notice_of, record_delivery, stored_alert
+from monitor.workers.webhooks import (
+    Notice,
+    Resolved,
+    WebhookConfig,
+    deliver,
+    notice_of,
+    record_delivery,
+    stored_alert,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +135,7 @@ class AlertWorker:
         while len(self._done) > 10_000:
             self._done.popitem(last=False)
 
-    def _dead_letter(self, event: AlertEvent, ids) -> None:
+    def _dead_letter(self, event: Notice, ids) -> None:
         """Onto the dead list and acknowledged in one MULTI: exactly one list item per dead entry."""
         self.ledger.dead_letter(event.to_dict(), sorted(ids))
 
@@ -170,11 +178,14 @@ class AlertWorker:
 
     def _finish(self, job: _Job, status: str, error: str | None) -> None:
         ev = job.event
-        if isinstance(ev, Resolved):  # no delivery row: acknowledged either way, a failure logged
+        if isinstance(ev, Resolved):  # no delivery row: a notice that exhausts its attempts is dead-lettered
             if status == "dead":
-                log.error("resolve notice %s dropped after %d attempts to %s (last error: %s); the alert stays "
-                          "resolved in the store", ev.event_id, job.attempts, self.config.target, error)
-            self._ack(job.ids)
+                self._dead_letter(ev, job.ids)
+                self.stats["dead"] += 1
+                log.error("resolve notice %s dead-lettered after %d attempts to %s (last error: %s); the alert "
+                          "stays resolved in the store", ev.event_id, job.attempts, self.config.target, error)
+            else:
+                self._ack(job.ids)
             return self._forget(job, "delivered" if status == "delivered" else "dead")
         try:
             changed = record_delivery(self.store, ev, status, job.attempts, error)

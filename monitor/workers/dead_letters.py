@@ -1,4 +1,4 @@
-"""Dead-lettered alerts: ``axiswatch alerts replay`` tries each once more (:func:`replay_dead`).
+"""Dead-lettered alerts and resolve notices: ``axiswatch alerts replay`` tries each once more (:func:`replay_dead`).
 One replay runs at a time (``{prefix}:alerts:dead:lock``); a second is refused with a clear error.
 Keys: :mod:`monitor.streams.alerts`."""
 
@@ -11,17 +11,18 @@ import time
 import httpx
 
 from monitor.errors import InputError
+from monitor.records import AlertEvent
 from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, Streams
 from monitor.streams.alerts import AlertLedger
-from monitor.workers.webhooks import WebhookConfig, alert_of, deliver, record_delivery, stored_alert
+from monitor.workers.webhooks import WebhookConfig, deliver, notice_from_dead, record_delivery, stored_alert
 
 log = logging.getLogger(__name__)
 
 
 def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: int | None = None,
                 client: httpx.Client | None = None) -> int:
-    """Try each dead-lettered alert once more (oldest first, at most ``limit``); the number delivered.
+    """Try each dead-lettered alert or resolve notice once more (oldest first, at most ``limit``); the number delivered.
 
     Delivered ones are marked ``delivered``; failed ones go back onto the dead list (status ``dead``,
     attempts + 1); ones already delivered (a duplicate on the list) are dropped without sending."""
@@ -43,27 +44,28 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
             raw = ledger.take()
             if raw is None:
                 break
-            if (ev := alert_of(raw)) is None:
+            if (ev := notice_from_dead(raw)) is None:
                 log.error("malformed item on %s left in place: %r", ledger.dead, raw[:200])
                 ledger.put_back(raw)
                 continue
-            row = stored_alert(store, ev)
+            row = stored_alert(store, ev) if isinstance(ev, AlertEvent) else None  # a resolve notice has none
             if ev.event_id in seen or (row and row["delivery_status"] == "delivered"):
                 ledger.settle(raw)
                 continue
             attempts = (int(row["attempts"]) if row else 0) + 1
             error = deliver(client, config, ev)
-            try:
-                record_delivery(store, ev, "delivered" if error is None else "dead", attempts, error)
-            except StoreError as e:
-                log.warning("alert %s: cannot record the replay (%s)", ev.event_id, e)
+            if isinstance(ev, AlertEvent):
+                try:
+                    record_delivery(store, ev, "delivered" if error is None else "dead", attempts, error)
+                except StoreError as e:
+                    log.warning("alert %s: cannot record the replay (%s)", ev.event_id, e)
             if error is None:
                 delivered += 1
                 seen.add(ev.event_id)
                 ledger.settle(raw)
-                log.info("dead-lettered alert %s delivered to %s", ev.event_id, config.target)
+                log.info("dead-lettered notice %s delivered to %s", ev.event_id, config.target)
             else:
-                log.warning("dead-lettered alert %s: delivery to %s failed again (%s)", ev.event_id,
+                log.warning("dead-lettered notice %s: delivery to %s failed again (%s)", ev.event_id,
                             config.target, error)
                 ledger.put_back(raw)
     finally:

@@ -198,6 +198,18 @@ def notice_of(kind: str, data: Any) -> Notice | None:
     return Resolved(up) if ok and up.action == "resolved" else None
 
 
+def notice_from_dead(data: Any) -> Notice | None:
+    """The notice of a dead-letter list item (a notice's ``to_dict()``: an alert's, or its resolving
+    update's, which has an ``action``); None when malformed."""
+    try:
+        d = json.loads(data) if isinstance(data, (bytes, str)) else data
+    except ValueError:
+        return None
+    if isinstance(d, dict) and "action" in d:
+        return notice_of("alert_update", d)
+    return alert_of(d)
+
+
 def alert_of(data: Any) -> AlertEvent | None:
     """The AlertEvent of a payload (a dict, or JSON bytes/str); None when malformed."""
     try:
