@@ -204,18 +204,20 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: CompletionBody, x_session_id: str | None = Header(default=None)):
-        req = _request(body, x_session_id)
+        # off the event loop: continuing a stored session reads it from the database
+        req = await asyncio.to_thread(_request, body, x_session_id)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = {"X-Session-Id": req.session_id}
         if not body.stream:
             res: ChatResult = await asyncio.wrap_future(await asyncio.to_thread(engine.submit, req))
             metrics.observe(res, False)
+            usage = await asyncio.to_thread(_usage, req, res)  # tokenising the prompt: off the event loop too
             return JSONResponse({
                 "id": cid, "object": "chat.completion", "created": created, "model": model_id,
                 "session_id": res.session_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
                              "finish_reason": res.finish_reason}],
-                "usage": _usage(req, res),
+                "usage": usage,
                 "axiswatch": {"session_id": res.session_id, "turn": res.turn, "layer": res.layer, "scores": res.scores,
                               "mean": res.mean, "state": res.state, "running": res.running, "drift": res.drift,
                               "reference": res.reference, "capped": res.capped, **_events(res)},

@@ -48,18 +48,27 @@ class SessionRegistry:
 
     def get(self, session_id: str | None = None, policy: str | None = None, source: str = "live") -> Session:
         """The session with this id, created on first use (a new id when None)."""
+        sid = session_id or new_id("sess")
+        if (s := self._held(sid)) is not None:
+            return s
+        known = self._stored(sid) if session_id else None  # outside the lock: other sessions go on meanwhile
         with self._lock:
-            sid = session_id or new_id("sess")
-            s = self.sessions.get(sid)
-            if s is not None:
+            if (s := self.sessions.get(sid)) is not None:  # a concurrent request continued it first
                 self.sessions.move_to_end(sid)
                 return s
             while len(self.sessions) >= self.max_sessions:
                 self.sessions.popitem(last=False)  # the store keeps its turns; a later request continues it
-            known = self._stored(sid) if session_id else None
-            s = self.sessions[sid] = self._new(sid, policy or (known or {}).get("policy"), source)
+            s = self._new(sid, policy or (known or {}).get("policy"), source)
             if known:
                 self._continue(s, known)
+            self.sessions[sid] = s
+            return s
+
+    def _held(self, sid: str) -> Session | None:
+        with self._lock:
+            s = self.sessions.get(sid)
+            if s is not None:
+                self.sessions.move_to_end(sid)
             return s
 
     def peek(self, session_id: str) -> Session | None:
