@@ -414,6 +414,12 @@ def test_whole_numbers_in_float_columns_verify(store):
     assert store.verify_session("nums")["ok"]
 
 
+def test_an_acknowledged_alert_whose_id_holds_a_colon_verifies(store):
+    store.write(alerts=[alert("colon", 1, "evt:from:elsewhere")])
+    store.acknowledge_alert("evt:from:elsewhere", by="ops")
+    assert store.verify_session("colon")["ok"]
+
+
 def test_records_from_before_the_trail_are_linked_at_the_upgrade(db_url):
     """A store at schema 2 (no chain) upgrades to one whose sessions verify; acknowledgements from then
     get their record; an edit after the upgrade is found."""

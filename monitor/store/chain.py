@@ -22,22 +22,14 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from monitor.conversation import verify_node
-from monitor.store.rows import CHAINED, chain_key, content_digest, link_digest, raw_row
+from monitor.store.rows import CHAINED, CHAINED_MODELS, chain_key, content_digest, link_digest, raw_row
 from monitor.store.schema import (
-    AlertRow,
     AlertUpdateRow,
-    Base,
     ChainRow,
-    InterventionRow,
     MessageRow,
     SessionRow,
-    TurnContextRow,
-    TurnRow,
     table,
 )
-
-MODELS: dict[str, type[Base]] = {"turn": TurnRow, "context": TurnContextRow, "alert": AlertRow,
-                                 "intervention": InterventionRow, "alert_update": AlertUpdateRow}
 
 
 def append_links(s: Session, written: list[tuple[str, dict[str, Any]]], now: float) -> None:
@@ -74,10 +66,9 @@ def seal_unlinked(s: Session, now: float) -> int:
     for sid in ids:  # one session at a time: a large store is never loaded whole
         linked = {(k, key) for k, key in s.execute(select(ChainRow.kind, ChainRow.key)
                                                      .where(ChainRow.session_id == sid))}
-        rows = [(kind, raw_row(obj)) for kind, model in MODELS.items()
+        rows = [(kind, raw_row(obj)) for kind, model in CHAINED_MODELS.items()
                 for obj in s.scalars(select(model).where(model.session_id == sid))]  # type: ignore[attr-defined]
-        acked = {chain_key("alert_update", r).split(":")[0] for k, r in rows
-                 if k == "alert_update" and r["action"] == "acknowledged"}
+        acked = {r["event_id"] for k, r in rows if k == "alert_update" and r["action"] == "acknowledged"}
         acks = [dict(event_id=r["event_id"], action="acknowledged", session_id=sid, by="before-v3",
                      note="acknowledged before the audit trail existed", turn=None, token_index=None, created_at=now)
                 for k, r in rows if k == "alert" and r.get("acknowledged") and r["event_id"] not in acked]
@@ -94,7 +85,7 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
     (rows missing from the chain after them, then messages)."""
     links = list(s.scalars(select(ChainRow).where(ChainRow.session_id == session_id).order_by(ChainRow.seq)))
     rows: dict[tuple[str, str], dict] = {}
-    for kind, model in MODELS.items():
+    for kind, model in CHAINED_MODELS.items():
         for obj in s.scalars(select(model).where(model.session_id == session_id)):  # type: ignore[attr-defined]
             d = raw_row(obj)
             rows[(kind, chain_key(kind, d))] = d
@@ -120,7 +111,7 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
             bad(ln.seq, ln.kind, ln.key, "the record does not match what was written (edited)")
     for kind, key in sorted(set(rows) - set(last_of)):
         bad(None, kind, key, "the record is not in the chain (inserted outside axiswatch)")
-    acks = {k.split(":")[0] for kind, k in rows if kind == "alert_update" and k.endswith(":acknowledged")}
+    acks = {row["event_id"] for (kind, _), row in rows.items() if kind == "alert_update" and row["action"] == "acknowledged"}
     for (kind, key), row in sorted(rows.items()):
         if kind == "alert" and row.get("acknowledged") and key not in acks:
             bad(None, kind, key, "marked acknowledged without an acknowledgement record")

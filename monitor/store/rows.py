@@ -11,6 +11,8 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import Float
+
 from monitor.conversation import verify_node
 from monitor.errors import InputError
 from monitor.records import (
@@ -23,7 +25,15 @@ from monitor.records import (
     InterventionRecord,
     TurnRecord,
 )
-from monitor.store.schema import Base, TurnRow, table
+from monitor.store.schema import (
+    AlertRow,
+    AlertUpdateRow,
+    Base,
+    InterventionRow,
+    TurnContextRow,
+    TurnRow,
+    table,
+)
 
 DELIVERY_STATUSES = ("pending", "delivered", "retrying", "dead")
 ROLES = ("assistant", "user", "system")
@@ -152,7 +162,11 @@ def message_rows(r: TurnRecord) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- the hash chain's record digests
-CHAINED = ("turn", "context", "alert", "intervention", "alert_update")
+CHAINED_MODELS: dict[str, type[Base]] = {"turn": TurnRow, "context": TurnContextRow, "alert": AlertRow,
+                                          "intervention": InterventionRow, "alert_update": AlertUpdateRow}
+CHAINED = tuple(CHAINED_MODELS)
+# the float columns of each: a whole number inserted into one reads back as 5.0, not 5, and digests so
+_FLOATS = {kind: {c.key for c in table(m).columns if isinstance(c.type, Float)} for kind, m in CHAINED_MODELS.items()}
 _VOLATILE = {"turn": {"id"}, "intervention": {"id"},  # the delivery state changes by design
              "alert": {"delivery_status", "attempts", "last_error", "acknowledged"}}
 
@@ -177,8 +191,8 @@ def content_digest(kind: str, row: dict[str, Any]) -> str:
     the same from the dict that was inserted and from the row read back."""
     skip = _VOLATILE.get(kind, set())
     d = {k: _plain(bytes(v) if isinstance(v, memoryview) else v) for k, v in row.items() if k not in skip}
-    # numbers as floats: a whole number inserted into a float column reads back as 5.0, not 5
-    d = {k: float(v) if is_num(v) else v for k, v in d.items()}
+    floats = _FLOATS.get(kind, set())
+    d = {k: float(v) if k in floats and is_num(v) else v for k, v in d.items()}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                                      default=str).encode()).hexdigest()
 
