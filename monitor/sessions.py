@@ -51,18 +51,19 @@ class SessionRegistry:
         sid = session_id or new_id("sess")
         if (s := self._held(sid)) is not None:
             return s
-        known = self._stored(sid) if session_id else None  # outside the lock: other sessions go on meanwhile
+        # read and replayed outside the lock: other sessions go on meanwhile
+        known = self._stored(sid) if session_id else None
+        fresh = self._new(sid, policy or (known or {}).get("policy"), source)
+        if known:
+            self._continue(fresh, known)
         with self._lock:
             if (s := self.sessions.get(sid)) is not None:  # a concurrent request continued it first
                 self.sessions.move_to_end(sid)
                 return s
             while len(self.sessions) >= self.max_sessions:
                 self.sessions.popitem(last=False)  # the store keeps its turns; a later request continues it
-            s = self._new(sid, policy or (known or {}).get("policy"), source)
-            if known:
-                self._continue(s, known)
-            self.sessions[sid] = s
-            return s
+            self.sessions[sid] = fresh
+            return fresh
 
     def _held(self, sid: str) -> Session | None:
         with self._lock:
