@@ -55,6 +55,7 @@ class Engine:
         self.registry = SessionRegistry(thresholds, self.drift, self.policy, backend.capping is not None,
                                         session_lookup, max_sessions)
         self.publish_errors = 0
+        self.template_system = getattr(backend, "template_system", None)
         self._lock = threading.Lock()
         self._queued: dict[str, deque[tuple[ChatRequest, Future]]] = {}  # per session: in flight, then waiting
         self._idle = threading.Condition(self._lock)  # notified when a session's queue empties
@@ -198,7 +199,7 @@ class Engine:
             if user:
                 self._publish(TurnRecord(s.id, first, "user", r.messages[-1]["content"], self.layer,
                                          source=s.source, model_id=self.model_id, policy=s.policy))
-            nodes = chain(r.messages)
+            nodes = chain(self._as_seen(r.messages))
             turn = Turn(r, s, first + int(user), Job(r.messages, r.options, s.capped), input=nodes,
                         diverged_at=divergence(s.conversation, [n["h"] for n in nodes]))
             turn.job.tag = turn
@@ -255,6 +256,13 @@ class Engine:
             else:
                 keep.append((event_id, level))
         s.open_alerts = keep
+
+    def _as_seen(self, messages: list[dict]) -> list[dict]:
+        """The messages as the model is given them: the chat template's own system prompt first when they
+        carry none (the template puts it in, so it is part of what the model saw)."""
+        if self.template_system and (not messages or messages[0]["role"] != "system"):
+            return [{"role": "system", "content": self.template_system}, *messages]
+        return messages
 
     def _input(self, s: Session, nodes: list[dict], reply: str) -> tuple[str | None, list[dict]]:
         """The head of a turn's input and the nodes the store may lack; the session's conversation is now
@@ -346,7 +354,8 @@ class Engine:
         if s.source != source:
             raise InputError(f"session {s.id!r} is a {s.source} session; give the {source} transcript another id")
         scored = {t.index: t for t in self.backend.score_conversation(messages)}
-        nodes = chain(messages)
+        seen = self._as_seen(messages)
+        nodes, shift = chain(seen), len(seen) - len(messages)  # message i is node i + shift
         out_turns, alerts = [], []
         for i, m in enumerate(messages):
             if i < s.next_turn:
@@ -367,7 +376,7 @@ class Engine:
                     alerts.append(a)
                 elif ev.kind == "resolve":
                     self._resolve(s, ev, i)
-            head, new = self._input(s, nodes[:i], m["content"])
+            head, new = self._input(s, nodes[:i + shift], m["content"])
             self._publish_turn(s, TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
                                      state=summary.state, running=summary.running, source=source,
                                      model_id=self.model_id, policy=s.policy, input_head=head, input=new,

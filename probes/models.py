@@ -123,8 +123,20 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
     # first complete folder wins (a shared ".tmp" was renamed away under the others mid-write)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    # a GGUF-loaded model refuses save_pretrained; write plain weights + config
+    try:
+        _save_plain(model, tok, tmp, gguf.name)
+        _publish_folder(tmp, folder)
+    except BaseException:  # a full disk, Ctrl-C: no half-written model left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return model.to(dtype), tok, "gguf"
 
+
+def _save_plain(model, tok, tmp: Path, source: str) -> None:
+    """A GGUF-loaded model refuses save_pretrained: plain weights, config and tokenizer."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would keep the cache from other users of a shared one
     config = model.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -137,17 +149,22 @@ def _load_default(cache_dir: Path, dtype: torch.dtype):
     if getattr(config, "tie_word_embeddings", False):
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     save_file({k: v.contiguous().clone() for k, v in state.items()}, str(tmp / "model.safetensors"),
-              metadata={"format": "pt", "source": gguf.name})
+              metadata={"format": "pt", "source": source})
     tok.save_pretrained(tmp)
-    _publish_folder(tmp, folder)
-    return model.to(dtype), tok, "gguf"
 
 
 def _publish_folder(tmp: Path, folder: Path) -> None:
     """Move a finished cache folder into place, atomically; another process's complete one is kept."""
-    complete = lambda: (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))  # noqa: E731
-    if folder.exists() and not complete():
-        shutil.rmtree(folder, ignore_errors=True)  # a partial one from an older version or a crash
+    complete = lambda f=folder: (f / "config.json").is_file() and any(f.glob("*.safetensors"))  # noqa: E731
+    if folder.exists() and not complete():  # a partial one from an older version or a crash: set aside
+        aside = Path(tempfile.mkdtemp(prefix=folder.name + ".old-", dir=folder.parent))
+        try:
+            folder.rename(aside / "partial")
+            if complete(aside / "partial"):  # a peer's finished folder landed in between: put it back
+                (aside / "partial").rename(folder)
+        except OSError:
+            pass  # a peer moved it already
+        shutil.rmtree(aside, ignore_errors=True)
     try:
         tmp.rename(folder)
     except OSError:  # another process got there first (a non-empty folder is never replaced)
@@ -205,6 +222,27 @@ def _supports_system(tokenizer) -> bool:
         return True
     except Exception:  # noqa: BLE001 - jinja raises TemplateError ("System role not supported")
         return False
+
+
+def template_default_system(tokenizer) -> str | None:
+    """The system prompt the chat template puts in when the messages carry none (SmolLM2's "You are a
+    helpful AI assistant named SmolLM, trained by Hugging Face"): part of what the model is given. None
+    when the template adds none (or has no system role). Found by rendering one user message with and
+    without a marked system message and reading what stands where the mark stood."""
+    if not getattr(tokenizer, "chat_template", None) or not _supports_system(tokenizer):
+        return None
+    mark, user = "\x1esystem\x1e", [{"role": "user", "content": "\x1euser\x1e"}]
+    try:
+        given = tokenizer.apply_chat_template([{"role": "system", "content": mark}, *user], tokenize=False)
+        bare = tokenizer.apply_chat_template(user, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render these has no default to tell
+        return None
+    if given.count(mark) != 1:
+        return None
+    head, tail = given.split(mark)
+    if len(bare) > len(head) + len(tail) and bare.startswith(head) and bare.endswith(tail):
+        return bare[len(head):len(bare) - len(tail)]
+    return None
 
 
 def normalise_messages(tokenizer, messages: list[dict]) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from probes.errors import InputError, ModelLoadError
-from probes.models import DEFAULT_CACHE_NAME, default_gguf_path, format_chat, load_model, normalise_messages
+from probes.models import (
+    DEFAULT_CACHE_NAME,
+    default_gguf_path,
+    format_chat,
+    load_model,
+    normalise_messages,
+    template_default_system,
+)
 
 
 def test_default_model_loads_from_the_wheel(lm):
@@ -114,3 +122,15 @@ def test_local_folder_and_gguf_path_specs(lm):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(gguf.model(input_ids=ids).logits, lm.model(input_ids=ids).logits, atol=1e-4)
+
+
+def test_the_templates_own_system_prompt_is_found(lm):
+    """SmolLM2's template puts in a system prompt of its own when the messages carry none."""
+    found = template_default_system(lm.tokenizer)
+    assert found == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    user = [{"role": "user", "content": "Hi"}]
+    assert format_chat(lm.tokenizer, [{"role": "system", "content": found}, *user]) == format_chat(lm.tokenizer, user)
+    plain = copy.deepcopy(lm.tokenizer)  # a template that adds nothing of its own
+    plain.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                           "{% endfor %}")
+    assert template_default_system(plain) is None

@@ -111,3 +111,25 @@ def test_the_stored_input_is_what_the_model_saw_and_edits_are_recorded(lm, shipp
     # parents), the reply and the follow-up again
     assert len(d["messages"]) == 7
     assert store.verify_session("edited")["ok"]
+
+
+def test_a_session_without_a_system_prompt_records_the_templates_own(lm, shipped, store, setup):
+    """The chat template gives the model a system prompt of its own when the client sends none: the
+    record shows it, and the same history sent again is no edit."""
+    thresholds, drift = setup
+    eng = engine(lm, shipped, store, thresholds, drift)
+    first = [{"role": "user", "content": USERS[0]}]
+    r1 = eng.run_batch([ChatRequest("plain", first, OPTS)])[0]
+    follow = first + [{"role": "assistant", "content": r1.text}, {"role": "user", "content": USERS[1]}]
+    eng.run_batch([ChatRequest("plain", follow, OPTS)])
+    d = store.get_session("plain")
+    replies = [t for t in d["turns"] if t["role"] == "assistant"]
+    assert [t["diverged_at"] for t in replies] == [None, None]
+    saw = [(m["role"], m["content"]) for m in walk(replies[1]["input_head"], d["messages"])]
+    assert saw == [("system", eng.template_system)] + [(m["role"], m["content"]) for m in follow]
+    assert eng.template_system.startswith("You are a helpful AI assistant named SmolLM")
+    audit = eng.score_transcript("plain-audit", follow + [{"role": "assistant", "content": "Gladly."}])
+    d = store.get_session(audit["id"])
+    last = [t for t in d["turns"] if t["role"] == "assistant"][-1]
+    assert [m["role"] for m in walk(last["input_head"], d["messages"])] == ["system", "user", "assistant", "user"]
+    assert store.verify_session("plain")["ok"] and store.verify_session(audit["id"])["ok"]

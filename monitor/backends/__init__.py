@@ -67,6 +67,7 @@ class Backend(Protocol):
     layer: int  # the monitor layer (output of decoder block L)
     axis: Any  # probes.artifacts.AxisArtifact
     capping: Any  # probes.artifacts.CappingConfig | None
+    template_system: str | None  # the chat template's own system prompt for messages without one
 
     def validate(self, messages: list[dict], options: GenerationOptions) -> None:
         """Raise :class:`~probes.errors.InputError` for a chat the model cannot take."""

@@ -22,7 +22,7 @@ from monitor.errors import InputError
 from probes.artifacts import AxisArtifact, CappingConfig
 from probes.audit import score_conversation
 from probes.generation import CapPlan, Detokenizer, GenerationOptions, cap_plan, generate
-from probes.models import LoadedModel, format_chat
+from probes.models import LoadedModel, format_chat, template_default_system
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class HFBackend:
                  max_batch: int = 8, max_wait_s: float = 0.02):
         self.lm, self.axis, self.capping = lm, axis, capping
         self.model_id, self.layer, self.v = lm.model_id, axis.monitor_layer, axis.unit()
+        self.template_system = template_default_system(lm.tokenizer)
         self._plan = cap_plan(capping)
         self._model_lock = threading.Lock()  # one forward pass at a time: hooks go on the shared model
         self.max_batch, self.max_wait_s = max_batch, max_wait_s

@@ -113,7 +113,7 @@ class VLLMBackend:
         vllm, self._kind = _vllm()
         self.hf, self.options = hf, options or VLLMOptions()
         self.lm, self.axis, self.capping = hf.lm, hf.axis, hf.capping
-        self.model_id, self.layer = hf.model_id, hf.layer
+        self.model_id, self.layer, self.template_system = hf.model_id, hf.layer, hf.template_system
         self._sampling = vllm.SamplingParams
         self.stops = sorted(stop_token_ids(self.lm))
         o = self.options
