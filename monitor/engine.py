@@ -186,13 +186,21 @@ class Engine:
         new user message, if any, then the reply), the user turns published before the reply (a crash
         keeps them), and the tracker's turn opened (so an empty reply still ends one)."""
         sessions = [self.session(r.session_id, r.policy) for r in requests]
-        for r, s in zip(requests, sessions):
+        for s in sessions:
             if s.source != "live":
                 raise InputError(f"session {s.id!r} is a {s.source} session; chat in a new session")
+        has_user = [bool(r.messages) and r.messages[-1]["role"] == "user" for r in requests]
+        floors = [s.next_turn for s in sessions]
+        firsts = self._reserve(sessions, [1 + int(u) for u in has_user])
+        for s, floor, first in zip(sessions, floors, firsts):
+            if first > floor and s.served:  # another replica served it since this one did (a failover and back)
+                again = self.registry.refresh(s)
+                log.info("session %s went on elsewhere (turn %d here, %d shared): %s", s.id, floor, first,
+                         "continued from the store" if again else "the store does not know it; going on from memory")
+            s.served = True
+        for r, s in zip(requests, sessions):
             if r.policy and r.policy != s.policy:
                 s.policy = s.tracker.policy = parse_policy(r.policy)
-        has_user = [bool(r.messages) and r.messages[-1]["role"] == "user" for r in requests]
-        firsts = self._reserve(sessions, [1 + int(u) for u in has_user])
         turns = []
         for r, s, user, first in zip(requests, sessions, has_user, firsts):
             s.next_turn = first + 1 + int(user)

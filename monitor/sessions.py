@@ -36,6 +36,7 @@ class Session:
     open_alerts: list[tuple[str, str]] = field(default_factory=list)  # (event id, level) not yet resolved
     conversation: list[str] = field(default_factory=list)  # message hashes of the stored conversation
     sent: set[str] = field(default_factory=set)  # message hashes already handed to the store
+    served: bool = False  # this engine has opened a turn of it (since it was created or continued)
 
 
 class SessionRegistry:
@@ -71,6 +72,18 @@ class SessionRegistry:
             if s is not None:
                 self.sessions.move_to_end(sid)
             return s
+
+    def refresh(self, s: Session) -> bool:
+        """Continue a session held in memory from the store again: another replica served it since this
+        one did (a failover and back), so the tracker here is behind. False when the store does not know
+        it (it goes on from memory)."""
+        known = self._stored(s.id)
+        if not known:
+            return False
+        s.policy = parse_policy(known.get("policy") or s.policy)
+        s.tracker = DriftTracker(self.thresholds, self.drift, s.policy)
+        self._continue(s, known)
+        return True
 
     def peek(self, session_id: str) -> Session | None:
         """The session if it is in memory (no lookup, no LRU change)."""

@@ -33,9 +33,21 @@ class StoreWriter:
         pass
 
 
-def engine(lm, shipped, store, thresholds, drift):
-    return Engine(HFBackend(lm, shipped), thresholds, drift=drift, policy="flag", publisher=StoreWriter(store),
-                  session_lookup=store.session_meta)
+class SharedWriter(StoreWriter):
+    """Two replicas' publisher: turn numbers from the Redis counter every replica shares, the records
+    straight into the one store."""
+
+    def __init__(self, store, streams):
+        super().__init__(store)
+        self.streams = streams
+
+    def reserve_turns(self, items):
+        return self.streams.reserve_turns(items)
+
+
+def engine(lm, shipped, store, thresholds, drift, publisher=None):
+    return Engine(HFBackend(lm, shipped), thresholds, drift=drift, policy="flag",
+                  publisher=publisher or StoreWriter(store), session_lookup=store.session_meta)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +99,31 @@ def test_drift_state_survives_a_restart(lm, shipped, store, setup):
     assert t_split == t_whole and t_whole[-1]["n"] == sum(len(r.tokens) for r in whole)
     for sid in ("whole", "split"):
         assert store.verify_session(sid)["ok"]
+
+
+def test_a_session_back_on_a_replica_that_served_it_before_goes_on_from_the_store(lm, shipped, store, setup,
+                                                                                    redis_url):
+    """Turn 1 on replica A, turn 2 on B (A was out of the pool), turn 3 on A again: A's tracker in memory
+    is a turn behind, so A continues the session from the store; the states and alerts are those of
+    one replica serving all three turns."""
+    import uuid
+
+    from monitor.streams import Streams
+
+    thresholds, drift = setup
+    shared = SharedWriter(store, Streams.from_url(redis_url, prefix=f"rec-{uuid.uuid4().hex[:8]}"))
+    a, b = (engine(lm, shipped, store, thresholds, drift, shared) for _ in range(2))
+    whole, _ = converse(lambda: engine(lm, shipped, store, thresholds, drift), "one-replica", restart=False)
+    it = iter([a, a, b, a])  # converse makes one first, then one per turn
+    moved, _ = converse(lambda: next(it), "failover", restart=True)
+    assert [r.turn for r in moved] == [1, 3, 5]
+    assert [(r.state, r.running, r.drift) for r in moved] == [(r.state, r.running, r.drift) for r in whole]
+    key = lambda a: (a["turn"], a["token_index"], a["level"], a["status"])  # noqa: E731
+    assert [key(x) for x in store.get_session("failover")["alerts"]] == [
+        key(x) for x in store.get_session("one-replica")["alerts"]]
+    snaps = lambda sid: [t["tracker"] for t in store.get_session(sid)["turns"] if t["role"] == "assistant"]  # noqa: E731
+    assert snaps("failover") == snaps("one-replica")  # tokens seen, cooldowns, dwell: all of it
+    assert store.verify_session("failover")["ok"]
 
 
 def test_the_stored_input_is_what_the_model_saw_and_edits_are_recorded(lm, shipped, store, setup):
