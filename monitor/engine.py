@@ -55,7 +55,6 @@ class Engine:
         self.registry = SessionRegistry(thresholds, self.drift, self.policy, backend.capping is not None,
                                         session_lookup, max_sessions)
         self.publish_errors = 0
-        self.template_system = getattr(backend, "template_system", None)
         self._lock = threading.Lock()
         self._queued: dict[str, deque[tuple[ChatRequest, Future]]] = {}  # per session: in flight, then waiting
         self._idle = threading.Condition(self._lock)  # notified when a session's queue empties
@@ -268,9 +267,10 @@ class Engine:
     def _as_seen(self, messages: list[dict]) -> list[dict]:
         """The messages as the model is given them: the chat template's own system prompt first when they
         carry none (the template puts it in, so it is part of what the model saw)."""
-        if self.template_system and (not messages or messages[0]["role"] != "system"):
-            return [{"role": "system", "content": self.template_system}, *messages]
-        return messages
+        if messages and messages[0]["role"] == "system":
+            return messages
+        default = self.backend.template_system
+        return [{"role": "system", "content": default}, *messages] if default else messages
 
     def _input(self, s: Session, nodes: list[dict], reply: str) -> tuple[str | None, list[dict]]:
         """The head of a turn's input and the nodes the store may lack; the session's conversation is now

@@ -80,7 +80,7 @@ class SessionRegistry:
         known = self._stored(s.id)
         if not known:
             return False
-        s.policy = parse_policy(known.get("policy") or s.policy)
+        s.policy = self.check_policy(known.get("policy") or s.policy)
         s.tracker = DriftTracker(self.thresholds, self.drift, s.policy)
         self._continue(s, known)
         return True

@@ -231,7 +231,8 @@ def template_default_system(tokenizer) -> str | None:
     without a marked system message and reading what stands where the mark stood."""
     if not getattr(tokenizer, "chat_template", None) or not _supports_system(tokenizer):
         return None
-    mark, user = "\x1esystem\x1e", [{"role": "user", "content": "\x1euser\x1e"}]
+    # marks without whitespace: templates that trim messages keep them whole
+    mark, user = "AXISWATCHsystemMARK", [{"role": "user", "content": "AXISWATCHuserMARK"}]
     try:
         given = tokenizer.apply_chat_template([{"role": "system", "content": mark}, *user], tokenize=False)
         bare = tokenizer.apply_chat_template(user, tokenize=False)

@@ -163,8 +163,8 @@ def test_a_session_without_a_system_prompt_records_the_templates_own(lm, shipped
     replies = [t for t in d["turns"] if t["role"] == "assistant"]
     assert [t["diverged_at"] for t in replies] == [None, None]
     saw = [(m["role"], m["content"]) for m in walk(replies[1]["input_head"], d["messages"])]
-    assert saw == [("system", eng.template_system)] + [(m["role"], m["content"]) for m in follow]
-    assert eng.template_system.startswith("You are a helpful AI assistant named SmolLM")
+    assert saw == [("system", eng.backend.template_system)] + [(m["role"], m["content"]) for m in follow]
+    assert eng.backend.template_system.startswith("You are a helpful AI assistant named SmolLM")
     audit = eng.score_transcript("plain-audit", follow + [{"role": "assistant", "content": "Gladly."}])
     d = store.get_session(audit["id"])
     last = [t for t in d["turns"] if t["role"] == "assistant"][-1]

@@ -67,7 +67,11 @@ class Backend(Protocol):
     layer: int  # the monitor layer (output of decoder block L)
     axis: Any  # probes.artifacts.AxisArtifact
     capping: Any  # probes.artifacts.CappingConfig | None
-    template_system: str | None  # the chat template's own system prompt for messages without one
+
+    @property
+    def template_system(self) -> str | None:
+        """The system prompt the chat template puts in for messages without one (now: a template may
+        date it), as the store records it; None when it puts in none."""
 
     def validate(self, messages: list[dict], options: GenerationOptions) -> None:
         """Raise :class:`~probes.errors.InputError` for a chat the model cannot take."""

@@ -34,7 +34,6 @@ class HFBackend:
                  max_batch: int = 8, max_wait_s: float = 0.02):
         self.lm, self.axis, self.capping = lm, axis, capping
         self.model_id, self.layer, self.v = lm.model_id, axis.monitor_layer, axis.unit()
-        self.template_system = template_default_system(lm.tokenizer)
         self._plan = cap_plan(capping)
         self._model_lock = threading.Lock()  # one forward pass at a time: hooks go on the shared model
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
@@ -47,6 +46,10 @@ class HFBackend:
         if limit and n + options.max_new_tokens > limit:
             raise InputError(f"prompt of {n} tokens + {options.max_new_tokens} new tokens exceeds "
                              f"the model's {limit} positions")
+
+    @property
+    def template_system(self) -> str | None:
+        return template_default_system(self.lm.tokenizer)  # a few template renders: per turn, as a date changes
 
     def prompt_tokens(self, messages: list[dict]) -> int:
         tok = self.lm.tokenizer

@@ -113,7 +113,7 @@ class VLLMBackend:
         vllm, self._kind = _vllm()
         self.hf, self.options = hf, options or VLLMOptions()
         self.lm, self.axis, self.capping = hf.lm, hf.axis, hf.capping
-        self.model_id, self.layer, self.template_system = hf.model_id, hf.layer, hf.template_system
+        self.model_id, self.layer = hf.model_id, hf.layer
         self._sampling = vllm.SamplingParams
         self.stops = sorted(stop_token_ids(self.lm))
         o = self.options
@@ -150,6 +150,8 @@ class VLLMBackend:
         if n + options.max_new_tokens > self.options.max_model_len:
             raise InputError(f"prompt of {n} tokens + {options.max_new_tokens} new tokens exceeds the vllm backend's "
                              f"{self.options.max_model_len} positions (AXISWATCH_VLLM_MAX_MODEL_LEN)")
+
+    template_system = property(lambda self: self.hf.template_system)
 
     def prompt_tokens(self, messages: list[dict]) -> int:
         return self.hf.prompt_tokens(messages)

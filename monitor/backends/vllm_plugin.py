@@ -96,9 +96,11 @@ class _Watcher:
 
     name = "vllm-plugin"
 
-    def __init__(self, model_id, layer, axis, capping, template_system=None):
+    # the chat is parsed from the prompt vLLM rendered: the template's own system message is in it already
+    template_system = None
+
+    def __init__(self, model_id, layer, axis, capping):
         self.model_id, self.layer, self.axis, self.capping = model_id, layer, axis, capping
-        self.template_system = template_system  # vLLM renders with the same chat template
 
 
 class RunnerMonitor:
@@ -112,7 +114,7 @@ class RunnerMonitor:
         from monitor.settings import Settings
         from probes.artifacts import load_axis, load_capping
         from probes.hooks import layer_hooks
-        from probes.models import DEFAULT_MODEL_ID, default_cache_dir, template_default_system
+        from probes.models import DEFAULT_MODEL_ID, default_cache_dir
 
         self.runner = runner
         vc = runner.vllm_config
@@ -140,8 +142,7 @@ class RunnerMonitor:
         self.rt = rt = service.start(settings, workers=os.environ.get(f"{SWITCH}_WORKERS", "1") != "0", model=False)
         try:
             rt.engine = self.engine = Engine(
-                _Watcher(model_id, axis.monitor_layer, axis, capping, template_default_system(self.tok)),
-                thresholds, drift=drift,
+                _Watcher(model_id, axis.monitor_layer, axis, capping), thresholds, drift=drift,
                 policy=settings.policy, publisher=service.open_outbox(rt), session_lookup=rt.store.session_meta,
                 replica=f"vllm-{os.getpid()}-{uuid.uuid4().hex[:6]}")
             rt.start_heartbeat()  # or the workers would take this replica's live turns for a dead one's
