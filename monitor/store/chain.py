@@ -56,6 +56,12 @@ def append_links(s: Session, written: list[tuple[str, dict[str, Any]]], now: flo
     s.execute(insert(table(ChainRow)), links)
 
 
+def _rows(s: Session, session_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(kind, row as stored)`` of every chained record of a session."""
+    return [(kind, raw_row(obj)) for kind, model in CHAINED_MODELS.items()
+            for obj in s.scalars(select(model).where(model.session_id == session_id))]  # type: ignore[attr-defined]
+
+
 def seal_unlinked(s: Session, now: float) -> int:
     """Link every record not yet in its session's chain: records written before the trail existed
     (schema version 3), at the upgrade. An alert acknowledged then gets the acknowledgement record it
@@ -66,8 +72,7 @@ def seal_unlinked(s: Session, now: float) -> int:
     for sid in ids:  # one session at a time: a large store is never loaded whole
         linked = {(k, key) for k, key in s.execute(select(ChainRow.kind, ChainRow.key)
                                                      .where(ChainRow.session_id == sid))}
-        rows = [(kind, raw_row(obj)) for kind, model in CHAINED_MODELS.items()
-                for obj in s.scalars(select(model).where(model.session_id == sid))]  # type: ignore[attr-defined]
+        rows = _rows(s, sid)
         acked = {r["event_id"] for k, r in rows if k == "alert_update" and r["action"] == "acknowledged"}
         acks = [dict(event_id=r["event_id"], action="acknowledged", session_id=sid, by="before-v3",
                      note="acknowledged before the audit trail existed", turn=None, token_index=None, created_at=now)
@@ -84,11 +89,7 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
     """``{"ok", "links", "head", "problems": [{"seq", "kind", "key", "problem"}]}``, problems in chain order
     (rows missing from the chain after them, then messages)."""
     links = list(s.scalars(select(ChainRow).where(ChainRow.session_id == session_id).order_by(ChainRow.seq)))
-    rows: dict[tuple[str, str], dict] = {}
-    for kind, model in CHAINED_MODELS.items():
-        for obj in s.scalars(select(model).where(model.session_id == session_id)):  # type: ignore[attr-defined]
-            d = raw_row(obj)
-            rows[(kind, chain_key(kind, d))] = d
+    rows = {(kind, chain_key(kind, d)): d for kind, d in _rows(s, session_id)}
     problems: list[dict[str, Any]] = []
 
     def bad(seq: int | None, kind: str, key: str, problem: str) -> None:

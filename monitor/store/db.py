@@ -23,7 +23,6 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor.conversation import node_hash, walk
 from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
 from monitor.store.chain import append_links, seal_unlinked
@@ -59,6 +58,7 @@ from monitor.store.schema import (
     TurnRow,
     table,
 )
+from monitor.store.views import continuation, lifecycle
 
 log = logging.getLogger(__name__)
 DEFAULT_URL = "sqlite:///axiswatch.db"
@@ -428,7 +428,6 @@ class Store:
         with self._tx() as s:
             return s.scalar(select(SessionRow.n_tokens).where(SessionRow.id == session_id)) or 0
 
-
     def session_meta(self, session_id: str) -> dict[str, Any] | None:
         """What a restarted engine needs to continue a session (None when unknown): source, policy,
         capped, the next free turn number, ``tracker`` (the drift tracker's snapshot after the last
@@ -437,36 +436,4 @@ class Store:
         level) of the alerts not yet resolved; ``conversation``: the message hashes of the stored
         conversation (the last assistant turn's input and its reply), to tell an edited history."""
         d = self.get_session(session_id)
-        if d is None:
-            return None
-        turns = d["turns"]
-        snap = next((t for t in reversed(turns) if t.get("tracker")), None)
-        after = snap["turn"] if snap else -1
-        last = next((t for t in reversed(turns) if t["role"] == "assistant" and t.get("input_head")), None)
-        conversation = [n["h"] for n in walk(last["input_head"], d["messages"])] if last else []
-        if last:
-            conversation.append(node_hash(last["input_head"], "assistant", last["text"]))
-        return {"source": d["source"], "policy": d["policy"], "capped": bool(d["capped"]),
-                "next_turn": int(turns[-1]["turn"]) + 1 if turns else 0,
-                "tracker": snap["tracker"] if snap else None, "conversation": conversation,
-                "open_alerts": [(a["event_id"], a["level"]) for a in d["alerts"] if a["status"] != "resolved"],
-                "history": [(t["turn"], t["pre_cap_scores"] or t["scores"]) for t in turns
-                            if t.get("scores") and t["turn"] > after]}
-
-
-def lifecycle(d: dict[str, Any]) -> None:
-    """Each alert's ``status`` (open, acknowledged, resolved: the latest that applies), who acknowledged
-    it and when, when it resolved, and the session's ``peak_state`` (the worst state any turn ended in
-    or any alert reached) and ``open_alerts`` (not resolved, not acknowledged)."""
-    by_event: dict[str, dict] = {}
-    for u in d["updates"]:
-        by_event.setdefault(u["event_id"], {})[u["action"]] = u
-    for a in d["alerts"]:
-        ups = by_event.get(a["event_id"], {})
-        ack, res = ups.get("acknowledged"), ups.get("resolved")
-        a.update(status="resolved" if res else "acknowledged" if ack else "open",
-                 acknowledged_by=ack and ack["by"], acknowledged_at=ack and ack["created_at"],
-                 resolved_at=res and res["created_at"])
-    levels = [t["state"] for t in d["turns"] if t["role"] == "assistant"] + [a["level"] for a in d["alerts"]]
-    d["peak_state"] = max(levels, key=STATES.index) if levels else d.get("state", "ok")
-    d["open_alerts"] = sum(a["status"] == "open" for a in d["alerts"])
+        return None if d is None else continuation(d)
