@@ -110,10 +110,15 @@ def _from_pretrained(source: str, dtype: torch.dtype, **kw):
     return model, tok
 
 
+def _complete(folder: Path) -> bool:
+    """A converted model folder with its config and weights."""
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
 def _load_default(cache_dir: Path, dtype: torch.dtype):
     """The bundled GGUF, dequantised once to a safetensors folder in the cache."""
     folder = cache_dir / "models" / DEFAULT_CACHE_NAME
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+    if _complete(folder):
         model, tok = _from_pretrained(str(folder), dtype)
         return model, tok, "cache"
     gguf = default_gguf_path()
@@ -155,12 +160,11 @@ def _save_plain(model, tok, tmp: Path, source: str) -> None:
 
 def _publish_folder(tmp: Path, folder: Path) -> None:
     """Move a finished cache folder into place, atomically; another process's complete one is kept."""
-    complete = lambda f=folder: (f / "config.json").is_file() and any(f.glob("*.safetensors"))  # noqa: E731
-    if folder.exists() and not complete():  # a partial one from an older version or a crash: set aside
+    if folder.exists() and not _complete(folder):  # a partial one from an older version or a crash: set aside
         aside = Path(tempfile.mkdtemp(prefix=folder.name + ".old-", dir=folder.parent))
         try:
             folder.rename(aside / "partial")
-            if complete(aside / "partial"):  # a peer's finished folder landed in between: put it back
+            if _complete(aside / "partial"):  # a peer's finished folder landed in between: put it back
                 (aside / "partial").rename(folder)
         except OSError:
             pass  # a peer moved it already
@@ -168,7 +172,7 @@ def _publish_folder(tmp: Path, folder: Path) -> None:
     try:
         tmp.rename(folder)
     except OSError:  # another process got there first (a non-empty folder is never replaced)
-        if not complete():
+        if not _complete(folder):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
 

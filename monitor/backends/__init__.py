@@ -70,8 +70,8 @@ class Backend(Protocol):
 
     @property
     def template_system(self) -> str | None:
-        """The system prompt the chat template puts in for messages without one (now: a template may
-        date it), as the store records it; None when it puts in none."""
+        """The system prompt the chat template puts in for messages without one, as the store records it
+        (read each turn: a template may date it); None when it puts in none."""
 
     def validate(self, messages: list[dict], options: GenerationOptions) -> None:
         """Raise :class:`~probes.errors.InputError` for a chat the model cannot take."""
