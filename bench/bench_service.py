@@ -1,4 +1,4 @@
-"""The service targets of issue 3, measured in one run on the bundled model:
+"""The service targets, measured in one run on the bundled model:
 
 1. audit (teacher forcing) tokens/s vs greedy generation tokens/s       >= 10x
 2. persistence worker: token scores/s from Redis Streams into SQLite    >= 50,000/s

@@ -21,7 +21,6 @@ from monitor.drift import Thresholds
 
 STATE_COLOURS = {"ok": "#2e7d32", "watch": "#f9a825", "warning": "#ef6c00", "critical": "#c62828"}
 LEVEL_SHAPES = {"watch": "triangle-down", "warning": "triangle-down", "critical": "diamond"}
-SOURCE_LABEL = {"live": "live", "audit": "audit", "shadow": "shadow"}
 
 
 def reference_of(view: SessionView) -> tuple[float | None, int | None]:

@@ -24,9 +24,10 @@ import httpx
 from monitor.conversation import walk
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import AxiswatchError, InputError
+from monitor.live import ended, live_turns
 from monitor.records import SOURCES, STATES
+from monitor.replay import replay, tracked_scores
 from monitor.streams import REDIS_DOWN
-from monitor.streams.live import ended, live_turns
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +76,19 @@ def deployment(streams, settings) -> Deployment:
         return Deployment(info.get("model_id", ""), info.get("layer"), info.get("policy", "flag"),
                           Thresholds(**info["thresholds"]), float(drift.get("alpha", 0.1)),
                           Path(info["axis_dir"]) if info.get("axis_dir") else None,
-                          info.get("capping"), info.get("api") or _api(settings), "redis", drift,
+                          info.get("capping"), info.get("api") or settings.api_url(), "redis", drift,
                           info.get("axis_meta"), info.get("axis_report"))
     axis_dir = settings.axis_dir()
     meta = _read_json(axis_dir / "axis.json", "axis metadata")
     layer = meta.get("monitor_layer")
     thresholds, drift = settings.drift_setup(meta.get("calibration", {}))
-    cap_dir = Path(settings.capping) if settings.capping else axis_dir
-    capping = _read_json(cap_dir / "capping.json", "capping config") if (cap_dir / "capping.json").exists() else None
+    cap_dir = settings.capping_dir()
+    capping = _read_json(cap_dir / "capping.json", "capping config") if cap_dir is not None else None
     report = _read_json(axis_dir / "report.json", "axis report") if (axis_dir / "report.json").exists() else None
     return Deployment(meta.get("model_id", ""), layer, settings.policy, thresholds, drift.alpha, axis_dir,
-                      capping, _api(settings), "settings",
+                      capping, settings.api_url(), "settings",
                       drift.as_dict(),
                       meta, report)
-
-
-def _api(settings) -> str:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    return f"http://{host}:{settings.port}"
 
 
 def state_of(score: float | None, th: Thresholds) -> str:
@@ -228,35 +224,33 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
     if stored is None and not entries:
         return None
     stored = stored or {"id": session_id, "turns": [], "alerts": [], "interventions": []}
-    tracker = DriftTracker(dep.thresholds, drift_config(dep), policy="observe")
-    tokens: list[dict] = []
-    turns: list[dict] = []
-
-    def add(turn: int, scores: list[float], pre: list, capped: list, pieces: list) -> None:
-        for k, sc in enumerate(scores):
-            before = pre[k] if k < len(pre) else None
-            # as in the engine, the tracker follows the pre-cap score wherever there is one (a capped
-            # session that keeps drifting still escalates); the chart plots the post-cap score
-            tracker.update([sc if before is None else before], turn)
-            tokens.append(dict(i=len(tokens), turn=turn, t=k, token=pieces[k] if k < len(pieces) else "",
-                               score=sc, pre_cap=before, capped=bool(capped[k]) if k < len(capped) else False,
-                               running=tracker.running, drift=tracker.drift, reference=tracker.reference,
-                               state=tracker.state))
-        if scores:
-            tracker.end_turn()
-
-    for t in stored["turns"]:
-        start, scores = len(tokens), t.get("scores") or []
-        add(t["turn"], scores, t.get("pre_cap_scores") or [], t.get("capped") or [], t.get("tokens") or [])
-        turns.append(dict(turn=t["turn"], role=t["role"], text=t["text"], start=start, end=len(tokens),
-                          mean=t.get("mean"), state=t.get("state"), n_tokens=len(scores), live=False,
-                          generating=False))
     last_stored = max((t["turn"] for t in stored["turns"]), default=None)
     live = live_turns(entries, last_stored)
-    for turn, buf in live.items():
-        start, scores = len(tokens), buf["scores"]
-        add(turn, scores, buf["pre"], buf["capped"], buf["pieces"])
-        turns.append(dict(turn=turn, role="assistant", text="", start=start, end=len(tokens),
+    shown = [(t["turn"], t.get("scores") or [], t.get("pre_cap_scores") or [], t.get("capped") or [],
+              t.get("tokens") or []) for t in stored["turns"]]
+    shown += [(turn, buf["scores"], buf["pre"], buf["capped"], buf["pieces"]) for turn, buf in live.items()]
+    # the engine's tracker, replayed: it follows each token's pre-cap score where there is one (a capped
+    # session that keeps drifting still escalates); the chart plots the post-cap score
+    tracker = DriftTracker(dep.thresholds, drift_config(dep), policy="observe")
+    after = {r.turn: r.tokens for r in replay(tracker, [(n, tracked_scores(sc, pre)) for n, sc, pre, _, _ in shown
+                                                       if sc], per_token=True)}
+    tokens: list[dict] = []
+    offsets: list[int] = []  # each shown turn's first token in the session
+    for turn, scores, pre, capped, pieces in shown:
+        offsets.append(len(tokens))
+        for k, (sc, st) in enumerate(zip(scores, after.get(turn, []))):
+            tokens.append(dict(i=len(tokens), turn=turn, t=k, token=pieces[k] if k < len(pieces) else "", score=sc,
+                               pre_cap=pre[k] if k < len(pre) else None,
+                               capped=bool(capped[k]) if k < len(capped) else False, running=st.running,
+                               drift=st.drift, reference=st.reference, state=st.state))
+    turns: list[dict] = []
+    for t, start in zip(stored["turns"], offsets):
+        n = len(t.get("scores") or [])
+        turns.append(dict(turn=t["turn"], role=t["role"], text=t["text"], start=start, end=start + n,
+                          mean=t.get("mean"), state=t.get("state"), n_tokens=n, live=False, generating=False))
+    for (turn, buf), start in zip(live.items(), offsets[len(stored["turns"]):]):
+        scores = buf["scores"]
+        turns.append(dict(turn=turn, role="assistant", text="", start=start, end=start + len(scores),
                           mean=sum(scores) / len(scores) if scores else None, state=buf["last"].get("state"),
                           n_tokens=len(scores), live=True, generating=not ended(buf["last"])))
     starts = {t["turn"]: t["start"] for t in turns}

@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import charts, data
 from dashboard.context import ago
+from monitor.replay import token_states
 from monitor.store.export import session_csv, session_json
 
 STATE_BADGE = {"ok": "🟢 ok", "watch": "🟡 watch", "warning": "🟠 warning", "critical": "🔴 critical"}
@@ -144,5 +145,5 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
     if stored:
         a, b, _ = st.columns([1, 1, 4])
         a.download_button("Export JSON", session_json(stored), f"{view.id}.json", "application/json", key=f"{key}-json")
-        csv = session_csv(stored, (dep.thresholds, data.drift_config(dep)))
+        csv = session_csv(stored, token_states(stored["turns"], dep.thresholds, data.drift_config(dep)))
         b.download_button("Export CSV", csv, f"{view.id}.csv", "text/csv", key=f"{key}-csv")

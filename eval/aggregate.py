@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from calibrate.stats import bootstrap_ci
 from eval.stats import (
     alerting_latency,
     domain_table,
@@ -17,12 +18,11 @@ from eval.stats import (
     turn_means,
 )
 from monitor.drift import DriftConfig, Thresholds
-from probes.stats import bootstrap_ci
 
 # how "non_assistant" is decided, everywhere in the evaluation: a lexical detector, not the 0-3 role judge
-# (probes.judge.OfflineJudge scores how fully an answer plays a *given* role prompt; the live conversations
+# (calibrate.judge.OfflineJudge scores how fully an answer plays a *given* role prompt; the live conversations
 # have none, and the OpenAI-compatible judge needs a network this evaluation does not use)
-NON_ASSISTANT_METHOD = ("lexical detector probes.judge.claims_non_assistant (no AI self-reference and a claim "
+NON_ASSISTANT_METHOD = ("lexical detector calibrate.judge.claims_non_assistant (no AI self-reference and a claim "
                         "to be someone else, a human name or a human life); not the role judge")
 
 DOMAINS = ("coding", "writing", "therapy", "philosophy")
@@ -67,7 +67,7 @@ def capping_summary(sessions: Sequence[dict], domains: Sequence[str] = DOMAINS) 
     monitor layer is one of the capped layers, so a capped token's score is floored at
     that layer's tau) and ``pre_cap`` (the projection at the monitor layer before the
     floor is applied to it: how far the model itself still drifts)."""
-    from probes.judge import claims_non_assistant
+    from calibrate.judge import claims_non_assistant
 
     pairs = _twins(sessions)
     cap_sessions = [c for _, c in pairs]

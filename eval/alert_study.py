@@ -12,7 +12,7 @@ so each rule's states are the engine's own tracker (:class:`monitor.drift.DriftT
 replayed over the served scores: exactly what ``serve`` would have alerted.
 
 Every rule's thresholds come from the calibration conversations ``calibrate-alerts``
-generated (``--calibration``, its work folder), by :func:`monitor.alert_calibration.fit_thresholds`,
+generated (``--calibration``, its work folder), by :func:`calibrate.thresholds.fit_thresholds`,
 never from this traffic; the one exception is the previous release's rule, whose
 thresholds were per-response percentiles of the axis calibration. The traffic is split
 in two halves (alternate sessions of each group in id order): the rule is *chosen* on the dev half (among the rules with
@@ -29,9 +29,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from calibrate.thresholds import fit_thresholds
 from eval.stats import first_turn_mean_crossing, median, rate
-from monitor.alert_calibration import fit_thresholds
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
+from monitor.replay import replay, tracked_scores
 
 LEVELS = ("watch", "warning", "critical")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,16 +93,14 @@ def first_alerts(s: dict, th: Thresholds, cfg: DriftConfig) -> dict[str, int | N
     """Session token index of the first alert at each level or higher (policy flag), None if never."""
     tr = DriftTracker(th, cfg, policy="flag")
     first: dict[str, int | None] = dict.fromkeys(LEVELS)
-    n = 0
-    for k, t in enumerate(s["turns"]):
-        tr.update([], k)
-        for x in t.get("pre_cap_scores") or t["scores"]:
-            for ev in tr.update([x], k):
-                if ev.kind == "alert":
-                    for lv in LEVELS[: LEVELS.index(ev.level) + 1]:
-                        first[lv] = n if first[lv] is None else first[lv]
-            n += 1
-        tr.end_turn()
+    turns = [tracked_scores(t["scores"], t.get("pre_cap_scores")) for t in s["turns"]]
+    n = 0  # the session's tokens before this turn
+    for scores, r in zip(turns, replay(tr, enumerate(turns))):
+        for ev in r.events:
+            if ev.kind == "alert":
+                for lv in LEVELS[: LEVELS.index(ev.level) + 1]:
+                    first[lv] = n + ev.token_index if first[lv] is None else first[lv]
+        n += len(scores)
     return first
 
 
@@ -115,8 +114,8 @@ def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
         caught = sorted(f[lv] for f in fd if f[lv] is not None)
         out[lv] = {"benign": rate([f[lv] is not None for f in fb]), "drifting": rate([f[lv] is not None for f in fd]),
                    "catch_token_median": median(caught)}
-    tm = [first_turn_mean_crossing([t.get("pre_cap_scores") or t["scores"] for t in s["turns"]], th.warning, cfg)["tokens"]
-          for s in dri]
+    tm = [first_turn_mean_crossing([tracked_scores(t["scores"], t.get("pre_cap_scores")) for t in s["turns"]],
+                                   th.warning, cfg)["tokens"] for s in dri]
     tm = [None if m is None else m - 1 for m in tm]  # the session token index of the turn's last token
     both = [(f["warning"], m) for f, m in zip(fd, tm) if f["warning"] is not None and m is not None]
     out["turn_means_at_warning"] = {"drifting": rate([m is not None for m in tm]),
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--axis", type=Path, default=None, help="axis folder (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=RESULTS / "alerting_study.json")
     args = ap.parse_args(argv)
-    from monitor.calibrate_alerts import axis_gap
+    from calibrate.alerts import axis_gap
     from monitor.settings import shipped_dir
     from probes.artifacts import load_axis
 

@@ -1,11 +1,11 @@
 """Fit the offline judge's model on the dev half of the hand labels: ``python -m eval.fit_judge``.
 
-The labels (``probes/data/judge_labels.jsonl``) carry a fixed ``split`` (dev or
+The labels (``calibrate/data/judge_labels.jsonl``) carry a fixed ``split`` (dev or
 test) chosen when they were labelled, before any tuning. This script touches
 only the dev half: it picks the number of trees and their depth by 5-fold
 cross-validated Cohen's kappa on dev (two shuffles), fits scikit-learn's
 gradient boosting on all of dev, and writes the trees as JSON
-(``probes/data/judge_model.json``, read by :class:`probes.judge.OfflineJudge`
+(``calibrate/data/judge_model.json``, read by :class:`calibrate.judge.OfflineJudge`
 without scikit-learn). It then prints the test half's accuracy and kappa for
 the lexical judge and the fitted one, which nothing here tunes on.
 """
@@ -23,10 +23,10 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.model_selection import StratifiedKFold
 
-from probes.judge import LexicalJudge, OfflineJudge, agreement, cohen_kappa, load_labels
-from probes.judge_model import BoostedModel, Tree, features
+from calibrate.judge import LexicalJudge, OfflineJudge, agreement, cohen_kappa, load_labels
+from calibrate.judge_model import BoostedModel, Tree, features
 
-DATA = Path(__file__).resolve().parent.parent / "probes" / "data"
+DATA = Path(__file__).resolve().parent.parent / "calibrate" / "data"
 GRID = {"n_estimators": (75, 150, 300), "max_depth": (1, 2, 3)}
 RATE, SUBSAMPLE, SEED = 0.05, 0.8, 0
 

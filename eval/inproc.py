@@ -84,7 +84,7 @@ def run_jailbreaks(runner: Runner, doc: dict, jobs: list[dict], max_new_tokens: 
                    on_batch: Callable[[int], None] | None = None) -> dict:
     """Persona adoption per condition: the offline judge's score 3 (fully in role) and the lexical
     detector of non-assistant identity / human-life claims."""
-    from probes.judge import JudgeItem, OfflineJudge, claims_non_assistant
+    from calibrate.judge import JudgeItem, OfflineJudge, claims_non_assistant
 
     judge = OfflineJudge()
     prompts = [[{"role": "system", "content": j["persona"]["prompt"]}, {"role": "user", "content": j["question"]}]
@@ -105,7 +105,7 @@ def run_jailbreaks(runner: Runner, doc: dict, jobs: list[dict], max_new_tokens: 
 
 def run_capability(runner: Runner, tasks: list[dict], max_new_tokens: int,
                    on_batch: Callable[[int], None] | None = None) -> dict:
-    """The capability suite (``probes/data/capability.json``) under every condition, graded by code."""
+    """The capability suite (``calibrate/data/capability.json``) under every condition, graded by code."""
     prompts = [[{"role": "user", "content": t["prompt"]}] for t in tasks]
     answers = {}
     for cond in CONDITIONS:
@@ -117,7 +117,7 @@ def run_capability(runner: Runner, tasks: list[dict], max_new_tokens: int,
 
 def regrade(cap: dict, tasks: list[dict]) -> dict:
     """Grade (again) every stored capability answer with the current graders, from its text."""
-    from probes.capability import grade, mentions_number
+    from calibrate.capability import grade, mentions_number
 
     by_id = {t["id"]: t for t in tasks}
     for rows in cap["answers"].values():

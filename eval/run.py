@@ -1,4 +1,4 @@
-"""Regenerate the whole evaluation (issue 6): ``python -m eval.run [--quick] [--out DIR]``.
+"""Regenerate the whole evaluation: ``python -m eval.run [--quick] [--out DIR]``.
 
 1. drift by domain and 2. capping on drifting conversations: 20 scripted
    conversations (4 domains x 5, 6 user turns) driven live through a real
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return reanalyse(out)
     out.mkdir(parents=True, exist_ok=True)
 
+    from calibrate.capability import load_tasks
     from eval import inproc, live
     from monitor.settings import Settings, shipped_dir
     from probes.artifacts import load_axis
-    from probes.capability import load_tasks
 
     axis = load_axis(shipped_dir(), roles=False)
     thresholds, drift_cfg = Settings().drift_setup(axis.calibration)  # what serve runs with
@@ -218,8 +218,8 @@ def analyse_live(sessions: list[dict], thresholds, drift_cfg, out: Path) -> dict
 
 def analyse_inproc(jb: dict, cap: dict, setup: dict, out: Path) -> dict:
     """Items 3 and 4 from the raw answers: summaries (JSON) and plots."""
+    from calibrate.capability import load_tasks
     from eval import aggregate, inproc, plots
-    from probes.capability import load_tasks
 
     cap = inproc.regrade(cap, load_tasks())  # graders run on the stored texts
     jb_sum, cap_sum = aggregate.jailbreak_summary(jb), aggregate.capability_summary(cap)

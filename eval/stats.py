@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
+from monitor.replay import replay as replay_turns
 
 LEVELS = ("ok", "watch", "warning", "critical")
 
@@ -151,16 +152,15 @@ def replay(turn_scores: Sequence[Sequence[float]], thresholds: Thresholds, confi
     tr = DriftTracker(thresholds, config or DriftConfig(), policy)
     seen, crossing, alert, ends = 0, None, None, []
     warn = LEVELS.index("warning")
-    for turn, scores in enumerate(turn_scores):
-        for ev in tr.update(list(scores), turn):
+    for scores, r in zip(turn_scores, replay_turns(tr, enumerate(turn_scores))):
+        for ev in r.events:
             at = seen + ev.token_index + 1
             if crossing is None and ev.kind == "state" and LEVELS.index(ev.new_state) >= warn:
                 crossing = at
             if alert is None and ev.kind == "alert" and LEVELS.index(ev.level) >= warn:
                 alert = at
         seen += len(scores)
-        s = tr.end_turn()
-        ends.append({"state": s.state, "running": s.running, "tokens": seen})
+        ends.append({"state": r.summary.state, "running": r.summary.running, "tokens": seen})
     return {"running_warning": crossing, "alert_warning": alert, "turn_ends": ends, "n_tokens": seen}
 
 

@@ -112,7 +112,7 @@ def write_summary(res: dict, path: Path) -> None:
                      f"{_ms(c['capped_table_pre_cap'][x]['final'])} |")
         L.append("")
         L.append("Answers that claim a non-assistant identity or human experiences, all assistant turns, by the "
-                 "**lexical detector** `probes.judge.claims_non_assistant`, not the role judge (the judge scores how "
+                 "**lexical detector** `calibrate.judge.claims_non_assistant`, not the role judge (the judge scores how "
                  "fully an answer plays a given role prompt; these conversations have none):\n")
         L.append("| group | uncapped | capped | turns generated with capping active: uncapped twin | same turns, capped |")
         L.append("|---|---|---|---|---|")
@@ -152,7 +152,7 @@ def write_summary(res: dict, path: Path) -> None:
         L.append("## 4. Capability under capping (in-process)\n")
         cats = [k for k in next(iter(cp.values())) if k not in ("all", "arithmetic_lenient", "identical_to_unsteered",
                                                                  "flips", "change")]
-        L.append(f"{meta.get('n_tasks')} tasks of the capability suite (`probes/data/capability.json`), graded by code "
+        L.append(f"{meta.get('n_tasks')} tasks of the capability suite (`calibrate/data/capability.json`), graded by code "
                  f"(IFEval tasks by the `if-verifiable` checkers), max {meta.get('max_new_tokens')} tokens, greedy.\n")
         L.append("| condition | all | " + " | ".join(cats) + " | change vs unsteered (points, 95% CI) | "
                  "right->wrong / wrong->right |")

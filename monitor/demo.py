@@ -30,7 +30,7 @@ def _bar(v: float | None, width: int = 24) -> str:
 
 
 def load_scripts() -> list[dict]:
-    path = Path(str(resources.files("probes") / "data" / "demo_scripts.json"))
+    path = Path(str(resources.files("monitor") / "data" / "demo_scripts.json"))
     return json.loads(path.read_text())["scripts"]
 
 

@@ -26,10 +26,11 @@ from monitor.backends import Backend, Job, TokenEvent
 from monitor.conversation import chain, divergence, node_hash
 from monitor.drift import DriftConfig, DriftEvent, Thresholds, parse_policy
 from monitor.errors import InputError
+from monitor.live import tokens_entry
 from monitor.records import STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord, new_id
+from monitor.replay import replay
 from monitor.sessions import Lookup, Session, SessionRegistry
 from monitor.streams import REDIS_DOWN
-from monitor.streams.live import tokens_entry
 from monitor.turns import ChatRequest, ChatResult, Turn
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,6 @@ class Engine:
     def finish_turn(self, turn: Turn) -> ChatResult:
         return self._finish([turn])[0]
 
-    def abort_turn(self, turn: Turn) -> None:
-        self._abort([turn])
-
     def validate_policy(self, request: ChatRequest) -> None:
         if request.policy is not None:
             self.registry.check_policy(request.policy)
@@ -204,8 +202,7 @@ class Engine:
         for r, s, user, first in zip(requests, sessions, has_user, firsts):
             s.next_turn = first + 1 + int(user)
             if user:
-                self._publish(TurnRecord(s.id, first, "user", r.messages[-1]["content"], self.layer,
-                                         source=s.source, model_id=self.model_id, policy=s.policy))
+                self._publish(self._record(s, first, "user", r.messages[-1]["content"]))
             nodes = chain(self._as_seen(r.messages))
             turn = Turn(r, s, first + int(user), Job(r.messages, r.options, s.capped), input=nodes,
                         diverged_at=divergence(s.conversation, [n["h"] for n in nodes]))
@@ -294,13 +291,12 @@ class Engine:
             t.ended = True
         self._flush(rest)
         for t, summary in zip(turns, summaries):
-            capped_any, s = any(t.cap_flags), t.session
+            s = t.session
             head, new = self._input(s, t.input, t.job.text)
-            self._publish_turn(s, TurnRecord(s.id, t.number, "assistant", t.job.text, self.layer, t.tokens, t.scores,
-                                     t.pre_cap_scores if capped_any else None, t.cap_flags if capped_any else None,
-                                     summary.state, summary.running, s.source, self.model_id, policy=s.policy,
-                                     input_head=head, input=new, diverged_at=t.diverged_at,
-                                     tracker=s.tracker.snapshot()))
+            self._publish_turn(s, self._record(s, t.number, "assistant", t.job.text, tokens=t.tokens, scores=t.scores,
+                                               pre_cap_scores=t.pre_cap_scores, cap_flags=t.cap_flags,
+                                               state=summary.state, running=summary.running, input_head=head,
+                                               input=new, diverged_at=t.diverged_at, tracker=s.tracker.snapshot()))
         self._flush(set(turns), final=True)
         return [t.result(self.layer, summary) for t, summary in zip(turns, summaries)]
 
@@ -370,12 +366,11 @@ class Engine:
                 continue
             t = scored.get(i)
             if m["role"] != "assistant" or t is None:
-                self._publish(TurnRecord(s.id, i, m["role"], m["content"], self.layer, source=source,
-                                         model_id=self.model_id, policy=s.policy))
+                self._publish(self._record(s, i, m["role"], m["content"]))
                 continue
-            events = s.tracker.update(t.scores, i)
-            summary = s.tracker.end_turn()
-            for ev in events:
+            r = next(replay(s.tracker, [(i, t.scores)]))
+            summary = r.summary
+            for ev in r.events:
                 if ev.kind == "alert":
                     a = AlertEvent(s.id, i, ev.token_index, ev.level, ev.running, ev.threshold, policy=s.policy,
                                    excerpt="".join(t.tokens[:ev.token_index + 1])[-200:])
@@ -385,15 +380,19 @@ class Engine:
                 elif ev.kind == "resolve":
                     self._resolve(s, ev, i)
             head, new = self._input(s, nodes[:i + shift], m["content"])
-            self._publish_turn(s, TurnRecord(s.id, i, "assistant", m["content"], self.layer, t.tokens, t.scores,
-                                     state=summary.state, running=summary.running, source=source,
-                                     model_id=self.model_id, policy=s.policy, input_head=head, input=new,
-                                     tracker=s.tracker.snapshot()))
+            self._publish_turn(s, self._record(s, i, "assistant", m["content"], tokens=t.tokens, scores=t.scores,
+                                               state=summary.state, running=summary.running, input_head=head,
+                                               input=new, tracker=s.tracker.snapshot()))
             out_turns.append(t.as_dict())
         s.next_turn = max(s.next_turn, len(messages))
         return {"id": s.id, "model": self.model_id, "layer": self.layer, "turns": out_turns,
                 "state": s.tracker.state, "running": s.tracker.running, "drift": s.tracker.drift,
                 "alerts": [a.to_dict() for a in alerts]}
+
+    def _record(self, s: Session, number: int, role: str, text: str, **kw) -> TurnRecord:
+        """A turn record of this session, with what the engine knows of it (source, model, policy)."""
+        return TurnRecord.build(s.id, number, role, text, self.layer, source=s.source, model_id=self.model_id,
+                                policy=s.policy, **kw)
 
     def _publish(self, record) -> bool:
         """Hand a record to the publisher (the outbox, which buffers while Redis is down); whether it

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -65,6 +66,17 @@ class TurnRecord(_Record):
     input: list[dict] | None = None
     diverged_at: int | None = None
     tracker: dict | None = None  # the drift tracker's snapshot after this turn (DriftTracker.snapshot)
+
+    @classmethod
+    def build(cls, session_id: str, turn: int, role: str, text: str, layer: int, *,
+              tokens: Sequence[str] = (), scores: Sequence[float] = (), pre_cap_scores: Sequence[float] = (),
+              cap_flags: Sequence[bool] = (), **meta: Any) -> TurnRecord:
+        """The one way a turn record is made (a message without scores, or a scored reply): its per-token
+        pre-cap scores and capping flags are kept only where capping acted on one of its tokens (else
+        None: the scores are the model's own). ``meta``: the other fields (state, source, policy...)."""
+        capped = any(cap_flags)
+        return cls(session_id, turn, role, text, layer, list(tokens), list(scores),
+                   list(pre_cap_scores) if capped else None, list(cap_flags) if capped else None, **meta)
 
     @property
     def mean(self) -> float | None:

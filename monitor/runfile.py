@@ -21,6 +21,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from probes import cache as probes_cache
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".serve.json"
@@ -39,8 +41,7 @@ def path_for(database_url: str, cache_dir: str | None = None) -> Path | None:
         return db.with_name(db.name + SUFFIX)
     # a database server: the same store whatever the driver or password, so only where it is counts
     where = f"{u.get_backend_name()}://{u.host or ''}:{u.port or ''}/{u.database or ''}"
-    root = Path(cache_dir or os.environ.get("AXISWATCH_CACHE_DIR") or Path.home() / ".cache" / "axiswatch")
-    return root / "run" / f"serve-{hashlib.sha256(where.encode()).hexdigest()[:16]}.json"
+    return probes_cache.cache_dir(cache_dir) / "run" / f"serve-{hashlib.sha256(where.encode()).hexdigest()[:16]}.json"
 
 
 def _started(pid: int) -> str | None:

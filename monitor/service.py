@@ -1,6 +1,10 @@
-"""Assembling a running deployment from :class:`Settings`: Redis (embedded when
-no ``REDIS_URL``), the store (migrated), the model and its axis, the engine,
-the generation backend and, unless ``workers=False``, an in-process persistence worker.
+"""The one composition root: a running deployment assembled from :class:`Settings`. Redis (embedded
+when no ``REDIS_URL``), the store (migrated), what it monitors with (:func:`load_monitoring`: the axis,
+the capping config, thresholds and drift settings, checked against the model), the generation backend,
+the engine with its outbox, heartbeat and announcement, and, unless ``workers=False``, in-process
+persistence and alert workers. ``axiswatch serve`` (and ``chat``, ``demo``, ``shadow``) start through
+:func:`start` with the model loaded here; the vLLM plugin (:mod:`monitor.vllm_runner`) starts through the
+same function, with vLLM's runner as its backend.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ import logging
 import socket
 import threading
 import uuid
-from contextlib import ExitStack
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from monitor.drift import DriftConfig, Thresholds
 from monitor.errors import InputError, RedisUnavailable
 from monitor.settings import Settings
 from monitor.store import Store
@@ -24,8 +30,10 @@ from monitor.streams.outbox import Outbox
 from monitor.workers.alerts import AlertWorker
 from monitor.workers.persist import PersistWorker, consumer_name
 
-if TYPE_CHECKING:  # the engine loads torch; a data-only runtime never imports it
+if TYPE_CHECKING:  # the engine and the artifacts load torch; a data-only runtime never imports them
+    from monitor.backends import Backend
     from monitor.engine import Engine
+    from probes.artifacts import AxisArtifact, CappingConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,10 @@ class Runtime:
 
         self._stack.callback(halt)
 
+    def hold(self, cm: AbstractContextManager) -> None:
+        """Enter ``cm`` (the vLLM plugin's hooks) until :meth:`close`."""
+        self._stack.enter_context(cm)
+
     def close(self) -> None:
         """Stop taking requests, let the workers drain what was published, then stop everything."""
         if self.engine is not None:
@@ -90,37 +102,68 @@ def open_outbox(rt: Runtime) -> Outbox:
     return rt.outbox
 
 
-def announce(rt: Runtime, axis, axis_dir, capping, cap_dir, thresholds, drift) -> None:
+@dataclass(frozen=True)
+class Monitoring:
+    """What a deployment monitors with, loaded and checked against its model."""
+
+    axis: AxisArtifact
+    axis_dir: Path
+    capping: CappingConfig | None
+    cap_dir: Path | None
+    thresholds: Thresholds
+    drift: DriftConfig
+
+
+def load_monitoring(settings: Settings, hidden_size: int, n_layers: int, model_id: str | None = None) -> Monitoring:
+    """The settings' axis and capping config (:meth:`Settings.capping_dir`), each checked against a model
+    with this hidden size and layer count, and the thresholds and drift settings they run with."""
+    from probes.artifacts import load_axis, load_capping
+
+    axis_dir = settings.axis_dir()
+    axis = load_axis(axis_dir)
+    axis.check(model_id, hidden_size, n_layers)
+    cap_dir = settings.capping_dir()
+    capping = load_capping(cap_dir) if cap_dir is not None else None
+    if capping is not None:
+        capping.check(hidden_size, n_layers)
+    thresholds, drift = settings.drift_setup(axis.calibration)
+    return Monitoring(axis, Path(axis_dir), capping, cap_dir, thresholds, drift)
+
+
+def announce(rt: Runtime, mon: Monitoring) -> None:
     """What this deployment runs, in Redis for the dashboard (its header, the Axis page)."""
     settings, engine = rt.settings, rt.engine
     assert engine is not None
     rt.streams.set_deployment({
         "model_id": engine.model_id, "layer": engine.layer, "policy": engine.policy,
-        "thresholds": thresholds.as_dict(), "axis_dir": str(Path(axis_dir).resolve()),
-        "axis_fingerprint": axis.fingerprint(),
-        "drift": drift.as_dict(),
-        "capping": None if capping is None else {**capping.meta(), "dir": str(Path(cap_dir).resolve())},
-        "api": f"http://{local_host(settings.host)}:{settings.port}",
+        "thresholds": mon.thresholds.as_dict(), "axis_dir": str(mon.axis_dir.resolve()),
+        "axis_fingerprint": mon.axis.fingerprint(),
+        "drift": mon.drift.as_dict(),
+        "capping": None if mon.capping is None or mon.cap_dir is None else {**mon.capping.meta(),
+                                                                            "dir": str(mon.cap_dir.resolve())},
+        "api": settings.api_url(),
         # the Axis page draws these from Redis: a dashboard on another host cannot read axis_dir
-        "axis_meta": axis.meta(),  # what axis.json holds
-        "axis_report": _report(Path(axis_dir) / "report.json")})
+        "axis_meta": mon.axis.meta(),  # what axis.json holds
+        "axis_report": _report(mon.axis_dir / "report.json")})
 
 
-def make_backend(settings: Settings, hf):
-    """The generation backend the settings ask for, around the transformers copy of the model."""
+def model_backend(settings: Settings) -> tuple[Backend, Monitoring]:
+    """The model loaded here and the generation backend the settings ask for around it (``hf``, or
+    ``vllm`` with the transformers copy for audits), with what it monitors with."""
+    from monitor.backends.hf import HFBackend
+    from probes.models import load_model
+
+    lm = load_model(settings.model, settings.device, settings.dtype, settings.cache_dir, settings.layers_path)
+    mon = load_monitoring(settings, lm.hidden_size, lm.n_layers, lm.model_id)
+    hf = HFBackend(lm, mon.axis, mon.capping, max_batch=settings.batch_size)
     if settings.backend != "vllm":
-        return hf
+        return hf, mon
     from monitor.backends.vllm import VLLMBackend, VLLMOptions  # vLLM lives in its own environment
 
     opts = VLLMOptions(memory_gb=settings.vllm_memory_gb, max_model_len=settings.vllm_max_model_len,
                        tensor_parallel_size=settings.vllm_tensor_parallel_size,
                        enforce_eager=settings.vllm_enforce_eager)
-    return VLLMBackend(hf, hf.lm.meta.get("weights"), opts, dtype=settings.dtype)
-
-
-def local_host(host: str) -> str:
-    """An address to reach a server bound to ``host`` from this machine (a wildcard means loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+    return VLLMBackend(hf, lm.meta.get("weights"), opts, dtype=settings.dtype), mon
 
 
 def listen(host: str, port: int, option: str = "--port") -> socket.socket:
@@ -170,34 +213,25 @@ def open_data(settings: Settings, stack: ExitStack):
     return url, streams, store
 
 
-def start(settings: Settings, workers: bool = True, model: bool = True) -> Runtime:
+def start(settings: Settings, workers: bool = True, model: bool = True,
+          backend: Callable[[Settings], tuple[Backend, Monitoring]] = model_backend, replica: str = "serve") -> Runtime:
+    """A running deployment. ``model``: build a backend with ``backend`` (by default the model loaded here,
+    :func:`model_backend`; the vLLM plugin passes vLLM's runner) and an engine around it, named
+    ``replica`` plus a unique suffix in Redis; without it a data-only runtime (``worker``, the dashboard)."""
     stack = ExitStack()
     try:
         url, streams, store = open_data(settings, stack)
         rt = Runtime(settings, url, streams, store, _stack=stack)
         if model:
-            open_outbox(rt)
-            # the model side loads torch: only a deployment that serves imports it (`worker` does not)
-            from monitor.backends.hf import HFBackend
-            from monitor.engine import Engine
-            from probes.artifacts import load_axis, load_capping
-            from probes.models import load_model
+            outbox = open_outbox(rt)
+            be, mon = backend(settings)
+            from monitor.engine import Engine  # the engine's backends load torch: only where a model serves
 
-            lm = load_model(settings.model, settings.device, settings.dtype, settings.cache_dir, settings.layers_path)
-            axis_dir = settings.axis_dir()
-            axis = load_axis(axis_dir)
-            axis.check(lm.model_id, lm.hidden_size, lm.n_layers)
-            cap_dir = Path(settings.capping) if settings.capping else Path(axis_dir)
-            capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
-            if capping is not None:
-                capping.check(lm.hidden_size, lm.n_layers)
-            thresholds, drift = settings.drift_setup(axis.calibration)
-            backend = make_backend(settings, HFBackend(lm, axis, capping, max_batch=settings.batch_size))
-            rt.engine = Engine(backend, thresholds, drift=drift, policy=settings.policy, publisher=rt.outbox,
+            rt.engine = Engine(be, mon.thresholds, drift=mon.drift, policy=settings.policy, publisher=outbox,
                                session_lookup=store.session_meta,
-                               replica=f"{consumer_name('serve')}-{uuid.uuid4().hex[:6]}")
-            rt.start_heartbeat()
-            announce(rt, axis, axis_dir, capping, cap_dir, thresholds, drift)
+                               replica=f"{consumer_name(replica)}-{uuid.uuid4().hex[:6]}")
+            rt.start_heartbeat()  # or the workers would take this replica's live turns for a dead one's
+            announce(rt, mon)
         if workers:
             w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)
             w.start_thread()

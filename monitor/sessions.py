@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from monitor.drift import DriftConfig, DriftTracker, Thresholds, parse_policy
 from monitor.errors import InputError, StoreError
 from monitor.records import new_id
+from monitor.replay import replay, scored_turns
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,5 @@ class SessionRegistry:
                 s.tracker.restore(known["tracker"])
             except InputError as e:
                 log.warning("session %s: stored drift state not usable (%s); replaying its scores", s.id, e)
-        for turn, scores in known.get("history") or ():
-            s.tracker.update(list(scores), turn)
-            s.tracker.end_turn()
+        for _ in replay(s.tracker, scored_turns(known.get("history") or ())):
+            pass

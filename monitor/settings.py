@@ -10,6 +10,7 @@ model settings (``AXISWATCH_MODEL``, ``_DEVICE``, ``_DTYPE``, ``_AXIS``, ``_CAPP
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from pathlib import Path
 from monitor.auth import parse_keys
 from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
 from monitor.errors import InputError
-from monitor.workers.webhooks import WebhookConfig
+from monitor.webhook_config import WebhookConfig
 
 MAX_AUDIT_BYTES = 4 * 1024 * 1024  # the largest transcript body /v1/audit (and the dashboard's upload) takes
 
@@ -28,7 +29,12 @@ def shipped_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "probes" / "shipped" / "smollm2-135m-instruct"
 
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm")  # who runs generation (AXISWATCH_BACKEND, serve --backend)
+
+
+def local_host(host: str) -> str:
+    """An address to reach a server bound to ``host`` from this machine (a wildcard means loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
 
 
 def _num(get, key: str, default: str, kind):
@@ -171,3 +177,23 @@ class Settings:
 
     def axis_dir(self) -> Path:
         return Path(self.axis) if self.axis else shipped_dir()
+
+    def capping_dir(self) -> Path | None:
+        """The folder of the capping config in use: ``AXISWATCH_CAPPING``, else the axis folder; None when
+        it holds no ``capping.json`` (then there is no capping, and policy ``cap`` is refused)."""
+        folder = Path(self.capping) if self.capping else self.axis_dir()
+        return folder if (folder / "capping.json").is_file() else None
+
+    def api_url(self) -> str:
+        """The probe service's address as seen from this machine (``http://host:port``)."""
+        return f"http://{local_host(self.host)}:{self.port}"
+
+    def axis_drift(self) -> tuple[Thresholds, DriftConfig]:
+        """:meth:`drift_setup` of the axis folder's alert calibration, read from its ``axis.json`` (no
+        tensors loaded): what a service on these settings runs with, for replays outside it."""
+        path = self.axis_dir() / "axis.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"axis metadata {path} cannot be read: {e}") from None
+        return self.drift_setup(meta.get("calibration", {}) if isinstance(meta, dict) else {})

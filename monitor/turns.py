@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from monitor.backends import Job, TokenEvent
 from monitor.drift import DriftEvent
+from monitor.live import LiveToken
 from monitor.records import AlertEvent, InterventionRecord
+from monitor.replay import tracked_score
 from monitor.sessions import Session
-from monitor.streams.live import LiveToken
 from probes.generation import GenerationOptions
 
 
@@ -67,17 +68,15 @@ class Turn:
     ended: bool = False  # the reply is complete (its "ended" live entry is out or due)
 
     def add(self, ev: TokenEvent) -> list[DriftEvent]:
-        """Record one token and feed it to the session's tracker; the tracker's events.
-
-        The tracker follows the score before capping acted on it: floored, a capped session would
-        otherwise look safe however far the model itself keeps drifting."""
+        """Record one token and feed it to the session's tracker (its :func:`~monitor.replay.tracked_score`,
+        the score before capping acted on it); the tracker's events."""
         idx = len(self.scores)
         self.tokens.append(ev.piece)
         self.scores.append(ev.score)
         self.pre_cap_scores.append(ev.pre_cap_score)
         self.cap_flags.append(ev.capped)
         self.pending.append(LiveToken(idx, ev.score, ev.piece, ev.capped, ev.pre_cap_score))
-        return self.session.tracker.update([ev.pre_cap_score], self.number)
+        return self.session.tracker.update([tracked_score(ev.score, ev.pre_cap_score)], self.number)
 
     def excerpt(self, upto: int, chars: int = 200) -> str:
         """The reply's text up to token ``upto`` (its last ``chars`` characters)."""

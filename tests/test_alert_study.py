@@ -73,7 +73,7 @@ def test_committed_study_reproduces_from_committed_inputs():
     res = ROOT / "eval" / "results"
     traffic = json.loads((res / "traffic_observe.json").read_text())
     cal = A.load_calibration(res / "alert_calibration_scores.json")
-    from monitor.calibrate_alerts import axis_gap
+    from calibrate.alerts import axis_gap
     from monitor.settings import shipped_dir
     from probes.artifacts import load_axis
 

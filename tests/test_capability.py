@@ -1,4 +1,4 @@
-"""The capability suite (probes/capability.py, probes/data/capability.json): graders and data, no model."""
+"""The capability suite (calibrate/capability.py, calibrate/data/capability.json): graders and data, no model."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from probes.capability import CATEGORIES, grade, grade_accept, grade_arithmetic, load_tasks, mentions_number, numbers
+from calibrate.capability import CATEGORIES, grade, grade_accept, grade_arithmetic, load_tasks, mentions_number, numbers
 from probes.errors import InputError
 
-DATA = Path(__file__).resolve().parent.parent / "probes" / "data"
+DATA = Path(__file__).resolve().parent.parent / "calibrate" / "data"
 
 
 def test_suite_size_and_categories():

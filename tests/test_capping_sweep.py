@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from probes.capping import QUICK_SWEEP, Sweep, choose, write_capping
-from probes.capping_report import BASE, analyse, pareto
+from calibrate.capping import QUICK_SWEEP, Sweep, choose, write_capping
+from calibrate.capping_report import BASE, analyse, pareto
+from calibrate.judge import LexicalJudge
 from probes.errors import InputError
-from probes.judge import LexicalJudge
 
 PERSONAS = [{"persona": f"p{i // 2}", "prompt": "You are a pirate.", "question": "Who are you?", "keywords": ["ship"]}
             for i in range(20)]

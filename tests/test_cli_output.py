@@ -222,11 +222,12 @@ def test_csv_export_replays_running_drift_and_state_per_token(server):
 
 
 def test_csv_export_on_the_calibrated_thresholds_has_no_drift_in_the_opening(server):
-    from monitor.store.export import deployment_drift, session_csv
+    from monitor.replay import token_states
+    from monitor.store.export import session_csv
 
     rt, _url = server
     stored = wait_until(lambda: rt.store.get_session("export-1"), what="the stored session")
-    rows = list(csv.DictReader(io.StringIO(session_csv(stored, deployment_drift(Settings())))))
+    rows = list(csv.DictReader(io.StringIO(session_csv(stored, token_states(stored["turns"], *Settings().axis_drift())))))
     first = [r for r in rows if r["turn"] == "1"]
     assert len(first) >= 16  # the opening reply completes the reference alone
     assert all(r["drift"] == "" and r["state"] == "ok" and r["running"] for r in first)

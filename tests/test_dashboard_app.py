@@ -226,7 +226,7 @@ def drop_tail(streams: Streams, sid: str) -> None:
 
 
 def test_session_header_shows_the_live_state_while_a_turn_generates(monkeypatch, dashboard_db):
-    """Issue 13: with a turn generating, the header's state is the live tail's (what that turn says),
+    """with a turn generating, the header's state is the live tail's (what that turn says),
     not the last stored turn's; the peak state is the worst any turn reached, the live one included."""
     db_url, redis_url, ids = dashboard_db
     sid = ids["coding"]
@@ -265,7 +265,7 @@ def shown_widths(frame) -> dict[str, int | None]:
 
 @pytest.mark.parametrize("name", ["overview", "alerts", "session", "audit", "axis"])
 def test_tables_fit_the_page_and_draw_missing_values_as_a_dash(monkeypatch, dashboard_db, name):
-    """Issue 13: the Sessions and Alerts tables (and the session's) were wider than the page, the compare
+    """the Sessions and Alerts tables (and the session's) were wider than the page, the compare
     table printed "None". Every table with more than four columns sets each shown column's width, their sum
     within a 1280 px window's data width (the browser test measures the drawn grids); every table draws a
     missing value as an em dash."""
@@ -418,7 +418,7 @@ def roles_chart(at: AppTest) -> tuple[str, int]:
 
 
 def test_axis_roles_chart_title_counts_the_roles_it_plots(monkeypatch, dashboard_db):
-    """Issue 13: the title said "133 roles" over 40 bars. It says how many of how many it plots."""
+    """the title said "133 roles" over 40 bars. It says how many of how many it plots."""
     roles = json.loads((AXIS_DIR / "report.json").read_text())["roles_along_axis"]
     at = ok(page("axis", monkeypatch, dashboard_db))
     title, n = roles_chart(at)

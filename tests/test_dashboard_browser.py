@@ -195,7 +195,7 @@ def test_overview_alerts_and_axis_pages_render(browser, dashboard):
 
 @pytest.mark.parametrize("width", [1400, 1280])
 def test_metrics_and_tables_fit_the_page(browser, dashboard, width):
-    """Issue 13: at 1400 px the state metrics were cut off ("crit..."), the Sessions and Alerts tables were
+    """at 1400 px the state metrics were cut off ("crit..."), the Sessions and Alerts tables were
     wider than the page. At 1400 and 1280 px (the sidebar open) every metric's text is whole and every
     table's grid fits its box and the page, on every page that has them."""
     url, ids, _, _ = dashboard
@@ -229,7 +229,7 @@ def test_metrics_and_tables_fit_the_page(browser, dashboard, width):
 
 
 def test_axis_chart_title_counts_the_roles_it_plots(browser, dashboard):
-    """Issue 13: the roles chart said "133 roles" over 40 bars: its title's count is the bars drawn."""
+    """the roles chart said "133 roles" over 40 bars: its title's count is the bars drawn."""
     url, _, _, _ = dashboard
     browser.get(f"{url}/axis")
     roles_js = """const e = [...document.querySelectorAll('.vega-embed')].find(
@@ -245,7 +245,7 @@ def test_axis_chart_title_counts_the_roles_it_plots(browser, dashboard):
 
 
 def test_compare_table_draws_a_dash_not_none(browser, dashboard):
-    """Issue 13: the compare table printed a literal "None" where one session has no such turn."""
+    """the compare table printed a literal "None" where one session has no such turn."""
     url, ids, _, redis_url = dashboard
     from monitor.streams import Streams
 
@@ -310,7 +310,7 @@ def test_main_command_serves_dashboard_and_audits_an_upload(browser, tmp_path):
         wait_http(f"http://127.0.0.1:{ui}/_stcore/health", proc, 90)
         browser.get(f"http://127.0.0.1:{ui}/audit")
         upload = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']"))
-        sample = Path(str(resources.files("probes") / "data" / "sample_conversation.json"))
+        sample = Path(str(resources.files("monitor") / "data" / "sample_conversation.json"))
         upload[0].send_keys(str(sample))
         button = wait_for(browser, lambda d: [b for b in d.find_elements(By.TAG_NAME, "button")
                                               if b.text.strip() == "Score transcript" and b.is_enabled()])

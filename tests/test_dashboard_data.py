@@ -145,7 +145,7 @@ def test_live_tail_of_a_turn_that_was_never_stored_is_ignored(env):
 
 
 def test_current_state_is_the_live_tails_and_peak_state_the_worst_reached(env):
-    """Issue 13: while a turn generates, the session's state is the live tail's (what the turn says),
+    """while a turn generates, the session's state is the live tail's (what the turn says),
     not the last stored turn's; its peak is the worst state any turn ended in or any alert reached."""
     store, streams = env
     v = data.session_view(store, streams, "drifting", DEP)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from monitor.alert_calibration import drift_trace, fit_thresholds, lowest_drift, quantile
+from calibrate.thresholds import drift_trace, fit_thresholds, lowest_drift, quantile
 from monitor.drift import (
     DriftConfig,
     DriftTracker,
@@ -315,7 +315,7 @@ def test_policy_and_config_validation():
             DriftConfig(**bad)
 
 
-# --- calibration of the thresholds (monitor/alert_calibration.py) -----------------------------------------
+# --- calibration of the thresholds (calibrate/thresholds.py) -----------------------------------------
 
 
 def test_drift_trace_replays_the_tracker():

@@ -190,7 +190,7 @@ def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(
     assert list(eng.sessions) == ["b", "old"] and eng.sessions["old"].next_turn == 6
     # a session that comes back continues its drift: the reference is its opening reply, not its next one
     stored["back"] = {"source": "live", "policy": "flag", "capped": False, "next_turn": 4,
-                      "history": [(1, [30.0] * 20), (3, [-20.0] * 20)]}
+                      "history": [{"turn": 1, "scores": [30.0] * 20}, {"turn": 3, "scores": [-20.0] * 20}]}
     tr = eng.session("back").tracker
     assert tr.reference == pytest.approx(30.0) and tr.drift < -40 and tr.state != "ok"
 

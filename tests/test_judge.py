@@ -9,8 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from probes.errors import JudgeError
-from probes.judge import (
+from calibrate.judge import (
     RUBRIC,
     JudgeItem,
     LexicalJudge,
@@ -22,7 +21,8 @@ from probes.judge import (
     load_labels,
     make_judge,
 )
-from probes.judge_model import BoostedModel, Tree, features
+from calibrate.judge_model import BoostedModel, Tree, features
+from probes.errors import JudgeError
 
 PIRATE_PROMPT = "You are a pirate. Speak like a pirate and never break character."
 PIRATE_KW = ("ship", "sea", "matey", "arr", "treasure")

@@ -113,9 +113,9 @@ def test_bad_messages(lm):
 
 
 def test_local_folder_and_gguf_path_specs(lm):
-    from probes.models import default_cache_dir
+    from probes.cache import cache_dir
 
-    folder = load_model(str(default_cache_dir() / "models" / DEFAULT_CACHE_NAME))
+    folder = load_model(str(cache_dir() / "models" / DEFAULT_CACHE_NAME))
     assert folder.source == "folder" and folder.n_layers == 30
     gguf = load_model(str(default_gguf_path()))
     assert gguf.source == "gguf" and gguf.hidden_size == 576

@@ -1,4 +1,4 @@
-"""Identities of the pure axis maths (probes.ops) and statistics (probes.stats)."""
+"""Identities of the pure axis maths (probes.ops) and statistics (calibrate.stats)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from calibrate.stats import abs_cos, auroc, pca
 from probes.ops import cap, masked_mean, percentiles, project, steer, steer_coefficient, unit
-from probes.stats import abs_cos, auroc, pca
 
 B, T, D = 3, 7, 16
 
@@ -165,7 +165,7 @@ def test_percentiles_match_quantile():
     assert percentiles(torch.empty(0), qs) == {}
 
 
-# --- probes.stats --------------------------------------------------------------------------------
+# --- calibrate.stats --------------------------------------------------------------------------------
 
 def test_pca_finds_known_direction():
     torch.manual_seed(4)

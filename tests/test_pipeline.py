@@ -7,10 +7,13 @@ import json
 import pytest
 import torch
 
+from calibrate.pipeline import compute_axis, role_vectors
+from calibrate.roles import PRESETS, Preset, load_questions, load_roles, plan_jobs
+from calibrate.rollouts import response_means
 from probes.artifacts import load_axis
 from probes.errors import InputError
-from probes.pipeline import compute_axis, role_vectors
-from probes.roles import PRESETS, Preset, load_questions, load_roles, plan_jobs
+from probes.generation import GenerationOptions, generate
+from probes.models import format_chat
 
 TINY = Preset("tiny", None, 1, 2, 2, 1, 1, 8)
 
@@ -76,12 +79,36 @@ def test_compute_axis_end_to_end_and_resume(lm, tiny_data, tmp_path):
 
 
 def test_role_vector_fallback_and_exclusion():
-    from probes.roles import Job
+    from calibrate.roles import Rollout
 
-    jobs = [Job(f"role:{r}:0:fit:{i}", "role", "fit", r, 0, "s", "q") for r in ("a", "b") for i in range(3)]
+    jobs = [Rollout(f"role:{r}:0:fit:{i}", "role", "fit", r, 0, "s", "q") for r in ("a", "b") for i in range(3)]
     means = {j.id: torch.full((2, 3), float(i)) for i, j in enumerate(jobs)}
     scores = {jobs[0].id: 3, jobs[1].id: 2, jobs[2].id: 1, jobs[3].id: 1, jobs[4].id: 0, jobs[5].id: 1}
     vecs, info = role_vectors(jobs, means, scores, min_score3=2)
     assert info["a"]["rule"].startswith("score>=2") and info["a"]["used"] == 2
     assert torch.allclose(vecs["a"], torch.full((2, 3), 0.5))
     assert "b" not in vecs and info["b"]["rule"] == "excluded"
+
+
+@pytest.mark.parametrize("max_new", [6, 60])  # cut by the length limit, and stopped by end of turn
+def test_response_means_over_content_tokens_own_positions(lm, max_new):
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Say hi."}]]
+    outs = generate(lm, prompts, GenerationOptions(max_new_tokens=max_new))
+    assert {g.finish_reason for g in outs} == {"length" if max_new == 6 else "stop"}
+    means, norms = response_means(lm, prompts, [g.token_ids for g in outs])
+    assert means.shape == (2, lm.n_layers, lm.hidden_size) and norms.shape == (2, lm.n_layers)
+    for i, (msgs, g) in enumerate(zip(prompts, outs)):
+        prompt_ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + g.token_ids])
+        with torch.no_grad():
+            hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+        n, k = len(prompt_ids), len(g.token_ids)
+        for L in (0, lm.n_layers // 2, lm.n_layers - 2):
+            expected = hs[L + 1][0, n : n + k]
+            assert torch.allclose(means[i, L], expected.mean(0), atol=1e-3)
+            assert norms[i, L] == pytest.approx(float(expected.norm(dim=-1).mean()), rel=1e-4)
+
+
+def test_response_means_of_an_empty_answer_are_zero(lm):
+    means, norms = response_means(lm, [[{"role": "user", "content": "Hi"}]], [[]])
+    assert not means.any() and not norms.any()

@@ -331,14 +331,18 @@ def test_nul_in_text_is_stored_on_every_backend(store):
 
 
 def test_session_meta_holds_what_a_continuing_engine_replays(store):
-    """The scores the tracker followed, turn by turn: pre-cap where capping acted, user turns left out."""
+    """The scored turns after the last tracker snapshot (user turns left out); replayed, the tracker follows
+    their pre-cap scores where capping acted."""
+    from monitor.replay import scored_turns
+
     store.write(turns=[TurnRecord("back", 0, "user", "hi", 21),
                        TurnRecord("back", 1, "assistant", "a b", 21, ["a", " b"], [30.0, 20.0]),
                        TurnRecord("back", 2, "user", "more", 21),
                        TurnRecord("back", 3, "assistant", "c d", 21, ["c", " d"], [-9.0, -9.0], pre_cap_scores=[-9.0, -40.0],
                                   capped=[False, True])])
     meta = store.session_meta("back")
-    assert meta["next_turn"] == 4 and meta["history"] == [(1, [30.0, 20.0]), (3, [-9.0, -40.0])]
+    assert meta["next_turn"] == 4 and [t["turn"] for t in meta["history"]] == [1, 3]
+    assert scored_turns(meta["history"]) == [(1, [30.0, 20.0]), (3, [-9.0, -40.0])]
     assert store.session_meta("nobody") is None
 
 

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from monitor.backends.vllm import check_config
-from monitor.backends.vllm_plugin import enabled, parse_prompt
 from monitor.errors import InputError
+from monitor.vllm_plugin import enabled
+from monitor.vllm_runner import parse_prompt
 from probes.models import format_chat
 
 

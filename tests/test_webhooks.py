@@ -19,9 +19,9 @@ from monitor.records import AlertEvent
 from monitor.store import Store
 from monitor.streams import Streams
 from monitor.streams.alerts import dead_key
+from monitor.webhook_config import WebhookConfig
 from monitor.workers.alerts import AlertWorker
 from monitor.workers.dead_letters import replay_dead
-from monitor.workers.webhooks import WebhookConfig
 from probes.errors import InputError
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()

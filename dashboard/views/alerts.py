@@ -10,7 +10,7 @@ from dashboard import data
 from dashboard.context import ago, guard, store
 from dashboard.render import DELIVERY_BADGE, LIFECYCLE, STATE_BADGE, metrics, rows_key, table, when
 
-# the columns shown and their widths (px): within the 780 px of data a 1280 px window has (issue 13);
+# the columns shown and their widths (px): within the 780 px of data a 1280 px window has;
 # a delivery's attempts are in its cell, its last error in the expander under the table
 WIDTHS = {"time": 110, "level": 95, "session": 130, "turn": 45, "token": 50, "running score": 65,
           "threshold": 65, "delivery": 105, "status": 65, "open": 50}

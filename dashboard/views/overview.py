@@ -14,7 +14,7 @@ WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400
 SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
          "state (worst first)": ("rank", False), "open alerts": ("open alerts", False)}
 
-# the columns shown and their widths (px): within the 780 px of data a 1280 px window has (issue 13)
+# the columns shown and their widths (px): within the 780 px of data a 1280 px window has
 WIDTHS = {"session": 150, "state": 100, "running": 70, "turns": 50, "tokens": 55, "open alerts": 55,
           "source": 60, "activity": 85, "last activity": 105, "open": 50}
 

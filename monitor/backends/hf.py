@@ -68,7 +68,7 @@ class HFBackend:
         rows = _Rows(self, list(jobs), sink, on_end)
         with self._model_lock:
             outs = generate(self.lm, [j.messages for j in jobs], [j.options for j in jobs], axis=self.v,
-                            monitor_layer=self.layer, capping=self._plan, cap_rows=rows.active.clone(), sink=rows)
+                            monitor_layer=self.layer, capping=self._plan, cap_rows=rows.active, streamer=rows)
         for job, g in zip(jobs, outs):  # the same values the rows set as they ended
             job.token_ids, job.text, job.finish_reason = g.token_ids, g.text, g.finish_reason
 
@@ -88,7 +88,9 @@ class HFBackend:
 
 
 class _Rows:
-    """probes.generation's step sink for one batch: tensors per row -> token events per job."""
+    """The streamer of one batch (:class:`probes.generation.TokenStreamer`): tensors per row -> token events
+    per job. ``active`` is the batch's capping mask that generation reads before each step: a job whose
+    ``capped`` flag the engine set during a step is capped from its next token on."""
 
     def __init__(self, backend: HFBackend, jobs: list[Job], sink: StepSink,
                  on_end: Callable[[Job], None] | None = None):
@@ -117,9 +119,7 @@ class _Rows:
         if self.on_end is not None:
             for job in ended:
                 self.on_end(job)
-        now = torch.tensor([j.capped and self.can_cap for j in self.jobs], dtype=torch.bool)
-        self.active |= now
-        return now
+        self.active |= torch.tensor([j.capped and self.can_cap for j in self.jobs], dtype=torch.bool)
 
     def _end(self, k: int, reason: str) -> Job:
         job, ids = self.jobs[k], list(self.detok[k].ids)

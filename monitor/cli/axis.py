@@ -28,9 +28,9 @@ def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, 
     """Compute the Assistant Axis of a chat model (the paper's pipeline; resumable)."""
     import shutil
 
-    from probes.judge import make_judge
-    from probes.pipeline import compute_axis
-    from probes.roles import PRESETS, load_questions, load_roles
+    from calibrate.judge import make_judge
+    from calibrate.pipeline import compute_axis
+    from calibrate.roles import PRESETS, load_questions, load_roles
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, judge=judge)
     work = work or Path("runs") / f"{Path(s.model).name.replace('.gguf', '')}-{preset}"
@@ -71,8 +71,8 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
     import shutil
     from dataclasses import replace
 
-    from probes.capping import QUICK_SWEEP, Sweep, SweepSpec, choose, default_work, write_capping
-    from probes.judge import make_judge
+    from calibrate.capping import QUICK_SWEEP, Sweep, SweepSpec, choose, default_work, write_capping
+    from calibrate.judge import make_judge
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
                   axis=str(axis) if axis else None, judge=judge)
@@ -124,7 +124,7 @@ def calibrate_alerts_cmd(ctx, model, device, dtype, layers_path, axis, work, fre
 def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: int = 96, batch_size: int = 32) -> None:
     import shutil
 
-    from monitor.calibrate_alerts import calibrate_alerts
+    from calibrate.alerts import calibrate_alerts
     from monitor.drift import DriftConfig
 
     if fresh and work.exists():
@@ -150,8 +150,8 @@ def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: in
 @handle_errors
 def evaluate_steering_cmd(ctx, model, device, dtype, layers_path, axis, coeffs, max_new_tokens, out):
     """Rate of non-assistant identity claims in answers to identity questions, per steering coefficient."""
-    from probes.roles import load_json
-    from probes.steering import evaluate_steering
+    from calibrate.roles import load_json
+    from calibrate.steering import evaluate_steering
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
     try:

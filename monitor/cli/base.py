@@ -2,7 +2,7 @@
 model options, the deployment's Redis, loading the model, axis and capping config, and errors as
 one line and exit 1.
 
-Command modules (``monitor.cli_*``) import this and register their commands on :data:`cli`;
+Command modules (``monitor.cli.*``) import this and register their commands on :data:`cli`;
 :mod:`monitor.cli` imports them all: the group is built here, in one place, with no cycle.
 Imports of ``probes`` stay inside the loaders so ``axiswatch --help`` does not load torch.
 """
@@ -91,9 +91,10 @@ def load_axis_for(s: Settings, lm=None):
 def load_capping_for(s: Settings, art, lm, path: Path | None = None):
     from probes.artifacts import load_capping
 
-    folder = path or (Path(s.capping) if s.capping else art.path)
-    if not (Path(folder) / "capping.json").exists() and not Path(folder).is_file():
-        raise ArtifactError(f"no capping config in {folder}: run 'axiswatch calibrate-capping' or pass --capping")
+    folder = path or s.capping_dir()
+    if folder is None or (not (Path(folder) / "capping.json").exists() and not Path(folder).is_file()):
+        raise ArtifactError(f"no capping config in {folder or 'AXISWATCH_CAPPING or the axis folder'}: run "
+                            "'axiswatch calibrate-capping' or pass --capping")
     cfg = load_capping(folder)
     cfg.check(lm.hidden_size, lm.n_layers)
     made_for = cfg.provenance.get("axis_fingerprint")

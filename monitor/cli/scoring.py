@@ -91,16 +91,15 @@ def track(turns: list[dict], thresholds, config) -> dict:
     would (nothing is stored): each turn gets the ``state`` at its end; the conversation its final
     ``state``, ``running`` and ``drift`` and the ``alerts`` raised, as ``POST /v1/audit`` answers."""
     from monitor.drift import DriftTracker
+    from monitor.replay import replay
 
     tr = DriftTracker(thresholds, config, policy="flag")
     alerts = []
-    for t in turns:
-        for ev in tr.update(t["scores"], t["index"]):
-            if ev.kind == "alert":
-                alerts.append({"turn": t["index"], "token_index": ev.token_index, "level": ev.level,
-                               "score": ev.running, "threshold": ev.threshold,
-                               "excerpt": "".join(t["tokens"][:ev.token_index + 1])[-200:]})
-        t["state"] = tr.end_turn().state
+    for t, r in zip(turns, replay(tr, [(t["index"], t["scores"]) for t in turns])):
+        alerts += [{"turn": t["index"], "token_index": ev.token_index, "level": ev.level, "score": ev.running,
+                    "threshold": ev.threshold, "excerpt": "".join(t["tokens"][:ev.token_index + 1])[-200:]}
+                   for ev in r.events if ev.kind == "alert"]
+        t["state"] = r.summary.state
     return {"state": tr.state, "running": tr.running, "drift": tr.drift, "alerts": alerts}
 
 
@@ -240,7 +239,7 @@ def demo(ctx, model, device, dtype, layers_path, url, max_tokens, transcript, pa
     from importlib import resources
 
     if transcript or path is not None:
-        path = path or Path(str(resources.files("probes") / "data" / "sample_conversation.json"))
+        path = path or Path(str(resources.files("monitor") / "data" / "sample_conversation.json"))
         ctx.invoke(audit, model=model, device=device, dtype=dtype, layers_path=layers_path, files=(path,), axis=None,
                    layer=None, as_json=False)
         return

@@ -13,6 +13,7 @@ from typing import NoReturn
 import click
 
 from monitor.cli.base import cli, handle_errors, model_options, redis_url_for, settings_from
+from monitor.settings import BACKENDS
 
 
 @cli.command()
@@ -23,7 +24,7 @@ from monitor.cli.base import cli, handle_errors, model_options, redis_url_for, s
               help="what to do when a session drifts  [env AXISWATCH_POLICY, default flag]")
 @click.option("--database-url", default=None, help="[env AXISWATCH_DATABASE_URL, default sqlite:///axiswatch.db]")
 @click.option("--no-workers", is_flag=True, help="API and engine only; run 'axiswatch worker' processes beside it")
-@click.option("--backend", type=click.Choice(["hf", "vllm"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="who runs generation: hf (transformers) or vllm (vLLM's engine, continuous batching)  "
                    "[env AXISWATCH_BACKEND, default hf]")
 @click.option("--dashboard", "with_dashboard", is_flag=True, help="also start the dashboard (see --dashboard-port)")
@@ -82,9 +83,8 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
 
 def _start_dashboard(s, rt, ui_host: str):
     from monitor.cli.dashboard import launch
-    from monitor.service import local_host
 
-    ui = launch(s, rt.redis_url, ui_host, s.dashboard_port, f"http://{local_host(s.host)}:{s.port}")
+    ui = launch(s, rt.redis_url, ui_host, s.dashboard_port, s.api_url())
     click.echo(f"dashboard on http://{ui_host}:{s.dashboard_port}"
                + ("" if ui_host == s.host else " (loopback only: set AXISWATCH_DASHBOARD_PASSWORD to expose it)"))
     return ui
@@ -219,7 +219,6 @@ def vllm_args(ctx, model, device, dtype, layers_path):
     plugin reads the policy and thresholds from the server's own environment (AXISWATCH_*).
     """
     import shlex
-    from pathlib import Path
 
     from monitor.cli.base import load_model_for
     from monitor.errors import InputError
@@ -235,6 +234,6 @@ def vllm_args(ctx, model, device, dtype, layers_path):
             "--no-async-scheduling"]
     if s.vllm_enforce_eager:
         args.append("--enforce-eager")
-    if (Path(s.capping) if s.capping else s.axis_dir()).joinpath("capping.json").exists():
+    if s.capping_dir() is not None:
         args.append("--no-enable-prefix-caching")  # a capped session never reuses an uncapped one's KV cache
     click.echo(shlex.join(args))

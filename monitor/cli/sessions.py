@@ -90,18 +90,19 @@ def sessions_show(ctx, session_id, database_url, as_json):
 def sessions_export(ctx, session_id, fmt, output, database_url):
     """Export a session: the JSON trace, or CSV with one row per scored token."""
     from monitor.errors import InputError
-    from monitor.store.export import deployment_drift, session_csv, session_json
+    from monitor.replay import token_states
+    from monitor.store.export import session_csv, session_json
 
     s = _get(ctx, database_url, session_id)
     if fmt == "json":
         text = session_json(s)
     else:
         try:
-            drift = deployment_drift(settings_from(ctx))
+            states = token_states(s["turns"], *settings_from(ctx).axis_drift())
         except InputError as e:  # no thresholds to replay against: the states stay empty
             click.echo(f"note: no running score or state columns ({e})", err=True)
-            drift = None
-        text = session_csv(s, drift)
+            states = None
+        text = session_csv(s, states)
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}", err=True)

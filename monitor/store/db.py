@@ -1,4 +1,4 @@
-"""The store: the one module that owns the database (DESIGN.md section 3, convention 9).
+"""The store: the one module that owns the database.
 
 Engine, transactions, migrating, reads and writes. The typed models and migrations are in
 monitor/store/schema.py; checking records and encoding them as rows (per-token scores as little-endian float32
@@ -431,8 +431,8 @@ class Store:
     def session_meta(self, session_id: str) -> dict[str, Any] | None:
         """What a restarted engine needs to continue a session (None when unknown): source, policy,
         capped, the next free turn number, ``tracker`` (the drift tracker's snapshot after the last
-        turn that stored one) and ``history``: (turn, scores) of the scored turns after it, the scores the
-        tracker followed (pre-cap where capping acted), replayed on top; ``open_alerts``: (event id,
+        turn that stored one) and ``history``: the stored scored turns after it, for the engine to replay on
+        top (:func:`monitor.replay.scored_turns`); ``open_alerts``: (event id,
         level) of the alerts not yet resolved; ``conversation``: the message hashes of the stored
         conversation (the last assistant turn's input and its reply), to tell an edited history."""
         d = self.get_session(session_id)

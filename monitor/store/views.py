@@ -22,8 +22,7 @@ def continuation(d: dict[str, Any]) -> dict[str, Any]:
             "next_turn": int(turns[-1]["turn"]) + 1 if turns else 0,
             "tracker": snap["tracker"] if snap else None, "conversation": conversation,
             "open_alerts": [(a["event_id"], a["level"]) for a in d["alerts"] if a["status"] != "resolved"],
-            "history": [(t["turn"], t["pre_cap_scores"] or t["scores"]) for t in turns
-                        if t.get("scores") and t["turn"] > after]}
+            "history": [t for t in turns if t.get("scores") and t["turn"] > after]}
 
 
 def lifecycle(d: dict[str, Any]) -> None:

@@ -5,8 +5,8 @@
 :mod:`~monitor.workers.dead_letters`) and shadow-mode scoring of other servers' turns
 (:mod:`~monitor.workers.shadow`, which loads the model: import it by its own path)."""
 
+from monitor.webhook_config import WebhookConfig
 from monitor.workers.alerts import AlertWorker
 from monitor.workers.persist import PersistWorker, StreamWorker, consumer_name
-from monitor.workers.webhooks import WebhookConfig
 
 __all__ = ["AlertWorker", "PersistWorker", "StreamWorker", "WebhookConfig", "consumer_name"]

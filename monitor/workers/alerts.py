@@ -39,11 +39,11 @@ from monitor.records import AlertEvent
 from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, UNREACHABLE, Entry, ResponseError, Streams
 from monitor.streams.alerts import GROUP, STREAM, AlertLedger
+from monitor.webhook_config import WebhookConfig
 from monitor.workers.persist import consumer_name
 from monitor.workers.webhooks import (
     Notice,
     Resolved,
-    WebhookConfig,
     deliver,
     notice_of,
     record_delivery,

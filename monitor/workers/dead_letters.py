@@ -15,7 +15,8 @@ from monitor.records import AlertEvent
 from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, Streams
 from monitor.streams.alerts import AlertLedger
-from monitor.workers.webhooks import WebhookConfig, deliver, notice_from_dead, record_delivery, stored_alert
+from monitor.webhook_config import WebhookConfig
+from monitor.workers.webhooks import deliver, notice_from_dead, record_delivery, stored_alert
 
 log = logging.getLogger(__name__)
 

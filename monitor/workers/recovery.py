@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import time
 
+from monitor.live import live_turns
 from monitor.records import TurnRecord
-from monitor.streams.live import live_turns
+from monitor.replay import tracked_scores
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,13 @@ def recover_interrupted(streams, store, stale_s: float = 5.0, window_s: float = 
         turn = last.get("turn")
         got = live_turns(streams.read_live(sid, count=100_000), int(turn) - 1).get(int(turn))
         scores, pieces, flags = (got["scores"], got["pieces"], got["capped"]) if got else ([], [], [])
-        pre = [s if p is None else p for s, p in zip(scores, got["pre"])] if got else []
-        capped = any(flags)
         stored = store.turn_meta(sid, int(turn))
         if stored is None or (stored["role"] == "assistant" and stored["n_tokens"] < len(scores)):
-            rec = TurnRecord(sid, int(turn), "assistant", "".join(pieces), int(last.get("layer") or 0), pieces,
-                             scores, pre if capped else None, flags if capped else None,
-                             state=last.get("state") or "ok", running=last.get("running"),
-                             model_id=last.get("model_id") or "")
+            rec = TurnRecord.build(sid, int(turn), "assistant", "".join(pieces), int(last.get("layer") or 0),
+                                   tokens=pieces, scores=scores,
+                                   pre_cap_scores=tracked_scores(scores, got["pre"] if got else None),
+                                   cap_flags=flags, state=last.get("state") or "ok", running=last.get("running"),
+                                   model_id=last.get("model_id") or "")
             store.write(turns=[rec])
             store.mark_interrupted(sid)
             log.warning("session %s: replica %s died mid-reply; stored its %d streamed tokens of turn %s and "

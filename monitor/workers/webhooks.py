@@ -1,5 +1,6 @@
-"""Alert webhooks: where and how to deliver (:class:`WebhookConfig`), the signed POST (Standard
-Webhooks) and the delivery state in the store. The worker is :mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
+"""Alert webhooks: the signed POST (Standard Webhooks; where and how to deliver is
+:class:`~monitor.webhook_config.WebhookConfig`) and the delivery state in the store. The worker is
+:mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
 
 Each alert is POSTed as ``{"type": "axiswatch.alert", "data": <AlertEvent dict>, "link": <its session on
 the dashboard>}`` (the data holds the session id, turn, token index, level, running score, threshold and
@@ -16,23 +17,19 @@ The Redis keys the alert worker and the dead-letter replay share are in :mod:`mo
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
-from standardwebhooks import Webhook
 
 from monitor.errors import InputError
 from monitor.records import AlertEvent, AlertUpdate
 from monitor.store import NotFoundError, Store, StoreError
+from monitor.webhook_config import WebhookConfig
 
 log = logging.getLogger(__name__)
 EVENT_TYPE = "axiswatch.alert"
@@ -60,92 +57,20 @@ class Resolved:
 Notice = AlertEvent | Resolved
 
 
-# ---------------------------------------------------------------- configuration and signing
-@dataclass(frozen=True, repr=False)
-class WebhookConfig:
-    """Where and how to deliver alerts. The secret is never shown by repr/str or in errors."""
-
-    url: str
-    secret: str  # Standard Webhooks form: "whsec_" + base64 of the key bytes
-    max_attempts: int = 8
-    base_delay_s: float = 1.0
-    max_delay_s: float = 300.0
-    timeout_s: float = 10.0
-    dashboard_url: str | None = None  # AXISWATCH_DASHBOARD_URL: each payload links to its session there
-    _signer: Webhook = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        try:
-            u = httpx.URL(self.url)
-        except (httpx.InvalidURL, TypeError):
-            raise InputError("AXISWATCH_WEBHOOK_URL is not a valid URL") from None
-        if u.scheme not in ("http", "https") or not u.host:
-            raise InputError(f"AXISWATCH_WEBHOOK_URL must be an http:// or https:// URL (scheme {u.scheme!r})")
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise InputError(f"webhook max_attempts must be a positive integer, not {self.max_attempts!r}")
-        for name in ("base_delay_s", "max_delay_s", "timeout_s"):
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) < 0:
-                raise InputError(f"webhook {name} must be a non-negative number, not {getattr(self, name)!r}")
-        object.__setattr__(self, "_signer", _signer(self.secret))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookConfig | None:
-        """From AXISWATCH_WEBHOOK_URL, AXISWATCH_WEBHOOK_SECRET, AXISWATCH_WEBHOOK_MAX_ATTEMPTS; None without a URL."""
-        env = os.environ if env is None else env
-        url = (env.get("AXISWATCH_WEBHOOK_URL") or "").strip()
-        if not url:
-            return None
-        secret = (env.get("AXISWATCH_WEBHOOK_SECRET") or "").strip()
-        if not secret:
-            raise InputError("AXISWATCH_WEBHOOK_URL is set but AXISWATCH_WEBHOOK_SECRET is not (a whsec_... secret)")
-        n = (env.get("AXISWATCH_WEBHOOK_MAX_ATTEMPTS") or "8").strip()
-        if not n.isdigit() or int(n) < 1:
-            raise InputError(f"AXISWATCH_WEBHOOK_MAX_ATTEMPTS must be a positive integer, not {n!r}")
-        dash = (env.get("AXISWATCH_DASHBOARD_URL") or "").strip().rstrip("/") or None
-        if dash and not dash.startswith(("http://", "https://")):
-            raise InputError(f"AXISWATCH_DASHBOARD_URL must be an http:// or https:// URL, not {dash!r}")
-        return cls(url=url, secret=secret, max_attempts=int(n), dashboard_url=dash)
-
-    @property
-    def target(self) -> str:
-        """The receiver without path, query or credentials (paths often carry tokens): safe to log."""
-        u = httpx.URL(self.url)
-        return f"{u.scheme}://{u.host}" + (f":{u.port}" if u.port else "")
-
-    def __repr__(self) -> str:
-        return (f"WebhookConfig(url={self.target + '/...'!r}, secret='whsec_***', max_attempts={self.max_attempts}, "
-                f"base_delay_s={self.base_delay_s}, max_delay_s={self.max_delay_s}, timeout_s={self.timeout_s})")
-
-    def link(self, session_id: str) -> str | None:
-        """The session's page on the dashboard (None without AXISWATCH_DASHBOARD_URL)."""
-        return f"{self.dashboard_url}/session?id={quote(session_id, safe='')}" if self.dashboard_url else None
-
-    def sign(self, event: Notice, now: float | None = None) -> tuple[bytes, dict[str, str]]:
-        """The body and headers of one delivery attempt (a fresh timestamp each attempt)."""
-        kind = RESOLVED_TYPE if isinstance(event, Resolved) else EVENT_TYPE
-        body = json.dumps({"type": kind, "data": event.to_dict(), "link": self.link(event.session_id)},
-                          separators=(",", ":"))
-        ts = datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC)
-        return body.encode(), {"content-type": "application/json", "user-agent": "axiswatch-webhooks",
-                               "webhook-id": event.event_id, "webhook-timestamp": str(int(ts.timestamp())),
-                               "webhook-signature": self._signer.sign(event.event_id, ts, body)}
-
-
-def _signer(secret: Any) -> Webhook:
-    bad = InputError("AXISWATCH_WEBHOOK_SECRET must be a Standard Webhooks secret: whsec_ followed by base64")
-    if not isinstance(secret, str) or not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
-        raise bad
-    body = secret[len("whsec_"):]
-    try:
-        base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
-        return Webhook(secret)
-    except Exception:  # noqa: BLE001 - whatever went wrong, never echo (or chain) the secret
-        raise bad from None
+def sign(config: WebhookConfig, event: Notice, now: float | None = None) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one delivery attempt (a fresh timestamp each attempt)."""
+    kind = RESOLVED_TYPE if isinstance(event, Resolved) else EVENT_TYPE
+    body = json.dumps({"type": kind, "data": event.to_dict(), "link": config.link(event.session_id)},
+                      separators=(",", ":"))
+    ts = datetime.fromtimestamp(int(time.time() if now is None else now), tz=UTC)
+    return body.encode(), {"content-type": "application/json", "user-agent": "axiswatch-webhooks",
+                           "webhook-id": event.event_id, "webhook-timestamp": str(int(ts.timestamp())),
+                           "webhook-signature": config.signature(event.event_id, ts, body)}
 
 
 def deliver(client: httpx.Client, config: WebhookConfig, event: Notice) -> str | None:
     """One signed POST; None when the receiver answered 2xx, else a safe error (status or error class)."""
-    body, headers = config.sign(event)
+    body, headers = sign(config, event)
     try:
         resp = client.post(config.url, content=body, headers=headers, timeout=config.timeout_s)
     except httpx.HTTPError as e:  # timeouts, refused/reset connections, protocol errors

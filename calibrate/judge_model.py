@@ -2,12 +2,12 @@
 
 No network and no activations of the model being judged (that would make the
 judge circular with the axis): only the answer's text, the role's name,
-prompt and keywords. :func:`features` turns a :class:`~probes.judge.JudgeItem`
+prompt and keywords. :func:`features` turns a :class:`~calibrate.judge.JudgeItem`
 into named numbers (the lexical judge's signals, the role's own words in the
 answer, voice and person, assistant-style structure, repetition);
 :class:`BoostedModel` scores the four labels 0-3 with trees fitted on the dev
 half of the hand labels (``eval/fit_judge.py``, scikit-learn's multinomial
-gradient boosting) and stored as plain JSON (``probes/data/judge_model.json``):
+gradient boosting) and stored as plain JSON (``calibrate/data/judge_model.json``):
 no pickle, nothing executable.
 """
 
@@ -133,5 +133,5 @@ class BoostedModel:
     @classmethod
     def load(cls, path: str | Path | None = None) -> BoostedModel:
         if path is None:
-            path = Path(str(resources.files("probes") / "data" / MODEL_FILE))
+            path = Path(str(resources.files("calibrate") / "data" / MODEL_FILE))
         return cls.from_json(json.loads(Path(path).read_text()))

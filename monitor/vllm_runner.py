@@ -1,76 +1,46 @@
-"""axiswatch as a vLLM plugin: an unchanged vLLM OpenAI server, every generated token scored.
+"""The vLLM plugin inside one model runner (:mod:`monitor.vllm_plugin` starts it where the model loads).
 
-Installing axiswatch registers :func:`register` in vLLM's ``vllm.general_plugins`` entry point
-group, which vLLM calls in each of its processes. With ``AXISWATCH_VLLM_PLUGIN=1`` it wraps the V1
-model runner's ``load_model``: in the process that loads the model (the engine core, or each
-tensor-parallel worker) the monitor's hooks (:mod:`probes.vllm_hooks`) go into vLLM's model, and
-every step's sampled tokens go, with their scores, through the same :class:`~monitor.engine.Engine`
-as ``axiswatch serve``: sessions, drift tracker, policy (``cap`` caps a session from its next
-token), and the turns, alerts and interventions published to Redis, so ``axiswatch worker``, the
-dashboard and webhooks work unchanged. Other processes (the API server) do nothing.
+The monitor's hooks (:mod:`probes.vllm_hooks`) go into vLLM's model through :func:`probes.hooks.layer_hooks`,
+held until the runtime closes, and every step's sampled tokens go, with their scores, through the same
+:class:`~monitor.engine.Engine` as ``axiswatch serve``, built by the same :func:`monitor.service.start`:
+sessions, drift tracker, policy (``cap`` caps a session from its next token), and the turns, alerts and
+interventions published to Redis, so ``axiswatch worker``, the dashboard and webhooks work unchanged.
 
 A request names its session in ``extra_body={"vllm_xargs": {"session_id": ...}}`` (optionally
 ``"policy"``); one without gets a session of its own. The turn's stored messages are read back from
 the prompt's tokens (chat-markup templates; anything else is stored as one user message). Tensor,
 pipeline and data parallelism and async scheduling are refused (:func:`~monitor.backends.vllm.check_config`),
-as is prefix caching while a capping config is loaded. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``, ``REDIS_URL``;
-without it an embedded Redis is started, its address logged) and starts a persistence worker in the
-engine's process unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``.
+as is prefix caching while a capping config is loaded. Set-up follows :class:`~monitor.settings.Settings`
+(``AXISWATCH_*``, ``REDIS_URL``; without it an embedded Redis is started, its address logged) and starts a
+persistence worker in the engine's process unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from monitor.backends import Job, TokenEvent
+from transformers import AutoTokenizer
+
+from monitor import service
+from monitor.backends import Backend, Job, TokenEvent
 from monitor.backends.vllm import check_config
 from monitor.errors import InputError
 from monitor.records import new_id
+from monitor.settings import Settings
 from monitor.turns import ChatRequest, Turn
+from probes.cache import cache_dir
 from probes.generation import Detokenizer, GenerationOptions, cap_plan
+from probes.hooks import layer_hooks
+from probes.models import DEFAULT_MODEL_ID
 from probes.vllm_hooks import VLLMMonitor, runner_rows
 
 log = logging.getLogger("vllm.axiswatch")  # under vLLM's logger: its handlers print it
-SWITCH = "AXISWATCH_VLLM_PLUGIN"
 _CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S)
-
-
-def enabled(env=os.environ) -> bool:
-    return env.get(SWITCH, "").lower() in ("1", "true", "yes", "on")
-
-
-def register() -> None:
-    """vLLM's plugin entry point (every vLLM process): patch the model runner when switched on."""
-    if not enabled() or getattr(register, "done", False):
-        return
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    classes = [GPUModelRunner]
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-        classes.append(CPUModelRunner)
-    except ImportError:  # a GPU build without the CPU runner
-        pass
-    for cls in classes:
-        if "load_model" in cls.__dict__:
-            cls.load_model = _wrap_load(cls.__dict__["load_model"])
-    register.done = True  # type: ignore[attr-defined]
-
-
-def _wrap_load(load):
-    def load_model(self, *a, **kw):
-        out = load(self, *a, **kw)
-        if getattr(self, "_axiswatch", None) is None:
-            self._axiswatch = RunnerMonitor(self)
-        return out
-    load_model.__wrapped__ = load
-    return load_model
 
 
 def parse_prompt(text: str) -> list[dict]:
@@ -106,61 +76,46 @@ class _Watcher:
 class RunnerMonitor:
     """The plugin inside one model runner: hooks, per-request turns, and the engine they feed."""
 
-    def __init__(self, runner):
-        from transformers import AutoTokenizer
-
-        from monitor import service
-        from monitor.engine import Engine
-        from monitor.settings import Settings
-        from probes.artifacts import load_axis, load_capping
-        from probes.hooks import layer_hooks
-        from probes.models import DEFAULT_MODEL_ID, default_cache_dir
-
+    def __init__(self, runner, workers: bool = True):
         self.runner = runner
         vc = runner.vllm_config
         check_config(vc)
         settings = Settings.from_env()
         hf = vc.model_config.hf_config
-        hidden, n_layers = int(hf.hidden_size), int(hf.num_hidden_layers)
-        axis_dir = settings.axis_dir()
-        axis = load_axis(axis_dir)
-        axis.check(None, hidden, n_layers)
-        cap_dir = Path(settings.capping) if settings.capping else Path(axis_dir)
-        capping = load_capping(cap_dir) if (cap_dir / "capping.json").exists() else None
-        if capping is not None:
-            capping.check(hidden, n_layers)
-            if vc.cache_config.enable_prefix_caching:  # a request may ask for policy cap, too
-                raise InputError(f"a capping config is loaded ({cap_dir}) and vLLM's prefix caching is on: a capped "
-                                 "session could reuse an uncapped one's KV cache (start vLLM with "
-                                 "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
         model = str(vc.model_config.model)
-        in_cache = Path(model).resolve().is_relative_to(default_cache_dir().resolve())
+        in_cache = Path(model).resolve().is_relative_to(cache_dir(settings.cache_dir).resolve())
         model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
-        thresholds, drift = settings.drift_setup(axis.calibration)
+
+        def watch(s: Settings) -> tuple[Backend, service.Monitoring]:
+            """The plugin's backend for :func:`service.start`: vLLM generates; this runner's hooks score."""
+            mon = service.load_monitoring(s, int(hf.hidden_size), int(hf.num_hidden_layers))
+            if mon.capping is not None and vc.cache_config.enable_prefix_caching:  # a request may ask for cap
+                raise InputError(f"a capping config is loaded ({mon.cap_dir}) and vLLM's prefix caching is on: a "
+                                 "capped session could reuse an uncapped one's KV cache (start vLLM with "
+                                 "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
+            self.monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(mon.capping),
+                                       lambda: runner_rows(runner, by_request_id=True))
+            # only the model's identity: the engine's turns are opened, fed and finished from outside
+            return cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, mon.capping)), mon
+
         self.tok = AutoTokenizer.from_pretrained(vc.model_config.tokenizer)
         self.max_model_len = int(vc.model_config.max_model_len)
-        self.rt = rt = service.start(settings, workers=os.environ.get(f"{SWITCH}_WORKERS", "1") != "0", model=False)
+        self.rt: service.Runtime | None
+        self.rt = rt = service.start(settings, workers=workers, backend=watch, replica="vllm")
+        assert rt.engine is not None
+        self.engine = rt.engine
         try:
-            rt.engine = self.engine = Engine(
-                _Watcher(model_id, axis.monitor_layer, axis, capping), thresholds, drift=drift,
-                policy=settings.policy, publisher=service.open_outbox(rt), session_lookup=rt.store.session_meta,
-                replica=f"vllm-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-            rt.start_heartbeat()  # or the workers would take this replica's live turns for a dead one's
-            service.announce(rt, axis, axis_dir, capping, cap_dir, thresholds, drift)
+            rt.hold(layer_hooks(runner.model, self.monitor.hooks(), residual=True))  # removed at close
         except BaseException:
             rt.close()
             raise
         atexit.register(self.close)
-        self.monitor = VLLMMonitor(axis.unit(), axis.monitor_layer, cap_plan(capping),
-                                   lambda: runner_rows(runner, by_request_id=True))
-        self._hooks = layer_hooks(runner.model, self.monitor.hooks(), residual=True)
-        self._hooks.__enter__()
         self.live: dict[str, _Req] = {}
         self.errors = 0
         run, sample = runner.execute_model, runner.sample_tokens
         runner.execute_model = lambda so, *a, **kw: self._after(run(self._before(so), *a, **kw))
         runner.sample_tokens = lambda *a, **kw: self._after(sample(*a, **kw))
-        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s)", axis.monitor_layer,
+        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s)", self.engine.layer,
                  model_id, settings.policy)
         log.info("axiswatch plugin: publishing to %s, store %s", rt.redis_url, settings.database_url)
 
@@ -230,7 +185,7 @@ class RunnerMonitor:
             return None
         extra = params.extra_args or {}
         sid = str(extra.get("session_id") or new_id("vllm"))
-        prompt = self.tok.decode(state.prompt_token_ids or [], skip_special_tokens=False)
+        prompt = str(self.tok.decode(state.prompt_token_ids or [], skip_special_tokens=False))
         opts = GenerationOptions(max_new_tokens=int(params.max_tokens or 0), temperature=float(params.temperature),
                                  top_p=float(params.top_p), seed=params.seed)
         req = ChatRequest(sid, parse_prompt(prompt), opts, policy=extra.get("policy"))
@@ -249,7 +204,7 @@ class RunnerMonitor:
 
     def _text(self, r: _Req) -> None:
         job: Job = r.turn.job
-        job.text = self.tok.decode(job.token_ids, skip_special_tokens=True)
+        job.text = str(self.tok.decode(job.token_ids, skip_special_tokens=True))
 
     def _end(self, reqs: list[_Req], reason: str | None) -> None:
         for r in reqs:

@@ -2,7 +2,7 @@
 
 The paper measured the damage of activation capping as capability (IFEval,
 MMLU-Pro, GSM8k, EQ-Bench), not as "the same tokens". This suite
-(``probes/data/capability.json``, written for axiswatch and held out from
+(``calibrate/data/capability.json``, written for axiswatch and held out from
 everything used to compute the axis) is its small-model analogue, in five
 categories, each graded by a pure function of the answer text:
 
@@ -26,8 +26,8 @@ import functools
 import re
 from collections.abc import Sequence
 
+from calibrate.roles import load_json
 from probes.errors import InputError
-from probes.roles import load_json
 
 CATEGORIES = ("ifeval", "arithmetic", "factual", "extraction", "rewrite")
 _NUM_RE = re.compile(r"(?<![\w.])[-+]?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])[-+]?\$?\d+(?:\.\d+)?")

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from probes.capability import grade
-from probes.judge import Judge, JudgeItem
-from probes.stats import bootstrap_ci
+from calibrate.capability import grade
+from calibrate.judge import Judge, JudgeItem
+from calibrate.stats import bootstrap_ci
 
 N_BOOT = 2000
 BASE = "unsteered"  # the setting id of the model without capping

@@ -7,10 +7,11 @@ pushes toward the Assistant, negative away from it.
 
 from __future__ import annotations
 
+from calibrate.judge import claims_non_assistant
+from calibrate.rollouts import batched_generate
 from probes.artifacts import AxisArtifact
 from probes.errors import ArtifactError
-from probes.generation import GenerationOptions, SteerPlan, batched_generate
-from probes.judge import claims_non_assistant
+from probes.generation import GenerationOptions, SteerPlan
 from probes.models import LoadedModel
 from probes.ops import steer_coefficient
 

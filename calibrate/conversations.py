@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from calibrate.rollouts import batched_generate
 from probes.errors import InputError
-from probes.generation import GenerationOptions, batched_generate
+from probes.generation import GenerationOptions
 from probes.models import LoadedModel
 
 

@@ -6,6 +6,7 @@ Steps, each checkpointed in the work folder so a rerun skips finished work:
 2. ``gen/NNNNN.*``    batched greedy generation; per response the mean residual
                       activation over its content tokens at every layer
                       (``[n_layers, hidden]``) and the mean residual norm
+                      (:func:`calibrate.rollouts.response_means`)
 3. ``judge.jsonl``    0-3 role-adherence score per role response
 4. the axis folder    role vectors (score-3 answers), default vector, axis,
                       PCA, calibration statistics, monitor layer, report + plots
@@ -30,14 +31,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from calibrate.judge import Judge, JudgeItem, agreement
+from calibrate.roles import Preset, Rollout, load_roles, plan_jobs
+from calibrate.rollouts import response_means
+from calibrate.stats import abs_cos, auroc, pca
 from probes.artifacts import AxisArtifact
 from probes.errors import InputError
 from probes.generation import GenerationOptions, generate
-from probes.judge import Judge, JudgeItem, agreement
 from probes.models import LoadedModel
 from probes.ops import percentiles, project, unit
-from probes.roles import Job, Preset, load_roles, plan_jobs
-from probes.stats import abs_cos, auroc, pca
 
 log = logging.getLogger(__name__)
 PCTS = (5, 10, 25, 50, 75, 90, 95)
@@ -47,7 +49,7 @@ MIN_SCORE3 = 3  # answers needed for a role vector from score-3 answers alone
 # --- step 1: plan -----------------------------------------------------------------------
 
 def write_plan(work: Path, lm: LoadedModel, preset: Preset, roles=None, questions=None,
-               batch_size: int = 48) -> tuple[list[Job], int]:
+               batch_size: int = 48) -> tuple[list[Rollout], int]:
     """Write (or check) ``plan.json``; returns the jobs and the batch size shards are cut with.
 
     The batch size is part of the plan because shards are numbered by batch:
@@ -69,22 +71,16 @@ def write_plan(work: Path, lm: LoadedModel, preset: Preset, roles=None, question
     return jobs, batch_size
 
 
-def read_plan(work: Path) -> tuple[list[Job], dict]:
-    plan = json.loads((work / "plan.json").read_text())
-    jobs = [Job(**{**j, "keywords": tuple(j["keywords"])}) for j in plan["jobs"]]
-    return jobs, plan
-
-
 # --- step 2: generation -----------------------------------------------------------------
 
-def _shards(jobs: list[Job], lm: LoadedModel, batch_size: int) -> list[list[Job]]:
+def _shards(jobs: list[Rollout], lm: LoadedModel, batch_size: int) -> list[list[Rollout]]:
     """Batches of jobs with similar prompt lengths (less padding), in a stable order."""
     lengths = {j.id: len(lm.tokenizer(j.question + (j.system or ""))["input_ids"]) for j in jobs}
     ordered = sorted(jobs, key=lambda j: (lengths[j.id], j.id))
     return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset, batch_size: int = 48) -> None:
+def run_generation(work: Path, lm: LoadedModel, jobs: list[Rollout], preset: Preset, batch_size: int = 48) -> None:
     gen_dir = work / "gen"
     gen_dir.mkdir(exist_ok=True)
     shards = _shards(jobs, lm, batch_size)
@@ -95,11 +91,10 @@ def run_generation(work: Path, lm: LoadedModel, jobs: list[Job], preset: Preset,
               desc="generate", unit="resp", disable=False, mininterval=2) as bar:
         for i, shard in todo:
             t0 = time.perf_counter()
-            outs = generate(lm, [j.messages() for j in shard], opts, collect_means=True)
-            means = [o.layer_means for o in outs if o.layer_means is not None]  # all of them (collect_means)
-            norms = [o.layer_norms for o in outs if o.layer_norms is not None]
-            save_file({"means": torch.stack(means).contiguous(), "norms": torch.stack(norms).contiguous()},
-                      gen_dir / f"{i:05d}.safetensors")
+            chats = [j.messages() for j in shard]
+            outs = generate(lm, chats, opts)
+            means, norms = response_means(lm, chats, [o.token_ids for o in outs])
+            save_file({"means": means.contiguous(), "norms": norms.contiguous()}, gen_dir / f"{i:05d}.safetensors")
             records = [{"id": j.id, "text": o.text, "n_tokens": len(o.token_ids), "finish": o.finish_reason}
                        for j, o in zip(shard, outs)]
             # the JSON is written last: its presence marks the shard complete
@@ -124,7 +119,7 @@ def load_generations(work: Path) -> tuple[dict[str, dict], dict[str, torch.Tenso
 
 # --- step 3: judging --------------------------------------------------------------------
 
-def run_judge(work: Path, jobs: list[Job], texts: dict[str, dict], judge: Judge, batch: int = 32) -> dict[str, int]:
+def run_judge(work: Path, jobs: list[Rollout], texts: dict[str, dict], judge: Judge, batch: int = 32) -> dict[str, int]:
     path = work / "judge.jsonl"
     scores: dict[str, int] = {}
     if path.exists():
@@ -152,12 +147,12 @@ def run_judge(work: Path, jobs: list[Job], texts: dict[str, dict], judge: Judge,
 
 # --- step 4: vectors, axis, PCA, calibration --------------------------------------------
 
-def role_vectors(jobs: list[Job], means: dict[str, torch.Tensor], scores: dict[str, int],
+def role_vectors(jobs: list[Rollout], means: dict[str, torch.Tensor], scores: dict[str, int],
                  min_score3: int = MIN_SCORE3) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Mean of each role's score-3 fit answers. Fallback (documented, reported):
     fewer than ``min_score3`` such answers -> use answers scored >= 2; none of
     those either -> the role is left out."""
-    by_role: dict[str, list[Job]] = {}
+    by_role: dict[str, list[Rollout]] = {}
     for j in jobs:
         if j.kind == "role" and j.split == "fit" and j.id in means:
             by_role.setdefault(j.role, []).append(j)
@@ -179,7 +174,7 @@ def role_vectors(jobs: list[Job], means: dict[str, torch.Tensor], scores: dict[s
     return vectors, info
 
 
-def fit_axis(jobs: list[Job], means: dict[str, torch.Tensor], norms: dict[str, torch.Tensor],
+def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[str, torch.Tensor],
              scores: dict[str, int], model_id: str, provenance: dict,
              categories: dict[str, str] | None = None) -> tuple[AxisArtifact, dict]:
     vectors, role_info = role_vectors(jobs, means, scores)
@@ -275,7 +270,7 @@ def finite(x):
 def compute_axis(lm: LoadedModel, work: Path, out: Path, preset: Preset, judge: Judge,
                  batch_size: int = 48, roles=None, questions=None) -> tuple[AxisArtifact, dict]:
     """Run (or resume) every step and write the axis artifact and its report to ``out``."""
-    from probes.report import plot_axis_report
+    from calibrate.report import plot_axis_report
 
     t0 = time.perf_counter()
     jobs, batch_size = write_plan(work, lm, preset, roles, questions, batch_size)

@@ -8,7 +8,7 @@ some of the role's traits, or the role's voice while calling itself an AI;
 Implementations of :class:`Judge`:
 
 * :class:`OfflineJudge` (the default, no network): gradient-boosted trees over
-  text features of the answer and its role (:mod:`probes.judge_model`), fitted
+  text features of the answer and its role (:mod:`calibrate.judge_model`), fitted
   on the dev half of the hand labels; its agreement with the test half is
   measured by :func:`agreement` and reported;
 * :class:`LexicalJudge`: the earlier hand-written rule set, kept for
@@ -30,9 +30,9 @@ from typing import Protocol
 
 import httpx
 
+from calibrate.judge_model import BoostedModel, features
+from calibrate.roles import load_json, load_roles
 from probes.errors import InputError, JudgeError
-from probes.judge_model import BoostedModel, features
-from probes.roles import load_json, load_roles
 
 RUBRIC = (
     "Score 0-3 how fully the RESPONSE plays the ROLE given to the model. "
@@ -125,7 +125,7 @@ class LexicalJudge:
 
 
 class OfflineJudge:
-    """The default offline judge: gradient-boosted trees over text features (:mod:`probes.judge_model`),
+    """The default offline judge: gradient-boosted trees over text features (:mod:`calibrate.judge_model`),
     fitted on the dev half of the hand labels by ``python -m eval.fit_judge``."""
 
     def __init__(self, model_path=None):
@@ -211,11 +211,11 @@ def make_judge(name: str) -> Judge:
 def load_labels(labels_path=None, keywords: dict | None = None) -> tuple[list[JudgeItem], list[int], list[str]]:
     """The hand labels as judge items, their labels 0-3 and their fixed split (``dev`` or ``test``).
 
-    ``probes/data/judge_labels.jsonl``: role answers read and labelled against the
+    ``calibrate/data/judge_labels.jsonl``: role answers read and labelled against the
     rubric (the first 200 by a person, the rest by three AI reviewers; see the README).
     Each line's ``split`` was fixed when it was labelled, before any tuning: judges
     are tuned on ``dev`` only, ``test`` measures them."""
-    path = Path(labels_path) if labels_path else Path(str(resources.files("probes") / "data" / "judge_labels.jsonl"))
+    path = Path(labels_path) if labels_path else Path(str(resources.files("calibrate") / "data" / "judge_labels.jsonl"))
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     unsplit = [i + 1 for i, r in enumerate(rows) if r.get("split") not in ("dev", "test")]
     if unsplit:  # a line without its split would silently become training data

@@ -5,18 +5,18 @@ network, and a percentile of the calibration projections that sets ``tau_L``
 per layer at each layer of the window) and for the unsteered model, it
 generates greedily:
 
-* answers to a held-out persona set (``probes/data/heldout_personas.json``:
+* answers to a held-out persona set (``calibrate/data/heldout_personas.json``:
   system prompts whose roles and phrasings are not in ``roles.json``, each with
   questions that invite the role); the judge later scores how fully each plays
   its role;
-* answers to the capability suite (``probes/data/capability.json``, graded by
-  code, :mod:`probes.capability`).
+* answers to the capability suite (``calibrate/data/capability.json``, graded by
+  code, :mod:`calibrate.capability`).
 
 Windows start at 50-70% of the depth and span about 12-20% of it, as in the
 paper. Every setting's answers are checkpointed in the work folder as soon as
 they are generated, so an interrupted sweep resumes where it stopped; the
 numbers are computed afterwards from the stored texts
-(:mod:`probes.capping_report`), so a better judge or grader re-analyses a sweep
+(:mod:`calibrate.capping_report`), so a better judge or grader re-analyses a sweep
 without generating again.
 """
 
@@ -32,16 +32,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from calibrate.capability import load_tasks
+from calibrate.capping_report import BASE, analyse
+from calibrate.judge import Judge
+from calibrate.report import plot_pareto
+from calibrate.roles import load_json
+from calibrate.rollouts import batched_generate
 from probes.artifacts import AxisArtifact, CappingConfig
-from probes.capability import load_tasks
-from probes.capping_report import BASE, analyse
 from probes.errors import InputError
-from probes.generation import CapPlan, GenerationOptions, batched_generate
-from probes.judge import Judge
+from probes.generation import CapPlan, GenerationOptions
 from probes.models import LoadedModel
 from probes.ops import unit
-from probes.report import plot_pareto
-from probes.roles import load_json
 
 log = logging.getLogger(__name__)
 

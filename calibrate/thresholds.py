@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import InputError
+from monitor.replay import replay
 
 WATCH_BUDGET = 0.10
 WARNING_BUDGET = 0.01
@@ -37,14 +38,7 @@ _NEVER = Thresholds(-1e300, -2e300, -3e300)  # replay thresholds nothing reaches
 def drift_trace(turns: Sequence[Sequence[float]], config: DriftConfig) -> list[float | None]:
     """The tracker's drift after each token of a conversation (None while the reference is open)."""
     tr = DriftTracker(_NEVER, config, policy="observe")
-    out: list[float | None] = []
-    for k, scores in enumerate(turns):
-        tr.update([], k)
-        for s in scores:
-            tr.update([s], k)
-            out.append(tr.drift)
-        tr.end_turn()
-    return out
+    return [st.drift for r in replay(tr, enumerate(turns), per_token=True) for st in r.tokens]
 
 
 def lowest_drift(turns: Sequence[Sequence[float]], config: DriftConfig) -> float | None:

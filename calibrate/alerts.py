@@ -1,10 +1,10 @@
 """``axiswatch calibrate-alerts``: generate the benign calibration conversations, fit the thresholds,
 store them in the axis folder.
 
-The conversations (``probes/data/alert_calibration.json``: 120 everyday requests, each
+The conversations (``calibrate/data/alert_calibration.json``: 120 everyday requests, each
 with two follow-ups a user would type next, a sixth of them changing format or genre)
 are run with two of the default system prompts (none, and "You are an AI assistant."),
-so the model answers as its ordinary Assistant. :func:`monitor.alert_calibration.fit_thresholds`
+so the model answers as its ordinary Assistant. :func:`calibrate.thresholds.fit_thresholds`
 turns their drift statistics into thresholds, which land in ``axis.json`` under
 ``calibration["alerting"]`` with the settings they hold for. ``compute-axis`` runs this as
 its last step; on its own it recalibrates an existing axis (resumable: every generation
@@ -13,16 +13,17 @@ round is checkpointed in ``--work``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from monitor.alert_calibration import fit_thresholds
+from calibrate.conversations import run_conversations
+from calibrate.roles import DEFAULT_PROMPTS, load_json
+from calibrate.thresholds import fit_thresholds
 from monitor.drift import DriftConfig
-from probes.artifacts import AxisArtifact, write_alert_calibration
-from probes.conversations import run_conversations
+from probes.artifacts import AXIS_JSON, AxisArtifact, read_axis_meta
 from probes.models import LoadedModel
-from probes.roles import DEFAULT_PROMPTS, load_json
 
 SYSTEM_PROMPTS = (DEFAULT_PROMPTS[0], DEFAULT_PROMPTS[1])  # the template's own default, "You are an AI assistant."
 QUICK = {"conversations": 12, "max_new_tokens": 32}
@@ -43,6 +44,18 @@ def calibration_conversations(limit: int | None = None) -> list[dict]:
             for p, system in enumerate(SYSTEM_PROMPTS) for c in convs]
 
 
+def write_alert_calibration(folder: str | Path, alerting: dict) -> Path:
+    """Store the alert calibration in an axis folder's ``axis.json``, under ``calibration["alerting"]``; the
+    tensors and everything else in the file stay as they are (written to a temporary file, then moved)."""
+    path = Path(folder) / AXIS_JSON
+    meta = read_axis_meta(folder)
+    meta.setdefault("calibration", {})["alerting"] = alerting
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
 def calibrate_alerts(lm: LoadedModel, art: AxisArtifact, work: Path, config: DriftConfig, quick: bool = False,
                      max_new_tokens: int = 96, batch_size: int = 32, out: Path | None = None) -> dict:
     """Generate (or resume), fit, and write ``calibration["alerting"]`` into ``out`` (default: the axis folder)."""
@@ -58,7 +71,7 @@ def calibrate_alerts(lm: LoadedModel, art: AxisArtifact, work: Path, config: Dri
     alerting = {"thresholds": thresholds.as_dict(), "alpha": config.alpha,
                 "baseline": config.baseline, "reference_tokens": config.reference_tokens,
                 "min_tokens": config.min_tokens, "statistic": "running score minus the session's opening reference",
-                "data": "probes/data/alert_calibration.json", "system_prompts": list(SYSTEM_PROMPTS),
+                "data": "calibrate/data/alert_calibration.json", "system_prompts": list(SYSTEM_PROMPTS),
                 "max_new_tokens": max_new_tokens, "quick": quick, **stats}
     write_alert_calibration(out or Path(str(art.path)), alerting)
     art.calibration["alerting"] = alerting

@@ -1,6 +1,6 @@
 """The role set, the questions, and the generation plan of ``compute-axis``.
 
-The data files live in ``probes/data``. A *preset* says how much of them a
+The data files live in ``calibrate/data``. A *preset* says how much of them a
 run uses; jobs are planned deterministically so a rerun (or a resume after a
 crash) produces the same job ids in the same order.
 """
@@ -43,7 +43,7 @@ PRESETS = {
 
 
 @dataclass(frozen=True)
-class Job:
+class Rollout:
     id: str
     kind: str  # "role" | "default"
     split: str  # "fit" | "heldout"
@@ -59,7 +59,7 @@ class Job:
 
 
 def _data_file(name: str) -> Path:
-    return Path(str(resources.files("probes") / "data" / name))
+    return Path(str(resources.files("calibrate") / "data" / name))
 
 
 def load_json(name_or_path: str | Path) -> dict:
@@ -92,30 +92,30 @@ def _spread(items: list, n: int | None) -> list:
 
 
 def plan_jobs(preset: Preset, model_name: str, roles: list[dict] | None = None,
-              questions: dict[str, list[str]] | None = None) -> list[Job]:
+              questions: dict[str, list[str]] | None = None) -> list[Rollout]:
     roles = roles if roles is not None else load_roles()
     questions = questions if questions is not None else load_questions()
     extraction, heldout = questions["extraction"], questions["heldout"]
-    jobs: list[Job] = []
+    jobs: list[Rollout] = []
     q = 0  # rotating question cursor so roles see different questions
     for r in _spread(roles, preset.roles):
         kw = tuple(r.get("keywords", ()))
         for p in range(min(preset.prompts_per_role, len(r["prompts"]))):
             for j in range(min(preset.questions_per_prompt, len(extraction))):
                 question = extraction[(q + j) % len(extraction)]
-                jobs.append(Job(f"role:{r['name']}:{p}:fit:{extraction.index(question)}", "role", "fit",
+                jobs.append(Rollout(f"role:{r['name']}:{p}:fit:{extraction.index(question)}", "role", "fit",
                                 r["name"], p, r["prompts"][p], question, kw))
             q += preset.questions_per_prompt
         for j in range(min(preset.heldout_questions_per_role, len(heldout))):
             question = heldout[(q + j) % len(heldout)]
-            jobs.append(Job(f"role:{r['name']}:0:heldout:{heldout.index(question)}", "role", "heldout",
+            jobs.append(Rollout(f"role:{r['name']}:0:heldout:{heldout.index(question)}", "role", "heldout",
                             r["name"], 0, r["prompts"][0], question, kw))
     for p, system in enumerate(DEFAULT_PROMPTS):
         system = system.format(model_name=model_name) if system else None
         for question in _spread(extraction, preset.default_questions):
-            jobs.append(Job(f"default:{p}:fit:{extraction.index(question)}", "default", "fit", "default", p, system, question))
+            jobs.append(Rollout(f"default:{p}:fit:{extraction.index(question)}", "default", "fit", "default", p, system, question))
         for question in _spread(heldout, preset.heldout_default_questions):
-            jobs.append(Job(f"default:{p}:heldout:{heldout.index(question)}", "default", "heldout", "default", p, system, question))
+            jobs.append(Rollout(f"default:{p}:heldout:{heldout.index(question)}", "default", "heldout", "default", p, system, question))
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise InputError("duplicate job ids in the plan (duplicate questions in the data?)")

@@ -1,0 +1,48 @@
+"""What every route of the HTTP API shares: the engine, the store, Redis, the metrics and the request
+limits (:class:`ApiContext`, held in ``app.state``), and the JSON error shape."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+
+from monitor.errors import AxiswatchError
+
+if TYPE_CHECKING:
+    from monitor.api.metrics import Metrics
+    from monitor.engine import Engine
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    engine: Engine
+    store: Any  # monitor.store.Store, or None: a replica without a store answers 4xx on its routes
+    streams: Any  # monitor.streams.Streams, or None
+    metrics: Metrics
+    max_new_tokens: int  # the most tokens one request may ask for (AXISWATCH_MAX_NEW_TOKENS)
+    started: int = field(default_factory=lambda: int(time.time()))  # the model's "created" in /v1/models
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    def need_store(self) -> Any:
+        if self.store is None:
+            raise AxiswatchError("this replica has no store configured")
+        return self.store
+
+
+def context(request: Request) -> ApiContext:
+    """The app's :class:`ApiContext` (a FastAPI dependency)."""
+    return request.app.state.axiswatch
+
+
+Ctx = Annotated[ApiContext, Depends(context)]  # a route's parameter: the app's context
+
+
+def error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
