@@ -85,6 +85,7 @@ class RunnerMonitor:
         model = str(vc.model_config.model)
         in_cache = Path(model).resolve().is_relative_to(cache_dir(settings.cache_dir).resolve())
         model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
+        self.monitor: VLLMMonitor  # made by watch(), which service.start calls once the axis is loaded
 
         def watch(s: Settings) -> tuple[Backend, service.Monitoring]:
             """The plugin's backend for :func:`service.start`: vLLM generates; this runner's hooks score."""
