@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-vllm run demo lint test test-slow test-vllm axis-quick axis-standard eval eval-quick clean
+.PHONY: install lock lock-vllm run demo lint test test-fast test-slow test-vllm axis-quick axis-standard eval eval-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the fast tier: every test but those that run SmolLM2 itself (marker smollm); models on the tests' tiny random Llama
+# (about 2.5 minutes on 2 cores)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not vllm and not smollm"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

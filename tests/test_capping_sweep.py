@@ -1,5 +1,5 @@
 """calibrate-capping: the rule, the intervals and the Pareto frontier on hand-made records (pure), and a
-tiny real sweep with the default model that checkpoints, resumes and re-analyses."""
+tiny real sweep (the tests' tiny random Llama and its axis) that checkpoints, resumes and re-analyses."""
 
 from __future__ import annotations
 
@@ -63,24 +63,24 @@ def test_no_unsteered_adoption_says_so_and_keeps_capability():
     assert not rep["meets_target"]
 
 
-def test_real_sweep_checkpoints_resumes_and_reanalyses(lm, shipped, tmp_path):
+def test_real_sweep_checkpoints_resumes_and_reanalyses(tiny_lm, tiny_axis, tmp_path):
     spec = replace(QUICK_SWEEP, percentiles=(90,), max_personas=2, max_tasks=3, persona_tokens=4, task_tokens=4,
                    compare_tokens=4)
-    sweep = Sweep(tmp_path / "work", shipped, spec)
-    assert [c.id for c in sweep.configs] == ["L18-21_p90"] and sweep.budget() == 2 * 4 + 3 * 4
-    sweep.run(lm, batch_size=4)
+    sweep = Sweep(tmp_path / "work", tiny_axis, spec)  # one window of 4 from 60% of 24 layers
+    assert [c.id for c in sweep.configs] == ["L14-17_p90"] and sweep.budget() == 2 * 4 + 3 * 4
+    sweep.run(tiny_lm, batch_size=4)
     done = sorted(p.name for p in (tmp_path / "work" / "settings").iterdir())
-    assert done == ["L18-21_p90.json", "unsteered.json"] and sweep.todo() == []
+    assert done == ["L14-17_p90.json", "unsteered.json"] and sweep.todo() == []
     before = (tmp_path / "work" / "settings" / "unsteered.json").read_text()
-    sweep.run(lm, batch_size=4)  # resumed: nothing generated again
+    sweep.run(tiny_lm, batch_size=4)  # resumed: nothing generated again
     assert (tmp_path / "work" / "settings" / "unsteered.json").read_text() == before
     cfg, rep = choose(sweep, LexicalJudge())
-    assert cfg.id == "L18-21_p90" and rep["n_tasks"] == 3 and rep["n_persona_prompts"] == 2
+    assert cfg.id == "L14-17_p90" and rep["n_tasks"] == 3 and rep["n_persona_prompts"] == 2
     write_capping(cfg, rep, tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "capping_report.json").read_text())["chosen"]["id"] == "L18-21_p90"
+    assert json.loads((tmp_path / "out" / "capping_report.json").read_text())["chosen"]["id"] == "L14-17_p90"
     assert (tmp_path / "out" / "capping_pareto.png").stat().st_size > 1000
     with pytest.raises(InputError, match="another axis, prompts, tasks or token budgets"):
-        Sweep(tmp_path / "work", shipped, replace(spec, max_tasks=2)).open()
-    grown = Sweep(tmp_path / "work", shipped, replace(spec, percentiles=(75, 90)))  # a larger grid reuses the shared
+        Sweep(tmp_path / "work", tiny_axis, replace(spec, max_tasks=2)).open()
+    grown = Sweep(tmp_path / "work", tiny_axis, replace(spec, percentiles=(75, 90)))  # a larger grid reuses the shared
     grown.open()
-    assert [c.id if c else BASE for c in grown.todo()] == ["L18-21_p75"]
+    assert [c.id if c else BASE for c in grown.todo()] == ["L14-17_p75"]

@@ -1,4 +1,5 @@
-"""The CLI end to end: real model, shipped artifacts, asserted output."""
+"""The CLI end to end: real model, shipped artifacts, asserted output. Every command that loads a model runs
+in a process of its own on the default model (``smollm``); the others need none."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def test_audit_json_schema(transcripts, shipped):
     assert "".join(out["turns"][0]["tokens"]) == "2 + 2 is 4."
 
 
+@pytest.mark.smollm  # an `axiswatch` process that loads the default model
 def test_audit_bad_records_reported_good_ones_kept(transcripts):
     r = run("audit", str(transcripts / "mixed.jsonl"), str(transcripts / "latin1.json"), "--json")
     assert r.returncode == 1
@@ -103,6 +105,7 @@ def test_axis_show_json(shipped):
     assert "at_monitor_layer" in out["report"]
 
 
+@pytest.mark.smollm
 def test_axis_for_another_model_is_refused(tmp_path):
     from probes.artifacts import AxisArtifact
 
@@ -113,6 +116,7 @@ def test_axis_for_another_model_is_refused(tmp_path):
     assert "hidden size 64 != model's 576" in r.stderr and "4 layers != model's 30" in r.stderr
 
 
+@pytest.mark.smollm
 def test_import_paper_files(tmp_path):
     torch.save({"axis": torch.randn(30, 576)}, tmp_path / "assistant_axis.pt")
     u = torch.randn(576)
@@ -136,6 +140,7 @@ def test_import_paper_files(tmp_path):
     assert json.loads(r.stdout)["capped"] is True
 
 
+@pytest.mark.smollm
 def test_demo_transcript_prints_a_trajectory():
     r = run("demo", "--transcript")
     assert r.returncode == 0, r.stderr
@@ -148,6 +153,7 @@ def test_demo_transcript_prints_a_trajectory():
     assert r.stdout.count("<- ALERT ") >= 1 and "\n  final state " in r.stdout
 
 
+@pytest.mark.smollm
 def test_demo_drives_scripted_conversations(tmp_path):
     import os
 

@@ -1,6 +1,8 @@
 """What the CLI prints about drift: the chat's legend, alert and capping lines (in-process and over
 HTTP), one demo format in both modes, audit states and alerts, the axis' alert thresholds, and the CSV
-export's replayed running score, drift and state. Real model, real service, real HTTP.
+export's replayed running score, drift and state. Real service, real HTTP, on the tests' tiny random Llama
+and its axis (``tiny_env``); what the calibrated thresholds say of a benign exchange, and the shipped
+axis' thresholds, on the real default model.
 
 Most tests run on thresholds every token crosses (baseline ``absolute``, watch 1000): every session is
 critical from its first token, alerts once at token 3 (``min_tokens`` 4) and, under policy ``cap``, is
@@ -36,13 +38,14 @@ def invoke(*args, env=None, input=None):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, embedded):
+def server(tmp_path_factory, embedded, tiny_settings):
     """A real service on the always-critical thresholds, served over HTTP: (runtime, base URL)."""
     from monitor import service
     from monitor.api import create_app
 
     db = tmp_path_factory.mktemp("srv") / "srv.db"
-    rt = service.start(Settings(database_url=f"sqlite:///{db}", redis_url=embedded.url, batch_size=4, **CRITICAL))
+    rt = service.start(tiny_settings.with_(database_url=f"sqlite:///{db}", redis_url=embedded.url, batch_size=4,
+                                           **CRITICAL))
     try:
         with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams)) as url:
             yield rt, url + "/v1"
@@ -63,9 +66,9 @@ def _chat_checks(out: str) -> None:
     assert out.count("] state critical") == 2 and sum(x.startswith("! ") for x in lines) == 2
 
 
-def test_chat_prints_a_legend_the_alert_and_capping_in_process(tmp_path):
+def test_chat_prints_a_legend_the_alert_and_capping_in_process(tmp_path, tiny_env):
     out = invoke("chat", "--max-tokens", "8", "--session", "chat-in", input="Hello\nAnd then?\n\n",
-                 env={**CRITICAL_ENV, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"})
+                 env={**CRITICAL_ENV, **tiny_env, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"})
     _chat_checks(out)
 
 
@@ -101,13 +104,14 @@ def _demo_lines(out: str) -> list[str]:
     return [re.sub(r"mean +[+-]?\d+\.\d \[[#.]+\]", "mean X", x) for x in keep]
 
 
-def test_demo_prints_the_same_lines_in_process_and_over_http(server, tmp_path):
+def test_demo_prints_the_same_lines_in_process_and_over_http(server, tmp_path, tiny_env, tiny_axis):
     rt, url = server
     local = invoke("demo", "--max-tokens", "6",
-                   env={**CRITICAL_ENV, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"})
+                   env={**CRITICAL_ENV, **tiny_env, "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"})
     remote = invoke("demo", "--url", url, "--max-tokens", "6")
-    assert local.startswith("monitor in-process: HuggingFaceTB/SmolLM2-135M-Instruct, layer 21")
-    assert remote.startswith(f"monitor at {url}: HuggingFaceTB/SmolLM2-135M-Instruct\n")
+    served = tiny_env["AXISWATCH_MODEL"]  # the model id of a model loaded from a folder
+    assert local.startswith(f"monitor in-process: {served}, layer {tiny_axis.monitor_layer}")
+    assert remote.startswith(f"monitor at {url}: {served}\n")
     assert _demo_lines(local) == _demo_lines(remote)
     lines = _demo_lines(remote)
     assert lines.count("  coding           mean X critical  1 alert (critical)  CAPPED") == 1
@@ -134,8 +138,8 @@ def transcript(tmp_path_factory):
     return path
 
 
-def test_audit_prints_each_turns_state_and_its_alerts(transcript):
-    out = invoke("audit", str(transcript), env=CRITICAL_ENV)
+def test_audit_prints_each_turns_state_and_its_alerts(transcript, tiny_env):
+    out = invoke("audit", str(transcript), env={**CRITICAL_ENV, **tiny_env})
     assert re.findall(r"^  turn (\d) +mean [+-]\d+\.\d\d +state (\w+)$", out, re.M) == [("1", "critical"),
                                                                                       ("3", "critical")]
     marks = [x for x in out.splitlines() if "<- ALERT" in x]
@@ -189,7 +193,7 @@ def test_axis_show_prints_the_calibrated_alert_thresholds(shipped, tmp_path):
 
 
 # ---------------------------------------------------------------- CSV export
-def test_csv_export_replays_running_drift_and_state_per_token(server):
+def test_csv_export_replays_running_drift_and_state_per_token(server, tiny_env):
     """Over a capped session: the running score follows the pre-cap scores; the columns equal the
     dashboard's replay of the same session, and the EWMA computed by hand."""
     from dashboard import data
@@ -204,7 +208,7 @@ def test_csv_export_replays_running_drift_and_state_per_token(server):
     stored = wait_until(lambda: (s := rt.store.get_session("export-1")) and len(s["turns"]) == 4 and s,
                         what="the stored session")
     out = invoke("sessions", "export", "export-1", "--format", "csv", "--database-url", rt.store.url,
-                 env=CRITICAL_ENV)
+                 env={**CRITICAL_ENV, **tiny_env})
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["session_id", "turn", "role", "token_index", "token", "score", "pre_cap_score",
                              "capped", "running", "drift", "state"]
@@ -216,18 +220,20 @@ def test_csv_export_replays_running_drift_and_state_per_token(server):
         running = x if running is None else 0.1 * x + 0.9 * running
         assert float(r["running"]) == pytest.approx(running, rel=1e-5, abs=1e-4)
         assert r["drift"] == r["running"] and r["state"] == "critical"  # baseline absolute: drift = running
-    view = data.session_view(rt.store, None, "export-1", data.deployment(None, Settings.from_env(CRITICAL_ENV)))
+    view = data.session_view(rt.store, None, "export-1",
+                             data.deployment(None, Settings.from_env({**CRITICAL_ENV, **tiny_env})))
     assert [(float(r["running"]), r["state"]) for r in rows] == [
         (pytest.approx(t["running"], rel=1e-5), t["state"]) for t in view.tokens]
 
 
-def test_csv_export_on_the_calibrated_thresholds_has_no_drift_in_the_opening(server):
+def test_csv_export_on_the_calibrated_thresholds_has_no_drift_in_the_opening(server, tiny_settings):
     from monitor.replay import token_states
     from monitor.store.export import session_csv
 
     rt, _url = server
     stored = wait_until(lambda: rt.store.get_session("export-1"), what="the stored session")
-    rows = list(csv.DictReader(io.StringIO(session_csv(stored, token_states(stored["turns"], *Settings().axis_drift())))))
+    rows = list(csv.DictReader(io.StringIO(session_csv(stored, token_states(stored["turns"],
+                                                                            *tiny_settings.axis_drift())))))
     first = [r for r in rows if r["turn"] == "1"]
     assert len(first) >= 16  # the opening reply completes the reference alone
     assert all(r["drift"] == "" and r["state"] == "ok" and r["running"] for r in first)

@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("AXISWATCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
+# the pages draw what the real service wrote with the default model (dashboard_db), and serve runs it
+pytestmark = pytest.mark.smollm
+
 if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
     if os.environ.get("AXISWATCH_REQUIRE_BROWSER") == "1":
         raise RuntimeError("AXISWATCH_REQUIRE_BROWSER=1 but chromium/chromedriver are missing: "

@@ -1,4 +1,5 @@
-"""The engine on the real default model, publishing to a real (embedded) Redis."""
+"""The engine on the tests' tiny random Llama and its axis, publishing to a real (embedded) Redis; a row
+that ends its turn early on the real default model (a random model never ends one)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from monitor.backends.hf import HFBackend
 from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
 from monitor.engine import ChatRequest, Engine
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
-from monitor.settings import shipped_dir
 from monitor.streams import Streams
 from monitor.streams.embedded import EmbeddedRedis
 from probes.artifacts import load_capping
@@ -29,9 +29,9 @@ def streams(redis_url):
     return s
 
 
-def engine(lm, shipped, streams, thresholds=None, policy="flag", drift=None):
-    return Engine(HFBackend(lm, shipped, load_capping(shipped_dir())),
-                  thresholds or thresholds_from_calibration(shipped.calibration)[0],
+def engine(lm, axis, streams, thresholds=None, policy="flag", drift=None):
+    return Engine(HFBackend(lm, axis, load_capping(axis.path)),
+                  thresholds or thresholds_from_calibration(axis.calibration)[0],
                   drift=drift, policy=policy, publisher=streams)
 
 
@@ -43,12 +43,12 @@ def chat(text):
     return [{"role": "user", "content": text}]
 
 
-def test_scores_match_generate_and_records_are_published(lm, shipped, streams):
-    eng = engine(lm, shipped, streams)
+def test_scores_match_generate_and_records_are_published(tiny_lm, tiny_axis, streams):
+    eng = engine(tiny_lm, tiny_axis, streams)
     s = eng.session("s-a")
     res = eng.run_batch([ChatRequest(s.id, chat("What is the capital of France?"), OPTS)])[0]
-    direct = generate(lm, [chat("What is the capital of France?")], OPTS, axis=shipped.unit(),
-                      monitor_layer=shipped.monitor_layer)[0]
+    direct = generate(tiny_lm, [chat("What is the capital of France?")], OPTS, axis=tiny_axis.unit(),
+                      monitor_layer=tiny_axis.monitor_layer)[0]
     assert res.tokens == direct.tokens and res.scores == pytest.approx(direct.scores, abs=1e-4)
     turns = [TurnRecord.from_dict(e.data) for e in records(streams, "turns")]
     assert [(t.turn, t.role) for t in turns] == [(0, "user"), (1, "assistant")]
@@ -63,10 +63,10 @@ def test_scores_match_generate_and_records_are_published(lm, shipped, streams):
     assert res2.turn == 3
 
 
-def test_no_extra_forward_pass(lm, shipped, streams):
-    eng = engine(lm, shipped, streams)
+def test_no_extra_forward_pass(tiny_lm, tiny_axis, streams):
+    eng = engine(tiny_lm, tiny_axis, streams)
     calls = []
-    h = lm.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    h = tiny_lm.model.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
         res = eng.run_batch([ChatRequest("s-f", chat("Name a colour."), OPTS)])[0]
     finally:
@@ -74,8 +74,8 @@ def test_no_extra_forward_pass(lm, shipped, streams):
     assert len(calls) == len(res.tokens) + (res.finish_reason == "stop")
 
 
-def test_concurrent_sessions_each_get_their_own_tokens(lm, shipped, streams):
-    eng = engine(lm, shipped, streams)
+def test_concurrent_sessions_each_get_their_own_tokens(tiny_lm, tiny_axis, streams):
+    eng = engine(tiny_lm, tiny_axis, streams)
     questions = {f"c{i}": q for i, q in enumerate(["Name a fruit.", "What is 3 + 4?", "Say hello in French.",
                                                    "Name a planet.", "What colour is the sky?"])}
     results, errors = {}, []
@@ -94,7 +94,7 @@ def test_concurrent_sessions_each_get_their_own_tokens(lm, shipped, streams):
     eng.close()
     assert not errors
     for sid, q in questions.items():
-        alone = generate(lm, [chat(q)], OPTS, axis=shipped.unit(), monitor_layer=shipped.monitor_layer)[0]
+        alone = generate(tiny_lm, [chat(q)], OPTS, axis=tiny_axis.unit(), monitor_layer=tiny_axis.monitor_layer)[0]
         for turn_no, r in enumerate(results[sid]):
             assert r.session_id == sid and r.turn == 1 + 2 * turn_no
             assert r.tokens == alone.tokens and r.scores == pytest.approx(alone.scores, abs=1e-3)
@@ -109,10 +109,10 @@ def test_concurrent_sessions_each_get_their_own_tokens(lm, shipped, streams):
         assert live_scores == pytest.approx(sum((r.scores for r in results[sid]), []), abs=1e-6)
 
 
-def test_cap_policy_caps_from_the_next_token_for_the_rest_of_the_session(lm, shipped, streams):
+def test_cap_policy_caps_from_the_next_token_for_the_rest_of_the_session(tiny_lm, tiny_axis, streams):
     # thresholds above every score: the session goes critical at once; alerts allowed from token 3
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
-    eng = engine(lm, shipped, streams, thresholds=high, policy="cap",
+    eng = engine(tiny_lm, tiny_axis, streams, thresholds=high, policy="cap",
                  drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute"))
     msgs = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}]
     res = eng.run_batch([ChatRequest("s-cap", msgs, OPTS)])[0]
@@ -123,7 +123,7 @@ def test_cap_policy_caps_from_the_next_token_for_the_rest_of_the_session(lm, shi
     assert all(p <= s + 1e-3 for p, s in zip(res.pre_cap_scores, res.scores))
     inter = [InterventionRecord.from_dict(e.data) for e in records(streams, "interventions")]
     assert [(i.session_id, i.turn, i.token_index) for i in inter] == [("s-cap", 1, 3)]
-    assert inter[0].config_id == load_capping(shipped_dir()).id
+    assert inter[0].config_id == load_capping(tiny_axis.path).id
     alerts = [AlertEvent.from_dict(e.data) for e in records(streams, "alerts")]
     assert alerts and alerts[0].level == "critical" and alerts[0].token_index == 2
     # the next turn is capped from its first token
@@ -134,10 +134,10 @@ def test_cap_policy_caps_from_the_next_token_for_the_rest_of_the_session(lm, shi
     assert not any(plain.cap_flags) and not plain.alerts
 
 
-def test_one_batch_rejects_two_turns_of_one_session(lm, shipped, streams):
+def test_one_batch_rejects_two_turns_of_one_session(tiny_lm, tiny_axis, streams):
     from probes.errors import InputError
 
-    eng = engine(lm, shipped, streams)
+    eng = engine(tiny_lm, tiny_axis, streams)
     with pytest.raises(InputError, match="same session"):
         eng.run_batch([ChatRequest("dup", chat("a"), OPTS), ChatRequest("dup", chat("b"), OPTS)])
     with pytest.raises(InputError, match="unknown role"):
@@ -145,9 +145,9 @@ def test_one_batch_rejects_two_turns_of_one_session(lm, shipped, streams):
     assert torch.is_tensor(eng.backend.v)
 
 
-def test_redis_going_away_does_not_break_generation_or_sessions(lm, shipped):
+def test_redis_going_away_does_not_break_generation_or_sessions(tiny_lm, tiny_axis):
     r = EmbeddedRedis().start()
-    eng = engine(lm, shipped, Streams.from_url(r.url))
+    eng = engine(tiny_lm, tiny_axis, Streams.from_url(r.url))
     first = eng.run_batch([ChatRequest("s-down", chat("Name a colour."), OPTS)])[0]
     r.stop()  # Redis is gone: records cannot be published
     second = eng.run_batch([ChatRequest("s-down", chat("Name a colour."), OPTS)])[0]
@@ -156,10 +156,10 @@ def test_redis_going_away_does_not_break_generation_or_sessions(lm, shipped):
     assert third.turn == 5  # the session goes on
 
 
-def test_a_bad_request_fails_alone_at_submit(lm, shipped, streams):
+def test_a_bad_request_fails_alone_at_submit(tiny_lm, tiny_axis, streams):
     from probes.errors import InputError
 
-    eng = engine(lm, shipped, streams)
+    eng = engine(tiny_lm, tiny_axis, streams)
     try:
         with pytest.raises(InputError, match="exceeds the model's"):
             eng.submit(ChatRequest("big", chat("hi"), GenerationOptions(max_new_tokens=10 ** 6)))
@@ -170,17 +170,17 @@ def test_a_bad_request_fails_alone_at_submit(lm, shipped, streams):
         eng.close()
 
 
-def test_per_request_policy_changes_the_session(lm, shipped, streams):
-    eng = engine(lm, shipped, streams, policy="flag")
+def test_per_request_policy_changes_the_session(tiny_lm, tiny_axis, streams):
+    eng = engine(tiny_lm, tiny_axis, streams, policy="flag")
     eng.run_batch([ChatRequest("s-pol", chat("Hi"), OPTS)])
     eng.run_batch([ChatRequest("s-pol", chat("Hi"), OPTS, policy="observe")])
     s = eng.sessions["s-pol"]
     assert s.policy == s.tracker.policy == "observe"
 
 
-def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(lm, shipped, streams):
+def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(tiny_lm, tiny_axis, streams):
     stored = {"old": {"source": "live", "policy": "flag", "capped": False, "next_turn": 6}}
-    eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
+    eng = Engine(HFBackend(tiny_lm, tiny_axis), thresholds_from_calibration(tiny_axis.calibration)[0], publisher=streams,
                  session_lookup=stored.get, max_sessions=2)
     for sid in ("a", "b", "c"):
         eng.session(sid)
@@ -195,7 +195,7 @@ def test_least_recently_used_sessions_leave_memory_and_come_back_from_the_store(
     assert tr.reference == pytest.approx(30.0) and tr.drift < -40 and tr.state != "ok"
 
 
-def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams):
+def test_a_capped_session_is_tracked_on_its_pre_cap_scores(tiny_lm, tiny_axis, streams):
     """Capping floors the monitor layer's score (it is one of the capped layers); the drift tracker
     must keep following the model's own, pre-cap, projection, or a capped session could never
     escalate again however far it drifts."""
@@ -203,12 +203,12 @@ def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams)
 
     from monitor.drift import DriftTracker
 
-    base = load_capping(shipped_dir())
-    assert shipped.monitor_layer in base.layers
+    base = load_capping(tiny_axis.path)
+    assert tiny_axis.monitor_layer in base.layers
     high_floor = dataclasses.replace(base, taus=[1e3] * len(base.layers))  # floors every token it touches
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
     drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute")
-    eng = Engine(HFBackend(lm, shipped, high_floor), high, drift=drift, policy="cap", publisher=streams)
+    eng = Engine(HFBackend(tiny_lm, tiny_axis, high_floor), high, drift=drift, policy="cap", publisher=streams)
     msgs = [{"role": "user", "content": "Who are you?"}]
     res = eng.run_batch([ChatRequest("s-pre", msgs, OPTS)])[0]
     flagged = [k for k, c in enumerate(res.cap_flags) if c]
@@ -228,14 +228,14 @@ def test_a_capped_session_is_tracked_on_its_pre_cap_scores(lm, shipped, streams)
     assert seen == pytest.approx(res.pre_cap_scores, abs=1e-4)  # what the tracker saw, token by token
 
 
-def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(store, lm, shipped, streams):
+def test_a_dead_replicas_capped_half_reply_keeps_its_pre_cap_scores(store, tiny_lm, tiny_axis, streams):
     """Recovery stores a cut-off reply from the live tail with its capping flags and pre-cap scores."""
     import dataclasses
 
     from monitor.workers.recovery import recover_interrupted
 
-    base = load_capping(shipped_dir())
-    eng = Engine(HFBackend(lm, shipped, dataclasses.replace(base, taus=[1e3] * len(base.layers))),
+    base = load_capping(tiny_axis.path)
+    eng = Engine(HFBackend(tiny_lm, tiny_axis, dataclasses.replace(base, taus=[1e3] * len(base.layers))),
                  Thresholds(watch=1e4, warning=9e3, critical=8e3),
                  drift=DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute"), policy="cap", publisher=streams,
                  replica="gone-replica")  # no heartbeat: it counts as dead
@@ -280,12 +280,12 @@ def test_the_tail_is_final_only_after_the_turn_record(lm, shipped, streams):
     assert first_ended < first_final
 
 
-def test_turn_numbers_come_from_one_counter_every_replica_shares(lm, shipped, streams):
+def test_turn_numbers_come_from_one_counter_every_replica_shares(tiny_lm, tiny_axis, streams):
     """A replica that continues a session the store has not caught up with (a retry after the first
     replica died, a failover) must not reuse the turn numbers already handed out."""
     lagging_store = {"sess-x": {"source": "live", "policy": "flag", "capped": False, "next_turn": 0}}
-    a = engine(lm, shipped, streams)
-    b = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams,
+    a = engine(tiny_lm, tiny_axis, streams)
+    b = Engine(HFBackend(tiny_lm, tiny_axis), thresholds_from_calibration(tiny_axis.calibration)[0], publisher=streams,
                session_lookup=lagging_store.get)
     r1 = a.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]
     r2 = b.run_batch([ChatRequest("sess-x", chat("Hi"), OPTS)])[0]  # the store still says next_turn 0
@@ -295,12 +295,12 @@ def test_turn_numbers_come_from_one_counter_every_replica_shares(lm, shipped, st
     assert turns == [(0, "user"), (1, "assistant"), (2, "user"), (3, "assistant"), (4, "user"), (5, "assistant")]
 
 
-def test_a_session_check_fails_alone_at_submit(lm, shipped, streams):
+def test_a_session_check_fails_alone_at_submit(tiny_lm, tiny_axis, streams):
     """An audit session chatted into, or policy cap without a capping config, fails its own request
     at submit, never the other requests of its batch."""
     from probes.errors import InputError
 
-    eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
+    eng = Engine(HFBackend(tiny_lm, tiny_axis), thresholds_from_calibration(tiny_axis.calibration)[0], publisher=streams)
     eng.session("an-audit", source="audit")
     try:
         with pytest.raises(InputError, match="audit session"):
@@ -313,7 +313,7 @@ def test_a_session_check_fails_alone_at_submit(lm, shipped, streams):
         eng.close()
 
 
-def test_capping_below_the_monitor_layer_is_tracked_on_the_true_pre_cap_score(lm, shipped, streams):
+def test_capping_below_the_monitor_layer_is_tracked_on_the_true_pre_cap_score(tiny_lm, tiny_axis, streams):
     """A capping window that starts below the monitor layer (calibrate-capping may pick one) leaves no
     uncapped monitor-layer state in the capped forward pass: the engine's tracker must still follow the
     uncapped model's score of the same text (the hf backend's uncapped twin rows), not the capped one."""
@@ -322,21 +322,21 @@ def test_capping_below_the_monitor_layer_is_tracked_on_the_true_pre_cap_score(lm
     from probes.models import format_chat
     from probes.ops import project
 
-    L = shipped.monitor_layer
+    L = tiny_axis.monitor_layer
     layers = list(range(L - 6, L))  # all below the monitor layer
-    cfg = CappingConfig("below", layers, shipped.axis[layers].clone(), [1e3] * len(layers))
+    cfg = CappingConfig("below", layers, tiny_axis.axis[layers].clone(), [1e3] * len(layers))
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)  # every token is critical: capped from the 4th
     drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute")
-    eng = Engine(HFBackend(lm, shipped, cfg), high, drift=drift, policy="cap", publisher=streams)
+    eng = Engine(HFBackend(tiny_lm, tiny_axis, cfg), high, drift=drift, policy="cap", publisher=streams)
     msgs = chat("Who are you?")
     res = eng.run_batch([ChatRequest("s-below", msgs, GenerationOptions(max_new_tokens=16))])[0]
     assert any(res.cap_flags) and res.interventions
-    ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+    ids = tiny_lm.tokenizer(format_chat(tiny_lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
     ids = torch.tensor([ids + res.token_ids])
     with torch.no_grad():  # the uncapped model, teacher-forced over the capped reply
-        hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[L + 1][0]
+        hs = tiny_lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[L + 1][0]
     n = len(res.scores)
-    uncapped = project(hs[ids.shape[1] - n - 1: ids.shape[1] - 1], shipped.unit()).tolist()
+    uncapped = project(hs[ids.shape[1] - n - 1: ids.shape[1] - 1], tiny_axis.unit()).tolist()
     assert res.pre_cap_scores == pytest.approx(uncapped, abs=1e-2)
     flagged = [k for k, c in enumerate(res.cap_flags) if c]
     assert max(abs(res.scores[k] - res.pre_cap_scores[k]) for k in flagged) > 1.0  # the capped stream differs

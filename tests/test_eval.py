@@ -233,6 +233,7 @@ def test_jailbreak_and_capability_summaries():
 
 # ------------------------------------------------------------------ end to end (slow)
 @pytest.mark.slow
+@pytest.mark.smollm
 def test_quick_eval_end_to_end(tmp_path):
     """``python -m eval.run --quick`` through a real ``axiswatch serve`` and the real model."""
     out = tmp_path / "results"
@@ -403,6 +404,7 @@ def test_non_assistant_rates_are_labelled_as_the_lexical_detector():
 
 
 @pytest.mark.slow
+@pytest.mark.smollm
 def test_traffic_driver_end_to_end(tmp_path):
     """``python -m eval.traffic`` drives conversations through a real ``axiswatch serve`` and reads them back."""
     out = tmp_path / "traffic.json"

@@ -15,12 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from polling import wait_until
 from serving import wait_http
 
 from monitor.engine import ChatRequest
 from monitor.records import TurnRecord
-from monitor.settings import Settings
 from monitor.store import Store
 from monitor.streams import Streams
 from monitor.streams.embedded import EmbeddedRedis, _free_port
@@ -132,16 +132,16 @@ def test_a_full_redis_holds_records_back_instead_of_dropping_them(tmp_path):
     redis.stop()
 
 
-def test_redis_killed_and_restarted_mid_generation(tmp_path):
-    """8 live sessions x 3 turns through the real engine and persistence worker; Redis is SIGKILLed
-    during the first turn and comes back after the second. Generation never stops; afterwards each
-    session's stored token count equals the tokens generated, with no duplicate turn or alert."""
+def test_redis_killed_and_restarted_mid_generation(tmp_path, tiny_settings):
+    """8 live sessions x 3 turns through the real engine (on the tests' tiny random Llama) and persistence
+    worker; Redis is SIGKILLed during the first turn and comes back after the second. Generation never stops;
+    afterwards each session's stored token count equals the tokens generated, with no duplicate turn or alert."""
     from monitor import service
 
     port, data = _free_port(), tmp_path / "redis"
     redis = durable_redis(data, port)
     db = f"sqlite:///{tmp_path / 'a.db'}"
-    rt = service.start(Settings(database_url=db, redis_url=redis.url, policy="flag"))
+    rt = service.start(tiny_settings.with_(database_url=db, redis_url=redis.url, policy="flag"))
     rt.engine.publisher.max_buffer = 6  # small, so the outage also exercises the spill to the store
     sids = [f"outage-{i}" for i in range(8)]
     history = {s: [] for s in sids}
@@ -260,6 +260,7 @@ def test_persistence_worker_sigkilled_mid_batch(tmp_path):
     print(f"worker SIGKILL: {n} turns, {pending} pending at the kill ({stored_at_kill} stored), 0 lost, 0 duplicated")
 
 
+@pytest.mark.smollm  # `axiswatch serve` processes on the default model
 def test_serve_killed_mid_reply_keeps_what_was_streamed(tmp_path):
     """`axiswatch serve` SIGKILLed while streaming a reply: the tokens the client already had are stored
     as the (partial) turn, the session is marked interrupted, and a restarted server continues it."""

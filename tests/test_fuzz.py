@@ -1,7 +1,7 @@
 """The HTTP API fuzzed from its own OpenAPI schema with schemathesis: no input gives a 5xx.
 
-Runs in-process (ASGI) against the real engine and model; requests may ask for at most 4 new
-tokens here so that a few hundred generated cases stay quick.
+Runs in-process (ASGI) against the real engine on the tests' tiny random Llama; requests may ask for at
+most 4 new tokens here so that a few hundred generated cases stay quick.
 
 The cases are derandomized, so a CI run tries the same inputs as the run that was reviewed. To
 explore new inputs, set ``AXISWATCH_FUZZ_SEED`` (any integer) and optionally
@@ -18,16 +18,14 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis.checks import not_a_server_error
 
-from monitor.settings import Settings
-
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
+def api_schema(tmp_path_factory, tiny_settings):
     from monitor import service
     from monitor.api import create_app
 
     db = tmp_path_factory.mktemp("fuzz") / "aw.db"
-    rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=4))
+    rt = service.start(tiny_settings.with_(database_url=f"sqlite:///{db}", batch_size=4))
     try:
         yield schemathesis.openapi.from_asgi("/openapi.json", create_app(rt.engine, rt.store,
                                                                          rt.streams, max_new_tokens=4))

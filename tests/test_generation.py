@@ -1,4 +1,5 @@
-"""Hooks and generation on the real default model: the identities the design promises."""
+"""Hooks and generation: the identities the design promises, on the tests' tiny random Llama (they hold for
+any weights); the comparison with transformers' own greedy loop on the real default model too."""
 
 from __future__ import annotations
 
@@ -22,26 +23,26 @@ def _logits(lm, text):
         return lm.model(input_ids=ids, use_cache=False).logits
 
 
-def test_cap_below_every_projection_is_bit_identical(lm, rand_axis):
+def test_cap_below_every_projection_is_bit_identical(tiny_lm, tiny_rand_axis):
     from probes.ops import cap
 
-    text = format_chat(lm.tokenizer, CHAT) + "Arr, I be the captain of this ship."
-    plain = _logits(lm, text)
+    text = format_chat(tiny_lm.tokenizer, CHAT) + "Arr, I be the captain of this ship."
+    plain = _logits(tiny_lm, text)
     layers = tuple(range(14, 20))
-    fns = {L: (lambda h: cap(h, rand_axis, -1e6)) for L in layers}
-    with layer_hooks(lm.model, fns):
-        capped = _logits(lm, text)
+    fns = {L: (lambda h: cap(h, tiny_rand_axis, -1e6)) for L in layers}
+    with layer_hooks(tiny_lm.model, fns):
+        capped = _logits(tiny_lm, text)
     assert torch.equal(plain, capped)
 
 
-def test_generate_with_low_caps_is_identical_to_no_caps(lm, rand_axis):
+def test_generate_with_low_caps_is_identical_to_no_caps(tiny_lm, tiny_rand_axis):
     """The real capping path of generate (per-row taus, -inf rows, the active mask) changes nothing below every projection."""
     layers = tuple(range(14, 20))
-    plan = CapPlan(layers, rand_axis.repeat(len(layers), 1), torch.full((len(layers),), -1e6))
+    plan = CapPlan(layers, tiny_rand_axis.repeat(len(layers), 1), torch.full((len(layers),), -1e6))
     opts = GenerationOptions(max_new_tokens=10)
     prompts = [CHAT, [{"role": "user", "content": "Name a fruit."}]]
-    plain = generate(lm, prompts, opts, axis=rand_axis, monitor_layer=LAYER)
-    capped = generate(lm, prompts, opts, axis=rand_axis, monitor_layer=LAYER, capping=plan)
+    plain = generate(tiny_lm, prompts, opts, axis=tiny_rand_axis, monitor_layer=LAYER)
+    capped = generate(tiny_lm, prompts, opts, axis=tiny_rand_axis, monitor_layer=LAYER, capping=plan)
     for a, b in zip(plain, capped):
         assert a.token_ids == b.token_ids and a.scores == b.scores and b.capped
 
@@ -61,14 +62,14 @@ class SwitchOnAt:
         self.ended = True
 
 
-def test_the_cap_mask_switches_capping_on_mid_generation(lm, rand_axis):
+def test_the_cap_mask_switches_capping_on_mid_generation(tiny_lm, tiny_rand_axis):
     opts = GenerationOptions(max_new_tokens=8)
-    base = generate(lm, [CHAT, CHAT], opts, axis=rand_axis, monitor_layer=LAYER)
+    base = generate(tiny_lm, [CHAT, CHAT], opts, axis=tiny_rand_axis, monitor_layer=LAYER)
     high = max(base[0].scores) + 5.0
-    plan = CapPlan((LAYER,), rand_axis.unsqueeze(0), torch.tensor([high]))
+    plan = CapPlan((LAYER,), tiny_rand_axis.unsqueeze(0), torch.tensor([high]))
     mask = torch.tensor([False, False])
     sink = SwitchOnAt(3, mask)
-    out = generate(lm, [CHAT, CHAT], opts, axis=rand_axis, monitor_layer=LAYER, capping=plan, cap_rows=mask,
+    out = generate(tiny_lm, [CHAT, CHAT], opts, axis=tiny_rand_axis, monitor_layer=LAYER, capping=plan, cap_rows=mask,
                    streamer=sink)
     assert sink.ended and len(sink.seen) == len(base[0].token_ids)
     assert [t[1][0].item() for t in sink.seen] == out[0].token_ids[: len(sink.seen)]
@@ -83,75 +84,77 @@ def test_the_cap_mask_switches_capping_on_mid_generation(lm, rand_axis):
     assert max(out[0].pre_cap_scores[3:]) < high - 1.0
 
 
-def test_capping_changes_logits_when_tau_is_high(lm, rand_axis):
+def test_capping_changes_logits_when_tau_is_high(tiny_lm, tiny_rand_axis):
     from probes.ops import cap
 
-    text = format_chat(lm.tokenizer, CHAT)
-    plain = _logits(lm, text)
-    with layer_hooks(lm.model, {16: lambda h: cap(h, rand_axis, 50.0)}):
-        capped = _logits(lm, text)
+    text = format_chat(tiny_lm.tokenizer, CHAT)
+    plain = _logits(tiny_lm, text)
+    with layer_hooks(tiny_lm.model, {16: lambda h: cap(h, tiny_rand_axis, 50.0)}):
+        capped = _logits(tiny_lm, text)
     assert not torch.allclose(plain, capped)
 
 
-def test_hooks_are_removed_even_on_exceptions(lm):
-    before = hook_count(lm.model)
+def test_hooks_are_removed_even_on_exceptions(tiny_lm):
+    before = hook_count(tiny_lm.model)
     with pytest.raises(RuntimeError, match="boom"):
-        with layer_hooks(lm.model, {3: lambda h: None, 5: [lambda h: None, lambda h: None]}):
-            assert hook_count(lm.model) == before + 3
+        with layer_hooks(tiny_lm.model, {3: lambda h: None, 5: [lambda h: None, lambda h: None]}):
+            assert hook_count(tiny_lm.model) == before + 3
             raise RuntimeError("boom")
-    assert hook_count(lm.model) == before
+    assert hook_count(tiny_lm.model) == before
     with pytest.raises(InputError, match="out of range"):
-        with layer_hooks(lm.model, {3: lambda h: None, 999: lambda h: None}):
+        with layer_hooks(tiny_lm.model, {3: lambda h: None, 999: lambda h: None}):
             pass
-    assert hook_count(lm.model) == before
+    assert hook_count(tiny_lm.model) == before
 
 
-def test_generation_scores_equal_output_hidden_states(lm, rand_axis):
+def test_generation_scores_equal_output_hidden_states(tiny_lm, tiny_rand_axis):
     """Scores taken in the hook during cached generation == projections of
     output_hidden_states (layer L = hidden_states[L+1]) at the producing positions."""
     prompts = [CHAT, [{"role": "user", "content": "What is the capital of France?"}]]
-    outs = generate(lm, prompts, GenerationOptions(max_new_tokens=12), axis=rand_axis, monitor_layer=LAYER)
+    outs = generate(tiny_lm, prompts, GenerationOptions(max_new_tokens=12), axis=tiny_rand_axis, monitor_layer=LAYER)
     for msgs, g in zip(prompts, outs):
         assert len(g.scores) == len(g.token_ids) > 0
-        prompt_ids = lm.tokenizer(format_chat(lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
+        prompt_ids = tiny_lm.tokenizer(format_chat(tiny_lm.tokenizer, msgs), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids + g.token_ids])
         with torch.no_grad():
-            hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[LAYER + 1][0]
+            hs = tiny_lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[LAYER + 1][0]
         n = len(prompt_ids)
-        expected = project(hs[n - 1 : n - 1 + len(g.token_ids)], rand_axis)
+        expected = project(hs[n - 1 : n - 1 + len(g.token_ids)], tiny_rand_axis)
         assert torch.allclose(torch.tensor(g.scores), expected, atol=1e-3), (g.scores[:4], expected[:4])
 
 
-def test_generation_makes_one_forward_pass_per_token(lm, rand_axis):
+def test_generation_makes_one_forward_pass_per_token(tiny_lm, tiny_rand_axis):
     calls = []
-    handle = lm.model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    handle = tiny_lm.model.register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
-        g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=10), axis=rand_axis, monitor_layer=LAYER)[0]
+        g = generate(tiny_lm, [CHAT], GenerationOptions(max_new_tokens=10), axis=tiny_rand_axis, monitor_layer=LAYER)[0]
     finally:
         handle.remove()
     steps = len(g.token_ids) + (1 if g.finish_reason == "stop" else 0)
     assert len(calls) == steps
 
 
-def test_batched_generation_matches_single(lm, rand_axis):
+def test_batched_generation_matches_single(tiny_lm, tiny_rand_axis):
     """Left padding and position ids: a row's tokens and scores do not depend on its batch mates."""
     a = [{"role": "user", "content": "Name a colour."}]
     b = [{"role": "user", "content": "Write one sentence about the history of the printing press in Europe."}]
     opts = GenerationOptions(max_new_tokens=8)
-    single = generate(lm, [a], opts, axis=rand_axis, monitor_layer=LAYER)[0]
-    both = generate(lm, [b, a], opts, axis=rand_axis, monitor_layer=LAYER)[1]
+    single = generate(tiny_lm, [a], opts, axis=tiny_rand_axis, monitor_layer=LAYER)[0]
+    both = generate(tiny_lm, [b, a], opts, axis=tiny_rand_axis, monitor_layer=LAYER)[1]
     assert single.token_ids == both.token_ids
     assert torch.allclose(torch.tensor(single.scores), torch.tensor(both.scores), atol=1e-3)
 
 
-def test_audit_never_takes_template_text_for_content(lm, rand_axis):
+def test_audit_never_takes_template_text_for_content(tiny_lm, tiny_rand_axis):
     """An assistant reply 'a' must be found after its turn header, not inside '<|im_start|>'."""
-    turns = score_conversation(lm, [{"role": "user", "content": "Pick a letter"}, {"role": "assistant", "content": "a"}],
-                               rand_axis, LAYER)
+    turns = score_conversation(tiny_lm, [{"role": "user", "content": "Pick a letter"}, {"role": "assistant", "content": "a"}],
+                               tiny_rand_axis, LAYER)
     assert turns[0].tokens == ["a"] and len(turns[0].scores) == 1
 
 
 def test_audit_scores_equal_generation_scores(lm, rand_axis):
+    """Teacher forcing a reply scores it as generation did: on the real model, whose replies tokenize back to
+    the tokens it generated (a random model's token soup does not)."""
     g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=16), axis=rand_axis, monitor_layer=LAYER)[0]
     turns = score_conversation(lm, CHAT + [{"role": "assistant", "content": g.text}], rand_axis, LAYER)
     assert len(turns) == 1 and turns[0].index == 2
@@ -160,12 +163,12 @@ def test_audit_scores_equal_generation_scores(lm, rand_axis):
     assert torch.allclose(torch.tensor(turns[0].scores), torch.tensor(g.scores), atol=1e-3)
 
 
-def test_capping_in_generation_raises_scores_and_records_flag(lm, rand_axis):
+def test_capping_in_generation_raises_scores_and_records_flag(tiny_lm, tiny_rand_axis):
     opts = GenerationOptions(max_new_tokens=8)
-    base = generate(lm, [CHAT], opts, axis=rand_axis, monitor_layer=LAYER)[0]
+    base = generate(tiny_lm, [CHAT], opts, axis=tiny_rand_axis, monitor_layer=LAYER)[0]
     high = max(base.scores) + 5.0
-    plan = CapPlan((LAYER,), rand_axis.unsqueeze(0), torch.tensor([high]))
-    capped = generate(lm, [CHAT, CHAT], opts, axis=rand_axis, monitor_layer=LAYER, capping=plan,
+    plan = CapPlan((LAYER,), tiny_rand_axis.unsqueeze(0), torch.tensor([high]))
+    capped = generate(tiny_lm, [CHAT, CHAT], opts, axis=tiny_rand_axis, monitor_layer=LAYER, capping=plan,
                       cap_rows=torch.tensor([True, False]))
     assert capped[0].capped and not capped[1].capped
     assert min(capped[0].scores) >= high - 1e-3  # the monitor layer is floored
@@ -173,11 +176,11 @@ def test_capping_in_generation_raises_scores_and_records_flag(lm, rand_axis):
     assert capped[1].token_ids == base.token_ids  # the uncapped row is untouched
 
 
-def test_steering_moves_scores(lm, rand_axis):
+def test_steering_moves_scores(tiny_lm, tiny_rand_axis):
     opts = GenerationOptions(max_new_tokens=6)
-    base = generate(lm, [CHAT], opts, axis=rand_axis, monitor_layer=LAYER)[0]
-    up = generate(lm, [CHAT], opts, axis=rand_axis, monitor_layer=LAYER,
-                  steering=SteerPlan(LAYER, rand_axis, 10.0))[0]
+    base = generate(tiny_lm, [CHAT], opts, axis=tiny_rand_axis, monitor_layer=LAYER)[0]
+    up = generate(tiny_lm, [CHAT], opts, axis=tiny_rand_axis, monitor_layer=LAYER,
+                  steering=SteerPlan(LAYER, tiny_rand_axis, 10.0))[0]
     assert up.scores[0] == pytest.approx(base.scores[0] + 10.0, abs=1e-3)
 
 
@@ -206,10 +209,14 @@ PROMPTS = [[{"role": "user", "content": "What is the capital of France?"}],
            [{"role": "user", "content": "Write a haiku about the sea."}], CHAT]
 
 
-def test_greedy_generate_gives_exactly_transformers_generate(lm):
+@pytest.mark.parametrize("model", ["tiny_lm", pytest.param("lm", marks=pytest.mark.smollm)])
+def test_greedy_generate_gives_exactly_transformers_generate(request, model):
     """Our decoding loop is the reference loop: the same tokens as transformers' own greedy
-    ``model.generate``, batched with the same left padding, and for each prompt alone."""
+    ``model.generate``, batched with the same left padding, and for each prompt alone; on the real model
+    (which ends its turns) a stop is among them."""
     from probes.generation import encode_prompts, stop_token_ids
+
+    lm = request.getfixturevalue(model)
 
     stops = sorted(stop_token_ids(lm))
     ours = generate(lm, PROMPTS, GenerationOptions(max_new_tokens=32))
@@ -227,54 +234,55 @@ def test_greedy_generate_gives_exactly_transformers_generate(lm):
     assert [g.token_ids for g in ours] == theirs(PROMPTS)
     for p, g in zip(PROMPTS, ours):
         assert generate(lm, [p], GenerationOptions(max_new_tokens=32))[0].token_ids == theirs([p])[0] == g.token_ids
-    assert sum(g.finish_reason == "stop" for g in ours) >= 1  # the comparison covers a stop, not only the length
+    if model == "lm":  # the comparison covers a stop, not only the length (a random model never ends its turn)
+        assert sum(g.finish_reason == "stop" for g in ours) >= 1
 
 
-def test_each_row_keeps_its_own_options(lm):
+def test_each_row_keeps_its_own_options(tiny_lm):
     """Per-request options in one batch: each row stops at its own length and samples with its own seed,
     exactly as it would alone."""
     opts = [GenerationOptions(max_new_tokens=4), GenerationOptions(max_new_tokens=12, temperature=0.9, seed=7),
             GenerationOptions(max_new_tokens=9)]
-    together = generate(lm, PROMPTS, opts)
-    alone = [generate(lm, [p], o)[0] for p, o in zip(PROMPTS, opts)]
+    together = generate(tiny_lm, PROMPTS, opts)
+    alone = [generate(tiny_lm, [p], o)[0] for p, o in zip(PROMPTS, opts)]
     assert [g.token_ids for g in together] == [g.token_ids for g in alone]
     assert len(together[0].token_ids) == 4 and together[0].finish_reason == "length"
     with pytest.raises(ValueError, match="2 options for 3 prompts"):
-        generate(lm, PROMPTS, opts[:2])
+        generate(tiny_lm, PROMPTS, opts[:2])
 
 
-def test_the_detokeniser_is_linear_and_concatenates_to_the_text(lm):
+def test_the_detokeniser_is_linear_and_concatenates_to_the_text(tiny_lm):
     from probes.generation import Detokenizer, token_pieces
 
-    ids = lm.tokenizer("Arr, the sea! Über café — naïve 🦜 ships, 42 of them.", add_special_tokens=False)["input_ids"]
-    pieces = token_pieces(lm.tokenizer, ids)
-    assert len(pieces) == len(ids) and "".join(pieces) == lm.tokenizer.decode(ids, skip_special_tokens=True)
-    d, seen = Detokenizer(lm.tokenizer), []
+    ids = tiny_lm.tokenizer("Arr, the sea! Über café — naïve 🦜 ships, 42 of them.", add_special_tokens=False)["input_ids"]
+    pieces = token_pieces(tiny_lm.tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == tiny_lm.tokenizer.decode(ids, skip_special_tokens=True)
+    d, seen = Detokenizer(tiny_lm.tokenizer), []
     calls = []
-    real = lm.tokenizer.decode
+    real = tiny_lm.tokenizer.decode
     try:
-        lm.tokenizer.decode = lambda x, **kw: calls.append(len(x)) or real(x, **kw)
+        tiny_lm.tokenizer.decode = lambda x, **kw: calls.append(len(x)) or real(x, **kw)
         seen = [d.push(i) for i in ids]
     finally:
-        lm.tokenizer.decode = real
+        tiny_lm.tokenizer.decode = real
     assert seen == pieces and max(calls) <= 8  # a short window per token, never the whole text
 
 
-def test_capping_below_the_monitor_layer_keeps_the_true_pre_cap_score(lm, rand_axis):
+def test_capping_below_the_monitor_layer_keeps_the_true_pre_cap_score(tiny_lm, tiny_rand_axis):
     """With capping at layers below the monitor layer, the monitor layer only ever sees the capped
     stream; the pre-cap score must still be the uncapped model's score of the same text (what a
     teacher-forced audit finds), not the capped stream's, or the drift tracker follows a floored score."""
     layers, monitor = tuple(range(8, 12)), LAYER  # every capping layer below the monitor layer
-    plan = CapPlan(layers, rand_axis.repeat(len(layers), 1), torch.full((len(layers),), 40.0))
-    g = generate(lm, [CHAT], GenerationOptions(max_new_tokens=12), axis=rand_axis, monitor_layer=monitor,
+    plan = CapPlan(layers, tiny_rand_axis.repeat(len(layers), 1), torch.full((len(layers),), 40.0))
+    g = generate(tiny_lm, [CHAT], GenerationOptions(max_new_tokens=12), axis=tiny_rand_axis, monitor_layer=monitor,
                  capping=plan)[0]
     assert g.capped and all(g.cap_flags)
-    ids = torch.tensor([lm.tokenizer(format_chat(lm.tokenizer, CHAT), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tiny_lm.tokenizer(format_chat(tiny_lm.tokenizer, CHAT), add_special_tokens=False)["input_ids"]
                         + g.token_ids])
     with torch.no_grad():
-        hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[monitor + 1][0]
+        hs = tiny_lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[monitor + 1][0]
     p0 = ids.shape[1] - len(g.token_ids)  # the first generated token's position
-    uncapped = project(hs[p0 - 1: ids.shape[1] - 1], rand_axis).tolist()
+    uncapped = project(hs[p0 - 1: ids.shape[1] - 1], tiny_rand_axis).tolist()
     assert g.pre_cap_scores == pytest.approx(uncapped, abs=1e-3)  # the true pre-cap score
     # the capped stream itself scores differently at the monitor layer (the bug this guards against)
     assert max(abs(a - b) for a, b in zip(g.scores, g.pre_cap_scores)) > 1.0

@@ -151,7 +151,7 @@ def test_labels_have_a_fixed_split():
     items, labels, splits = load_labels()
     assert len(items) >= 400 and set(labels) <= {0, 1, 2, 3} and set(splits) == {"dev", "test"}
     assert splits.count("test") >= 200 and splits.count("dev") >= 200
-    with open(__import__("probes").__path__[0] + "/data/judge_labels.jsonl") as f:
+    with open(__import__("calibrate").__path__[0] + "/data/judge_labels.jsonl") as f:
         rows = [json.loads(x) for x in f]
     assert len({r["id"] for r in rows}) == len(rows)
     # the first 200 (labelled before the dev/test convention was written into the file) keep their line parity

@@ -1,4 +1,5 @@
-"""Model loading and chat formatting."""
+"""Model loading and chat formatting: loading the bundled default model (its GGUF, the cache) on the real
+thing; the chat template, which the tests' tiny random Llama shares, on the tiny model."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def test_cached_load_is_identical(lm, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.smollm
 def test_first_load_dequantises_and_caches(tmp_path):
     fresh = load_model("default", cache_dir=tmp_path)
     assert fresh.source == "gguf"
@@ -43,6 +45,7 @@ def test_first_load_dequantises_and_caches(tmp_path):
     assert load_model("default", cache_dir=tmp_path).source == "cache"
 
 
+@pytest.mark.smollm
 def test_two_first_loads_at_once_both_succeed(tmp_path):
     """Replicas started together on a fresh machine each dequantise; both load and one folder remains."""
     code = "import sys; from probes.models import load_model; print(load_model('default', cache_dir=sys.argv[1]).source)"
@@ -55,8 +58,9 @@ def test_two_first_loads_at_once_both_succeed(tmp_path):
     assert load_model("default", cache_dir=tmp_path).source == "cache"
 
 
-def test_bfloat16(tmp_path):
-    m = load_model("default", dtype="bfloat16")
+@pytest.mark.parametrize("spec", ["tiny_model_dir", pytest.param("default", marks=pytest.mark.smollm)])
+def test_bfloat16(request, spec):
+    m = load_model("default" if spec == "default" else str(request.getfixturevalue(spec)), dtype="bfloat16")
     assert next(m.model.parameters()).dtype == torch.bfloat16
 
 
@@ -71,15 +75,15 @@ def test_bad_specs_give_clear_errors(tmp_path):
         load_model("default", device="tpu")
 
 
-def test_chat_template_with_system(lm):
-    text = format_chat(lm.tokenizer, [{"role": "system", "content": "You are a ghost."}, {"role": "user", "content": "Hi"}])
+def test_chat_template_with_system(tiny_lm):
+    text = format_chat(tiny_lm.tokenizer, [{"role": "system", "content": "You are a ghost."}, {"role": "user", "content": "Hi"}])
     assert "<|im_start|>system\nYou are a ghost.<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
 
 
-def test_system_folded_into_first_user_message_without_system_role(lm):
+def test_system_folded_into_first_user_message_without_system_role(tiny_lm):
     """Templates that reject a system role (Gemma 2) get the system text prepended to the first user turn."""
-    tok = lm.tokenizer
+    tok = tiny_lm.tokenizer
     saved = tok.chat_template
     tok.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -94,8 +98,8 @@ def test_system_folded_into_first_user_message_without_system_role(lm):
         tok.chat_template = saved
 
 
-def test_template_rejection_is_a_clear_error(lm):
-    tok = lm.tokenizer
+def test_template_rejection_is_a_clear_error(tiny_lm):
+    tok = tiny_lm.tokenizer
     saved = tok.chat_template
     tok.chat_template = "{{ raise_exception('Conversation roles must alternate user/assistant') }}"
     try:
@@ -105,11 +109,11 @@ def test_template_rejection_is_a_clear_error(lm):
         tok.chat_template = saved
 
 
-def test_bad_messages(lm):
+def test_bad_messages(tiny_lm):
     with pytest.raises(InputError, match="unknown role"):
-        normalise_messages(lm.tokenizer, [{"role": "wizard", "content": "x"}])
+        normalise_messages(tiny_lm.tokenizer, [{"role": "wizard", "content": "x"}])
     with pytest.raises(InputError, match="content must be a string"):
-        normalise_messages(lm.tokenizer, [{"role": "user", "content": 3}])
+        normalise_messages(tiny_lm.tokenizer, [{"role": "user", "content": 3}])
 
 
 def test_local_folder_and_gguf_path_specs(lm):
@@ -124,13 +128,13 @@ def test_local_folder_and_gguf_path_specs(lm):
         assert torch.allclose(gguf.model(input_ids=ids).logits, lm.model(input_ids=ids).logits, atol=1e-4)
 
 
-def test_the_templates_own_system_prompt_is_found(lm):
+def test_the_templates_own_system_prompt_is_found(tiny_lm):
     """SmolLM2's template puts in a system prompt of its own when the messages carry none."""
-    found = template_default_system(lm.tokenizer)
+    found = template_default_system(tiny_lm.tokenizer)
     assert found == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     user = [{"role": "user", "content": "Hi"}]
-    assert format_chat(lm.tokenizer, [{"role": "system", "content": found}, *user]) == format_chat(lm.tokenizer, user)
-    plain = copy.deepcopy(lm.tokenizer)  # a template that adds nothing of its own
+    assert format_chat(tiny_lm.tokenizer, [{"role": "system", "content": found}, *user]) == format_chat(tiny_lm.tokenizer, user)
+    plain = copy.deepcopy(tiny_lm.tokenizer)  # a template that adds nothing of its own
     plain.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                            "{% endfor %}")
     assert template_default_system(plain) is None

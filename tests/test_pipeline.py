@@ -1,4 +1,6 @@
-"""compute-axis end to end on the real default model, on a tiny role set."""
+"""compute-axis end to end on the tests' tiny random Llama, on a tiny role set (the pipeline's wiring: a
+random model's axis means nothing); response means on it and, for replies that end their turn, on the real
+default model."""
 
 from __future__ import annotations
 
@@ -49,11 +51,12 @@ def test_plans_are_deterministic_and_cover_defaults():
     assert {j.split for j in a} == {"fit", "heldout"}
 
 
-def test_compute_axis_end_to_end_and_resume(lm, tiny_data, tmp_path):
+def test_compute_axis_end_to_end_and_resume(tiny_lm, tiny_data, tmp_path):
     roles, questions = tiny_data
     work, out = tmp_path / "work", tmp_path / "axis"
-    art, report = compute_axis(lm, work, out, TINY, EveryoneInRole(), batch_size=8, roles=roles, questions=questions)
-    assert art.axis.shape == (30, 576) and sorted(art.role_vectors) == ["accountant", "ghost", "pirate", "wizard"]
+    art, report = compute_axis(tiny_lm, work, out, TINY, EveryoneInRole(), batch_size=8, roles=roles, questions=questions)
+    assert art.axis.shape == (tiny_lm.n_layers, tiny_lm.hidden_size)
+    assert sorted(art.role_vectors) == ["accountant", "ghost", "pirate", "wizard"]
     loaded = load_axis(out)
     assert torch.allclose(loaded.axis, art.axis) and loaded.monitor_layer == art.monitor_layer
     # axis = mean(default) - mean(role vectors), pointing toward the Assistant
@@ -62,20 +65,20 @@ def test_compute_axis_end_to_end_and_resume(lm, tiny_data, tmp_path):
     for name in ("report.json", "variance_explained.png", "pc1_cosine.png", "roles_along_axis.png"):
         assert (out / name).is_file()
     rep = json.loads((out / "report.json").read_text())
-    assert rep["n_roles_used"] == 4 and len(rep["per_layer"]["abs_cos_pc1_axis"]) == 30
+    assert rep["n_roles_used"] == 4 and len(rep["per_layer"]["abs_cos_pc1_axis"]) == tiny_lm.n_layers
     assert rep["counts"]["default_fit"] == 5 * 2
     stats = loaded.calibration["layers"][str(art.monitor_layer)]
     assert stats["mean_norm"] > 0 and "p25" in stats["calibration_all"]
     # resume: a second run regenerates nothing and judges nothing new
     shards = {p: p.stat().st_mtime_ns for p in (work / "gen").iterdir()}
     judged = (work / "judge.jsonl").read_text()
-    art2, _ = compute_axis(lm, work, out, TINY, EveryoneInRole(), batch_size=8, roles=roles, questions=questions)
+    art2, _ = compute_axis(tiny_lm, work, out, TINY, EveryoneInRole(), batch_size=8, roles=roles, questions=questions)
     assert {p: p.stat().st_mtime_ns for p in (work / "gen").iterdir()} == shards
     assert (work / "judge.jsonl").read_text() == judged
     assert torch.allclose(art2.axis, art.axis)
     # a different plan in the same folder is refused
     with pytest.raises(InputError, match="another model, preset or data"):
-        compute_axis(lm, work, out, PRESETS["quick"], EveryoneInRole(), roles=roles, questions=questions)
+        compute_axis(tiny_lm, work, out, PRESETS["quick"], EveryoneInRole(), roles=roles, questions=questions)
 
 
 def test_role_vector_fallback_and_exclusion():
@@ -90,8 +93,10 @@ def test_role_vector_fallback_and_exclusion():
     assert "b" not in vecs and info["b"]["rule"] == "excluded"
 
 
-@pytest.mark.parametrize("max_new", [6, 60])  # cut by the length limit, and stopped by end of turn
-def test_response_means_over_content_tokens_own_positions(lm, max_new):
+# cut by the length limit (any model), and stopped by end of turn (the real model: a random one never ends its turn)
+@pytest.mark.parametrize("model, max_new", [("tiny_lm", 6), pytest.param("lm", 60, marks=pytest.mark.smollm)])
+def test_response_means_over_content_tokens_own_positions(request, model, max_new):
+    lm = request.getfixturevalue(model)
     prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Say hi."}]]
     outs = generate(lm, prompts, GenerationOptions(max_new_tokens=max_new))
     assert {g.finish_reason for g in outs} == {"length" if max_new == 6 else "stop"}
@@ -109,6 +114,6 @@ def test_response_means_over_content_tokens_own_positions(lm, max_new):
             assert norms[i, L] == pytest.approx(float(expected.norm(dim=-1).mean()), rel=1e-4)
 
 
-def test_response_means_of_an_empty_answer_are_zero(lm):
-    means, norms = response_means(lm, [[{"role": "user", "content": "Hi"}]], [[]])
+def test_response_means_of_an_empty_answer_are_zero(tiny_lm):
+    means, norms = response_means(tiny_lm, [[{"role": "user", "content": "Hi"}]], [[]])
     assert not means.any() and not norms.any()

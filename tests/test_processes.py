@@ -1,5 +1,6 @@
 """`axiswatch serve` and its child processes as real processes: they all end when serve ends (Ctrl-C,
-SIGTERM, SIGKILL), an idle serve stops quickly, and other commands find serve's embedded Redis."""
+SIGTERM, SIGKILL), an idle serve stops quickly, and other commands find serve's embedded Redis. A running
+serve loads the default model (those tests are ``smollm``)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ def _redis_port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
+@pytest.mark.smollm  # serve on the embedded defaults: the default model
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_every_child_ends_with_serve(tmp_path, sig):
     srv, kids = Serve(tmp_path, dashboard=True), {}
@@ -166,6 +168,7 @@ def test_every_child_ends_with_serve(tmp_path, sig):
         assert redis_url_for(Settings(database_url=srv.db_url)) is None
 
 
+@pytest.mark.smollm
 def test_an_idle_serve_stops_on_sigterm_within_5_s(tmp_path):
     srv = Serve(tmp_path, dashboard=True)  # what `make run` starts
     try:
@@ -179,6 +182,7 @@ def test_an_idle_serve_stops_on_sigterm_within_5_s(tmp_path):
     assert "still stopping" not in srv.err.read_text()
 
 
+@pytest.mark.smollm
 def test_commands_find_the_embedded_redis_of_a_running_serve(tmp_path):
     from monitor.streams import Streams
 

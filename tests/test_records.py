@@ -1,4 +1,4 @@
-"""Audit-grade records through the real engine on the real default model, written to a real store:
+"""Audit-grade records through the real engine on the tests' tiny random Llama, written to a real store:
 what the model saw (system prompt, edited histories), drift state across a restart, alert resolution,
 and the hash chain over it all."""
 
@@ -45,15 +45,15 @@ class SharedWriter(StoreWriter):
         return self.streams.reserve_turns(items)
 
 
-def engine(lm, shipped, store, thresholds, drift, publisher=None):
-    return Engine(HFBackend(lm, shipped), thresholds, drift=drift, policy="flag",
+def engine(lm, axis, store, thresholds, drift, publisher=None):
+    return Engine(HFBackend(lm, axis), thresholds, drift=drift, policy="flag",
                   publisher=publisher or StoreWriter(store), session_lookup=store.session_meta)
 
 
 @pytest.fixture(scope="module")
-def setup(lm, shipped):
+def setup(tiny_lm, tiny_axis):
     """Thresholds inside this conversation's own score range, so it changes state, alerts and recovers."""
-    probe = Engine(HFBackend(lm, shipped), Thresholds(1e9, 1e8, 1e7), policy="observe")
+    probe = Engine(HFBackend(tiny_lm, tiny_axis), Thresholds(1e9, 1e8, 1e7), policy="observe")
     msgs, scores = [SYSTEM], []
     for u in USERS:
         msgs.append({"role": "user", "content": u})
@@ -81,9 +81,9 @@ def converse(make_engine, sid, restart: bool):
     return out, msgs
 
 
-def test_drift_state_survives_a_restart(lm, shipped, store, setup):
+def test_drift_state_survives_a_restart(tiny_lm, tiny_axis, store, setup):
     thresholds, drift = setup
-    make = lambda: engine(lm, shipped, store, thresholds, drift)  # noqa: E731
+    make = lambda: engine(tiny_lm, tiny_axis, store, thresholds, drift)  # noqa: E731
     whole, _ = converse(make, "whole", restart=False)
     split, _ = converse(make, "split", restart=True)
     assert [r.text for r in split] == [r.text for r in whole]
@@ -101,7 +101,7 @@ def test_drift_state_survives_a_restart(lm, shipped, store, setup):
         assert store.verify_session(sid)["ok"]
 
 
-def test_a_session_back_on_a_replica_that_served_it_before_goes_on_from_the_store(lm, shipped, store, setup,
+def test_a_session_back_on_a_replica_that_served_it_before_goes_on_from_the_store(tiny_lm, tiny_axis, store, setup,
                                                                                     redis_url):
     """Turn 1 on replica A, turn 2 on B (A was out of the pool), turn 3 on A again: A's tracker in memory
     is a turn behind, so A continues the session from the store; the states and alerts are those of
@@ -112,8 +112,8 @@ def test_a_session_back_on_a_replica_that_served_it_before_goes_on_from_the_stor
 
     thresholds, drift = setup
     shared = SharedWriter(store, Streams.from_url(redis_url, prefix=f"rec-{uuid.uuid4().hex[:8]}"))
-    a, b = (engine(lm, shipped, store, thresholds, drift, shared) for _ in range(2))
-    whole, _ = converse(lambda: engine(lm, shipped, store, thresholds, drift), "one-replica", restart=False)
+    a, b = (engine(tiny_lm, tiny_axis, store, thresholds, drift, shared) for _ in range(2))
+    whole, _ = converse(lambda: engine(tiny_lm, tiny_axis, store, thresholds, drift), "one-replica", restart=False)
     it = iter([a, a, b, a])  # converse makes one first, then one per turn
     moved, _ = converse(lambda: next(it), "failover", restart=True)
     assert [r.turn for r in moved] == [1, 3, 5]
@@ -126,9 +126,9 @@ def test_a_session_back_on_a_replica_that_served_it_before_goes_on_from_the_stor
     assert store.verify_session("failover")["ok"]
 
 
-def test_the_stored_input_is_what_the_model_saw_and_edits_are_recorded(lm, shipped, store, setup):
+def test_the_stored_input_is_what_the_model_saw_and_edits_are_recorded(tiny_lm, tiny_axis, store, setup):
     thresholds, drift = setup
-    eng = engine(lm, shipped, store, thresholds, drift)
+    eng = engine(tiny_lm, tiny_axis, store, thresholds, drift)
     first = [SYSTEM, {"role": "user", "content": USERS[0]}]
     r1 = eng.run_batch([ChatRequest("edited", first, OPTS)])[0]
     follow = first + [{"role": "assistant", "content": r1.text}, {"role": "user", "content": USERS[1]}]
@@ -150,11 +150,11 @@ def test_the_stored_input_is_what_the_model_saw_and_edits_are_recorded(lm, shipp
     assert store.verify_session("edited")["ok"]
 
 
-def test_a_session_without_a_system_prompt_records_the_templates_own(lm, shipped, store, setup):
+def test_a_session_without_a_system_prompt_records_the_templates_own(tiny_lm, tiny_axis, store, setup):
     """The chat template gives the model a system prompt of its own when the client sends none: the
     record shows it, and the same history sent again is no edit."""
     thresholds, drift = setup
-    eng = engine(lm, shipped, store, thresholds, drift)
+    eng = engine(tiny_lm, tiny_axis, store, thresholds, drift)
     first = [{"role": "user", "content": USERS[0]}]
     r1 = eng.run_batch([ChatRequest("plain", first, OPTS)])[0]
     follow = first + [{"role": "assistant", "content": r1.text}, {"role": "user", "content": USERS[1]}]

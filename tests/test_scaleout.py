@@ -25,6 +25,7 @@ SESSIONS, TURNS = 50, 2
 
 
 @pytest.mark.slow
+@pytest.mark.smollm  # the default model, in the replicas
 def test_two_replicas_two_workers_fifty_sessions(tmp_path, pg_url):
     redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
     hook = Receiver()

@@ -19,12 +19,13 @@ KEY, OTHER = "k-" + "a" * 30, "k-" + "b" * 30
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_settings):
+    """The service on the tests' tiny random Llama, with two API keys."""
     from monitor import service
     from monitor.api import create_app
 
     db = tmp_path_factory.mktemp("db") / "aw.db"
-    rt = service.start(Settings(database_url=f"sqlite:///{db}", batch_size=2))
+    rt = service.start(tiny_settings.with_(database_url=f"sqlite:///{db}", batch_size=2))
     try:
         with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams, api_keys=(KEY, OTHER))) as url:
             yield url

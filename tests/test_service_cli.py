@@ -1,4 +1,6 @@
-"""`axiswatch serve` and `axiswatch worker` as real processes, on redis-servers of the tests' own."""
+"""`axiswatch serve` and `axiswatch worker` as real processes, on redis-servers of the tests' own. The
+processes that load a model load the default one (marked ``smollm``: what takes their time is each process'
+start, torch and transformers imports, which a smaller model does not shorten)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def _redis_servers():
     return set(out.split())
 
 
+@pytest.mark.smollm  # these start `axiswatch` processes that load the default model
 def test_serve_on_embedded_defaults(tmp_path):
     db, port = tmp_path / "aw.db", free_port()
     before = _redis_servers()
@@ -69,6 +72,7 @@ def redis_url():
         yield r.url
 
 
+@pytest.mark.smollm
 def test_serve_without_workers_and_a_separate_worker(tmp_path, redis_url):
     db, port = tmp_path / "aw.db", free_port()
     env = {"AXISWATCH_DATABASE_URL": f"sqlite:///{db}", "AXISWATCH_PORT": str(port), "REDIS_URL": redis_url}
@@ -96,6 +100,7 @@ def test_worker_needs_redis_url(tmp_path):
     assert r.returncode == 1 and "REDIS_URL" in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.smollm
 def test_shadow_command_scores_published_turns(tmp_path, redis_url):
     from monitor.streams import Streams
 
@@ -113,6 +118,7 @@ def test_shadow_command_scores_published_turns(tmp_path, redis_url):
     assert proc.returncode == 0
 
 
+@pytest.mark.smollm
 def test_chat_in_process(tmp_path):
     r = subprocess.run([AXISWATCH, "chat", "--max-tokens", "6", "--session", "cli-chat"], input="Hello\n\n",
                        capture_output=True, text=True, timeout=300,
@@ -121,6 +127,7 @@ def test_chat_in_process(tmp_path):
     assert "session cli-chat" in r.stdout and "assistant> " in r.stdout and "] state " in r.stdout
 
 
+@pytest.mark.smollm
 def test_a_session_continues_after_a_restart(tmp_path):
     """Turn numbers go on from the store, so a restarted service loses no turns to the store's keys."""
     db = tmp_path / "aw.db"
@@ -173,6 +180,7 @@ def test_dashboard_refuses_a_missing_database(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
+@pytest.mark.smollm
 def test_serve_refuses_to_start_with_clear_errors(tmp_path):
     import torch
 

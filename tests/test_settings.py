@@ -44,10 +44,10 @@ def test_bad_values(env, message):
         Settings.from_env(env)
 
 
-def test_threshold_override_reaches_the_engine(tmp_path):
+def test_threshold_override_reaches_the_engine(tmp_path, tiny_env):
     from monitor import service
 
-    rt = service.start(Settings.from_env({"AXISWATCH_THRESHOLD_WATCH": "3", "AXISWATCH_THRESHOLD_WARNING": "2",
+    rt = service.start(Settings.from_env({**tiny_env, "AXISWATCH_THRESHOLD_WATCH": "3", "AXISWATCH_THRESHOLD_WARNING": "2",
                                           "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}), workers=False)
     try:
         t = rt.engine.thresholds
@@ -57,7 +57,8 @@ def test_threshold_override_reaches_the_engine(tmp_path):
         assert (t.watch, t.warning, t.critical) == (3.0, 2.0, calibrated.critical)
     finally:
         rt.close()
-    bad = Settings.from_env({"AXISWATCH_THRESHOLD_WATCH": "-100", "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
+    bad = Settings.from_env({**tiny_env, "AXISWATCH_THRESHOLD_WATCH": "-100",
+                             "AXISWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"})
     with pytest.raises(InputError, match="watch > warning > critical"):
         service.start(bad, workers=False)
 

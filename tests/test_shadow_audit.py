@@ -1,4 +1,5 @@
-"""Audit and shadow mode through the engine: teacher-forced scores, recorded like live sessions."""
+"""Audit and shadow mode through the engine (the tests' tiny random Llama): teacher-forced scores, recorded
+like live sessions."""
 
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ CONV = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "co
 
 
 @pytest.fixture
-def rig(lm, shipped, redis_url, store):
+def rig(tiny_lm, tiny_axis, redis_url, store):
     streams = Streams.from_url(redis_url, prefix=f"sh-{uuid.uuid4().hex[:8]}")
     streams.ensure_groups()
-    eng = Engine(HFBackend(lm, shipped), thresholds_from_calibration(shipped.calibration)[0], publisher=streams)
+    eng = Engine(HFBackend(tiny_lm, tiny_axis), thresholds_from_calibration(tiny_axis.calibration)[0], publisher=streams)
     yield streams, store, eng, PersistWorker(streams, store, block_ms=100)
 
 
@@ -34,10 +35,10 @@ def drain(worker):
         pass
 
 
-def test_audit_transcript_is_stored_as_an_audit_session(rig, lm, shipped):
+def test_audit_transcript_is_stored_as_an_audit_session(rig, tiny_lm, tiny_axis):
     streams, store, eng, persist = rig
     out = eng.score_transcript("aud-1", CONV, source="audit")
-    direct = score_conversation(lm, CONV, shipped.unit(), shipped.monitor_layer)
+    direct = score_conversation(tiny_lm, CONV, tiny_axis.unit(), tiny_axis.monitor_layer)
     assert [t["index"] for t in out["turns"]] == [1, 3]
     assert out["turns"][1]["scores"] == pytest.approx(direct[1].scores, abs=1e-5)
     drain(persist)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.smollm]  # the default model, in subprocesses
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
 
 

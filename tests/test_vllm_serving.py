@@ -26,7 +26,7 @@ from monitor.settings import shipped_dir
 from probes.artifacts import load_capping
 from probes.generation import GenerationOptions
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.smollm]  # the default model, in vLLM and serve processes
 BIN = Path(sys.executable).parent
 SCORE_TOL = 2e-3  # as in test_vllm_backend
 
