@@ -88,17 +88,9 @@ class TokenStreamer(Protocol):
 
 
 def stop_token_ids(lm: LoadedModel) -> set[int]:
-    tok, ids = lm.tokenizer, set()
-    for t in (tok.eos_token_id, getattr(lm.model.generation_config, "eos_token_id", None)):
-        if isinstance(t, int):
-            ids.add(t)
-        elif isinstance(t, (list, tuple)):
-            ids.update(int(x) for x in t)
-    for s in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
-        i = tok.convert_tokens_to_ids(s) if s in tok.get_vocab() else None
-        if isinstance(i, int):
-            ids.add(i)
-    return ids
+    """The tokens that end a reply: the model's end-of-sequence ids and the end-of-turn markers its
+    vocabulary holds (read once per model: the vocabulary is large)."""
+    return set(lm.stop_ids)
 
 
 class Detokenizer:

@@ -9,6 +9,7 @@ Nothing here downloads unless the caller passes a hub id the machine can reach.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -61,6 +62,22 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @functools.cached_property
+    def stop_ids(self) -> frozenset[int]:
+        """The end-of-sequence ids of the tokenizer and generation config, and the end-of-turn markers of
+        the common chat templates that the vocabulary holds."""
+        tok, ids = self.tokenizer, set()
+        for t in (tok.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(t, int):
+                ids.add(t)
+            elif isinstance(t, (list, tuple)):
+                ids.update(int(x) for x in t)
+        vocab = tok.get_vocab()  # tens of milliseconds on a large vocabulary: once
+        for s in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"):
+            if isinstance(vocab.get(s), int):
+                ids.add(int(vocab[s]))
+        return frozenset(ids)
 
 
 def default_gguf_path() -> Path:

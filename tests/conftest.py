@@ -3,7 +3,7 @@ a tiny random Llama with an axis of its own, an embedded Redis per test module, 
 per test, PostgreSQL in a schema of the test's own, an external Redis, and the seeded dashboard data.
 ``tests/polling.py`` holds ``wait_until``.
 
-Two tiers (DESIGN.md, convention 13). Tests that run *a* model in the test process (hooks, generation, the
+Two tiers. Tests that run *a* model in the test process (hooks, generation, the
 engine, the API, records, the CLI's output) run it on the tiny random Llama: ``tiny_lm`` and ``tiny_axis``,
 or the service on ``tiny_settings`` (``tiny_env`` does the same for an ``axiswatch`` process). Tests that
 run SmolLM2 itself carry the ``smollm`` marker: those whose assertions depend on its weights (the shipped
