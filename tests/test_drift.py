@@ -404,3 +404,39 @@ def test_a_snapshot_continues_exactly():
     tr.update([1.0], turn=9)
     with pytest.raises(InputError, match="still open"):
         tr.snapshot()
+
+
+# ---------------------------------------------------------------- one replay, one tracked score
+def test_the_tracked_score_is_the_pre_cap_score_wherever_there_is_one():
+    from monitor.replay import scored_turns, tracked_score, tracked_scores
+
+    assert tracked_score(5.0, None) == 5.0 and tracked_score(5.0, -30.0) == -30.0
+    assert tracked_scores([1.0, 2.0, 3.0], None) == [1.0, 2.0, 3.0]
+    assert tracked_scores([1.0, 2.0, 3.0], [None, -9.0]) == [1.0, -9.0, 3.0]  # a live tail's partial pre-cap list
+    stored = [{"turn": 0, "role": "user", "scores": []},
+              {"turn": 1, "scores": [1.0, 2.0], "pre_cap_scores": None},
+              {"turn": 3, "scores": [5.0, 5.0], "pre_cap_scores": [5.0, -40.0]}]
+    assert scored_turns(stored) == [(1, [1.0, 2.0]), (3, [5.0, -40.0])]
+
+
+def test_replay_per_token_gives_the_engines_events_and_the_state_after_each_token():
+    from monitor.replay import replay, token_states
+
+    th, cfg = Thresholds(-5.0, -10.0, -20.0), DriftConfig(min_tokens=4, reference_tokens=4, recover_tokens=2)
+    turns = [(1, [10.0] * 6), (3, [-30.0] * 12), (5, [10.0] * 40)]
+    whole = list(replay(DriftTracker(th, cfg, "flag"), turns))
+    token = list(replay(DriftTracker(th, cfg, "flag"), turns, per_token=True))
+    assert [r.events for r in whole] == [r.events for r in token] and any(r.events for r in whole)
+    assert [r.summary for r in whole] == [r.summary for r in token]
+    live = DriftTracker(th, cfg, "flag")  # the engine feeds one token at a time
+    for n, scores in turns:
+        live.update([], n)
+        for s in scores:
+            live.update([s], n)
+        live.end_turn()
+    assert token[-1].tokens[-1].state == live.state and token[-1].tokens[-1].running == pytest.approx(live.running)
+    assert [len(r.tokens) for r in token] == [6, 12, 40] and not whole[0].tokens
+    states = token_states([{"turn": 1, "scores": [10.0] * 6}, {"turn": 2, "role": "user", "scores": []},
+                           {"turn": 3, "scores": [-30.0] * 12}], th, cfg)
+    assert [len(s) for s in states] == [6, 0, 12] and states[2][-1].state == "critical"
+    assert states[0][0].drift is None and states[2][0].drift is not None  # no drift before the reference

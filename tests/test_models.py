@@ -138,3 +138,20 @@ def test_the_templates_own_system_prompt_is_found(tiny_lm):
     plain.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                            "{% endfor %}")
     assert template_default_system(plain) is None
+
+
+def test_the_cache_folder_is_resolved_in_one_place(tmp_path, monkeypatch):
+    """The model cache and the run files of database-server deployments live under the same folder: the
+    settings' value, else AXISWATCH_CACHE_DIR, else ~/.cache/axiswatch."""
+    from pathlib import Path
+
+    from monitor import runfile
+    from probes.cache import cache_dir
+
+    monkeypatch.delenv("AXISWATCH_CACHE_DIR", raising=False)
+    assert cache_dir() == Path.home() / ".cache" / "axiswatch"
+    monkeypatch.setenv("AXISWATCH_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_dir() == tmp_path / "env" and cache_dir(tmp_path / "set") == tmp_path / "set"
+    url = "postgresql://db.example:5432/axw"
+    assert runfile.path_for(url).parent == tmp_path / "env" / "run"
+    assert runfile.path_for(url, str(tmp_path / "set")).parent == tmp_path / "set" / "run"

@@ -27,3 +27,14 @@ def test_bad_fields_name_the_record_and_the_field():
         to_row(TurnRecord("s", 0, "assistant", "x", 21, ["a", "b"], [1.0]))
     with pytest.raises(InputError, match="bad level"):
         to_row(AlertEvent("s", 0, 0, "loud", -20.0, -14.6, event_id="e1"))
+
+
+def test_a_turn_record_keeps_pre_cap_scores_only_where_capping_acted():
+    plain = TurnRecord.build("s", 1, "assistant", "a b", 12, tokens=["a", " b"], scores=[1.0, 2.0],
+                             pre_cap_scores=[1.0, 2.0], cap_flags=[False, False], state="watch")
+    assert plain.pre_cap_scores is None and plain.capped is None and plain.state == "watch"
+    capped = TurnRecord.build("s", 3, "assistant", "c d", 12, tokens=["c", " d"], scores=[5.0, 5.0],
+                              pre_cap_scores=[5.0, -9.0], cap_flags=[False, True])
+    assert capped.pre_cap_scores == [5.0, -9.0] and capped.capped == [False, True]
+    user = TurnRecord.build("s", 2, "user", "hi", 12, source="audit")
+    assert (user.tokens, user.scores, user.pre_cap_scores, user.source) == ([], [], None, "audit")

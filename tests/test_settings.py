@@ -74,3 +74,37 @@ def test_a_baseline_override_needs_thresholds_in_its_own_units(shipped):
     assert cfg.baseline == "absolute" and (th.watch, th.warning, th.critical) == (-5, -10, -20)
     th, cfg = Settings().drift_setup(shipped.calibration)
     assert cfg.baseline == "session" and th.critical < th.warning < th.watch < 0
+
+
+@pytest.mark.parametrize("host, url", [("127.0.0.1", "http://127.0.0.1:8000"), ("0.0.0.0", "http://127.0.0.1:8000"),
+                                       ("::", "http://127.0.0.1:8000"), ("::1", "http://[::1]:8000"),
+                                       ("fe80::2", "http://[fe80::2]:8000"), ("example.org", "http://example.org:8000")])
+def test_the_local_api_url_is_one_rule_for_serve_and_the_dashboard(host, url):
+    """serve announces it and the dashboard falls back to it: an IPv6 host in brackets, a wildcard as loopback."""
+    from dashboard.data import deployment
+
+    s = Settings(host=host)
+    assert s.api_url() == url
+    assert deployment(None, s).api_url == url  # no replica announced one: read from the settings
+
+
+def test_the_capping_folder_is_the_override_else_the_axis_folder(tmp_path):
+    from monitor.settings import shipped_dir
+
+    assert Settings().capping_dir() == shipped_dir()  # the shipped axis folder holds a capping config
+    assert Settings(capping=str(tmp_path)).capping_dir() is None  # an override without capping.json: no capping
+    (tmp_path / "capping.json").write_text("{}")
+    assert Settings(capping=str(tmp_path)).capping_dir() == tmp_path
+    assert Settings(axis=str(tmp_path / "elsewhere")).capping_dir() is None
+
+
+def test_the_backend_list_is_the_one_serve_offers():
+    from click.testing import CliRunner
+
+    from monitor.cli import cli
+    from monitor.settings import BACKENDS
+
+    out = CliRunner().invoke(cli, ["serve", "--help"]).output
+    assert "[hf|vllm]" in out and BACKENDS == ("hf", "vllm")
+    with pytest.raises(InputError, match="AXISWATCH_BACKEND must be one of hf, vllm"):
+        Settings.from_env({"AXISWATCH_BACKEND": "tgi"})
