@@ -10,12 +10,9 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-import httpx
-
 from monitor import service
-from monitor.auth import auth_headers
+from monitor.client import Server, chat_body, no_axiswatch_note
 from monitor.engine import ChatRequest
-from monitor.errors import InputError
 from monitor.records import new_id
 from probes.generation import GenerationOptions
 
@@ -34,27 +31,17 @@ def load_scripts() -> list[dict]:
     return json.loads(path.read_text())["scripts"]
 
 
-def _http_turn(client, url: str, sid: str, messages: list[dict], max_tokens: int) -> dict:
-    r = client.post(url.rstrip("/") + "/chat/completions", json={"messages": messages, "max_tokens": max_tokens,
-                                                                 "session_id": sid}, timeout=600)
-    if r.status_code >= 400:
-        raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
-    body = r.json()
-    aw = body["axiswatch"]
+def _http_turn(server: Server, sid: str, messages: list[dict], max_tokens: int) -> dict:
+    """One reply from a running server; mean, state, capping and alerts are None where it sends no
+    axiswatch data (an unchanged vLLM server with the plugin)."""
+    body = server.post("/chat/completions", chat_body(messages, max_tokens, sid))
+    text = body["choices"][0]["message"]["content"]
+    aw = body.get("axiswatch")
+    if aw is None:
+        return {"text": text, "mean": None, "state": None, "capped": None, "alerts": None}
     alerts = aw.get("alerts")  # None: a server too old to list them
-    return {"text": body["choices"][0]["message"]["content"], "mean": aw["mean"], "state": aw["state"],
-            "capped": aw["capped"], "alerts": None if alerts is None else [a["level"] for a in alerts]}
-
-
-def _served_model(client, url: str) -> str:
-    try:
-        r = client.get(url.rstrip("/") + "/models", timeout=30)
-    except httpx.HTTPError as e:
-        raise InputError(f"cannot reach {url}: {e}") from None
-    if r.status_code >= 400:
-        raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
-    data = r.json().get("data") or [{}]
-    return str(data[0].get("id", "?"))
+    return {"text": text, "mean": aw.get("mean"), "state": aw.get("state"), "capped": aw.get("capped"),
+            "alerts": None if alerts is None else [a["level"] for a in alerts]}
 
 
 def _alerts(levels: list[str] | None) -> str:
@@ -67,7 +54,7 @@ def reply_line(name: str, r: dict) -> str:
     """One reply of one script: what both modes print."""
     mean = "   -  " if r["mean"] is None else f"{r['mean']:+6.1f}"
     extra = (f"  {_alerts(r['alerts'])}" if r["alerts"] != [] else "") + ("  CAPPED" if r["capped"] else "")
-    return f"  {name:16s} mean {mean} [{_bar(r['mean'])}] {r['state']:8s}{extra}"
+    return f"  {name:16s} mean {mean} [{_bar(r['mean'])}] {r['state'] or '-':8s}{extra}"
 
 
 def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], None]) -> list[dict]:
@@ -76,15 +63,16 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
     sids = {s["name"]: new_id(f"demo-{s['name']}") for s in scripts}
     history: dict[str, list[dict]] = {s["name"]: [] for s in scripts}
     summary = []
-    rt = client = None
+    rt = server = None
+    noted = False  # said once that the server sends no axiswatch data
     if url is None:
         rt = service.start(settings)
         assert rt.engine is not None  # started with the model
         echo(f"monitor in-process: {rt.engine.model_id}, layer {rt.engine.layer}, thresholds "
              + ", ".join(f"{k} {v:+.1f}" for k, v in rt.engine.thresholds.as_dict().items()) + f"; store {rt.store.url}")
     else:
-        client = httpx.Client(headers=auth_headers())
-        echo(f"monitor at {url}: {_served_model(client, url)}")
+        server = Server(url)
+        echo(f"monitor at {url}: {server.served_model()}")
     try:
         for turn in range(max(len(s["turns"]) for s in scripts)):
             active = [s for s in scripts if turn < len(s["turns"])]
@@ -100,9 +88,12 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
                     replies[name] = {"text": r.text, "mean": r.mean, "state": r.state, "capped": r.capped,
                                      "alerts": [a.level for a in r.alerts]}
             else:
-                assert url is not None
-                replies = {s["name"]: _http_turn(client, url, sids[s["name"]], history[s["name"]], max_tokens)
+                assert server is not None
+                replies = {s["name"]: _http_turn(server, sids[s["name"]], history[s["name"]], max_tokens)
                            for s in active}
+                if not noted and any(r["state"] is None for r in replies.values()):
+                    echo(no_axiswatch_note(list(sids.values())))
+                    noted = True
             echo(f"\nturn {turn + 1}")
             for s in active:
                 r = replies[s["name"]]
@@ -115,12 +106,12 @@ def run_demo(settings, url: str | None, max_tokens: int, echo: Callable[[str], N
             got = [r["alerts"] for r in summary if r["script"] == name]
             totals.append(f"{name} {_alerts(None if None in got else [lv for levels in got for lv in levels])}")
         echo("\nalerts: " + ", ".join(totals))
-        where = "see them with: axiswatch sessions show <id>" if url is None else \
+        where = "see them with: axiswatch sessions show <id>" if url is None or noted else \
             f"stored by the server: GET {url.rstrip('/')}/sessions/<id>"
         echo("sessions: " + ", ".join(f"{n} = {sid}" for n, sid in sids.items()) + f"  ({where})")
     finally:
         if rt is not None:
             rt.close()
-        if client is not None:
-            client.close()
+        if server is not None:
+            server.close()
     return summary

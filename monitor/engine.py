@@ -24,14 +24,15 @@ from typing import Protocol
 
 from monitor.backends import Backend, Job, TokenEvent
 from monitor.conversation import chain, divergence, node_hash
-from monitor.drift import DriftConfig, DriftEvent, Thresholds, parse_policy
-from monitor.errors import InputError
+from monitor.drift import DriftConfig, DriftEvent, DriftTracker, Thresholds, parse_policy
+from monitor.errors import ConflictError, InputError
 from monitor.live import tokens_entry
 from monitor.records import STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord, new_id
 from monitor.replay import replay
 from monitor.sessions import Lookup, Session, SessionRegistry
 from monitor.streams import REDIS_DOWN
 from monitor.turns import ChatRequest, ChatResult, Turn
+from monitor.verdict import verdict
 
 log = logging.getLogger(__name__)
 
@@ -346,21 +347,23 @@ class Engine:
     # ------------------------------------------------------------------ audits
     def score_transcript(self, session_id: str | None, messages: list[dict], source: str = "audit",
                          policy: str | None = None) -> dict:
-        """Score a finished conversation by teacher forcing (audit and shadow mode).
+        """Score a finished conversation by teacher forcing (audit and shadow mode); its verdict
+        (:func:`monitor.verdict.verdict`, what ``axiswatch audit --json`` prints).
 
-        Messages the session has already recorded (a shadowed conversation that
-        grows turn by turn) are not recorded again; the new turns are tracked and
-        published like live ones. Stored turn numbers are message indices. Capping
-        cannot act on text that exists already, so policy ``cap`` alerts like ``flag``.
-        Returns the ``axiswatch audit --json`` object plus the drift state."""
+        Messages the session has already recorded (a shadowed conversation that grows turn by turn, or an
+        audit sent again) are not recorded again; the new turns are tracked and published like live ones.
+        A conversation that is not the stored one continued (an edited message, a changed reply) is refused
+        (:class:`ConflictError`): its verdict would be the stored text's. Stored turn numbers are message
+        indices. Capping cannot act on text that exists already, so policy ``cap`` alerts like ``flag``."""
         pol = parse_policy(policy or self.policy)
-        s = self.session(session_id or new_id(source), "flag" if pol == "cap" else pol, source)
+        tracked = "flag" if pol == "cap" else pol
+        s = self.session(session_id or new_id(source), tracked, source)
         if s.source != source:
             raise InputError(f"session {s.id!r} is a {s.source} session; give the {source} transcript another id")
-        scored = {t.index: t for t in self.backend.score_conversation(messages)}
         seen = self._as_seen(messages)
         nodes, shift = chain(seen), len(seen) - len(messages)  # message i is node i + shift
-        out_turns, alerts = [], []
+        self._check_continues(s, nodes, shift)
+        scored = {t.index: t for t in self.backend.score_conversation(messages)}
         for i, m in enumerate(messages):
             if i < s.next_turn:
                 continue
@@ -369,25 +372,33 @@ class Engine:
                 self._publish(self._record(s, i, m["role"], m["content"]))
                 continue
             r = next(replay(s.tracker, [(i, t.scores)]))
-            summary = r.summary
             for ev in r.events:
                 if ev.kind == "alert":
                     a = AlertEvent(s.id, i, ev.token_index, ev.level, ev.running, ev.threshold, policy=s.policy,
                                    excerpt="".join(t.tokens[:ev.token_index + 1])[-200:])
                     s.open_alerts.append((a.event_id, a.level))
                     self._publish(a)
-                    alerts.append(a)
                 elif ev.kind == "resolve":
                     self._resolve(s, ev, i)
             head, new = self._input(s, nodes[:i + shift], m["content"])
             self._publish_turn(s, self._record(s, i, "assistant", m["content"], tokens=t.tokens, scores=t.scores,
-                                               state=summary.state, running=summary.running, input_head=head,
+                                               state=r.summary.state, running=r.summary.running, input_head=head,
                                                input=new, tracker=s.tracker.snapshot()))
-            out_turns.append(t.as_dict())
         s.next_turn = max(s.next_turn, len(messages))
-        return {"id": s.id, "model": self.model_id, "layer": self.layer, "turns": out_turns,
-                "state": s.tracker.state, "running": s.tracker.running, "drift": s.tracker.drift,
-                "alerts": [a.to_dict() for a in alerts]}
+        return verdict(s.id, self.model_id, self.layer, [scored[i].as_dict() for i in sorted(scored)],
+                       DriftTracker(self.thresholds, self.drift, tracked))
+
+    @staticmethod
+    def _check_continues(s: Session, nodes: list[dict], shift: int) -> None:
+        """Refuse a transcript that is not the session's stored conversation continued. Where only the chat
+        template's own system prompt differs (a template that dates it), the messages cannot be compared by
+        their hashes: the transcript is taken as the conversation continued, as a live session takes it."""
+        at = divergence(s.conversation, [n["h"] for n in nodes])
+        if at is not None and at >= shift:
+            raise ConflictError(
+                f"{s.source} session {s.id!r} is stored with another conversation: message {at - shift} "
+                f"differs from the stored one (or the stored conversation is longer). Its verdict would be the "
+                f"stored text's; send the new version under another id")
 
     def _record(self, s: Session, number: int, role: str, text: str, **kw) -> TurnRecord:
         """A turn record of this session, with what the engine knows of it (source, model, policy)."""

@@ -19,7 +19,7 @@ import torch
 
 from probes.errors import InputError, ModelLoadError
 from probes.hooks import layer_hooks
-from probes.models import LoadedModel, format_chat, normalise_messages
+from probes.models import LoadedModel, content_text, format_chat, normalise_messages
 from probes.ops import project
 
 
@@ -52,8 +52,10 @@ def parse_record(rec, where: str) -> tuple[str | None, list[dict]]:
     if not isinstance(msgs, list) or not msgs:
         raise InputError(f"{where}: 'messages' must be a non-empty list")
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
             raise InputError(f"{where}: message {i} must be an object with string 'role' and 'content'")
+    # content parts (OpenAI's [{"type": "text", "text": ...}]) become the string the template renders
+    msgs = [{**m, "content": content_text(m["content"], f"{where}: message {i}")} for i, m in enumerate(msgs)]
     if not any(m["role"] == "assistant" for m in msgs):
         raise InputError(f"{where}: no assistant message to score")
     return (None if rid is None else str(rid)), msgs

@@ -264,18 +264,36 @@ def template_default_system(tokenizer) -> str | None:
     return None
 
 
+def content_text(content, where: str = "message") -> str:
+    """A message's text: a string as it is, or OpenAI content parts (``[{"type": "text", "text": ...}]``)
+    joined with newlines, as vLLM renders them for a chat template that takes a string. Any other part (an
+    image, audio) is an :class:`InputError`: axiswatch scores text."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InputError(f"{where} content must be a string or a list of text parts")
+    texts = []
+    for k, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            got = f"a {kind!r} part" if isinstance(kind, str) else "not a content part"
+            raise InputError(f"{where} content part {k} is {got}: only text parts "
+                             '({"type": "text", "text": "..."}) are supported')
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 def normalise_messages(tokenizer, messages: list[dict]) -> list[dict]:
-    """Validate ``[{role, content}]`` and fold a system message into the first
-    user message for templates without a system role (as the paper did for Gemma 2)."""
+    """Validate ``[{role, content}]`` (content a string or text parts, :func:`content_text`) and fold a
+    system message into the first user message for templates without a system role (as the paper did for
+    Gemma 2)."""
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise InputError(f"message {i} must be an object with 'role' and 'content'")
         if m["role"] not in ("system", "user", "assistant"):
             raise InputError(f"message {i} has unknown role {m['role']!r}")
-        if not isinstance(m["content"], str):
-            raise InputError(f"message {i} content must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": content_text(m["content"], f"message {i}")})
     if out and out[0]["role"] == "system" and not _supports_system(tokenizer):
         system = out.pop(0)["content"]
         if out and out[0]["role"] == "user":

@@ -3,6 +3,8 @@ the tests' tiny random Llama."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from polling import wait_until
@@ -78,7 +80,7 @@ def test_new_session_id_is_returned(client):
 def test_bad_requests_are_4xx(server):
     url = server["url"] + "/v1/chat/completions"
     empty = httpx.post(url, json={"messages": []})
-    assert empty.status_code == 422 and empty.json()["error"]["type"] == "invalid_request_error"
+    assert empty.status_code == 422 and empty.json()["error"]["type"] == "InputError"
     assert "messages" in empty.json()["error"]["message"]
     assert httpx.post(url, json={"messages": [{"role": "wizard", "content": "x"}]}).status_code == 422
     assert httpx.post(url, json={"messages": MSGS, "max_tokens": 0}).status_code == 422
@@ -162,3 +164,80 @@ def test_inputs_acknowledgements_and_the_chain_over_http(client, server):
     assert httpx.post(f"{url}/v1/alerts/evt_api_ack/acknowledge", json={"by": ""}).status_code == 422
     v = httpx.get(f"{url}/v1/sessions/api-ack/verify").json()
     assert v["ok"] and v["links"] >= 4 and v["session_id"] == "api-ack"  # turns, context, alert, acknowledgement
+
+
+# ---------------------------------------------------------------- audits: one verdict, never a stale one
+CONV = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": "Tell me a secret."}, {"role": "assistant", "content": "I am the voice in the well."}]
+
+
+def test_an_audit_sent_again_gets_its_verdict_and_another_text_under_its_id_is_refused(server):
+    url = server["url"] + "/v1/audit"
+    first = httpx.post(url, json={"id": "audit-again", "messages": CONV}, params={"policy": "flag"}, timeout=60)
+    assert first.status_code == 200, first.text
+    again = httpx.post(url, json={"id": "audit-again", "messages": CONV}, params={"policy": "flag"}, timeout=60)
+    assert again.status_code == 200 and again.json() == first.json()  # the same verdict, not an empty one
+    assert [t["index"] for t in again.json()[0]["turns"]] == [1, 3] and all("state" in t for t in again.json()[0]["turns"])
+    changed = CONV[:3] + [{"role": "assistant", "content": "I am only an assistant."}]
+    r = httpx.post(url, json={"id": "audit-again", "messages": changed}, timeout=60)
+    assert r.status_code == 409 and r.json()["error"]["type"] == "ConflictError"
+    assert "'audit-again'" in r.json()["error"]["message"] and "message 3 differs" in r.json()["error"]["message"]
+    store = server["rt"].store
+    s = wait_until(lambda: (s := store.get_session("audit-again")) and len(s["turns"]) == 4 and s)
+    assert s["turns"][3]["text"] == CONV[3]["content"]  # the stored record is the first text, and says so
+    longer = CONV + [{"role": "user", "content": "More?"}, {"role": "assistant", "content": "No more."}]
+    grown = httpx.post(url, json={"id": "audit-again", "messages": longer}, params={"policy": "flag"}, timeout=60)
+    assert grown.status_code == 200 and [t["index"] for t in grown.json()[0]["turns"]] == [1, 3, 5]
+
+
+def test_the_audit_endpoint_answers_what_the_audit_command_prints(server, tiny_env, tmp_path):
+    """One serialisation: `axiswatch audit --json` and `POST /v1/audit?policy=flag` on the same records."""
+    from click.testing import CliRunner
+
+    from monitor.cli import cli
+
+    records = [{"id": "same-1", "messages": CONV}, {"id": "same-2", "conversation": CONV[:2]}]
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    r = CliRunner().invoke(cli, ["audit", str(path), "--json"], env=tiny_env)
+    assert r.exit_code == 0, r.output
+    printed = [json.loads(x) for x in r.output.splitlines()]
+    api = httpx.post(server["url"] + "/v1/audit", content=path.read_bytes(), params={"policy": "flag"}, timeout=60)
+    assert api.status_code == 200, api.text  # a JSON-lines body, as the command reads files
+    assert api.json() == printed
+    assert set(printed[0]) == {"id", "model", "layer", "turns", "state", "running", "drift", "alerts"}
+    assert set(printed[0]["turns"][0]) == {"index", "role", "mean", "scores", "tokens", "state"}
+
+
+# ---------------------------------------------------------------- what clients send
+def test_openai_content_parts_are_read_as_text_and_other_parts_refused(server):
+    parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"}]
+    r = httpx.post(server["url"] + "/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}],
+                                                                 "max_tokens": 4, "session_id": "parts-1"}, timeout=60)
+    assert r.status_code == 200, r.text
+    s = wait_until(lambda: server["rt"].store.get_session("parts-1"))
+    assert s["turns"][0]["text"] == "What is the capital\nof France?"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    bad = httpx.post(server["url"] + "/v1/chat/completions",
+                     json={"messages": [{"role": "user", "content": [parts[0], image]}], "session_id": "parts-2"})
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "InputError"
+    assert bad.json()["error"]["message"].startswith("messages.0 content part 1 is a 'image_url' part: only text parts")
+    assert server["rt"].store.get_session("parts-2") is None and "parts-2" not in server["rt"].engine.sessions
+    audited = httpx.post(server["url"] + "/v1/audit", json={"id": "parts-audit", "messages": [
+        {"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]}]})
+    assert audited.status_code == 200 and audited.json()[0]["turns"][0]["index"] == 1
+
+
+def test_errors_say_what_and_where_and_name_their_class(server):
+    u = server["url"]
+    r = httpx.post(u + "/v1/chat/completions", content=b'{"messages": [{"role": "user",\n "content": "Hi"},]}',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "InputError"
+    assert r.json()["error"]["message"].startswith("the body is not valid JSON: ") and "at line 2 column" in \
+        r.json()["error"]["message"]
+    lines = httpx.post(u + "/v1/audit", content=b'{"id": "jl-1", "messages": []}\n{"broken',
+                       headers={"content-type": "application/json"})
+    assert lines.status_code == 422 and "line 2 of the JSON lines is not valid JSON" in lines.json()["error"]["message"]
+    for path in ("/v1/sessions/nobody", "/v1/models/gpt-4"):
+        r = httpx.get(u + path)
+        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError", path

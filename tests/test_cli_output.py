@@ -90,7 +90,7 @@ def test_chat_reads_alerts_and_capping_from_token_payloads_too(server):
     rt, _url = server
     reply = _Reply(colour=False)
     res = rt.engine.submit(ChatRequest("payloads", [{"role": "user", "content": "Hi"}],
-                                       GenerationOptions(max_new_tokens=8), on_token=reply.on_token)).result()
+                                       GenerationOptions(max_new_tokens=8), on_token=reply.on_payload)).result()
     assert reply.capped_from == res.interventions[0].token_index == 4
     assert [(a["level"], a["token_index"]) for a in reply.alerts] == [(a.level, a.token_index) for a in res.alerts]
     assert [x.split(":")[0] for x in reply.event_lines({})] == ["! ALERT critical at token 3", "! CAPPING ON from token 4"]

@@ -63,7 +63,7 @@ def test_every_endpoint_but_health_needs_a_key(server, method, path):
                     {"authorization": f"Bearer {KEY}x"}):
         r = httpx.request(method, server + path, headers=headers, json={})
         assert r.status_code == 401, (path, headers)
-        assert r.headers["www-authenticate"] == "Bearer" and r.json()["error"]["type"] == "authentication_error"
+        assert r.headers["www-authenticate"] == "Bearer" and r.json()["error"]["type"] == "AuthenticationError"
         assert KEY not in r.text
     r = httpx.request(method, server + path, headers={"authorization": f"Bearer {OTHER}"}, json={})
     assert r.status_code != 401

@@ -88,8 +88,8 @@ def test_alerts_list_has_a_header_and_says_when_empty_or_undelivered(db, tmp_pat
     r = subprocess.run([AXISWATCH, "alerts", "list"], capture_output=True, text=True,
                        env={**env_no_hook, "AXISWATCH_DATABASE_URL": db})
     lines = r.stdout.splitlines()
-    assert r.returncode == 0 and lines[0].split()[:3] == ["event", "session", "level"]
-    assert lines[1].startswith("evt_1") and "pending (0 attempts)" in lines[1]
+    assert r.returncode == 0 and lines[0].split()[:5] == ["time", "(UTC)", "event", "session", "level"]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d evt_1 ", lines[1]) and "pending (0 attempts)" in lines[1]
     assert "AXISWATCH_WEBHOOK_URL" in r.stderr  # why it stays pending
     r = run(db, "alerts", "list", "--status", "dead")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and r.stderr.strip() == "no alerts with status dead"
@@ -116,7 +116,7 @@ def test_full_ids_and_unique_prefixes_everywhere(db):
     r = run(db, "alerts", "ack", "evt_9f9f", "--by", "oncall@example.com", "--note", "looking into it")
     assert r.returncode == 0 and r.stdout.strip() == f"evt_{'9f' * 20} acknowledged by oncall@example.com"
     assert run(db, "alerts", "ack", "evt_9f", "--by", "someone").stdout.strip().endswith("(earlier; kept)")
-    line = next(x for x in run(db, "alerts", "list").stdout.splitlines() if x.startswith("evt_9f"))
+    line = next(x for x in run(db, "alerts", "list").stdout.splitlines() if " evt_9f" in x)
     assert " acknowledged " in line
     assert [json.loads(x)["event_id"] for x in run(db, "alerts", "list", "--open", "--json").stdout.splitlines()] == [
         "evt_1"]
@@ -160,3 +160,22 @@ def test_show_prints_the_system_prompt_and_an_edited_history(tmp_path):
     assert out[2] == "system: You are Seraphine, an ancient oracle."
     at = out.index(next(x for x in out if "differs from the stored one from message 1" in x))
     assert out[at + 1].strip() == "(1) user: Who are you, truly?"
+
+
+def test_show_prints_every_message_in_full_wrapped_to_the_terminal(tmp_path):
+    """What an investigator reads: no message cut short, lines no wider than the terminal, its line breaks kept."""
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    words = " ".join(f"word{i:03d}" for i in range(60))  # 479 characters, no line break
+    reply = "First paragraph of the reply.\n\n" + words + " THE-END"
+    st = Store(url)
+    st.migrate()
+    st.write(turns=[TurnRecord("long", 0, "user", words, 21), TurnRecord("long", 1, "assistant", reply, 21)])
+    st.close()
+    r = subprocess.run([AXISWATCH, "sessions", "show", "long"], capture_output=True, text=True,
+                       env={**os.environ, "AXISWATCH_DATABASE_URL": url, "COLUMNS": "60"})
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and max(len(x) for x in lines[2:]) <= 60
+    body = " ".join(x.strip() for x in lines)
+    assert body.count(words) == 2 and "THE-END" in body and "..." not in body
+    at = lines.index("  [1] assistant  mean -  state ok")
+    assert lines[at + 1:at + 3] == ["      First paragraph of the reply.", ""]  # the paragraph break kept

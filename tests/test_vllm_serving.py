@@ -124,6 +124,20 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
         assert anon.choices[0].message.content
         s = wait_until(lambda: (s := _show(db, "plug-1")) and any(t["role"] == "assistant" for t in s["turns"]) and s,
                        60, "the plugin's turn in the store")
+        # axiswatch's own clients work there as plain chat clients, say once that no scores come back, and
+        # name their session so that the plugin stores it under that id
+        base = f"http://127.0.0.1:{port}/v1"
+        chat = subprocess.run([str(BIN / "axiswatch"), "chat", "--url", base, "--session", "plug-chat",
+                               "--max-tokens", "6"], input="Hi\nAnd you?\n\n", env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert chat.returncode == 0 and chat.stderr.count("sends no axiswatch data") == 1, chat.stderr
+        demo = subprocess.run([str(BIN / "axiswatch"), "demo", "--url", base, "--max-tokens", "4"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert demo.returncode == 0 and demo.stdout.count("sends no axiswatch data") == 1, demo.stdout + demo.stderr
+        chatted = wait_until(lambda: (c := _show(db, "plug-chat")) and sum(t["role"] == "assistant"
+                                                                            for t in c["turns"]) == 2 and c,
+                             60, "the chat client's session in the plugin's store")
+        assert all(t["scores"] for t in chatted["turns"] if t["role"] == "assistant")
     finally:
         out = _stop(proc)
     assert "axiswatch plugin: scoring every token at layer 21" in out, out[-3000:]
@@ -144,4 +158,5 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
     others = subprocess.run([str(BIN / "axiswatch"), "sessions", "list", "--json", "--database-url", f"sqlite:///{db}"],
                             capture_output=True, text=True, check=True).stdout.splitlines()
     ids = [json.loads(line)["id"] for line in others]
-    assert "plug-1" in ids and len(ids) == 2  # the request without a session id: a session of its own
+    assert "plug-1" in ids and "plug-chat" in ids and sum(i.startswith("demo-") for i in ids) == 3
+    assert len(ids) == 6  # and the request without a session id: a session of its own

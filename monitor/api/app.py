@@ -15,7 +15,7 @@ from monitor.api.health import router as health
 from monitor.api.metrics import Metrics
 from monitor.api.sessions import router as sessions
 from monitor.engine import Engine
-from monitor.errors import AxiswatchError
+from monitor.errors import AxiswatchError, InputError
 from monitor.settings import MAX_AUDIT_BYTES
 
 MAX_BODY_BYTES = MAX_AUDIT_BYTES  # no request body may be larger (chat bodies are far smaller)
@@ -39,12 +39,24 @@ def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ..
 
 async def _axiswatch_error(_req: Request, e: Exception):
     assert isinstance(e, AxiswatchError)
-    return error(e.http_status, str(e), type(e).__name__)
+    return error(e)
 
 
-async def _validation_error(_req: Request, e: Exception):
+async def _validation_error(req: Request, e: Exception):
     assert isinstance(e, RequestValidationError)
     first = e.errors()[0] if e.errors() else {}
+    if first.get("type") == "json_invalid":  # the body is not JSON: say what and where
+        return error(InputError(json_problem(await req.body(), first)), status=400)
     where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-    status = 400 if first.get("type") == "json_invalid" else 422
-    return error(status, f"{where or 'body'}: {first.get('msg', 'invalid request')}", "invalid_request_error")
+    return error(InputError(f"{where or 'body'}: {first.get('msg', 'invalid request')}"), status=422)
+
+
+def json_problem(body: bytes, err: dict) -> str:
+    """A JSON decoding error as a person can act on it: what is wrong and where (line, column)."""
+    loc = [x for x in err.get("loc", ()) if isinstance(x, int)]
+    pos = min(loc[0], len(body)) if loc else 0
+    text = body[:pos].decode("utf-8", "replace")
+    line, col = text.count("\n") + 1, pos - (text.rfind("\n") + 1) + 1
+    what = (err.get("ctx") or {}).get("error") or err.get("msg") or "invalid JSON"
+    return (f"the body is not valid JSON: {what} at line {line} column {col} (character {pos}); check the quotes, "
+            "commas and brackets there, and send content-type application/json")

@@ -1,4 +1,6 @@
-"""``POST /v1/audit``: score finished conversations (the body of an ``axiswatch audit`` file)."""
+"""``POST /v1/audit``: score finished conversations (the body of an ``axiswatch audit`` file: JSON, or JSON
+lines) and answer each one's verdict (:func:`monitor.verdict.verdict`, what ``axiswatch audit --json``
+prints)."""
 
 from __future__ import annotations
 
@@ -8,18 +10,20 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 
-from monitor.api.context import Ctx, error
-from monitor.errors import InputError
+from monitor.api.context import Ctx
+from monitor.errors import InputError, TooLargeError
 from monitor.settings import MAX_AUDIT_BYTES
 from probes.audit import parse_record
 
 router = APIRouter()
 
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_PART}]}  # OpenAI's text parts too
 _MESSAGE = {"type": "object", "required": ["role", "content"],
-            "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                           "content": {"type": "string"}}}
+            "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]}, "content": _CONTENT}}
 _TURN = {"type": "object", "required": ["role", "content"],  # the paper's transcript JSON
-         "properties": {"role": {"type": "string"}, "content": {"type": "string"}}}
+         "properties": {"role": {"type": "string"}, "content": _CONTENT}}
 _CONVERSATION = {"anyOf": [
     {"type": "object", "required": ["messages"],
      "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 200},
@@ -35,12 +39,37 @@ AUDIT_BODY = {"required": True, "content": {"application/json": {"schema": {"any
     {"type": "array", "items": _MESSAGE, "minItems": 1}]}}}}
 
 
+def _document(raw: bytes) -> object:
+    """The body as one JSON document, or JSON lines (one conversation per line, as ``axiswatch audit`` and
+    the dashboard take files), with an error that says what and where."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"the body is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        whole = e
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    try:
+        first = json.loads(lines[0][1]) if len(lines) > 1 else None
+    except json.JSONDecodeError:
+        first = None
+    if not isinstance(first, dict):  # not JSON lines either: the document's own error
+        raise InputError(f"the body is not valid JSON: {whole.msg} at line {whole.lineno} column {whole.colno}; send "
+                         "one JSON document (a conversation or a list of them) or JSON lines (one per line)")
+    docs = []
+    for n, line in lines:
+        try:
+            docs.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"line {n} of the JSON lines is not valid JSON: {e.msg} at column {e.colno}") from None
+    return docs
+
+
 def _records(raw: bytes) -> list[tuple[str | None, list[dict]]]:
     """The body's conversations, every one checked before any is scored (one bad record rejects all)."""
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"the body is not UTF-8 JSON: {e}") from None
+    doc = _document(raw)
     single = isinstance(doc, dict) or (isinstance(doc, list) and doc and isinstance(doc[0], dict) and "role" in doc[0])
     records = [doc] if single else doc if isinstance(doc, list) else None
     if not records:
@@ -59,7 +88,7 @@ async def audit(request: Request, ctx: Ctx, policy: Literal["observe", "flag", "
     checked first: one bad record rejects the request and nothing is scored."""
     raw = await request.body()
     if len(raw) > MAX_AUDIT_BYTES:
-        return error(413, f"audit body is {len(raw)} bytes; the limit is {MAX_AUDIT_BYTES}", "TooLarge")
+        raise TooLargeError(f"audit body is {len(raw)} bytes; the limit is {MAX_AUDIT_BYTES}")
     parsed = _records(raw)
     for _rid, msgs in parsed:  # template problems surface before anything is stored
         ctx.engine.backend.validate_transcript(msgs)

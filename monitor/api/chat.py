@@ -18,10 +18,11 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.api.context import ApiContext, Ctx, error
+from monitor.api.context import ApiContext, Ctx
 from monitor.engine import ChatRequest, ChatResult
-from monitor.errors import AxiswatchError, InputError
+from monitor.errors import AxiswatchError, InputError, NotFoundError, ServerError
 from probes.generation import GenerationOptions
+from probes.models import content_text
 
 MAX_NEW_TOKENS = 1024
 
@@ -30,7 +31,8 @@ router = APIRouter()
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    # a string, or OpenAI content parts: text parts are joined (probes.models.content_text), others refused
+    content: str | list[dict[str, Any]]
 
 
 class CompletionBody(BaseModel):
@@ -58,10 +60,11 @@ def _request(ctx: ApiContext, body: CompletionBody, header_sid: str | None) -> C
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None and asked > ctx.max_new_tokens:
         raise InputError(f"max_tokens is {asked}; this server allows at most {ctx.max_new_tokens}")
+    messages = [{"role": m.role, "content": content_text(m.content, f"messages.{i}")} for i, m in enumerate(body.messages)]
     session = ctx.engine.session(sid, body.policy)
     opts = GenerationOptions(max_new_tokens=asked or min(256, ctx.max_new_tokens),
                              temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, seed=body.seed)
-    return ChatRequest(session.id, [m.model_dump() for m in body.messages], opts, body.policy)
+    return ChatRequest(session.id, messages, opts, body.policy)
 
 
 def _usage(ctx: ApiContext, req: ChatRequest, res: ChatResult) -> dict:
@@ -113,9 +116,8 @@ async def _stream(ctx: ApiContext, req: ChatRequest, cid: str, created: int):
     try:
         res = fut.result()
     except Exception as e:  # noqa: BLE001 - the client gets an error event, then the end of the stream
-        kind = type(e).__name__ if isinstance(e, AxiswatchError) else "server_error"
-        msg = str(e) if isinstance(e, AxiswatchError) else "generation failed; see the server log"
-        yield "data: " + json.dumps({"error": {"message": msg, "type": kind}}) + "\n\n"
+        err = e if isinstance(e, AxiswatchError) else ServerError("generation failed; see the server log")
+        yield "data: " + json.dumps({"error": {"message": str(err), "type": type(err).__name__}}) + "\n\n"
         yield "data: [DONE]\n\n"
         return
     ctx.metrics.observe(res, True)
@@ -138,5 +140,6 @@ async def list_models(ctx: Ctx) -> Any:
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, ctx: Ctx) -> Any:
-    return _served(ctx) if model == ctx.model_id else error(404, f"no model {model!r}; this replica serves "
-                                                                 f"{ctx.model_id!r}", "NotFound")
+    if model != ctx.model_id:
+        raise NotFoundError(f"no model {model!r}; this replica serves {ctx.model_id!r}")
+    return _served(ctx)

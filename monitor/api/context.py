@@ -44,5 +44,8 @@ def context(request: Request) -> ApiContext:
 Ctx = Annotated[ApiContext, Depends(context)]  # a route's parameter: the app's context
 
 
-def error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+def error(e: AxiswatchError, status: int | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON answer to an error: ``{"error": {"message", "type"}}``, ``type`` the name of its class in
+    :mod:`monitor.errors`, the status its ``http_status`` unless given."""
+    return JSONResponse({"error": {"message": str(e), "type": type(e).__name__}},
+                        status_code=status or e.http_status, headers=headers)

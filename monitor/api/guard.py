@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi.responses import JSONResponse
-
 from monitor.api.context import error
 from monitor.auth import OPEN_PATHS, allowed, bearer
+from monitor.errors import AuthenticationError, TooLargeError
 
 
 class Guard:
@@ -22,12 +21,12 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if self.keys and scope["path"] not in OPEN_PATHS and not allowed(bearer(headers.get("authorization")),
                                                                           self.keys):
-            reply = JSONResponse({"error": {"message": "missing or invalid API key: send 'Authorization: Bearer "
-                                                       "<key>' with one of AXISWATCH_API_KEYS",
-                                            "type": "authentication_error"}},
-                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            reply = error(AuthenticationError(
+                "missing or invalid API key: send 'Authorization: Bearer <key>' with a key this server accepts "
+                "(axiswatch's own clients send AXISWATCH_API_KEY; the OpenAI client sends its api_key)"),
+                headers={"WWW-Authenticate": "Bearer"})
             return await reply(scope, receive, send)
-        too_large = error(413, f"request body over the limit of {self.limit} bytes", "TooLarge")
+        too_large = error(TooLargeError(f"request body over the limit of {self.limit} bytes"))
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit() or int(length) > self.limit:

@@ -8,7 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from monitor.api.context import Ctx, error
+from monitor.api.context import Ctx
+from monitor.errors import NotFoundError
 
 router = APIRouter()
 
@@ -30,5 +31,5 @@ async def verify_session(session_id: str, ctx: Ctx) -> Any:
 async def get_session(session_id: str, ctx: Ctx) -> Any:
     s = await asyncio.to_thread(ctx.need_store().get_session, session_id)
     if s is None:
-        return error(404, f"no session {session_id!r}", "NotFound")
+        raise NotFoundError(f"no session {session_id!r}")
     return s

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from monitor.cli.base import cli, handle_errors, load_axis_for, load_model_for, model_options, settings_from
+from monitor.cli.base import (
+    cli,
+    handle_errors,
+    load_axis_for,
+    load_model_for,
+    max_tokens_option,
+    model_options,
+    settings_from,
+)
 from monitor.errors import AxiswatchError
 
 
@@ -108,17 +116,17 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
               help="checkpoint folder (default runs/alerts-<axis fingerprint>); a rerun resumes it")
 @click.option("--fresh", is_flag=True, help="delete the checkpoints first")
 @click.option("--quick", is_flag=True, help="12 conversations x 2 prompts, 32 tokens a reply (a smoke test)")
-@click.option("--max-new-tokens", type=int, default=96, show_default=True)
+@max_tokens_option(96)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.pass_context
 @handle_errors
-def calibrate_alerts_cmd(ctx, model, device, dtype, layers_path, axis, work, fresh, quick, max_new_tokens, batch_size):
+def calibrate_alerts_cmd(ctx, model, device, dtype, layers_path, axis, work, fresh, quick, max_tokens, batch_size):
     """Calibrate the drift alert thresholds on benign multi-turn conversations the model itself answers."""
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
     lm = load_model_for(s)
     art = load_axis_for(s, lm)
     work = work or Path("runs") / f"alerts-{art.fingerprint()[:8]}{'-quick' if quick else ''}"
-    _alerts(lm, art, s, work, fresh, quick, max_new_tokens, batch_size)
+    _alerts(lm, art, s, work, fresh, quick, max_tokens, batch_size)
 
 
 def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: int = 96, batch_size: int = 32) -> None:
@@ -144,11 +152,11 @@ def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: in
 @click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
 @click.option("--coeffs", default="-0.2,-0.1,-0.05,0,0.05,0.1,0.2", show_default=True,
               help="steering coefficients in units of the monitor layer's mean residual norm")
-@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@max_tokens_option(48)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="report file (default: <axis>/steering_report.json)")
 @click.pass_context
 @handle_errors
-def evaluate_steering_cmd(ctx, model, device, dtype, layers_path, axis, coeffs, max_new_tokens, out):
+def evaluate_steering_cmd(ctx, model, device, dtype, layers_path, axis, coeffs, max_tokens, out):
     """Rate of non-assistant identity claims in answers to identity questions, per steering coefficient."""
     from calibrate.roles import load_json
     from calibrate.steering import evaluate_steering
@@ -160,7 +168,7 @@ def evaluate_steering_cmd(ctx, model, device, dtype, layers_path, axis, coeffs, 
         raise AxiswatchError(f"--coeffs must be comma-separated numbers, not {coeffs!r}") from None
     lm = load_model_for(s)
     art = load_axis_for(s, lm)
-    report = evaluate_steering(lm, art, load_json("questions.json")["identity"], cs, max_new_tokens=max_new_tokens)
+    report = evaluate_steering(lm, art, load_json("questions.json")["identity"], cs, max_new_tokens=max_tokens)
     path = out or art.path / "steering_report.json"
     path.write_text(json.dumps(report, indent=1))
     for r in report["rows"]:

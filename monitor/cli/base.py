@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from monitor.errors import ArtifactError, AxiswatchError
+from monitor.errors import ArtifactError, AxiswatchError, InputError
 from monitor.settings import Settings
 
 
@@ -43,6 +43,33 @@ def model_options(fn):
     ]):
         fn = opt(fn)
     return fn
+
+
+class OldSpelling(click.Option):
+    """An option that still takes its old spelling (its second name) but shows only its first in ``--help``."""
+
+    def get_help_record(self, ctx):
+        names, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = names
+
+
+def max_tokens_option(default: int, what: str = "tokens to generate per reply"):
+    """``--max-tokens``: one name on every command that generates (``--max-new-tokens`` still works)."""
+    return click.option("--max-tokens", "--max-new-tokens", "max_tokens", cls=OldSpelling, type=click.IntRange(min=1),
+                        default=default, show_default=True, help=what)
+
+
+def check_max_tokens(n: int, s: Settings, remote: bool = False) -> None:
+    """Refuse a reply length the server would refuse, before a model loads: at least 1, and in-process at
+    most ``AXISWATCH_MAX_NEW_TOKENS`` (a remote server applies its own limit and says so)."""
+    if n < 1:
+        raise InputError(f"--max-tokens must be at least 1, not {n}")
+    if not remote and n > s.max_new_tokens:
+        raise InputError(f"--max-tokens {n} is over this deployment's limit of {s.max_new_tokens} tokens a reply "
+                         "(AXISWATCH_MAX_NEW_TOKENS)")
 
 
 def settings_from(ctx, **kw) -> Settings:

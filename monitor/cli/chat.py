@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
-from monitor.cli.base import cli, handle_errors, model_options, settings_from
+from monitor.cli.base import check_max_tokens, cli, handle_errors, max_tokens_option, model_options, settings_from
 
 COLOURS = {"ok": "green", "watch": "yellow", "warning": "magenta", "critical": "red"}
 
@@ -62,8 +61,9 @@ class _Reply:
         self.capped_from: int | None = None  # the first capped token, when capping switched on in this reply
         self._was_capped: bool | None = None
 
-    def on_token(self, tok: dict) -> None:
-        piece, idx = tok["token"], tok.get("token_index", len(self.pieces))
+    def on_token(self, piece: str, tok: dict) -> None:
+        """One token's text and its axiswatch payload (``{}`` from a server that sends none)."""
+        idx = tok.get("token_index", len(self.pieces))
         self.pieces.append(piece)
         self.alerts += [{"level": level, "token_index": idx} for level in tok.get("alerts") or ()]
         capped = bool(tok.get("capped"))  # the session's flag once this token is scored
@@ -72,8 +72,12 @@ class _Reply:
             self.capped_from = idx + 1  # this token's alert switched capping on: it acts from the next token
         self._was_capped = capped
         # the opening reply has no drift yet: drawn neutral, as in the dashboard
-        fg = COLOURS.get(tok["state"]) if tok.get("drift", 0) is not None else None
+        fg = COLOURS.get(tok.get("state", "")) if tok.get("drift", 0) is not None else None
         click.echo(click.style(piece, fg=fg) if self.colour and fg else piece, nl=False)
+
+    def on_payload(self, tok: dict) -> None:
+        """A token from the engine in this process (its payload holds its text)."""
+        self.on_token(tok["token"], tok)
 
     def event_lines(self, final: dict) -> list[str]:
         alerts, interventions = final.get("alerts"), final.get("interventions")
@@ -82,32 +86,18 @@ class _Reply:
         return event_lines(self.alerts if alerts is None else alerts, interventions)
 
 
-def _stream_http(url: str, body: dict, on_token):
-    import httpx
-
-    final: dict = {}
-    from monitor.auth import auth_headers
-
-    with httpx.stream("POST", url.rstrip("/") + "/chat/completions", json={**body, "stream": True}, timeout=600,
-                      headers=auth_headers()) as r:
-        if r.status_code >= 400:
-            r.read()
-            from monitor.errors import InputError
-
-            raise InputError(f"server answered {r.status_code}: {r.text[:300]}")
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                from monitor.errors import InputError
-
-                raise InputError(chunk["error"]["message"])
-            aw = chunk.get("axiswatch", {})
-            if chunk["choices"][0]["delta"].get("content"):
-                on_token(aw)
-            if chunk["choices"][0].get("finish_reason"):
-                final = aw
+def _stream_http(server, body: dict, reply: _Reply) -> dict | None:
+    """One streamed reply from a running server: each token to ``reply``; the final chunk's axiswatch
+    object, or None when the server sent none (a plain OpenAI-compatible server)."""
+    final: dict | None = None
+    for chunk in server.stream("/chat/completions", body):
+        aw = chunk.get("axiswatch")
+        choice = (chunk.get("choices") or [{}])[0]
+        piece = (choice.get("delta") or {}).get("content")
+        if piece:
+            reply.on_token(piece, aw or {})
+        if choice.get("finish_reason"):
+            final = aw
     return final
 
 
@@ -116,7 +106,7 @@ def _stream_http(url: str, body: dict, on_token):
 @click.option("--url", default=None, help="a running 'axiswatch serve', e.g. http://127.0.0.1:8000/v1 (default: in-process)")
 @click.option("--session", "session_id", default=None, help="continue this session id")
 @click.option("--system", default=None, help="a system prompt")
-@click.option("--max-tokens", type=int, default=128, show_default=True)
+@max_tokens_option(128)
 @click.option("--policy", type=click.Choice(["observe", "flag", "cap"]), default=None)
 @click.pass_context
 @handle_errors
@@ -125,14 +115,20 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
     from monitor.records import new_id
 
     colour = sys.stdout.isatty()
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, policy=policy)
+    check_max_tokens(max_tokens, s, remote=url is not None)  # before a model loads or a line is read
     sid = session_id or new_id("chat")
     messages = [{"role": "system", "content": system}] if system else []
-    rt = None
+    rt = server = None
+    noted = False  # said once that the server sends no axiswatch data
     if url is None:
         from monitor import service
 
-        rt = service.start(settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
-                                     policy=policy))
+        rt = service.start(s)
+    else:
+        from monitor.client import Server
+
+        server = Server(url)
     click.echo(f"session {sid}; an empty line or Ctrl-D ends the chat")
     click.echo(legend(colour))
     try:
@@ -148,15 +144,22 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
             click.echo("assistant> ", nl=False)
 
             reply = _Reply(colour)
-            body = {"messages": messages, "max_tokens": max_tokens, "session_id": sid, "policy": policy}
-            if rt is None:
-                final = _stream_http(url, body, reply.on_token)
+            if server is not None:
+                from monitor.client import chat_body, no_axiswatch_note
+
+                got = _stream_http(server, chat_body(messages, max_tokens, sid, policy), reply)
+                if got is None and not noted:
+                    click.echo()
+                    click.echo(no_axiswatch_note([sid]), err=True)
+                    noted = True
+                final = got or {}
             else:
+                assert rt is not None and rt.engine is not None
                 from monitor.engine import ChatRequest
                 from probes.generation import GenerationOptions
 
                 res = rt.engine.submit(ChatRequest(sid, list(messages), GenerationOptions(max_new_tokens=max_tokens),
-                                                    policy, on_token=reply.on_token)).result()
+                                                    policy, on_token=reply.on_payload)).result()
                 final = {"state": res.state, "running": res.running, "mean": res.mean, "capped": res.capped,
                          "alerts": [a.to_dict() for a in res.alerts],
                          "interventions": [i.to_dict() for i in res.interventions]}
@@ -168,3 +171,5 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
     finally:
         if rt is not None:
             rt.close()
+        if server is not None:
+            server.close()

@@ -9,11 +9,13 @@ from pathlib import Path
 import click
 
 from monitor.cli.base import (
+    check_max_tokens,
     cli,
     handle_errors,
     load_axis_for,
     load_capping_for,
     load_model_for,
+    max_tokens_option,
     model_options,
     settings_from,
 )
@@ -36,6 +38,8 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
     'conversation' transcripts. Bad records are reported on stderr (file and
     record) and skipped; the exit status is then 1.
     """
+    from monitor.drift import DriftTracker
+    from monitor.verdict import verdict
     from probes.audit import read_transcripts, score_conversation
 
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path, axis=str(axis) if axis else None)
@@ -63,10 +67,8 @@ def audit(ctx, model, device, dtype, layers_path, files, axis, layer, as_json):
                 continue
             # unnamed records are named by the number their errors would use: JSONL line, or JSON list index
             place = where[len(str(f)):].split()
-            out = {"id": rid if rid is not None else ":".join([Path(f).name, *place[-1:]]), "model": lm.model_id,
-                   "layer": layer, "turns": [t.as_dict() for t in turns]}
-            if drift is not None:
-                out.update(track(out["turns"], *drift))
+            out = verdict(rid if rid is not None else ":".join([Path(f).name, *place[-1:]]), lm.model_id, layer,
+                          [t.as_dict() for t in turns], None if drift is None else DriftTracker(*drift, policy="flag"))
             if as_json:
                 click.echo(json.dumps(out))
             else:
@@ -84,23 +86,6 @@ def _audit_drift(s, art, layer: int):
         return s.drift_setup(art.calibration), None
     except AxiswatchError as e:
         return None, str(e)
-
-
-def track(turns: list[dict], thresholds, config) -> dict:
-    """Replay the scored assistant turns through a drift tracker as a live session under policy ``flag``
-    would (nothing is stored): each turn gets the ``state`` at its end; the conversation its final
-    ``state``, ``running`` and ``drift`` and the ``alerts`` raised, as ``POST /v1/audit`` answers."""
-    from monitor.drift import DriftTracker
-    from monitor.replay import replay
-
-    tr = DriftTracker(thresholds, config, policy="flag")
-    alerts = []
-    for t, r in zip(turns, replay(tr, [(t["index"], t["scores"]) for t in turns])):
-        alerts += [{"turn": t["index"], "token_index": ev.token_index, "level": ev.level, "score": ev.running,
-                    "threshold": ev.threshold, "excerpt": "".join(t["tokens"][:ev.token_index + 1])[-200:]}
-                   for ev in r.events if ev.kind == "alert"]
-        t["state"] = r.summary.state
-    return {"state": tr.state, "running": tr.running, "drift": tr.drift, "alerts": alerts}
 
 
 def _bar(score: float, lo: float, hi: float, width: int = 30) -> str:
@@ -164,7 +149,7 @@ def _read_generate_records(path: Path) -> list[dict]:
 @model_options
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help="JSONL: {id, system?, user} or {id, messages}")
 @click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@max_tokens_option(64)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
 @click.option("--cap", is_flag=True, help="apply the capping config (the axis folder's, or --capping)")
 @click.option("--capping", type=click.Path(exists=True, path_type=Path), default=None, help="capping config folder")
@@ -173,7 +158,7 @@ def _read_generate_records(path: Path) -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per record on stdout")
 @click.pass_context
 @handle_errors
-def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_tokens, temperature, cap, capping, steer,
+def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_tokens, temperature, cap, capping, steer,
              batch_size, as_json):
     """Generate with monitoring: per-token scores from the generation's own forward pass."""
     from probes.generation import CapPlan, GenerationOptions, SteerPlan
@@ -184,8 +169,7 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_t
     s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path,
                   axis=str(axis) if axis else None, batch_size=batch_size)
     records = _read_generate_records(input_path)
-    if max_new_tokens < 1:
-        raise AxiswatchError("--max-new-tokens must be at least 1")
+    check_max_tokens(max_tokens, s)
     lm = load_model_for(s)
     for r in records:
         try:
@@ -203,7 +187,7 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_new_t
             raise AxiswatchError(f"--steer is in units of the mean residual norm, which the axis in {art.path} "
                                  "does not record (imported axes lack calibration statistics)")
         steering = SteerPlan(art.monitor_layer, art.unit(), steer_coefficient(steer, art.mean_norm()))
-    opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature)
+    opts = GenerationOptions(max_new_tokens=max_tokens, temperature=temperature)
     for i in range(0, len(records), s.batch_size):
         chunk = records[i:i + s.batch_size]
         outs = run(lm, [r["messages"] for r in chunk], opts, axis=art.unit(), monitor_layer=art.monitor_layer,
@@ -227,7 +211,7 @@ def torch_tensor(x):
 @cli.command()
 @model_options
 @click.option("--url", default=None, help="drive a running 'axiswatch serve' (e.g. http://127.0.0.1:8000/v1); default: in-process")
-@click.option("--max-tokens", type=int, default=40, show_default=True)
+@max_tokens_option(40)
 @click.option("--transcript", is_flag=True, help="instead, score the bundled drifting transcript by teacher forcing")
 @click.option("--file", "path", type=click.Path(exists=True, path_type=Path), default=None,
               help="with --transcript: score this transcript file instead")
@@ -245,4 +229,6 @@ def demo(ctx, model, device, dtype, layers_path, url, max_tokens, transcript, pa
         return
     from monitor.demo import run_demo
 
-    run_demo(settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path), url, max_tokens, click.echo)
+    s = settings_from(ctx, model=model, device=device, dtype=dtype, layers_path=layers_path)
+    check_max_tokens(max_tokens, s, remote=url is not None)
+    run_demo(s, url, max_tokens, click.echo)

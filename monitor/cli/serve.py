@@ -108,8 +108,11 @@ def _banner(s, rt) -> None:
                f"(backend {rt.engine.backend.name}, layer {rt.engine.layer}, policy {rt.engine.policy}, "
                f"redis {rt.redis_url}, store {rt.store.url}, "
                f"{'API keys required' if s.api_keys else 'no API keys: open to anyone who can reach it'})")
-    click.echo(f"try: curl -s http://{s.host}:{s.port}/v1/chat/completions -H 'content-type: application/json' "
-               "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Who are you?\"}], \"max_tokens\": 32}'")
+    # with API keys on, the example sends one: a client's key is AXISWATCH_API_KEY (one of the server's keys)
+    key = " -H \"authorization: Bearer $AXISWATCH_API_KEY\"" if s.api_keys else ""
+    click.echo(f"try: curl -s {s.api_url()}/v1/chat/completions -H 'content-type: application/json'{key} "
+               "-d '{\"messages\": [{\"role\": \"user\", \"content\": \"Who are you?\"}], \"max_tokens\": 32}'"
+               + ("   (with AXISWATCH_API_KEY set to one of AXISWATCH_API_KEYS)" if s.api_keys else ""))
 
 
 def _exit_now(code: int) -> NoReturn:

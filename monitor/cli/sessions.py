@@ -4,6 +4,7 @@ as a unique prefix of one (``sessions list`` prints them whole)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,13 +71,13 @@ def _get(ctx, database_url, session_id):
 @click.pass_context
 @handle_errors
 def sessions_show(ctx, session_id, database_url, as_json):
-    """One session: the conversation as the model saw it (system prompt included, edits shown), its
-    turns' states, alerts with their lifecycle, and interventions."""
+    """One session: the conversation as the model saw it, every message in full and wrapped to the terminal
+    (system prompt included, edits shown), its turns' states, alerts with their lifecycle, and interventions."""
     s = _get(ctx, database_url, session_id)
     if as_json:
         click.echo(json.dumps(s, default=str))
         return
-    for line in show_lines(s):
+    for line in show_lines(s, shutil.get_terminal_size((100, 24)).columns):  # full text, wrapped to the terminal
         click.echo(line)
 
 
