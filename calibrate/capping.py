@@ -40,7 +40,7 @@ from calibrate.roles import load_json
 from calibrate.rollouts import batched_generate
 from probes.artifacts import AxisArtifact, CappingConfig
 from probes.errors import InputError
-from probes.generation import CapPlan, GenerationOptions
+from probes.generation import GenerationOptions, cap_plan
 from probes.models import LoadedModel
 from probes.ops import unit
 
@@ -89,10 +89,6 @@ def capping_for(art: AxisArtifact, layers: tuple[int, ...], pct: int) -> Capping
                          vectors=torch.stack([unit(art.axis[L]) for L in layers]), taus=taus, model_id=art.model_id,
                          provenance={"percentile": pct, "of": "per-response projections of default and role answers",
                                      "axis_fingerprint": art.fingerprint()})
-
-
-def plan_for(cfg: CappingConfig) -> CapPlan:
-    return CapPlan(tuple(cfg.layers), cfg.vectors, torch.tensor(cfg.taus))
 
 
 def persona_jobs(spec: SweepSpec, personas: list[dict] | None = None) -> list[dict]:
@@ -172,7 +168,7 @@ class Sweep:
                 sid = cfg.id if cfg else BASE
                 bar.set_postfix_str(sid)
                 t0 = time.perf_counter()
-                plan = plan_for(cfg) if cfg else None
+                plan = cap_plan(cfg)
                 step = lambda n, t: bar.update(n * t)  # noqa: E731
                 p_out = batched_generate(lm, persona_msgs, GenerationOptions(max_new_tokens=self.spec.persona_tokens),
                                          batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.persona_tokens))  # noqa: B023

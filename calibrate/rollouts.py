@@ -12,6 +12,7 @@ answer the two means differ by one token at each end.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -70,7 +71,9 @@ def response_means(lm: LoadedModel, prompts: list[list[dict]], answers: list[lis
 
     if width:
         position_ids = (attn.cumsum(-1) - 1).clamp_min(0)
+        # only the hooks' states are wanted: one position's logits, not the vocabulary at every position
+        few = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
         with layer_hooks(lm.model, {L: keep(L) for L in range(n_layers)}, lm.layers_path):
             lm.model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=position_ids.to(dev),
-                     use_cache=False)
+                     use_cache=False, **few)
     return means, norms

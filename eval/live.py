@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from monitor.replay import tracked_scores
+
 POLICIES = ("observe", "cap")
 # settings that would change the deployment under test; the eval runs the defaults
 _CLEARED_ENV = ("REDIS_URL", "AXISWATCH_REDIS_URL", "AXISWATCH_POLICY", "AXISWATCH_PORT", "AXISWATCH_HOST",
@@ -233,6 +235,6 @@ def _read_back(client: httpx.Client, server: Server, sessions: list[dict], timeo
             row = by_turn.get(t["turn_index"])
             pre = row.get("pre_cap_scores") if row else None
             flags = row.get("capped") if row else None
-            t["pre_cap_scores"] = pre if pre else list(t["scores"])
+            t["pre_cap_scores"] = tracked_scores(t["scores"], pre)
             t["cap_flags"] = flags if flags else [False] * len(t["scores"])
             t["stored_state"] = row.get("state") if row else None

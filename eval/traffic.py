@@ -25,6 +25,7 @@ import httpx
 from tqdm.auto import tqdm
 
 from eval.live import Server, _post
+from monitor.replay import tracked_scores
 
 DATA = Path(__file__).resolve().parent / "data"
 DRIFTING_DOMAINS = ("therapy", "philosophy")
@@ -81,7 +82,7 @@ def read_back(client: httpx.Client, server: Server, sessions: list[dict], timeou
         for t in s["turns"]:
             row = by_turn.get(t["turn_index"]) or {}
             t["tokens"] = row.get("tokens") or []
-            t["pre_cap_scores"] = row.get("pre_cap_scores") or list(t["scores"])
+            t["pre_cap_scores"] = tracked_scores(t["scores"], row.get("pre_cap_scores"))
             t["cap_flags"] = row.get("capped") or [False] * len(t["scores"])
             t["stored_state"] = row.get("state")
 

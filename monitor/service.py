@@ -219,6 +219,7 @@ def start(settings: Settings, workers: bool = True, model: bool = True,
     :func:`model_backend`; the vLLM plugin passes vLLM's runner) and an engine around it, named
     ``replica`` plus a unique suffix in Redis; without it a data-only runtime (``worker``, the dashboard)."""
     stack = ExitStack()
+    rt: Runtime | None = None
     try:
         url, streams, store = open_data(settings, stack)
         rt = Runtime(settings, url, streams, store, _stack=stack)
@@ -244,5 +245,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True,
                 log.info("alert webhooks to %s", hook.target)
         return rt
     except BaseException:
-        stack.close()
+        if rt is not None:  # the outbox flushed, the workers stopped, the store closed, then the stack
+            rt.close()
+        else:
+            stack.close()
         raise

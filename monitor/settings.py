@@ -178,10 +178,16 @@ class Settings:
     def axis_dir(self) -> Path:
         return Path(self.axis) if self.axis else shipped_dir()
 
-    def capping_dir(self) -> Path | None:
-        """The folder of the capping config in use: ``AXISWATCH_CAPPING``, else the axis folder; None when
-        it holds no ``capping.json`` (then there is no capping, and policy ``cap`` is refused)."""
+    def capping_folder(self) -> Path:
+        """Where the capping config in use is looked for: ``AXISWATCH_CAPPING``, else the axis folder (either
+        may name a file in that folder, ``capping.json`` or ``axis.json``)."""
         folder = Path(self.capping) if self.capping else self.axis_dir()
+        return folder.parent if folder.is_file() else folder
+
+    def capping_dir(self) -> Path | None:
+        """The folder of the capping config in use (:meth:`capping_folder`); None when it holds no
+        ``capping.json`` (then there is no capping, and policy ``cap`` is refused)."""
+        folder = self.capping_folder()
         return folder if (folder / "capping.json").is_file() else None
 
     def api_url(self) -> str:

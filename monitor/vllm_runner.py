@@ -85,24 +85,22 @@ class RunnerMonitor:
         model = str(vc.model_config.model)
         in_cache = Path(model).resolve().is_relative_to(cache_dir(settings.cache_dir).resolve())
         model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
-        self.monitor: VLLMMonitor  # made by watch(), which service.start calls once the axis is loaded
-
-        def watch(s: Settings) -> tuple[Backend, service.Monitoring]:
-            """The plugin's backend for :func:`service.start`: vLLM generates; this runner's hooks score."""
-            mon = service.load_monitoring(s, int(hf.hidden_size), int(hf.num_hidden_layers))
-            if mon.capping is not None and vc.cache_config.enable_prefix_caching:  # a request may ask for cap
-                raise InputError(f"a capping config is loaded ({mon.cap_dir}) and vLLM's prefix caching is on: a "
-                                 "capped session could reuse an uncapped one's KV cache (start vLLM with "
-                                 "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
-            self.monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(mon.capping),
-                                       lambda: runner_rows(runner, by_request_id=True))
-            # only the model's identity: the engine's turns are opened, fed and finished from outside
-            return cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, mon.capping)), mon
+        # the axis, the capping config and vLLM's configuration checked before anything starts
+        mon = service.load_monitoring(settings, int(hf.hidden_size), int(hf.num_hidden_layers))
+        if mon.capping is not None and vc.cache_config.enable_prefix_caching:  # a request may ask for cap
+            raise InputError(f"a capping config is loaded ({mon.cap_dir}) and vLLM's prefix caching is on: a "
+                             "capped session could reuse an uncapped one's KV cache (start vLLM with "
+                             "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
+        self.monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(mon.capping),
+                                   lambda: runner_rows(runner, by_request_id=True))
+        # the plugin's backend for service.start: only the model's identity (vLLM generates, this runner's
+        # hooks score; the engine's turns are opened, fed and finished from outside)
+        watcher = cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, mon.capping))
 
         self.tok = AutoTokenizer.from_pretrained(vc.model_config.tokenizer)
         self.max_model_len = int(vc.model_config.max_model_len)
         self.rt: service.Runtime | None
-        self.rt = rt = service.start(settings, workers=workers, backend=watch, replica="vllm")
+        self.rt = rt = service.start(settings, workers=workers, backend=lambda _s: (watcher, mon), replica="vllm")
         assert rt.engine is not None
         self.engine = rt.engine
         try:

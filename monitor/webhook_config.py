@@ -1,5 +1,6 @@
 """Where and how alert webhooks are delivered: :class:`WebhookConfig`, read from ``AXISWATCH_WEBHOOK_*``
-with the settings, and its Standard Webhooks signer. No HTTP client here: the alert worker
+with the settings, and its Standard Webhooks signer. The URL is checked with httpx's own parser (what
+delivers it), so a URL the worker could never send to is refused at start; the alert worker
 (:mod:`monitor.workers.webhooks`, :mod:`monitor.workers.alerts`) delivers."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+import httpx
 from standardwebhooks import Webhook
 
 from monitor.errors import InputError
@@ -32,11 +34,11 @@ class WebhookConfig:
 
     def __post_init__(self) -> None:
         try:
-            u = urlsplit(self.url)
-            u.port  # noqa: B018 - raises on a port that is not a number
-        except (ValueError, TypeError, AttributeError):
+            u = httpx.URL(self.url)
+            host = u.host
+        except Exception:  # noqa: BLE001 - InvalidURL, or idna's error for a host it cannot encode
             raise InputError("AXISWATCH_WEBHOOK_URL is not a valid URL") from None
-        if u.scheme not in ("http", "https") or not u.hostname:
+        if u.scheme not in ("http", "https") or not host:
             raise InputError(f"AXISWATCH_WEBHOOK_URL must be an http:// or https:// URL (scheme {u.scheme!r})")
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise InputError(f"webhook max_attempts must be a positive integer, not {self.max_attempts!r}")
@@ -66,8 +68,8 @@ class WebhookConfig:
     @property
     def target(self) -> str:
         """The receiver without path, query or credentials (paths often carry tokens): safe to log."""
-        u = urlsplit(self.url)
-        host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
+        u = httpx.URL(self.url)
+        host = f"[{u.host}]" if ":" in u.host else u.host
         return f"{u.scheme}://{host}" + (f":{u.port}" if u.port else "")
 
     def __repr__(self) -> str:

@@ -96,6 +96,9 @@ def test_the_capping_folder_is_the_override_else_the_axis_folder(tmp_path):
     (tmp_path / "capping.json").write_text("{}")
     assert Settings(capping=str(tmp_path)).capping_dir() == tmp_path
     assert Settings(axis=str(tmp_path / "elsewhere")).capping_dir() is None
+    # a file in the folder names the folder, as the artifact loaders take it
+    assert Settings(capping=str(tmp_path / "capping.json")).capping_dir() == tmp_path
+    assert Settings(axis=str(shipped_dir() / "axis.json")).capping_dir() == shipped_dir()
 
 
 def test_the_backend_list_is_the_one_serve_offers():

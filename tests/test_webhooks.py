@@ -493,3 +493,16 @@ def test_a_full_redis_still_delivers_alerts(streams, store, receiver):
     finally:
         streams.r.config_set("maxmemory", 0)
     assert [r["status"] for r in receiver.requests] == [200]
+
+
+@pytest.mark.parametrize("url", ["http://256.256.256.256/hook", "http://a\tb.example/", "http://hooks\n.example/",
+                                 "http://xn--zz/", "https:///no-host"])
+def test_a_url_the_worker_could_never_deliver_to_is_refused_at_start(url):
+    """Checked with httpx's own parser, the one that delivers: no alert is retried forever against it."""
+    with pytest.raises(InputError, match="AXISWATCH_WEBHOOK_URL"):
+        WebhookConfig(url, SECRET)
+
+
+def test_the_logged_target_names_the_host_only_ipv6_in_brackets():
+    assert WebhookConfig("http://[::1]:8080/t/secret-path", SECRET).target == "http://[::1]:8080"
+    assert WebhookConfig("https://user:pw@hooks.example.com/t?k=1", SECRET).target == "https://hooks.example.com"

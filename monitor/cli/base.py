@@ -118,10 +118,9 @@ def load_axis_for(s: Settings, lm=None):
 def load_capping_for(s: Settings, art, lm, path: Path | None = None):
     from probes.artifacts import load_capping
 
-    folder = path or s.capping_dir()
-    if folder is None or (not (Path(folder) / "capping.json").exists() and not Path(folder).is_file()):
-        raise ArtifactError(f"no capping config in {folder or 'AXISWATCH_CAPPING or the axis folder'}: run "
-                            "'axiswatch calibrate-capping' or pass --capping")
+    folder = Path(path) if path else s.capping_folder()
+    if not (folder / "capping.json").exists() and not folder.is_file():
+        raise ArtifactError(f"no capping config in {folder}: run 'axiswatch calibrate-capping' or pass --capping")
     cfg = load_capping(folder)
     cfg.check(lm.hidden_size, lm.n_layers)
     made_for = cfg.provenance.get("axis_fingerprint")

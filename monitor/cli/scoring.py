@@ -161,7 +161,7 @@ def _read_generate_records(path: Path) -> list[dict]:
 def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_tokens, temperature, cap, capping, steer,
              batch_size, as_json):
     """Generate with monitoring: per-token scores from the generation's own forward pass."""
-    from probes.generation import CapPlan, GenerationOptions, SteerPlan
+    from probes.generation import GenerationOptions, SteerPlan, cap_plan
     from probes.generation import generate as run
     from probes.models import normalise_messages
     from probes.ops import steer_coefficient
@@ -180,7 +180,7 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_token
     plan = None
     if cap or capping:
         cfg = load_capping_for(s, art, lm, capping)
-        plan = CapPlan(tuple(cfg.layers), cfg.vectors, torch_tensor(cfg.taus))
+        plan = cap_plan(cfg)
     steering = None
     if steer is not None:
         if art.mean_norm() is None:
@@ -200,12 +200,6 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_token
             else:
                 mean = sum(o.scores) / len(o.scores) if o.scores else float("nan")
                 click.echo(f"[{r['id']}] mean {mean:+.2f}{' capped' if o.capped else ''}: {o.text}")
-
-
-def torch_tensor(x):
-    import torch
-
-    return torch.tensor(x, dtype=torch.float32)
 
 
 @cli.command()

@@ -99,10 +99,11 @@ def sessions_export(ctx, session_id, fmt, output, database_url):
         text = session_json(s)
     else:
         try:
-            states = token_states(s["turns"], *settings_from(ctx).axis_drift())
+            drift = settings_from(ctx).axis_drift()
         except InputError as e:  # no thresholds to replay against: the states stay empty
             click.echo(f"note: no running score or state columns ({e})", err=True)
-            states = None
+            drift = None
+        states = token_states(s["turns"], *drift) if drift is not None else None
         text = session_csv(s, states)
     if output:
         output.write_text(text)
