@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import zlib
+from collections.abc import Iterable
+from functools import lru_cache
 
 import pandas as pd
 import streamlit as st
@@ -20,12 +23,78 @@ DELIVERY_BADGE = {"delivered": "✅ delivered", "pending": "⏳ pending", "retry
 
 TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 # column widths (px) of the session's tables: each sums to under 780, the data width of a 1280 px window
-# (the token table's under 760: its expander's padding takes the rest)
+# (the token table's under 760: its expander's padding takes the rest); a text column is as wide as its
+# longest usual value plus CELL_PAD_PX ("👤 acknowledged": 106 px), so that it never has to wrap
 TOKEN_WIDTHS = {"i": 50, "turn": 50, "t": 45, "token": 105, "score": 75, "pre_cap": 75, "capped": 60,
                 "running": 75, "drift": 70, "reference": 75, "state": 75}
-ALERT_WIDTHS = {"level": 100, "turn": 50, "token": 55, "running": 100, "threshold": 80, "delivery": 130,
-                "status": 105, "time": 150}
+ALERT_WIDTHS = {"level": 85, "turn": 45, "token": 50, "running": 90, "threshold": 70, "delivery": 120,
+                "status": 125, "time": 150}
 LIFECYCLE = {"open": "🔔 open", "acknowledged": "👤 acknowledged", "resolved": "✔️ resolved"}
+
+# What a table's cell shows. The data grid paints a cell's text on one line and cuts it off at the column's
+# edge, unless the table's rows are higher than 64 px: then every text cell wraps its text within the
+# column's width less 8 px either side, as many lines as the row holds. table() measures each text as the
+# grid will (Streamlit's font, 14 px Source Sans, as Chromium measures it: a string's width is within a px
+# of its characters' sum) and, where one would be cut off, makes the rows high enough for the longest.
+_ASCII_PX = [w / 100 for w in (  # chr(32) to chr(126), in hundredths of a px
+    280, 405, 597, 696, 696, 1154, 853, 349, 425, 425, 586, 696, 349, 436, 349, 490, 696, 696, 696, 696, 696,
+    696, 696, 696, 696, 696, 349, 349, 696, 696, 696, 595, 1186, 761, 824, 800, 861, 738, 692, 864, 913, 369,
+    671, 811, 681, 1018, 906, 930, 793, 930, 797, 748, 751, 903, 721, 1101, 719, 667, 755, 425, 490, 425, 696,
+    700, 759, 706, 775, 639, 777, 695, 409, 706, 762, 345, 346, 693, 357, 1161, 766, 759, 777, 777, 486, 587,
+    474, 762, 654, 1007, 625, 654, 595, 425, 338, 425, 696)]
+CELL_PAD_PX = 16  # the grid wraps text within a column's width less 8 px either side
+WRAP_ROW_PX = 65  # Streamlit lets cells wrap only in rows over 4rem (64 px): 3 lines of text
+TEXT_PX, LINE_PX = 13, 18.2  # a line's ink (14 px Source Sans) and the grid's line pitch (1.4 lines)
+HEADER_PX, MAX_TABLE_PX = 37, 1600  # a table's header row and borders; the highest a table of high rows gets
+
+
+def char_px(ch: str) -> float:
+    o = ord(ch)
+    if 32 <= o < 127:
+        return _ASCII_PX[o - 32]
+    if o in (0x200D, 0xFE0F) or 0x300 <= o < 0x370:  # joiners, emoji selectors, combining accents
+        return 0.0
+    return 17.5 if o >= 0x2000 else 12.0  # emoji (17.5 px) and the rest, wide enough for any letter
+
+
+@lru_cache(maxsize=4096)
+def text_lines(text: str, width: float) -> int:
+    """The lines the grid wraps ``text`` onto within ``width`` px: as many characters as fit, back to the
+    last space among them if there is one, the rest on the next line (a newline always breaks)."""
+    n = 0
+    for t in text.split("\n"):
+        px = [char_px(c) for c in t]
+        while sum(px) > width and len(t) > 1:
+            cut, run = 0, 0.0
+            while cut < len(t) and run + px[cut] <= width:
+                run += px[cut]
+                cut += 1
+            cut = max(cut, 1)
+            if cut < len(t) and t[cut] != " " and t.rfind(" ", 0, cut) > 0:
+                cut = t.rfind(" ", 0, cut)
+            t, px, n = t[cut:], px[cut:], n + 1
+        n += 1
+    return n
+
+
+def row_px(lines: int) -> int | None:
+    """The row height that shows ``lines`` wrapped lines whole (None: the default one-line row)."""
+    return None if lines <= 1 else max(WRAP_ROW_PX, math.ceil(TEXT_PX + LINE_PX * (lines - 1) + 10))
+
+
+def wrapped_row_px(df: pd.DataFrame, widths: dict[str, int], columns) -> int | None:
+    """The row height at which every text of ``columns`` (the widths' text columns) is shown whole: None
+    where each fits its column on one line. A text that must wrap is measured 2 px narrower than its
+    column (a margin on the measure), so the rows hold at least as many lines as the grid draws."""
+    lines = 1
+    for name in columns:
+        if name in df.columns and name in widths:
+            room = widths[name] - CELL_PAD_PX
+            for v in df[name]:
+                # (on one line the grid draws no more than a character per 4 px, and only the first line)
+                if isinstance(v, str) and (sum(map(char_px, v)) > room or len(v) > widths[name] / 4 or "\n" in v):
+                    lines = max(lines, 2, text_lines(v, room - 2))
+    return row_px(lines)
 
 
 def rows_key(name: str, ids: list[str]) -> str:
@@ -46,14 +115,24 @@ def metrics(items: list[tuple[str, str | int, str | None]]) -> None:
             st.metric(label, value, help=tip, width="content")
 
 
-def table(df: pd.DataFrame, key: str, widths: dict[str, int] | None = None, **kw):
+def table(df: pd.DataFrame, key: str, widths: dict[str, int] | None = None, whole: Iterable[str] | None = None,
+          **kw):
     """A dataframe as wide as the page, never wider: ``widths`` (pixels) for the columns shown, their sum
     within the narrowest page we lay out for (a 1280 px window with the sidebar open); missing values
-    drawn as an em dash, not "None"."""
+    drawn as an em dash, not "None". The texts of ``whole`` (by default every text column with a width)
+    are never cut off: where one is wider than its column, the rows grow so that it wraps onto as many
+    lines as it takes (a session id of 200 characters included), each id readable in full."""
     config = dict(kw.pop("column_config", None) or {})
     for name, w in (widths or {}).items():
         c = config.get(name)
         config[name] = {**(st.column_config.Column(c) if isinstance(c, str) else c or {}), "width": w}
+    if whole is None:  # a link or a number draws its own text: only the text columns wrap
+        whole = [n for n in widths or {} if (config[n].get("type_config") or {}).get("type", "text") == "text"]
+    if kw.get("row_height") is None and (row := wrapped_row_px(df, widths or {}, whole)):
+        # high rows: the table as high as ten of them (the default stops at 400 px, under three), at most
+        # MAX_TABLE_PX; any more rows scroll in it
+        kw["row_height"] = row
+        kw.setdefault("height", min(HEADER_PX + len(df) * row, max(400, min(MAX_TABLE_PX, HEADER_PX + 10 * row))))
     return st.dataframe(df, hide_index=True, width="stretch", placeholder=EMPTY, key=key, column_config=config, **kw)
 
 
@@ -112,7 +191,7 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
         return
     num = st.column_config.NumberColumn(format="%+.3f")
     with st.expander("Token table (exact values)"):
-        table(pd.DataFrame(view.tokens), f"{key}-tokens", TOKEN_WIDTHS,
+        table(pd.DataFrame(view.tokens), f"{key}-tokens", TOKEN_WIDTHS, whole=(),  # a token is not wrapped
               column_config=dict.fromkeys(("score", "pre_cap", "running", "drift", "reference"), num))
     st.markdown("**Alerts**")
     if view.alerts:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import html
 import json
 import os
+import random
 import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import streamlit as st
 from sqlalchemy.engine import make_url
@@ -288,6 +291,53 @@ def test_tables_fit_the_page_and_draw_missing_values_as_a_dash(monkeypatch, dash
         assert df["A mean"].isna().tolist() == [False, False, False, True]  # drawn as EMPTY, not "None"
         assert df["B - A"].isna().tolist() == [False, False, False, True]
         assert any(EMPTY in c.value and "no such assistant turn" in c.value for c in at.caption)
+
+
+# session ids that differ only at their end: a demo's, a live chat's, an audit's (the caller's, up to 200)
+LONG_IDS = ["demo-meta-reflection_3f9a1c0b7e5d2a4c1b09", "demo-meta-reflection_3f9a1c0b7e5d2a4c1b7f",
+            "sess_0a1b2c3d4e5f60718293",
+            *(("audited transcript " + "0123456789abcdef" * 12)[:198] + end for end in ("-1", "-2"))]
+
+
+def test_tables_show_whole_session_ids_and_statuses(monkeypatch, dashboard_db, tmp_path):
+    """at 1280 px the Sessions and Alerts tables cut session ids off (two demo sessions both read
+    "demo-meta-reflection_") and the status ("acknowle"). What each table is given: every id and status
+    whole (no shortened value that two sessions could share), the status column wide enough for
+    "acknowledged" on one line, and rows high enough for the longest id wrapped in its column (the browser
+    test sees each painted whole). On the Sessions page ids that fit keep the one-line rows, a live chat's
+    (``sess_`` and 20 hex digits) among them; the Alerts page's narrower column wraps those onto two."""
+    from dashboard_seed import MODEL
+
+    from dashboard.render import CELL_PAD_PX, LIFECYCLE, char_px, row_px, text_lines, wrapped_row_px
+    from monitor.records import AlertEvent, TurnRecord
+
+    db_url, redis_url, ids = db_copy(dashboard_db, tmp_path)
+    acked = LIFECYCLE["acknowledged"]
+    # the Sessions page: the seeded ids fit on one line (default rows), and so does any live chat's
+    frame = next(d for d in ok(page("overview", monkeypatch, (db_url, redis_url, ids))).dataframe
+                 if "session" in d.value.columns)
+    assert set(ids.values()) <= set(frame.value["session"]) and frame.proto.row_height == 0
+    hexes = random.Random(0)  # new_id's 20 hex digits (fixed ones: a random id fits 3.7 sd from the mean)
+    live = pd.DataFrame({"session": [f"sess_{hexes.getrandbits(80):020x}" for _ in range(200)]})
+    assert wrapped_row_px(live, shown_widths(frame), ["session"]) is None
+    s, now = Store(db_url), time.time()
+    s.write([TurnRecord(sid, 1, "assistant", "I am", 21, ["I", " am"], [1.0, -9.0], state="warning", running=-4.0,
+                        model_id=MODEL, created_at=now - 60 + k) for k, sid in enumerate(LONG_IDS)],
+            [AlertEvent(sid, 1, 1, "warning", -4.0, -3.0, event_id=f"evt-long-{k}", created_at=now - 50 + k)
+             for k, sid in enumerate(LONG_IDS)])
+    s.acknowledge_alert("evt-long-0", by="oncall@example.com")
+    s.close()
+    for name, query in (("overview", {}), ("alerts", {}), ("session", {"id": LONG_IDS[0]})):
+        at = ok(page(name, monkeypatch, (db_url, redis_url, ids), **query))
+        frame = next(d for d in at.dataframe if {"session", "status"} & set(d.value.columns))
+        df, widths = frame.value, shown_widths(frame)
+        if "session" in widths:
+            assert set(LONG_IDS) <= set(df["session"]), name  # each id whole
+            lines = max(text_lines(sid, widths["session"] - CELL_PAD_PX - 2) for sid in LONG_IDS)
+            assert lines > 1 and frame.proto.row_height >= row_px(lines), (name, lines, frame.proto.row_height)
+        if "status" in widths:
+            assert acked in set(df["status"]), name
+            assert sum(map(char_px, acked)) + CELL_PAD_PX <= widths["status"], (name, widths)
 
 
 def test_session_page_unknown_id_warns(monkeypatch, dashboard_db):

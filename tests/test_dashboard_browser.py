@@ -14,8 +14,10 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -39,10 +41,51 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from serving import free_port, wait_http  # noqa: E402
 
 AXISWATCH = str(Path(sys.executable).parent / "axiswatch")
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DRAWN_HOOK = """window.awDrawn = new Set();
 const fill = CanvasRenderingContext2D.prototype.fillText;
 CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
   window.awDrawn.add(String(text)); return fill.call(this, text, ...rest); };"""
+# where the data grids paint each text, and the clip it is painted in: the grid clips every column to its
+# box (and a cell whose wrapped lines overflow it to the cell), so a text wider than its column is painted
+# whole and shown cut off; the canvas calls that set the clip are followed through save/restore
+PAINT_HOOK = """window.awPainted = [];
+(() => {
+  const P = CanvasRenderingContext2D.prototype, state = new WeakMap();
+  let contexts = 0;
+  const of = c => { let s = state.get(c);
+    if (!s) state.set(c, s = {id: ++contexts, clip: null, stack: [], path: null}); return s; };
+  const box = (c, x, y, w, h) => { const m = c.getTransform(), xs = [m.a * x + m.e, m.a * (x + w) + m.e],
+    ys = [m.d * y + m.f, m.d * (y + h) + m.f]; return [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)]; };
+  const meet = (a, b) => [Math.max(a[0], b[0]), Math.max(a[1], b[1]), Math.min(a[2], b[2]), Math.min(a[3], b[3])];
+  const hull = (a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[2], b[2]), Math.max(a[3], b[3])];
+  const hook = (name, f) => { const orig = P[name]; P[name] = function (...a) { f(this, a); return orig.apply(this, a); }; };
+  hook("beginPath", c => { of(c).path = null; });
+  hook("rect", (c, [x, y, w, h]) => { const s = of(c), b = box(c, x, y, w, h); s.path = s.path ? hull(s.path, b) : b; });
+  hook("clip", c => { const s = of(c); if (s.path) s.clip = s.clip ? meet(s.clip, s.path) : s.path; });
+  hook("save", c => { const s = of(c); s.stack.push(s.clip); });
+  hook("restore", c => { const s = of(c); s.clip = s.stack.length ? s.stack.pop() : null; });
+  hook("fillText", (c, [text, x, y]) => {
+    if (c.canvas.isConnected && !c.canvas.closest('[data-testid="stDataFrame"]')) return;  // a chart's
+    const t = String(text), m = c.measureText(t), a = c.textAlign;
+    const x0 = a === "right" || a === "end" ? x - m.width : a === "center" ? x - m.width / 2 : x;
+    const b = box(c, x0, y - m.actualBoundingBoxAscent, m.width, m.actualBoundingBoxAscent + m.actualBoundingBoxDescent);
+    if (window.awPainted.length > 50000) window.awPainted.splice(0, 25000);
+    window.awPainted.push({ctx: of(c).id, text: t, box: b, y: c.getTransform().d * y + c.getTransform().f,
+                           clip: of(c).clip}); });
+})();"""
+# the texts the grids painted, a cell's wrapped lines joined (the grid paints a column's cells one after
+# another, each line of a cell 18.2 px under the one before: 1.4 times 13 px of text; the next cell's first
+# line is further down), each with whether all of it lay inside its clip
+PAINTED_JS = """const out = []; let last = null;
+for (const p of window.awPainted) {
+  const inside = !p.clip || (p.box[0] >= p.clip[0] - 0.5 && p.box[1] >= p.clip[1] - 0.5 && p.box[2] <= p.clip[2] + 0.5
+                             && p.box[3] <= p.clip[3] + 0.5);
+  const next = last && p.ctx === last.ctx && String(p.clip) === String(last.clip) && Math.abs(p.box[0] - last.box[0]) < 0.5
+    && Math.abs(p.y - last.y - 18.2) < 1;
+  if (next) { out[out.length - 1][0] += p.text; out[out.length - 1][1] &&= inside; } else out.push([p.text, inside]);
+  last = p; }
+return out;"""
 # per metric: its label, its value, and any element in it whose text is cut off (wider than its box)
 METRICS_JS = """return [...document.querySelectorAll('[data-testid="stMetric"]')].map(m => [
   m.querySelector('[data-testid="stMetricLabel"]').textContent, m.querySelector('[data-testid="stMetricValue"]').textContent,
@@ -75,22 +118,60 @@ def browser():
     driver.set_page_load_timeout(60)
     # the data grid paints its cells on a canvas: record every text painted, to check what a cell shows
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": DRAWN_HOOK})
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PAINT_HOOK})
     yield driver
     driver.quit()
+
+
+@contextmanager
+def served(db: str, redis_url: str | None = None):
+    """``axiswatch dashboard`` on the store ``db`` (and Redis, if given): its base URL."""
+    port = free_port()
+    env = dict(os.environ, AXISWATCH_DATABASE_URL=db, **({"REDIS_URL": redis_url} if redis_url else {}))
+    proc = subprocess.Popen([AXISWATCH, "dashboard", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
 def dashboard(dashboard_db):
     db, redis_url, ids = dashboard_db
-    port = free_port()
-    env = dict(os.environ, AXISWATCH_DATABASE_URL=db, REDIS_URL=redis_url)
-    proc = subprocess.Popen([AXISWATCH, "dashboard", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/_stcore/health", proc)
-        yield f"http://127.0.0.1:{port}", ids, db, redis_url
-    finally:
-        stop(proc)
+    with served(db, redis_url) as url:
+        yield url, ids, db, redis_url
+
+
+# session ids that differ only at their end, as the service names them (a demo's, a live chat's) and as an
+# audit may (the caller's id: up to 200 characters, spaces allowed)
+LONG_IDS = ["demo-meta-reflection_3f9a1c0b7e5d2a4c1b09", "demo-meta-reflection_3f9a1c0b7e5d2a4c1b7f",
+            "sess_0a1b2c3d4e5f60718293",
+            *(("audited transcript " + "0123456789abcdef" * 12)[:198] + end for end in ("-1", "-2"))]
+
+
+@pytest.fixture(scope="module")
+def long_ids_dashboard(tmp_path_factory):
+    """The dashboard on a store of its own (no Redis): a session for each of ``LONG_IDS`` with one alert,
+    the first session's acknowledged, the second's resolved. Its URL and the ids."""
+    from monitor.records import AlertEvent, AlertUpdate, TurnRecord
+    from monitor.store import Store
+
+    db = f"sqlite:///{tmp_path_factory.mktemp('long-ids') / 'ids.db'}"
+    store, now = Store(db), time.time()
+    store.migrate()
+    store.write([TurnRecord(sid, 1, "assistant", "I am", 21, ["I", " am"], [1.0, -9.0], state="warning", running=-4.0,
+                            source="audit" if sid.startswith("audit") else "live", model_id=MODEL,
+                            created_at=now - 60 + k)
+                 for k, sid in enumerate(LONG_IDS)],
+                [AlertEvent(sid, 1, 1, "warning", -4.0, -3.0, event_id=f"evt-{k}", created_at=now - 50 + k)
+                 for k, sid in enumerate(LONG_IDS)])
+    store.acknowledge_alert("evt-0", by="oncall@example.com")
+    store.write(updates=[AlertUpdate(LONG_IDS[1], "evt-1", "resolved")])
+    store.close()
+    with served(db) as url:
+        yield url, LONG_IDS
 
 
 def shot(driver, name: str) -> Path:
@@ -227,6 +308,57 @@ def test_metrics_and_tables_fit_the_page(browser, dashboard, width):
             assert tables
             assert [t for t in tables if t[0] is None or t[0] > 0 or t[1] > 1] == [], (width, path, tables)
             shot(browser, f"fit-{width}-{path.strip('/').split('?')[0] or 'sessions'}")
+    finally:
+        browser.set_window_size(1500, 2200)
+
+
+def painted(driver) -> list[tuple[str, bool]]:
+    """What the grids painted since the last repaint(): each cell's text and whether it was shown whole."""
+    return [(text, whole) for text, whole in driver.execute_script(PAINTED_JS)]
+
+
+def repaint(driver, width: int) -> None:
+    """The grids painted afresh at ``width`` px (a resize redraws them), the paints before forgotten."""
+    driver.set_window_size(width - 1, 2200)
+    time.sleep(0.5)
+    driver.execute_script("window.awPainted = []")
+    driver.set_window_size(width, 2200)
+    time.sleep(1.5)  # layout settles, the grids redraw
+
+
+def test_tables_show_whole_session_ids_and_statuses(browser, long_ids_dashboard):
+    """At 1280 px the Sessions and Alerts tables cut session ids off at the column's edge (two demo
+    sessions both read "demo-meta-reflection_3") and the status after "acknowle". On each page every
+    session id is painted whole in its cell (wrapped onto as many lines as it takes), so no two sessions
+    look the same, and so is the acknowledged alert's status; nothing else in the tables is cut off, and
+    the tables still fit the page."""
+    from dashboard.render import LIFECYCLE
+
+    url, ids = long_ids_dashboard
+    acked = LIFECYCLE["acknowledged"]
+    cells = "[data-testid='stDataFrame'] td[role='gridcell']"
+    try:
+        for path, whole in (("", ids), ("/alerts", [*ids, acked]), (f"/session?id={quote(ids[0])}", [acked])):
+            browser.set_window_size(1280, 2200)
+            browser.get(url + path)
+            # the rows are there (the grid's accessible table holds each cell's whole value)
+            wait_for(browser, lambda d, whole=whole: set(whole) <= {c.get_attribute("textContent")
+                                                                   for c in d.find_elements(By.CSS_SELECTOR, cells)})
+            if path.startswith("/session"):  # the token table too
+                [toggle] = [e for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] summary")
+                            if "Token table" in e.text]
+                toggle.click()
+                wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame'] "
+                                                                                 ".dvn-scroller")) >= 2)
+            repaint(browser, 1280)
+            got = painted(browser)
+            shown = {"".join(text.split()) for text, ok in got if ok}  # a wrapped line loses its spaces at the wrap
+            for text in whole:
+                assert "".join(text.split()) in shown, (path, text, [t for t, _ in got if t[:8] == text[:8]])
+            assert [text for text, ok in got if not ok] == [], path  # nothing cut off
+            tables = browser.execute_script(TABLES_JS)
+            assert tables and [t for t in tables if t[0] is None or t[0] > 0 or t[1] > 1] == [], (path, tables)
+            shot(browser, f"whole-ids-1280-{path.strip('/').split('?')[0] or 'sessions'}")
     finally:
         browser.set_window_size(1500, 2200)
 

@@ -11,9 +11,11 @@ from dashboard.context import ago, guard, store
 from dashboard.render import DELIVERY_BADGE, LIFECYCLE, STATE_BADGE, metrics, rows_key, table, when
 
 # the columns shown and their widths (px): within the 780 px of data a 1280 px window has;
-# a delivery's attempts are in its cell, its last error in the expander under the table
-WIDTHS = {"time": 110, "level": 95, "session": 130, "turn": 45, "token": 50, "running score": 65,
-          "threshold": 65, "delivery": 105, "status": 65, "open": 50}
+# a delivery's attempts are in its cell, its last error in the expander under the table. The status holds
+# "👤 acknowledged" on one line; a session id wraps in its cell, the rows growing to show it whole
+# (render.table), and so does a dead-lettered delivery's badge
+WIDTHS = {"time": 94, "level": 85, "session": 130, "turn": 36, "token": 43, "running score": 56,
+          "threshold": 66, "delivery": 99, "status": 123, "open": 48}
 
 
 def delivery(a: dict) -> str:

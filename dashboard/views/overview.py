@@ -14,9 +14,11 @@ WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400
 SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
          "state (worst first)": ("rank", False), "open alerts": ("open alerts", False)}
 
-# the columns shown and their widths (px): within the 780 px of data a 1280 px window has
-WIDTHS = {"session": 150, "state": 100, "running": 70, "turns": 50, "tokens": 55, "open alerts": 55,
-          "source": 60, "activity": 85, "last activity": 105, "open": 50}
+# the columns shown and their widths (px): within the 780 px of data a 1280 px window has. A text column
+# holds its usual values on one line (a live session's id, sess_ and 20 hex digits, about 170 px; "🔴
+# generating"); a longer id wraps in its cell, the rows growing to show it whole (render.table)
+WIDTHS = {"session": 198, "state": 85, "running": 56, "turns": 42, "tokens": 49, "open alerts": 44,
+          "source": 62, "activity": 100, "last activity": 94, "open": 50}
 
 st.title("Sessions")
 dep = guard(deployment)
