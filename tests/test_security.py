@@ -64,6 +64,8 @@ def test_every_endpoint_but_health_needs_a_key(server, method, path):
         r = httpx.request(method, server + path, headers=headers, json={})
         assert r.status_code == 401, (path, headers)
         assert r.headers["www-authenticate"] == "Bearer" and r.json()["error"]["type"] == "AuthenticationError"
+        assert "AXISWATCH_API_KEY" in r.json()["error"]["message"]  # what a client sets (not the server's ..._KEYS)
+        assert "AXISWATCH_API_KEYS" not in r.json()["error"]["message"]
         assert KEY not in r.text
     r = httpx.request(method, server + path, headers={"authorization": f"Bearer {OTHER}"}, json={})
     assert r.status_code != 401
