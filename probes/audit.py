@@ -62,10 +62,8 @@ def parse_record(rec, where: str) -> tuple[str | None, list[dict]]:
 
 
 def read_transcripts(path: str | Path) -> Iterator[tuple[str, tuple[str | None, list[dict]] | InputError]]:
-    """Yield ``(where, (id, messages))`` per record, or ``(where, InputError)`` for a bad one.
-
-    A file is JSON (one conversation object, a list of them, or a bare list of
-    messages) or JSONL (one conversation per line)."""
+    """Yield ``(where, (id, messages))`` per record of a file, or ``(where, InputError)`` for a bad one
+    (:func:`transcripts_in`; a ``.jsonl`` file is JSON lines, a ``.json`` file one document)."""
     path = Path(path)
     try:
         raw = path.read_bytes().decode("utf-8")
@@ -75,35 +73,45 @@ def read_transcripts(path: str | Path) -> Iterator[tuple[str, tuple[str | None, 
     except UnicodeDecodeError as e:
         yield str(path), InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
         return
-    if path.suffix == ".jsonl":
-        yield from _jsonl(path, raw)
+    yield from transcripts_in(raw, str(path), {".jsonl": True, ".json": False}.get(path.suffix))
+
+
+def transcripts_in(text: str, name: str, jsonl: bool | None = None
+                   ) -> Iterator[tuple[str, tuple[str | None, list[dict]] | InputError]]:
+    """Yield ``(where, (id, messages))`` per record of ``text`` (named ``name`` in errors), or
+    ``(where, InputError)`` for a bad one: one JSON document (a conversation object, a list of them, or a bare
+    list of messages) or JSON lines (one conversation per line); ``jsonl`` None: a text of several lines that
+    is not one JSON document is read as JSON lines. ``axiswatch audit`` reads files with it, ``POST /v1/audit``
+    its body."""
+    if jsonl:
+        yield from _jsonl(name, text)
         return
     try:
-        doc = json.loads(raw)
+        doc = json.loads(text)
     except json.JSONDecodeError as e:
-        if path.suffix == ".json" or "\n" not in raw.strip():
-            yield str(path), InputError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+        if jsonl is False or "\n" not in text.strip():
+            yield name, InputError(f"{name}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})")
         else:  # not one JSON document: read it as JSON lines
-            yield from _jsonl(path, raw)
+            yield from _jsonl(name, text)
         return
     is_single = isinstance(doc, dict) or (isinstance(doc, list) and doc and isinstance(doc[0], dict) and "role" in doc[0])
     records = [doc] if is_single else doc if isinstance(doc, list) else None
     if records is None:
-        yield str(path), InputError(f"{path}: expected a conversation object or a list of them")
+        yield name, InputError(f"{name}: expected a conversation object or a list of them")
         return
     for i, rec in enumerate(records):
-        where = f"{path} record {i}"
+        where = f"{name} record {i}"
         try:
             yield where, parse_record(rec, where)
         except InputError as e:
             yield where, e
 
 
-def _jsonl(path: Path, raw: str):
+def _jsonl(name: str, raw: str):
     for n, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path} line {n}"
+        where = f"{name} line {n}"
         try:
             yield where, parse_record(json.loads(line), where)
         except json.JSONDecodeError as e:

@@ -235,9 +235,10 @@ def test_errors_say_what_and_where_and_name_their_class(server):
     assert r.status_code == 400 and r.json()["error"]["type"] == "InputError"
     assert r.json()["error"]["message"].startswith("the body is not valid JSON: ") and "at line 2 column" in \
         r.json()["error"]["message"]
-    lines = httpx.post(u + "/v1/audit", content=b'{"id": "jl-1", "messages": []}\n{"broken',
+    lines = httpx.post(u + "/v1/audit", content=b'{"id": "jl-1", "messages": [{"role": "user", "content": "Hi"}, '
+                        b'{"role": "assistant", "content": "Hello"}]}\n{"broken',
                        headers={"content-type": "application/json"})
-    assert lines.status_code == 422 and "line 2 of the JSON lines is not valid JSON" in lines.json()["error"]["message"]
+    assert lines.status_code == 422 and "body line 2: invalid JSON" in lines.json()["error"]["message"]
     for path in ("/v1/sessions/nobody", "/v1/models/gpt-4"):
         r = httpx.get(u + path)
         assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError", path

@@ -5,7 +5,6 @@ prints)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -13,7 +12,7 @@ from fastapi import APIRouter, Request
 from monitor.api.context import Ctx
 from monitor.errors import InputError, TooLargeError
 from monitor.settings import MAX_AUDIT_BYTES
-from probes.audit import parse_record
+from probes.audit import transcripts_in
 
 router = APIRouter()
 
@@ -39,42 +38,20 @@ AUDIT_BODY = {"required": True, "content": {"application/json": {"schema": {"any
     {"type": "array", "items": _MESSAGE, "minItems": 1}]}}}}
 
 
-def _document(raw: bytes) -> object:
-    """The body as one JSON document, or JSON lines (one conversation per line, as ``axiswatch audit`` and
-    the dashboard take files), with an error that says what and where."""
+def _records(raw: bytes) -> list[tuple[str | None, list[dict]]]:
+    """The body's conversations, read as ``axiswatch audit`` reads a file (one JSON document, or JSON lines:
+    :func:`probes.audit.transcripts_in`), every one checked before any is scored (one bad record rejects all)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"the body is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        whole = e
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    try:
-        first = json.loads(lines[0][1]) if len(lines) > 1 else None
-    except json.JSONDecodeError:
-        first = None
-    if not isinstance(first, dict):  # not JSON lines either: the document's own error
-        raise InputError(f"the body is not valid JSON: {whole.msg} at line {whole.lineno} column {whole.colno}; send "
-                         "one JSON document (a conversation or a list of them) or JSON lines (one per line)")
-    docs = []
-    for n, line in lines:
-        try:
-            docs.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise InputError(f"line {n} of the JSON lines is not valid JSON: {e.msg} at column {e.colno}") from None
-    return docs
-
-
-def _records(raw: bytes) -> list[tuple[str | None, list[dict]]]:
-    """The body's conversations, every one checked before any is scored (one bad record rejects all)."""
-    doc = _document(raw)
-    single = isinstance(doc, dict) or (isinstance(doc, list) and doc and isinstance(doc[0], dict) and "role" in doc[0])
-    records = [doc] if single else doc if isinstance(doc, list) else None
-    if not records:
+    parsed = []
+    for _where, rec in transcripts_in(text, "body"):
+        if isinstance(rec, InputError):
+            raise rec
+        parsed.append(rec)
+    if not parsed:
         raise InputError("expected a conversation object ({messages} or {conversation}) or a non-empty list of them")
-    parsed = [parse_record(rec, f"record {i}") for i, rec in enumerate(records)]
     for i, (rid, _msgs) in enumerate(parsed):  # the id names a stored session: keep it printable
         if rid is not None and (not rid or len(rid) > 200 or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in rid)):
             raise InputError(f"record {i}: 'id' must be 1-200 characters without control characters")
