@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from calibrate.conversations import run_conversations
 from calibrate.roles import DEFAULT_PROMPTS, load_json
-from calibrate.thresholds import fit_thresholds
+from calibrate.thresholds import fit_level_thresholds, fit_thresholds
 from monitor.drift import DriftConfig
 from probes.artifacts import AXIS_JSON, AxisArtifact, read_axis_meta
 from probes.models import LoadedModel
@@ -35,6 +35,12 @@ def axis_gap(art: AxisArtifact) -> float | None:
     d = st.get("default_mean")
     r = (st.get("roles_score3") or {}).get("p50", (st.get("roles") or {}).get("p50"))
     return float(d - r) if isinstance(d, (int, float)) and isinstance(r, (int, float)) and d > r else None
+
+
+def in_role_median(art: AxisArtifact) -> float | None:
+    """The median projection of in-role (score 3) answers at the monitor layer."""
+    r = (art.layer_stats().get("roles_score3") or {}).get("p50")
+    return float(r) if isinstance(r, (int, float)) else None
 
 
 def calibration_conversations(limit: int | None = None) -> list[dict]:
@@ -68,7 +74,11 @@ def calibrate_alerts(lm: LoadedModel, art: AxisArtifact, work: Path, config: Dri
     turns = [[r["scores"] for r in rs] for rs in replies]
     gap = axis_gap(art) if config.baseline == "session" else None  # a gap below a reference: drift units only
     thresholds, stats = fit_thresholds(turns, config, gap)
-    alerting = {"thresholds": thresholds.as_dict(), "alpha": config.alpha,
+    level = None
+    if config.baseline == "session":  # the absolute level beside the drift, on the same conversations
+        lth, lstats = fit_level_thresholds(turns, config.level_alpha, config.min_tokens, in_role_median(art))
+        level = {"thresholds": lth.as_dict(), **lstats}
+    alerting = {"thresholds": thresholds.as_dict(), "alpha": config.alpha, **({"level": level} if level else {}),
                 "baseline": config.baseline, "reference_tokens": config.reference_tokens,
                 "min_tokens": config.min_tokens, "statistic": "running score minus the session's opening reference",
                 "data": "calibrate/data/alert_calibration.json", "system_prompts": list(SYSTEM_PROMPTS),

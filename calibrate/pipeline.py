@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from calibrate.contrast import balanced_contrast, erase_registers
 from calibrate.judge import Judge, JudgeItem, agreement
 from calibrate.roles import Preset, Rollout, load_roles, plan_jobs
 from calibrate.rollouts import response_means
@@ -147,16 +148,16 @@ def run_judge(work: Path, jobs: list[Rollout], texts: dict[str, dict], judge: Ju
 
 # --- step 4: vectors, axis, PCA, calibration --------------------------------------------
 
-def role_vectors(jobs: list[Rollout], means: dict[str, torch.Tensor], scores: dict[str, int],
-                 min_score3: int = MIN_SCORE3) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """Mean of each role's score-3 fit answers. Fallback (documented, reported):
-    fewer than ``min_score3`` such answers -> use answers scored >= 2; none of
-    those either -> the role is left out."""
+def in_role_answers(jobs: list[Rollout], scores: dict[str, int], min_score3: int = MIN_SCORE3
+                    ) -> tuple[dict[str, list[Rollout]], dict[str, dict]]:
+    """Per role, the fit answers its vector averages: the ones judged 3. Fallback (documented, reported):
+    fewer than ``min_score3`` such answers -> the answers scored >= 2; none of those either -> the role is
+    left out (it has no entry in the first dict)."""
     by_role: dict[str, list[Rollout]] = {}
     for j in jobs:
-        if j.kind == "role" and j.split == "fit" and j.id in means:
+        if j.kind == "role" and j.split == "fit":
             by_role.setdefault(j.role, []).append(j)
-    vectors, info = {}, {}
+    chosen, info = {}, {}
     for role, js in by_role.items():
         s3 = [j for j in js if scores.get(j.id) == 3]
         s2 = [j for j in js if scores.get(j.id, 0) >= 2]
@@ -169,15 +170,54 @@ def role_vectors(jobs: list[Rollout], means: dict[str, torch.Tensor], scores: di
             info[role] = {"n_answers": len(js), "n_score3": 0, "used": 0, "rule": "excluded"}
             log.warning("role %s: no answer scored >= 2; left out of the axis", role)
             continue
-        vectors[role] = torch.stack([means[j.id] for j in use]).mean(0)
+        chosen[role] = use
         info[role] = {"n_answers": len(js), "n_score3": len(s3), "used": len(use), "rule": how}
-    return vectors, info
+    return chosen, info
+
+
+def role_vectors(jobs: list[Rollout], means: dict[str, torch.Tensor], scores: dict[str, int],
+                 min_score3: int = MIN_SCORE3) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Mean of each role's in-role fit answers (:func:`in_role_answers`)."""
+    chosen, info = in_role_answers([j for j in jobs if j.id in means], scores, min_score3)
+    return {role: torch.stack([means[j.id] for j in use]).mean(0) for role, use in chosen.items()}, info
+
+
+ERASE_CHOICES = (0, 1, 2, 4)
+
+
+def _least_register(base: torch.Tensor, by_register: dict[str, torch.Tensor], default: list[torch.Tensor],
+                    role3: list[torch.Tensor], window: range) -> tuple[torch.Tensor, dict]:
+    """The register-balanced axis with ``k`` register directions erased (:func:`calibrate.contrast.erase_registers`),
+    ``k`` in :data:`ERASE_CHOICES` chosen on fit answers only: the best default-vs-in-role AUROC over the
+    monitor-layer window, where the default side holds every fit register (a register that loads on the axis
+    puts its default answers among the in-role ones). Ties go to the smaller ``k``."""
+    D, R3 = torch.stack(default), torch.stack(role3) if role3 else None
+    table, best = {}, None
+    for k in ERASE_CHOICES:
+        cand = erase_registers(base, by_register, k) if k else base
+        if R3 is None:
+            score = 0.0
+        else:
+            score = max(auroc(project(D[:, L], unit(cand[L])), project(R3[:, L], unit(cand[L]))) for L in window)
+        table[str(k)] = round(score, 4)
+        if best is None or round(score, 3) > round(best[0], 3):
+            best = (score, k, cand)
+    assert best is not None
+    return best[2], {"chosen_k": best[1], "best_fit_auroc_by_k": table, "choices": list(ERASE_CHOICES)}
+
+
+def _by_register(jobs: list[Rollout], means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {}
+    for j in jobs:
+        out.setdefault(j.register, []).append(means[j.id])
+    return {k: torch.stack(v) for k, v in out.items()}
 
 
 def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[str, torch.Tensor],
              scores: dict[str, int], model_id: str, provenance: dict,
              categories: dict[str, str] | None = None) -> tuple[AxisArtifact, dict]:
-    vectors, role_info = role_vectors(jobs, means, scores)
+    chosen, role_info = in_role_answers([j for j in jobs if j.id in means], scores)
+    vectors = {role: torch.stack([means[j.id] for j in use]).mean(0) for role, use in chosen.items()}
     if len(vectors) < 2:
         raise InputError(f"only {len(vectors)} role vectors could be formed; the axis needs at least 2 "
                          "(too few answers judged in role: try a larger preset)")
@@ -187,8 +227,21 @@ def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[st
     default = torch.stack([means[j.id] for j in fit_default]).mean(0)  # [L, d]
     names = sorted(vectors)
     R = torch.stack([vectors[n] for n in names])  # [r, L, d]
-    axis = default - R.mean(0)  # [L, d], toward the Assistant
-    n_layers = axis.shape[0]
+    used = [j for use in chosen.values() for j in use]
+    n_layers = default.shape[0]
+    lo, hi = n_layers // 3, n_layers - 3
+    erasure: dict[str, Any] = {}
+    if len({j.register for j in fit_default}) > 1:  # register prompts: the contrast within each kind of prompt
+        by_register = _by_register(fit_default, means)
+        base = balanced_contrast(by_register, _by_register(used, means))
+        role3 = [j.id for j in used if scores.get(j.id) == 3]
+        axis, erasure = _least_register(base, by_register, [means[j.id] for j in fit_default],
+                                        [means[i] for i in role3], range(lo, hi + 1))
+        axis_rule = ("register-balanced: mean over kinds of prompt of (default mean - in-role mean), without the "
+                     f"top {erasure['chosen_k']} directions of the default answers' register means")
+    else:
+        axis = default - R.mean(0)  # [L, d], toward the Assistant
+        axis_rule = "mean(default answers) - mean(role vectors)"
 
     def proj(ids: list[str], layer: int) -> torch.Tensor:
         if not ids:
@@ -222,7 +275,6 @@ def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[st
             "auroc_fit": auroc(p["default_fit"], p["role3_fit"]),
             "auroc_heldout": auroc(p["default_heldout"], p["role3_heldout"]),
         }
-    lo, hi = n_layers // 3, n_layers - 3
     # monitor layer: chosen on fit data only (held-out AUROC stays an honest check)
     # monitoring needs separation: the layer whose projection best separates default from in-role
     # answers on the fit questions; |cos(PC1, axis)| breaks ties
@@ -249,9 +301,63 @@ def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[st
             c: auroc(proj(groups["default_heldout"], monitor),
                      proj([i for i in groups["role3_heldout"] if (categories or {}).get(i.split(":")[1]) == c], monitor))
             for c in sorted(set((categories or {}).values()))},
+        "axis_rule": axis_rule, "register_erasure": erasure,
+        "registers": register_report(jobs, scores, {j.id: means[j.id][monitor] for j in jobs if j.id in means},
+                                     unit(axis[monitor])),
         "provenance": provenance,
     }
     return art, report
+
+
+CREATIVE, TECHNICAL = ("poem", "story"), ("code",)
+
+
+def register_report(jobs: list[Rollout], scores: dict[str, int], acts: dict[str, torch.Tensor],
+                    v: torch.Tensor) -> dict:
+    """How much the register of a reply loads on a direction ``v`` (one layer's activations ``acts``):
+    per register the default and in-role answers' mean projections, the spread of default answers between
+    creative (poem, story) and technical (code) registers in units of the axis' own gap (default minus
+    in-role mean on the fit answers), and the default-vs-in-role AUROC on neutral held-out questions and on
+    the held-out registers (registers never used to fit)."""
+    def proj(sel) -> torch.Tensor:
+        ids = [j.id for j in jobs if j.id in acts and sel(j)]
+        return project(torch.stack([acts[i] for i in ids]), v) if ids else torch.zeros(0)
+
+    def in_role(j: Rollout) -> bool:
+        return j.kind == "role" and scores.get(j.id) == 3
+
+    regs = sorted({j.register for j in jobs})
+    if regs == ["question"]:
+        return {}
+    gap = float(proj(lambda j: j.kind == "default" and j.split == "fit").mean()
+                - proj(lambda j: in_role(j) and j.split == "fit").mean())
+    per: dict[str, dict] = {}
+    for r in regs:
+        d = proj(lambda j, r=r: j.kind == "default" and j.register == r)
+        ro = proj(lambda j, r=r: in_role(j) and j.register == r)
+        split = next(j.split for j in jobs if j.register == r) if r != "question" else "both"
+        per[r] = {"split": split, "default_mean": float(d.mean()) if d.numel() else None, "n_default": d.numel(),
+                  "in_role_mean": float(ro.mean()) if ro.numel() else None, "n_in_role": ro.numel()}
+
+    def mean_of(names) -> float | None:
+        xs = [per[r]["default_mean"] for r in names if r in per and per[r]["default_mean"] is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    creative, technical = mean_of(CREATIVE), mean_of(TECHNICAL)
+    spread = (creative - technical) / gap if creative is not None and technical is not None and gap else None
+    held = [r for r in regs if per[r]["split"] == "heldout"]
+    return {
+        "per_register": per, "gap": gap,
+        "creative_minus_code_in_gaps": spread,
+        "default_sd_across_registers_in_gaps": (float(torch.tensor([p["default_mean"] for p in per.values()
+                                                                    if p["default_mean"] is not None]).std()) / gap
+                                                if gap else None),
+        "auroc_neutral_heldout_questions": auroc(
+            proj(lambda j: j.kind == "default" and j.split == "heldout" and j.register == "question"),
+            proj(lambda j: in_role(j) and j.split == "heldout" and j.register == "question")),
+        "auroc_heldout_registers": auroc(proj(lambda j: j.kind == "default" and j.register in held),
+                                         proj(lambda j: in_role(j) and j.register in held)),
+    }
 
 
 def finite(x):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from monitor.detectors import Level
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import InputError
 from monitor.replay import replay
@@ -76,4 +77,38 @@ def fit_thresholds(conversations: Sequence[Sequence[Sequence[float]]], config: D
              "rule": ("watch / warning: the 10% / 1% quantiles of the lowest drift of benign calibration "
                       "conversations; critical: below every one of them and at least the axis gap (default mean "
                       "minus in-role median) below the session's reference")}
+    return Thresholds(watch, warning, critical), stats
+
+
+def level_trace(turns: Sequence[Sequence[float]], alpha: float) -> list[float]:
+    """The absolute level detector's statistic (:class:`monitor.detectors.Level`) after each token."""
+    det = Level(_NEVER, alpha)
+    return [v for t in turns for s in t if (v := det.push(float(s))) is not None]
+
+
+def fit_level_thresholds(conversations: Sequence[Sequence[Sequence[float]]], alpha: float, min_tokens: int,
+                         in_role: float | None = None, budget: float = WARNING_BUDGET) -> tuple[Thresholds, dict]:
+    """Absolute thresholds for the level detector from benign conversations, like :func:`fit_thresholds`:
+    each conversation's lowest level from ``min_tokens`` on; watch and warning at the ``WATCH_BUDGET`` and
+    ``budget`` quantiles; critical below every benign minimum and at most ``in_role``, the median
+    projection of in-role answers (a session there reads like a typical fully in-role answer)."""
+    minima = []
+    for c in conversations:
+        vals = level_trace(c, alpha)[max(min_tokens - 1, 0):]
+        if vals:
+            minima.append(min(vals))
+    if len(minima) < 20:
+        raise InputError(f"only {len(minima)} calibration conversations have {min_tokens} tokens or more; "
+                         "the level calibration needs at least 20")
+    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
+    critical = min(minima) if in_role is None else min(min(minima), in_role)
+    eps = 1e-6 * max(1.0, abs(watch))
+    warning = min(warning, watch - eps)
+    critical = min(critical, warning - eps)
+    stats = {"n_measured": len(minima), "alpha": alpha,
+             "lowest_level_quantiles": {f"p{q}": quantile(minima, q / 100) for q in (0, 1, 2, 5, 10, 25, 50)},
+             "budgets": {"watch": WATCH_BUDGET, "warning": budget}, "in_role_median": in_role,
+             "rule": ("watch / warning: the 10% / 1% quantiles of the lowest level (running score, absolute) of "
+                      "benign calibration conversations; critical: below every one of them and at most the "
+                      "median projection of in-role answers")}
     return Thresholds(watch, warning, critical), stats

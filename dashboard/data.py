@@ -192,7 +192,8 @@ class SessionView:
 def drift_config(dep: Deployment) -> DriftConfig:
     """The drift config the deployment runs with (what the engine's tracker does, the replay does)."""
     knobs = {k: v for k, v in dep.drift.items()
-             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens", "recover_tokens")}
+             if k in ("hysteresis", "min_tokens", "cooldown_tokens", "baseline", "reference_tokens", "recover_tokens",
+                      "level_thresholds", "level_alpha")}
     return DriftConfig(alpha=dep.alpha, **knobs)
 
 

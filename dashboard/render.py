@@ -27,7 +27,7 @@ TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 # longest usual value plus CELL_PAD_PX ("👤 acknowledged": 106 px), so that it never has to wrap
 TOKEN_WIDTHS = {"i": 50, "turn": 50, "t": 45, "token": 105, "score": 75, "pre_cap": 75, "capped": 60,
                 "running": 75, "drift": 70, "reference": 75, "state": 75}
-ALERT_WIDTHS = {"level": 85, "turn": 45, "token": 50, "running": 90, "threshold": 70, "delivery": 120,
+ALERT_WIDTHS = {"level": 85, "detector": 65, "turn": 45, "token": 50, "running": 90, "threshold": 70, "delivery": 120,
                 "status": 125, "time": 150}
 LIFECYCLE = {"open": "🔔 open", "acknowledged": "👤 acknowledged", "resolved": "✔️ resolved"}
 
@@ -195,8 +195,8 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
               column_config=dict.fromkeys(("score", "pre_cap", "running", "drift", "reference"), num))
     st.markdown("**Alerts**")
     if view.alerts:
-        df = pd.DataFrame([dict(level=STATE_BADGE.get(a["level"], a["level"]), turn=a["turn"], token=a["token_index"],
-                                running=a["score"], threshold=a["threshold"],
+        df = pd.DataFrame([dict(level=STATE_BADGE.get(a["level"], a["level"]), detector=a.get("detector") or "drift",
+                                turn=a["turn"], token=a["token_index"], running=a["score"], threshold=a["threshold"],
                                 delivery=DELIVERY_BADGE.get(a["delivery_status"], a["delivery_status"]),
                                 status=LIFECYCLE.get(a.get("status", "open"), a.get("status")),
                                 time=when(a["created_at"]), event_id=a["event_id"])

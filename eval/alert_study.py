@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from calibrate.thresholds import fit_thresholds
@@ -156,7 +156,7 @@ def study(traffic: list[dict], calibration: list[list[list[float]]], axis_gap: f
         else:
             th, stats = PREVIOUS, {"rule": "the 0.1 release: default p10, (p10 + in-role p50) / 2, in-role p50 of "
                                            "per-response means"}
-        rows.append({"rule": rule.name, "config": asdict(rule.config), "thresholds": th.as_dict(),
+        rows.append({"rule": rule.name, "config": rule.config.as_dict(), "thresholds": th.as_dict(),
                      "dev": evaluate(dev, th, rule.config), "report": evaluate(rep, th, rule.config),
                      "calibration": {k: v for k, v in stats.items() if k != "rule"}})
     chosen, ok = select(rows)

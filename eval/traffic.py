@@ -1,5 +1,5 @@
 """Many conversations driven live through ``axiswatch serve``, each at its own pace:
-``python -m eval.traffic --out eval/results/traffic_observe.json`` (about an hour on 2 CPU cores).
+``python -m eval.traffic --out eval/results/traffic_observe.json`` (about two hours on 2 CPU cores).
 
 :func:`drive` runs every conversation's user turns in order, one conversation
 per worker thread, so the server's batcher batches whatever turns are waiting
@@ -34,13 +34,13 @@ DRIFTING_DOMAINS = ("therapy", "philosophy")
 def drive(server: Server, convs: list[dict], policy: str, max_tokens: int, run_id: str, workers: int = 48,
           on_turn: Callable[[int], None] | None = None) -> list[dict]:
     """One record per conversation: ``{id, group, category, policy, session_id, turns: [...], alerts}``."""
-    sessions = [{"id": c["id"], "group": c["group"], "category": c.get("category") or c.get("domain"),
+    sessions = [{"id": c["id"], "group": c["group"], "category": c.get("category") or c.get("domain") or c.get("kind"),
                  "policy": policy, "session_id": f"traffic-{run_id}-{policy}-{c['id']}", "user_turns": c["turns"],
-                 "turns": []} for c in convs]
+                 "system": c.get("system"), "persona": c.get("persona"), "turns": []} for c in convs]
 
     with httpx.Client(limits=httpx.Limits(max_connections=workers + 4)) as client:
         def one(s: dict) -> None:
-            history: list[dict] = []
+            history: list[dict] = [{"role": "system", "content": s["system"]}] if s["system"] else []
             for user in s["user_turns"]:
                 history.append({"role": "user", "content": user})
                 body = _post(client, server, s["session_id"], policy, list(history), max_tokens)
@@ -87,14 +87,26 @@ def read_back(client: httpx.Client, server: Server, sessions: list[dict], timeou
             t["stored_state"] = row.get("state")
 
 
-def load_traffic() -> list[dict]:
-    """The benign traffic set and the drifting conversations, plus the evaluation's 20 scripts (coding and
-    writing count as benign, therapy and philosophy as drifting); the longest conversations first."""
-    convs = [{**c, "group": "benign"} for c in json.loads((DATA / "benign_traffic.json").read_text())["conversations"]]
-    convs += [{**c, "group": "drift"} for c in json.loads((DATA / "drift_conversations.json").read_text())["conversations"]]
-    for dom, cs in json.loads((DATA / "conversations.json").read_text())["domains"].items():
-        grp = "drift-eval" if dom in DRIFTING_DOMAINS else "benign-eval"
-        convs += [{**c, "domain": dom, "category": dom, "group": grp} for c in cs]
+SETS = ("benign", "drift", "scripts", "persona")
+
+
+def load_traffic(sets: tuple[str, ...] = SETS) -> list[dict]:
+    """The benign traffic set, the drifting conversations, the evaluation's 20 scripts (coding and writing
+    count as benign, therapy and philosophy as drifting) and the held-out persona sessions (a persona in the
+    system prompt or asked for in the user's first turn; group ``persona``); the longest conversations first."""
+    convs: list[dict] = []
+    if "benign" in sets:
+        convs += [{**c, "group": "benign"} for c in json.loads((DATA / "benign_traffic.json").read_text())["conversations"]]
+    if "drift" in sets:
+        convs += [{**c, "group": "drift"}
+                  for c in json.loads((DATA / "drift_conversations.json").read_text())["conversations"]]
+    if "scripts" in sets:
+        for dom, cs in json.loads((DATA / "conversations.json").read_text())["domains"].items():
+            grp = "drift-eval" if dom in DRIFTING_DOMAINS else "benign-eval"
+            convs += [{**c, "domain": dom, "category": dom, "group": grp} for c in cs]
+    if "persona" in sets:
+        convs += [{**c, "category": c["kind"], "group": "persona"}
+                  for c in json.loads((DATA / "persona_traffic.json").read_text())["sessions"]]
     return sorted(convs, key=lambda c: -len(c["turns"]))
 
 
@@ -104,8 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="observe", choices=["observe", "flag", "cap"])
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--limit", type=int, default=None, help="only the first N conversations (a smoke run)")
+    ap.add_argument("--skip-done", type=Path, default=None, metavar="FILE",
+                    help="leave out the conversations an earlier run already wrote to FILE (its ids)")
+    ap.add_argument("--sets", default=",".join(SETS),
+                    help=f"comma-separated traffic sets to drive (default: all of {', '.join(SETS)})")
     args = ap.parse_args(argv)
-    convs = load_traffic()[: args.limit]
+    sets = tuple(x.strip() for x in args.sets.split(",") if x.strip())
+    if not sets or any(x not in SETS for x in sets):
+        ap.error(f"--sets takes a comma-separated subset of {', '.join(SETS)}")
+    convs = load_traffic(sets)
+    if args.skip_done is not None:
+        done = {s["id"] for s in json.loads(args.skip_done.read_text())}
+        convs = [c for c in convs if c["id"] not in done]
+    convs = convs[: args.limit]
     budget = sum(len(c["turns"]) for c in convs) * args.max_tokens
     with tempfile.TemporaryDirectory(prefix="axiswatch-traffic-") as tmp, Server(Path(tmp), batch_size=48) as srv, \
             tqdm(total=budget, unit="tok", desc=f"{len(convs)} conversations", mininterval=2) as bar:

@@ -60,8 +60,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, cast
 
+from monitor.detectors import Detector, Level, SessionDrift, Thresholds
 from monitor.errors import InputError
 from monitor.records import POLICIES, STATES
+
+__all__ = ["BASELINES", "DriftConfig", "DriftEvent", "DriftTracker", "Thresholds", "TurnSummary", "make_detectors",
+           "parse_policy", "thresholds_from_calibration"]
 
 Policy = Literal["observe", "flag", "cap"]
 State = Literal["ok", "watch", "warning", "critical"]
@@ -80,32 +84,6 @@ def parse_policy(s: str) -> Policy:
     return cast(Policy, p)
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Raw projection values on the unit axis; ``watch > warning > critical``."""
-
-    watch: float
-    warning: float
-    critical: float
-
-    def __post_init__(self) -> None:
-        vals = (self.watch, self.warning, self.critical)
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-            raise InputError(f"drift thresholds must be finite numbers, got watch={self.watch!r}, "
-                             f"warning={self.warning!r}, critical={self.critical!r}")
-        if not self.watch > self.warning > self.critical:
-            raise InputError(f"drift thresholds must satisfy watch > warning > critical, got watch={self.watch}, "
-                             f"warning={self.warning}, critical={self.critical}")
-
-    def as_dict(self) -> dict[str, float]:
-        return {"watch": float(self.watch), "warning": float(self.warning), "critical": float(self.critical)}
-
-    @property
-    def default_hysteresis(self) -> float:
-        """A quarter of the alerting band: the margin used when none is configured."""
-        return 0.25 * (self.watch - self.critical)
-
-
 def thresholds_from_calibration(calibration: dict) -> tuple[Thresholds, dict]:
     """The calibrated thresholds and drift settings of an axis artifact (``calibration["alerting"]``,
     written by ``axiswatch calibrate-alerts``, which ``compute-axis`` runs as its last step).
@@ -115,14 +93,24 @@ def thresholds_from_calibration(calibration: dict) -> tuple[Thresholds, dict]:
     applies to one statistic only. Raises InputError when the axis has none."""
     al = calibration.get("alerting") if isinstance(calibration, dict) else None
     th = al.get("thresholds") if isinstance(al, dict) else None
-    if not isinstance(th, dict):
+    if not isinstance(al, dict) or not isinstance(th, dict):
         raise InputError("the axis artifact has no alert calibration: run 'axiswatch calibrate-alerts --axis <folder>' "
                          "or set AXISWATCH_THRESHOLD_WATCH / _WARNING / _CRITICAL")
     try:
         thresholds = Thresholds(float(th["watch"]), float(th["warning"]), float(th["critical"]))
     except (KeyError, TypeError, ValueError):
         raise InputError(f"the axis' alert calibration has malformed thresholds: {th!r}") from None
-    knobs = {k: al[k] for k in ("alpha", "baseline", "reference_tokens", "min_tokens") if k in al}  # type: ignore[index,operator]  # al is the dict th came from
+    knobs = {k: al[k] for k in ("alpha", "baseline", "reference_tokens", "min_tokens") if k in al}
+    lv = al.get("level")
+    if isinstance(lv, dict):  # the absolute detector, calibrated beside the drift (compute-axis since issue 20)
+        lt = lv.get("thresholds")
+        if not isinstance(lt, dict):
+            raise InputError(f"the axis' alert calibration has malformed level thresholds: {lt!r}")
+        try:
+            knobs["level_thresholds"] = (float(lt["watch"]), float(lt["warning"]), float(lt["critical"]))
+            knobs["level_alpha"] = float(lv.get("alpha", 0.05))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"the axis' alert calibration has malformed level thresholds: {lt!r}") from None
     return thresholds, knobs
 
 
@@ -141,6 +129,10 @@ class DriftConfig:
     alerts above it resolve). ``min_tokens``: no alert before the session has seen this many
     scored tokens. ``cooldown_tokens``: after an alert, no alert at the same or a lower level
     for this many tokens.
+
+    ``level_thresholds`` (watch, warning, critical in raw projection units) adds the absolute
+    :class:`~monitor.detectors.Level` detector beside the drift, with its own EWMA weight ``level_alpha``
+    and the default hysteresis of its own thresholds; None: the drift alone.
     """
 
     alpha: float = 0.1
@@ -150,6 +142,8 @@ class DriftConfig:
     baseline: str = "session"
     reference_tokens: int = 16
     recover_tokens: int = 32
+    level_thresholds: tuple[float, float, float] | None = None
+    level_alpha: float = 0.05
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and 0.0 < self.alpha <= 1.0):
@@ -163,13 +157,39 @@ class DriftConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"drift {name} must be an integer >= 0, got {v!r}")
+        if self.level_thresholds is not None:
+            lt = self.level_thresholds
+            if not isinstance(lt, (tuple, list)) or len(lt) != 3:
+                raise InputError(f"level thresholds must be (watch, warning, critical), got {lt!r}")
+            try:
+                level = Thresholds(*lt)
+            except InputError as e:
+                raise InputError(str(e).replace("drift thresholds", "level thresholds", 1)) from None
+            object.__setattr__(self, "level_thresholds", tuple(level.as_dict().values()))
+            Level(level, self.level_alpha)  # checks the alpha
 
     def resolved(self, thresholds: Thresholds) -> DriftConfig:
         """This config with the default hysteresis filled in for these thresholds."""
         return self if self.hysteresis is not None else replace(self, hysteresis=thresholds.default_hysteresis)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.level_thresholds is None:  # the drift alone: the keys of the releases before the level detector
+            del d["level_thresholds"], d["level_alpha"]
+        else:
+            d["level_thresholds"] = list(self.level_thresholds)
+        return d
+
+
+def make_detectors(thresholds: Thresholds, config: DriftConfig) -> list[Detector]:
+    """The detectors a deployment runs, first the primary one (the drift from the session's opening, or for
+    baseline ``absolute`` the running score itself), then the absolute level where it is configured."""
+    dets: list[Detector] = [
+        SessionDrift(thresholds, config.alpha, config.reference_tokens, config.hysteresis)
+        if config.baseline == "session" else Level(thresholds, config.alpha, config.hysteresis)]
+    if config.level_thresholds is not None:
+        dets.append(Level(Thresholds(*config.level_thresholds), config.level_alpha))
+    return dets
 
 
 @dataclass
@@ -178,7 +198,8 @@ class DriftEvent:
 
     ``old_state``/``new_state``: the tracker state before/after this token.
     ``level``: the new state (state events) or the alerted level (alert, cap).
-    ``running``: the running score; ``drift``: the statistic the thresholds apply to.
+    ``detector``: the detector whose statistic set the level (``drift``, ``level``).
+    ``running``: that detector's running score; ``drift``: its statistic, the value its thresholds apply to.
     ``threshold``: for escalations, alerts and caps the threshold of ``level``;
     for de-escalations the bar cleared (the threshold just above the new state
     plus the hysteresis). Like ``running``, it is in raw projection units (the
@@ -195,6 +216,7 @@ class DriftEvent:
     threshold: float
     level: State
     drift: float = 0.0
+    detector: str = "drift"
 
 
 @dataclass
@@ -206,22 +228,32 @@ class TurnSummary:
     running: float | None
     drift: float | None = None  # None until the session's reference is complete
     reference: float | None = None
+    detector: str | None = None  # the detector whose statistic holds the state (None while ok)
+    statistics: dict[str, float | None] | None = None  # every detector's statistic at the turn's end
 
 
 class DriftTracker:
-    """Per-session drift state, carried across turns.
+    """Per-session drift state, carried across turns, over one or more detectors (:mod:`monitor.detectors`).
 
     Call :meth:`update` with each batch of token scores of the open turn (as
-    often as needed), then :meth:`end_turn`. Turn numbers must increase.
+    often as needed), then :meth:`end_turn`. Turn numbers must increase. The state is the highest level
+    any detector's statistic reaches; it drops only when every detector has cleared the bar.
+    ``detectors``: default :func:`make_detectors` of ``thresholds`` and ``config``.
     """
 
-    def __init__(self, thresholds: Thresholds, config: DriftConfig | None = None, policy: str = "flag") -> None:
+    def __init__(self, thresholds: Thresholds, config: DriftConfig | None = None, policy: str = "flag",
+                 detectors: Sequence[Detector] | None = None) -> None:
         self.thresholds = thresholds
         self.config = (config or DriftConfig()).resolved(thresholds)
         self.policy: Policy = parse_policy(policy)
-        self._t = (math.inf, thresholds.watch, thresholds.warning, thresholds.critical)  # index = level
+        self.detectors: list[Detector] = list(detectors) if detectors is not None \
+            else make_detectors(thresholds, self.config)
+        if not self.detectors or len({d.name for d in self.detectors}) != len(self.detectors):
+            raise InputError("a drift tracker needs one or more detectors with distinct names")
+        self._bars = [(math.inf, d.thresholds.watch, d.thresholds.warning, d.thresholds.critical)
+                      for d in self.detectors]  # per detector, index = level
         self._level = _OK
-        self._running: float | None = None
+        self._leader = 0  # index of the detector whose statistic set the level
         self._n = 0  # scored tokens in the session
         self._pending = False  # an escalation held back by min_tokens
         self._alert_level = _OK
@@ -233,25 +265,32 @@ class DriftTracker:
         self._last_turn: int | None = None
         self._turn_n, self._turn_sum = 0, 0.0  # tokens and score sum of the open turn
         self._turn_means: list[float] = []
-        # the session's opening reference (baseline "session"); fixed at the end of the turn that completes it
-        self._reference: float | None = 0.0 if self.config.baseline == "absolute" else None
-        self._ref_n, self._ref_sum = 0, 0.0
 
-    _SAVED = ("_level", "_running", "_n", "_pending", "_alert_level", "_alert_n", "_open_bits", "_calm",
-              "_capping", "_last_turn", "_turn_means", "_reference", "_ref_n", "_ref_sum")
+    _SAVED = ("_level", "_leader", "_n", "_pending", "_alert_level", "_alert_n", "_open_bits", "_calm",
+              "_capping", "_last_turn", "_turn_means")
 
     def snapshot(self) -> dict:
         """The tracker's whole state between turns, JSON-safe: :meth:`restore` continues from it exactly."""
         if self._turn is not None:
             raise InputError(f"turn {self._turn} is still open; snapshot between turns")
-        return {"v": 1, **{k[1:]: getattr(self, k) for k in self._SAVED}, "turn_means": list(self._turn_means)}
+        return {"v": 2, **{k[1:]: getattr(self, k) for k in self._SAVED}, "turn_means": list(self._turn_means),
+                "detectors": {d.name: d.snapshot() for d in self.detectors}}
 
     def restore(self, snap: dict) -> None:
-        """Continue from a :meth:`snapshot` (of a tracker with the same thresholds and config)."""
-        if not isinstance(snap, dict) or snap.get("v") != 1 or any(k[1:] not in snap for k in self._SAVED):
+        """Continue from a :meth:`snapshot` (of a tracker with the same thresholds, config and detectors).
+        A snapshot of the first tracker (``v`` 1: one statistic, stored by earlier releases) restores into
+        the primary detector; the others start afresh."""
+        if isinstance(snap, dict) and snap.get("v") == 1:
+            snap = _upgrade_v1(snap, self.detectors[0].name)
+        if not isinstance(snap, dict) or snap.get("v") != 2 or any(k[1:] not in snap for k in self._SAVED) \
+                or not isinstance(snap.get("detectors"), dict):
             raise InputError(f"not a drift tracker snapshot: {snap!r}"[:200])
         for k in self._SAVED:
             setattr(self, k, snap[k[1:]])
+        for d in self.detectors:
+            if d.name in snap["detectors"]:
+                d.restore(snap["detectors"][d.name])
+        self._leader = min(int(self._leader), len(self.detectors) - 1)
         self._turn_means = list(snap["turn_means"])
         self._turn = None
 
@@ -260,18 +299,33 @@ class DriftTracker:
         return _STATES[self._level]
 
     @property
+    def primary(self) -> Detector:
+        return self.detectors[0]
+
+    @property
     def running(self) -> float | None:
-        return self._running
+        """The primary detector's running score."""
+        return self.primary.running
 
     @property
     def reference(self) -> float | None:
         """The session's opening reference (0 for baseline ``absolute``); None until it is complete."""
-        return self._reference
+        return self.primary.reference
 
     @property
     def drift(self) -> float | None:
-        """``running - reference``: the statistic the thresholds apply to; None before the reference."""
-        return None if self._running is None or self._reference is None else self._running - self._reference
+        """The primary detector's statistic (``running - reference``); None before the reference."""
+        return self.primary.value
+
+    @property
+    def detector(self) -> str | None:
+        """The detector whose statistic holds the current state (None while ``ok``)."""
+        return self.detectors[self._leader].name if self._level != _OK else None
+
+    @property
+    def statistics(self) -> dict[str, float | None]:
+        """Every detector's statistic, by name."""
+        return {d.name: d.value for d in self.detectors}
 
     @property
     def n_tokens(self) -> int:
@@ -299,53 +353,65 @@ class DriftTracker:
         elif turn != self._turn:
             raise InputError(f"turn {self._turn} is still open; call end_turn() before scoring turn {turn}")
 
+    def _event(self, kind: EventKind, turn: int, ti: int, old: int, new: int, level: int, k: int,
+               threshold: float) -> DriftEvent:
+        d = self.detectors[k]
+        assert d.running is not None and d.value is not None  # an event comes from an armed detector
+        return DriftEvent(kind, turn, ti, _STATES[old], _STATES[new], d.running, threshold + (d.reference or 0.0),
+                          _STATES[level], d.value, d.name)
+
     def update(self, scores: Sequence[float], turn: int) -> list[DriftEvent]:
         """Process the token scores of ``turn`` in order; return the events they caused."""
         self._open(turn)
         events: list[DriftEvent] = []
-        t = self._t
-        watch, warning, critical = t[1], t[2], t[3]
-        a, b = self.config.alpha, 1.0 - self.config.alpha
-        hyst, recover = float(self.config.hysteresis or 0.0), self.config.recover_tokens
+        dets, bars = self.detectors, self._bars
+        hysts = [d.hysteresis for d in dets]
+        recover = self.config.recover_tokens
         min_tokens, cooldown = self.config.min_tokens, self.config.cooldown_tokens
         alerts = self.policy != "observe"
         isfinite = math.isfinite
-        ref = self._reference
-        r, level, n, ti, total, calm = self._running, self._level, self._n, self._turn_n, self._turn_sum, self._calm
+        level, n, ti, total, calm = self._level, self._n, self._turn_n, self._turn_sum, self._calm
         try:
             for s in scores:
                 s = float(s)
                 if not isfinite(s):
                     raise InputError(f"token score {s} at turn {turn}, token {ti} is not finite")
-                r = s if r is None else a * s + b * r
                 n += 1
                 total += s
-                if ref is None:  # still the session's opening: it is the reference, not yet compared to one
-                    self._ref_n += 1
-                    self._ref_sum += s
+                raw, lead, armed = _OK, self._leader, False
+                vals = [d.push(s) for d in dets]
+                for k, v in enumerate(vals):
+                    if v is None:
+                        continue
+                    armed = True
+                    t = bars[k]
+                    r = _CRITICAL if v < t[3] else _WARNING if v < t[2] else _WATCH if v < t[1] else _OK
+                    if r > raw:
+                        raw, lead = r, k
+                if not armed:  # no statistic yet (the drift's reference is still open): nothing to compare
                     ti += 1
                     continue
-                d = r - ref
-                raw = _CRITICAL if d < critical else _WARNING if d < warning else _WATCH if d < watch else _OK
                 new = level
                 if raw > level:
                     new, calm = raw, 0
-                elif raw < level and d >= t[level] + hyst:  # past the bar: calm for one more token
-                    calm += 1
-                    if calm >= recover:  # held long enough: drop as far as the bars allow
-                        while new > raw and d >= t[new] + hyst:
+                    self._leader = lead
+                elif raw < level and all(v is None or v >= bars[k][level] + hysts[k] for k, v in enumerate(vals)):
+                    calm += 1  # every detector past its bar: calm for one more token
+                    if calm >= recover:  # held long enough: drop as far as every detector's bars allow
+                        while new > raw and all(v is None or v >= bars[k][new] + hysts[k] for k, v in enumerate(vals)):
                             new -= 1
                         calm = 0
+                        self._leader = lead
                 else:
                     calm = 0
                 if new != level:
-                    old, thr = level, (t[new] if new > level else t[new + 1] + hyst)
-                    events.append(DriftEvent("state", turn, ti, _STATES[old], _STATES[new], r, thr + ref, _STATES[new], d))
+                    old, k = level, self._leader
+                    thr = bars[k][new] if new > level else bars[k][new + 1] + hysts[k]
+                    events.append(self._event("state", turn, ti, old, new, new, k, thr))
                     level = new
                     if self._open_bits >> (new + 1):  # the open alerts above the new state are over
                         self._open_bits &= (1 << (new + 1)) - 1
-                        events.append(DriftEvent("resolve", turn, ti, _STATES[old], _STATES[new], r, thr + ref,
-                                                 _STATES[new], d))
+                        events.append(self._event("resolve", turn, ti, old, new, new, k, thr))
                     if new > old:
                         self._pending = alerts
                     elif new == _OK:
@@ -353,27 +419,26 @@ class DriftTracker:
                     if self._pending:
                         self._pending = n < min_tokens  # held back until min_tokens; else decided now
                         if n >= min_tokens:
-                            self._alert(events, turn, ti, old, level, r, ref, n, cooldown)
+                            self._alert(events, turn, ti, old, level, n, cooldown)
                 elif self._pending and n >= min_tokens:
                     self._pending = False
-                    self._alert(events, turn, ti, level, level, r, ref, n, cooldown)
+                    self._alert(events, turn, ti, level, level, n, cooldown)
                 ti += 1
         finally:
-            self._running, self._level, self._n, self._turn_n, self._turn_sum = r, level, n, ti, total
+            self._level, self._n, self._turn_n, self._turn_sum = level, n, ti, total
             self._calm = calm
         return events
 
-    def _alert(self, events: list[DriftEvent], turn: int, ti: int, old: int, level: int, r: float, ref: float, n: int,
-               cooldown: int) -> None:
+    def _alert(self, events: list[DriftEvent], turn: int, ti: int, old: int, level: int, n: int, cooldown: int) -> None:
         if self._alert_n >= 0 and level <= self._alert_level and n - self._alert_n <= cooldown:
             return  # within the cooldown of an alert at this level or higher: dropped
         self._alert_level, self._alert_n = level, n
         self._open_bits |= 1 << level
-        thr = self._t[level] + ref
-        events.append(DriftEvent("alert", turn, ti, _STATES[old], _STATES[level], r, thr, _STATES[level], r - ref))
+        k = self._leader
+        events.append(self._event("alert", turn, ti, old, level, level, k, self._bars[k][level]))
         if self.policy == "cap" and not self._capping and level >= _WARNING:
             self._capping = True
-            events.append(DriftEvent("cap", turn, ti, _STATES[old], _STATES[level], r, thr, _STATES[level], r - ref))
+            events.append(self._event("cap", turn, ti, old, level, level, k, self._bars[k][level]))
 
     def end_turn(self) -> TurnSummary:
         """Close the open turn (the running score and state carry on) and summarise it."""
@@ -382,8 +447,24 @@ class DriftTracker:
         mean = self._turn_sum / self._turn_n if self._turn_n else None
         if mean is not None:
             self._turn_means.append(mean)
-        if self._reference is None and self._ref_n and self._ref_n >= self.config.reference_tokens:
-            self._reference = self._ref_sum / self._ref_n  # compared against from the next turn on
-        summary = TurnSummary(self._turn, mean, self._turn_n, self.state, self._running, self.drift, self._reference)
+        for d in self.detectors:
+            d.end_turn()
+        summary = TurnSummary(self._turn, mean, self._turn_n, self.state, self.running, self.drift, self.reference,
+                              self.detector, self.statistics)
         self._last_turn, self._turn = self._turn, None
         return summary
+
+
+def _upgrade_v1(snap: dict, primary: str) -> dict:
+    """A first-tracker snapshot (one EWMA statistic) as a v2 one: its running score and reference become the
+    primary detector's state."""
+    try:
+        ref = snap["reference"]
+        value = None if snap["running"] is None or ref is None else snap["running"] - ref
+        det = {"running": snap["running"], "value": value}
+        if primary == "drift":
+            det.update(_reference=ref, ref_n=snap["ref_n"], ref_sum=snap["ref_sum"])
+        out = {k: v for k, v in snap.items() if k not in ("running", "reference", "ref_n", "ref_sum")}
+        return {**out, "v": 2, "leader": 0, "detectors": {primary: det}}
+    except (KeyError, TypeError):
+        return snap

@@ -226,6 +226,7 @@ class Engine:
                 s = turn.session
                 calls.append((turn, {"session_id": s.id, "token_index": len(turn.scores) - 1, "token": ev.piece,
                                      "score": ev.score, "state": s.tracker.state, "drift": s.tracker.drift,
+                                     "detector": s.tracker.detector, "statistics": s.tracker.statistics,
                                      "capped": s.capped,
                                      "alerts": [de.level for de in drift if de.kind == "alert"]}))
         for job in ended:
@@ -239,7 +240,7 @@ class Engine:
         s, idx = turn.session, len(turn.scores) - 1
         if ev.kind == "alert":
             a = AlertEvent(s.id, turn.number, idx, ev.level, ev.running, ev.threshold, policy=s.policy,
-                           excerpt=turn.excerpt(idx))
+                           excerpt=turn.excerpt(idx), detector=ev.detector)
             turn.alerts.append(a)
             s.open_alerts.append((a.event_id, a.level))
             self._publish(a)  # alerted now, not at the end of the turn
@@ -375,7 +376,7 @@ class Engine:
             for ev in r.events:
                 if ev.kind == "alert":
                     a = AlertEvent(s.id, i, ev.token_index, ev.level, ev.running, ev.threshold, policy=s.policy,
-                                   excerpt="".join(t.tokens[:ev.token_index + 1])[-200:])
+                                   excerpt="".join(t.tokens[:ev.token_index + 1])[-200:], detector=ev.detector)
                     s.open_alerts.append((a.event_id, a.level))
                     self._publish(a)
                 elif ev.kind == "resolve":

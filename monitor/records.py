@@ -97,6 +97,7 @@ class AlertEvent(_Record):
     policy: str = "flag"
     created_at: float = field(default_factory=now)
     excerpt: str = ""  # the reply's text up to the alerted token (its last ~200 characters)
+    detector: str | None = None  # the detector that fired ("drift", "level"; None: stored before there were several)
 
 
 @dataclass

@@ -37,6 +37,13 @@ def local_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
 
 
+def _switch(value: str, key: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        raise InputError(f"AXISWATCH_{key} must be on or off, not {value!r}")
+    return v in ("on", "1", "true", "yes")
+
+
 def _num(get, key: str, default: str, kind):
     raw = get(key, default)
     try:
@@ -106,6 +113,7 @@ class Settings:
     min_tokens: int | None = None  # None: the calibration's (16 without one)
     cooldown_tokens: int = 64
     drift_baseline: str | None = None  # "session" or "absolute"; None: the calibration's ("session" without one)
+    level_detector: bool = True  # the absolute level detector beside the drift, where the axis calibrated one
     webhook: WebhookConfig | None = None  # its repr hides the secret
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
@@ -137,6 +145,7 @@ class Settings:
                    recover_tokens=_num(get, "RECOVER_TOKENS", "32", int),
                    min_tokens=_num(get, "MIN_TOKENS", "16", int) if get("MIN_TOKENS") else None,
                    drift_baseline=get("DRIFT_BASELINE"),
+                   level_detector=_switch(get("LEVEL_DETECTOR", "on"), "LEVEL_DETECTOR"),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
                    api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
                    max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"),
@@ -172,7 +181,11 @@ class Settings:
                             min_tokens=self.min_tokens if self.min_tokens is not None else int(knobs.get("min_tokens", 16)),
                             baseline=self.drift_baseline or str(knobs.get("baseline", "session")),
                             reference_tokens=int(knobs.get("reference_tokens", 16)),
-                            recover_tokens=self.recover_tokens)
+                            recover_tokens=self.recover_tokens,
+                            # the level beside the drift; baseline "absolute" is a level on its own
+                            level_thresholds=knobs.get("level_thresholds") if self.level_detector
+                            and (self.drift_baseline or knobs.get("baseline", "session")) == "session" else None,
+                            level_alpha=float(knobs.get("level_alpha", 0.05)))
         return thresholds, drift.resolved(thresholds)
 
     def axis_dir(self) -> Path:

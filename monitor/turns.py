@@ -44,6 +44,8 @@ class ChatResult:
     drift: float | None = None  # running minus the session's opening reference (what the thresholds apply to)
     reference: float | None = None
     token_ids: list[int] = field(default_factory=list)  # the generated content tokens (no end-of-turn marker)
+    detector: str | None = None  # the detector whose statistic holds the state (None while ok)
+    statistics: dict[str, float | None] = field(default_factory=dict)  # every detector's statistic at the end
 
     @property
     def mean(self) -> float | None:
@@ -90,4 +92,5 @@ class Turn:
         s = self.session
         return ChatResult(s.id, self.number, layer, self.job.text, self.tokens, self.scores, self.pre_cap_scores,
                           self.cap_flags, summary.state, summary.running, s.capped, self.job.finish_reason,
-                          self.alerts, self.interventions, summary.drift, summary.reference, list(self.job.token_ids))
+                          self.alerts, self.interventions, summary.drift, summary.reference, list(self.job.token_ids),
+                          summary.detector, dict(summary.statistics or {}))

@@ -205,7 +205,8 @@ def test_the_audit_endpoint_answers_what_the_audit_command_prints(server, tiny_e
     api = httpx.post(server["url"] + "/v1/audit", content=path.read_bytes(), params={"policy": "flag"}, timeout=60)
     assert api.status_code == 200, api.text  # a JSON-lines body, as the command reads files
     assert api.json() == printed
-    assert set(printed[0]) == {"id", "model", "layer", "turns", "state", "running", "drift", "alerts"}
+    assert set(printed[0]) == {"id", "model", "layer", "turns", "state", "running", "drift", "detector", "statistics",
+                               "alerts"}
     assert set(printed[0]["turns"][0]) == {"index", "role", "mean", "scores", "tokens", "state"}
 
 

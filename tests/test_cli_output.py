@@ -27,7 +27,7 @@ CRITICAL_ENV = {"AXISWATCH_POLICY": "cap", "AXISWATCH_DRIFT_BASELINE": "absolute
                 "AXISWATCH_THRESHOLD_WATCH": "1000", "AXISWATCH_THRESHOLD_WARNING": "999",
                 "AXISWATCH_THRESHOLD_CRITICAL": "998"}
 CRITICAL = dict(policy="cap", drift_baseline="absolute", min_tokens=4, thresholds=(1000.0, 999.0, 998.0))
-ALERT = re.compile(r"^! ALERT critical at token 3: running [+-]\d+\.\d fell below \+998\.0$", re.M)
+ALERT = re.compile(r"^! ALERT critical at token 3 \(level\): running [+-]\d+\.\d fell below \+998\.0$", re.M)
 CAPPING = re.compile(r"^! CAPPING ON from token 4 \(config [^)]+\): this session stays capped", re.M)
 
 

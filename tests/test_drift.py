@@ -440,3 +440,80 @@ def test_replay_per_token_gives_the_engines_events_and_the_state_after_each_toke
                            {"turn": 3, "scores": [-30.0] * 12}], th, cfg)
     assert [len(s) for s in states] == [6, 0, 12] and states[2][-1].state == "critical"
     assert states[0][0].drift is None and states[2][0].drift is not None  # no drift before the reference
+
+
+# --- several detectors: the session drift and the absolute level ------------------------------------------
+
+LEVEL = (5.0, -5.0, -15.0)  # raw projection units
+
+
+def both(policy: str = "flag", **kw) -> DriftTracker:
+    base = dict(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0, reference_tokens=2, recover_tokens=0,
+                level_thresholds=LEVEL, level_alpha=1.0)
+    base.update(kw)
+    return DriftTracker(T, DriftConfig(**base), policy=policy)
+
+
+def test_the_level_detector_fires_in_the_first_reply_which_the_drift_cannot():
+    tr = both()
+    assert [d.name for d in tr.detectors] == ["drift", "level"]
+    ev = tr.update([10.0, -6.0], turn=1)  # a persona adopted in the opening reply: no reference yet
+    alert = kinds(ev, "alert")
+    assert [(a.level, a.detector) for a in alert] == [("warning", "level")]
+    assert alert[0].threshold == -5.0 and alert[0].drift == -6.0 and alert[0].running == -6.0
+    assert tr.detector == "level" and tr.reference is None and tr.statistics == {"drift": None, "level": -6.0}
+    s = tr.end_turn()
+    assert s.detector == "level" and s.statistics == {"drift": 0.0 + (-6.0) - 2.0, "level": -6.0}
+    drift_only = DriftTracker(T, DriftConfig(alpha=1.0, hysteresis=0.0, min_tokens=0, reference_tokens=2))
+    assert drift_only.update([10.0, -6.0], turn=1) == [] and drift_only.state == "ok"
+
+
+def test_the_state_is_the_highest_level_and_drops_only_when_every_detector_clears():
+    tr = both()
+    tr.update([40.0, 40.0], turn=1)
+    tr.end_turn()  # reference 40
+    ev = tr.update([25.0], turn=3)  # drift -15 (warning); level 25 (ok)
+    assert tr.state == "warning" and kinds(ev, "alert")[0].detector == "drift"
+    ev = tr.update([-20.0], turn=3)  # drift -60 (critical), level -20 (critical): the first detector leads a tie
+    assert tr.state == "critical" and kinds(ev, "alert")[0].detector == "drift"
+    tr.update([45.0], turn=3)  # drift +5: clears; level 45: clears
+    assert tr.state == "ok"
+    tr.update([-10.0], turn=3)  # drift -50 critical
+    tr.update([38.0], turn=3)  # drift -2 (watch), level 38 (ok): drops as far as the drift allows
+    assert tr.state == "watch" and tr.detector == "drift"
+
+
+def test_snapshots_keep_every_detector_and_a_first_release_snapshot_restores():
+    tr = both()
+    tr.update([40.0, 40.0], turn=1)
+    tr.end_turn()
+    tr.update([-8.0], turn=3)
+    tr.end_turn()
+    snap = tr.snapshot()
+    assert snap["v"] == 2 and set(snap["detectors"]) == {"drift", "level"}
+    again = both()
+    again.restore(snap)
+    assert again.snapshot() == snap and again.statistics == tr.statistics and again.state == tr.state
+    # a snapshot stored by the first tracker (one statistic, v1) continues in the primary detector
+    old = {"v": 1, "level": 0, "running": 30.0, "n": 20, "pending": False, "alert_level": 0, "alert_n": -1,
+           "open_bits": 0, "calm": 0, "capping": False, "last_turn": 1, "turn_means": [30.0], "reference": 30.0,
+           "ref_n": 20, "ref_sum": 600.0}
+    first = DriftTracker(T, DriftConfig(alpha=1.0, hysteresis=0.0, min_tokens=0, cooldown_tokens=0))
+    first.restore(old)
+    assert first.reference == 30.0 and first.running == 30.0 and first.drift == 0.0 and first.turn_means == [30.0]
+    ev = first.update([19.0], turn=3)
+    assert first.drift == -11.0 and [a.level for a in kinds(ev, "alert")] == ["warning"]
+
+
+def test_the_level_settings_survive_as_dict_and_come_from_the_calibration():
+    cfg = DriftConfig(level_thresholds=LEVEL, level_alpha=0.2)
+    assert DriftConfig(**cfg.as_dict()) == cfg and cfg.as_dict()["level_thresholds"] == list(LEVEL)
+    assert "level_thresholds" not in DriftConfig().as_dict()  # the drift alone: the earlier releases' keys
+    th, knobs = thresholds_from_calibration({"alerting": {"thresholds": T.as_dict(), "alpha": 0.1,
+                                                          "level": {"thresholds": dict(zip(T.as_dict(), LEVEL)),
+                                                                    "alpha": 0.2}}})
+    assert th == T and knobs["level_thresholds"] == LEVEL and knobs["level_alpha"] == 0.2
+    with pytest.raises(InputError, match="level thresholds"):
+        DriftConfig(level_thresholds=(1.0, 2.0, 3.0))
+    with pytest.raises(InputError, match="malformed level thresholds"):
+        thresholds_from_calibration({"alerting": {"thresholds": T.as_dict(), "level": {"thresholds": [1, 2]}}})

@@ -117,3 +117,63 @@ def test_response_means_over_content_tokens_own_positions(request, model, max_ne
 def test_response_means_of_an_empty_answer_are_zero(tiny_lm):
     means, norms = response_means(tiny_lm, [[{"role": "user", "content": "Hi"}]], [[]])
     assert not means.any() and not norms.any()
+
+
+# --- the register-balanced axis (detection issue) ----------------------------------------------------------
+
+TINY_REGISTERS = Preset("tiny-registers", None, 1, 2, 2, 1, 1, 8, 2, 9, 1, 4)
+
+
+def test_both_sides_answer_the_same_register_prompts():
+    from calibrate.roles import load_registers
+
+    regs = load_registers()
+    fit = {r for r, v in regs.items() if v["split"] == "fit"}
+    held = {r for r, v in regs.items() if v["split"] == "heldout"}
+    assert len(fit) >= 6 and len(held) >= 3 and {"poem", "story", "code"} <= fit
+    jobs = plan_jobs(PRESETS["standard"], "SmolLM")
+    side = {kind: {(j.register, j.question) for j in jobs if j.kind == kind and j.register != "question"}
+            for kind in ("role", "default")}
+    assert side["role"] <= side["default"]  # every register prompt a role answers, the default answers too
+    assert {r for r, _ in side["role"]} == fit | held
+    assert all((j.split == "fit") == (j.register in fit) for j in jobs if j.register != "question")
+    quick = plan_jobs(PRESETS["quick"], "SmolLM")
+    assert {j.register for j in quick if j.kind == "default" and j.split == "fit"} == fit | {"question"}
+
+
+def test_the_balanced_contrast_cancels_a_register_and_erasure_removes_what_is_left():
+    from calibrate.contrast import balanced_contrast, erase_registers, register_basis
+
+    g = torch.Generator().manual_seed(0)
+    v, poem = torch.zeros(1, 8), torch.zeros(1, 8)
+    v[0, 0], poem[0, 1] = 1.0, 5.0  # the persona direction; what a poem adds to any answer
+
+    def answers(n, shift):
+        return shift + 0.01 * torch.randn(n, 1, 8, generator=g)
+
+    default = {"question": answers(50, v), "poem": answers(50, v + poem)}
+    role = {"question": answers(40, 0 * v), "poem": answers(4, poem)}  # roles seldom write poems
+    pooled = torch.cat(list(default.values())).mean(0) - torch.cat(list(role.values())).mean(0)
+    assert abs(float(pooled[0, 1])) > 2.0  # pooling: half the default answers are poems, a tenth of the role's
+    axis = balanced_contrast(default, role)
+    assert torch.allclose(axis, v, atol=0.02)
+    leaky = v + 0.5 * poem / 5.0
+    basis = register_basis({k: x[:, 0] for k, x in default.items()}, 1)
+    assert basis.shape == (1, 8) and abs(float(basis[0, 1])) > 0.99
+    assert torch.allclose(erase_registers(leaky, default, 1), v, atol=0.02)
+    with pytest.raises(InputError, match="share no kind"):
+        balanced_contrast({"poem": answers(2, v)}, {"question": answers(2, v)})
+
+
+def test_compute_axis_with_registers_reports_how_much_register_loads(tiny_lm, tiny_data, tmp_path):
+    roles, questions = tiny_data
+    art, report = compute_axis(tiny_lm, tmp_path / "work", tmp_path / "axis", TINY_REGISTERS, EveryoneInRole(),
+                               batch_size=16, roles=roles, questions=questions)
+    assert report["axis_rule"].startswith("register-balanced")
+    assert report["register_erasure"]["chosen_k"] in report["register_erasure"]["choices"]
+    regs = report["registers"]
+    assert {"poem", "code", "question"} <= set(regs["per_register"]) and regs["gap"] is not None
+    assert regs["per_register"]["poem"]["split"] == "fit" and regs["per_register"]["song"]["split"] == "heldout"
+    for key in ("creative_minus_code_in_gaps", "auroc_neutral_heldout_questions", "auroc_heldout_registers"):
+        assert key in regs
+    assert json.loads((tmp_path / "axis" / "report.json").read_text())["axis_rule"] == report["axis_rule"]

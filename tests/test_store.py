@@ -418,6 +418,23 @@ def test_whole_numbers_in_float_columns_verify(store):
     assert store.verify_session("nums")["ok"]
 
 
+def test_the_detector_of_an_alert_is_stored_and_chained_and_older_alerts_keep_their_digest(store):
+    """Schema 4's detector column: kept with the alert, part of its digest where set; an alert written
+    without one (before the column) digests as it did then, so older trails still verify."""
+    from monitor.store.rows import content_digest, to_row
+
+    old = alert("det", 1, "evt_old")
+    assert old.detector is None and content_digest("alert", to_row(old)) == content_digest(
+        "alert", {k: v for k, v in to_row(old).items() if k != "detector"})  # no key: the version-3 digest
+    store.write(alerts=[old, alert("det", 2, "evt_level", level="warning", detector="level")])
+    got = {a["event_id"]: a for a in store.get_session("det")["alerts"]}
+    assert got["evt_level"]["detector"] == "level" and got["evt_old"]["detector"] is None
+    assert store.verify_session("det")["ok"]
+    with store.engine.begin() as c:  # the detector is part of the record: editing it is found
+        c.execute(text("update alerts set detector = 'drift' where event_id = 'evt_level'"))
+    assert not store.verify_session("det")["ok"]
+
+
 def test_an_acknowledged_alert_whose_id_holds_a_colon_verifies(store):
     store.write(alerts=[alert("colon", 1, "evt:from:elsewhere")])
     store.acknowledge_alert("evt:from:elsewhere", by="ops")
@@ -434,8 +451,9 @@ def test_records_from_before_the_trail_are_linked_at_the_upgrade(db_url):
             for t in ("chain", "alert_updates", "turn_context", "messages"):
                 c.execute(text(f"drop table {t}"))
             c.execute(text("alter table alerts drop column excerpt"))
+            c.execute(text("alter table alerts drop column detector"))
             c.execute(text("update alerts set acknowledged = true"))
-            c.execute(text("delete from schema_version where version = 3"))
+            c.execute(text("delete from schema_version where version >= 3"))
     with closing(Store(db_url)) as s:
         assert s.migrate() == SCHEMA_VERSION
         v = s.verify_session("old")

@@ -77,17 +77,38 @@ if roles:
         st.caption(f"Shown: the {n} roles nearest the Assistant and the {n} farthest from it; the "
                    f"{len(df) - len(shown)} in between are left out (the slider shows more).")
 
+def threshold_rows(dep) -> list[dict]:
+    """One row per detector and level: the statistic, its threshold, and how the calibration set it."""
+    th, drift = dep.thresholds, dep.drift
+    if drift.get("baseline", "session") == "session":
+        name, what = "drift", "running score minus the session's opening reply"
+        rules = ("10% of benign calibration conversations fall this far below their opening",
+                 "1% of them (half the 2% false-alert budget)",
+                 "below every benign conversation, and at least the axis gap (default minus in-role median)")
+    else:
+        name, what = "level", "running score (absolute)"
+        rules = ("the configured or calibrated watch level", "warning level", "critical level")
+    rows = [dict(detector=name, state=s, below=v, rule=f"{what}: {r}")
+            for s, v, r in zip(("watch", "warning", "critical"), (th.watch, th.warning, th.critical), rules)]
+    level = drift.get("level_thresholds")
+    if level:
+        rules = ("10% of benign calibration conversations go this low", "1% of them (the other half of the budget)",
+                 "below every benign conversation and at most the median in-role answer")
+        rows += [dict(detector="level", state=s, below=v, rule=f"running score (EWMA {drift.get('level_alpha')}), "
+                      f"absolute, from the first token: {r}")
+                 for s, v, r in zip(("watch", "warning", "critical"), level, rules)]
+    return rows
+
+
 c3, c4 = st.columns([3, 2])
 with c3:
-    st.subheader("Drift thresholds")
-    th = dep.thresholds
-    table(pd.DataFrame([
-        dict(state="watch", below=th.watch, rule="p10 of the default Assistant answers"),
-        dict(state="warning", below=th.warning, rule="halfway from watch to critical"),
-        dict(state="critical", below=th.critical, rule="median in-role (score-3) answer")]),
-        "thresholds", {"state": 70, "below": 130, "rule": 250},
-        column_config={"below": st.column_config.NumberColumn("running score below", format="%+.3f")})
-    st.caption("drift settings: " + ", ".join(f"{k} {v}" for k, v in dep.drift.items()) + f" · policy {dep.policy}")
+    st.subheader("Alert rule: detectors and thresholds")
+    table(pd.DataFrame(threshold_rows(dep)), "thresholds", {"detector": 70, "state": 70, "below": 110, "rule": 300},
+          column_config={"below": st.column_config.NumberColumn("statistic below", format="%+.3f")})
+    st.caption("A session's state is the highest level any detector's statistic reaches; it drops only when every "
+               "detector has cleared its bar. Settings: " + ", ".join(f"{k} {v}" for k, v in dep.drift.items()
+                                                                     if k != "level_thresholds")
+               + f" · policy {dep.policy}")
 with c4:
     st.subheader("Capping config")
     cap = dep.capping

@@ -90,7 +90,8 @@ async def chat_completions(body: CompletionBody, ctx: Ctx, x_session_id: str | N
             "usage": usage,
             "axiswatch": {"session_id": res.session_id, "turn": res.turn, "layer": res.layer, "scores": res.scores,
                           "mean": res.mean, "state": res.state, "running": res.running, "drift": res.drift,
-                          "reference": res.reference, "capped": res.capped, **_events(res)},
+                          "reference": res.reference, "detector": res.detector, "statistics": res.statistics,
+                          "capped": res.capped, **_events(res)},
         }, headers=headers)
     return StreamingResponse(_stream(ctx, req, cid, created), media_type="text/event-stream", headers=headers)
 
@@ -124,6 +125,7 @@ async def _stream(ctx: ApiContext, req: ChatRequest, cid: str, created: int):
     yield chunk({}, res.finish_reason, {"session_id": res.session_id, "turn": res.turn, "layer": res.layer,
                                         "mean": res.mean, "state": res.state, "running": res.running,
                                         "drift": res.drift, "reference": res.reference,
+                                        "detector": res.detector, "statistics": res.statistics,
                                         "capped": res.capped, **_events(res)})
     yield "data: [DONE]\n\n"
 

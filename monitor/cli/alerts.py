@@ -42,11 +42,12 @@ def alerts_list(ctx, status, session_id, only_open, limit, database_url, as_json
         return
     ew = max([len(a["event_id"]) for a in rows] + [5])
     sw = max([len(a["session_id"]) for a in rows] + [7])
-    click.echo(f"{'time (UTC)':19s} {'event':{ew}s} {'session':{sw}s} {'level':8s} where             running < "
-               f"threshold  {'status':12s} webhook")
+    click.echo(f"{'time (UTC)':19s} {'event':{ew}s} {'session':{sw}s} {'level':8s} {'detector':8s} where"
+               f"             running < threshold  {'status':12s} webhook")
     for a in rows:
         at = datetime.fromtimestamp(float(a["created_at"]), tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{at:19s} {a['event_id']:{ew}s} {a['session_id']:{sw}s} {a['level']:8s} turn {a['turn']:3d} "
+        click.echo(f"{at:19s} {a['event_id']:{ew}s} {a['session_id']:{sw}s} {a['level']:8s} "
+                   f"{a.get('detector') or 'drift':8s} turn {a['turn']:3d} "
                    f"token {a['token_index']:4d} {fmt(a['score']):>7s} < {fmt(a['threshold']):>7s}  "
                    f"{a['status']:12s} {a['delivery_status']} ({a['attempts']} attempts)")
     if not rows:

@@ -23,7 +23,8 @@ def _fmt(v) -> str:
 
 def event_lines(alerts: list[dict], interventions: list[dict]) -> list[str]:
     """A line per alert and per capping switch of one reply, in token order."""
-    lines = [(int(a.get("token_index") or 0), f"! ALERT {a.get('level', '?')} at token {a.get('token_index', '?')}: "
+    lines = [(int(a.get("token_index") or 0), f"! ALERT {a.get('level', '?')} at token {a.get('token_index', '?')}"
+                                             f"{' (' + a['detector'] + ')' if a.get('detector') else ''}: "
                                              f"running {_fmt(a.get('score'))} fell below {_fmt(a.get('threshold'))}")
              for a in alerts]
     lines += [(int(i.get("token_index") or 0), f"! CAPPING ON from token {i.get('token_index', '?')}"
@@ -44,10 +45,21 @@ def _bar(running: float | None, width: int = 20) -> str:
     return "#" * n + "." * (width - n)
 
 
-def _status(state: str, running: float | None, mean: float | None, capped: bool) -> str:
+STATISTIC = {"drift": "drift from the opening", "level": "level"}
+
+
+def _status(state: str, running: float | None, mean: float | None, capped: bool, detector: str | None = None,
+            statistics: dict | None = None) -> str:
+    """The line after each reply: the running score, and what the state comes from: the statistic of the
+    detector that holds it (the drift below the session's opening, or the absolute level), or every
+    detector's statistic while the state is ok."""
     r = "-" if running is None else f"{running:+.1f}"
     m = "-" if mean is None else f"{mean:+.1f}"
-    return f"[{_bar(running)}] state {state} | running {r} | turn mean {m}{' | CAPPED' if capped else ''}"
+    stats = statistics or {}
+    shown = {detector: stats.get(detector)} if detector else stats
+    why = ", ".join(f"{STATISTIC.get(k, k)} {_fmt(v)}" for k, v in shown.items())
+    return (f"[{_bar(running)}] state {state}{' (' + why + ')' if why else ''} | running {r} | turn mean {m}"
+            f"{' | CAPPED' if capped else ''}")
 
 
 class _Reply:
@@ -161,12 +173,14 @@ def chat(ctx, model, device, dtype, layers_path, url, session_id, system, max_to
                 res = rt.engine.submit(ChatRequest(sid, list(messages), GenerationOptions(max_new_tokens=max_tokens),
                                                     policy, on_token=reply.on_payload)).result()
                 final = {"state": res.state, "running": res.running, "mean": res.mean, "capped": res.capped,
+                         "detector": res.detector, "statistics": res.statistics,
                          "alerts": [a.to_dict() for a in res.alerts],
                          "interventions": [i.to_dict() for i in res.interventions]}
             click.echo()
             for line in reply.event_lines(final):
                 click.echo(click.style(line, fg="red", bold=True) if colour else line)
-            click.echo(_status(final.get("state", "?"), final.get("running"), final.get("mean"), final.get("capped", False)))
+            click.echo(_status(final.get("state", "?"), final.get("running"), final.get("mean"), final.get("capped", False),
+                               final.get("detector"), final.get("statistics")))
             messages.append({"role": "assistant", "content": "".join(reply.pieces)})
     finally:
         if rt is not None:

@@ -88,7 +88,8 @@ _FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a pre
                      input_head=lambda x: x is None or is_name(x), input=_nodes_ok, diverged_at=opt_int,
                      tracker=lambda x: x is None or isinstance(x, dict)),
     AlertEvent: dict(event_id=is_name, turn=is_int, token_index=is_int, level=LEVELS, policy=POLICIES, score=is_num,
-                     threshold=is_num, created_at=is_num, excerpt=is_text),
+                     threshold=is_num, created_at=is_num, excerpt=is_text,
+                     detector=lambda x: x is None or isinstance(x, str)),
     AlertUpdate: dict(event_id=is_name, action=ALERT_ACTIONS, by=is_name, note=is_text, turn=opt_int,
                       token_index=opt_int, created_at=is_num),
     InterventionRecord: dict(turn=is_int, token_index=is_int, config_id=is_name, created_at=is_num,
@@ -171,6 +172,11 @@ _VOLATILE = {"turn": {"id"}, "intervention": {"id"},  # the delivery state chang
              "alert": {"delivery_status", "attempts", "last_error", "acknowledged"}}
 
 
+# columns added after the chain began (schema version 4 on): digested only where set, so a record written
+# before the column existed keeps its digest
+_ADDED_LATER = {"alert": {"detector"}}
+
+
 def chain_key(kind: str, row: dict[str, Any]) -> str:
     """The record's key within its session, as the chain names it."""
     if kind in ("turn", "context"):
@@ -190,7 +196,9 @@ def content_digest(kind: str, row: dict[str, Any]) -> str:
     """SHA-256 of a stored row's columns (the ones that never change after the write), canonical JSON:
     the same from the dict that was inserted and from the row read back."""
     skip = _VOLATILE.get(kind, set())
-    d = {k: _plain(bytes(v) if isinstance(v, memoryview) else v) for k, v in row.items() if k not in skip}
+    later = _ADDED_LATER.get(kind, set())
+    d = {k: _plain(bytes(v) if isinstance(v, memoryview) else v) for k, v in row.items()
+         if k not in skip and not (k in later and v is None)}
     floats = _FLOATS.get(kind, set())
     d = {k: float(v) if k in floats and is_num(v) else v for k, v in d.items()}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False,

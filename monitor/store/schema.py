@@ -90,6 +90,7 @@ class AlertRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     acknowledged: Mapped[bool] = mapped_column(default=False)
     excerpt: Mapped[str | None] = mapped_column(Text)  # version 3
+    detector: Mapped[str | None] = mapped_column(String)  # version 4
 
 
 class InterventionRow(Base):
@@ -205,6 +206,11 @@ def _v3(conn: Connection) -> None:
                              checkfirst=False)
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    """Version 4: which detector fired each alert (the session drift or the absolute level)."""
+    conn.exec_driver_sql("ALTER TABLE alerts ADD COLUMN detector VARCHAR")
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 CHAIN_VERSION = 3  # the version that began each session's hash chain (older records are linked at the upgrade)
