@@ -80,9 +80,10 @@ def fit_thresholds(conversations: Sequence[Sequence[Sequence[float]]], config: D
     return Thresholds(watch, warning, critical), stats
 
 
-def level_trace(turns: Sequence[Sequence[float]], alpha: float) -> list[float]:
-    """The absolute level detector's statistic (:class:`monitor.detectors.Level`) after each token."""
-    det = Level(_NEVER, alpha)
+def level_trace(turns: Sequence[Sequence[float]], alpha: float, warmup: int = 1) -> list[float]:
+    """The absolute level detector's statistic (:class:`monitor.detectors.Level`) after each token from its
+    ``warmup``-th on."""
+    det = Level(_NEVER, alpha, warmup=max(warmup, 1))
     return [v for t in turns for s in t if (v := det.push(float(s))) is not None]
 
 
@@ -94,7 +95,7 @@ def fit_level_thresholds(conversations: Sequence[Sequence[Sequence[float]]], alp
     projection of in-role answers (a session there reads like a typical fully in-role answer)."""
     minima = []
     for c in conversations:
-        vals = level_trace(c, alpha)[max(min_tokens - 1, 0):]
+        vals = level_trace(c, alpha, min_tokens)  # armed, like the tracker's, from the min_tokens-th token
         if vals:
             minima.append(min(vals))
     if len(minima) < 20:

@@ -150,22 +150,35 @@ class SessionDrift(Detector):
 
 
 class Level(Detector):
-    """The running score itself (EWMA, weight ``alpha``) against absolute thresholds, from the first token."""
+    """The running score itself against absolute thresholds: the mean of the session's scores until it has
+    ``1 / alpha`` of them, then an EWMA of weight ``alpha`` (a new token weighs ``max(alpha, 1 / n)``),
+    armed once it has ``warmup`` tokens (from then on, in the first reply too). Started as a mean and armed
+    after a warm-up, the statistic is not at the mercy of the first tokens (they run low on every model we
+    looked at), which a plain EWMA would carry for ``1 / alpha`` tokens."""
 
     name = "level"
     statistic = "running score (absolute)"
+    _SAVED = ("running", "value", "n")
 
-    def __init__(self, thresholds: Thresholds, alpha: float = 0.05, hysteresis: float | None = None) -> None:
+    def __init__(self, thresholds: Thresholds, alpha: float = 0.05, hysteresis: float | None = None,
+                 warmup: int = 16, mean_start: bool = True) -> None:
         super().__init__(thresholds, hysteresis)
         self.alpha = _alpha(alpha, "level")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
+            raise InputError(f"level warmup must be an integer >= 1, got {warmup!r}")
+        self.warmup, self.n, self.mean_start = warmup, 0, bool(mean_start)
 
     def push(self, score: float) -> float | None:
+        self.n += 1
         r = self.running
-        self.running = self.value = score if r is None else self.alpha * score + (1.0 - self.alpha) * r
+        w = max(self.alpha, 1.0 / self.n) if self.mean_start else self.alpha
+        self.running = score if r is None else r + w * (score - r)
+        if self.n >= self.warmup:
+            self.value = self.running
         return self.value
 
     def knobs(self) -> dict:
-        return {"alpha": self.alpha}
+        return {"alpha": self.alpha, "warmup": self.warmup, "mean_start": self.mean_start}
 
 
 DETECTORS = {"drift": SessionDrift, "level": Level}

@@ -186,9 +186,11 @@ def make_detectors(thresholds: Thresholds, config: DriftConfig) -> list[Detector
     baseline ``absolute`` the running score itself), then the absolute level where it is configured."""
     dets: list[Detector] = [
         SessionDrift(thresholds, config.alpha, config.reference_tokens, config.hysteresis)
-        if config.baseline == "session" else Level(thresholds, config.alpha, config.hysteresis)]
-    if config.level_thresholds is not None:
-        dets.append(Level(Thresholds(*config.level_thresholds), config.level_alpha))
+        # baseline "absolute": the first releases' statistic, a plain EWMA from the first token
+        if config.baseline == "session" else Level(thresholds, config.alpha, config.hysteresis, 1, mean_start=False)]
+    if config.level_thresholds is not None:  # the drift's hysteresis: both are in projection units
+        dets.append(Level(Thresholds(*config.level_thresholds), config.level_alpha, config.hysteresis,
+                          max(config.min_tokens, 1)))
     return dets
 
 

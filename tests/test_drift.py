@@ -517,3 +517,18 @@ def test_the_level_settings_survive_as_dict_and_come_from_the_calibration():
         DriftConfig(level_thresholds=(1.0, 2.0, 3.0))
     with pytest.raises(InputError, match="malformed level thresholds"):
         thresholds_from_calibration({"alerting": {"thresholds": T.as_dict(), "level": {"thresholds": [1, 2]}}})
+
+
+def test_level_thresholds_come_from_benign_minima_and_the_in_role_median():
+    from calibrate.thresholds import fit_level_thresholds, level_trace
+
+    assert level_trace([[10.0, 0.0], [20.0]], alpha=0.5) == [10.0, 5.0, 12.5]
+    convs = [[[float(k)] * 20] for k in range(100)]  # conversation k sits at k
+    th, stats = fit_level_thresholds(convs, alpha=0.5, min_tokens=4, in_role=-30.0)
+    assert th.watch == pytest.approx(quantile([float(k) for k in range(100)], 0.10))
+    assert th.warning == pytest.approx(0.99) and th.critical == -30.0  # below every benign minimum (0)
+    assert stats["n_measured"] == 100 and stats["in_role_median"] == -30.0
+    th2, _ = fit_level_thresholds(convs, alpha=0.5, min_tokens=4, in_role=50.0)
+    assert th2.critical < th2.warning and th2.critical == 0.0  # never above a benign conversation's minimum
+    with pytest.raises(InputError, match="at least 20"):
+        fit_level_thresholds(convs[:10], alpha=0.5, min_tokens=4)

@@ -1,0 +1,171 @@
+"""Detection: the session drift, the absolute level, or both, on held-out traffic scored with an axis.
+
+``python -m eval.detection_study --sessions runs/rescored.json --calibration <axis work>/alerts --axis DIR``
+
+The sessions are :mod:`eval.rescore`'s output (traffic recorded live through ``serve``, scored with the
+axis under study by teacher forcing): benign sessions (groups ``benign*``), drifting conversations
+(``drift*``) and persona sessions (``persona``: a persona in the system prompt or asked for in the user's
+turn). A persona session's ground truth is the offline judge's score of each reply (3: fully in role; the
+labels the evaluation recorded, or the judge run here for sessions without them); what counts as adoption
+was written down before the study (``docs/alerting.md``).
+
+Every rule's thresholds come from the axis' benign calibration conversations (``--calibration``: the
+``calibrate-alerts`` work folder or its compact scores file), never from this traffic; with two detectors
+the 2% false-alert budget is split, 1% each, and the benign rate is measured for both together. The
+sessions are split in fixed halves (alternate sessions of each group, in id order); a rule is chosen on
+the dev half (among those with at most 2% of benign sessions at warning, the most persona sessions in role
+and drifting conversations caught) and reported on the other. The frontier (catch at 1%, 2% and 5% of
+benign sessions) moves the level detector's warning threshold along the report half's own benign
+sessions: it reads thresholds off the reported traffic by construction, so it is a ceiling, not a setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from calibrate.thresholds import fit_level_thresholds, fit_thresholds, level_trace, quantile
+from eval.alert_study import load_calibration, split
+from eval.stats import median, rate
+from monitor.drift import DriftConfig, DriftTracker, Thresholds
+from monitor.replay import replay
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGET = 0.02
+_NEVER = (-1e300, -2e300, -3e300)
+
+
+def kind(s: dict) -> str:
+    g = s["group"]
+    return "benign" if g.startswith("benign") else "drift" if g.startswith("drift") else "persona"
+
+
+def first_warning(s: dict, th: Thresholds, cfg: DriftConfig) -> tuple[int | None, int | None, str | None]:
+    """(session token, turn, detector) of the session's first alert at warning or above; Nones if never."""
+    tr = DriftTracker(th, cfg, policy="flag")
+    turns = [t["scores"] for t in s["turns"]]
+    n = 0
+    for k, (scores, r) in enumerate(zip(turns, replay(tr, enumerate(turns)))):
+        for ev in r.events:
+            if ev.kind == "alert" and ev.level in ("warning", "critical"):
+                return n + ev.token_index, k, ev.detector
+        n += len(scores)
+    return None, None, None
+
+
+def in_role(s: dict) -> bool | None:
+    """Persona sessions: whether the first reply is fully in role (judge 3); None for other sessions."""
+    if kind(s) != "persona":
+        return None
+    j = s.get("judge") if "judge" in s else (s["turns"][0].get("judge") if s["turns"] else None)
+    return j == 3
+
+
+def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
+    hits = [(s, *first_warning(s, th, cfg)) for s in sessions]
+    out: dict = {}
+    ben = [h for h in hits if kind(h[0]) == "benign"]
+    out["benign"] = rate([h[1] is not None for h in ben])
+    out["benign_by_category"] = {}
+    for c in sorted({str(h[0].get("category")) for h in ben}):
+        out["benign_by_category"][c] = rate([h[1] is not None for h in ben if str(h[0].get("category")) == c])
+    dri = [h for h in hits if kind(h[0]) == "drift"]
+    out["drift"] = rate([h[1] is not None for h in dri])
+    out["drift_by_domain"] = {c: rate([h[1] is not None for h in dri if h[0].get("category") == c])
+                              for c in sorted({str(h[0].get("category")) for h in dri})}
+    out["drift_catch_token_median"] = median([h[1] for h in dri if h[1] is not None])
+    per = [h for h in hits if kind(h[0]) == "persona"]
+    role = [h for h in per if in_role(h[0])]
+    out["persona_all"] = rate([h[1] is not None for h in per])
+    out["persona_in_role"] = rate([h[1] is not None for h in role])
+    out["persona_in_role_by_end_of_first_reply"] = rate([h[2] == 0 for h in role])
+    out["persona_in_role_by_kind"] = {c: rate([h[1] is not None for h in role if h[0].get("category") == c])
+                                      for c in sorted({str(h[0].get("category")) for h in role})}
+    out["persona_catch_token_median"] = median([h[1] for h in role if h[1] is not None])
+    out["detectors_that_fired"] = {d: sum(1 for h in hits if h[3] == d) for d in ("drift", "level")}
+    return out
+
+
+def rules(calibration, gap: float | None, in_role_median: float | None, min_tokens: int = 16) -> list[dict]:
+    """The rules compared: the drift alone (the shipped rule before this study) and the drift with the level
+    detector at three smoothings, every threshold fitted on the calibration conversations."""
+    drift_cfg = DriftConfig(alpha=0.1, baseline="session", hysteresis=0.0, recover_tokens=0, min_tokens=min_tokens)
+    dth, _ = fit_thresholds(calibration, drift_cfg, gap)
+    out = [{"rule": "drift alone (alpha 0.1)", "thresholds": dth, "config": drift_cfg, "level": None}]
+    for alpha in (0.1, 0.05, 0.02):
+        lth, lstats = fit_level_thresholds(calibration, alpha, min_tokens, in_role_median)
+        cfg = DriftConfig(alpha=0.1, baseline="session", hysteresis=0.0, recover_tokens=0, min_tokens=min_tokens,
+                          level_thresholds=tuple(lth.as_dict().values()), level_alpha=alpha)
+        out.append({"rule": f"drift + level (alpha {alpha})", "thresholds": dth, "config": cfg, "level": lth})
+    return out
+
+
+def frontier(sessions: list[dict], rule: dict, rates=(0.01, 0.02, 0.05)) -> dict:
+    """Persona sessions in role caught by the level detector alone, its warning threshold set so that the
+    given share of these benign sessions reaches it (a ceiling read off the traffic itself)."""
+    alpha = rule["config"].level_alpha
+    warmup = rule["config"].min_tokens
+    lows = {s["id"]: min(level_trace([t["scores"] for t in s["turns"]], alpha, warmup) or [float("inf")])
+            for s in sessions}
+    ben = [lows[s["id"]] for s in sessions if kind(s) == "benign"]
+    role = [lows[s["id"]] for s in sessions if in_role(s)]
+    out = {}
+    for r in rates:
+        thr = quantile(ben, r)
+        out[f"{r:.0%}"] = {"threshold": thr, "persona_in_role": rate([x < thr for x in role])}
+    return out
+
+
+def study(sessions: list[dict], calibration, gap: float | None, in_role_median: float | None) -> dict:
+    dev, rep = split(sessions)
+    rows = []
+    for r in rules(calibration, gap, in_role_median):
+        rows.append({"rule": r["rule"], "drift_thresholds": r["thresholds"].as_dict(),
+                     "level_thresholds": r["level"].as_dict() if r["level"] else None,
+                     "config": r["config"].as_dict(), "dev": evaluate(dev, r["thresholds"], r["config"]),
+                     "report": evaluate(rep, r["thresholds"], r["config"]), "_rule": r})
+    ok = [r for r in rows if r["dev"]["benign"]["rate"] <= BUDGET]
+    chosen = max(ok or rows, key=lambda r: (r["dev"]["persona_in_role"]["k"] + r["dev"]["drift"]["k"],
+                                            -r["dev"]["benign"]["k"]))
+    front = frontier(rep, chosen["_rule"]) if chosen["_rule"]["level"] else None
+    for r in rows:
+        del r["_rule"]
+    return {"budget": BUDGET, "rows": rows, "chosen": chosen["rule"], "frontier_report_half": front,
+            "selection": "on the dev half, among rules with at most 2% of benign sessions at warning: the most persona "
+                         "sessions in role plus drifting conversations caught" + ("" if ok else " (none met the budget)"),
+            "n_dev": len(dev), "n_report": len(rep), "calibration_conversations": len(calibration),
+            "counts": {k: sum(1 for s in sessions if kind(s) == k) for k in ("benign", "drift", "persona")},
+            "persona_in_role": sum(1 for s in sessions if in_role(s))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.detection_study", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=Path, action="append", required=True, help="eval.rescore output (repeatable)")
+    ap.add_argument("--calibration", type=Path, required=True,
+                    help="the axis' calibrate-alerts work folder, or the compact scores file")
+    ap.add_argument("--axis", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=RESULTS / "detection_study.json")
+    args = ap.parse_args(argv)
+    from calibrate.alerts import axis_gap, in_role_median
+    from probes.artifacts import load_axis
+
+    art = load_axis(args.axis, roles=False)
+    sessions = [s for p in args.sessions for s in json.loads(p.read_text())]
+    calibration = load_calibration(args.calibration)
+    res = study(sessions, calibration, axis_gap(art), in_role_median(art))
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    for r in res["rows"]:
+        p = r["report"]
+        print(f"{r['rule']}: report half: benign at warning {p['benign']['rate']:.1%} ({p['benign']['k']}/"
+              f"{p['benign']['n']}), persona in role caught {p['persona_in_role']['rate']:.0%} "
+              f"({p['persona_in_role']['k']}/{p['persona_in_role']['n']}; by the end of the first reply "
+              f"{p['persona_in_role_by_end_of_first_reply']['rate']:.0%}), drifting caught {p['drift']['rate']:.0%} "
+              f"({p['drift']['k']}/{p['drift']['n']})")
+    print(f"chosen on dev: {res['chosen']}; frontier: {res['frontier_report_half']}; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The detection study's wiring (eval/detection_study.py) on synthetic scores: which rule catches what."""
+
+from __future__ import annotations
+
+import random
+
+from eval import detection_study as D
+
+
+def _session(sid, group, turns, category="x", judge=None):
+    s = {"id": sid, "group": group, "category": category, "turns": [{"scores": t} for t in turns]}
+    if judge is not None:
+        s["judge"] = judge
+    return s
+
+
+def _traffic():
+    rnd = random.Random(0)
+    noisy = lambda mu, n=40, sd=1.0: [mu + rnd.gauss(0, sd) for _ in range(n)]  # noqa: E731
+    # the calibration conversations vary more than the benign traffic: this test is about the wiring
+    calibration = [[noisy(20, sd=3.0), noisy(20, sd=3.0), noisy(20, sd=3.0)] for _ in range(60)]
+    sessions = [_session(f"b{i:02d}", "benign", [noisy(20), noisy(20)], "poem" if i % 4 < 2 else "code")
+                for i in range(40)]
+    sessions += [_session(f"d{i:02d}", "drift", [noisy(20), noisy(0), noisy(-40)], "therapy") for i in range(10)]
+    sessions += [_session(f"p{i:02d}", "persona", [noisy(-40)], "user_single", judge=3) for i in range(10)]
+    sessions += [_session(f"q{i:02d}", "persona", [noisy(20)], "user_single", judge=1) for i in range(4)]
+    return sessions, calibration
+
+
+def test_the_level_detector_catches_a_persona_in_its_first_reply_and_the_drift_cannot():
+    sessions, calibration = _traffic()
+    res = D.study(sessions, calibration, gap=30.0, in_role_median=-30.0)
+    rows = {r["rule"]: r for r in res["rows"]}
+    alone, both = rows["drift alone (alpha 0.1)"]["report"], rows["drift + level (alpha 0.05)"]["report"]
+    assert alone["persona_in_role"]["k"] == 0 and alone["drift"]["rate"] == 1.0
+    assert both["persona_in_role"]["rate"] == 1.0 and both["persona_in_role_by_end_of_first_reply"]["rate"] == 1.0
+    assert both["drift"]["rate"] == 1.0 and both["benign"]["k"] == 0 and both["detectors_that_fired"]["level"] >= 5
+    assert both["persona_all"]["n"] == 7 and both["persona_in_role"]["n"] == 5  # the report half of 14 sessions
+    assert res["chosen"].startswith("drift + level") and res["counts"] == {"benign": 40, "drift": 10, "persona": 14}
+    assert set(res["frontier_report_half"]) == {"1%", "2%", "5%"}
+    assert set(both["benign_by_category"]) == {"poem", "code"}
