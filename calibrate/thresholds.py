@@ -24,9 +24,9 @@ model's own calibration answers and its axis statistics.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from monitor.detectors import Level
+from monitor.detectors import Detector, Level
 from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import InputError
 from monitor.replay import replay
@@ -85,6 +85,37 @@ def level_trace(turns: Sequence[Sequence[float]], alpha: float, warmup: int = 1)
     ``warmup``-th on."""
     det = Level(_NEVER, alpha, warmup=max(warmup, 1))
     return [v for t in turns for s in t if (v := det.push(float(s))) is not None]
+
+
+def fit_statistic_thresholds(conversations: Sequence[Sequence[Sequence[float]]], detector: Callable[[], Detector],
+                             min_tokens: int, floor: float | None = None,
+                             budget: float = WARNING_BUDGET) -> tuple[Thresholds, dict]:
+    """Thresholds for any detector's statistic (a fresh one from ``detector()`` per conversation), like
+    :func:`fit_thresholds`: each benign conversation's lowest statistic from ``min_tokens`` on; watch and
+    warning at the ``WATCH_BUDGET`` and ``budget`` quantiles; critical below every benign minimum and at
+    most ``floor``."""
+    minima = []
+    for c in conversations:
+        det, n, low = detector(), 0, math.inf
+        for t in c:
+            for s in t:
+                n += 1
+                v = det.push(float(s))
+                if v is not None and n >= min_tokens:
+                    low = min(low, v)
+            det.end_turn()
+        if low < math.inf:
+            minima.append(low)
+    if len(minima) < 20:
+        raise InputError(f"only {len(minima)} calibration conversations have a statistic to measure; "
+                         "calibration needs at least 20")
+    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
+    critical = min(minima) if floor is None else min(min(minima), floor)
+    eps = 1e-6 * max(1.0, abs(watch))
+    warning = min(warning, watch - eps)
+    critical = min(critical, warning - eps)
+    return Thresholds(watch, warning, critical), {"n_measured": len(minima), "budgets": {"watch": WATCH_BUDGET,
+                                                                                        "warning": budget}}
 
 
 def fit_level_thresholds(conversations: Sequence[Sequence[Sequence[float]]], alpha: float, min_tokens: int,

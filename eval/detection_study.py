@@ -26,15 +26,16 @@ import json
 import sys
 from pathlib import Path
 
-from calibrate.thresholds import fit_level_thresholds, fit_thresholds, level_trace, quantile
+from calibrate.thresholds import fit_level_thresholds, fit_statistic_thresholds, fit_thresholds, level_trace, quantile
 from eval.alert_study import load_calibration, split
 from eval.stats import median, rate
-from monitor.drift import DriftConfig, DriftTracker, Thresholds
+from monitor.detectors import Cusum, Thresholds
+from monitor.drift import DriftConfig, DriftTracker, make_detectors
 from monitor.replay import replay
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = 0.02
-_NEVER = (-1e300, -2e300, -3e300)
+_NEVER = Thresholds(-1e300, -2e300, -3e300)
 
 
 def kind(s: dict) -> str:
@@ -42,9 +43,9 @@ def kind(s: dict) -> str:
     return "benign" if g.startswith("benign") else "drift" if g.startswith("drift") else "persona"
 
 
-def first_warning(s: dict, th: Thresholds, cfg: DriftConfig) -> tuple[int | None, int | None, str | None]:
+def first_warning(s: dict, rule: dict) -> tuple[int | None, int | None, str | None]:
     """(session token, turn, detector) of the session's first alert at warning or above; Nones if never."""
-    tr = DriftTracker(th, cfg, policy="flag")
+    tr = DriftTracker(rule["thresholds"], rule["config"], policy="flag", detectors=rule["detectors"]())
     turns = [t["scores"] for t in s["turns"]]
     n = 0
     for k, (scores, r) in enumerate(zip(turns, replay(tr, enumerate(turns)))):
@@ -63,8 +64,8 @@ def in_role(s: dict) -> bool | None:
     return j == 3
 
 
-def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
-    hits = [(s, *first_warning(s, th, cfg)) for s in sessions]
+def evaluate(sessions: list[dict], rule: dict) -> dict:
+    hits = [(s, *first_warning(s, rule)) for s in sessions]
     out: dict = {}
     ben = [h for h in hits if kind(h[0]) == "benign"]
     out["benign"] = rate([h[1] is not None for h in ben])
@@ -84,21 +85,33 @@ def evaluate(sessions: list[dict], th: Thresholds, cfg: DriftConfig) -> dict:
     out["persona_in_role_by_kind"] = {c: rate([h[1] is not None for h in role if h[0].get("category") == c])
                                       for c in sorted({str(h[0].get("category")) for h in role})}
     out["persona_catch_token_median"] = median([h[1] for h in role if h[1] is not None])
-    out["detectors_that_fired"] = {d: sum(1 for h in hits if h[3] == d) for d in ("drift", "level")}
+    out["detectors_that_fired"] = {d: sum(1 for h in hits if h[3] == d) for d in ("drift", "level", "cusum")}
     return out
 
 
 def rules(calibration, gap: float | None, in_role_median: float | None, min_tokens: int = 16) -> list[dict]:
-    """The rules compared: the drift alone (the shipped rule before this study) and the drift with the level
-    detector at three smoothings, every threshold fitted on the calibration conversations."""
-    drift_cfg = DriftConfig(alpha=0.1, baseline="session", hysteresis=0.0, recover_tokens=0, min_tokens=min_tokens)
-    dth, _ = fit_thresholds(calibration, drift_cfg, gap)
-    out = [{"rule": "drift alone (alpha 0.1)", "thresholds": dth, "config": drift_cfg, "level": None}]
+    """The rules compared, every threshold fitted on the calibration conversations: the session drift alone
+    at three smoothings (alpha 0.1 is the rule shipped before this study), a CUSUM of the fall below the
+    opening, and the drift with the level detector at three smoothings (the 2% budget split between them)."""
+    base = dict(baseline="session", hysteresis=0.0, recover_tokens=0, min_tokens=min_tokens)
+    out = []
+    drift_th = {}
+    for alpha in (0.1, 0.3):
+        cfg = DriftConfig(alpha=alpha, **base)
+        th, _ = fit_thresholds(calibration, cfg, gap)
+        drift_th[alpha] = th
+        out.append({"rule": f"drift alone (alpha {alpha})", "thresholds": th, "config": cfg, "level": None,
+                    "detectors": lambda th=th, cfg=cfg: make_detectors(th, cfg)})
+    for slack in (10.0, 20.0):
+        cth, _ = fit_statistic_thresholds(calibration, lambda slack=slack: Cusum(_NEVER, slack), min_tokens)
+        cfg = DriftConfig(alpha=0.1, **base)
+        out.append({"rule": f"cusum alone (slack {slack:g})", "thresholds": cth, "config": cfg, "level": None,
+                    "detectors": lambda cth=cth, slack=slack: [Cusum(cth, slack, hysteresis=0.0)]})
     for alpha in (0.1, 0.05, 0.02):
-        lth, lstats = fit_level_thresholds(calibration, alpha, min_tokens, in_role_median)
-        cfg = DriftConfig(alpha=0.1, baseline="session", hysteresis=0.0, recover_tokens=0, min_tokens=min_tokens,
-                          level_thresholds=tuple(lth.as_dict().values()), level_alpha=alpha)
-        out.append({"rule": f"drift + level (alpha {alpha})", "thresholds": dth, "config": cfg, "level": lth})
+        lth, _ = fit_level_thresholds(calibration, alpha, min_tokens, in_role_median)
+        cfg = DriftConfig(alpha=0.1, level_thresholds=tuple(lth.as_dict().values()), level_alpha=alpha, **base)
+        out.append({"rule": f"drift + level (alpha {alpha})", "thresholds": drift_th[0.1], "config": cfg,
+                    "level": lth, "detectors": lambda cfg=cfg: make_detectors(drift_th[0.1], cfg)})
     return out
 
 
@@ -124,8 +137,8 @@ def study(sessions: list[dict], calibration, gap: float | None, in_role_median: 
     for r in rules(calibration, gap, in_role_median):
         rows.append({"rule": r["rule"], "drift_thresholds": r["thresholds"].as_dict(),
                      "level_thresholds": r["level"].as_dict() if r["level"] else None,
-                     "config": r["config"].as_dict(), "dev": evaluate(dev, r["thresholds"], r["config"]),
-                     "report": evaluate(rep, r["thresholds"], r["config"]), "_rule": r})
+                     "config": r["config"].as_dict(), "dev": evaluate(dev, r), "report": evaluate(rep, r),
+                     "_rule": r})
     ok = [r for r in rows if r["dev"]["benign"]["rate"] <= BUDGET]
     chosen = max(ok or rows, key=lambda r: (r["dev"]["persona_in_role"]["k"] + r["dev"]["drift"]["k"],
                                             -r["dev"]["benign"]["k"]))

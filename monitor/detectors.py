@@ -114,7 +114,7 @@ class SessionDrift(Detector):
 
     name = "drift"
     statistic = "running score minus the session's opening reference"
-    _SAVED = ("running", "value", "_reference", "ref_n", "ref_sum")
+    _SAVED: tuple[str, ...] = ("running", "value", "_reference", "ref_n", "ref_sum")
 
     def __init__(self, thresholds: Thresholds, alpha: float = 0.1, reference_tokens: int = 16,
                  hysteresis: float | None = None) -> None:
@@ -181,4 +181,37 @@ class Level(Detector):
         return {"alpha": self.alpha, "warmup": self.warmup, "mean_start": self.mean_start}
 
 
-DETECTORS = {"drift": SessionDrift, "level": Level}
+class Cusum(SessionDrift):
+    """A one-sided CUSUM of the fall below the session's opening: ``S = max(0, S + reference - score - slack)``
+    per token after the reference, statistic ``-S`` (so, like every detector, it alerts when it falls below a
+    threshold). It accumulates a sustained fall however slowly it comes, and forgets a dip of less than
+    ``slack`` a token; compared against the EWMA drift in the detection study (``eval.detection_study``)."""
+
+    name = "cusum"
+    statistic = "minus the CUSUM of the fall below the session's opening reference"
+    _SAVED = ("running", "value", "_reference", "ref_n", "ref_sum", "s")
+
+    def __init__(self, thresholds: Thresholds, slack: float = 10.0, reference_tokens: int = 16,
+                 hysteresis: float | None = None) -> None:
+        super().__init__(thresholds, 1.0, reference_tokens, hysteresis)
+        if isinstance(slack, bool) or not (isinstance(slack, (int, float)) and math.isfinite(slack) and slack >= 0):
+            raise InputError(f"cusum slack must be a finite number >= 0, got {slack!r}")
+        self.slack, self.s = float(slack), 0.0
+
+    def push(self, score: float) -> float | None:
+        if super().push(score) is None or self._reference is None:
+            return None
+        self.s = max(0.0, self.s + self._reference - score - self.slack)
+        self.value = -self.s
+        return self.value
+
+    def end_turn(self) -> None:
+        super().end_turn()
+        if self._reference is not None:
+            self.value = -self.s  # (when the reference just completed: nothing has accumulated yet)
+
+    def knobs(self) -> dict:
+        return {"slack": self.slack, "reference_tokens": self.reference_tokens}
+
+
+DETECTORS = {"drift": SessionDrift, "level": Level, "cusum": Cusum}

@@ -39,3 +39,5 @@ def test_the_level_detector_catches_a_persona_in_its_first_reply_and_the_drift_c
     assert res["chosen"].startswith("drift + level") and res["counts"] == {"benign": 40, "drift": 10, "persona": 14}
     assert set(res["frontier_report_half"]) == {"1%", "2%", "5%"}
     assert set(both["benign_by_category"]) == {"poem", "code"}
+    cusum = rows["cusum alone (slack 10)"]["report"]
+    assert cusum["drift"]["rate"] == 1.0 and cusum["persona_in_role"]["k"] == 0 and cusum["benign"]["k"] == 0

@@ -532,3 +532,23 @@ def test_level_thresholds_come_from_benign_minima_and_the_in_role_median():
     assert th2.critical < th2.warning and th2.critical == 0.0  # never above a benign conversation's minimum
     with pytest.raises(InputError, match="at least 20"):
         fit_level_thresholds(convs[:10], alpha=0.5, min_tokens=4)
+
+
+def test_the_cusum_accumulates_a_sustained_fall_and_forgets_small_dips():
+    from monitor.detectors import Cusum
+
+    det = Cusum(Thresholds(-5.0, -20.0, -40.0), slack=2.0, reference_tokens=2)
+    assert [det.push(x) for x in (10.0, 10.0)] == [None, None]  # the opening: the reference
+    det.end_turn()
+    assert det.reference == 10.0 and det.value == 0.0
+    assert [det.push(x) for x in (9.0, 11.0, 5.0, 5.0, 5.0)] == [0.0, 0.0, -3.0, -6.0, -9.0]  # 1 below: within slack
+    snap = det.snapshot()
+    again = Cusum(Thresholds(-5.0, -20.0, -40.0), slack=2.0, reference_tokens=2)
+    again.restore(snap)
+    assert again.push(5.0) == det.push(5.0) == -12.0
+    tr = DriftTracker(T, DriftConfig(min_tokens=0, hysteresis=0.0), detectors=[
+        Cusum(Thresholds(-5.0, -20.0, -40.0), slack=2.0, reference_tokens=2, hysteresis=0.0)])
+    tr.update([10.0, 10.0], turn=1)
+    tr.end_turn()
+    ev = tr.update([0.0, 0.0, 0.0], turn=3)  # 8 a token beyond the slack: -8, -16, -24
+    assert [(e.level, e.detector) for e in kinds(ev, "alert")] == [("watch", "cusum"), ("warning", "cusum")]
