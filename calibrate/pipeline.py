@@ -232,11 +232,12 @@ def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[st
     lo, hi = n_layers // 3, n_layers - 3
     erasure: dict[str, Any] = {}
     if len({j.register for j in fit_default}) > 1:  # register prompts: the contrast within each kind of prompt
-        by_register = _by_register(fit_default, means)
-        base = balanced_contrast(by_register, _by_register(used, means))
+        by_register, role_by = _by_register(fit_default, means), _by_register(used, means)
+        base = balanced_contrast(by_register, role_by)
         role3 = [j.id for j in used if scores.get(j.id) == 3]
         axis, erasure = _least_register(base, by_register, [means[j.id] for j in fit_default],
                                         [means[i] for i in role3], range(lo, hi + 1))
+        erasure["contrast_kinds"] = sorted(k for k in by_register if k in role_by)  # the kinds both sides answered
         axis_rule = ("register-balanced: mean over kinds of prompt of (default mean - in-role mean), without the "
                      f"top {erasure['chosen_k']} directions of the default answers' register means")
     else:

@@ -57,7 +57,7 @@ def quantile(xs: Sequence[float], q: float) -> float:
 
 
 def fit_thresholds(conversations: Sequence[Sequence[Sequence[float]]], config: DriftConfig,
-                   axis_gap: float | None = None) -> tuple[Thresholds, dict]:
+                   axis_gap: float | None = None, budget: float = WARNING_BUDGET) -> tuple[Thresholds, dict]:
     """Thresholds for ``config`` from benign conversations (per conversation, per assistant turn, token scores).
 
     ``axis_gap``: the monitor layer's default mean minus the in-role median projection (positive)."""
@@ -65,14 +65,14 @@ def fit_thresholds(conversations: Sequence[Sequence[Sequence[float]]], config: D
     if len(minima) < 20:
         raise InputError(f"only {len(minima)} calibration conversations have a reply after their reference to "
                          "measure drift on; alert calibration needs at least 20")
-    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, WARNING_BUDGET)
+    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
     critical = min(minima) if axis_gap is None else min(min(minima), -abs(axis_gap))
     eps = 1e-6 * max(1.0, abs(watch))
     warning = min(warning, watch - eps)  # strictly ordered even on a degenerate sample
     critical = min(critical, warning - eps)
     stats = {"n_conversations": len(conversations), "n_measured": len(minima),
              "lowest_drift_quantiles": {f"p{q}": quantile(minima, q / 100) for q in (0, 1, 2, 5, 10, 25, 50)},
-             "budgets": {"watch": WATCH_BUDGET, "warning": WARNING_BUDGET},
+             "budgets": {"watch": WATCH_BUDGET, "warning": budget},
              "axis_gap": axis_gap,
              "rule": ("watch / warning: the 10% / 1% quantiles of the lowest drift of benign calibration "
                       "conversations; critical: below every one of them and at least the axis gap (default mean "

@@ -11,7 +11,8 @@ was written down before the study (``docs/alerting.md``).
 
 Every rule's thresholds come from the axis' benign calibration conversations (``--calibration``: the
 ``calibrate-alerts`` work folder or its compact scores file), never from this traffic; with two detectors
-the 2% false-alert budget is split, 1% each, and the benign rate is measured for both together. The
+the 2% false-alert budget is split, 1% each (a detector alone may spend all of it), and the benign rate
+is measured for both together. The
 sessions are split in fixed halves (alternate sessions of each group, in id order); a rule is chosen on
 the dev half (among those with at most 2% of benign sessions at warning, the most persona sessions in role
 and drifting conversations caught) and reported on the other. The frontier (catch at 1%, 2% and 5% of
@@ -96,21 +97,24 @@ def rules(calibration, gap: float | None, in_role_median: float | None, min_toke
     base = dict(baseline="session", hysteresis=0.0, recover_tokens=0, min_tokens=min_tokens)
     out = []
     drift_th = {}
-    for alpha in (0.1, 0.3):
+    # a detector alone may spend the whole 2% budget at warning (the shipped rule kept half of it as a margin)
+    for alpha, budget in ((0.1, 0.01), (0.1, BUDGET), (0.3, BUDGET)):
         cfg = DriftConfig(alpha=alpha, **base)
-        th, _ = fit_thresholds(calibration, cfg, gap)
-        drift_th[alpha] = th
-        out.append({"rule": f"drift alone (alpha {alpha})", "thresholds": th, "config": cfg, "level": None,
-                    "detectors": lambda th=th, cfg=cfg: make_detectors(th, cfg)})
+        th, _ = fit_thresholds(calibration, cfg, gap, budget)
+        drift_th.setdefault(alpha, th)
+        out.append({"rule": f"drift alone (alpha {alpha}, warning at {budget:.0%})", "thresholds": th, "config": cfg,
+                    "level": None, "detectors": lambda th=th, cfg=cfg: make_detectors(th, cfg)})
     for slack in (10.0, 20.0):
-        cth, _ = fit_statistic_thresholds(calibration, lambda slack=slack: Cusum(_NEVER, slack), min_tokens)
+        cth, _ = fit_statistic_thresholds(calibration, lambda slack=slack: Cusum(_NEVER, slack), min_tokens,
+                                          budget=BUDGET)
         cfg = DriftConfig(alpha=0.1, **base)
-        out.append({"rule": f"cusum alone (slack {slack:g})", "thresholds": cth, "config": cfg, "level": None,
+        out.append({"rule": f"cusum alone (slack {slack:g}, warning at 2%)", "thresholds": cth, "config": cfg, "level": None,
                     "detectors": lambda cth=cth, slack=slack: [Cusum(cth, slack, hysteresis=0.0)]})
     for alpha in (0.1, 0.05, 0.02):
         lth, _ = fit_level_thresholds(calibration, alpha, min_tokens, in_role_median)
         cfg = DriftConfig(alpha=0.1, level_thresholds=tuple(lth.as_dict().values()), level_alpha=alpha, **base)
-        out.append({"rule": f"drift + level (alpha {alpha})", "thresholds": drift_th[0.1], "config": cfg,
+        out.append({"rule": f"drift + level (alpha {alpha}), warning at 1% each", "thresholds": drift_th[0.1],
+                    "config": cfg,
                     "level": lth, "detectors": lambda cfg=cfg: make_detectors(drift_th[0.1], cfg)})
     return out
 

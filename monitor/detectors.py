@@ -171,8 +171,12 @@ class Level(Detector):
     def push(self, score: float) -> float | None:
         self.n += 1
         r = self.running
-        w = max(self.alpha, 1.0 / self.n) if self.mean_start else self.alpha
-        self.running = score if r is None else r + w * (score - r)
+        if r is None:
+            self.running = score
+        elif self.mean_start:
+            self.running = r + max(self.alpha, 1.0 / self.n) * (score - r)
+        else:  # the first releases' EWMA, to the last bit
+            self.running = self.alpha * score + (1.0 - self.alpha) * r
         if self.n >= self.warmup:
             self.value = self.running
         return self.value

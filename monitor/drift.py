@@ -55,6 +55,7 @@ Events (:class:`DriftEvent`), in order, per token:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -188,7 +189,7 @@ def make_detectors(thresholds: Thresholds, config: DriftConfig) -> list[Detector
         SessionDrift(thresholds, config.alpha, config.reference_tokens, config.hysteresis)
         # baseline "absolute": the first releases' statistic, a plain EWMA from the first token
         if config.baseline == "session" else Level(thresholds, config.alpha, config.hysteresis, 1, mean_start=False)]
-    if config.level_thresholds is not None:  # the drift's hysteresis: both are in projection units
+    if config.level_thresholds is not None:  # a configured hysteresis holds for both (projection units)
         dets.append(Level(Thresholds(*config.level_thresholds), config.level_alpha, config.hysteresis,
                           max(config.min_tokens, 1)))
     return dets
@@ -246,10 +247,11 @@ class DriftTracker:
     def __init__(self, thresholds: Thresholds, config: DriftConfig | None = None, policy: str = "flag",
                  detectors: Sequence[Detector] | None = None) -> None:
         self.thresholds = thresholds
+        # the detectors from the config as given: a hysteresis left unset is each detector's own default
+        self.detectors: list[Detector] = list(detectors) if detectors is not None \
+            else make_detectors(thresholds, config or DriftConfig())
         self.config = (config or DriftConfig()).resolved(thresholds)
         self.policy: Policy = parse_policy(policy)
-        self.detectors: list[Detector] = list(detectors) if detectors is not None \
-            else make_detectors(thresholds, self.config)
         if not self.detectors or len({d.name for d in self.detectors}) != len(self.detectors):
             raise InputError("a drift tracker needs one or more detectors with distinct names")
         self._bars = [(math.inf, d.thresholds.watch, d.thresholds.warning, d.thresholds.critical)
@@ -287,11 +289,15 @@ class DriftTracker:
         if not isinstance(snap, dict) or snap.get("v") != 2 or any(k[1:] not in snap for k in self._SAVED) \
                 or not isinstance(snap.get("detectors"), dict):
             raise InputError(f"not a drift tracker snapshot: {snap!r}"[:200])
+        restored = []  # every detector's state is checked before anything is set: a bad snapshot changes nothing
+        for d in self.detectors:
+            fresh = copy.copy(d)
+            if d.name in snap["detectors"]:
+                fresh.restore(snap["detectors"][d.name])
+            restored.append(fresh)
+        self.detectors = restored
         for k in self._SAVED:
             setattr(self, k, snap[k[1:]])
-        for d in self.detectors:
-            if d.name in snap["detectors"]:
-                d.restore(snap["detectors"][d.name])
         self._leader = min(int(self._leader), len(self.detectors) - 1)
         self._turn_means = list(snap["turn_means"])
         self._turn = None
@@ -382,14 +388,17 @@ class DriftTracker:
                 total += s
                 raw, lead, armed = _OK, self._leader, False
                 vals = [d.push(s) for d in dets]
+                levels = [_OK] * len(dets)
                 for k, v in enumerate(vals):
                     if v is None:
                         continue
                     armed = True
                     t = bars[k]
-                    r = _CRITICAL if v < t[3] else _WARNING if v < t[2] else _WATCH if v < t[1] else _OK
+                    levels[k] = r = _CRITICAL if v < t[3] else _WARNING if v < t[2] else _WATCH if v < t[1] else _OK
                     if r > raw:
                         raw, lead = r, k
+                if levels[self._leader] < raw:  # another detector is further out: it is the one holding the state
+                    self._leader = lead
                 if not armed:  # no statistic yet (the drift's reference is still open): nothing to compare
                     ti += 1
                     continue
@@ -466,6 +475,8 @@ def _upgrade_v1(snap: dict, primary: str) -> dict:
         det = {"running": snap["running"], "value": value}
         if primary == "drift":
             det.update(_reference=ref, ref_n=snap["ref_n"], ref_sum=snap["ref_sum"])
+        else:  # baseline absolute: a level detector that has seen every scored token of the session
+            det.update(value=snap["running"], n=snap["n"])
         out = {k: v for k, v in snap.items() if k not in ("running", "reference", "ref_n", "ref_sum")}
         return {**out, "v": 2, "leader": 0, "detectors": {primary: det}}
     except (KeyError, TypeError):

@@ -31,7 +31,8 @@ def test_the_level_detector_catches_a_persona_in_its_first_reply_and_the_drift_c
     sessions, calibration = _traffic()
     res = D.study(sessions, calibration, gap=30.0, in_role_median=-30.0)
     rows = {r["rule"]: r for r in res["rows"]}
-    alone, both = rows["drift alone (alpha 0.1)"]["report"], rows["drift + level (alpha 0.05)"]["report"]
+    alone = rows["drift alone (alpha 0.1, warning at 1%)"]["report"]
+    both = rows["drift + level (alpha 0.05), warning at 1% each"]["report"]
     assert alone["persona_in_role"]["k"] == 0 and alone["drift"]["rate"] == 1.0
     assert both["persona_in_role"]["rate"] == 1.0 and both["persona_in_role_by_end_of_first_reply"]["rate"] == 1.0
     assert both["drift"]["rate"] == 1.0 and both["benign"]["k"] == 0 and both["detectors_that_fired"]["level"] >= 5
@@ -39,5 +40,5 @@ def test_the_level_detector_catches_a_persona_in_its_first_reply_and_the_drift_c
     assert res["chosen"].startswith("drift + level") and res["counts"] == {"benign": 40, "drift": 10, "persona": 14}
     assert set(res["frontier_report_half"]) == {"1%", "2%", "5%"}
     assert set(both["benign_by_category"]) == {"poem", "code"}
-    cusum = rows["cusum alone (slack 10)"]["report"]
+    cusum = rows["cusum alone (slack 10, warning at 2%)"]["report"]
     assert cusum["drift"]["rate"] == 1.0 and cusum["persona_in_role"]["k"] == 0 and cusum["benign"]["k"] == 0

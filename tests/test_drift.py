@@ -552,3 +552,33 @@ def test_the_cusum_accumulates_a_sustained_fall_and_forgets_small_dips():
     tr.end_turn()
     ev = tr.update([0.0, 0.0, 0.0], turn=3)  # 8 a token beyond the slack: -8, -16, -24
     assert [(e.level, e.detector) for e in kinds(ev, "alert")] == [("watch", "cusum"), ("warning", "cusum")]
+
+
+def test_a_first_release_snapshot_of_an_absolute_session_restores_and_a_bad_one_changes_nothing():
+    old = {"v": 1, "level": 2, "running": -15.0, "n": 40, "pending": False, "alert_level": 2, "alert_n": 30,
+           "open_bits": 4, "calm": 0, "capping": False, "last_turn": 1, "turn_means": [-15.0], "reference": 0.0,
+           "ref_n": 0, "ref_sum": 0.0}
+    tr = tracker()
+    tr.restore(old)
+    assert tr.state == "warning" and tr.running == -15.0 and tr.drift == -15.0
+    tr.update([-15.0], turn=3)
+    assert tr.running == -15.0 and tr.n_tokens == 41
+    fresh = both()
+    bad = {**fresh.snapshot(), "detectors": {"drift": {"running": 1.0}}}  # a detector's state cut short
+    with pytest.raises(InputError, match="not a snapshot of detector drift"):
+        fresh.restore(bad)
+    assert fresh.snapshot() == both().snapshot()  # nothing was set
+
+
+def test_the_detector_named_is_the_one_further_out():
+    tr = both(level_thresholds=(10.0, 0.0, -100.0), level_alpha=0.2)
+    tr.update([20.0, 20.0], turn=1)
+    tr.end_turn()  # reference 20; the level (a running mean so far) 20
+    tr.update([-10.0], turn=3)  # drift -30: critical; level 10: ok
+    assert tr.state == "critical" and tr.detector == "drift"
+    tr.update([-10.0, -10.0, -10.0], turn=3)  # the level falls behind: 5, 2, -0.4 (warning)
+    assert tr.statistics["level"] == pytest.approx(-0.4) and tr.detector == "drift"
+    tr.update([20.0], turn=3)  # drift 0: cleared; level 3.68: still at watch, so the state drops to watch only
+    assert tr.state == "watch" and tr.detector == "level" and tr.statistics["level"] == pytest.approx(3.68)
+    tr.update([40.0], turn=3)
+    assert tr.state == "ok" and tr.detector is None

@@ -95,7 +95,7 @@ def threshold_rows(dep) -> list[dict]:
         rules = ("10% of benign calibration conversations go this low", "1% of them (the other half of the budget)",
                  "below every benign conversation and at most the median in-role answer")
         rows += [dict(detector="level", state=s, below=v, rule=f"running score (EWMA {drift.get('level_alpha')}), "
-                      f"absolute, from the first token: {r}")
+                      f"absolute, armed from the min_tokens-th token (first reply included): {r}")
                  for s, v, r in zip(("watch", "warning", "critical"), level, rules)]
     return rows
 

@@ -89,7 +89,7 @@ _FIELDS: dict[type, dict[str, Any]] = {  # what each record field must be: a pre
                      tracker=lambda x: x is None or isinstance(x, dict)),
     AlertEvent: dict(event_id=is_name, turn=is_int, token_index=is_int, level=LEVELS, policy=POLICIES, score=is_num,
                      threshold=is_num, created_at=is_num, excerpt=is_text,
-                     detector=lambda x: x is None or isinstance(x, str)),
+                     detector=lambda x: x is None or (is_name(x) and x.isprintable() and len(x) <= 32)),
     AlertUpdate: dict(event_id=is_name, action=ALERT_ACTIONS, by=is_name, note=is_text, turn=opt_int,
                       token_index=opt_int, created_at=is_num),
     InterventionRecord: dict(turn=is_int, token_index=is_int, config_id=is_name, created_at=is_num,
