@@ -56,28 +56,39 @@ def quantile(xs: Sequence[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+def _from_minima(minima: list[float], floor: float | None, budget: float, short: str) -> Thresholds:
+    """watch / warning at the ``WATCH_BUDGET`` / ``budget`` quantiles of benign conversations' lowest values;
+    critical below every one of them and at most ``floor``; strictly ordered even on a degenerate sample."""
+    if len(minima) < 20:
+        raise InputError(f"only {len(minima)} calibration conversations {short}; alert calibration needs at least 20")
+    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
+    critical = min(minima) if floor is None else min(min(minima), floor)
+    eps = 1e-6 * max(1.0, abs(watch))
+    warning = min(warning, watch - eps)
+    critical = min(critical, warning - eps)
+    return Thresholds(watch, warning, critical)
+
+
+def _quantiles(minima: list[float]) -> dict[str, float]:
+    return {f"p{q}": quantile(minima, q / 100) for q in (0, 1, 2, 5, 10, 25, 50)}
+
+
 def fit_thresholds(conversations: Sequence[Sequence[Sequence[float]]], config: DriftConfig,
                    axis_gap: float | None = None, budget: float = WARNING_BUDGET) -> tuple[Thresholds, dict]:
     """Thresholds for ``config`` from benign conversations (per conversation, per assistant turn, token scores).
 
     ``axis_gap``: the monitor layer's default mean minus the in-role median projection (positive)."""
     minima = [m for m in (lowest_drift(c, config) for c in conversations) if m is not None]
-    if len(minima) < 20:
-        raise InputError(f"only {len(minima)} calibration conversations have a reply after their reference to "
-                         "measure drift on; alert calibration needs at least 20")
-    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
-    critical = min(minima) if axis_gap is None else min(min(minima), -abs(axis_gap))
-    eps = 1e-6 * max(1.0, abs(watch))
-    warning = min(warning, watch - eps)  # strictly ordered even on a degenerate sample
-    critical = min(critical, warning - eps)
+    th = _from_minima(minima, None if axis_gap is None else -abs(axis_gap), budget,
+                      "have a reply after their reference to measure drift on")
     stats = {"n_conversations": len(conversations), "n_measured": len(minima),
-             "lowest_drift_quantiles": {f"p{q}": quantile(minima, q / 100) for q in (0, 1, 2, 5, 10, 25, 50)},
+             "lowest_drift_quantiles": _quantiles(minima),
              "budgets": {"watch": WATCH_BUDGET, "warning": budget},
              "axis_gap": axis_gap,
              "rule": ("watch / warning: the 10% / 1% quantiles of the lowest drift of benign calibration "
                       "conversations; critical: below every one of them and at least the axis gap (default mean "
                       "minus in-role median) below the session's reference")}
-    return Thresholds(watch, warning, critical), stats
+    return th, stats
 
 
 def level_trace(turns: Sequence[Sequence[float]], alpha: float, warmup: int = 1) -> list[float]:
@@ -87,6 +98,19 @@ def level_trace(turns: Sequence[Sequence[float]], alpha: float, warmup: int = 1)
     return [v for t in turns for s in t if (v := det.push(float(s))) is not None]
 
 
+def lowest_statistic(conversation: Sequence[Sequence[float]], detector: Detector, min_tokens: int) -> float | None:
+    """The lowest value a detector's statistic reaches over a conversation, from ``min_tokens`` on."""
+    n, low = 0, math.inf
+    for t in conversation:
+        for s in t:
+            n += 1
+            v = detector.push(float(s))
+            if v is not None and n >= min_tokens:
+                low = min(low, v)
+        detector.end_turn()
+    return low if low < math.inf else None
+
+
 def fit_statistic_thresholds(conversations: Sequence[Sequence[Sequence[float]]], detector: Callable[[], Detector],
                              min_tokens: int, floor: float | None = None,
                              budget: float = WARNING_BUDGET) -> tuple[Thresholds, dict]:
@@ -94,53 +118,20 @@ def fit_statistic_thresholds(conversations: Sequence[Sequence[Sequence[float]]],
     :func:`fit_thresholds`: each benign conversation's lowest statistic from ``min_tokens`` on; watch and
     warning at the ``WATCH_BUDGET`` and ``budget`` quantiles; critical below every benign minimum and at
     most ``floor``."""
-    minima = []
-    for c in conversations:
-        det, n, low = detector(), 0, math.inf
-        for t in c:
-            for s in t:
-                n += 1
-                v = det.push(float(s))
-                if v is not None and n >= min_tokens:
-                    low = min(low, v)
-            det.end_turn()
-        if low < math.inf:
-            minima.append(low)
-    if len(minima) < 20:
-        raise InputError(f"only {len(minima)} calibration conversations have a statistic to measure; "
-                         "calibration needs at least 20")
-    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
-    critical = min(minima) if floor is None else min(min(minima), floor)
-    eps = 1e-6 * max(1.0, abs(watch))
-    warning = min(warning, watch - eps)
-    critical = min(critical, warning - eps)
-    return Thresholds(watch, warning, critical), {"n_measured": len(minima), "budgets": {"watch": WATCH_BUDGET,
-                                                                                        "warning": budget}}
+    minima = [m for m in (lowest_statistic(c, detector(), min_tokens) for c in conversations) if m is not None]
+    th = _from_minima(minima, floor, budget, "have a statistic to measure")
+    return th, {"n_measured": len(minima), "lowest_quantiles": _quantiles(minima),
+                "budgets": {"watch": WATCH_BUDGET, "warning": budget}}
 
 
 def fit_level_thresholds(conversations: Sequence[Sequence[Sequence[float]]], alpha: float, min_tokens: int,
                          in_role: float | None = None, budget: float = WARNING_BUDGET) -> tuple[Thresholds, dict]:
-    """Absolute thresholds for the level detector from benign conversations, like :func:`fit_thresholds`:
-    each conversation's lowest level from ``min_tokens`` on; watch and warning at the ``WATCH_BUDGET`` and
-    ``budget`` quantiles; critical below every benign minimum and at most ``in_role``, the median
-    projection of in-role answers (a session there reads like a typical fully in-role answer)."""
-    minima = []
-    for c in conversations:
-        vals = level_trace(c, alpha, min_tokens)  # armed, like the tracker's, from the min_tokens-th token
-        if vals:
-            minima.append(min(vals))
-    if len(minima) < 20:
-        raise InputError(f"only {len(minima)} calibration conversations have {min_tokens} tokens or more; "
-                         "the level calibration needs at least 20")
-    watch, warning = quantile(minima, WATCH_BUDGET), quantile(minima, budget)
-    critical = min(minima) if in_role is None else min(min(minima), in_role)
-    eps = 1e-6 * max(1.0, abs(watch))
-    warning = min(warning, watch - eps)
-    critical = min(critical, warning - eps)
-    stats = {"n_measured": len(minima), "alpha": alpha,
-             "lowest_level_quantiles": {f"p{q}": quantile(minima, q / 100) for q in (0, 1, 2, 5, 10, 25, 50)},
-             "budgets": {"watch": WATCH_BUDGET, "warning": budget}, "in_role_median": in_role,
-             "rule": ("watch / warning: the 10% / 1% quantiles of the lowest level (running score, absolute) of "
-                      "benign calibration conversations; critical: below every one of them and at most the "
-                      "median projection of in-role answers")}
-    return Thresholds(watch, warning, critical), stats
+    """Absolute thresholds for the level detector (armed, like the tracker's, from the ``min_tokens``-th token):
+    :func:`fit_statistic_thresholds` with ``in_role``, the median projection of in-role answers, as the
+    floor of critical (a session there reads like a typical fully in-role answer)."""
+    th, stats = fit_statistic_thresholds(conversations, lambda: Level(_NEVER, alpha, warmup=max(min_tokens, 1)),
+                                         min_tokens, in_role, budget)
+    return th, {**stats, "alpha": alpha, "in_role_median": in_role,
+                "rule": ("watch / warning: the 10% / 1% quantiles of the lowest level (running score, absolute) of "
+                         "benign calibration conversations; critical: below every one of them and at most the "
+                         "median projection of in-role answers")}
