@@ -70,7 +70,7 @@ def calibrate_alerts(lm: LoadedModel, art: AxisArtifact, work: Path, config: Dri
     total = sum(len(c["turns"]) for c in convs)
     with tqdm(total=total, unit="reply", desc="alert calibration", mininterval=2) as bar:
         replies = run_conversations(lm, convs, art.unit(), art.monitor_layer, work, max_new_tokens, batch_size,
-                                    on_batch=bar.update)
+                                    on_batch=bar.update, axis_id=art.fingerprint())
     turns = [[r["scores"] for r in rs] for rs in replies]
     gap = axis_gap(art) if config.baseline == "session" else None  # a gap below a reference: drift units only
     thresholds, stats = fit_thresholds(turns, config, gap)

@@ -24,13 +24,15 @@ from probes.models import LoadedModel
 
 def run_conversations(lm: LoadedModel, convs: list[dict], axis_unit: torch.Tensor, layer: int, work: Path,
                       max_new_tokens: int = 96, batch_size: int = 32,
-                      on_batch: Callable[[int], None] | None = None) -> list[list[dict]]:
+                      on_batch: Callable[[int], None] | None = None, axis_id: str | None = None) -> list[list[dict]]:
     """Replies of every conversation (``{"id", "system", "turns": [user, ...]}``), per turn:
     ``{"text", "scores"}`` (the scores of the content tokens at ``layer``)."""
     work = Path(work)
     (work / "rounds").mkdir(parents=True, exist_ok=True)
     plan = {"ids": [c["id"] for c in convs], "max_new_tokens": max_new_tokens, "layer": layer,
             "turns": [c["turns"] for c in convs], "systems": [c.get("system") for c in convs]}
+    if axis_id is not None:  # the checkpoints hold scores: another axis (even at the same layer) starts over
+        plan["axis"] = axis_id
     plan_path = work / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise InputError(f"{work} holds conversations of another plan; use another work folder or --fresh")
