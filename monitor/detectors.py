@@ -160,7 +160,7 @@ class Level(Detector):
     statistic = "running score (absolute)"
     _SAVED = ("running", "value", "n")
 
-    def __init__(self, thresholds: Thresholds, alpha: float = 0.05, hysteresis: float | None = None,
+    def __init__(self, thresholds: Thresholds, alpha: float = 0.02, hysteresis: float | None = None,
                  warmup: int = 16, mean_start: bool = True) -> None:
         super().__init__(thresholds, hysteresis)
         self.alpha = _alpha(alpha, "level")

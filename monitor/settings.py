@@ -185,7 +185,7 @@ class Settings:
                             # the level beside the drift; baseline "absolute" is a level on its own
                             level_thresholds=knobs.get("level_thresholds") if self.level_detector
                             and (self.drift_baseline or knobs.get("baseline", "session")) == "session" else None,
-                            level_alpha=float(knobs.get("level_alpha", 0.05)))
+                            level_alpha=float(knobs.get("level_alpha", 0.02)))
         return thresholds, drift.resolved(thresholds)
 
     def axis_dir(self) -> Path:

@@ -32,7 +32,7 @@ def test_the_level_detector_catches_a_persona_in_its_first_reply_and_the_drift_c
     res = D.study(sessions, calibration, gap=30.0, in_role_median=-30.0)
     rows = {r["rule"]: r for r in res["rows"]}
     alone = rows["drift alone (alpha 0.1, warning at 1%)"]["report"]
-    both = rows["drift + level (alpha 0.05), warning at 1% each"]["report"]
+    both = rows["drift + level (alpha 0.02), warning at 1% each"]["report"]
     assert alone["persona_in_role"]["k"] == 0 and alone["drift"]["rate"] == 1.0
     assert both["persona_in_role"]["rate"] == 1.0 and both["persona_in_role_by_end_of_first_reply"]["rate"] == 1.0
     assert both["drift"]["rate"] == 1.0 and both["benign"]["k"] == 0 and both["detectors_that_fired"]["level"] >= 5

@@ -142,8 +142,11 @@ def _alerts(lm, art, s, work: Path, fresh: bool, quick: bool, max_new_tokens: in
                                            "baseline": s.drift_baseline}.items() if v is not None})
     al = calibrate_alerts(lm, art, work, cfg, quick, max_new_tokens, batch_size)
     th = al["thresholds"]
+    lv = al.get("level")
+    level = (f"; level detector (running score, absolute, EWMA {lv['alpha']}): watch {lv['thresholds']['watch']:+.2f}, "
+             f"warning {lv['thresholds']['warning']:+.2f}, critical {lv['thresholds']['critical']:+.2f}") if lv else ""
     click.echo(f"alert thresholds (drift below the session's opening, {al['n_measured']} benign conversations): "
-               f"watch {th['watch']:+.2f}, warning {th['warning']:+.2f}, critical {th['critical']:+.2f}; "
+               f"watch {th['watch']:+.2f}, warning {th['warning']:+.2f}, critical {th['critical']:+.2f}{level}; "
                f"written to {art.path / 'axis.json'}")
 
 
@@ -216,7 +219,12 @@ def axis_show(ctx, axis_path, as_json):
     else:
         click.echo(f"  alert thresholds {_levels(al['thresholds'], al['calibrated_for'])}"
                    + (f"; from {al['n_conversations']} benign conversations" if al.get("n_conversations") else ""))
-        click.echo("  calibrated for: " + ", ".join(f"{k} {v}" for k, v in al["calibrated_for"].items()))
+        knobs = {k: v for k, v in al["calibrated_for"].items() if not k.startswith("level_")}
+        click.echo("  calibrated for: " + ", ".join(f"{k} {v}" for k, v in knobs.items()))
+        lt = al["calibrated_for"].get("level_thresholds")
+        if lt:
+            click.echo(f"  level detector (running score, absolute, EWMA {al['calibrated_for'].get('level_alpha')}): "
+                       f"watch {lt[0]:+.2f}, warning {lt[1]:+.2f}, critical {lt[2]:+.2f}")
     if used is not None and (al is None or used["thresholds"] != al["thresholds"]):
         click.echo(f"  in use, from the AXISWATCH_THRESHOLD_* settings {_levels(used['thresholds'], used['drift'])}")
 
