@@ -3,8 +3,8 @@
 :mod:`monitor.workers.alerts`, the replay :mod:`monitor.workers.dead_letters`.
 
 Each alert is POSTed as ``{"type": "axiswatch.alert", "data": <AlertEvent dict>, "link": <its session on
-the dashboard>}`` (the data holds the session id, turn, token index, level, running score, threshold and
-``excerpt``, the reply's text up to the alerted token; ``link`` needs ``AXISWATCH_DASHBOARD_URL``), and
+the dashboard>}`` (the data holds the session id, turn, token index, level, running score, threshold, the
+detector that fired and ``excerpt``, the reply's text up to the alerted token; ``link`` needs ``AXISWATCH_DASHBOARD_URL``), and
 when the session recovers below the alert's level, ``{"type": "axiswatch.alert.resolved", "data":
 <AlertUpdate dict>, "link": ...}`` (as PagerDuty and Langfuse send recovery notices), with the Standard
 Webhooks headers ``webhook-id`` (the alert's ``event_id``, ``<event_id>.resolved`` for its resolution:
