@@ -27,7 +27,7 @@ TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 # longest usual value plus CELL_PAD_PX ("👤 acknowledged": 106 px), so that it never has to wrap
 TOKEN_WIDTHS = {"i": 50, "turn": 50, "t": 45, "token": 105, "score": 75, "pre_cap": 75, "capped": 60,
                 "running": 75, "drift": 70, "reference": 75, "state": 75}
-ALERT_WIDTHS = {"level": 85, "detector": 65, "turn": 45, "token": 50, "running": 90, "threshold": 70, "delivery": 120,
+ALERT_WIDTHS = {"level": 85, "detector": 60, "turn": 45, "token": 50, "running": 75, "threshold": 70, "delivery": 120,
                 "status": 125, "time": 150}
 LIFECYCLE = {"open": "🔔 open", "acknowledged": "👤 acknowledged", "resolved": "✔️ resolved"}
 

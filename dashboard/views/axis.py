@@ -103,7 +103,7 @@ def threshold_rows(dep) -> list[dict]:
 c3, c4 = st.columns([3, 2])
 with c3:
     st.subheader("Alert rule: detectors and thresholds")
-    table(pd.DataFrame(threshold_rows(dep)), "thresholds", {"detector": 70, "state": 70, "below": 110, "rule": 300},
+    table(pd.DataFrame(threshold_rows(dep)), "thresholds", {"detector": 60, "state": 65, "below": 95, "rule": 230},
           column_config={"below": st.column_config.NumberColumn("statistic below", format="%+.3f")})
     st.caption("A session's state is the highest level any detector's statistic reaches; it drops only when every "
                "detector has cleared its bar. Settings: " + ", ".join(f"{k} {v}" for k, v in dep.drift.items()
