@@ -20,10 +20,15 @@ def test_quick_preset_compute_axis_and_capping(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "axis written to" in r.stdout
     rep = json.loads((out / "report.json").read_text())
-    assert rep["counts"]["role_fit"] == 240 and rep["counts"]["default_fit"] == 80
+    # 40 roles x 2 prompts x (3 questions + 2 register prompts); 5 default prompts x (16 questions + 32 register prompts)
+    assert rep["counts"]["role_fit"] == 400 and rep["counts"]["default_fit"] == 240
+    assert rep["axis_rule"].startswith("register-balanced") and rep["register_erasure"]["chosen_k"] in (0, 1, 2, 4)
     # the default answers project beyond every role at the monitor layer
     assert rep["default_projection"] > max(x["projection"] for x in rep["roles_along_axis"])
-    assert rep["at_monitor_layer"]["auroc_heldout"] > 0.8
+    regs = rep["registers"]
+    print("quick preset:", {k: regs[k] for k in ("auroc_neutral_heldout_questions", "auroc_heldout_registers",
+                                                 "creative_minus_code_in_gaps")}, rep["at_monitor_layer"])
+    assert regs["auroc_neutral_heldout_questions"] > 0.75
     r = subprocess.run([AXISWATCH, "calibrate-capping", "--axis", str(out), "--quick"],
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
