@@ -179,7 +179,11 @@ def role_vectors(jobs: list[Rollout], means: dict[str, torch.Tensor], scores: di
                  min_score3: int = MIN_SCORE3) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """Mean of each role's in-role fit answers (:func:`in_role_answers`)."""
     chosen, info = in_role_answers([j for j in jobs if j.id in means], scores, min_score3)
-    return {role: torch.stack([means[j.id] for j in use]).mean(0) for role, use in chosen.items()}, info
+    return _means_of(chosen, means), info
+
+
+def _means_of(chosen: dict[str, list[Rollout]], means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {role: torch.stack([means[j.id] for j in use]).mean(0) for role, use in chosen.items()}
 
 
 ERASE_CHOICES = (0, 1, 2, 4)
@@ -217,7 +221,7 @@ def fit_axis(jobs: list[Rollout], means: dict[str, torch.Tensor], norms: dict[st
              scores: dict[str, int], model_id: str, provenance: dict,
              categories: dict[str, str] | None = None) -> tuple[AxisArtifact, dict]:
     chosen, role_info = in_role_answers([j for j in jobs if j.id in means], scores)
-    vectors = {role: torch.stack([means[j.id] for j in use]).mean(0) for role, use in chosen.items()}
+    vectors = _means_of(chosen, means)
     if len(vectors) < 2:
         raise InputError(f"only {len(vectors)} role vectors could be formed; the axis needs at least 2 "
                          "(too few answers judged in role: try a larger preset)")

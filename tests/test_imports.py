@@ -104,7 +104,8 @@ def test_no_import_cycles():
 
 
 # what the offline package may use of the service: the pure drift tracker and its replay
-CALIBRATE_MAY_IMPORT = ("monitor.drift", "monitor.detectors", "monitor.replay", "monitor.errors", "monitor.records")
+CALIBRATE_MAY_IMPORT = ("monitor.drift", "monitor.drift_config", "monitor.detectors", "monitor.replay", "monitor.errors",
+                        "monitor.records")
 
 
 def test_dependencies_point_one_way():
@@ -157,7 +158,8 @@ def test_imports_inside_functions_have_a_reason():
     assert not bad, bad
 
 
-PURE = ("monitor.drift", "monitor.detectors", "monitor.replay", "monitor.records", "monitor.conversation", "monitor.live",
+PURE = ("monitor.drift", "monitor.drift_config", "monitor.detectors", "monitor.replay", "monitor.records",
+        "monitor.conversation", "monitor.live",
         "monitor.errors", "calibrate.thresholds")
 SERVICE_LIBRARIES = ("torch", "sqlalchemy", "redis", "httpx", "standardwebhooks", "fastapi", "transformers")
 
