@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from monitor.conversation import walk
-from monitor.drift import DriftConfig, DriftTracker, Thresholds
+from monitor.drift import DriftConfig, DriftTracker, Thresholds, snapshot_reading
 from monitor.errors import AxiswatchError, InputError
 from monitor.live import ended, live_turns
 from monitor.records import SOURCES, STATES
@@ -144,6 +144,7 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
             stored[sid] = {k: v for k, v in s.items() if k not in ("turns", "alerts", "interventions")}
     ids = (set(stored) | set(live_ts)) - skip
     open_alerts = store.open_alert_counts(sorted(ids))
+    readings = {sid: snapshot_reading(snap) for sid, snap in store.last_trackers(sorted(set(stored) & ids)).items()}
     rows = []
     for sid in ids:
         r = stored.get(sid)
@@ -154,7 +155,10 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
                    open_alerts=open_alerts.get(sid, 0), source=r["source"] if r else "live",
                    model=r["model_id"] if r else "", created=r["created_at"] if r else live_ts[sid],
                    last_activity=max(r["updated_at"] if r else 0.0, live_ts.get(sid, 0.0)), generating=False)
+        row["detector"], row["statistic"] = readings.get(sid, (None, None))
         if lv and live_ts.get(sid, 0.0) >= (r["updated_at"] if r else 0.0):  # the live tail is newer
+            if "detector" in lv:  # a replica of this release: the statistic beside the live state
+                row.update(detector=lv["detector"], statistic=lv.get("statistic"))
             row.update(state=lv.get("state", row["state"]), running=lv.get("running", row["running"]),
                        capped=bool(lv.get("capped")) or row["capped"], generating=not ended(lv))
             if row["generating"]:
@@ -176,7 +180,8 @@ class SessionView:
     """A session as the chart and the heatmap draw it."""
 
     session: dict  # the stored session (id, source, state, ...) without its lists; {} when only live so far
-    tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, drift, reference, state
+    tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, drift, reference, state, by (the
+    # detector the state comes from) and statistic (its value)
     turns: list[dict]  # turn, role, text, start, end, mean, state, n_tokens, live, generating
     alerts: list[dict]  # stored alerts, each with its session-wide token position ``i``
     interventions: list[dict]  # with ``i``: the first capped token
@@ -243,7 +248,8 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
             tokens.append(dict(i=len(tokens), turn=turn, t=k, token=pieces[k] if k < len(pieces) else "", score=sc,
                                pre_cap=pre[k] if k < len(pre) else None,
                                capped=bool(capped[k]) if k < len(capped) else False, running=st.running,
-                               drift=st.drift, reference=st.reference, state=st.state))
+                               drift=st.drift, reference=st.reference, state=st.state, by=st.detector,
+                               statistic=st.statistic))
     turns: list[dict] = []
     for t, start in zip(stored["turns"], offsets):
         n = len(t.get("scores") or [])

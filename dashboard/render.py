@@ -25,8 +25,8 @@ TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 # column widths (px) of the session's tables: each sums to under 780, the data width of a 1280 px window
 # (the token table's under 760: its expander's padding takes the rest); a text column is as wide as its
 # longest usual value plus CELL_PAD_PX ("👤 acknowledged": 106 px), so that it never has to wrap
-TOKEN_WIDTHS = {"i": 50, "turn": 50, "t": 45, "token": 105, "score": 75, "pre_cap": 75, "capped": 60,
-                "running": 75, "drift": 70, "reference": 75, "state": 75}
+TOKEN_WIDTHS = {"i": 40, "turn": 40, "t": 40, "token": 90, "score": 70, "pre_cap": 70, "capped": 60,
+                "running": 70, "drift": 65, "reference": 70, "state": 70, "statistic": 85}
 ALERT_WIDTHS = {"level": 85, "detector": 60, "turn": 45, "token": 50, "running": 75, "threshold": 70, "delivery": 120,
                 "status": 125, "time": 150}
 LIFECYCLE = {"open": "🔔 open", "acknowledged": "👤 acknowledged", "resolved": "✔️ resolved"}
@@ -140,13 +140,18 @@ def header(view: data.SessionView) -> None:
     s = view.session
     last = view.tokens[-1] if view.tokens else None
     now, peak = data.current_state(view), data.peak_state(view)
-    running = last["running"] if view.live and last else s.get("running")
+    if last:  # the tracker replayed to the newest token on show (live or stored)
+        by, statistic = last.get("by"), last.get("statistic")
+    else:
+        by, statistic = None, None
     open_alerts = sum(a.get("status", "open") == "open" and not a.get("acknowledged") for a in view.alerts)
     metrics([("state", STATE_BADGE.get(now, now),
               "the state now: the live tail's while a turn newer than the store is on show"),
              ("peak state", STATE_BADGE.get(peak, peak),
               "the worst state any of its turns ended in or any of its alerts reached"),
-             ("running score", "-" if running is None else f"{running:+.2f}", None),
+             ("statistic", "-" if statistic is None else f"{by} {statistic:+.2f}",
+              "the statistic the state comes from: drift (the running score minus the session's opening) or "
+              "level (the absolute running score); the token table has both"),
              ("turns", len(view.turns), None), ("scored tokens", len(view.tokens), None),
              ("capped", "yes" if s.get("capped") or view.interventions else "no", None),
              ("open alerts", open_alerts, "neither acknowledged nor resolved")])
@@ -191,8 +196,13 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
         return
     num = st.column_config.NumberColumn(format="%+.3f")
     with st.expander("Token table (exact values)"):
-        table(pd.DataFrame(view.tokens), f"{key}-tokens", TOKEN_WIDTHS, whole=(),  # a token is not wrapped
-              column_config=dict.fromkeys(("score", "pre_cap", "running", "drift", "reference"), num))
+        rows = [{**t, "statistic": None if t["statistic"] is None else f"{t['by']} {t['statistic']:+.2f}"}
+                for t in view.tokens]
+        table(pd.DataFrame(rows), f"{key}-tokens", TOKEN_WIDTHS, whole=(),  # a token is not wrapped
+              column_config={**dict.fromkeys(("score", "pre_cap", "running", "drift", "reference"), num),
+                             "statistic": st.column_config.TextColumn(help="the statistic the state comes from: "
+                                                                      "its detector (drift or level) and value")},
+              column_order=list(TOKEN_WIDTHS))
     st.markdown("**Alerts**")
     if view.alerts:
         df = pd.DataFrame([dict(level=STATE_BADGE.get(a["level"], a["level"]), detector=a.get("detector") or "drift",
@@ -202,7 +212,8 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
                                 time=when(a["created_at"]), event_id=a["event_id"])
                            for a in view.alerts])
         table(df, f"{key}-alerts", ALERT_WIDTHS, column_order=list(ALERT_WIDTHS),
-              column_config={"running": st.column_config.NumberColumn("running score", format="%+.2f"),
+              column_config={"running": st.column_config.NumberColumn("running", format="%+.2f",
+                                                                      help="the running score when it fired"),
                              "threshold": st.column_config.NumberColumn(format="%+.2f"), "time": TIME})
         with st.expander("What each alert saw (the reply up to the alerted token), who acknowledged it"):
             for a in view.alerts:

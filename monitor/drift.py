@@ -74,7 +74,7 @@ from monitor.errors import InputError
 from monitor.records import STATES
 
 __all__ = ["BASELINES", "DriftConfig", "DriftEvent", "DriftTracker", "Thresholds", "TurnSummary", "make_detectors",
-           "parse_policy", "thresholds_from_calibration"]
+           "parse_policy", "reading", "snapshot_reading", "thresholds_from_calibration"]
 
 State = Literal["ok", "watch", "warning", "critical"]
 EventKind = Literal["state", "alert", "cap", "resolve"]
@@ -108,6 +108,31 @@ class DriftEvent:
     level: State
     drift: float = 0.0
     detector: str = "drift"
+
+
+def reading(statistics: Sequence[tuple[str, float | None]], level: int, leader: int) -> tuple[str | None, float | None]:
+    """The statistic a session's state comes from, ``(detector, value)``, to show beside the state: the
+    leading detector's while the state is above ``ok``; while ``ok``, the first detector (in the tracker's
+    order, the primary first) whose statistic is set. ``statistics``: ``(name, value)`` per detector."""
+    if not statistics:
+        return None, None
+    if level != _OK and 0 <= leader < len(statistics):
+        return statistics[leader]
+    return next(((n, v) for n, v in statistics if v is not None), (statistics[0][0], None))
+
+
+def snapshot_reading(snap: dict | None) -> tuple[str | None, float | None]:
+    """:func:`reading` of a stored :meth:`DriftTracker.snapshot` (``(None, None)`` for none). A first
+    release's snapshot (``v`` 1: one statistic) reads as its drift."""
+    if not isinstance(snap, dict):
+        return None, None
+    if snap.get("v") == 1:
+        snap = _upgrade_v1(snap, "drift")
+    dets = snap.get("detectors")
+    if not isinstance(dets, dict):
+        return None, None
+    stats = [(str(n), d.get("value") if isinstance(d, dict) else None) for n, d in dets.items()]
+    return reading(stats, int(snap.get("level") or 0), int(snap.get("leader") or 0))
 
 
 @dataclass
@@ -222,6 +247,11 @@ class DriftTracker:
     def statistics(self) -> dict[str, float | None]:
         """Every detector's statistic, by name."""
         return {d.name: d.value for d in self.detectors}
+
+    @property
+    def reading(self) -> tuple[str | None, float | None]:
+        """The statistic the state comes from, ``(detector, value)`` (:func:`reading`)."""
+        return reading([(d.name, d.value) for d in self.detectors], self._level, self._leader)
 
     @property
     def n_tokens(self) -> int:

@@ -319,7 +319,7 @@ class Engine:
             items.append((s.id, tokens_entry(s.id, t.number, new[0].index if new else len(t.scores), new,
                                              state=s.tracker.state, running=s.tracker.running, capped=s.capped,
                                              ended=t.ended, final=final, replica=self.replica, layer=self.layer,
-                                             model_id=self.model_id)))
+                                             model_id=self.model_id, reading=s.tracker.reading)))
         if not items:
             return
         try:  # the live tail is a display buffer: a failure must not stop generation

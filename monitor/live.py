@@ -27,14 +27,16 @@ class LiveToken:
 
 def tokens_entry(session_id: str, turn: int, start: int, tokens: list[LiveToken], *, state: str,
                  running: float | None, capped: bool, ended: bool, final: bool, replica: str, layer: int,
-                 model_id: str) -> dict[str, Any]:
-    """One live entry for these new tokens of a turn (``start``: the index of the first)."""
+                 model_id: str, reading: tuple[str | None, float | None] = (None, None)) -> dict[str, Any]:
+    """One live entry for these new tokens of a turn (``start``: the index of the first). ``reading``: the
+    detector the state comes from and its statistic (``DriftTracker.reading``)."""
     any_capped = any(t.capped for t in tokens)
     return {"kind": "tokens", "session_id": session_id, "turn": turn, "start": start,
             "scores": [t.score for t in tokens], "tokens": [t.piece for t in tokens],
             "cap_flags": [t.capped for t in tokens],
             "pre_cap_scores": [t.pre_cap_score for t in tokens] if any_capped else None,
-            "state": state, "running": running, "capped": capped, "ended": ended or final, "final": final,
+            "state": state, "running": running, "detector": reading[0], "statistic": reading[1],
+            "capped": capped, "ended": ended or final, "final": final,
             "replica": replica, "layer": layer, "model_id": model_id}
 
 

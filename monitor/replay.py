@@ -45,6 +45,8 @@ class TokenState:
     drift: float | None  # None while the session's opening reference is incomplete
     reference: float | None
     state: str
+    detector: str | None = None  # the detector the state comes from (DriftTracker.reading) and its statistic
+    statistic: float | None = None
 
 
 @dataclass
@@ -69,7 +71,7 @@ def replay(tracker: DriftTracker, turns: Iterable[tuple[int, Sequence[float]]],
             events = tracker.update([], turn)
             for s in scores:
                 events += tracker.update([s], turn)
-                tokens.append(TokenState(tracker.running, tracker.drift, tracker.reference, tracker.state))
+                tokens.append(TokenState(tracker.running, tracker.drift, tracker.reference, tracker.state, *tracker.reading))
         else:
             events = tracker.update(list(scores), turn)
         yield TurnReplay(turn, events, tracker.end_turn(), tokens)

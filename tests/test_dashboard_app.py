@@ -25,7 +25,7 @@ from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from dashboard.render import EMPTY, STATE_BADGE, rows_key
-from monitor.drift import thresholds_from_calibration
+from monitor.drift import snapshot_reading, thresholds_from_calibration
 from monitor.records import STATES
 from monitor.store import Store
 from monitor.streams import Streams
@@ -174,7 +174,9 @@ def test_session_page_shows_the_stored_session(monkeypatch, dashboard_db, name):
     assert m["state"] == STATE_BADGE[s["state"]]
     reached = [t["state"] for t in scored_turns(s)] + [a["level"] for a in s["alerts"]]
     assert m["peak state"] == STATE_BADGE[max(reached, key=STATES.index)]
-    assert m["running score"] == f"{s['running']:+.2f}"
+    # beside the state, the statistic it comes from: the dashboard's replay ends where the engine's tracker did
+    by, statistic = snapshot_reading(next(t["tracker"] for t in reversed(s["turns"]) if t.get("tracker")))
+    assert by is not None and m["statistic"] == f"{by} {statistic:+.2f}"
     assert m["turns"] == str(len(s["turns"])) == str(s["n_turns"])
     assert m["scored tokens"] == str(len(scores)) == str(s["n_tokens"])
     assert m["capped"] == ("yes" if s["capped"] or s["interventions"] else "no")

@@ -11,7 +11,7 @@ import pytest
 from dashboard_seed import MODEL, records
 
 from dashboard import charts, data
-from monitor.drift import Thresholds
+from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.errors import InputError
 from monitor.records import TurnRecord
 from monitor.settings import Settings
@@ -169,6 +169,24 @@ def test_current_state_is_the_live_tails_and_peak_state_the_worst_reached(env):
     live(streams, "calm", 3, 0, [-40.0], state="critical")
     calm = data.session_view(store, streams, "calm", DEP)
     assert (data.current_state(calm), data.peak_state(calm)) == ("critical", "critical")
+
+
+def test_overview_shows_the_statistic_the_state_comes_from(env):
+    """Beside each row's state the statistic it comes from: the tracker stored with the session's latest
+    turn, or a live tail newer than the store (whose entries say which detector holds the state)."""
+    store, streams = env
+    tracker = DriftTracker(Thresholds(-5.0, -10.0, -15.0), DriftConfig(level_thresholds=(-8.0, -12.0, -16.0),
+                                                                       min_tokens=2))
+    tracker.update([-30.0] * 6, 1)
+    tracker.end_turn()
+    store.write([TurnRecord("persona", 1, "assistant", "Arr.", 21, ["x"] * 6, [-30.0] * 6, state="critical",
+                            running=-30.0, tracker=tracker.snapshot(), created_at=time.time() - 30)], [], [])
+    rows = {r["session_id"]: r for r in data.overview(store, streams)}
+    assert (rows["persona"]["detector"], rows["persona"]["statistic"]) == ("level", -30.0)
+    assert (rows["calm"]["detector"], rows["calm"]["statistic"]) == (None, None)  # stored with no tracker
+    live(streams, "persona", 3, 0, [-40.0], state="critical", running=-31.0, detector="level", statistic=-30.2)
+    rows = {r["session_id"]: r for r in data.overview(store, streams)}
+    assert (rows["persona"]["detector"], rows["persona"]["statistic"]) == ("level", -30.2)
 
 
 def test_overview_merges_store_and_live_tail(env):

@@ -12,6 +12,7 @@ from monitor.drift import (
     DriftTracker,
     Thresholds,
     parse_policy,
+    snapshot_reading,
     thresholds_from_calibration,
 )
 from probes.errors import InputError
@@ -582,3 +583,25 @@ def test_the_detector_named_is_the_one_further_out():
     assert tr.state == "watch" and tr.detector == "level" and tr.statistics["level"] == pytest.approx(3.68)
     tr.update([40.0], turn=3)
     assert tr.state == "ok" and tr.detector is None
+
+
+def test_the_reading_is_the_statistic_the_state_comes_from_live_and_from_a_snapshot():
+    """What a view shows beside a state: the leading detector's statistic while above ok; while ok, the first
+    detector with one (the level before the session's opening is complete, then the drift). A stored
+    snapshot reads the same, and so does a first release's (its drift)."""
+    tr = both(level_thresholds=(10.0, 0.0, -100.0), level_alpha=0.2)
+    assert tr.reading == ("drift", None)  # nothing scored yet
+    tr.update([20.0, 20.0], turn=1)
+    assert tr.reading == ("level", 20.0)  # the opening is not complete: the level is all there is
+    tr.end_turn()
+    assert tr.reading == ("drift", 0.0) == snapshot_reading(tr.snapshot())
+    tr.update([-10.0, -10.0, -10.0, -10.0], turn=3)
+    tr.update([20.0], turn=3)  # the level holds the state at watch
+    assert tr.state == "watch" and tr.reading == ("level", pytest.approx(3.68))
+    tr.end_turn()
+    assert snapshot_reading(tr.snapshot()) == tr.reading
+    old = {"v": 1, "level": 1, "running": 25.0, "n": 20, "pending": False, "alert_level": 0, "alert_n": -1,
+           "open_bits": 0, "calm": 0, "capping": False, "last_turn": 1, "turn_means": [30.0], "reference": 30.0,
+           "ref_n": 20, "ref_sum": 600.0}
+    assert snapshot_reading(old) == ("drift", -5.0)
+    assert snapshot_reading(None) == snapshot_reading({"v": 3}) == (None, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from monitor.drift import DriftConfig, DriftTracker, Thresholds
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 from monitor.store import Store
 
@@ -40,12 +41,50 @@ def run(db, *args):
                           env={**os.environ, "AXISWATCH_DATABASE_URL": db})
 
 
+def tracked(*turns: list[float]) -> dict:
+    """A real tracker's snapshot after ``turns`` (the scores of each): the drift is measured from the
+    session's opening reply, the absolute level from the first reply on."""
+    t = DriftTracker(Thresholds(-5.0, -10.0, -15.0), DriftConfig(level_thresholds=(-8.0, -12.0, -16.0),
+                                                                 reference_tokens=4, min_tokens=2))
+    for n, scores in enumerate(turns):
+        t.update(scores, 2 * n + 1)
+        t.end_turn()
+    return t.snapshot()
+
+
 def test_list_and_filters(db):
     r = run(db, "sessions", "list")
     assert r.returncode == 0 and "s-1" in r.stdout and "s-2" in r.stdout
+    assert "statistic" in r.stdout.splitlines()[0]
     rows = [json.loads(x) for x in run(db, "sessions", "list", "--source", "audit", "--json").stdout.splitlines()]
     assert [x["id"] for x in rows] == ["s-2"]
     assert run(db, "sessions", "list", "--state", "critical", "--json").stdout.count("\n") == 1
+
+
+def test_list_shows_the_statistic_the_state_comes_from(tmp_path):
+    """Beside each state the statistic its detector applies thresholds to, read from the tracker stored
+    with the latest turn: a persona adopted in the first reply is critical on the absolute level (the drift
+    from its own opening is near 0), a session that fell within itself on the drift; not the absolute
+    running score beside both."""
+    url = f"sqlite:///{tmp_path / 'aw.db'}"
+    st = Store(url)
+    st.migrate()
+    persona, fell = tracked([-30.0] * 8), tracked([2.0] * 8, [-40.0] * 40)
+    st.write(turns=[TurnRecord("persona", 1, "assistant", "Arr.", 21, ["x"] * 8, [-30.0] * 8, state="critical",
+                               running=-30.0, tracker=persona),
+                    TurnRecord("fell", 1, "assistant", "Hm.", 21, ["x"] * 8, [2.0] * 8, running=2.0),
+                    TurnRecord("fell", 3, "assistant", "Hm.", 21, ["x"] * 40, [-40.0] * 40, state="critical",
+                               running=-39.0, tracker=fell)])
+    st.close()
+    rows = {x["id"]: x for x in map(json.loads, run(url, "sessions", "list", "--json").stdout.splitlines())}
+    want = {"persona": ("level", persona["detectors"]["level"]["value"]),
+            "fell": ("drift", fell["detectors"]["drift"]["value"])}
+    assert {k: (r["detector"], r["statistic"]) for k, r in rows.items()} == want
+    assert want["persona"][1] < -16.0 and want["fell"][1] < -15.0  # each beyond its critical threshold
+    assert persona["detectors"]["drift"]["value"] == 0.0  # the opening is the persona: no fall to see
+    lines = {ln.split()[0]: ln for ln in run(url, "sessions", "list").stdout.splitlines()[1:]}
+    for sid, (det, v) in want.items():
+        assert f"{det} {v:+.2f}" in lines[sid]
 
 
 def test_show(db):

@@ -11,13 +11,13 @@ from dashboard.context import deployment, guard, store, streams
 from dashboard.render import STATE_BADGE, metrics, rows_key, table, when
 
 WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400, "all time": None}
-SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
+SORTS = {"last activity": ("last activity", False), "statistic (lowest first)": ("statistic value", True),
          "state (worst first)": ("rank", False), "open alerts": ("open alerts", False)}
 
 # the columns shown and their widths (px): within the 780 px of data a 1280 px window has. A text column
 # holds its usual values on one line (a live session's id, sess_ and 20 hex digits, about 170 px; "🔴
 # generating"); a longer id wraps in its cell, the rows growing to show it whole (render.table)
-WIDTHS = {"session": 198, "state": 85, "running": 56, "turns": 42, "tokens": 49, "open alerts": 44,
+WIDTHS = {"session": 198, "state": 85, "statistic": 105, "turns": 42, "open alerts": 44,
           "source": 62, "activity": 100, "last activity": 94, "open": 50}
 
 st.title("Sessions")
@@ -54,7 +54,9 @@ def sessions() -> None:
         return
     df = pd.DataFrame([{
         "session": r["session_id"], "state": STATE_BADGE[r["state"]], "rank": data.STATE_RANK[r["state"]],
-        "running": r["running"], "turns": r["turns"], "tokens": r["tokens"], "capped": r["capped"],
+        "statistic": None if r["statistic"] is None else f"{r['detector']} {r['statistic']:+.2f}",
+        "statistic value": r["statistic"], "running": r["running"], "turns": r["turns"], "tokens": r["tokens"],
+        "capped": r["capped"],
         "open alerts": r["open_alerts"], "source": r["source"],
         "activity": " ".join(flag for on, flag in ((r["generating"], "🔴 generating"), (r["capped"], "✂️ capped"),
                                                    (r["interrupted"], "⚠️ interrupted")) if on),
@@ -63,8 +65,9 @@ def sessions() -> None:
     df = df.sort_values(col, ascending=asc, na_position="last", kind="stable")
     event = table(df, rows_key("sessions", list(df["session"])), WIDTHS, on_select="rerun",
                   selection_mode="single-row", column_order=list(WIDTHS),
-                  column_config={"running": st.column_config.NumberColumn(format="%+.2f",
-                                                                          help="running score (EWMA)"),
+                  column_config={"statistic": st.column_config.TextColumn(
+                                     help="the statistic the state comes from: drift (the running score minus the "
+                                          "session's opening) or level (the absolute running score)"),
                                  "open alerts": st.column_config.NumberColumn("alerts", help="open alerts"),
                                  "last activity": st.column_config.DatetimeColumn(format="MM-DD HH:mm:ss"),
                                  "open": st.column_config.LinkColumn("view", display_text="open ›")})

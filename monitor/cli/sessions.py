@@ -38,21 +38,30 @@ def sessions():
 @click.pass_context
 @handle_errors
 def sessions_list(ctx, state, source, limit, database_url, as_json):
-    """Newest sessions first."""
-    rows = store_for(ctx, database_url).list_sessions(state=state, source=source, limit=limit)
+    """Newest sessions first. Beside each state, the statistic it comes from: the detector that holds it
+    (``drift``: the running score minus the session's opening; ``level``: the absolute running score) and
+    its value, from the drift tracker stored with the latest turn."""
+    from monitor.drift import snapshot_reading
+
+    store = store_for(ctx, database_url)
+    rows = store.list_sessions(state=state, source=source, limit=limit)
+    ids = [r["id"] for r in rows]
+    readings = {sid: snapshot_reading(snap) for sid, snap in store.last_trackers(ids).items()}
     if as_json:
         for r in rows:
-            click.echo(json.dumps(r, default=str))
+            detector, statistic = readings.get(r["id"], (None, None))
+            click.echo(json.dumps({**r, "detector": detector, "statistic": statistic}, default=str))
         return
-    store = store_for(ctx, database_url)
-    peaks, open_ = store.peak_states([r["id"] for r in rows]), store.open_alert_counts([r["id"] for r in rows])
+    peaks, open_ = store.peak_states(ids), store.open_alert_counts(ids)
     width = max([len(r["id"]) for r in rows] + [7])
-    click.echo(f"{'session':{width}s} {'source':7s} {'state':9s} {'peak':9s} {'running':>8s} {'turns':>5s} "
-               f"{'tokens':>6s} {'open':>4s} capped")
+    click.echo(f"{'session':{width}s} {'source':7s} {'state':9s} {'peak':9s} {'statistic':>15s} {'running':>8s} "
+               f"{'turns':>5s} {'tokens':>6s} {'open':>4s} capped")
     for r in rows:
+        detector, statistic = readings.get(r["id"], (None, None))
+        stat = f"{detector} {_fmt(statistic)}" if detector else "-"
         click.echo(f"{r['id']:{width}s} {r['source']:7s} {r['state']:9s} {peaks.get(r['id'], r['state']):9s} "
-                   f"{_fmt(r['running']):>8s} {r['n_turns']:5d} {r['n_tokens']:6d} {open_.get(r['id'], 0):4d} "
-                   f"{'yes' if r['capped'] else 'no'}")
+                   f"{stat:>15s} {_fmt(r['running']):>8s} {r['n_turns']:5d} {r['n_tokens']:6d} "
+                   f"{open_.get(r['id'], 0):4d} {'yes' if r['capped'] else 'no'}")
     if not rows:
         click.echo("no sessions" + (" match these filters" if state or source else " stored yet"), err=True)
 

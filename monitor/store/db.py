@@ -373,6 +373,19 @@ class Store:
                 peak[sid] = state
         return peak
 
+    def last_trackers(self, session_ids: list[str]) -> dict[str, dict]:
+        """The drift tracker's snapshot after each session's latest turn (sessions whose latest turn stored
+        none are left out); ``monitor.drift.snapshot_reading`` reads the state's statistic from it."""
+        if not session_ids:
+            return {}
+        last = select(TurnContextRow.session_id, func.max(TurnContextRow.turn).label("last")).where(
+            TurnContextRow.session_id.in_(list(session_ids))).group_by(TurnContextRow.session_id).subquery()
+        with self._tx() as s:
+            return {sid: snap for sid, snap in s.execute(
+                select(last.c.session_id, TurnContextRow.tracker).join(
+                    TurnContextRow, (TurnContextRow.session_id == last.c.session_id) & (TurnContextRow.turn == last.c.last)))
+                    if isinstance(snap, dict)}
+
     def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
         """Open alerts (neither acknowledged nor resolved) per session (sessions without any are left out)."""
         if not session_ids:
