@@ -49,8 +49,9 @@ def free_port() -> int:
 class Server:
     """A real ``axiswatch serve`` process on a free port; a context manager."""
 
-    def __init__(self, workdir: Path, batch_size: int = 40, ready_timeout_s: float = 300.0):
+    def __init__(self, workdir: Path, batch_size: int = 40, ready_timeout_s: float = 300.0, axis: Path | None = None):
         self.workdir = Path(workdir)
+        self.axis = axis  # an axis folder to serve instead of the shipped default (``AXISWATCH_AXIS``)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.batch_size = batch_size
@@ -65,6 +66,8 @@ class Server:
         env.update({"AXISWATCH_DATABASE_URL": f"sqlite:///{self.workdir / 'eval.db'}",
                     "AXISWATCH_BATCH_SIZE": str(self.batch_size), "AXISWATCH_API_KEYS": self.key,
                     "PYTHONUNBUFFERED": "1"})
+        if self.axis is not None:
+            env["AXISWATCH_AXIS"] = str(Path(self.axis).resolve())
         root = Path(__file__).resolve().parent.parent
         cmd = [sys.executable, "-c", "from monitor.cli import main; main()", "serve", "--host", "127.0.0.1",
                "--port", str(self.port), "--policy", "observe"]

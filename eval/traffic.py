@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the conversations an earlier run already wrote to FILE (its ids)")
     ap.add_argument("--sets", default=",".join(SETS),
                     help=f"comma-separated traffic sets to drive (default: all of {', '.join(SETS)})")
+    ap.add_argument("--axis", type=Path, default=None, metavar="DIR",
+                    help="serve this axis folder (its calibrated alerting) instead of the shipped default")
     args = ap.parse_args(argv)
     sets = tuple(x.strip() for x in args.sets.split(",") if x.strip())
     if not sets or any(x not in SETS for x in sets):
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         convs = [c for c in convs if c["id"] not in done]
     convs = convs[: args.limit]
     budget = sum(len(c["turns"]) for c in convs) * args.max_tokens
-    with tempfile.TemporaryDirectory(prefix="axiswatch-traffic-") as tmp, Server(Path(tmp), batch_size=48) as srv, \
+    with tempfile.TemporaryDirectory(prefix="axiswatch-traffic-") as tmp, Server(Path(tmp), batch_size=48, axis=args.axis) as srv, \
             tqdm(total=budget, unit="tok", desc=f"{len(convs)} conversations", mininterval=2) as bar:
         out = drive(srv, convs, args.policy, args.max_tokens, time.strftime("%Y%m%d%H%M%S"),
                     on_turn=lambda n: bar.update(args.max_tokens))
