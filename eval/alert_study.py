@@ -1,7 +1,9 @@
 """Alerting quality: which rule, which thresholds, measured on held-out traffic.
 
-``python -m eval.alert_study`` (the committed inputs) or
-``python -m eval.alert_study --traffic runs/traffic.json --calibration runs/alerts-<fingerprint>``
+``python -m eval.alert_study --axis DIR`` (the second release's study from its committed inputs in
+``eval/results/release2``, given that release's axis folder) or
+``python -m eval.alert_study --traffic runs/traffic.json --calibration runs/alerts-<fingerprint> --axis DIR``.
+The third release's study of detectors is :mod:`eval.detection_study`.
 
 The traffic file is what :mod:`eval.traffic` recorded driving the benign traffic set
 (``eval/data/benign_traffic.json``, plus the coding and writing conversations of
@@ -172,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.alert_study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--traffic", type=Path, default=RESULTS / "traffic_observe.json",
                     help="sessions recorded by eval.traffic (policy observe)")
-    ap.add_argument("--calibration", type=Path, default=RESULTS / "alert_calibration_scores.json",
+    ap.add_argument("--calibration", type=Path, default=RESULTS / "release2" / "alert_calibration_scores.json",
                     help="the work folder of axiswatch calibrate-alerts, or the compact scores file")
-    ap.add_argument("--axis", type=Path, default=None, help="axis folder (default: the shipped one)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "alerting_study.json")
+    ap.add_argument("--axis", type=Path, default=None,
+                    help="the axis folder the traffic was served with (default: the shipped one)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "release2" / "alerting_study.json")
     args = ap.parse_args(argv)
     from calibrate.alerts import axis_gap
     from monitor.settings import shipped_dir

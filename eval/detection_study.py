@@ -5,9 +5,10 @@
 The sessions are :mod:`eval.rescore`'s output (traffic recorded live through ``serve``, scored with the
 axis under study by teacher forcing): benign sessions (groups ``benign*``), drifting conversations
 (``drift*``) and persona sessions (``persona``: a persona in the system prompt or asked for in the user's
-turn). A persona session's ground truth is the offline judge's score of each reply (3: fully in role; the
-labels the evaluation recorded, or the judge run here for sessions without them); what counts as adoption
-was written down before the study (``docs/alerting.md``).
+turn). A persona session's ground truth is whether its first reply is fully in role (3 on the judge's
+rubric): the hand label where ``--hand-labels`` has one (the offline judge is checked against them), else
+the offline judge's score (the labels the evaluation recorded, or those ``eval.rescore`` judged); what
+counts as adoption was written down before the study (``docs/alerting.md``).
 
 Every rule's thresholds come from the axis' benign calibration conversations (``--calibration``: the
 ``calibrate-alerts`` work folder or its compact scores file), never from this traffic; with two detectors
@@ -58,11 +59,48 @@ def first_warning(s: dict, rule: dict) -> tuple[int | None, int | None, str | No
 
 
 def in_role(s: dict) -> bool | None:
-    """Persona sessions: whether the first reply is fully in role (judge 3); None for other sessions."""
+    """Persona sessions: whether the first reply is fully in role (3 on the judge's rubric): the hand label
+    where the session has one (``hand``, set by :func:`study` from ``--hand-labels``), else the offline
+    judge's score; None for other sessions."""
     if kind(s) != "persona":
         return None
+    if "hand" in s:
+        return s["hand"] == 3
     j = s.get("judge") if "judge" in s else (s["turns"][0].get("judge") if s["turns"] else None)
     return j == 3
+
+
+def load_hand_labels(path: Path) -> dict[str, int]:
+    """Hand labels of persona replies (``eval/data/persona_reply_labels.jsonl``): session id -> the first
+    reply's label on the judge's rubric (0-3; 3: fully in role, what counts as adoption)."""
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r.get("turn", 0) != 0 or r.get("label") not in (0, 1, 2, 3):
+            raise ValueError(f"{path}:{n}: a label is a first reply's (turn 0) score 0-3, got {r!r}"[:200])
+        out[str(r["id"])] = int(r["label"])
+    return out
+
+
+def hand_check(sessions: list[dict], labels: dict[str, int], rule: dict) -> dict:
+    """The offline judge against the hand labels on the sessions both label (adoption: 3 against the rest),
+    and the rule's catch among the sessions the hand labels put in role."""
+    from calibrate.judge import cohen_kappa
+
+    both = [(s, labels[s["id"]]) for s in sessions if kind(s) == "persona" and s["id"] in labels]
+    judged = [(s, h) for s, h in both if s.get("judge") is not None]
+    a = [int(s["judge"] == 3) for s, _ in judged]
+    b = [int(h == 3) for _, h in judged]
+    caught = [first_warning(s, rule)[0] is not None for s, h in both if h == 3]
+    by_judge = [first_warning(s, rule)[0] is not None for s, _ in judged if s["judge"] == 3]
+    return {"caught_among_judge_in_role": rate(by_judge),"n": len(judged), "agree": rate([x == y for x, y in zip(a, b)]),
+            "kappa_adopted_vs_not": cohen_kappa(a, b) if judged else None,
+            "kappa_0_3": cohen_kappa([int(s["judge"]) for s, _ in judged], [h for _, h in judged]) if judged else None,
+            "judge_in_role_hand_not": sum(x and not y for x, y in zip(a, b)),
+            "hand_in_role_judge_not": sum(y and not x for x, y in zip(a, b)),
+            "hand_in_role": sum(b), "caught_among_hand_in_role": rate(caught)}
 
 
 def evaluate(sessions: list[dict], rule: dict) -> dict:
@@ -135,7 +173,11 @@ def frontier(sessions: list[dict], rule: dict, rates=(0.01, 0.02, 0.05)) -> dict
     return out
 
 
-def study(sessions: list[dict], calibration, gap: float | None, in_role_median: float | None) -> dict:
+def study(sessions: list[dict], calibration, gap: float | None, in_role_median: float | None,
+          hand_labels: dict[str, int] | None = None) -> dict:
+    if hand_labels:  # the hand label is the ground truth of the sessions it covers (the judge is checked on them)
+        sessions = [{**s, "hand": hand_labels[s["id"]]} if kind(s) == "persona" and s["id"] in hand_labels else s
+                    for s in sessions]
     dev, rep = split(sessions)
     rows = []
     for r in rules(calibration, gap, in_role_median):
@@ -147,14 +189,17 @@ def study(sessions: list[dict], calibration, gap: float | None, in_role_median: 
     chosen = max(ok or rows, key=lambda r: (r["dev"]["persona_in_role"]["k"] + r["dev"]["drift"]["k"],
                                             -r["dev"]["benign"]["k"]))
     front = frontier(rep, chosen["_rule"]) if chosen["_rule"]["level"] else None
+    hand = hand_check(sessions, hand_labels, chosen["_rule"]) if hand_labels else None
     for r in rows:
         del r["_rule"]
     return {"budget": BUDGET, "rows": rows, "chosen": chosen["rule"], "frontier_report_half": front,
+            "hand_labels_all_halves": hand,
             "selection": "on the dev half, among rules with at most 2% of benign sessions at warning: the most persona "
                          "sessions in role plus drifting conversations caught" + ("" if ok else " (none met the budget)"),
             "n_dev": len(dev), "n_report": len(rep), "calibration_conversations": len(calibration),
             "counts": {k: sum(1 for s in sessions if kind(s) == k) for k in ("benign", "drift", "persona")},
-            "persona_in_role": sum(1 for s in sessions if in_role(s))}
+            "persona_in_role": sum(1 for s in sessions if in_role(s)),
+            "ground_truth": "persona sessions: the hand label where there is one, else the offline judge (3: in role)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", type=Path, required=True,
                     help="the axis' calibrate-alerts work folder, or the compact scores file")
     ap.add_argument("--axis", type=Path, required=True)
+    ap.add_argument("--hand-labels", type=Path, default=None, metavar="JSONL",
+                    help="hand labels of persona replies (eval/data/persona_reply_labels.jsonl): check the judge")
     ap.add_argument("--out", type=Path, default=RESULTS / "detection_study.json")
     args = ap.parse_args(argv)
     from calibrate.alerts import axis_gap, in_role_median
@@ -171,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     art = load_axis(args.axis, roles=False)
     sessions = [s for p in args.sessions for s in json.loads(p.read_text())]
     calibration = load_calibration(args.calibration)
-    res = study(sessions, calibration, axis_gap(art), in_role_median(art))
+    hand = load_hand_labels(args.hand_labels) if args.hand_labels else None
+    res = study(sessions, calibration, axis_gap(art), in_role_median(art), hand)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     for r in res["rows"]:
         p = r["report"]
@@ -180,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({p['persona_in_role']['k']}/{p['persona_in_role']['n']}; by the end of the first reply "
               f"{p['persona_in_role_by_end_of_first_reply']['rate']:.0%}), drifting caught {p['drift']['rate']:.0%} "
               f"({p['drift']['k']}/{p['drift']['n']})")
+    if (h := res["hand_labels_all_halves"]) is not None:
+        print(f"judge vs hand labels on {h['n']} persona replies: adoption agreed {h['agree']['rate']:.0%}, kappa "
+              f"{h['kappa_adopted_vs_not']:.2f} (0-3: {h['kappa_0_3']:.2f}); the chosen rule catches "
+              f"{h['caught_among_hand_in_role']['rate']:.0%} of the {h['hand_in_role']} the hand labels put in role")
     print(f"chosen on dev: {res['chosen']}; frontier: {res['frontier_report_half']}; written to {args.out}")
     return 0
 

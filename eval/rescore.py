@@ -9,6 +9,10 @@ Every session keeps its text, group, category and labels; each turn's ``scores``
 scores at its monitor layer (the scores recorded live move to ``served_scores``). The persona answers of
 the evaluation (``eval/results/jailbreak.json``, unsteered) can be added as single-turn sessions of group
 ``persona`` with ``--jailbreak``; their offline-judge labels come along.
+
+Traffic served with the axis under study (``eval.traffic --axis DIR``) needs no rescoring: ``--served``
+keeps the scores it was served with (only the persona replies are judged), and ``--check N`` teacher-forces
+N of its sessions to show that the served scores are the ones teacher forcing gives.
 """
 
 from __future__ import annotations
@@ -78,20 +82,57 @@ def rescore(sessions: list[dict], axis_dir: Path) -> list[dict]:
     return out
 
 
+def served(sessions: list[dict], axis_dir: Path, check: int = 0) -> tuple[list[dict], dict | None]:
+    """The sessions as :func:`rescore` writes them, keeping the scores they were served with (the traffic was
+    driven with this axis); with ``check`` > 0, that many of them (every k-th) are teacher-forced with the
+    axis and compared: ``{"sessions", "tokens", "mean_abs_diff", "max_abs_diff", "length_mismatches"}``."""
+    from probes.artifacts import load_axis
+
+    layer = load_axis(axis_dir, roles=False).monitor_layer
+    out = [{**s, "turns": [{**t, "served_scores": t.get("scores")} for t in s["turns"]], "axis": str(axis_dir),
+            "layer": layer} for s in sessions]
+    if check <= 0 or not sessions:
+        return out, None
+    picked = sessions[:: max(1, len(sessions) // check)][:check]
+    again = rescore(picked, axis_dir)
+    diffs, mismatched = [], 0
+    for a, b in zip(picked, again):
+        for ta, tb in zip(a["turns"], b["turns"]):
+            if len(ta["scores"]) != len(tb["scores"]):
+                mismatched += 1
+            diffs += [abs(x - y) for x, y in zip(ta["scores"], tb["scores"])]
+    return out, {"sessions": len(picked), "tokens": len(diffs), "length_mismatches": mismatched,
+                 "mean_abs_diff": sum(diffs) / len(diffs) if diffs else None,
+                 "max_abs_diff": max(diffs) if diffs else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.rescore", description=__doc__.split("\n\n")[0])
     ap.add_argument("--axis", type=Path, required=True, help="axis folder to score with")
     ap.add_argument("--traffic", type=Path, action="append", default=[], help="eval.traffic output (repeatable)")
     ap.add_argument("--jailbreak", type=Path, default=None, help="eval.run's jailbreak.json: add its persona answers")
+    ap.add_argument("--served", action="store_true",
+                    help="the traffic was served with --axis (eval.traffic --axis): keep its scores, only judge")
+    ap.add_argument("--check", type=int, default=0, metavar="N",
+                    help="with --served: teacher-force N sessions and compare them with the served scores")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.check and not args.served:
+        ap.error("--check compares served scores with teacher forcing: give --served too")
     sessions = [s for p in args.traffic for s in json.loads(p.read_text())]
     if args.jailbreak is not None:
         sessions += jailbreak_sessions(args.jailbreak)
     if not sessions:
         ap.error("nothing to score: give --traffic and/or --jailbreak")
     judge_personas(sessions)
-    out = rescore(sessions, args.axis)
+    if args.served:
+        out, parity = served(sessions, args.axis, args.check)
+        if parity is not None:
+            print(f"served vs teacher-forced scores over {parity['sessions']} sessions ({parity['tokens']} tokens): "
+                  f"mean |diff| {parity['mean_abs_diff']:.4f}, max {parity['max_abs_diff']:.4f}, "
+                  f"{parity['length_mismatches']} turns of another length")
+    else:
+        out = rescore(sessions, args.axis)
     args.out.write_text(json.dumps(out) + "\n")
     print(f"{len(out)} sessions scored with {args.axis} written to {args.out}")
     return 0

@@ -68,18 +68,22 @@ def test_selection_prefers_the_least_smoothing_unless_a_smoother_rule_clearly_wi
     assert chosen["rule"] == "y" and not met  # none within budget: the fewest false alerts
 
 
-@pytest.mark.skipif(not (ROOT / "eval" / "results" / "alerting_study.json").exists(), reason="no committed study")
-def test_committed_study_reproduces_from_committed_inputs():
-    res = ROOT / "eval" / "results"
-    traffic = json.loads((res / "traffic_observe.json").read_text())
-    cal = A.load_calibration(res / "alert_calibration_scores.json")
-    from calibrate.alerts import axis_gap
-    from monitor.settings import shipped_dir
-    from probes.artifacts import load_axis
+RELEASE2 = ROOT / "eval" / "results" / "release2"
 
-    got = A.study(traffic, cal, axis_gap(load_axis(shipped_dir(), roles=False)))
-    assert json.loads(json.dumps(got)) == json.loads((res / "alerting_study.json").read_text())
-    shipped = load_axis(shipped_dir(), roles=False).calibration["alerting"]["thresholds"]
+
+@pytest.mark.skipif(not (RELEASE2 / "alerting_study.json").exists(), reason="no committed study")
+def test_release_2s_study_reproduces_from_its_committed_inputs():
+    """The second release's alert study (the traffic it recorded, its axis' calibration scores and gap, in
+    eval/results/release2) reruns to the same numbers, and its chosen rule is the thresholds that axis shipped."""
+    traffic = json.loads((ROOT / "eval" / "results" / "traffic_observe.json").read_text())
+    cal = A.load_calibration(RELEASE2 / "alert_calibration_scores.json")
+    axis = json.loads((RELEASE2 / "axis.json").read_text())
+    stats = axis["calibration"]["layers"][str(axis["monitor_layer"])]
+    gap = stats["default_mean"] - stats["roles_score3"]["p50"]
+
+    got = A.study(traffic, cal, gap)
+    assert json.loads(json.dumps(got)) == json.loads((RELEASE2 / "alerting_study.json").read_text())
+    shipped = axis["calibration"]["alerting"]["thresholds"]
     chosen = next(r for r in got["rows"] if r["rule"] == got["chosen"])
-    assert chosen["thresholds"] == pytest.approx(shipped)  # the study's chosen rule is what serve runs
+    assert chosen["thresholds"] == pytest.approx(shipped)  # the study's chosen rule is what serve ran
     assert chosen["report"]["warning"]["benign"]["rate"] <= A.BUDGET
