@@ -157,8 +157,8 @@ def overview(store, streams, *, states: list[str] | None = None, sources: list[s
                    last_activity=max(r["updated_at"] if r else 0.0, live_ts.get(sid, 0.0)), generating=False)
         row["detector"], row["statistic"] = readings.get(sid, (None, None))
         if lv and live_ts.get(sid, 0.0) >= (r["updated_at"] if r else 0.0):  # the live tail is newer
-            if "detector" in lv:  # a replica of this release: the statistic beside the live state
-                row.update(detector=lv["detector"], statistic=lv.get("statistic"))
+            # the statistic beside the live state (a replica of an earlier release leaves it out: none shown)
+            row.update(detector=lv.get("detector"), statistic=lv.get("statistic"))
             row.update(state=lv.get("state", row["state"]), running=lv.get("running", row["running"]),
                        capped=bool(lv.get("capped")) or row["capped"], generating=not ended(lv))
             if row["generating"]:
@@ -180,14 +180,17 @@ class SessionView:
     """A session as the chart and the heatmap draw it."""
 
     session: dict  # the stored session (id, source, state, ...) without its lists; {} when only live so far
-    tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, drift, reference, state, by (the
-    # detector the state comes from) and statistic (its value)
+    tokens: list[dict]  # i, turn, t, token, score, pre_cap, capped, running, drift, reference, state, detector
+    # (the one the state comes from after this token) and statistic (its value)
     turns: list[dict]  # turn, role, text, start, end, mean, state, n_tokens, live, generating
     alerts: list[dict]  # stored alerts, each with its session-wide token position ``i``
     interventions: list[dict]  # with ``i``: the first capped token
     live: bool = False  # some tokens come from the live tail (a turn not stored yet)
     stored: dict | None = None  # the store's whole session (for export), None when only live so far
     generating: bool = False  # a live turn has not had its final entry yet
+    # the statistic the state comes from, (detector, value): the replayed tracker's after the last turn on
+    # show (what the store's snapshot of that turn holds), or while a turn is live the tail's newest entry's
+    reading: tuple[str | None, float | None] = (None, None)
 
     @property
     def id(self) -> str:
@@ -248,7 +251,7 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
             tokens.append(dict(i=len(tokens), turn=turn, t=k, token=pieces[k] if k < len(pieces) else "", score=sc,
                                pre_cap=pre[k] if k < len(pre) else None,
                                capped=bool(capped[k]) if k < len(capped) else False, running=st.running,
-                               drift=st.drift, reference=st.reference, state=st.state, by=st.detector,
+                               drift=st.drift, reference=st.reference, state=st.state, detector=st.detector,
                                statistic=st.statistic))
     turns: list[dict] = []
     for t, start in zip(stored["turns"], offsets):
@@ -266,9 +269,13 @@ def session_view(store, streams, session_id: str, dep: Deployment) -> SessionVie
         return {**rec, "i": starts.get(rec["turn"], 0) + int(rec["token_index"])}
 
     info = {k: v for k, v in stored.items() if k not in ("turns", "alerts", "interventions")}
+    reading = tracker.reading
+    if live:  # the newest tail entry holds the engine's own reading (older replicas leave it out)
+        newest = list(live.values())[-1]["last"]
+        reading = (newest.get("detector"), newest.get("statistic")) if "detector" in newest else (None, None)
     return SessionView(info, tokens, turns, [at(a) for a in stored["alerts"]],
                        [at(x) for x in stored["interventions"]], live=bool(live), stored=original,
-                       generating=any(t["generating"] for t in turns))
+                       generating=any(t["generating"] for t in turns), reading=reading)
 
 
 def current_state(view: SessionView) -> str:

@@ -25,8 +25,8 @@ TIME = st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")
 # column widths (px) of the session's tables: each sums to under 780, the data width of a 1280 px window
 # (the token table's under 760: its expander's padding takes the rest); a text column is as wide as its
 # longest usual value plus CELL_PAD_PX ("👤 acknowledged": 106 px), so that it never has to wrap
-TOKEN_WIDTHS = {"i": 40, "turn": 40, "t": 40, "token": 90, "score": 70, "pre_cap": 70, "capped": 60,
-                "running": 70, "drift": 65, "reference": 70, "state": 70, "statistic": 85}
+TOKEN_WIDTHS = {"i": 40, "turn": 40, "t": 35, "token": 85, "score": 70, "pre_cap": 70, "capped": 60,
+                "running": 70, "drift": 65, "reference": 70, "state": 70, "statistic": 80}
 ALERT_WIDTHS = {"level": 85, "detector": 60, "turn": 45, "token": 50, "running": 75, "threshold": 70, "delivery": 120,
                 "status": 125, "time": 150}
 LIFECYCLE = {"open": "🔔 open", "acknowledged": "👤 acknowledged", "resolved": "✔️ resolved"}
@@ -138,12 +138,8 @@ def table(df: pd.DataFrame, key: str, widths: dict[str, int] | None = None, whol
 
 def header(view: data.SessionView) -> None:
     s = view.session
-    last = view.tokens[-1] if view.tokens else None
     now, peak = data.current_state(view), data.peak_state(view)
-    if last:  # the tracker replayed to the newest token on show (live or stored)
-        by, statistic = last.get("by"), last.get("statistic")
-    else:
-        by, statistic = None, None
+    by, statistic = view.reading
     open_alerts = sum(a.get("status", "open") == "open" and not a.get("acknowledged") for a in view.alerts)
     metrics([("state", STATE_BADGE.get(now, now),
               "the state now: the live tail's while a turn newer than the store is on show"),
@@ -151,7 +147,7 @@ def header(view: data.SessionView) -> None:
               "the worst state any of its turns ended in or any of its alerts reached"),
              ("statistic", "-" if statistic is None else f"{by} {statistic:+.2f}",
               "the statistic the state comes from: drift (the running score minus the session's opening) or "
-              "level (the absolute running score); the token table has both"),
+              "level (the session's slow running mean of the raw score); the token table has it per token"),
              ("turns", len(view.turns), None), ("scored tokens", len(view.tokens), None),
              ("capped", "yes" if s.get("capped") or view.interventions else "no", None),
              ("open alerts", open_alerts, "neither acknowledged nor resolved")])
@@ -196,7 +192,7 @@ def session(view: data.SessionView, dep: data.Deployment, key: str = "s", domain
         return
     num = st.column_config.NumberColumn(format="%+.3f")
     with st.expander("Token table (exact values)"):
-        rows = [{**t, "statistic": None if t["statistic"] is None else f"{t['by']} {t['statistic']:+.2f}"}
+        rows = [{**t, "statistic": None if t["statistic"] is None else f"{t['detector']} {t['statistic']:+.1f}"}
                 for t in view.tokens]
         table(pd.DataFrame(rows), f"{key}-tokens", TOKEN_WIDTHS, whole=(),  # a token is not wrapped
               column_config={**dict.fromkeys(("score", "pre_cap", "running", "drift", "reference"), num),

@@ -178,8 +178,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="the work folder of axiswatch calibrate-alerts, or the compact scores file")
     ap.add_argument("--axis", type=Path, default=None,
                     help="the axis folder the traffic was served with (default: the shipped one)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "release2" / "alerting_study.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file (default: the committed release2/alerting_study.json, only when the traffic and "
+                         "the calibration are the committed ones too)")
     args = ap.parse_args(argv)
+    committed = (args.traffic == ap.get_default("traffic") and args.calibration == ap.get_default("calibration"))
+    if args.out is None:
+        if not committed:
+            ap.error("give --out: the default is the committed study of the committed inputs")
+        args.out = RESULTS / "release2" / "alerting_study.json"
     from calibrate.alerts import axis_gap
     from monitor.settings import shipped_dir
     from probes.artifacts import load_axis

@@ -78,9 +78,12 @@ def load_hand_labels(path: Path) -> dict[str, int]:
         if not line.strip():
             continue
         r = json.loads(line)
-        if r.get("turn", 0) != 0 or r.get("label") not in (0, 1, 2, 3):
+        lab = r.get("label")
+        if r.get("turn", 0) != 0 or isinstance(lab, bool) or not isinstance(lab, int) or lab not in (0, 1, 2, 3):
             raise ValueError(f"{path}:{n}: a label is a first reply's (turn 0) score 0-3, got {r!r}"[:200])
-        out[str(r["id"])] = int(r["label"])
+        if str(r["id"]) in out:
+            raise ValueError(f"{path}:{n}: session {r['id']} is labelled twice")
+        out[str(r["id"])] = lab
     return out
 
 
@@ -95,7 +98,8 @@ def hand_check(sessions: list[dict], labels: dict[str, int], rule: dict) -> dict
     b = [int(h == 3) for _, h in judged]
     caught = [first_warning(s, rule)[0] is not None for s, h in both if h == 3]
     by_judge = [first_warning(s, rule)[0] is not None for s, _ in judged if s["judge"] == 3]
-    return {"caught_among_judge_in_role": rate(by_judge),"n": len(judged), "agree": rate([x == y for x, y in zip(a, b)]),
+    return {"labels": len(labels), "labels_matched": len(both), "caught_among_judge_in_role": rate(by_judge),
+            "n": len(judged), "agree": rate([x == y for x, y in zip(a, b)]),
             "kappa_adopted_vs_not": cohen_kappa(a, b) if judged else None,
             "kappa_0_3": cohen_kappa([int(s["judge"]) for s, _ in judged], [h for _, h in judged]) if judged else None,
             "judge_in_role_hand_not": sum(x and not y for x, y in zip(a, b)),
@@ -202,6 +206,15 @@ def study(sessions: list[dict], calibration, gap: float | None, in_role_median: 
             "ground_truth": "persona sessions: the hand label where there is one, else the offline judge (3: in role)"}
 
 
+def compact(sessions: list[dict]) -> list[dict]:
+    """What the study reads of each session, scores to 4 decimals (a committed input the study reruns from)."""
+    keep = ("id", "group", "category", "judge", "persona")
+    return [{**{k: s[k] for k in keep if k in s},
+             "turns": [{"scores": [round(float(x), 4) for x in t["scores"]],
+                        **({"judge": t["judge"]} if "judge" in t else {})} for t in s["turns"]]}
+            for s in sessions]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.detection_study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=Path, action="append", required=True, help="eval.rescore output (repeatable)")
@@ -211,14 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hand-labels", type=Path, default=None, metavar="JSONL",
                     help="hand labels of persona replies (eval/data/persona_reply_labels.jsonl): check the judge")
     ap.add_argument("--out", type=Path, default=RESULTS / "detection_study.json")
+    ap.add_argument("--save-inputs", type=Path, default=None, metavar="JSON",
+                    help="write the sessions as the study reads them (scores to 4 decimals) and study those")
     args = ap.parse_args(argv)
     from calibrate.alerts import axis_gap, in_role_median
     from probes.artifacts import load_axis
 
     art = load_axis(args.axis, roles=False)
     sessions = [s for p in args.sessions for s in json.loads(p.read_text())]
+    if args.save_inputs is not None:
+        sessions = compact(sessions)
+        args.save_inputs.write_text(json.dumps(sessions) + "\n")
     calibration = load_calibration(args.calibration)
     hand = load_hand_labels(args.hand_labels) if args.hand_labels else None
+    if hand is not None and not any(s["id"] in hand for s in sessions if kind(s) == "persona"):
+        ap.error(f"none of the {len(hand)} labels in {args.hand_labels} is of a persona session given in --sessions")
     res = study(sessions, calibration, axis_gap(art), in_role_median(art), hand)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     for r in res["rows"]:
@@ -229,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{p['persona_in_role_by_end_of_first_reply']['rate']:.0%}), drifting caught {p['drift']['rate']:.0%} "
               f"({p['drift']['k']}/{p['drift']['n']})")
     if (h := res["hand_labels_all_halves"]) is not None:
-        print(f"judge vs hand labels on {h['n']} persona replies: adoption agreed {h['agree']['rate']:.0%}, kappa "
-              f"{h['kappa_adopted_vs_not']:.2f} (0-3: {h['kappa_0_3']:.2f}); the chosen rule catches "
+        kappa = "-" if h["kappa_adopted_vs_not"] is None else f"{h['kappa_adopted_vs_not']:.2f}"
+        print(f"{h['labels_matched']} of {h['labels']} hand labels match a session; judge vs hand labels on {h['n']} "
+              f"of them: adoption agreed {h['agree']['rate']:.0%}, kappa {kappa}; the chosen rule catches "
               f"{h['caught_among_hand_in_role']['rate']:.0%} of the {h['hand_in_role']} the hand labels put in role")
     print(f"chosen on dev: {res['chosen']}; frontier: {res['frontier_report_half']}; written to {args.out}")
     return 0

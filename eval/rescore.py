@@ -84,16 +84,31 @@ def rescore(sessions: list[dict], axis_dir: Path) -> list[dict]:
 
 def served(sessions: list[dict], axis_dir: Path, check: int = 0) -> tuple[list[dict], dict | None]:
     """The sessions as :func:`rescore` writes them, keeping the scores they were served with (the traffic was
-    driven with this axis); with ``check`` > 0, that many of them (every k-th) are teacher-forced with the
-    axis and compared: ``{"sessions", "tokens", "mean_abs_diff", "max_abs_diff", "length_mismatches"}``."""
+    driven with this axis under policy ``observe`` or ``flag``: its scores are the model's own); sessions that
+    hold no served scores (``--jailbreak``'s answers) are teacher-forced. With ``check`` > 0, that many served
+    sessions (every k-th) are teacher-forced too and compared: ``{"sessions", "tokens", "mean_abs_diff",
+    "max_abs_diff", "length_mismatches"}``."""
     from probes.artifacts import load_axis
 
     layer = load_axis(axis_dir, roles=False).monitor_layer
-    out = [{**s, "turns": [{**t, "served_scores": t.get("scores")} for t in s["turns"]], "axis": str(axis_dir),
+    have = [s for s in sessions if s["turns"] and all("scores" in t for t in s["turns"])]
+    capped = sorted({s["id"] for s in have if s.get("policy") == "cap"})
+    if capped:
+        raise SystemExit(f"--served: {len(capped)} sessions were served under policy cap (their scores are "
+                         f"capped ones), e.g. {capped[0]}: rescore them instead")
+    moved = [s for s in have if any(t.get("layer") not in (None, layer) for t in s["turns"])]
+    if moved:
+        raise SystemExit(f"--served: session {moved[0]['id']} was scored at another layer than {axis_dir}'s "
+                         f"monitor layer {layer}: it was served with another axis")
+    kept = {s["id"] for s in have}
+    forced = {s["id"]: s for s in rescore([s for s in sessions if s["id"] not in kept], axis_dir)} \
+        if len(kept) < len(sessions) else {}
+    out = [forced[s["id"]] if s["id"] in forced else
+           {**s, "turns": [{**t, "served_scores": t["scores"]} for t in s["turns"]], "axis": str(axis_dir),
             "layer": layer} for s in sessions]
-    if check <= 0 or not sessions:
+    if check <= 0 or not have:
         return out, None
-    picked = sessions[:: max(1, len(sessions) // check)][:check]
+    picked = have[:: max(1, len(have) // check)][:check]
     again = rescore(picked, axis_dir)
     diffs, mismatched = [], 0
     for a, b in zip(picked, again):

@@ -46,7 +46,8 @@ def drive(server: Server, convs: list[dict], policy: str, max_tokens: int, run_i
                 body = _post(client, server, s["session_id"], policy, list(history), max_tokens)
                 aw, text = body["axiswatch"], body["choices"][0]["message"]["content"]
                 history.append({"role": "assistant", "content": text})
-                s["turns"].append({"user": user, "text": text, "scores": aw["scores"], "mean": aw["mean"],
+                s["turns"].append({"user": user, "text": text, "scores": aw["scores"], "layer": aw.get("layer"),
+                                   "mean": aw["mean"],
                                    "state": aw["state"], "running": aw.get("running"), "capped": aw["capped"],
                                    "turn_index": aw["turn"], "finish_reason": body["choices"][0]["finish_reason"]})
                 if on_turn is not None:

@@ -11,7 +11,7 @@ import pytest
 from dashboard_seed import MODEL, records
 
 from dashboard import charts, data
-from monitor.drift import DriftConfig, DriftTracker, Thresholds
+from monitor.drift import DriftConfig, DriftTracker, Thresholds, snapshot_reading
 from monitor.errors import InputError
 from monitor.records import TurnRecord
 from monitor.settings import Settings
@@ -187,6 +187,23 @@ def test_overview_shows_the_statistic_the_state_comes_from(env):
     live(streams, "persona", 3, 0, [-40.0], state="critical", running=-31.0, detector="level", statistic=-30.2)
     rows = {r["session_id"]: r for r in data.overview(store, streams)}
     assert (rows["persona"]["detector"], rows["persona"]["statistic"]) == ("level", -30.2)
+
+
+def test_the_session_header_reads_what_the_store_and_the_list_read(env):
+    """A session of one reply: the session view's reading (the header's) is the tracker's after the reply
+    ended, the one its stored snapshot holds and sessions list shows, not the reading at its last token
+    (before the reply completed the session's opening, only the level has a statistic)."""
+    store, streams = env
+    dep = data.Deployment("m", 21, "flag", TH, 0.5, data.Path("."), None, "http://127.0.0.1:1", "settings",
+                          drift={"level_thresholds": [-50.0, -60.0, -70.0], "min_tokens": 2})
+    tracker = DriftTracker(dep.thresholds, data.drift_config(dep), policy="observe")
+    tracker.update([20.0] * 20, 1)
+    tracker.end_turn()
+    store.write([TurnRecord("one", 1, "assistant", "Hi.", 21, ["x"] * 20, [20.0] * 20, running=20.0,
+                            tracker=tracker.snapshot())], [], [])
+    v = data.session_view(store, None, "one", dep)
+    assert v.tokens[-1]["detector"] == "level"  # mid-reply: no opening yet
+    assert v.reading == snapshot_reading(store.last_trackers(["one"])["one"]) == ("drift", 0.0)
 
 
 def test_overview_merges_store_and_live_tail(env):

@@ -59,6 +59,9 @@ def test_the_hand_labels_check_the_judge_and_the_catch(tmp_path):
     assert h["hand_in_role_judge_not"] == 1 and h["hand_in_role"] == 10 and 0 < h["kappa_adopted_vs_not"] < 1
     # q00 reads like the Assistant (scores near the benign ones): the rule misses the one the judge missed
     assert h["caught_among_hand_in_role"]["k"] == 9
-    (tmp_path / "bad.jsonl").write_text('{"id": "p01", "turn": 0, "label": 4}\n')
-    with pytest.raises(ValueError, match="bad.jsonl:1"):
-        D.load_hand_labels(tmp_path / "bad.jsonl")
+    for bad, why in (('{"id": "p01", "turn": 0, "label": 4}\n', "bad.jsonl:1"),
+                     ('{"id": "p01", "turn": 0, "label": true}\n', "bad.jsonl:1"),
+                     ('{"id": "p01", "label": 3}\n{"id": "p01", "label": 2}\n', "labelled twice")):
+        (tmp_path / "bad.jsonl").write_text(bad)
+        with pytest.raises(ValueError, match=why):
+            D.load_hand_labels(tmp_path / "bad.jsonl")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monitor.backends.hf import HFBackend
-from monitor.drift import DriftConfig, Thresholds, thresholds_from_calibration
+from monitor.drift import DriftConfig, Thresholds, snapshot_reading, thresholds_from_calibration
 from monitor.engine import ChatRequest, Engine
 from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 from monitor.streams import Streams
@@ -57,6 +57,10 @@ def test_scores_match_generate_and_records_are_published(tiny_lm, tiny_axis, str
     live = streams.read_live("s-a")
     assert sum((e.data["scores"] for e in live), []) == pytest.approx(res.scores)
     assert live[-1].data["final"] is True
+    # each entry says where its state comes from: the tracker's reading, which the stored snapshot holds too
+    reading = (live[-1].data["detector"], live[-1].data["statistic"])
+    assert reading == snapshot_reading(turns[1].tracker) == s.tracker.reading
+    assert live[-1].data["detector"] is not None
     # the next turn of the same session continues the numbering
     res2 = eng.run_batch([ChatRequest(s.id, chat("What is the capital of France?") + [
         {"role": "assistant", "content": res.text}, {"role": "user", "content": "And of Spain?"}], OPTS)])[0]

@@ -85,6 +85,7 @@ def test_list_shows_the_statistic_the_state_comes_from(tmp_path):
     lines = {ln.split()[0]: ln for ln in run(url, "sessions", "list").stdout.splitlines()[1:]}
     for sid, (det, v) in want.items():
         assert f"{det} {v:+.2f}" in lines[sid]
+        assert f"state critical (peak critical)  {det} {v:+.2f}" in run(url, "sessions", "show", sid).stdout
 
 
 def test_show(db):

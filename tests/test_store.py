@@ -318,6 +318,20 @@ def test_a_trailing_user_turn_keeps_the_sessions_state(store):
     assert (s["state"], s["running"], s["n_turns"], s["n_tokens"]) == ("critical", -30.0, 3, 1)
 
 
+def test_the_last_tracker_is_the_latest_replys_or_none(store):
+    """The tracker stored with each session's latest assistant reply (what views read the state's statistic
+    from): a later user turn does not hide it, and a later reply stored without one (recovered from a dead
+    replica's tail) gives none rather than the reply before's."""
+    snap = {"v": 2, "level": 3, "leader": 0, "detectors": {"drift": {"running": -30.0, "value": -40.0}}}
+    store.write(turns=[TurnRecord("a", 1, "assistant", "x", 21, ["x"], [1.0], tracker={**snap, "level": 1}),
+                       TurnRecord("a", 3, "assistant", "y", 21, ["y"], [-30.0], tracker=snap),
+                       TurnRecord("a", 4, "user", "and now?", 21),
+                       TurnRecord("b", 1, "assistant", "x", 21, ["x"], [1.0], tracker=snap),
+                       TurnRecord("b", 3, "assistant", "recovered", 21, ["r"], [-50.0], state="critical")])
+    assert store.last_trackers(["a", "b", "nobody"]) == {"a": snap}
+    assert store.last_trackers([]) == {}
+
+
 def test_nul_in_text_is_stored_on_every_backend(store):
     """PostgreSQL refuses NUL in text; a conversation that holds one (a user typed it, a shadowed
     server produced it) is stored anyway, NUL as U+FFFD, and never wedges the batch it came in."""

@@ -11,7 +11,7 @@ from dashboard.context import deployment, guard, store, streams
 from dashboard.render import STATE_BADGE, metrics, rows_key, table, when
 
 WINDOWS = {"last hour": 3600, "last 24 hours": 86_400, "last 7 days": 7 * 86_400, "all time": None}
-SORTS = {"last activity": ("last activity", False), "statistic (lowest first)": ("statistic value", True),
+SORTS = {"last activity": ("last activity", False), "running score (lowest first)": ("running", True),
          "state (worst first)": ("rank", False), "open alerts": ("open alerts", False)}
 
 # the columns shown and their widths (px): within the 780 px of data a 1280 px window has. A text column
@@ -55,7 +55,7 @@ def sessions() -> None:
     df = pd.DataFrame([{
         "session": r["session_id"], "state": STATE_BADGE[r["state"]], "rank": data.STATE_RANK[r["state"]],
         "statistic": None if r["statistic"] is None else f"{r['detector']} {r['statistic']:+.2f}",
-        "statistic value": r["statistic"], "running": r["running"], "turns": r["turns"], "tokens": r["tokens"],
+        "running": r["running"], "turns": r["turns"], "tokens": r["tokens"],
         "capped": r["capped"],
         "open alerts": r["open_alerts"], "source": r["source"],
         "activity": " ".join(flag for on, flag in ((r["generating"], "🔴 generating"), (r["capped"], "✂️ capped"),
@@ -67,7 +67,7 @@ def sessions() -> None:
                   selection_mode="single-row", column_order=list(WIDTHS),
                   column_config={"statistic": st.column_config.TextColumn(
                                      help="the statistic the state comes from: drift (the running score minus the "
-                                          "session's opening) or level (the absolute running score)"),
+                                          "session's opening) or level (the session's slow running mean)"),
                                  "open alerts": st.column_config.NumberColumn("alerts", help="open alerts"),
                                  "last activity": st.column_config.DatetimeColumn(format="MM-DD HH:mm:ss"),
                                  "open": st.column_config.LinkColumn("view", display_text="open ›")})

@@ -39,7 +39,8 @@ def sessions():
 @handle_errors
 def sessions_list(ctx, state, source, limit, database_url, as_json):
     """Newest sessions first. Beside each state, the statistic it comes from: the detector that holds it
-    (``drift``: the running score minus the session's opening; ``level``: the absolute running score) and
+    (``drift``: the running score minus the session's opening; ``level``: the session's slow running mean
+    of the raw score) and
     its value, from the drift tracker stored with the latest turn."""
     from monitor.drift import snapshot_reading
 

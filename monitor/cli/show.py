@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 
 from monitor.conversation import walk
+from monitor.drift import snapshot_reading
 
 WIDTH = 100  # the lines' width when none is given (a terminal's, from the command)
 
@@ -35,8 +36,11 @@ def _system(s: dict) -> list[str]:
 
 
 def show_lines(s: dict, width: int = WIDTH) -> list[str]:
+    replies = [t for t in s["turns"] if t["role"] == "assistant"]
+    detector, statistic = snapshot_reading(replies[-1].get("tracker") if replies else None)
+    stat = f"  {detector} {fmt(statistic)}" if detector else ""
     out = [f"session {s['id']}  source {s['source']}  model {s['model_id']}  layer {s['layer']}",
-           f"state {s['state']} (peak {s.get('peak_state', s['state'])})  running {fmt(s['running'])}  "
+           f"state {s['state']} (peak {s.get('peak_state', s['state'])}){stat}  running {fmt(s['running'])}  "
            f"capped {'yes' if s['capped'] else 'no'}  open alerts {s.get('open_alerts', 0)}"]
     for p in _system(s):
         out += wrapped(p, width, "system: ", "        ")

@@ -374,17 +374,17 @@ class Store:
         return peak
 
     def last_trackers(self, session_ids: list[str]) -> dict[str, dict]:
-        """The drift tracker's snapshot after each session's latest turn (sessions whose latest turn stored
-        none are left out); ``monitor.drift.snapshot_reading`` reads the state's statistic from it."""
+        """The drift tracker's snapshot after each session's latest assistant turn (sessions whose latest
+        reply stored none, such as a reply recovered from the live tail of a replica that died, are left
+        out); ``monitor.drift.snapshot_reading`` reads the state's statistic from it."""
         if not session_ids:
             return {}
-        last = select(TurnContextRow.session_id, func.max(TurnContextRow.turn).label("last")).where(
-            TurnContextRow.session_id.in_(list(session_ids))).group_by(TurnContextRow.session_id).subquery()
+        last = select(TurnRow.session_id, func.max(TurnRow.turn).label("last")).where(
+            TurnRow.session_id.in_(list(session_ids)), TurnRow.role == "assistant").group_by(TurnRow.session_id).subquery()
+        q = select(last.c.session_id, TurnContextRow.tracker).join(
+            TurnContextRow, (TurnContextRow.session_id == last.c.session_id) & (TurnContextRow.turn == last.c.last))
         with self._tx() as s:
-            return {sid: snap for sid, snap in s.execute(
-                select(last.c.session_id, TurnContextRow.tracker).join(
-                    TurnContextRow, (TurnContextRow.session_id == last.c.session_id) & (TurnContextRow.turn == last.c.last)))
-                    if isinstance(snap, dict)}
+            return {sid: snap for sid, snap in s.execute(q) if isinstance(snap, dict)}
 
     def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
         """Open alerts (neither acknowledged nor resolved) per session (sessions without any are left out)."""
