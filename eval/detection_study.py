@@ -30,7 +30,7 @@ from pathlib import Path
 
 from calibrate.thresholds import fit_level_thresholds, fit_statistic_thresholds, fit_thresholds, level_trace, quantile
 from eval.alert_study import load_calibration, split
-from eval.stats import median, rate
+from eval.stats import first_turn_mean_crossing, median, rate
 from monitor.detectors import Cusum, Thresholds
 from monitor.drift import DriftConfig, DriftTracker, make_detectors
 from monitor.replay import replay
@@ -120,6 +120,15 @@ def evaluate(sessions: list[dict], rule: dict) -> dict:
     out["drift_by_domain"] = {c: rate([h[1] is not None for h in dri if h[0].get("category") == c])
                               for c in sorted({str(h[0].get("category")) for h in dri})}
     out["drift_catch_token_median"] = median([h[1] for h in dri if h[1] is not None])
+    if rule["rule"].startswith("drift"):  # the drift's warning threshold applied to turn means instead
+        tm = [first_turn_mean_crossing([t["scores"] for t in h[0]["turns"]], rule["thresholds"].warning,
+                                       rule["config"])["tokens"] for h in dri]
+        tm = [None if m is None else m - 1 for m in tm]  # the session token index of the turn's last token
+        both = [(h[1], m) for h, m in zip(dri, tm) if h[1] is not None and m is not None]
+        out["drift_turn_means_at_warning"] = {
+            "caught": rate([m is not None for m in tm]), "caught_by_both": len(both),
+            "running_earlier": sum(a < b for a, b in both), "median_tokens_earlier": median([b - a for a, b in both]),
+            "running_only": sum(h[1] is not None and m is None for h, m in zip(dri, tm))}
     per = [h for h in hits if kind(h[0]) == "persona"]
     role = [h for h in per if in_role(h[0])]
     out["persona_all"] = rate([h[1] is not None for h in per])

@@ -36,6 +36,9 @@ def test_the_level_detector_catches_a_persona_in_its_first_reply_and_the_drift_c
     alone = rows["drift alone (alpha 0.1, warning at 1%)"]["report"]
     both = rows["drift + level (alpha 0.02), warning at 1% each"]["report"]
     assert alone["persona_in_role"]["k"] == 0 and alone["drift"]["rate"] == 1.0
+    # the running score catches every drifting conversation within its falling turn, the turn means only at its end
+    tm = alone["drift_turn_means_at_warning"]
+    assert tm["caught_by_both"] == tm["running_earlier"] == 5 and tm["median_tokens_earlier"] > 0
     assert both["persona_in_role"]["rate"] == 1.0 and both["persona_in_role_by_end_of_first_reply"]["rate"] == 1.0
     assert both["drift"]["rate"] == 1.0 and both["benign"]["k"] == 0 and both["detectors_that_fired"]["level"] >= 5
     assert both["persona_all"]["n"] == 7 and both["persona_in_role"]["n"] == 5  # the report half of 14 sessions
