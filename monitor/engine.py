@@ -55,7 +55,7 @@ class Engine:
         self.publisher = publisher
         self.replica = replica  # this process' id in live entries; its heartbeat tells others it is alive
         self.registry = SessionRegistry(thresholds, self.drift, self.policy, backend.capping is not None,
-                                        session_lookup, max_sessions)
+                                        session_lookup, max_sessions, getattr(backend, "capping_note", None))
         self.publish_errors = 0
         self._lock = threading.Lock()
         self._queued: dict[str, deque[tuple[ChatRequest, Future]]] = {}  # per session: in flight, then waiting

@@ -42,8 +42,9 @@ class Session:
 
 class SessionRegistry:
     def __init__(self, thresholds: Thresholds, drift: DriftConfig, policy: str, can_cap: bool,
-                 lookup: Lookup | None = None, max_sessions: int = 10_000):
+                 lookup: Lookup | None = None, max_sessions: int = 10_000, cap_note: str | None = None):
         self.thresholds, self.drift, self.policy, self.can_cap = thresholds, drift, parse_policy(policy), can_cap
+        self.cap_note = cap_note  # why the backend cannot cap although a capping config is loaded
         self.lookup, self.max_sessions = lookup, max_sessions
         self.sessions: OrderedDict[str, Session] = OrderedDict()  # most recently used last
         self._lock = threading.Lock()
@@ -93,7 +94,8 @@ class SessionRegistry:
     def check_policy(self, policy: str | None) -> str:
         pol = parse_policy(policy or self.policy)
         if pol == "cap" and not self.can_cap:
-            raise InputError("policy 'cap' needs a capping config; none is loaded")
+            raise InputError(f"policy 'cap' is refused: {self.cap_note}" if self.cap_note
+                             else "policy 'cap' needs a capping config; none is loaded")
         return pol
 
     def _stored(self, sid: str) -> dict | None:

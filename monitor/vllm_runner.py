@@ -37,7 +37,7 @@ from probes.cache import cache_dir
 from probes.generation import Detokenizer, GenerationOptions, cap_plan
 from probes.hooks import layer_hooks
 from probes.models import DEFAULT_MODEL_ID
-from probes.vllm_hooks import VLLMMonitor, runner_rows
+from probes.vllm_hooks import VLLMMonitor, runner_rows, vllm_capping
 
 log = logging.getLogger("vllm.axiswatch")  # under vLLM's logger: its handlers print it
 _CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S)
@@ -69,8 +69,9 @@ class _Watcher:
     # the chat is parsed from the prompt vLLM rendered: the template's own system message is in it already
     template_system = None
 
-    def __init__(self, model_id, layer, axis, capping):
+    def __init__(self, model_id, layer, axis, capping, capping_note=None):
         self.model_id, self.layer, self.axis, self.capping = model_id, layer, axis, capping
+        self.capping_note = capping_note  # why a loaded capping config cannot run here (policy cap is refused)
 
 
 class RunnerMonitor:
@@ -87,15 +88,18 @@ class RunnerMonitor:
         model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
         # the axis, the capping config and vLLM's configuration checked before anything starts
         mon = service.load_monitoring(settings, int(hf.hidden_size), int(hf.num_hidden_layers))
-        if mon.capping is not None and vc.cache_config.enable_prefix_caching:  # a request may ask for cap
+        capping, note = vllm_capping(mon.capping, mon.axis.monitor_layer)
+        if note:  # a window below the monitor layer cannot run here: monitoring goes on, policy cap is refused
+            log.warning("axiswatch: %s", note)
+        if capping is not None and vc.cache_config.enable_prefix_caching:  # a request may ask for cap
             raise InputError(f"a capping config is loaded ({mon.cap_dir}) and vLLM's prefix caching is on: a "
                              "capped session could reuse an uncapped one's KV cache (start vLLM with "
                              "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
-        self.monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(mon.capping),
+        self.monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(capping),
                                    lambda: runner_rows(runner, by_request_id=True))
         # the plugin's backend for service.start: only the model's identity (vLLM generates, this runner's
         # hooks score; the engine's turns are opened, fed and finished from outside)
-        watcher = cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, mon.capping))
+        watcher = cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, capping, note))
 
         self.tok = AutoTokenizer.from_pretrained(vc.model_config.tokenizer)
         self.max_model_len = int(vc.model_config.max_model_len)

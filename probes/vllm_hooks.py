@@ -59,6 +59,20 @@ def runner_rows(runner, by_request_id: bool = False) -> StepRows | None:
     return StepRows(keys, starts, [not bool(d) for d in discard])
 
 
+def vllm_capping(capping, monitor_layer: int):
+    """The capping config the vLLM hooks can run, and why not where they cannot: ``(capping, None)``, or
+    ``(None, reason)`` for a window that starts below the monitor layer. There the capped forward pass holds no
+    uncapped monitor-layer state to take a capped token's pre-cap score from (the ``hf`` backend runs an
+    uncapped twin of each capped row; the vLLM hooks have none), so the vLLM backend and plugin monitor and
+    alert without it and refuse policy ``cap`` with this reason."""
+    if capping is None or min(capping.layers) >= monitor_layer:
+        return capping, None
+    return None, (f"the capping config {capping.id} (layers {capping.layers[0]}-{capping.layers[-1]}) starts below "
+                  f"the monitor layer {monitor_layer}, and the vLLM backend has no uncapped twin to take the "
+                  f"pre-cap score from: use the hf backend to cap, or a capping config whose window starts at or "
+                  f"above layer {monitor_layer} (calibrate-capping --starts)")
+
+
 class VLLMMonitor:
     """The monitor's hooks for one vLLM model: :meth:`hooks` for :func:`probes.hooks.layer_hooks`."""
 

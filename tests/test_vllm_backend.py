@@ -11,7 +11,7 @@ import shutil
 import threading
 
 import pytest
-from vllm_env import require_vllm
+from vllm_env import capping_at_the_monitor_layer, require_vllm
 
 from monitor.backends import Job
 from monitor.backends.hf import HFBackend
@@ -19,9 +19,7 @@ from monitor.drift import DriftConfig, Thresholds
 from monitor.engine import ChatRequest, Engine
 from monitor.errors import ModelLoadError
 from monitor.records import InterventionRecord, TurnRecord
-from monitor.settings import shipped_dir
 from monitor.streams import Streams
-from probes.artifacts import load_capping
 from probes.generation import GenerationOptions
 
 pytestmark = pytest.mark.vllm
@@ -42,7 +40,7 @@ class Collect:
 
 @pytest.fixture(scope="module")
 def hf(lm, shipped):
-    return HFBackend(lm, shipped, load_capping(shipped_dir()), max_batch=16)
+    return HFBackend(lm, shipped, capping_at_the_monitor_layer(shipped), max_batch=16)
 
 
 @pytest.fixture(scope="module")

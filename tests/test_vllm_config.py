@@ -48,3 +48,27 @@ def test_the_plugin_reads_the_chat_back_from_the_rendered_prompt(lm):
 
 def test_the_plugin_is_off_unless_switched_on():
     assert not enabled({}) and not enabled({"AXISWATCH_VLLM_PLUGIN": "0"}) and enabled({"AXISWATCH_VLLM_PLUGIN": "1"})
+
+
+def test_a_capping_window_below_the_monitor_layer_is_left_out_of_vllm_with_its_reason():
+    """The shipped window (layers 18-23) starts below the monitor layer (26): the vLLM hooks have no uncapped
+    twin to take a capped token's pre-cap score from, so the vLLM backend and plugin monitor without it and an
+    engine over them refuses policy cap, saying why; a window from the monitor layer on runs."""
+    from monitor.drift import DriftConfig, Thresholds
+    from monitor.sessions import SessionRegistry
+    from monitor.settings import shipped_dir
+    from probes.artifacts import load_axis, load_capping
+    from probes.vllm_hooks import vllm_capping
+
+    axis, shipped = load_axis(shipped_dir(), roles=False), load_capping(shipped_dir())
+    assert min(shipped.layers) < axis.monitor_layer
+    capping, note = vllm_capping(shipped, axis.monitor_layer)
+    assert capping is None and f"starts below the monitor layer {axis.monitor_layer}" in note and "hf backend" in note
+    from vllm_env import capping_at_the_monitor_layer
+
+    ok = capping_at_the_monitor_layer(axis)
+    assert vllm_capping(ok, axis.monitor_layer) == (ok, None) and vllm_capping(None, 26) == (None, None)
+    reg = SessionRegistry(Thresholds(-1.0, -2.0, -3.0), DriftConfig(), "flag", can_cap=False, cap_note=note)
+    with pytest.raises(InputError, match="policy 'cap' is refused: the capping config L18-23_p90"):
+        reg.get("s", policy="cap")
+    assert reg.get("t", policy="flag").id == "t"  # monitoring goes on

@@ -17,13 +17,11 @@ import httpx
 import pytest
 from polling import wait_until
 from serving import free_port, wait_http
-from vllm_env import require_vllm
+from vllm_env import capping_at_the_monitor_layer, require_vllm
 
 from monitor.backends.hf import HFBackend
 from monitor.drift import DriftConfig, Thresholds
 from monitor.engine import ChatRequest, Engine
-from monitor.settings import shipped_dir
-from probes.artifacts import load_capping
 from probes.generation import GenerationOptions
 
 pytestmark = [pytest.mark.vllm, pytest.mark.smollm]  # the default model, in vLLM and serve processes
@@ -100,7 +98,10 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
     from openai import OpenAI
 
     db, port = tmp_path / "plugin.db", free_port()
-    drift_env = {"AXISWATCH_POLICY": "cap", "AXISWATCH_THRESHOLD_WATCH": "1e4", "AXISWATCH_THRESHOLD_WARNING": "9e3",
+    capping = capping_at_the_monitor_layer(shipped)  # the shipped window starts below it: vLLM cannot cap with that
+    capping.save(tmp_path / "capping")
+    drift_env = {"AXISWATCH_POLICY": "cap", "AXISWATCH_CAPPING": str(tmp_path / "capping"),
+                 "AXISWATCH_THRESHOLD_WATCH": "1e4", "AXISWATCH_THRESHOLD_WARNING": "9e3",
                  "AXISWATCH_THRESHOLD_CRITICAL": "8e3", "AXISWATCH_DRIFT_BASELINE": "absolute",
                  "AXISWATCH_EWMA_ALPHA": "0.5", "AXISWATCH_MIN_TOKENS": "4", "AXISWATCH_COOLDOWN_TOKENS": "1000"}
     env = {**os.environ, **drift_env, "AXISWATCH_VLLM_PLUGIN": "1", "REDIS_URL": redis_url,
@@ -140,10 +141,10 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
         assert all(t["scores"] for t in chatted["turns"] if t["role"] == "assistant")
     finally:
         out = _stop(proc)
-    assert "axiswatch plugin: scoring every token at layer 21" in out, out[-3000:]
+    assert f"axiswatch plugin: scoring every token at layer {shipped.monitor_layer}" in out, out[-3000:]
     # the same turn through the hf engine with the same settings
     th = Thresholds(watch=1e4, warning=9e3, critical=8e3)
-    eng = Engine(HFBackend(lm, shipped, load_capping(shipped_dir())), th, policy="cap",
+    eng = Engine(HFBackend(lm, shipped, capping), th, policy="cap",
                  drift=DriftConfig(alpha=0.5, min_tokens=4, cooldown_tokens=1000, baseline="absolute"))
     ref = eng.submit(ChatRequest("ref", msgs, GenerationOptions(max_new_tokens=24))).result(120)
     user, reply = [t for t in s["turns"] if t["role"] == "user"], [t for t in s["turns"] if t["role"] == "assistant"]

@@ -15,3 +15,14 @@ def require_vllm() -> None:
     if os.environ.get("AXISWATCH_REQUIRE_VLLM") == "1":
         pytest.fail("AXISWATCH_REQUIRE_VLLM=1 but vLLM is not importable here (run the tests from .venv-vllm)")
     pytest.skip("vLLM is not installed in this environment (make test-vllm runs these from .venv-vllm)")
+
+
+def capping_at_the_monitor_layer(axis):
+    """A capping config of ``axis`` whose window starts at its monitor layer (up to 6 layers, floors at p90):
+    one the vLLM hooks can run. The shipped window starts below the monitor layer, where only the hf backend
+    can take a capped token's pre-cap score (its uncapped twin); the vLLM backend and plugin refuse policy cap
+    with it (``probes.vllm_hooks.vllm_capping``)."""
+    from calibrate.capping import capping_for
+
+    first = axis.monitor_layer
+    return capping_for(axis, tuple(range(first, min(first + 6, axis.n_layers))), 90)

@@ -34,7 +34,7 @@ from monitor.errors import InputError, ModelLoadError
 from probes.generation import Detokenizer, GenerationOptions, stop_token_ids
 from probes.hooks import layer_hooks
 from probes.models import format_chat
-from probes.vllm_hooks import KEY, VLLMMonitor, runner_rows
+from probes.vllm_hooks import KEY, VLLMMonitor, runner_rows, vllm_capping
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = ("the vllm backend needs vLLM, which lives in its own environment: run 'make install' (it builds "
@@ -112,8 +112,12 @@ class VLLMBackend:
             raise InputError("the vllm backend needs the model as a Hugging Face folder or hub id, not a GGUF file")
         vllm, self._kind = _vllm()
         self.hf, self.options = hf, options or VLLMOptions()
-        self.lm, self.axis, self.capping = hf.lm, hf.axis, hf.capping
+        self.lm, self.axis = hf.lm, hf.axis
         self.model_id, self.layer = hf.model_id, hf.layer
+        # a window below the monitor layer cannot run here: monitoring goes on, policy cap is refused (why: the note)
+        self.capping, self.capping_note = vllm_capping(hf.capping, self.layer)
+        if self.capping_note:
+            log.warning("%s", self.capping_note)
         self._sampling = vllm.SamplingParams
         self.stops = sorted(stop_token_ids(self.lm))
         o = self.options
@@ -135,7 +139,8 @@ class VLLMBackend:
             if not hasattr(runner, "input_batch"):
                 raise InputError("vLLM's model runner has no input_batch (the V2 runner?): set "
                                  "VLLM_USE_V2_MODEL_RUNNER=0")
-            self.monitor = VLLMMonitor(hf.v, self.layer, hf.plan, lambda: runner_rows(runner))
+            self.monitor = VLLMMonitor(hf.v, self.layer, hf.plan if self.capping is not None else None,
+                                       lambda: runner_rows(runner))
             self._hooks.enter_context(layer_hooks(runner.model, self.monitor.hooks(), residual=True))
             self._thread.start()
             self._self_check()
