@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,32 @@ def test_the_hand_labels_check_the_judge_and_the_catch(tmp_path):
         (tmp_path / "bad.jsonl").write_text(bad)
         with pytest.raises(ValueError, match=why):
             D.load_hand_labels(tmp_path / "bad.jsonl")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "eval" / "results"
+
+
+@pytest.mark.skipif(not (RESULTS / "detection_study.json").exists(), reason="no committed study")
+def test_the_committed_study_reproduces_and_its_chosen_rule_is_what_ships():
+    """The detection study reruns from its committed inputs (the sessions as it read them, the calibration
+    scores, the hand labels) to the committed numbers, and the rule it chose on the dev half is the one the
+    shipped axis runs: its drift and level thresholds and the level's smoothing."""
+    from calibrate.alerts import axis_gap, in_role_median
+    from eval.alert_study import load_calibration
+    from monitor.drift import thresholds_from_calibration
+    from monitor.settings import shipped_dir
+    from probes.artifacts import load_axis
+
+    art = load_axis(shipped_dir(), roles=False)
+    sessions = json.loads((RESULTS / "detection" / "sessions.json").read_text())
+    hand = D.load_hand_labels(ROOT / "eval" / "data" / "persona_reply_labels.jsonl")
+    got = D.study(sessions, load_calibration(RESULTS / "alert_calibration_scores.json"), axis_gap(art),
+                  in_role_median(art), hand)
+    assert json.loads(json.dumps(got)) == json.loads((RESULTS / "detection_study.json").read_text())
+    chosen = next(r for r in got["rows"] if r["rule"] == got["chosen"])
+    drift, knobs = thresholds_from_calibration(art.calibration)
+    assert chosen["drift_thresholds"] == pytest.approx(drift.as_dict())
+    assert chosen["level_thresholds"] == pytest.approx(dict(zip(("watch", "warning", "critical"),
+                                                                knobs["level_thresholds"])))
+    assert chosen["config"]["level_alpha"] == knobs["level_alpha"]
