@@ -82,8 +82,10 @@ def write_summary(res: dict, path: Path) -> None:
     if "capping" in res:
         c = res["capping"]
         L.append("## 2. Capping on the same scripts (policy `cap`)\n")
-        L.append("`reported` = the score the service returns (the monitor layer is a capped layer, so capped tokens "
-                 "are floored there); `pre-cap` = the projection at the monitor layer before its floor.\n")
+        L.append("`reported` = the score the service returns (the projection at the monitor layer of the capped forward "
+                 "pass, floored there where the monitor layer is a capped layer); `pre-cap` = the same token's projection "
+                 "without capping (before the floor at the monitor layer, or from the uncapped twin where the capped "
+                 "window lies below it).\n")
         L.append("| group | capping switched on | capped sessions whose text changed | turns generated with capping "
                  "active whose text changed | final-turn change, reported | final-turn change, pre-cap |")
         L.append("|---|---|---|---|---|---|")

@@ -18,6 +18,10 @@ from monitor.records import AlertEvent, InterventionRecord, TurnRecord
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+# drift thresholds the seeding service runs with (see real_sessions), what its replica publishes
+THRESHOLDS = (-25.0, -35.0, -39.0)
+
+
 def real_sessions(db_url: str, redis_url: str, max_tokens: int = 40) -> dict[str, str]:
     """Drive the demo scripts (policy cap) and audit the sample transcript; name -> session id."""
     from monitor import service
@@ -26,7 +30,9 @@ def real_sessions(db_url: str, redis_url: str, max_tokens: int = 40) -> dict[str
     from monitor.settings import Settings
     from probes.generation import GenerationOptions
 
-    settings = Settings(database_url=db_url, redis_url=redis_url, policy="cap")
+    # drift thresholds the 40-token meta-reflection script crosses within its three turns (it falls about 40
+    # below its opening on the shipped axis: the calibrated warning, 60, it does not reach), the coding one not
+    settings = Settings(database_url=db_url, redis_url=redis_url, policy="cap", thresholds=THRESHOLDS)
     rt = service.start(settings)
     try:
         scripts = {s["name"]: s["turns"] for s in load_scripts() if s["name"] in ("coding", "meta-reflection")}

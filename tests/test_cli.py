@@ -100,8 +100,9 @@ def test_axis_show_json(shipped):
     from safetensors.torch import load_file
 
     assert load_file(out["files"]["axis"])["axis"].shape == (30, 576)
-    roles = load_file(out["files"]["role_vectors"])
-    assert len(roles) >= 100 and all(v.shape == (30, 576) for v in roles.values())
+    if out["files"]["role_vectors"] is not None:  # the shipped axis has none (its report lists the roles)
+        roles = load_file(out["files"]["role_vectors"])
+        assert len(roles) >= 100 and all(v.shape == (30, 576) for v in roles.values())
     assert "at_monitor_layer" in out["report"]
 
 

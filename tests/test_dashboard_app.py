@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import streamlit as st
+from dashboard_seed import THRESHOLDS
 from sqlalchemy.engine import make_url
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
@@ -444,16 +445,18 @@ def test_axis_page_shows_the_shipped_report(monkeypatch, dashboard_db):
     capping = json.loads((AXIS_DIR / "capping.json").read_text())
     at = ok(page("axis", monkeypatch, dashboard_db))
     m = metrics(at)
-    assert m["monitor layer"].startswith("21")
+    assert m["monitor layer"].startswith("26")
     assert m["monitor layer"] == f"{meta['monitor_layer']} of {meta['n_layers']}"
     assert m["|cos(PC1, axis)|"] == f"{report['at_monitor_layer']['abs_cos_pc1_axis']:.3f}"
     assert m["held-out AUROC"] == f"{report['at_monitor_layer']['auroc_heldout']:.3f}"
 
-    th = thresholds_from_calibration(meta["calibration"])[0]
+    _, knobs = thresholds_from_calibration(meta["calibration"])
     df = table(at, "below")
-    assert len(df) == 3
-    assert list(df["state"]) == ["watch", "warning", "critical"]
-    assert list(df["below"]) == pytest.approx([th.watch, th.warning, th.critical])
+    assert len(df) == 6  # the drift's three states, then the level's
+    assert list(df["detector"]) == ["drift"] * 3 + ["level"] * 3
+    assert list(df["state"]) == ["watch", "warning", "critical"] * 2
+    # the drift thresholds the replica runs with (the seeding service overrides the calibrated ones), the level's
+    assert list(df["below"]) == pytest.approx([*THRESHOLDS, *knobs["level_thresholds"]])
     taus = table(at, "tau (floor)")
     assert list(taus["layer"]) == capping["layers"]
     assert list(taus["tau (floor)"]) == pytest.approx(capping["taus"])
@@ -498,7 +501,7 @@ def test_axis_page_reads_what_the_replica_published_not_its_disk(monkeypatch, da
         at = ok(page("axis", monkeypatch, (db_url, other_url, ids)))
         at_layer = published["axis_report"]["at_monitor_layer"]
         assert metrics(at)["|cos(PC1, axis)|"] == f"{at_layer['abs_cos_pc1_axis']:.3f}"
-        assert metrics(at)["monitor layer"] == f"21 of {published['axis_meta']['n_layers']}"
+        assert metrics(at)["monitor layer"] == f"26 of {published['axis_meta']['n_layers']}"
         assert len(at.get("vega_lite_chart")) == 3
         assert any("published by the replica in Redis" in c.value for c in at.caption)
         # an older replica that published neither: the page says what is missing, no traceback
@@ -550,7 +553,7 @@ def test_dashboard_never_imports_torch_or_probes(dashboard_db):
     assert drawn["session"]["metrics"]["scored tokens"] == str(s["n_tokens"])
     assert drawn["alerts"]["rows"] == len(stored(db_url))
     assert drawn["audit"]["charts"] == 3 and drawn["audit"]["heatmaps"] == 2  # the compare tab
-    assert drawn["axis"]["charts"] == 3 and drawn["axis"]["metrics"]["monitor layer"].startswith("21 of ")
+    assert drawn["axis"]["charts"] == 3 and drawn["axis"]["metrics"]["monitor layer"].startswith("26 of ")
     assert out["heavy"] == "['probes', 'probes.errors']"
 
 

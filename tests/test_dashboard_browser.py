@@ -273,7 +273,7 @@ def test_overview_alerts_and_axis_pages_render(browser, dashboard):
     browser.get(f"{url}/axis")
     charts = wait_for(browser, lambda d: list(d.find_elements(By.CSS_SELECTOR, ".vega-embed")) if len(
         d.find_elements(By.CSS_SELECTOR, ".vega-embed")) >= 3 else None)
-    assert len(charts) >= 3 and "L21-26_p90" in browser.page_source  # the shipped capping config
+    assert len(charts) >= 3 and "L18-23_p90" in browser.page_source  # the shipped capping config
     shot(browser, "axis")
 
 

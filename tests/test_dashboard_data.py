@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from dashboard_seed import MODEL, records
+from dashboard_seed import MODEL, THRESHOLDS, records
 
 from dashboard import charts, data
 from monitor.drift import DriftConfig, DriftTracker, Thresholds, snapshot_reading
@@ -73,7 +73,7 @@ def test_running_replay_matches_what_the_engine_stored(dashboard_db):
     it equals the running score the engine stored (real sessions from the real service)."""
     db, redis_url, ids = dashboard_db
     store = Store(db)
-    dep = data.deployment(None, Settings(database_url=db))
+    dep = data.deployment(None, Settings(database_url=db, thresholds=THRESHOLDS))  # what the seeding service ran
     checked = 0
     for sid in ids.values():
         v = data.session_view(store, Streams.from_url(redis_url), sid, dep)
@@ -302,7 +302,7 @@ def test_deployment_from_redis_then_from_files(env):
     store, streams = env
     s = Settings()
     dep = data.deployment(streams, s)  # no replica has started: the shipped axis files
-    assert dep.origin == "settings" and dep.layer == 21 and dep.capping["id"] == "L21-26_p90"
+    assert dep.origin == "settings" and dep.layer == 26 and dep.capping["id"] == "L18-23_p90"
     assert dep.thresholds.watch > dep.thresholds.warning > dep.thresholds.critical
     over = data.deployment(None, s.with_(thresholds=(1.0, None, None)))
     assert over.thresholds.watch == 1.0 and over.thresholds.warning == dep.thresholds.warning

@@ -114,24 +114,25 @@ def test_the_backend_list_is_the_one_serve_offers():
 
 
 def test_an_axis_calibrated_with_a_level_runs_both_detectors_unless_switched_off():
-    """The detection study's register-balanced axis carries drift and level thresholds: the engine's tracker
-    runs both; AXISWATCH_LEVEL_DETECTOR=off runs the drift alone; the shipped axis (no level yet) the drift."""
-    from pathlib import Path
+    """The shipped register-balanced axis carries drift and level thresholds: the engine's tracker runs both;
+    AXISWATCH_LEVEL_DETECTOR=off runs the drift alone; an axis calibrated without a level runs the drift."""
+    import copy
 
     from monitor.drift import DriftTracker
     from monitor.settings import shipped_dir
     from probes.artifacts import read_axis_meta
 
-    folder = Path(__file__).resolve().parents[1] / "eval" / "results" / "detection" / "axis"
-    cal = read_axis_meta(folder)["calibration"]
-    th, cfg = Settings.from_env({"AXISWATCH_AXIS": str(folder)}).drift_setup(cal)
+    cal = read_axis_meta(shipped_dir())["calibration"]
+    th, cfg = Settings.from_env({}).drift_setup(cal)
     level = cal["alerting"]["level"]
     assert cfg.level_thresholds == tuple(level["thresholds"][k] for k in ("watch", "warning", "critical"))
     assert cfg.level_alpha == level["alpha"] == 0.02
     assert [d.name for d in DriftTracker(th, cfg).detectors] == ["drift", "level"]
-    _, off = Settings.from_env({"AXISWATCH_AXIS": str(folder), "AXISWATCH_LEVEL_DETECTOR": "off"}).drift_setup(cal)
+    _, off = Settings.from_env({"AXISWATCH_LEVEL_DETECTOR": "off"}).drift_setup(cal)
     assert off.level_thresholds is None and [d.name for d in DriftTracker(th, off).detectors] == ["drift"]
-    _, shipped = Settings.from_env({}).drift_setup(read_axis_meta(shipped_dir())["calibration"])
-    assert shipped.level_thresholds is None
+    older = copy.deepcopy(cal)
+    del older["alerting"]["level"]  # an axis calibrated by an earlier release
+    _, drift_only = Settings.from_env({}).drift_setup(older)
+    assert drift_only.level_thresholds is None
     with pytest.raises(InputError, match="AXISWATCH_LEVEL_DETECTOR must be on or off"):
         Settings.from_env({"AXISWATCH_LEVEL_DETECTOR": "maybe"})
