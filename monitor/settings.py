@@ -122,7 +122,7 @@ class Settings:
     vllm_memory_gb: float = 1.0  # the vllm backend's KV cache (on CPU, host memory reserved for it)
     vllm_max_model_len: int = 2048
     vllm_tensor_parallel_size: int = 1
-    vllm_enforce_eager: bool = True  # no CUDA graphs: the monitor's hooks must run on every step
+    vllm_enforce_eager: bool = False  # vLLM's default, compiled (the monitor's op is in the graph); 1: eager
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -154,7 +154,7 @@ class Settings:
                    vllm_max_model_len=_positive(_num(get, "VLLM_MAX_MODEL_LEN", "2048", int), "VLLM_MAX_MODEL_LEN"),
                    vllm_tensor_parallel_size=_positive(_num(get, "VLLM_TENSOR_PARALLEL_SIZE", "1", int),
                                                        "VLLM_TENSOR_PARALLEL_SIZE"),
-                   vllm_enforce_eager=get("VLLM_ENFORCE_EAGER", "1").lower() not in ("0", "false", "no"))
+                   vllm_enforce_eager=get("VLLM_ENFORCE_EAGER", "0").lower() not in ("0", "false", "no", ""))
 
     def with_(self, **kw) -> Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

@@ -1,6 +1,6 @@
 """The vLLM plugin inside one model runner (:mod:`monitor.vllm_plugin` starts it where the model loads).
 
-The monitor's hooks (:mod:`probes.vllm_hooks`) go into vLLM's model through :func:`probes.hooks.layer_hooks`,
+The monitor's op (:mod:`probes.vllm_hooks`) goes into vLLM's model as it loads, before compilation,
 held until the runtime closes, and every step's sampled tokens go, with their scores, through the same
 :class:`~monitor.engine.Engine` as ``axiswatch serve``, built by the same :func:`monitor.service.start`:
 sessions, drift tracker, policy (``cap`` caps a session from its next token), and the turns, alerts and
@@ -20,24 +20,25 @@ from __future__ import annotations
 import atexit
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import torch
 from transformers import AutoTokenizer
 
 from monitor import service
 from monitor.backends import Backend, Job, TokenEvent
-from monitor.backends.vllm import check_config
+from monitor.backends.vllm import check_config, run_mode
 from monitor.errors import InputError
 from monitor.records import new_id
 from monitor.settings import Settings
 from monitor.turns import ChatRequest, Turn
 from probes.cache import cache_dir
 from probes.generation import Detokenizer, GenerationOptions, cap_plan
-from probes.hooks import layer_hooks
 from probes.models import DEFAULT_MODEL_ID
-from probes.vllm_hooks import VLLMMonitor, runner_rows, vllm_capping
+from probes.vllm_hooks import VLLMMonitor, attach, max_rows, read_spec, runner_rows, vllm_capping
 
 log = logging.getLogger("vllm.axiswatch")  # under vLLM's logger: its handlers print it
 _CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|$)", re.S)
@@ -74,29 +75,78 @@ class _Watcher:
         self.capping_note = capping_note  # why a loaded capping config cannot run here (policy cap is refused)
 
 
-class RunnerMonitor:
-    """The plugin inside one model runner: hooks, per-request turns, and the engine they feed."""
+def _tensor_parallel() -> tuple[int, Callable[[torch.Tensor], None] | None]:
+    """This process' tensor-parallel rank, and the broadcast that hands rank 0's cap mask to every rank
+    at the same step (None on one rank). After a decoder block the residual stream is replicated on every
+    rank: each rank caps its copy with the same mask, and rank 0's scores are the ones read."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size, get_tp_group
 
-    def __init__(self, runner, workers: bool = True):
+    if get_tensor_model_parallel_world_size() == 1:
+        return 0, None
+    group = get_tp_group()
+    return get_tensor_model_parallel_rank(), lambda t: group.broadcast(t, src=0)
+
+
+def _monitor(runner, broadcast, check_prefix_caching: bool):
+    """The axis and capping config the settings name, checked against vLLM's configuration, and the
+    :class:`VLLMMonitor` over them: ``(monitoring, capping, note, monitor)``."""
+    vc = runner.vllm_config
+    check_config(vc)
+    settings = Settings.from_env()
+    hf = vc.model_config.hf_config
+    mon = service.load_monitoring(settings, int(hf.hidden_size), int(hf.num_hidden_layers))
+    capping, note = vllm_capping(mon.capping, mon.axis.monitor_layer)
+    if capping is not None and check_prefix_caching and vc.cache_config.enable_prefix_caching:
+        raise InputError(f"a capping config is loaded ({mon.cap_dir}) and vLLM's prefix caching is on: a "
+                         "capped session could reuse an uncapped one's KV cache (start vLLM with "
+                         "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
+    monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(capping), max_rows(runner),
+                          runner.device, broadcast=broadcast)
+    return settings, mon, capping, note, monitor
+
+
+def on_rank(runner, plugin: bool, workers: bool = True, spec: str | None = None):
+    """What runs where a model runner has loaded its model: with the plugin on, on tensor-parallel rank 0
+    the whole :class:`RunnerMonitor`, on the other ranks a :class:`RankMonitor`; in the ``vllm`` backend's
+    tensor-parallel workers (``spec``: the monitor the backend wrote, :func:`probes.vllm_hooks.write_spec`)
+    a :class:`RankMonitor` on every rank, read and told whom to cap through ``collective_rpc``."""
+    rank, broadcast = _tensor_parallel()
+    if plugin and rank == 0:
+        return RunnerMonitor(runner, workers=workers, broadcast=broadcast)
+    if plugin:
+        monitor = _monitor(runner, broadcast, check_prefix_caching=False)[-1]
+    else:
+        check_config(runner.vllm_config)
+        axis, layer, plan = read_spec(spec)
+        monitor = VLLMMonitor(axis, layer, plan, max_rows(runner), runner.device, broadcast=broadcast)
+    return RankMonitor(runner, monitor, by_request_id=plugin)
+
+
+class RankMonitor:
+    """The monitor's op in one rank's model, without a service: it caps with the mask rank 0 broadcasts
+    and scores rows that rank 0 reads (the plugin's :class:`RunnerMonitor`, or, in the ``vllm`` backend's
+    workers, :func:`probes.vllm_hooks.rpc_take` for the backend's process)."""
+
+    def __init__(self, runner, monitor: VLLMMonitor, by_request_id: bool):
+        self.monitor = monitor
+        self._stack = attach(runner, monitor, lambda: runner_rows(runner, by_request_id=by_request_id))
+        atexit.register(self._stack.close)
+
+
+class RunnerMonitor:
+    """The plugin inside one model runner (tensor-parallel rank 0): the op, per-request turns, and the
+    engine they feed."""
+
+    def __init__(self, runner, workers: bool = True, broadcast=None):
         self.runner = runner
         vc = runner.vllm_config
-        check_config(vc)
-        settings = Settings.from_env()
-        hf = vc.model_config.hf_config
+        # the axis, the capping config and vLLM's configuration checked before anything starts
+        settings, mon, capping, note, self.monitor = _monitor(runner, broadcast, check_prefix_caching=True)
+        if note:  # a window below the monitor layer cannot run here: monitoring goes on, policy cap is refused
+            log.warning("axiswatch: %s", note)
         model = str(vc.model_config.model)
         in_cache = Path(model).resolve().is_relative_to(cache_dir(settings.cache_dir).resolve())
         model_id = DEFAULT_MODEL_ID if in_cache else model.rstrip("/")
-        # the axis, the capping config and vLLM's configuration checked before anything starts
-        mon = service.load_monitoring(settings, int(hf.hidden_size), int(hf.num_hidden_layers))
-        capping, note = vllm_capping(mon.capping, mon.axis.monitor_layer)
-        if note:  # a window below the monitor layer cannot run here: monitoring goes on, policy cap is refused
-            log.warning("axiswatch: %s", note)
-        if capping is not None and vc.cache_config.enable_prefix_caching:  # a request may ask for cap
-            raise InputError(f"a capping config is loaded ({mon.cap_dir}) and vLLM's prefix caching is on: a "
-                             "capped session could reuse an uncapped one's KV cache (start vLLM with "
-                             "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
-        self.monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(capping),
-                                   lambda: runner_rows(runner, by_request_id=True))
         # the plugin's backend for service.start: only the model's identity (vLLM generates, this runner's
         # hooks score; the engine's turns are opened, fed and finished from outside)
         watcher = cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, capping, note))
@@ -108,7 +158,8 @@ class RunnerMonitor:
         assert rt.engine is not None
         self.engine = rt.engine
         try:
-            rt.hold(layer_hooks(runner.model, self.monitor.hooks(), residual=True))  # removed at close
+            # the op into the model before vLLM compiles it; taken out at close
+            rt.hold(attach(runner, self.monitor, lambda: runner_rows(runner, by_request_id=True)))
         except BaseException:
             rt.close()
             raise
@@ -118,8 +169,8 @@ class RunnerMonitor:
         run, sample = runner.execute_model, runner.sample_tokens
         runner.execute_model = lambda so, *a, **kw: self._after(run(self._before(so), *a, **kw))
         runner.sample_tokens = lambda *a, **kw: self._after(sample(*a, **kw))
-        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s)", self.engine.layer,
-                 model_id, settings.policy)
+        log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s; %s)", self.engine.layer,
+                 model_id, settings.policy, run_mode(vc))
         log.info("axiswatch plugin: publishing to %s, store %s", rt.redis_url, settings.database_url)
 
     # ------------------------------------------------------------------ around each step

