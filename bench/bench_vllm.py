@@ -1,7 +1,9 @@
-"""Cost of axiswatch inside vLLM: the same greedy requests through plain vLLM (no hooks) and through the
-vllm backend (score hook, row mapping, per-token events), interleaved; tokens/s and the ratio.
+"""Cost of axiswatch inside vLLM's engine: the same greedy requests through plain vLLM (no op) and through the
+vllm backend (the op, row mapping, per-token events), interleaved in one process; tokens/s and the ratio.
+Both compiled (vLLM's default), or both eager with ``--eager``. What a user runs, servers and an HTTP
+client, is ``bench_vllm_serving.py``.
 
-    .venv-vllm/bin/python bench/bench_vllm.py [--batch 16] [--tokens 64] [--repeats 3]
+    .venv-vllm/bin/python bench/bench_vllm.py [--batch 16] [--tokens 64] [--repeats 3] [--eager]
 """
 
 from __future__ import annotations
@@ -35,15 +37,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--eager", action="store_true", help="both engines in vLLM's eager mode (default: compiled)")
     a = ap.parse_args()
     import vllm
 
     lm = load_model("default")
     hf = HFBackend(lm, load_axis(shipped_dir()))
-    opts = VLLMOptions(memory_gb=0.5, max_model_len=1024)
+    opts = VLLMOptions(memory_gb=0.5, max_model_len=1024, enforce_eager=a.eager)
     ours = VLLMBackend(hf, lm.meta["weights"], opts)
     plain = vllm.LLMEngine.from_engine_args(vllm.EngineArgs(
-        model=lm.meta["weights"], dtype="float32", enforce_eager=True, max_model_len=opts.max_model_len,
+        model=lm.meta["weights"], dtype="float32", enforce_eager=a.eager, max_model_len=opts.max_model_len,
         kv_cache_memory_bytes=int(opts.memory_gb * 2**30), seed=0, enable_prefix_caching=False))
     chats = [[{"role": "user", "content": f"Tell me a fact about the number {i}."}] for i in range(a.batch)]
     ids = [lm.tokenizer(format_chat(lm.tokenizer, c), add_special_tokens=False)["input_ids"] for c in chats]

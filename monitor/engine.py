@@ -40,7 +40,7 @@ __all__ = ["ChatRequest", "ChatResult", "Engine", "Publisher", "Session"]
 
 
 class Publisher(Protocol):
-    def publish(self, record) -> None: ...
+    def publish(self, record) -> object: ...  # the outbox returns the entry's (stream, id), or None
     def publish_live_many(self, items: list[tuple[str, dict]]) -> None: ...
     # optional: ``reserve_turns([(session_id, floor, n)]) -> [first]``, turn numbers shared by every replica
 

@@ -8,11 +8,15 @@ interventions published to Redis, so ``axiswatch worker``, the dashboard and web
 
 A request names its session in ``extra_body={"vllm_xargs": {"session_id": ...}}`` (optionally
 ``"policy"``); one without gets a session of its own. The turn's stored messages are read back from
-the prompt's tokens (chat-markup templates; anything else is stored as one user message). Tensor,
-pipeline and data parallelism and async scheduling are refused (:func:`~monitor.backends.vllm.check_config`),
-as is prefix caching while a capping config is loaded. Set-up follows :class:`~monitor.settings.Settings`
-(``AXISWATCH_*``, ``REDIS_URL``; without it an embedded Redis is started, its address logged) and starts a
-persistence worker in the engine's process unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``.
+the prompt's tokens (chat-markup templates; anything else is stored as one user message). Under tensor
+parallelism rank 0's runner holds all of this and the other ranks the op alone (:class:`RankMonitor`),
+capping with the mask rank 0 broadcasts each step. Pipeline and data parallelism and async scheduling are
+refused (:func:`~monitor.backends.vllm.check_config`), as is prefix caching while a capping config is
+loaded. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``, ``REDIS_URL``; without it an
+embedded Redis is started, its address logged) and starts a persistence worker in the process of the
+runner (the engine core, or rank 0's worker) unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``. A step in which a
+reply ends waits until its records are stored (:meth:`RunnerMonitor._stored`): vLLM kills this process a
+moment after SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import atexit
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +92,7 @@ def _tensor_parallel() -> tuple[int, Callable[[torch.Tensor], None] | None]:
     return get_tensor_model_parallel_rank(), lambda t: group.broadcast(t, src=0)
 
 
-def _monitor(runner, broadcast, check_prefix_caching: bool):
+def _monitor(runner, broadcast, check_prefix_caching: bool, rank: int = 0):
     """The axis and capping config the settings name, checked against vLLM's configuration, and the
     :class:`VLLMMonitor` over them: ``(monitoring, capping, note, monitor)``."""
     vc = runner.vllm_config
@@ -101,7 +106,7 @@ def _monitor(runner, broadcast, check_prefix_caching: bool):
                          "capped session could reuse an uncapped one's KV cache (start vLLM with "
                          "--no-enable-prefix-caching, as `axiswatch vllm-args` prints)")
     monitor = VLLMMonitor(mon.axis.unit(), mon.axis.monitor_layer, cap_plan(capping), max_rows(runner),
-                          runner.device, broadcast=broadcast)
+                          runner.device, broadcast=broadcast, rank=rank)
     return settings, mon, capping, note, monitor
 
 
@@ -114,11 +119,11 @@ def on_rank(runner, plugin: bool, workers: bool = True, spec: str | None = None)
     if plugin and rank == 0:
         return RunnerMonitor(runner, workers=workers, broadcast=broadcast)
     if plugin:
-        monitor = _monitor(runner, broadcast, check_prefix_caching=False)[-1]
+        monitor = _monitor(runner, broadcast, check_prefix_caching=False, rank=rank)[-1]
     else:
         check_config(runner.vllm_config)
         axis, layer, plan = read_spec(spec)
-        monitor = VLLMMonitor(axis, layer, plan, max_rows(runner), runner.device, broadcast=broadcast)
+        monitor = VLLMMonitor(axis, layer, plan, max_rows(runner), runner.device, broadcast=broadcast, rank=rank)
     return RankMonitor(runner, monitor, by_request_id=plugin)
 
 
@@ -166,6 +171,21 @@ class RunnerMonitor:
         atexit.register(self.close)
         self.live: dict[str, _Req] = {}
         self.errors = 0
+        # a reply is stored before vLLM sends it: vLLM's shutdown kills this process a moment after SIGTERM
+        # (its default --shutdown-timeout 0), so nothing accepted may wait for an orderly close here
+        self._published: list[tuple[str, str]] = []
+        self._persist = next((w for w in rt.workers if hasattr(w, "wait_persisted")), None)
+        self._paused_until = 0.0
+        if self._persist is not None and rt.outbox is not None:
+            publish = rt.outbox.publish
+
+            def published(record):
+                entry = publish(record)
+                if entry is not None:
+                    self._published.append(entry)
+                return entry
+
+            rt.outbox.publish = published  # type: ignore[method-assign]
         run, sample = runner.execute_model, runner.sample_tokens
         runner.execute_model = lambda so, *a, **kw: self._after(run(self._before(so), *a, **kw))
         runner.sample_tokens = lambda *a, **kw: self._after(sample(*a, **kw))
@@ -213,7 +233,8 @@ class RunnerMonitor:
                 tid = int(sampled[0])
                 r.n += 1
                 if rid not in scores:
-                    raise RuntimeError(f"token {tid} of request {rid} has no score: the monitor's hooks did not run")
+                    raise RuntimeError(f"token {tid} of request {rid} has no score: the monitor's op did not write its "
+                                       "row (or the model's activations are not finite)")
                 score, pre = scores[rid]
                 if tid not in r.stops:
                     r.turn.job.token_ids.append(tid)
@@ -231,6 +252,22 @@ class RunnerMonitor:
             self.engine.step(events, [r.turn.job for r in ended])
         finally:
             self._end(ended, None)
+            if ended:
+                self._stored()
+
+    def _stored(self, timeout: float = 5.0, pause_s: float = 30.0) -> None:
+        """Wait (in vLLM's step, before it hands the ended replies on) until the persistence worker has
+        written every record published so far: a reply a client has is in the store. After a wait that
+        timed out (the store or the worker in trouble) steps do not wait for ``pause_s``: serving goes on,
+        the records stay in Redis for the worker."""
+        entries, self._published = self._published, []
+        if self._persist is None or not entries or time.monotonic() < self._paused_until:
+            return
+        if not self._persist.wait_persisted(entries, timeout):
+            self._paused_until = time.monotonic() + pause_s
+            log.warning("axiswatch plugin: %d records not in the store after %.0f s; replies are not held for "
+                        "the store for the next %.0f s (the records stay in Redis for the worker)", len(entries),
+                        timeout, pause_s)
 
     def _open(self, rid: str) -> _Req | None:
         state = self.runner.requests.get(rid)

@@ -84,15 +84,17 @@ class VLLMMonitor:
 
     ``rows``: the most rows a forward pass can have (the runner's token budget, its largest graph).
     ``broadcast``: under tensor parallelism, a collective that sends rank 0's cap mask to every rank (each
-    rank calls it every step, rank 0's ``capped`` is the one that counts); None on one rank."""
+    rank calls it every step, rank 0's ``capped`` is the one that counts); None on one rank. ``rank``: this
+    process' tensor-parallel rank."""
 
     def __init__(self, axis_unit: torch.Tensor, monitor_layer: int, capping: CapPlan | None, rows: int,
-                 device: torch.device | str = "cpu", broadcast: Callable[[torch.Tensor], None] | None = None):
+                 device: torch.device | str = "cpu", broadcast: Callable[[torch.Tensor], None] | None = None,
+                 rank: int = 0):
         if capping is not None and min(capping.layers) < monitor_layer:
             raise ValueError(f"capping at layers {list(capping.layers)} starts below the monitor layer "
                              f"{monitor_layer}: the vLLM backend has no uncapped twin to take the pre-cap score "
                              "from; use the hf backend or a capping window at or above the monitor layer")
-        self.layer, self.capping, self.broadcast = monitor_layer, capping, broadcast
+        self.layer, self.capping, self.broadcast, self.rank = monitor_layer, capping, broadcast, rank
         vectors = torch.stack([v.float() for v in capping.vectors]) if capping is not None else None
         taus = torch.tensor([float(t) for t in capping.taus]) if capping is not None else None
         self.state = WatchState(axis_unit, vectors, taus, rows, device)
@@ -134,24 +136,30 @@ class VLLMMonitor:
             self.state.scores.index_fill_(1, self._idx, float("nan"))
         if self.capping is None:
             return
+        try:
+            hit = self._fill(step)
+        finally:  # every rank calls the collective every step, whatever happened here
+            if self.broadcast is not None:
+                self.state.mask.copy_(self._staging, non_blocking=True)
+                self.broadcast(self.state.mask)
+        if self.broadcast is None and (hit or self._dirty):
+            self.state.mask.copy_(self._staging, non_blocking=True)
+            self._dirty = hit
+
+    def _fill(self, step: StepRows | None) -> bool:
+        """The staging mask of this step's rows from ``capped`` (all zero on ranks other than 0 under tensor
+        parallelism, and when nobody is capped); whether any row is capped."""
         hit = False
-        if step is not None and self.capped:
+        if step is not None and self.capped and (self.broadcast is None or self.rank == 0):
             for i, key in enumerate(step.keys):
                 if key is not None and key in self.capped:
                     if not hit:
                         self._staging.zero_()
                         hit = True
                     self._staging[step.starts[i]:step.starts[i + 1]] = 1.0
-        if self.broadcast is not None:  # every rank, every step: rank 0's mask is the one all ranks apply
-            if not hit:
-                self._staging.zero_()
-            self.state.mask.copy_(self._staging, non_blocking=True)
-            self.broadcast(self.state.mask)
-        elif hit or self._dirty:
-            if not hit:
-                self._staging.zero_()
-            self.state.mask.copy_(self._staging, non_blocking=True)
-            self._dirty = hit
+        if not hit and (self._dirty or self.broadcast is not None):
+            self._staging.zero_()
+        return hit
 
     def take(self) -> dict[str, tuple[float, float]]:
         """The last step's scores: key -> (score, pre-cap score), for the requests that produced a token and
@@ -216,14 +224,18 @@ def read_spec(path) -> tuple[torch.Tensor, int, CapPlan | None]:
 
 def _monitor_of(worker) -> VLLMMonitor:
     runner = getattr(worker, "model_runner", None) or worker.worker.model_runner
-    held = runner._axiswatch
+    held = getattr(runner, "_axiswatch", None)
+    if held is None:
+        raise RuntimeError("no axiswatch monitor in this vLLM worker: axiswatch's vllm.general_plugins entry "
+                           "point did not load here (is axiswatch installed in the workers' environment?)")
     return getattr(held, "monitor", held)
 
 
 def rpc_set_capped(worker, keys: list[str]) -> None:
-    """``collective_rpc`` target in the backend's workers: the requests capped from the next step on (rank 0's
-    set is the one its broadcast hands to every rank)."""
-    _monitor_of(worker).capped = set(keys)
+    """``collective_rpc`` target in the backend's workers: the requests capped from the next step on. Every
+    rank gets the call; only rank 0 keeps the set, and its broadcast hands the mask to the others."""
+    monitor = _monitor_of(worker)
+    monitor.capped = set(keys) if monitor.rank == 0 else set()
 
 
 def rpc_take(worker) -> dict[str, tuple[float, float]]:

@@ -98,6 +98,39 @@ def test_spill_left_by_an_earlier_run_is_replayed(tmp_path):
     redis.stop()
 
 
+def test_a_publisher_can_wait_until_the_worker_has_stored_what_it_published(tmp_path):
+    """What the vLLM plugin waits on before vLLM sends a reply: the outbox returns each entry's id, and the
+    persistence worker's ``wait_persisted`` returns once those entries are in the store (False on time-out)."""
+    from monitor.workers.persist import PersistWorker
+
+    redis = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate()
+    streams = Streams.from_url(redis.url)
+    streams.ensure_groups()
+    box = Outbox(streams, store)
+    w = PersistWorker(streams, store, block_ms=50)
+    other = PersistWorker(streams, store, name="another-consumer", block_ms=50)
+    try:
+        entries = [box.publish(TurnRecord("waited", n, "user", "x", 21)) for n in range(3)]
+        assert all(e is not None and e[0] == "turns" for e in entries)
+        assert not w.wait_persisted(entries, timeout=0.2)  # no worker has run yet
+        w.start_thread()
+        assert w.wait_persisted(entries, timeout=10)
+        assert store.get_session("waited")["n_turns"] == 3
+        w.stop()
+        # another consumer of the group (an `axiswatch worker` elsewhere) writing them counts as well
+        more = [box.publish(TurnRecord("waited-2", n, "user", "x", 21)) for n in range(2)]
+        assert not w.wait_persisted(more, timeout=0.2)
+        other.start_thread()
+        assert w.wait_persisted(more, timeout=10) and store.get_session("waited-2")["n_turns"] == 2
+    finally:
+        w.stop()
+        other.stop()
+        box.close()
+        redis.stop()
+
+
 def test_outbox_close_during_an_outage_spills_what_is_queued(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'a.db'}")
     store.migrate()

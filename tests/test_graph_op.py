@@ -137,8 +137,9 @@ def test_tensor_parallel_ranks_apply_rank_zeros_mask():
     step = StepRows(keys=["a", "b"], starts=[0, 2, 3], sampled=[True, True])
     rank0.capped = {"b"}
     rank0.begin(step)
-    rank1 = VLLMMonitor(unit(torch.randn(d)), 3, plan, rows=8, broadcast=lambda t: t.copy_(sent[-1]))
-    rank1.begin(step)  # rank 1 knows nobody capped: it receives rank 0's mask
+    rank1 = VLLMMonitor(unit(torch.randn(d)), 3, plan, rows=8, broadcast=lambda t: t.copy_(sent[-1]), rank=1)
+    rank1.capped = {"a"}  # a rank other than 0 ignores its own set: it applies what rank 0 sends
+    rank1.begin(step)
     assert rank1.state.mask.tolist() == rank0.state.mask.tolist() == [0, 0, 1, 0, 0, 0, 0, 0]
     rank0.capped = set()
     rank0.begin(step)

@@ -69,18 +69,32 @@ MODES = pytest.mark.parametrize("mode", ["vb", "vb_eager"], ids=["compiled", "ea
 
 
 def test_the_op_is_compiled_into_the_graph(vb):
-    """Compiled mode runs the model through vLLM's torch.compile (no eager fallback), and the compile cache's
-    hash carries the monitor's signature: a graph compiled without the op is never loaded for it."""
+    """Compiled mode runs the model through vLLM's torch.compile (no eager fallback), and the compile cache
+    the model was compiled into is keyed by a hash that carries the monitor's signature: the directory vLLM
+    chose is the one the salted configuration gives, not the one a configuration without the op gives."""
+    import hashlib
+    from pathlib import Path
+
+    from vllm.compilation.caching import aot_compile_hash_factors
+    from vllm.compilation.decorators import _model_hash_key
+
     vc = vb.engine.vllm_config
     assert not vc.model_config.enforce_eager
     assert getattr(vc.compilation_config.mode, "name", "") != "NONE"
     assert vc.additional_config["axiswatch"] == vb.monitor.signature()
-    salted = vc.compute_hash()
+    model = vb.engine.model_executor.driver_worker.worker.model_runner.model.model
+
+    def cache_key() -> str:
+        return hashlib.sha256(str([*aot_compile_hash_factors(vc), _model_hash_key(model.forward)]).encode()).hexdigest()
+
+    used = Path(vc.compilation_config.local_cache_dir).name
+    salted = cache_key()
     vc.additional_config.pop("axiswatch")
     try:
-        assert vc.compute_hash() != salted
+        unsalted = cache_key()
     finally:
         vc.additional_config["axiswatch"] = vb.monitor.signature()
+    assert used == salted != unsalted
 
 
 def _run(backend, prompts, capped, n=32):

@@ -25,14 +25,15 @@ def _config(**kw):
                                                            data_parallel_size=d["dp"]))
 
 
-@pytest.mark.parametrize("kw", [{}, {"enforce_eager": False, "mode": "VLLM_COMPILE"}], ids=["eager", "compiled"])
+@pytest.mark.parametrize("kw", [{}, {"enforce_eager": False, "mode": "VLLM_COMPILE"}, {"tp": 2}],
+                         ids=["eager", "compiled", "tensor-parallel"])
 def test_configurations_the_op_follows_pass(kw):
-    """Eager or compiled (CUDA graphs, torch.compile): the monitor's op is part of the graph."""
+    """Eager or compiled (CUDA graphs, torch.compile), one rank or several: the op is part of the graph."""
     check_config(_config(**kw))
 
 
 @pytest.mark.parametrize("kw,why", [({"spec": object()}, "speculative"), ({"async_scheduling": True}, "async scheduling"),
-                                    ({"tp": 2}, "tensor parallelism"), ({"pp": 2}, "pipeline"),
+                                    ({"pp": 2}, "pipeline"),
                                     ({"dp": 2}, "data parallelism")])
 def test_configurations_that_would_serve_unmonitored_are_refused(kw, why):
     with pytest.raises(InputError, match=why):

@@ -163,3 +163,46 @@ def test_plugin_in_an_unchanged_vllm_server(tmp_path, redis_url, lm, shipped):
     ids = [json.loads(line)["id"] for line in others]
     assert "plug-1" in ids and "plug-chat" in ids and sum(i.startswith("demo-") for i in ids) == 3
     assert len(ids) == 6  # and the request without a session id: a session of its own
+
+
+def test_plugin_stores_every_reply_when_vllm_is_stopped_as_the_last_one_arrives(tmp_path, lm):
+    """vLLM's default shutdown (--shutdown-timeout 0) SIGTERMs and then kills its engine core at once, and
+    the plugin's outbox, embedded Redis and persistence worker live there: 24 requests, 16 at a time, and
+    SIGTERM the moment the last response arrives; every reply a client received is in the store."""
+    require_vllm()
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    db, port = tmp_path / "stop.db", free_port()
+    env = {**os.environ, "AXISWATCH_VLLM_PLUGIN": "1", "REDIS_URL": "", "AXISWATCH_DATABASE_URL": f"sqlite:///{db}",
+           "AXISWATCH_VLLM_MEMORY_GB": "0.5", "AXISWATCH_VLLM_MAX_MODEL_LEN": "1024"}
+    argv = subprocess.run([str(BIN / "axiswatch"), "vllm-args"], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+    proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *argv, "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    model = argv[argv.index("--served-model-name") + 1]
+    replies: dict[str, str] = {}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, timeout_s=300)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+
+        def ask(i):
+            sid = f"stop-{i}"
+            r = client.chat.completions.create(model=model, max_tokens=12 + i % 5, temperature=0,
+                                               messages=[{"role": "user", "content": f"Name a colour ({i})."}],
+                                               extra_body={"vllm_xargs": {"session_id": sid}})
+            replies[sid] = r.choices[0].message.content
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(ask, range(24)))
+        proc.send_signal(signal.SIGTERM)  # as the last response arrives
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
+    assert len(replies) == 24
+    for sid, text in replies.items():
+        s = _show(db, sid)
+        reply = [t for t in (s or {}).get("turns", []) if t["role"] == "assistant"]
+        assert reply and reply[0]["text"] == text and reply[0]["scores"], f"{sid}: the reply the client got is not stored"

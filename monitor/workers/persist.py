@@ -100,6 +100,8 @@ class PersistWorker(StreamWorker):
         self._stop = threading.Event()
         self._last_reclaim = 0.0
         self.written = {"turns": 0, "alerts": 0, "interventions": 0, "updates": 0}
+        self._cv = threading.Condition()  # notified after each batch is written (wait_persisted wakes on it)
+        self._batches = 0
 
     def _apply(self, entries: list[Entry]) -> None:
         """Write and acknowledge one batch; malformed entries are logged and acknowledged (never retried forever)."""
@@ -127,6 +129,28 @@ class PersistWorker(StreamWorker):
         for stream in PERSISTED:
             ids = [e.id for e in entries if e.stream == stream]
             self.streams.ack(stream, "persist", ids)
+        with self._cv:
+            self._batches += 1
+            self._cv.notify_all()
+
+    def wait_persisted(self, entries: list[tuple[str, str]], timeout: float) -> bool:
+        """Wait until the ``persist`` group has written and acknowledged every ``(stream, entry id)`` (as
+        :meth:`Streams.publish` returns them), by this worker or any other consumer of the group, or
+        ``timeout`` seconds; False on time-out. Checked in Redis; this worker's batches wake the wait."""
+        by_stream: dict[str, list[str]] = {}
+        for stream, eid in entries:
+            by_stream.setdefault(stream, []).append(eid)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self._batches
+            if all(self.streams.handled(st, "persist", ids) for st, ids in by_stream.items()):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._cv:  # the next batch of this worker, or a moment for another consumer's
+                if self._batches == seen:
+                    self._cv.wait(min(left, 0.05))
 
     def run_once(self, block_ms: int | None = None) -> int:
         """One pass over the three streams (reclaiming first when due); returns entries handled."""
