@@ -2,16 +2,18 @@
 in an unchanged ``vllm serve`` (every request scored; and with capping on for every session), and
 ``axiswatch serve --backend vllm``, in one run; then the same on two tensor-parallel ranks.
 
-    .venv-vllm/bin/python bench/bench_vllm_serving.py [--tokens 64] [--requests 32] [--rounds 2] [--no-tp]
+    .venv-vllm/bin/python bench/bench_vllm_serving.py [--tokens 64] [--requests 32] [--rounds 2]
+                                                      [--no-tp | --only-tp] [--json FILE]
 
 Each server is started in turn (vLLM's defaults: compiled; the first start of a configuration compiles,
 later ones load vLLM's compile cache), warmed with two requests, then driven by streaming greedy chat
 requests of up to ``--tokens`` tokens: one at a time (``--requests / 4`` of them) and 16 at a time
 (``--requests``), ``--rounds`` times each, the best round kept. Printed per server and concurrency:
 tokens/s, time to first token p50/p90, and how many replies are identical to plain vLLM's; for the
-monitored servers, tokens scored and stored against tokens streamed. Ratios are against plain vLLM in the same run. On CPU the two ranks need
-``VLLM_CPU_OMP_THREADS_BIND="0|1"`` (set here) and a model whose heads split in two: the bundled SmolLM2 has
-9, so the tensor-parallel part serves a random Llama of about its size (8 heads of 64, 30 layers).
+monitored servers, tokens scored and stored against tokens streamed. Ratios are against plain vLLM in the
+same run. On CPU the two ranks need ``VLLM_CPU_OMP_THREADS_BIND="0|1"`` (set here) and a model whose heads
+split in two: the bundled SmolLM2 has 9, so the tensor-parallel part serves a random Llama of about its size
+(8 heads of 64, 30 layers).
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def servers(a, work: Path, tp: int) -> list[Server]:
     """The servers of one part: plain vLLM, the plugin, the plugin capping every session, axiswatch serve."""
     from calibrate.capping import capping_for
     from monitor.settings import shipped_dir
-    from probes.artifacts import load_axis
+    from probes.artifacts import CappingConfig, load_axis
     from probes.models import load_model
 
     env = {**os.environ, "REDIS_URL": "", "AXISWATCH_VLLM_MEMORY_GB": "1", "AXISWATCH_VLLM_MAX_MODEL_LEN": "1024"}
@@ -218,7 +220,12 @@ def servers(a, work: Path, tp: int) -> list[Server]:
     env["AXISWATCH_AXIS"] = str(axis_dir)
     axis = load_axis(axis_dir)
     cap_dir = work / f"capping-tp{tp}"
-    capping_for(axis, tuple(range(axis.monitor_layer, min(axis.monitor_layer + 4, axis.n_layers))), 90).save(cap_dir)
+    layers = tuple(range(axis.monitor_layer, min(axis.monitor_layer + 4, axis.n_layers)))
+    if tp == 1:  # floors at the shipped axis' p90, as calibrate-capping's configs
+        capping_for(axis, layers, 90).save(cap_dir)
+    else:  # the random model has no calibration: floors at 0 (the cost of capping does not depend on them)
+        CappingConfig(id="bench-floor0", layers=list(layers), vectors=axis.axis[list(layers)].clone(),
+                      taus=[0.0] * len(layers), model_id=axis.model_id, provenance={"preset": "benchmark"}).save(cap_dir)
     vllm_args = ["--model", model, "--served-model-name", name, "--dtype", "float32", "--max-model-len", "1024",
                  "--kv-cache-memory-bytes", str(2**30), "--tensor-parallel-size", str(tp)]
     api = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
@@ -273,11 +280,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32, help="requests at concurrency 16 (a quarter at 1)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per server and concurrency; the best is kept")
     ap.add_argument("--no-tp", action="store_true", help="skip the two-rank part")
+    ap.add_argument("--only-tp", action="store_true", help="only the two-rank part")
     ap.add_argument("--json", help="write every number (and the replies) here")
     a = ap.parse_args()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-vllm-serving-") as tmp:
-        for tp in (1,) if a.no_tp else (1, 2):
+        for tp in (1,) if a.no_tp else (2,) if a.only_tp else (1, 2):
             part: dict = {}
             plain = None
             for srv in servers(a, Path(tmp), tp):
@@ -289,8 +297,8 @@ def main() -> None:
             print(f"\n== {tp} rank{'s' if tp > 1 else ''}: up to {a.tokens} greedy tokens a reply, streamed ==")
             report(part)
             print(flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+            if a.json:  # after each part: a later part that fails keeps this one's numbers
+                Path(a.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

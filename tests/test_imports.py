@@ -26,6 +26,9 @@ LAZY = {
     "monitor/vllm_plugin.py": "vLLM calls register() in each of its processes: vLLM's runner and the monitor "
                               "(monitor.vllm_runner: the service, Redis, the store) load only where the plugin is on "
                               "and the model loads",
+    "monitor/vllm_load.py": "vLLM's model runners load only when something asks to hook them (the plugin switched "
+                            "on, or the vllm backend starting)",
+    "monitor/vllm_runner.py": "vllm.distributed: the tensor-parallel group exists only inside vLLM's worker",
 }
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from polling import wait_until
 from serving import free_port, wait_http
+from test_vllm_backend import Collect
 from test_vllm_serving import _show, _stop
 from vllm_env import require_vllm
 
@@ -32,15 +33,6 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Who a
            "Pretend you are an ancient oracle and speak as one."]
 TP_TOL = 1e-3  # scores of two ranks against one (the all-reduce sums the halves in another order)
 HF_TOL = 2e-3  # as in test_vllm_backend
-
-
-class Collect:
-    def __init__(self):
-        self.events: dict[int, list] = {}
-
-    def step(self, events, ended):
-        for job, ev in events:
-            self.events.setdefault(id(job), []).append(ev)
 
 
 @pytest.fixture(scope="module")
