@@ -153,8 +153,21 @@ def _sample(logits: torch.Tensor, opts: GenerationOptions, gen: torch.Generator 
 
 
 def encode_prompts(lm: LoadedModel, prompts: Sequence[list[dict] | str]) -> dict:
+    """``input_ids`` and ``attention_mask`` ``[batch, longest]``, left-padded with the pad token.
+
+    Padded here, not by the tokenizer: a fast tokenizer keeps its padding setting in shared state, so a
+    ``padding=True`` call racing an unpadded one in another thread (the API counting a prompt's tokens
+    while a batch is encoded) can come back ragged. Every call here leaves that state at "no padding"."""
     texts = [p if isinstance(p, str) else format_chat(lm.tokenizer, p) for p in prompts]
-    return lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+    rows = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width, pad = max(len(r) for r in rows), lm.tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad if pad is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
 
 
 class _Scorer:
