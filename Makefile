@@ -67,7 +67,7 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# the vllm backend and plugin on a real vLLM engine (about 8 minutes on 2 cores)
+# the vllm backend and plugin on a real vLLM engine, compiled and eager, one and two ranks (about 12 minutes on 2 cores)
 test-vllm: $(VLLM_STAMP)
 	AXISWATCH_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm
 
