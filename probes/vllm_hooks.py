@@ -95,9 +95,8 @@ class VLLMMonitor:
                              f"{monitor_layer}: the vLLM backend has no uncapped twin to take the pre-cap score "
                              "from; use the hf backend or a capping window at or above the monitor layer")
         self.layer, self.capping, self.broadcast, self.rank = monitor_layer, capping, broadcast, rank
-        vectors = torch.stack([v.float() for v in capping.vectors]) if capping is not None else None
-        taus = torch.tensor([float(t) for t in capping.taus]) if capping is not None else None
-        self.state = WatchState(axis_unit, vectors, taus, rows, device)
+        self.state = WatchState(axis_unit, capping.vectors if capping is not None else None,
+                                capping.taus if capping is not None else None, rows, device)
         slots: dict[int, list[int]] = {monitor_layer: [-1, 0, -1]}
         for k, layer in enumerate(capping.layers if capping is not None else ()):
             slot = slots.setdefault(layer, [-1, -1, -1])
