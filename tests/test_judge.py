@@ -1,16 +1,18 @@
-"""Role-adherence judges: the lexical rules, the offline (boosted trees) judge, the hand labels, kappa, and the
-OpenAI-compatible client."""
+"""Role-adherence judges: the lexical rules, the trees judge, the default offline judge (trees over text and
+sentence-embedding features, the model from its wheel), the hand labels, kappa, and the OpenAI-compatible client."""
 
 from __future__ import annotations
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from calibrate.judge import (
     RUBRIC,
+    EmbeddingJudge,
     JudgeItem,
     LexicalJudge,
     OfflineJudge,
@@ -21,6 +23,7 @@ from calibrate.judge import (
     load_labels,
     make_judge,
 )
+from calibrate.judge_embed import ASSISTANT_VOICE, Embedder, first_person
 from calibrate.judge_model import BoostedModel, Tree, features
 from probes.errors import JudgeError
 
@@ -70,8 +73,50 @@ def test_lexical_score_is_batch_of_score_one():
 
 # --- OfflineJudge: boosted trees over text features, fitted on the dev half ------------------
 
-def test_offline_judge_is_the_default_and_scores_clear_cases():
-    j = make_judge("offline")
+@pytest.fixture(scope="module")
+def embedding_judge():
+    return EmbeddingJudge()
+
+
+def test_embedding_judge_is_the_default_and_scores_clear_cases(embedding_judge):
+    j = embedding_judge
+    assert isinstance(make_judge("offline"), EmbeddingJudge) and j.name.startswith("offline-embed-v7:")
+    assert j.score([_pirate("Arr, matey! I've sailed these seas for forty years aboard me ship, chasin' treasure "
+                            "and fightin' storms. My crew and I fear nothing."),
+                    _pirate("As an AI language model, I don't have personal experiences, but here are some tips "
+                            "for planning a productive day: 1. Make a list. 2. Take breaks.")]) == [3, 1]
+
+
+def test_sentence_embeddings_come_from_the_wheel_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download would fail: the model is the installed wheel's folder
+    e = Embedder()
+    v = e.encode([ASSISTANT_VOICE[0], "As an AI model I have no feelings of my own.", "Arr, the sea be my home."])
+    assert v.shape == (3, 384) and abs(float((v[0] ** 2).sum()) - 1) < 1e-4
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2  # meaning, not spelling
+    assert first_person("You are a pirate who loves your ship.") == "I am a pirate who loves my ship."
+
+
+def test_a_dev_answer_never_counts_its_own_label(embedding_judge):
+    items, labels, splits, ids = load_labels(with_ids=True)
+    k = splits.index("dev")
+    own = embedding_judge.feature_rows([items[k]], [ids[k]])[0]
+    other = embedding_judge.feature_rows([items[k]])[0]
+    assert other["knn_top"] == pytest.approx(1.0, abs=1e-4)  # as a new text it finds itself
+    assert own["knn_top"] < 0.9999
+
+
+def test_embedding_judge_refuses_changed_dev_labels(tmp_path):
+    src = Path(__import__("calibrate").__path__[0]) / "data" / "judge_labels.jsonl"
+    rows = [json.loads(x) for x in src.read_text().splitlines()]
+    k = next(i for i, r in enumerate(rows) if r["split"] == "dev")
+    rows[k]["label"] = (rows[k]["label"] + 1) % 4
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(JudgeError, match="refit"):
+        EmbeddingJudge(labels_path=tmp_path / "labels.jsonl")
+
+
+def test_trees_judge_is_selectable_and_scores_clear_cases():
+    j = make_judge("trees")
     assert isinstance(j, OfflineJudge) and j.name.startswith("offline-trees-v6:")
     assert isinstance(make_judge("lexical"), LexicalJudge)
     assert j.score_one(_pirate("Arr, matey! I've sailed these seas for forty years aboard me ship, chasin' treasure "
@@ -158,15 +203,29 @@ def test_labels_have_a_fixed_split():
     assert [r["split"] for r in rows[:200]] == ["dev" if i % 2 == 0 else "test" for i in range(200)]
 
 
-def test_agreement_regression_floor():
-    out = agreement(OfflineJudge())
+def test_agreement_regression_floor(embedding_judge):
+    out = agreement(embedding_judge)
+    trees = agreement(OfflineJudge())
     lex = agreement(LexicalJudge())
-    assert out["n"] == lex["n"] >= 400
-    assert out["judge"] == OfflineJudge().name
-    assert out["test"]["kappa"] > 0.38  # measured 0.405 on the test half (lexical rules: 0.338)
-    assert out["test"]["kappa"] > lex["test"]["kappa"]
+    assert out["n"] == trees["n"] == lex["n"] >= 600
+    assert out["judge"] == embedding_judge.name
+    # measured on the test half: 4-class 0.458 / 0.405 / 0.338, fully-in-role vs the rest 0.570 / 0.537 / 0.337
+    assert out["test"]["kappa"] > 0.43 and out["test_score3_vs_rest_kappa"] > 0.54
+    assert out["test"]["kappa"] > trees["test"]["kappa"] > lex["test"]["kappa"]
     for split in ("all", "dev", "test"):
         assert 0.0 <= out[split]["accuracy"] <= 1.0
+
+
+def test_second_labels_are_test_answers_with_a_ceiling_above_the_judges():
+    from eval.fit_judge import second_labels
+
+    second = second_labels()
+    items, labels, splits, ids = load_labels(with_ids=True)
+    where = {i: k for k, i in enumerate(ids)}
+    assert len(second) >= 100 and all(splits[where[i]] == "test" for i in second)
+    first = [labels[where[i]] for i in second]
+    human = cohen_kappa(first, list(second.values()))
+    assert human > 0.7  # measured 0.737 (binary 0.859)
 
 
 # --- OpenAIJudge against a real local HTTP server ---------------------------------------------
