@@ -79,9 +79,14 @@ check-gpu: $(STAMP)
 axis-quick: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset quick
 
+# the shipped capping sweep (docs/axis.md): every session floored at L18-23 p90 (the last release's choice), flagged
+# sessions only, and two-tier settings (LIGHT>STRONG), per-layer floors, generated tokens only
+CAPPING_SETTINGS := L18-23_p90;none>L18-23_p90;L18-23_p75>L15-23_p95;L18-23_p75>L15-23_p95:generated;L18-23_p90>L15-23_p95;L18-23_p75,75,90,90,95,95>L15-23_p95
+
 axis-standard: $(STAMP)
 	$(BIN)/axiswatch compute-axis --preset standard --work runs/standard --out probes/shipped/smollm2-135m-instruct
-	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct --work runs/capping-sweep
+	$(BIN)/axiswatch calibrate-capping --axis probes/shipped/smollm2-135m-instruct --work runs/capping-sweep \
+		--no-grid --settings '$(CAPPING_SETTINGS)'
 	$(BIN)/axiswatch evaluate-steering --axis probes/shipped/smollm2-135m-instruct
 
 eval: $(STAMP)

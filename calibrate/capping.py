@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from calibrate.capability import load_tasks
 from calibrate.capping_report import BASE, analyse
+from calibrate.conditional import config_for, generate_flagged, parse_setting
 from calibrate.judge import Judge
 from calibrate.report import plot_pareto
 from calibrate.roles import load_json
@@ -61,6 +62,9 @@ class SweepSpec:
     task_tokens: int = 64
     compare_tokens: int = 40  # the identical-prefix rate (a secondary column) compares this many tokens
     max_capability_drop: float = 0.02  # the rule: largest adoption drop with capability down at most this much
+    # settings named outright (calibrate.conditional): two-tier ones (LIGHT>STRONG), per-layer floors,
+    # generated-only; each runs with the detector in the loop where its tiers differ
+    named: tuple[str, ...] = ()
 
 
 QUICK_SWEEP = SweepSpec(starts=(0.6,), widths=(4,), percentiles=(25, 75), max_personas=6, max_tasks=10,
@@ -88,7 +92,8 @@ def capping_for(art: AxisArtifact, layers: tuple[int, ...], pct: int) -> Capping
     return CappingConfig(id=f"L{layers[0]}-{layers[-1]}_p{pct}", layers=list(layers),
                          vectors=torch.stack([unit(art.axis[L]) for L in layers]), taus=taus, model_id=art.model_id,
                          provenance={"percentile": pct, "of": "per-response projections of default and role answers",
-                                     "axis_fingerprint": art.fingerprint()})
+                                     "axis_fingerprint": art.fingerprint()},
+                         light_taus=list(taus))  # measured on every session from its first token: served so too
 
 
 def persona_jobs(spec: SweepSpec, personas: list[dict] | None = None) -> list[dict]:
@@ -106,7 +111,14 @@ def persona_jobs(spec: SweepSpec, personas: list[dict] | None = None) -> list[di
 
 
 def settings(art: AxisArtifact, spec: SweepSpec) -> list[CappingConfig]:
-    return [capping_for(art, w, p) for w in windows(art.n_layers, spec) for p in spec.percentiles]
+    grid = [capping_for(art, w, p) for w in windows(art.n_layers, spec) for p in spec.percentiles]
+    named = [config_for(art, parse_setting(t)) for t in spec.named]
+    for cfg in named:
+        cfg.check(art.hidden_size, art.n_layers)
+    out: dict[str, CappingConfig] = {}
+    for cfg in grid + named:
+        out.setdefault(cfg.id, cfg)
+    return list(out.values())
 
 
 class Sweep:
@@ -121,7 +133,7 @@ class Sweep:
 
     def plan(self) -> dict:
         ident = {"axis_fingerprint": self.art.fingerprint(), "model_id": self.art.model_id,
-                 "spec": {k: v for k, v in asdict(self.spec).items() if k != "max_capability_drop"},
+                 "spec": {k: v for k, v in asdict(self.spec).items() if k not in ("max_capability_drop", "named")},
                  "personas": [(j["persona"], j["question"]) for j in self.personas],
                  "tasks": [t["id"] for t in self.tasks]}
         return json.loads(json.dumps(ident))
@@ -141,7 +153,8 @@ class Sweep:
         (self.work / "settings").mkdir(exist_ok=True)
 
     def path(self, setting_id: str) -> Path:
-        return self.work / "settings" / f"{setting_id}.json"
+        name = setting_id.replace(">", "__").replace(":", "-")  # a plain file name on every platform
+        return self.work / "settings" / f"{name}.json"
 
     def todo(self) -> list[CappingConfig | None]:
         """Settings still to generate; None stands for the unsteered model."""
@@ -168,20 +181,40 @@ class Sweep:
                 sid = cfg.id if cfg else BASE
                 bar.set_postfix_str(sid)
                 t0 = time.perf_counter()
-                plan = cap_plan(cfg)
                 step = lambda n, t: bar.update(n * t)  # noqa: E731
-                p_out = batched_generate(lm, persona_msgs, GenerationOptions(max_new_tokens=self.spec.persona_tokens),
-                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.persona_tokens))  # noqa: B023
-                t_out = batched_generate(lm, task_msgs, GenerationOptions(max_new_tokens=self.spec.task_tokens),
-                                         batch_size, capping=plan, on_batch=lambda n: step(n, self.spec.task_tokens))  # noqa: B023 - used within this iteration
+                p_out, p_flag = self._answer(lm, cfg, persona_msgs, self.spec.persona_tokens, batch_size,
+                                             lambda n: step(n, self.spec.persona_tokens))  # noqa: B023
+                t_out, t_flag = self._answer(lm, cfg, task_msgs, self.spec.task_tokens, batch_size,
+                                             lambda n: step(n, self.spec.task_tokens))  # noqa: B023 - used within this iteration
                 rec = {"id": sid, "layers": list(cfg.layers) if cfg else [],
                        "percentile": cfg.provenance["percentile"] if cfg else None, "taus": cfg.taus if cfg else [],
+                       "light_taus": cfg.light_taus if cfg else None, "tokens": cfg.tokens if cfg else "all",
                        "seconds": round(time.perf_counter() - t0, 1),
-                       "personas": [{"text": g.text, "n_tokens": len(g.token_ids)} for g in p_out],
-                       "tasks": [{"text": g.text, "prefix": g.token_ids[: self.spec.compare_tokens]} for g in t_out]}
+                       "personas": [{"text": g.text, "n_tokens": len(g.token_ids), "flagged_at": f}
+                                    for g, f in zip(p_out, p_flag)],
+                       "tasks": [{"text": g.text, "prefix": g.token_ids[: self.spec.compare_tokens], "flagged_at": f}
+                                 for g, f in zip(t_out, t_flag)]}
                 tmp = self.path(sid).with_suffix(".tmp")
                 tmp.write_text(json.dumps(rec))
                 tmp.rename(self.path(sid))  # present only when complete
+
+    def _answer(self, lm: LoadedModel, cfg: CappingConfig | None, msgs: list[list[dict]], tokens: int,
+                batch_size: int, on_batch) -> tuple[list, list]:
+        """Answers under one setting, and per answer the token it was flagged after (None: never, or a
+        setting with one tier, where the detector changes nothing)."""
+        opts = GenerationOptions(max_new_tokens=tokens)
+        if cfg is not None and cfg.conditional:
+            plan = cap_plan(cfg)
+            assert plan is not None
+            return generate_flagged(lm, self.art, msgs, opts, plan, batch_size, on_batch)
+        out = batched_generate(lm, msgs, opts, batch_size, capping=cap_plan(cfg), on_batch=on_batch)
+        return out, [None] * len(out)
+
+    def config(self, setting_id: str) -> CappingConfig:
+        for cfg in self.configs:
+            if cfg.id == setting_id:
+                return cfg
+        raise InputError(f"the sweep has no setting {setting_id!r}")
 
     def load(self) -> dict[str, dict]:
         out = {}
@@ -214,7 +247,7 @@ def choose(sweep: Sweep, judge: Judge) -> tuple[CappingConfig, dict]:
     c = report["chosen"]
     if c is None:
         raise InputError("the sweep has no capping setting to choose from (no window fits the model's depth?)")
-    cfg = capping_for(sweep.art, tuple(c["layers"]), c["percentile"])
+    cfg = sweep.config(c["id"])
     cfg.provenance.update({"selected_by": report["rule"], "judge": judge.name,
                            "adoption_unsteered": report["unsteered"]["adoption"], "adoption_capped": c["adoption"],
                            "relative_reduction": c["relative_reduction"], "capability_unsteered":

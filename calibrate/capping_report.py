@@ -9,6 +9,9 @@ Per setting, against the unsteered model on the same prompts:
 * **capability**: accuracy on the capability suite (graded by code), per
   category, and its change in points against unsteered with a paired
   bootstrap interval over tasks;
+* for a two-tier setting (:mod:`calibrate.conditional`), the shares of persona answers and of
+  capability tasks the detector flagged (switched to the strong tier): the tasks are benign sessions, so
+  their capability *is* the capability of benign traffic under conditional capping;
 * the **identical-prefix rate** (the first ``compare_tokens`` tokens equal the
   unsteered answer's): the old, secondary column. An answer that says the same
   right thing in other words is not damage, so it does not decide anything.
@@ -68,7 +71,8 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
                "capability_ci95": bootstrap_ci(lambda i: _mean(c, i), t_groups, n_boot, 2),
                "by_category": {k: _mean(c, [i for i, t in enumerate(tasks) if t["category"] == k]) for k in cats},
                "prefix_unchanged": sum(x["prefix"] == y for x, y in zip(rec["tasks"], base_prefix)) / max(1, len(tasks)),
-               "seconds": rec.get("seconds")}
+               "seconds": rec.get("seconds"), "light_taus": rec.get("light_taus"), "tokens": rec.get("tokens", "all"),
+               "flagged_personas": _flagged(rec["personas"]), "flagged_tasks": _flagged(rec["tasks"])}
         if sid != BASE:
             out.update({"relative_reduction": rel(range(len(a))),
                         "relative_reduction_ci95": bootstrap_ci(rel, p_groups, n_boot, 3),
@@ -105,6 +109,13 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
                        f"{len(rows)} settings its numbers are optimistic; the evaluation suite (make eval) "
                        "measures it again on other personas"),
             "meets_target": bool(chosen and ok and chosen["relative_reduction"] >= 0.5)}
+
+
+def _flagged(answers: list[dict]) -> float | None:
+    """The share of answers the detector flagged (switched to the strong tier); None where it was not in the loop."""
+    if not answers or all("flagged_at" not in a for a in answers):
+        return None
+    return sum(a.get("flagged_at") is not None for a in answers) / len(answers)
 
 
 def pareto(rows: list[dict]) -> list[dict]:

@@ -33,6 +33,7 @@ from typing import Protocol
 
 import httpx
 
+from calibrate.judge_embed import Embedder, Neighbours, embedding_features
 from calibrate.judge_model import MODEL_FILE, BoostedModel, features
 from calibrate.roles import load_json, load_roles
 from probes.errors import InputError, JudgeError
@@ -151,8 +152,6 @@ class EmbeddingJudge:
     against the fingerprint the model was fitted with."""
 
     def __init__(self, model_path=None, labels_path=None):
-        from calibrate.judge_embed import Embedder
-
         self.model = _load_model(model_path, EMBED_MODEL_FILE, "offline")
         self.embedder = Embedder()
         self.lexical = LexicalJudge()
@@ -164,8 +163,6 @@ class EmbeddingJudge:
         self.name = f"offline-embed-v7:{self.model.meta.get('fingerprint', 'custom')}"
 
     def feature_rows(self, items: Sequence[JudgeItem], ids: Sequence[str | None] | None = None) -> list[dict]:
-        from calibrate.judge_embed import embedding_features
-
         emb = embedding_features(list(items), self.embedder, self.neighbours, ids)
         return [{**features(i, self.lexical.features(i)), **e} for i, e in zip(items, emb)]
 
@@ -188,8 +185,6 @@ def _load_model(path, default: str, judge: str) -> BoostedModel:
 
 def dev_neighbours(embedder, labels_path=None):
     """The dev half of the hand labels as the embedding judge's neighbours, and their ids."""
-    from calibrate.judge_embed import Neighbours
-
     items, labels, splits, ids = load_labels(labels_path, with_ids=True)
     dev = [k for k, s in enumerate(splits) if s == "dev"]
     vecs = embedder.encode([items[k].response.strip() for k in dev])

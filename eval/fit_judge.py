@@ -37,6 +37,7 @@ from calibrate.judge import (
     dev_neighbours,
     load_labels,
 )
+from calibrate.judge_embed import K_NEIGHBOURS, Embedder, embedding_features
 from calibrate.judge_model import MODEL_FILE, BoostedModel, Tree, features
 
 DATA = Path(__file__).resolve().parent.parent / "calibrate" / "data"
@@ -110,8 +111,6 @@ def dev_features(judge: str) -> tuple[list[dict], list[int], dict]:
     feats = [features(items[i], lex.features(items[i])) for i in dev]
     meta: dict = {}
     if judge == "offline":
-        from calibrate.judge_embed import K_NEIGHBOURS, Embedder, embedding_features
-
         emb = Embedder()
         neigh, _ = dev_neighbours(emb)
         extra = embedding_features([items[i] for i in dev], emb, neigh, [ids[i] for i in dev])

@@ -205,7 +205,8 @@ class Engine:
             if user:
                 self._publish(self._record(s, first, "user", r.messages[-1]["content"]))
             nodes = chain(self._as_seen(r.messages))
-            turn = Turn(r, s, first + int(user), Job(r.messages, r.options, s.capped), input=nodes,
+            turn = Turn(r, s, first + int(user), Job(r.messages, r.options, s.capped, s.policy == "cap"),
+                        input=nodes,
                         diverged_at=divergence(s.conversation, [n["h"] for n in nodes]))
             turn.job.tag = turn
             s.tracker.update([], turn.number)

@@ -155,6 +155,8 @@ class RunnerMonitor:
         # the plugin's backend for service.start: only the model's identity (vLLM generates, this runner's
         # hooks score; the engine's turns are opened, fed and finished from outside)
         watcher = cast(Backend, _Watcher(model_id, mon.axis.monitor_layer, mon.axis, capping, note))
+        # a one-tier config that floors every session under policy cap (light = its floors) from its first token
+        self._every = capping is not None and capping.light_taus is not None
 
         self.tok = AutoTokenizer.from_pretrained(vc.model_config.tokenizer)
         self.max_model_len = int(vc.model_config.max_model_len)
@@ -200,7 +202,8 @@ class RunnerMonitor:
             for rid in getattr(so, "finished_req_ids", ()) or ():
                 if rid in self.live:
                     self._end([self.live.pop(rid)], "stop")
-            self.monitor.capped = {rid for rid, r in self.live.items() if r.turn.job.capped}
+            self.monitor.capped = {rid for rid, r in self.live.items()
+                                   if r.turn.job.capped or (self._every and r.turn.job.light)}
         except Exception:  # noqa: BLE001 - a monitor bug must not stop vLLM's step; it is logged and counted
             self._error("before-step bookkeeping failed")
         return so

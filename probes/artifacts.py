@@ -176,9 +176,17 @@ def read_axis_meta(folder: str | Path) -> dict:
     return _read_json(Path(folder) / AXIS_JSON, "axis")
 
 
+TOKENS = ("all", "generated")  # which positions a capping config floors
+
+
 @dataclass
 class CappingConfig:
-    """Floors on the +axis: at each layer ``h <- h + max(tau - <h, v>, 0) v`` with unit ``v``."""
+    """Floors on the +axis: at each layer ``h <- h + max(tau - <h, v>, 0) v`` with unit ``v``.
+
+    Conditional (two-tier) capping: ``light_taus`` (one per layer, None where the light tier sets no
+    floor) floor every session under policy ``cap`` from its first token; ``taus`` (the strong tier) take
+    over when the detector flags the session. Without ``light_taus`` a session is not capped until then.
+    ``tokens``: ``all`` positions, or only the ``generated`` ones (each reply's own positions)."""
 
     id: str
     layers: list[int]
@@ -187,6 +195,8 @@ class CappingConfig:
     model_id: str = ""
     provenance: dict = field(default_factory=dict)
     path: Path | None = None
+    light_taus: list[float | None] | None = None
+    tokens: str = "all"
 
     def __post_init__(self):
         if self.vectors.dim() != 2 or self.vectors.shape[0] != len(self.layers) or len(self.taus) != len(self.layers):
@@ -194,14 +204,34 @@ class CappingConfig:
                                 f"(layers={len(self.layers)}, vectors={tuple(self.vectors.shape)}, taus={len(self.taus)})")
         if not all(math.isfinite(t) for t in self.taus):
             raise ArtifactError(f"capping config {self.id!r} has non-finite taus")
+        if self.light_taus is not None and (len(self.light_taus) != len(self.layers) or not any(
+                t is not None for t in self.light_taus) or not all(t is None or math.isfinite(t) for t in self.light_taus)):
+            raise ArtifactError(f"capping config {self.id!r}: light_taus needs one finite floor or null per layer, "
+                                "at least one of them a floor")
+        if self.tokens not in TOKENS:
+            raise ArtifactError(f"capping config {self.id!r}: tokens must be one of {', '.join(TOKENS)}, not {self.tokens!r}")
         if bool((self.vectors.float().norm(dim=-1) == 0).any()) or not torch.isfinite(self.vectors).all():
             raise ArtifactError(f"capping config {self.id!r} has a zero or non-finite vector")
         self.vectors = unit(self.vectors)
 
+    @property
+    def conditional(self) -> bool:
+        """Does the detector change the floors (the light tier, or none, differs from the strong one)? A config
+        whose ``light_taus`` equal its ``taus`` caps every session under policy ``cap`` from its first token."""
+        return self.light_taus != list(self.taus)
+
+    def light_floors(self) -> list[float] | None:
+        """The light tier's floors with ``-inf`` where it sets none (None for a one-tier config)."""
+        return None if self.light_taus is None else [float("-inf") if t is None else float(t) for t in self.light_taus]
+
     def meta(self) -> dict:
+        extra: dict = {} if self.light_taus is None else {
+            "light_taus": [None if t is None else float(t) for t in self.light_taus]}
+        if self.tokens != "all":
+            extra["tokens"] = self.tokens
         return {"format_version": FORMAT_VERSION, "kind": "capping", "id": self.id, "model_id": self.model_id,
                 "hidden_size": int(self.vectors.shape[1]), "layers": list(map(int, self.layers)),
-                "taus": [float(t) for t in self.taus], "provenance": self.provenance}
+                "taus": [float(t) for t in self.taus], **extra, "provenance": self.provenance}
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -232,10 +262,13 @@ def load_capping(folder: str | Path) -> CappingConfig:
         raise ArtifactError(f"{folder / CAP_FILE} must hold a tensor named 'vectors'")
     try:
         layers, taus = [int(x) for x in meta["layers"]], [float(t) for t in meta["taus"]]
+        light = meta.get("light_taus")
+        light = None if light is None else [None if t is None else float(t) for t in light]
     except (TypeError, ValueError):
-        raise ArtifactError(f"{folder / CAP_JSON}: layers and taus must be lists of numbers") from None
+        raise ArtifactError(f"{folder / CAP_JSON}: layers, taus and light_taus must be lists of numbers") from None
     return CappingConfig(id=str(meta["id"]), layers=layers, vectors=vectors, taus=taus,
-                         model_id=meta.get("model_id", ""), provenance=meta.get("provenance", {}), path=folder)
+                         model_id=meta.get("model_id", ""), provenance=meta.get("provenance", {}), path=folder,
+                         light_taus=light, tokens=str(meta.get("tokens", "all")))
 
 
 # --- the paper's published files -------------------------------------------------------

@@ -29,21 +29,38 @@ from probes.hooks import layer_hooks
 from probes.models import LoadedModel, format_chat
 from probes.ops import cap, project, steer
 
+LIGHT, STRONG = 1, 2  # capping tiers of a row (0: none)
+
 
 @dataclass(frozen=True)
 class CapPlan:
-    """Capping at several layers: unit vectors ``[k, d]`` and floors ``[k]``."""
+    """Capping at several layers: unit vectors ``[k, d]`` and floors ``[k]`` (the strong tier).
+
+    ``light``: the light tier's floors ``[k]`` (``-inf`` where it sets none), or None for a one-tier plan.
+    A row at tier :data:`LIGHT` is floored at ``light``, one at :data:`STRONG` at ``max(taus, light)``.
+    ``generated_only``: floor only the positions that produce generated tokens (a prompt's last position
+    and each decoding step), not the rest of the prompt."""
 
     layers: tuple[int, ...]
     vectors: torch.Tensor
     taus: torch.Tensor
+    light: torch.Tensor | None = None
+    generated_only: bool = False
+
+    def tiers(self) -> torch.Tensor:
+        """Per layer, the floor at tier 0, light and strong: ``[k, 3]`` (``-inf`` for no floor)."""
+        strong = self.taus.float()
+        light = self.light.float() if self.light is not None else torch.full_like(strong, float("-inf"))
+        return torch.stack([torch.full_like(strong, float("-inf")), light, torch.maximum(strong, light)], -1)
 
 
 def cap_plan(capping) -> CapPlan | None:
     """The plan of a :class:`~probes.artifacts.CappingConfig` (None for None)."""
     if capping is None:
         return None
-    return CapPlan(tuple(capping.layers), capping.vectors, torch.tensor(capping.taus))
+    light = capping.light_floors()
+    return CapPlan(tuple(capping.layers), capping.vectors, torch.tensor(capping.taus),
+                   torch.tensor(light) if light is not None else None, capping.tokens == "generated")
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,7 @@ class Generated:
     capped: bool
     finish_reason: str  # "stop" | "length"
     cap_flags: list[bool] = field(default_factory=list)  # per content token: was capping active
+    cap_tiers: list[int] = field(default_factory=list)  # per content token: its capping tier (0, LIGHT, STRONG)
 
 
 class TokenStreamer(Protocol):
@@ -178,12 +196,11 @@ class _Scorer:
     def __init__(self, n: int, dev: torch.device, axis: torch.Tensor | None, layer: int | None,
                  capping: CapPlan | None, steering: SteerPlan | None):
         self.pre, self.post = torch.zeros(n, device=dev), torch.zeros(n, device=dev)
-        self.active = torch.zeros(n, dtype=torch.bool, device=dev)  # rows capped at this step
+        self.active = torch.zeros(n, dtype=torch.long, device=dev)  # each row's capping tier at this step
         self.v = axis.to(dev).float() if axis is not None else None
         self.layer, self.capping, self.steering = layer, capping, steering
         if capping is not None:
-            self.vecs, self.taus = capping.vectors.to(dev).float(), capping.taus.to(dev).float()
-            self.off = torch.tensor(float("-inf"), device=dev)
+            self.vecs, self.floors = capping.vectors.to(dev).float(), capping.tiers().to(dev)  # [k, d], [k, 3]
 
     def hooks(self) -> dict[int, list]:
         fns: dict[int, list] = {}
@@ -215,7 +232,10 @@ class _Scorer:
         self.post.copy_(project(h[:, -1], self.v))
 
     def _cap(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        tau = torch.where(self.active, self.taus[k], self.off)
+        tau = self.floors[k][self.active]  # [n]: this row's tier's floor at this layer
+        assert self.capping is not None
+        if self.capping.generated_only and h.dim() == 3 and h.shape[1] > 1:  # the prompt: its last position only
+            return torch.cat([h[:, :-1], cap(h[:, -1:], self.vecs[k], tau.view(-1, 1))], 1)
         return cap(h, self.vecs[k], tau.view(-1, *([1] * (h.dim() - 2))))
 
 
@@ -257,10 +277,11 @@ class _Decoding:
 def _results(lm: LoadedModel, trace: list[torch.Tensor], stopped: list[bool], scored: bool,
              capping: bool) -> list[Generated]:
     """The finished sequences from the per-step host rows ``[5, b]``: token, score, pre-cap score,
-    content, capping on."""
+    content, capping tier."""
     b = len(stopped)
     steps = torch.stack(trace, -1) if trace else torch.zeros(5, b, 0)  # [5, b, T]
-    toks, sc, pr, cont, capm = steps[0].long(), steps[1], steps[2], steps[3].bool(), steps[4].bool()
+    toks, sc, pr, cont, tier = steps[0].long(), steps[1], steps[2], steps[3].bool(), steps[4].long()
+    capm = tier > 0
     out = []
     for i in range(b):
         m = cont[i]
@@ -270,8 +291,16 @@ def _results(lm: LoadedModel, trace: list[torch.Tensor], stopped: list[bool], sc
             scores=sc[i][m].tolist() if scored else [], pre_cap_scores=pr[i][m].tolist() if scored else [],
             capped=bool(capm[i][m].any()) if capping else False,
             cap_flags=capm[i][m].tolist() if capping else [False] * len(ids),
+            cap_tiers=tier[i][m].tolist() if capping else [0] * len(ids),
             finish_reason="stop" if stopped[i] else "length"))
     return out
+
+
+def _tiers(cap_rows: torch.Tensor | None, b: int, dev: torch.device) -> torch.Tensor:
+    if cap_rows is None:
+        return torch.full((b,), STRONG, dtype=torch.long, device=dev)
+    rows = cap_rows.to(dev)
+    return rows.long() * STRONG if rows.dtype == torch.bool else rows.long()
 
 
 @torch.no_grad()
@@ -291,9 +320,10 @@ def generate(
 
     ``opts``: one options object for every row, or one per row (each row stops at its own
     ``max_new_tokens`` and samples with its own temperature, top-p and seed). ``axis`` is the unit
-    axis ``[d]`` scored at ``monitor_layer``. ``capping`` applies to the rows set in ``cap_rows`` (a bool
-    ``[b]`` tensor read before every step: a row the caller sets while generating is capped from its next
-    token on, and stays capped; all rows when None); ``streamer`` gets every step.
+    axis ``[d]`` scored at ``monitor_layer``. ``capping`` applies to the rows set in ``cap_rows``, read
+    before every step: a ``[b]`` tensor of tiers (0 none, :data:`LIGHT`, :data:`STRONG`; a bool tensor
+    means strong where set); a row the caller raises while generating is capped at its new tier from its
+    next token on, and a row's tier never falls; every row strong when None. ``streamer`` gets every step.
 
     Pre-cap scores: where every capping layer is at or above the monitor layer, the monitor layer's
     score before its own cap is the uncapped model's score. Where capping acts below the monitor
@@ -314,13 +344,14 @@ def generate(
     trace: list[torch.Tensor] = []
     with layer_hooks(lm.model, scorer.hooks(), lm.layers_path):
         for step in range(max((o.max_new_tokens for o in row_opts), default=0)):
-            if capping is not None:  # the caller's mask, read before every step (twins are never capped)
-                scorer.active[:b] |= cap_rows.to(dev) if cap_rows is not None else True
+            if capping is not None:  # the caller's tiers, read before every step (twins are never capped)
+                want = _tiers(cap_rows, b, dev)
+                scorer.active[:b] = torch.maximum(scorer.active[:b], want)
             logits = dec.forward()
             nxt = _sample_rows(logits[:b], row_opts, gens)
             if twin:  # a twin reads its row's token, whatever it would have said itself
                 nxt = torch.cat([nxt, nxt])
-            on = scorer.active[:b].float()  # capping on for this step's token
+            on = scorer.active[:b].float()  # this step's token's capping tier
             content = dec.advance(step, nxt)
             # one host transfer per step: tokens, scores, masks together
             host = torch.stack([nxt[:b].float(), scorer.post[:b], scorer.pre[b:] if twin else scorer.pre[:b],

@@ -146,6 +146,25 @@ def test_capping_roundtrip(tmp_path):
     assert meta["format_version"] == 1 and meta["kind"] == "capping" and meta["hidden_size"] == HIDDEN
 
 
+def test_two_tier_capping_roundtrip_and_checks(tmp_path):
+    cfg = _capping()
+    assert cfg.light_taus is None and cfg.conditional and cfg.tokens == "all"  # no floor until flagged
+    two = CappingConfig(id="two", layers=[1, 3], vectors=cfg.vectors, taus=[2.0, 3.0], light_taus=[None, 1.0],
+                        tokens="generated")
+    back = load_capping(two.save(tmp_path / "two"))
+    assert back.light_taus == [None, 1.0] and back.tokens == "generated" and back.conditional
+    assert back.light_floors() == [float("-inf"), 1.0]
+    meta = json.loads((tmp_path / "two" / "capping.json").read_text())
+    assert meta["light_taus"] == [None, 1.0] and meta["tokens"] == "generated"
+    every = CappingConfig(id="every", layers=[1, 3], vectors=cfg.vectors, taus=[2.0, 3.0], light_taus=[2.0, 3.0])
+    assert not every.conditional  # its light tier is its floor: every session from its first token
+    assert "tokens" not in every.meta() and "light_taus" not in cfg.meta()  # earlier readers see what they knew
+    for bad in ({"light_taus": [1.0]}, {"light_taus": [None, None]}, {"light_taus": [float("nan"), 1.0]},
+                {"tokens": "prompt"}):
+        with pytest.raises(ArtifactError):
+            CappingConfig(id="bad", layers=[1, 3], vectors=cfg.vectors, taus=[2.0, 3.0], **bad)
+
+
 def test_capping_mismatched_counts():
     with pytest.raises(ArtifactError):  # 2 layers, 3 vectors
         CappingConfig(id="x", layers=[1, 2], vectors=torch.randn(3, HIDDEN), taus=[0.0, 0.0])

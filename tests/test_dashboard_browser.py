@@ -35,6 +35,7 @@ if not (Path(CHROMIUM).exists() and Path(DRIVER).exists()):
     pytest.skip("no chromium/chromedriver (apt-get install -y chromium chromium-driver)", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -187,7 +188,10 @@ def tokens(driver) -> list:
 
 
 def wait_for(driver, what, timeout_s: float = 45.0):
-    return WebDriverWait(driver, timeout_s, poll_frequency=0.25).until(lambda d: what(d) or None)
+    """Poll ``what(driver)`` until it is truthy; an element Streamlit re-rendered while it was read (stale) is
+    read again at the next poll."""
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda d: what(d) or None)
 
 
 def test_session_view_draws_chart_and_heatmap(browser, dashboard):

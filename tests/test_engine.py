@@ -347,3 +347,25 @@ def test_capping_below_the_monitor_layer_is_tracked_on_the_true_pre_cap_score(ti
     replay = DriftTracker(high, drift, "observe")
     replay.update(res.pre_cap_scores, res.turn)
     assert res.running == pytest.approx(replay.running, abs=1e-4)  # the tracker followed the true pre-cap score
+
+
+def test_two_tier_capping_floors_a_cap_session_from_its_first_token_and_raises_it_when_flagged(tiny_lm, tiny_axis,
+                                                                                               streams):
+    """Conditional capping: under policy cap every token is floored at the light tier, from the first; the alert
+    switches the session to the strong tier from the next token (the intervention); policy flag is never capped."""
+    import dataclasses
+
+    base = load_capping(tiny_axis.path)
+    k = len(base.layers)
+    two = dataclasses.replace(base, taus=[2e3] * k, light_taus=[1e3] * k)
+    high = Thresholds(watch=1e4, warning=9e3, critical=8e3)
+    drift = DriftConfig(alpha=0.5, min_tokens=3, cooldown_tokens=1000, baseline="absolute")
+    eng = Engine(HFBackend(tiny_lm, tiny_axis, two), high, drift=drift, policy="cap", publisher=streams)
+    msgs = [{"role": "user", "content": "Who are you?"}]
+    res, flag = eng.run_batch([ChatRequest("s-two", msgs, OPTS), ChatRequest("s-flag", msgs, OPTS, policy="flag")])
+    assert all(res.cap_flags) and res.capped and res.interventions[0].token_index == 3
+    at = tiny_axis.monitor_layer in base.layers  # the monitor layer's own floor shows in its score
+    if at:
+        assert all(1e3 - 1e-2 <= s < 2e3 - 1 for s in res.scores[:3])  # light
+        assert all(s >= 2e3 - 1e-2 for s in res.scores[3:])  # strong from the token after the alert
+    assert not any(flag.cap_flags) and flag.alerts and not flag.capped

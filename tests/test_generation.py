@@ -8,7 +8,7 @@ import torch
 
 from probes.audit import score_conversation
 from probes.errors import InputError
-from probes.generation import CapPlan, GenerationOptions, SteerPlan, generate
+from probes.generation import LIGHT, STRONG, CapPlan, GenerationOptions, SteerPlan, generate
 from probes.hooks import hook_count, layer_hooks
 from probes.models import format_chat
 from probes.ops import project
@@ -82,6 +82,65 @@ def test_the_cap_mask_switches_capping_on_mid_generation(tiny_lm, tiny_rand_axis
     assert [t[3][0].item() for t in sink.seen][:n] == pytest.approx(out[0].pre_cap_scores, abs=1e-5)
     assert [t[3][1].item() for t in sink.seen][:len(out[1].scores)] == pytest.approx(out[1].scores, abs=1e-5)
     assert max(out[0].pre_cap_scores[3:]) < high - 1.0
+
+
+class RaiseAt:
+    """A streamer that raises one row to the strong tier once it has seen ``n`` tokens."""
+
+    def __init__(self, n, tiers, row):
+        self.n, self.tiers, self.row = n, tiers, row
+
+    def put(self, step, tokens, scores, content, pre_scores):
+        if step + 1 >= self.n:
+            self.tiers[self.row] = STRONG
+
+    def end(self):
+        pass
+
+
+def test_two_tiers_floor_each_row_at_its_own_tier_and_a_row_is_raised_mid_reply(tiny_lm, tiny_rand_axis):
+    """Conditional capping: tier 0 rows are untouched, light rows floored at the light floor, strong rows at the
+    strong one; a row the caller raises from light to strong gets the strong floor from its next token."""
+    opts = GenerationOptions(max_new_tokens=8)
+    base = generate(tiny_lm, [CHAT] * 4, opts, axis=tiny_rand_axis, monitor_layer=LAYER)
+    light, strong = max(base[0].scores) + 5.0, max(base[0].scores) + 15.0
+    plan = CapPlan((LAYER,), tiny_rand_axis.unsqueeze(0), torch.tensor([strong]), light=torch.tensor([light]))
+    tiers = torch.tensor([0, LIGHT, STRONG, LIGHT])
+    sink = RaiseAt(3, tiers, row=3)  # row 3: light, then strong from its 4th token
+    out = generate(tiny_lm, [CHAT] * 4, opts, axis=tiny_rand_axis, monitor_layer=LAYER, capping=plan, cap_rows=tiers,
+                   streamer=sink)
+    assert out[0].token_ids == base[0].token_ids and not out[0].capped and set(out[0].cap_tiers) == {0}
+    assert min(out[1].scores) >= light - 1e-3 and min(out[1].scores) < strong - 1 and set(out[1].cap_tiers) == {LIGHT}
+    assert min(out[2].scores) >= strong - 1e-3 and set(out[2].cap_tiers) == {STRONG}
+    assert out[3].cap_tiers[:3] == [LIGHT] * 3 and set(out[3].cap_tiers[3:]) == {STRONG}
+    assert min(out[3].scores[:3]) >= light - 1e-3 and min(out[3].scores[:3]) < strong - 1
+    assert min(out[3].scores[3:]) >= strong - 1e-3
+    assert all(out[k].cap_flags == [t > 0 for t in out[k].cap_tiers] for k in range(4))
+
+
+def test_a_strong_row_is_never_floored_below_the_light_tier(tiny_lm, tiny_rand_axis):
+    """Where the light floor is the higher one at a layer, a flagged row keeps it: strong = max(strong, light)."""
+    plan = CapPlan((LAYER, LAYER + 1), tiny_rand_axis.repeat(2, 1), torch.tensor([5.0, -1.0]),
+                   light=torch.tensor([float("-inf"), 3.0]))
+    assert plan.tiers()[:, STRONG].tolist() == [5.0, 3.0]
+    assert plan.tiers()[:, LIGHT].tolist() == [float("-inf"), 3.0] and plan.tiers()[:, 0].isinf().all()
+
+
+def test_generated_only_floors_the_last_prompt_position_and_leaves_the_rest(tiny_lm, tiny_rand_axis):
+    from probes.generation import _Scorer
+
+    plan = CapPlan((LAYER,), tiny_rand_axis.unsqueeze(0), torch.tensor([1e3]), generated_only=True)
+    sc = _Scorer(2, torch.device("cpu"), None, None, plan, None)
+    sc.active[:] = torch.tensor([STRONG, 0])
+    h = torch.randn(2, 5, tiny_rand_axis.shape[0])
+    out = sc._cap(0, h)
+    assert torch.equal(out[:, :-1], h[:, :-1]) and torch.equal(out[1], h[1])  # prompt, and the uncapped row
+    assert project(out[0, -1], tiny_rand_axis).item() == pytest.approx(1e3, rel=1e-4)
+    step = torch.randn(2, 1, tiny_rand_axis.shape[0])  # a decoding step: its one position is floored
+    assert project(sc._cap(0, step)[0, 0], tiny_rand_axis).item() == pytest.approx(1e3, rel=1e-4)
+    everywhere = _Scorer(2, torch.device("cpu"), None, None, CapPlan(plan.layers, plan.vectors, plan.taus), None)
+    everywhere.active[:] = torch.tensor([STRONG, 0])
+    assert project(everywhere._cap(0, h)[0], tiny_rand_axis) == pytest.approx([1e3] * 5, rel=1e-4)
 
 
 def test_capping_changes_logits_when_tau_is_high(tiny_lm, tiny_rand_axis):

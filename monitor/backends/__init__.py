@@ -44,7 +44,8 @@ class Job:
 
     messages: list[dict]
     options: GenerationOptions = field(default_factory=GenerationOptions)
-    capped: bool = False
+    capped: bool = False  # the strong tier: the session was flagged under policy cap
+    light: bool = False  # the session is under policy cap: a config's light tier floors it from its first token
     tag: Any = None  # the engine's own handle (its turn); backends never look at it
     token_ids: list[int] = field(default_factory=list)
     text: str = ""

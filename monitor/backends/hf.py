@@ -4,7 +4,8 @@ embedded default, for any Hugging Face causal LM.
 It batches statically: :class:`Scheduler` gathers the jobs submitted from any thread within a short
 wait into one batch (each job keeps its own options: the loop stops and samples per row) and runs
 one batch at a time. Every token's score comes from the forward pass that produced it; a job whose
-``capped`` flag is set between steps is capped from its next token.
+``capped`` flag is set between steps is capped (the strong tier) from its next token; a job under policy
+``cap`` is floored at a two-tier config's light tier from its first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from monitor.backends import Job, StepSink, TokenEvent
 from monitor.errors import InputError
 from probes.artifacts import AxisArtifact, CappingConfig
 from probes.audit import score_conversation
-from probes.generation import CapPlan, Detokenizer, GenerationOptions, cap_plan, generate
+from probes.generation import LIGHT, STRONG, CapPlan, Detokenizer, GenerationOptions, cap_plan, generate
 from probes.models import LoadedModel, format_chat, template_default_system
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ class _Rows:
     def __init__(self, backend: HFBackend, jobs: list[Job], sink: StepSink,
                  on_end: Callable[[Job], None] | None = None):
         self.jobs, self.sink, self.on_end, self.tokenizer = jobs, sink, on_end, backend.lm.tokenizer
-        can_cap = backend.capping is not None
-        self.active = torch.tensor([j.capped and can_cap for j in jobs], dtype=torch.bool)
-        self.can_cap = can_cap
+        self.can_cap = backend.capping is not None
+        self.light = backend.capping is not None and backend.capping.light_taus is not None
+        self.active = self._tiers()
         self.detok = [Detokenizer(backend.lm.tokenizer) for _ in jobs]
         self.ended = [False] * len(jobs)
 
@@ -112,14 +113,19 @@ class _Rows:
                 continue
             piece = d.push(int(tokens[k]))
             events.append((job, TokenEvent(int(tokens[k]), piece, float(scores[k]), float(pre_scores[k]),
-                                           bool(self.active[k]))))
+                                           bool(self.active[k] > 0))))
             if len(d.ids) >= job.options.max_new_tokens:  # cut at its length: complete too
                 ended.append(self._end(k, "length"))
         self.sink.step(events, ended)
         if self.on_end is not None:
             for job in ended:
                 self.on_end(job)
-        self.active |= torch.tensor([j.capped and self.can_cap for j in self.jobs], dtype=torch.bool)
+        torch.maximum(self.active, self._tiers(), out=self.active)  # in place: generation holds this tensor
+
+    def _tiers(self) -> torch.Tensor:
+        """Each job's capping tier: strong once flagged, light under policy cap where the config has one."""
+        return torch.tensor([STRONG if j.capped and self.can_cap else LIGHT if j.light and self.light else 0
+                             for j in self.jobs], dtype=torch.long)
 
     def _end(self, k: int, reason: str) -> Job:
         job, ids = self.jobs[k], list(self.detok[k].ids)

@@ -331,7 +331,10 @@ class VLLMBackend:
         self._live[key] = _Live(job, sink, fut, Detokenizer(tok))
 
     def _step(self) -> None:
-        capped = {k for k, lv in self._live.items() if lv.job.capped and self.capping is not None}
+        cap = self.capping
+        # the strong tier once flagged; a one-tier config that floors every session (its light = its floors) from the first
+        capped = {k for k, lv in self._live.items()
+                  if cap is not None and (lv.job.capped or (lv.job.light and cap.light_taus is not None))}
         mon = self.monitor
         assert mon is not None  # the constructor refuses an engine without it
         mon.capped = capped  # from this step's tokens on

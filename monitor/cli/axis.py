@@ -18,13 +18,15 @@ from monitor.cli.base import (
 )
 from monitor.errors import AxiswatchError
 
+JUDGES = ("offline", "trees", "lexical", "openai")  # calibrate.judge.make_judge
+
 
 @cli.command("compute-axis")
 @model_options
 @click.option("--preset", type=click.Choice(["quick", "standard", "full"]), default="quick", show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="checkpoint folder (default runs/<model>-<preset>)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="axis folder to write (default <work>/axis)")
-@click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None,
+@click.option("--judge", type=click.Choice(JUDGES), default=None,
               help="role-adherence judge  [env AXISWATCH_JUDGE]")
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.option("--roles", type=click.Path(exists=True, path_type=Path), default=None, help="roles JSON (default: the bundled set)")
@@ -66,14 +68,18 @@ def compute_axis_cmd(ctx, model, device, dtype, layers_path, preset, work, out, 
 @click.option("--percentiles", default=None, help="comma-separated, e.g. 25,50,75,90")
 @click.option("--widths", default=None, help="window widths in layers, e.g. 4,6")
 @click.option("--starts", default=None, help="window starts as fractions of depth, e.g. 0.5,0.6,0.7")
+@click.option("--settings", "named", default=None,
+              help="more settings, ';'-separated: two-tier LIGHT>STRONG (e.g. none>L18-23_p90, L18-23_p75>L15-23_p95), "
+                   "per-layer floors (L18-23_p75,75,90,90,95,95), ':generated' to floor only reply tokens")
+@click.option("--no-grid", is_flag=True, help="only the --settings, not the windows x percentiles grid")
 @click.option("--max-capability-drop", type=float, default=None,
               help="the rule: largest adoption drop among settings losing at most this much accuracy  [default: 0.02]")
-@click.option("--judge", type=click.Choice(["offline", "lexical", "openai"]), default=None)
+@click.option("--judge", type=click.Choice(JUDGES), default=None)
 @click.option("--batch-size", type=int, default=48, show_default=True)
 @click.pass_context
 @handle_errors
 def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, fresh, reanalyse, quick, percentiles,
-                      widths, starts, max_capability_drop, judge, batch_size):
+                      widths, starts, named, no_grid, max_capability_drop, judge, batch_size):
     """Sweep capping layer windows x thresholds on persona adoption and capability; write the table, the
     Pareto plot and the chosen config (resumable)."""
     import shutil
@@ -89,6 +95,12 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
     spec = replace(spec, **{k: v for k, v in {"percentiles": parse(percentiles, int), "widths": parse(widths, int),
                                               "starts": parse(starts, float),
                                               "max_capability_drop": max_capability_drop}.items() if v is not None})
+    if named:
+        spec = replace(spec, named=tuple(x.strip() for x in named.split(";") if x.strip()))
+    if no_grid:
+        if not spec.named:
+            raise click.UsageError("--no-grid needs --settings")
+        spec = replace(spec, percentiles=())
     if reanalyse:
         from probes.artifacts import load_axis
 
@@ -107,6 +119,9 @@ def calibrate_capping(ctx, model, device, dtype, layers_path, axis, out, work, f
     click.echo(f"capping {cfg.id}: persona adoption {b['adoption']:.2f} -> {c['adoption']:.2f} "
                f"({c['relative_reduction']:.0%} lower), capability {b['capability']:.3f} -> {c['capability']:.3f} "
                f"({c['capability_change'] * 100:+.1f} points); rule: {report['rule']}; written to {out or art.path}")
+    if c.get("flagged_personas") is not None:
+        click.echo(f"  two tiers: the detector flagged {c['flagged_personas']:.0%} of persona answers and "
+                   f"{c['flagged_tasks']:.0%} of capability tasks (benign sessions) into the strong tier")
 
 
 @cli.command("calibrate-alerts")
