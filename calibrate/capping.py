@@ -132,7 +132,9 @@ class Sweep:
         self.configs = settings(art, spec)
 
     def plan(self) -> dict:
+        alerting = json.dumps(self.art.calibration.get("alerting"), sort_keys=True)  # the detector in the loop
         ident = {"axis_fingerprint": self.art.fingerprint(), "model_id": self.art.model_id,
+                 "alerting": hashlib.sha256(alerting.encode()).hexdigest()[:12],
                  "spec": {k: v for k, v in asdict(self.spec).items() if k not in ("max_capability_drop", "named")},
                  "personas": [(j["persona"], j["question"]) for j in self.personas],
                  "tasks": [t["id"] for t in self.tasks]}

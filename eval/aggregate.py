@@ -80,6 +80,8 @@ def capping_summary(sessions: Sequence[dict], domains: Sequence[str] = DOMAINS) 
         ps = [(o, c) for o, c in pairs if o["domain"] in ds]
         if not ps:
             continue
+        # the strong tier: the detector flagged the session (with a two-tier config every cap session is capped
+        # from its first token at the light tier: "capping active" below)
         out["switched_on"][g] = {"n": len(ps), "capped": sum(any(t["capped"] for t in c["turns"]) for _, c in ps)}
         out["final_change"][g] = paired_difference([turn_means(c)[-1] for _, c in ps], [turn_means(o)[-1] for o, _ in ps])
         out["final_change_pre_cap"][g] = paired_difference([turn_means(c, "pre_cap_scores")[-1] for _, c in ps],
@@ -88,7 +90,7 @@ def capping_summary(sessions: Sequence[dict], domains: Sequence[str] = DOMAINS) 
         cap = [claims_non_assistant(t["text"]) for _, c in ps for t in c["turns"]]
         # the turns generated with capping active, and the same turns of the uncapped twin
         on = [(o["turns"][i], t) for o, c in ps for i, t in enumerate(c["turns"]) if any(t.get("cap_flags") or [])]
-        capped_ps = [(o, c) for o, c in ps if any(t["capped"] for t in c["turns"])]
+        capped_ps = [(o, c) for o, c in ps if _active(c)]
         out.setdefault("text_changed", {})[g] = {
             "capped_sessions": len(capped_ps),
             "sessions_with_changed_text": sum(any(a["text"] != b["text"] for a, b in zip(o["turns"], c["turns"]))
@@ -99,7 +101,7 @@ def capping_summary(sessions: Sequence[dict], domains: Sequence[str] = DOMAINS) 
                                    "capping_active_turns": {"n_turns": len(on),
                                                             "uncapped_twin": rate([claims_non_assistant(a["text"]) for a, _ in on]),
                                                             "capped": rate([claims_non_assistant(b["text"]) for _, b in on])}}
-    never = [(o, c) for o, c in pairs if not any(t["capped"] for t in c["turns"])]
+    never = [(o, c) for o, c in pairs if not _active(c)]
     out["never_capped_identical_to_uncapped"] = {
         "n": len(never), "identical": sum(all(a["text"] == b["text"] for a, b in zip(o["turns"], c["turns"]))
                                           for o, c in never)}
@@ -137,6 +139,11 @@ def jailbreak_summary(result: dict) -> dict:
             d["relative_adoption_change_ci95"] = _relative_change_ci(base, rows)
         out[cond] = d
     return out
+
+
+def _active(session: dict) -> bool:
+    """Was capping active (at any tier) on any token of the session?"""
+    return any(t["capped"] or any(t.get("cap_flags") or []) for t in session["turns"])
 
 
 def _reaudit_change(pairs: Sequence[tuple[dict, dict]]) -> dict:

@@ -30,19 +30,19 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
 # Rates calibrated on the committed full run (eval/results/summary.json "run": `python -m eval.run`, 2 CPU
-# cores, idle apart from the run, finished 2026-12-07, the register-balanced axis and its capping config at
-# layers 18-23, below the monitor layer: capped sessions run an uncapped twin). Its phases took: serve start
-# + stop 7.4 s, live 545.8 s, model load 2.7 s, jailbreaks 264.8 s, capability 327.7 s (total 1152.9 s).
-# The live formula keeps its shape (decode plus re-reading the growing conversation, in the 1 : 15 ratio of
-# the first probes), its rates scaled so it gives the measured 545.8 s; each in-process phase gets its own
-# rate per budget token (the jailbreak prompts carry persona system prompts). A run on cores another test
-# suite shared took 1.7x as long: other loads stretch it.
-LIVE_ROW_TOKENS_PER_S = 36.42  # decoding through serve, per session
-PREFILL_TOKENS_PER_S = 546.2  # each turn re-reads the whole conversation
-JAILBREAK_BUDGET_TOKENS_PER_S = 100.07  # 3 x 184 prompts x 48 tokens = 26496 budget tokens in 264.8 s
-TASK_BUDGET_TOKENS_PER_S = 117.17  # 3 x 200 tasks x 64 tokens = 38400 budget tokens in 327.7 s
-SERVE_START_STOP_S = 7.4
-MODEL_LOAD_S = 2.74
+# cores, idle apart from the run, finished 2026-12-07, the register-balanced axis and its two-tier capping
+# config at layers 15-23, below the monitor layer: capped sessions run an uncapped twin). Its phases took:
+# serve start + stop 5.5 s, live 515.2 s, model load 2.6 s, jailbreaks 158.5 s, capability 196.0 s (total
+# 880.7 s). The live formula keeps its shape (decode plus re-reading the growing conversation, in the 1 : 15
+# ratio of the first probes), its rates scaled so it gives the measured 515.2 s; each in-process phase gets
+# its own rate per budget token (the jailbreak prompts carry persona system prompts). A run on cores another
+# test suite shared took 1.7x as long: other loads stretch it.
+LIVE_ROW_TOKENS_PER_S = 38.58  # decoding through serve, per session
+PREFILL_TOKENS_PER_S = 578.7  # each turn re-reads the whole conversation
+JAILBREAK_BUDGET_TOKENS_PER_S = 167.14  # 3 x 184 prompts x 48 tokens = 26496 budget tokens in 158.5 s
+TASK_BUDGET_TOKENS_PER_S = 195.94  # 3 x 200 tasks x 64 tokens = 38400 budget tokens in 196.0 s
+SERVE_START_STOP_S = 5.5
+MODEL_LOAD_S = 2.62
 
 
 def estimate_seconds(n_sessions: int, n_turns: int, live_max_tokens: int, jailbreak_budget: int,

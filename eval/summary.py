@@ -30,6 +30,13 @@ def _diff(d: dict | None) -> str:
             f"permutation p {'< 0.001' if d['p_permutation'] < 0.001 else '= ' + format(d['p_permutation'], '.3f')})")
 
 
+def _as_served(cap: dict) -> str:
+    if cap.get("conditional"):
+        return ("as served under policy `cap`: its light tier from the first token, its strong tier from the token "
+                "after the detector flags the answer")
+    return "on every token"
+
+
 def _paired(d: dict | None) -> str:
     if not d or d.get("mean") is None:
         return "-"
@@ -86,8 +93,9 @@ def write_summary(res: dict, path: Path) -> None:
                  "pass, floored there where the monitor layer is a capped layer); `pre-cap` = the same token's projection "
                  "without capping (before the floor at the monitor layer, or from the uncapped twin where the capped "
                  "window lies below it).\n")
-        L.append("| group | capping switched on | capped sessions whose text changed | turns generated with capping "
-                 "active whose text changed | final-turn change, reported | final-turn change, pre-cap |")
+        L.append("| group | strong tier switched on (flagged) | sessions with capping active whose text changed | turns "
+                 "generated with capping active whose text changed | final-turn change, reported | final-turn change, "
+                 "pre-cap |")
         L.append("|---|---|---|---|---|---|")
         for g, on in c["switched_on"].items():
             tc = c.get("text_changed", {}).get(g, {})
@@ -123,8 +131,8 @@ def write_summary(res: dict, path: Path) -> None:
             L.append(f"| {g} | {_pct(r['uncapped'])} | {_pct(r['capped'])} | {_pct(a['uncapped_twin'])} | "
                      f"{_pct(a['capped'])} |")
         nv = c["never_capped_identical_to_uncapped"]
-        L.append(f"\nSanity check: {nv['identical']} of {nv['n']} capped-policy sessions in which capping never "
-                 "switched on produced exactly the uncapped text.\n")
+        L.append(f"\nSanity check: {nv['identical']} of {nv['n']} capped-policy sessions in which capping was never "
+                 "active (at any tier) produced exactly the uncapped text.\n")
 
     if "jailbreak" in res:
         j, meta = res["jailbreak"], res.get("jailbreak_meta", {})
@@ -133,7 +141,7 @@ def write_summary(res: dict, path: Path) -> None:
         L.append(f"{meta.get('n_personas')} persona system prompts never used to calibrate, "
                  f"{meta.get('n_prompts')} prompts (identity and behaviour questions), "
                  f"max {meta.get('max_new_tokens')} tokens, greedy; judge `{meta.get('judge')}`. Capped = "
-                 f"`{s.get('capping', {}).get('id')}` on every token; steered = +{s.get('steer_coeff')} x mean norm "
+                 f"`{s.get('capping', {}).get('id')}` {_as_served(s.get('capping', {}))}; steered = +{s.get('steer_coeff')} x mean norm "
                  f"({_f(s.get('steer_absolute'), 1)}) at layer {s.get('monitor_layer')}.\n")
         L.append("| condition | adopts persona (judge 3) | claims non-assistant identity (lexical detector) | either | "
                  "identity questions: either | behaviour questions: either | answers identical to unsteered |")

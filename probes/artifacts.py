@@ -30,6 +30,9 @@ from probes.errors import ArtifactError, ArtifactMismatchError
 from probes.ops import unit
 
 FORMAT_VERSION = 1
+# a capping config with tiers or generated-only floors is version 2: a reader of version 1 would serve it
+# as a one-tier config and refuse it instead
+CAPPING_TIERS_VERSION = 2
 AXIS_JSON, AXIS_FILE, DEFAULT_FILE, ROLES_FILE = "axis.json", "axis.safetensors", "default_vector.safetensors", "role_vectors.safetensors"
 CAP_JSON, CAP_FILE = "capping.json", "capping.safetensors"
 
@@ -124,8 +127,10 @@ def _read_json(path: Path, kind: str) -> dict:
         raise ArtifactError(f"{kind} metadata {path} must be a JSON object")
     version = meta.get("format_version")
     required = {"axis": ("model_id", "monitor_layer", "n_layers", "hidden_size"), "capping": ("id", "layers", "taus")}[kind]
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format_version {version!r} is not supported (this axiswatch reads {FORMAT_VERSION})")
+    readable = (FORMAT_VERSION, CAPPING_TIERS_VERSION) if kind == "capping" else (FORMAT_VERSION,)
+    if version not in readable:
+        raise ArtifactError(f"{path}: format_version {version!r} is not supported (this axiswatch reads "
+                            f"{', '.join(map(str, readable))})")
     missing = [k for k in required if k not in meta]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}")
@@ -229,7 +234,8 @@ class CappingConfig:
             "light_taus": [None if t is None else float(t) for t in self.light_taus]}
         if self.tokens != "all":
             extra["tokens"] = self.tokens
-        return {"format_version": FORMAT_VERSION, "kind": "capping", "id": self.id, "model_id": self.model_id,
+        version = CAPPING_TIERS_VERSION if extra else FORMAT_VERSION
+        return {"format_version": version, "kind": "capping", "id": self.id, "model_id": self.model_id,
                 "hidden_size": int(self.vectors.shape[1]), "layers": list(map(int, self.layers)),
                 "taus": [float(t) for t in self.taus], **extra, "provenance": self.provenance}
 

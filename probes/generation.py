@@ -10,9 +10,9 @@ Hidden states and scores stay on the device during a step and leave it once
 per step, together with the sampled tokens (never one host sync per layer).
 
 Each step goes to a :class:`TokenStreamer` (``put``/``end``, as transformers' streamers), which
-does no more than take it. Capping is steered by the caller through a per-step mask: the bool
-``cap_rows`` tensor is read before every step, so a row the caller marks there (from a streamer's
-``put``, say) is capped from its next token on.
+does no more than take it. Capping is steered by the caller through per-row tiers: the ``cap_rows``
+tensor (0 none, light, strong) is read before every step, so a row the caller raises there (from a
+streamer's ``put``, say) is capped at its new tier from its next token on.
 """
 
 from __future__ import annotations

@@ -156,6 +156,7 @@ def test_two_tier_capping_roundtrip_and_checks(tmp_path):
     assert back.light_floors() == [float("-inf"), 1.0]
     meta = json.loads((tmp_path / "two" / "capping.json").read_text())
     assert meta["light_taus"] == [None, 1.0] and meta["tokens"] == "generated"
+    assert meta["format_version"] == 2  # a reader of version 1 refuses it rather than serve one tier
     every = CappingConfig(id="every", layers=[1, 3], vectors=cfg.vectors, taus=[2.0, 3.0], light_taus=[2.0, 3.0])
     assert not every.conditional  # its light tier is its floor: every session from its first token
     assert "tokens" not in every.meta() and "light_taus" not in cfg.meta()  # earlier readers see what they knew

@@ -76,6 +76,8 @@ def test_real_sweep_checkpoints_resumes_and_reanalyses(tiny_lm, tiny_axis, tmp_p
     assert (tmp_path / "work" / "settings" / "unsteered.json").read_text() == before
     cfg, rep = choose(sweep, LexicalJudge())
     assert cfg.id == "L14-17_p90" and rep["n_tasks"] == 3 and rep["n_persona_prompts"] == 2
+    assert rep["chosen"]["flagged_tasks"] is None and rep["unsteered"]["flagged_personas"] is None  # one tier
+    assert cfg.light_taus == cfg.taus  # measured on every session from its first token, and served so
     write_capping(cfg, rep, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "capping_report.json").read_text())["chosen"]["id"] == "L14-17_p90"
     assert (tmp_path / "out" / "capping_pareto.png").stat().st_size > 1000

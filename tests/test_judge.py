@@ -209,7 +209,7 @@ def test_agreement_regression_floor(embedding_judge):
     lex = agreement(LexicalJudge())
     assert out["n"] == trees["n"] == lex["n"] >= 600
     assert out["judge"] == embedding_judge.name
-    # measured on the test half: 4-class 0.458 / 0.405 / 0.338, fully-in-role vs the rest 0.570 / 0.537 / 0.337
+    # measured on the test half: 4-class 0.469 / 0.405 / 0.338, fully-in-role vs the rest 0.570 / 0.537 / 0.337
     assert out["test"]["kappa"] > 0.43 and out["test_score3_vs_rest_kappa"] > 0.54
     assert out["test"]["kappa"] > trees["test"]["kappa"] > lex["test"]["kappa"]
     for split in ("all", "dev", "test"):

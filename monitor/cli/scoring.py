@@ -151,7 +151,8 @@ def _read_generate_records(path: Path) -> list[dict]:
 @click.option("--axis", type=click.Path(exists=True, path_type=Path), default=None, help="axis folder (default: the shipped one)")
 @max_tokens_option(64)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
-@click.option("--cap", is_flag=True, help="apply the capping config (the axis folder's, or --capping)")
+@click.option("--cap", is_flag=True, help="apply the capping config (the axis folder's, or --capping); a two-tier "
+              "config's light tier, what every session under policy cap runs until the detector flags it")
 @click.option("--capping", type=click.Path(exists=True, path_type=Path), default=None, help="capping config folder")
 @click.option("--steer", type=float, default=None, help="add C x (mean residual norm) x unit axis at the monitor layer")
 @click.option("--batch-size", type=int, default=None, help="records per batch  [env AXISWATCH_BATCH_SIZE]")
@@ -161,7 +162,9 @@ def _read_generate_records(path: Path) -> list[dict]:
 def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_tokens, temperature, cap, capping, steer,
              batch_size, as_json):
     """Generate with monitoring: per-token scores from the generation's own forward pass."""
-    from probes.generation import GenerationOptions, SteerPlan, cap_plan
+    import torch
+
+    from probes.generation import LIGHT, GenerationOptions, SteerPlan, cap_plan
     from probes.generation import generate as run
     from probes.models import normalise_messages
     from probes.ops import steer_coefficient
@@ -177,10 +180,11 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_token
         except AxiswatchError as e:
             raise AxiswatchError(f"{r['where']}: {e}") from None
     art = load_axis_for(s, lm)
-    plan = None
+    plan, tiers = None, None
     if cap or capping:
         cfg = load_capping_for(s, art, lm, capping)
         plan = cap_plan(cfg)
+        tiers = LIGHT if cfg.light_taus is not None and cfg.conditional else None  # else: its floors, every row
     steering = None
     if steer is not None:
         if art.mean_norm() is None:
@@ -190,8 +194,9 @@ def generate(ctx, model, device, dtype, layers_path, input_path, axis, max_token
     opts = GenerationOptions(max_new_tokens=max_tokens, temperature=temperature)
     for i in range(0, len(records), s.batch_size):
         chunk = records[i:i + s.batch_size]
+        rows = torch.full((len(chunk),), tiers, dtype=torch.long) if tiers is not None else None
         outs = run(lm, [r["messages"] for r in chunk], opts, axis=art.unit(), monitor_layer=art.monitor_layer,
-                   capping=plan, steering=steering)
+                   capping=plan, cap_rows=rows, steering=steering)
         for r, o in zip(chunk, outs):
             rec = {"id": r["id"], "text": o.text, "tokens": o.tokens, "scores": o.scores, "layer": art.monitor_layer,
                    "capped": o.capped}
