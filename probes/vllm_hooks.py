@@ -69,15 +69,20 @@ def vllm_capping(capping, monitor_layer: int):
     uncapped monitor-layer state to take a capped token's pre-cap score from (the ``hf`` backend runs an
     uncapped twin of each capped row; the vLLM hooks have none), so the vLLM backend and plugin monitor and
     alert without it and refuse policy ``cap`` with this reason."""
-    if capping is not None and (capping.tokens != "all" or (capping.light_taus is not None and capping.conditional)):
-        return None, (f"the capping config {capping.id} has two tiers (a light floor before the detector flags a "
-                      "session, a strong one after) or floors only generated tokens; the vLLM hooks run one tier on "
-                      "every position: use the hf backend to cap with it")
-    if capping is None or min(capping.layers) >= monitor_layer:
+    if capping is None:
+        return None, None
+    why = []
+    if min(capping.layers) < monitor_layer:
+        why.append(f"the capping config {capping.id} (layers {capping.layers[0]}-{capping.layers[-1]}) starts below "
+                   f"the monitor layer {monitor_layer}, and the vLLM backend has no uncapped twin to take the "
+                   f"pre-cap score from")
+    if capping.tokens != "all" or (capping.light_taus is not None and capping.conditional):
+        why.append(f"the capping config {capping.id} has two tiers (a light floor before the detector flags a "
+                   "session, a strong one after) or floors only generated tokens, and the vLLM hooks run one tier "
+                   "on every position")
+    if not why:
         return capping, None
-    return None, (f"the capping config {capping.id} (layers {capping.layers[0]}-{capping.layers[-1]}) starts below "
-                  f"the monitor layer {monitor_layer}, and the vLLM backend has no uncapped twin to take the "
-                  f"pre-cap score from: use the hf backend to cap, or a capping config whose window starts at or "
+    return None, ("; ".join(why) + f": use the hf backend to cap, or a one-tier config whose window starts at or "
                   f"above layer {monitor_layer} (calibrate-capping --starts)")
 
 

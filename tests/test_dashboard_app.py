@@ -184,8 +184,8 @@ def test_session_page_shows_the_stored_session(monkeypatch, dashboard_db, name):
     assert m["open alerts"] == str(sum(a["status"] == "open" and not a["acknowledged"] for a in s["alerts"]))
     if name == "meta-reflection":
         assert m["capped"] == "yes" and len(s["interventions"]) == 1 and s["alerts"]
-    if name == "coding":
-        assert m["capped"] == "no" and m["open alerts"] == "0"
+    if name == "coding":  # policy cap, never flagged: the shipped two-tier config's light tier on every token
+        assert m["capped"] == "yes" and not s["interventions"] and m["open alerts"] == "0"
 
     # the trajectory chart: one Vega-Lite chart whose token layer holds the stored scores, one point per alert
     [chart] = at.get("vega_lite_chart")

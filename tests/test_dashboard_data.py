@@ -14,10 +14,11 @@ from dashboard import charts, data
 from monitor.drift import DriftConfig, DriftTracker, Thresholds, snapshot_reading
 from monitor.errors import InputError
 from monitor.records import TurnRecord
-from monitor.settings import Settings
+from monitor.settings import Settings, shipped_dir
 from monitor.store import Store
 from monitor.store.export import session_csv
 from monitor.streams import Streams
+from probes.artifacts import load_capping
 
 TH = Thresholds(watch=-1.0, warning=-10.0, critical=-20.0)
 DEP = data.Deployment("m", 21, "cap", TH, 0.5, data.Path("."), None, "http://127.0.0.1:1", "settings")
@@ -302,7 +303,7 @@ def test_deployment_from_redis_then_from_files(env):
     store, streams = env
     s = Settings()
     dep = data.deployment(streams, s)  # no replica has started: the shipped axis files
-    assert dep.origin == "settings" and dep.layer == 26 and dep.capping["id"] == "L18-23_p90"
+    assert dep.origin == "settings" and dep.layer == 26 and dep.capping["id"] == load_capping(shipped_dir()).id
     assert dep.thresholds.watch > dep.thresholds.warning > dep.thresholds.critical
     over = data.deployment(None, s.with_(thresholds=(1.0, None, None)))
     assert over.thresholds.watch == 1.0 and over.thresholds.warning == dep.thresholds.warning

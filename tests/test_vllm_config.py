@@ -3,6 +3,7 @@ plugin reads a rendered prompt back into messages (with the default model's own 
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -53,7 +54,7 @@ def test_the_plugin_is_off_unless_switched_on():
 
 
 def test_a_capping_window_below_the_monitor_layer_is_left_out_of_vllm_with_its_reason():
-    """The shipped window (layers 18-23) starts below the monitor layer (26): the vLLM hooks have no uncapped
+    """The shipped window (layers 15-23) starts below the monitor layer (26): the vLLM hooks have no uncapped
     twin to take a capped token's pre-cap score from, so the vLLM backend and plugin monitor without it and an
     engine over them refuses policy cap, saying why; a window from the monitor layer on runs."""
     from monitor.drift import DriftConfig, Thresholds
@@ -66,11 +67,12 @@ def test_a_capping_window_below_the_monitor_layer_is_left_out_of_vllm_with_its_r
     assert min(shipped.layers) < axis.monitor_layer
     capping, note = vllm_capping(shipped, axis.monitor_layer)
     assert capping is None and f"starts below the monitor layer {axis.monitor_layer}" in note and "hf backend" in note
+    assert "two tiers" in note  # the shipped config's second reason
     from vllm_env import capping_at_the_monitor_layer
 
     ok = capping_at_the_monitor_layer(axis)
     assert vllm_capping(ok, axis.monitor_layer) == (ok, None) and vllm_capping(None, 26) == (None, None)
     reg = SessionRegistry(Thresholds(-1.0, -2.0, -3.0), DriftConfig(), "flag", can_cap=False, cap_note=note)
-    with pytest.raises(InputError, match="policy 'cap' is refused: the capping config L18-23_p90"):
+    with pytest.raises(InputError, match=f"policy 'cap' is refused: the capping config {re.escape(shipped.id)}"):
         reg.get("s", policy="cap")
     assert reg.get("t", policy="flag").id == "t"  # monitoring goes on
