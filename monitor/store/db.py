@@ -9,7 +9,6 @@ through the same URL. Batched writes, one transaction each, idempotent by the re
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import create_engine, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -53,11 +52,12 @@ from monitor.store.schema import (
     MessageRow,
     SchemaVersion,
     SessionRow,
-    SpillRow,
     TurnContextRow,
     TurnRow,
     table,
 )
+from monitor.store.spill import Spill
+from monitor.store.summaries import Summaries
 from monitor.store.views import continuation, lifecycle
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ DEFAULT_URL = "sqlite:///axiswatch.db"
 
 
 # ---------------------------------------------------------------- the store
-class Store:
+class Store(Summaries, Spill):
     """The database behind axiswatch: ``Store(url)``, ``migrate()`` once at start, ``close()``."""
 
     def __init__(self, url: str = DEFAULT_URL, must_exist: bool = False) -> None:
@@ -357,77 +357,6 @@ class Store:
             d["updates"] = [from_row(u) for u in s.scalars(select(AlertUpdateRow).where(AlertUpdateRow.event_id.in_(ids)))]
         lifecycle(d)
         return d["alerts"]
-
-    def peak_states(self, session_ids: list[str]) -> dict[str, str]:
-        """The worst state each session reached: any assistant turn's end state or alert level."""
-        if not session_ids:
-            return {}
-        ids = list(session_ids)
-        with self._tx() as s:
-            seen = list(s.execute(select(TurnRow.session_id, TurnRow.state).where(
-                TurnRow.session_id.in_(ids), TurnRow.role == "assistant").distinct()))
-            seen += list(s.execute(select(AlertRow.session_id, AlertRow.level).where(AlertRow.session_id.in_(ids)).distinct()))
-        peak: dict[str, str] = {}
-        for sid, state in seen:
-            if STATES.index(state) >= STATES.index(peak.get(sid, "ok")):
-                peak[sid] = state
-        return peak
-
-    def last_trackers(self, session_ids: list[str]) -> dict[str, dict]:
-        """The drift tracker's snapshot after each session's latest assistant turn (sessions whose latest
-        reply stored none, such as a reply recovered from the live tail of a replica that died, are left
-        out); ``monitor.drift.snapshot_reading`` reads the state's statistic from it."""
-        if not session_ids:
-            return {}
-        last = select(TurnRow.session_id, func.max(TurnRow.turn).label("last")).where(
-            TurnRow.session_id.in_(list(session_ids)), TurnRow.role == "assistant").group_by(TurnRow.session_id).subquery()
-        q = select(last.c.session_id, TurnContextRow.tracker).join(
-            TurnContextRow, (TurnContextRow.session_id == last.c.session_id) & (TurnContextRow.turn == last.c.last))
-        with self._tx() as s:
-            return {sid: snap for sid, snap in s.execute(q) if isinstance(snap, dict)}
-
-    def open_alert_counts(self, session_ids: list[str]) -> dict[str, int]:
-        """Open alerts (neither acknowledged nor resolved) per session (sessions without any are left out)."""
-        if not session_ids:
-            return {}
-        resolved = select(AlertUpdateRow.event_id).where(AlertUpdateRow.action == "resolved")
-        q = (select(AlertRow.session_id, func.count()).where(AlertRow.session_id.in_(list(session_ids)),
-                                                            AlertRow.acknowledged.is_(False),
-                                                            AlertRow.event_id.not_in(resolved))
-             .group_by(AlertRow.session_id))
-        with self._tx() as s:
-            return {sid: int(n) for sid, n in s.execute(q)}
-
-    # ------------------------------------------------------------ the outbox's spill (Redis down)
-    def spill(self, items: list[tuple[str, dict]]) -> None:
-        """Keep records (``(kind, record dict)``) that could not be published, in order."""
-        now = time.time()
-        rows = [dict(kind=k, data=json.dumps(d, separators=(",", ":")), created_at=now) for k, d in items]
-        if rows:
-            with self._tx(write=True) as s:
-                s.execute(insert(table(SpillRow)), rows)
-
-    def drain_spill(self, publish, limit: int = 500) -> int:
-        """Hand the oldest spilled records to ``publish([(kind, dict), ...])`` and delete them in the same
-        transaction (a failed publish leaves them in place; a crash after it repeats them: at least once).
-        Concurrent replicas take disjoint rows on PostgreSQL. Returns how many were handed over."""
-        with self._tx(write=True) as s:
-            q = select(SpillRow).order_by(SpillRow.id).limit(limit)
-            rows = list(s.scalars(q.with_for_update(skip_locked=True) if self.dialect == "postgresql" else q))
-            if not rows:
-                return 0
-            publish([(r.kind, json.loads(r.data)) for r in rows])
-            s.execute(delete(table(SpillRow)).where(SpillRow.id.in_([r.id for r in rows])))
-            return len(rows)
-
-    def spill_count(self) -> int:
-        with self._tx() as s:
-            return s.scalar(select(func.count()).select_from(SpillRow)) or 0
-
-    def token_count_total(self) -> int:
-        """Tokens stored across all sessions."""
-        with self._tx() as s:
-            return int(s.scalar(select(func.coalesce(func.sum(SessionRow.n_tokens), 0))) or 0)
 
     def turn_meta(self, session_id: str, turn: int) -> dict[str, Any] | None:
         """A stored turn's role and token count (None when not stored)."""
