@@ -70,6 +70,10 @@ class Runtime:
             t.join(5)
 
         self._stack.callback(halt)
+            try:  # a clean stop: off the replicas /metrics watches, so no heartbeat alert fires for it
+                self.streams.retire(self.engine.replica)
+            except REDIS_DOWN as e:  # it is forgotten after an hour (streams.REPLICA_MEMORY_S)
+                log.warning("replica %s not retired from Redis (%s)", self.engine.replica, e)
 
     def hold(self, cm: AbstractContextManager) -> None:
         """Enter ``cm`` (the vLLM plugin's hooks) until :meth:`close`."""

@@ -1,10 +1,12 @@
 """Health and metrics: ``/healthz``, ``/readyz`` and the Prometheus ``/metrics`` (the counters are
-:class:`~monitor.api.metrics.Metrics`)."""
+:class:`~monitor.api.metrics.Metrics`; what the deployment's Redis holds, :func:`read_redis`, is read at each
+scrape: stream lag, webhook attempts, dead letters, replica heartbeats)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,7 +14,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 
 from monitor.api.context import Ctx
-from monitor.streams import REDIS_DOWN
+from monitor.streams import REDIS_DOWN, Streams
+from monitor.streams.alerts import AlertLedger
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -38,9 +41,21 @@ async def readyz(ctx: Ctx):
     return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
 
-def _lag(streams) -> dict[tuple[str, str], int]:
-    return {(stream, group): lag["undelivered"] + lag["pending"]
-            for stream in ("turns", "alerts", "interventions") for group, lag in streams.lag(stream).items()}
+@dataclass(frozen=True)
+class RedisReadings:
+    """What ``/metrics`` reads from Redis at a scrape: the deployment's, the same on every replica."""
+
+    lag: dict[tuple[str, str], int]  # (stream, group) -> entries undelivered or unacknowledged
+    attempts: dict[str, int]  # webhook delivery attempts by outcome
+    dead_letters: int
+    heartbeats: dict[str, float]  # replica -> time of its latest heartbeat
+
+
+def read_redis(streams: Streams) -> RedisReadings:
+    ledger = AlertLedger(streams)
+    lag = {(stream, group): n["undelivered"] + n["pending"]
+           for stream in ("turns", "alerts", "interventions") for group, n in streams.lag(stream).items()}
+    return RedisReadings(lag, ledger.attempt_counts(), ledger.waiting(), streams.replicas())
 
 
 @router.get("/metrics")
@@ -56,13 +71,19 @@ async def prometheus(ctx: Ctx):
         metrics.outbox.labels("redis_down").set(int(box.down))
     if ctx.streams is not None:  # off the event loop: a slow or dead Redis must not stall the streams
         try:
-            lags = await asyncio.to_thread(_lag, ctx.streams)
-            metrics.redis_up.set(1)
-        except REDIS_DOWN as e:  # the scrape still answers, with redis_up 0
-            log.warning("metrics: stream lag unavailable: %s", e)
-            lags = {}
+            got = await asyncio.to_thread(read_redis, ctx.streams)
+        except REDIS_DOWN as e:  # the scrape still answers, with redis_up 0 and no stale readings
+            log.warning("metrics: Redis unavailable: %s", e)
             metrics.redis_up.set(0)
-            metrics.lag.clear()  # no stale values while nothing could be read
-        for (stream, group), n in lags.items():
-            metrics.lag.labels(stream, group).set(n)
+            metrics.lag.clear()
+            for reading in (metrics.webhook_attempts, metrics.dead_letters, metrics.heartbeats):
+                reading.clear()
+        else:
+            metrics.redis_up.set(1)
+            metrics.lag.clear()  # a group deleted since the last scrape goes away
+            for (stream, group), n in got.lag.items():
+                metrics.lag.labels(stream, group).set(n)
+            metrics.webhook_attempts.set({(o,): n for o, n in got.attempts.items()})
+            metrics.dead_letters.set({(): got.dead_letters})
+            metrics.heartbeats.set({(r,): t for r, t in got.heartbeats.items()})
     return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")

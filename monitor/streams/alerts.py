@@ -12,6 +12,8 @@ Redis keys besides the ``{prefix}:alerts`` stream (``prefix`` as in :mod:`monito
 ``{prefix}:alerts:dead:lock``           STRING: held by the running replay; expires if it crashes
 ``{prefix}:alerts:lease:{event_id}``    STRING: the name of the worker delivering that alert; expires
                                         unless renewed, deleted when the delivery is recorded
+``{prefix}:alerts:attempts``            HASH: webhook delivery attempts of every worker and replay
+                                        by outcome (``delivered``, ``failed``), for ``/metrics``
 ======================================  ==========================================================
 """
 
@@ -22,6 +24,7 @@ import json
 from monitor.streams.client import Streams
 
 STREAM, GROUP = "alerts", "webhooks"
+OUTCOMES = ("delivered", "failed")  # of one delivery attempt: the fields of {prefix}:alerts:attempts
 
 # a lease (an alert's, the replay lock) is renewed, or retaken once expired, and released only by its holder
 RENEW_LUA = """
@@ -55,6 +58,7 @@ class AlertLedger:
         self.streams, self.r = streams, streams.r
         self.dead = dead_key(streams)
         self.taking, self.lock = self.dead + ":replaying", self.dead + ":lock"
+        self.attempts = streams.key("alerts:attempts")
 
     # leases: which worker delivers an alert
     def lease(self, event_ids: list[str], holder: str, ms: int) -> list[bool]:
@@ -80,6 +84,24 @@ class AlertLedger:
 
     def dead_count(self) -> int:
         return int(self.r.llen(self.dead))
+
+    def waiting(self) -> int:
+        """Dead letters not delivered yet: on the dead list, or taken by a replay that has not settled them."""
+        with self.r.pipeline(transaction=True) as p:
+            return sum(int(n) for n in p.llen(self.dead).llen(self.taking).execute())
+
+
+
+    # delivery attempts, counted for /metrics
+    def count_attempt(self, outcome: str) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"a delivery attempt is one of {OUTCOMES}, not {outcome!r}")
+        self.r.hincrby(self.attempts, outcome, 1)
+
+    def attempt_counts(self) -> dict[str, int]:
+        """Delivery attempts so far by outcome (0 for an outcome never seen)."""
+        got = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in self.r.hgetall(self.attempts).items()}
+        return {o: got.get(o, 0) for o in OUTCOMES}
 
     # the replay: one at a time, taking items off the tail into a side list until they are settled
     def lock_replay(self, holder: str, ms: int) -> bool:

@@ -16,10 +16,13 @@ key                                entries                                     r
 ``{prefix}:turn:{session_id}`` (a counter) holds the next turn number of a session, so every
 replica numbers a session's turns from one atomic count (:meth:`Streams.reserve_turns`); it
 expires a week after the session's last turn (``reserve_turns``' ``ttl_s``), when the store has long
-caught up. Two more
+caught up. Three more
 plain keys sit beside them: ``{prefix}:live_index`` (a sorted set of session ids by the time of
 their latest live entry; entries older than ``live_ttl_s`` are dropped as new ones arrive), so the
-dashboard finds the sessions in progress without scanning keys; and ``{prefix}:deployment`` (JSON:
+dashboard finds the sessions in progress without scanning keys; ``{prefix}:replicas`` (a sorted set of
+``serve`` replica ids by the time of their latest heartbeat, beside each one's expiring
+``{prefix}:replica:{id}``; left on a clean stop, forgotten after ``REPLICA_MEMORY_S``), so ``/metrics``
+can say which replica went silent; and ``{prefix}:deployment`` (JSON:
 the model, monitor layer, thresholds, drift settings and capping config a ``serve`` replica runs
 with, its axis metadata and report, written at its start), so the dashboard draws the same threshold bands the engine uses.
 
@@ -58,6 +61,7 @@ KINDS: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord] 
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 # an alert's updates share its stream: the webhooks group sees a resolve after its alert
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions", "alert_update": "alerts"}
+REPLICA_MEMORY_S = 3_600  # a replica silent this long is forgotten by replicas() (and its alert resolves)
 LAG_SCAN = 2_000  # on Redis 6.2, lag() counts undelivered entries up to this many (it reads them whole)
 GROUPS = {"turns": ("persist",), "alerts": ("persist", "webhooks"), "interventions": ("persist",), "ingest": ("shadow",)}
 
@@ -103,6 +107,8 @@ class Streams:
 
     def live_key(self, session_id: str) -> str:
         return f"{self.prefix}:live:{session_id}"
+
+
 
     # --- producing ------------------------------------------------------------------
 
@@ -180,8 +186,24 @@ class Streams:
         self.r.rpush(self.key("ingest:rejected"), json.dumps({"id": entry_id, "error": error, "data": data}))
 
     def heartbeat(self, replica: str, ttl_s: int = 10) -> None:
-        """Say that ``replica`` (a ``serve`` process) is alive for the next ``ttl_s`` seconds."""
-        self.r.set(self.key(f"replica:{replica}"), time.time(), ex=ttl_s)
+        """Say that ``replica`` (a ``serve`` process) is alive for the next ``ttl_s`` seconds, and note the time
+        in ``{prefix}:replicas`` (:meth:`replicas`), where it stays after the key expires."""
+        now = time.time()
+        p = self.r.pipeline(transaction=False)
+        p.set(self.key(f"replica:{replica}"), now, ex=ttl_s)
+        p.zadd(self.key("replicas"), {replica: now})
+        p.zremrangebyscore(self.key("replicas"), "-inf", now - REPLICA_MEMORY_S)
+        p.execute()
+
+    def replicas(self) -> dict[str, float]:
+        """Every replica heard from in the last ``REPLICA_MEMORY_S`` and not retired: id -> time (epoch seconds,
+        its own clock) of its latest heartbeat. A silent one is a replica that stopped without :meth:`retire`."""
+        got = self.r.zrangebyscore(self.key("replicas"), time.time() - REPLICA_MEMORY_S, "+inf", withscores=True)
+        return {_decode(k): float(v) for k, v in got}
+
+    def retire(self, replica: str) -> None:
+        """A replica that stops cleanly leaves ``{prefix}:replicas`` (its heartbeat key expires by itself)."""
+        self.r.zrem(self.key("replicas"), replica)
 
     def alive(self, replicas: list[str]) -> set[str]:
         """The replicas among these whose heartbeat has not expired."""

@@ -48,6 +48,7 @@ from monitor.workers.webhooks import (
     notice_of,
     record_delivery,
     stored_alert,
+    tally,
 )
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ class AlertWorker:
             self._ack(job.ids)
             return self._forget(job, "delivered")
         error = deliver(self.client, c, ev)
+        tally(self.ledger, error)
         job.attempts += 1
         if error is None:
             self.stats["delivered"] += 1

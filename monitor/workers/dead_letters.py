@@ -16,7 +16,7 @@ from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, Streams
 from monitor.streams.alerts import AlertLedger
 from monitor.webhook_config import WebhookConfig
-from monitor.workers.webhooks import deliver, notice_from_dead, record_delivery, stored_alert
+from monitor.workers.webhooks import deliver, notice_from_dead, record_delivery, stored_alert, tally
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
                 continue
             attempts = (int(row["attempts"]) if row else 0) + 1
             error = deliver(client, config, ev)
+            tally(ledger, error)
             if isinstance(ev, AlertEvent):
                 try:
                     record_delivery(store, ev, "delivered" if error is None else "dead", attempts, error)

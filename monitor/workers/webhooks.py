@@ -12,7 +12,8 @@ receivers dedupe on it; it is the same on every retry), ``webhook-timestamp`` an
 (``v1,`` + HMAC-SHA256, by the ``standardwebhooks`` package). A failed attempt's error is the status (``HTTP 500``) or the error's
 class name, never a message that could carry the URL or the secret.
 
-The Redis keys the alert worker and the dead-letter replay share are in :mod:`monitor.streams.alerts`.
+The Redis keys the alert worker and the dead-letter replay share are in :mod:`monitor.streams.alerts`;
+both count every attempt there (:func:`tally`), which ``/metrics`` exports.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import httpx
 from monitor.errors import InputError
 from monitor.records import AlertEvent, AlertUpdate
 from monitor.store import NotFoundError, Store, StoreError
+from monitor.streams import REDIS_DOWN
+from monitor.streams.alerts import AlertLedger
 from monitor.webhook_config import WebhookConfig
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,15 @@ def deliver(client: httpx.Client, config: WebhookConfig, event: Notice) -> str |
     except httpx.HTTPError as e:  # timeouts, refused/reset connections, protocol errors
         return type(e).__name__
     return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+
+
+def tally(ledger: AlertLedger, error: str | None) -> None:
+    """Count one attempt's outcome in Redis, for ``axiswatch_webhook_attempts_total`` on every replica's
+    ``/metrics``; a count Redis does not take is logged and never fails the delivery."""
+    try:
+        ledger.count_attempt("delivered" if error is None else "failed")
+    except REDIS_DOWN as e:
+        log.warning("webhook attempt not counted in %s (%s)", ledger.attempts, e)
 
 
 def record_delivery(store: Store, event: AlertEvent, status: str, attempts: int, error: str | None) -> bool:
