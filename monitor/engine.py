@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from monitor.backends import Backend, Job, TokenEvent
 from monitor.conversation import chain, divergence, node_hash
@@ -33,6 +33,9 @@ from monitor.sessions import Lookup, Session, SessionRegistry
 from monitor.streams import REDIS_DOWN
 from monitor.turns import ChatRequest, ChatResult, Turn
 from monitor.verdict import verdict
+
+if TYPE_CHECKING:  # tracing is optional: the engine only calls the TurnTracer it is given
+    from monitor.tracing import TurnTracer
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,9 @@ class Publisher(Protocol):
 class Engine:
     def __init__(self, backend: Backend, thresholds: Thresholds, drift: DriftConfig | None = None,
                  policy: str = "flag", publisher: Publisher | None = None, session_lookup: Lookup | None = None,
-                 max_sessions: int = 10_000, replica: str = ""):
+                 max_sessions: int = 10_000, replica: str = "", tracer: TurnTracer | None = None):
         self.backend, self.thresholds = backend, thresholds
+        self.tracer = tracer  # a span per turn (monitor.tracing); None: tracing is off and costs nothing
         self.drift = drift or DriftConfig()
         self.policy = parse_policy(policy)
         self.publisher = publisher
@@ -58,7 +62,8 @@ class Engine:
                                         session_lookup, max_sessions, getattr(backend, "capping_note", None))
         self.publish_errors = 0
         self._lock = threading.Lock()
-        self._queued: dict[str, deque[tuple[ChatRequest, Future]]] = {}  # per session: in flight, then waiting
+        # per session: in flight, then waiting; each with the trace context it was submitted in (its span's parent)
+        self._queued: dict[str, deque[tuple[ChatRequest, Future, Any]]] = {}
         self._idle = threading.Condition(self._lock)  # notified when a session's queue empties
         self._closing = False
 
@@ -91,7 +96,7 @@ class Engine:
             if self._closing:
                 raise RuntimeError("the engine is closed")
             queue = self._queued.setdefault(request.session_id, deque())
-            queue.append((request, fut))
+            queue.append((request, fut, self.tracer.parent() if self.tracer is not None else None))
             if len(queue) > 1:
                 return fut  # starts when the session's turn in flight ends
         self._start(request.session_id)
@@ -107,10 +112,16 @@ class Engine:
         turns = self._open(requests)
         try:
             self.backend.run([t.job for t in turns], self)
-        except BaseException:
-            self._abort(turns)
+        except BaseException as e:
+            self._abort(turns, e)
             raise
-        return self._finish(turns)
+        try:
+            return self._finish(turns)
+        except BaseException as e:
+            if self.tracer is not None:  # their spans end too
+                for t in turns:
+                    self.tracer.fail(t, e)
+            raise
 
     def open_turn(self, request: ChatRequest) -> Turn:
         """Open one turn that something else generates (vLLM's plugin, where vLLM schedules the
@@ -119,7 +130,12 @@ class Engine:
         return self._open([request])[0]
 
     def finish_turn(self, turn: Turn) -> ChatResult:
-        return self._finish([turn])[0]
+        try:
+            return self._finish([turn])[0]
+        except BaseException as e:
+            if self.tracer is not None:  # its span ends too
+                self.tracer.fail(turn, e)
+            raise
 
     def validate_policy(self, request: ChatRequest) -> None:
         if request.policy is not None:
@@ -136,18 +152,18 @@ class Engine:
 
     def _start(self, sid: str) -> None:
         with self._lock:
-            request, fut = self._queued[sid][0]
+            request, fut, parent = self._queued[sid][0]
         if not fut.set_running_or_notify_cancel():
             return self._next(sid)
         try:
-            turn = self._open([request])[0]
+            turn = self._open([request], [parent])[0]
         except Exception as e:  # noqa: BLE001 - handed to the caller
             fut.set_exception(e)
             return self._next(sid)
         try:
             done = self.backend.submit(turn.job, self)
         except Exception as e:  # noqa: BLE001 - a closed or broken backend: handed to the caller
-            self._abort([turn])
+            self._abort([turn], e)
             fut.set_exception(e)
             return self._next(sid)
         done.add_done_callback(lambda d: self._done(turn, d, fut))
@@ -157,11 +173,13 @@ class Engine:
         try:
             try:
                 done.result()
-            except BaseException:
-                self._abort([turn])
+            except BaseException as e:
+                self._abort([turn], e)
                 raise
             result = self._finish([turn])[0]
         except BaseException as e:  # noqa: BLE001 - handed to the caller
+            if self.tracer is not None:  # its span ends too (a no-op where it has ended)
+                self.tracer.fail(turn, e)
             fut.set_exception(e)
         else:
             fut.set_result(result)
@@ -179,10 +197,11 @@ class Engine:
         self._start(sid)
 
     # ------------------------------------------------------------------ the turn lifecycle
-    def _open(self, requests: Sequence[ChatRequest]) -> list[Turn]:
+    def _open(self, requests: Sequence[ChatRequest], parents: Sequence[Any] | None = None) -> list[Turn]:
         """Sessions (a request may change its session's policy from now on), stored turn numbers (the
         new user message, if any, then the reply), the user turns published before the reply (a crash
-        keeps them), and the tracker's turn opened (so an empty reply still ends one)."""
+        keeps them), the tracker's turn opened (so an empty reply still ends one), and each turn's span
+        (a child of ``parents[k]``, the trace context the request came in; default: the current one)."""
         sessions = [self.session(r.session_id, r.policy) for r in requests]
         for s in sessions:
             if s.source != "live":
@@ -211,6 +230,10 @@ class Engine:
             turn.job.tag = turn
             s.tracker.update([], turn.number)
             turns.append(turn)
+        if self.tracer is not None:
+            for k, t in enumerate(turns):
+                self.tracer.start(t, parents[k] if parents is not None else self.tracer.parent(),
+                                  model_id=self.model_id, layer=self.layer, replica=self.replica)
         return turns
 
     def step(self, events: Sequence[tuple[Job, TokenEvent]], ended: Sequence[Job]) -> None:
@@ -221,6 +244,8 @@ class Engine:
         for job, ev in events:
             turn: Turn = job.tag
             drift = turn.add(ev)
+            if self.tracer is not None:
+                self.tracer.token(turn, turn.session.tracker.drift)
             for de in drift:
                 self._on_drift(turn, de)
             if turn.request.on_token is not None:
@@ -244,6 +269,8 @@ class Engine:
                            excerpt=turn.excerpt(idx), detector=ev.detector)
             turn.alerts.append(a)
             s.open_alerts.append((a.event_id, a.level))
+            if self.tracer is not None:
+                self.tracer.alert(turn, a)
             self._publish(a)  # alerted now, not at the end of the turn
         elif ev.kind == "resolve":
             self._resolve(s, ev, turn.number)
@@ -252,6 +279,8 @@ class Engine:
             iv = InterventionRecord(s.id, turn.number, idx + 1, self.capping.id, self.thresholds.as_dict(),
                                     list(self.capping.layers))
             turn.interventions.append(iv)
+            if self.tracer is not None:
+                self.tracer.capping(turn, iv)
             self._publish(iv)
 
     def _resolve(self, s: Session, ev: DriftEvent, turn: int) -> None:
@@ -301,13 +330,20 @@ class Engine:
                                                state=summary.state, running=summary.running, input_head=head,
                                                input=new, diverged_at=t.diverged_at, tracker=s.tracker.snapshot()))
         self._flush(set(turns), final=True)
-        return [t.result(self.layer, summary) for t, summary in zip(turns, summaries)]
+        results = [t.result(self.layer, summary) for t, summary in zip(turns, summaries)]
+        if self.tracer is not None:
+            count = getattr(self.backend, "prompt_tokens", None)  # the vLLM plugin tells the tracer its count
+            for t, r in zip(turns, results):
+                self.tracer.end(t, r, count)
+        return results
 
-    def _abort(self, turns: list[Turn]) -> None:
+    def _abort(self, turns: list[Turn], error: BaseException) -> None:
         """Close the half-scored turns so their sessions can go on; the dashboard must not show them
         as generating forever."""
         for t in turns:
             t.session.tracker.end_turn()
+            if self.tracer is not None:
+                self.tracer.fail(t, error)
         self._flush(set(turns), final=True)
 
     def _flush(self, turns: set[Turn], final: bool = False) -> None:

@@ -1,7 +1,7 @@
 """The one composition root: a running deployment assembled from :class:`Settings`. Redis (embedded
 when no ``REDIS_URL``), the store (migrated), what it monitors with (:func:`load_monitoring`: the axis,
 the capping config, thresholds and drift settings, checked against the model), the generation backend,
-the engine with its outbox, heartbeat and announcement, and, unless ``workers=False``, in-process
+the engine with its outbox, heartbeat, announcement and (where ``OTEL_*`` ask for it) tracing, and, unless ``workers=False``, in-process
 persistence and alert workers. ``axiswatch serve`` (and ``chat``, ``demo``, ``shadow``) start through
 :func:`start` with the model loaded here; the vLLM plugin (:mod:`monitor.vllm_runner`) starts through the
 same function, with vLLM's runner as its backend.
@@ -33,6 +33,7 @@ from monitor.workers.persist import PersistWorker, consumer_name
 if TYPE_CHECKING:  # the engine and the artifacts load torch; a data-only runtime never imports them
     from monitor.backends import Backend
     from monitor.engine import Engine
+    from monitor.trace_export import Tracing
     from probes.artifacts import AxisArtifact, CappingConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Runtime:
     outbox: Outbox | None = None
     engine: Engine | None = None  # None: a data-only runtime (model=False)
     workers: list[PersistWorker | AlertWorker] = field(default_factory=list)
+    tracing: Tracing | None = None  # the turns' spans (OTEL_* variables; monitor.trace_export); None: off
     _stack: ExitStack = field(default_factory=ExitStack)
 
     def start_heartbeat(self, every_s: float = 3.0, ttl_s: int = 10) -> None:
@@ -68,12 +70,12 @@ class Runtime:
         def halt():  # joined, so no daemon thread is left running into interpreter shutdown
             stop.set()
             t.join(5)
-
-        self._stack.callback(halt)
             try:  # a clean stop: off the replicas /metrics watches, so no heartbeat alert fires for it
                 self.streams.retire(self.engine.replica)
             except REDIS_DOWN as e:  # it is forgotten after an hour (streams.REPLICA_MEMORY_S)
                 log.warning("replica %s not retired from Redis (%s)", self.engine.replica, e)
+
+        self._stack.callback(halt)
 
     def hold(self, cm: AbstractContextManager) -> None:
         """Enter ``cm`` (the vLLM plugin's hooks) until :meth:`close`."""
@@ -83,6 +85,8 @@ class Runtime:
         """Stop taking requests, let the workers drain what was published, then stop everything."""
         if self.engine is not None:
             self.engine.close()
+        if self.tracing is not None:  # every turn has ended: its spans go out now
+            self.tracing.close()
         if self.outbox is not None:  # replay what waits for Redis, or spill it to the store
             self.outbox.close()
         for w in self.workers:
@@ -198,6 +202,18 @@ def _report(path) -> dict | None:
         return None
 
 
+def _tracing() -> Tracing | None:
+    """A span per turn where the standard ``OTEL_*`` variables ask for traces (docs/tracing.md); None (and the
+    OpenTelemetry SDK not even imported) where they do not."""
+    from monitor.tracing import enabled
+
+    if not enabled():
+        return None
+    from monitor.trace_export import from_env
+
+    return from_env()
+
+
 def open_data(settings: Settings, stack: ExitStack):
     """Redis (embedded when no URL), its stream groups, and the migrated store."""
 
@@ -232,9 +248,11 @@ def start(settings: Settings, workers: bool = True, model: bool = True,
             be, mon = backend(settings)
             from monitor.engine import Engine  # the engine's backends load torch: only where a model serves
 
+            rt.tracing = _tracing()
             rt.engine = Engine(be, mon.thresholds, drift=mon.drift, policy=settings.policy, publisher=outbox,
                                session_lookup=store.session_meta,
-                               replica=f"{consumer_name(replica)}-{uuid.uuid4().hex[:6]}")
+                               replica=f"{consumer_name(replica)}-{uuid.uuid4().hex[:6]}",
+                               tracer=rt.tracing.turns if rt.tracing is not None else None)
             rt.start_heartbeat()  # or the workers would take this replica's live turns for a dead one's
             announce(rt, mon)
         if workers:

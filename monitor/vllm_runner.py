@@ -6,17 +6,18 @@ held until the runtime closes, and every step's sampled tokens go, with their sc
 sessions, drift tracker, policy (``cap`` caps a session from its next token), and the turns, alerts and
 interventions published to Redis, so ``axiswatch worker``, the dashboard and webhooks work unchanged.
 
-A request names its session in ``extra_body={"vllm_xargs": {"session_id": ...}}`` (optionally
-``"policy"``); one without gets a session of its own. The turn's stored messages are read back from
-the prompt's tokens (chat-markup templates; anything else is stored as one user message). Under tensor
-parallelism rank 0's runner holds all of this and the other ranks the op alone (:class:`RankMonitor`),
-capping with the mask rank 0 broadcasts each step. Pipeline and data parallelism and async scheduling are
-refused (:func:`~monitor.backends.vllm.check_config`), as is prefix caching while a capping config is
-loaded. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``, ``REDIS_URL``; without it an
-embedded Redis is started, its address logged) and starts a persistence worker in the process of the
-runner (the engine core, or rank 0's worker) unless ``AXISWATCH_VLLM_PLUGIN_WORKERS=0``. A step in which a
-reply ends waits until its records are stored (:meth:`RunnerMonitor._stored`): vLLM kills this process a
-moment after SIGTERM.
+A request names its session in ``extra_body={"vllm_xargs": {"session_id": ...}}`` (optionally ``"policy"``,
+and a W3C ``"traceparent"``/``"tracestate"`` that the turn's span continues where the ``OTEL_*`` variables
+switch tracing on: :mod:`monitor.tracing`); one without gets a session of its own. The turn's stored
+messages are read back from the prompt's tokens (chat-markup templates; anything else is stored as one user
+message). Under tensor parallelism rank 0's runner holds all of this and the other ranks the op alone
+(:class:`RankMonitor`), capping with the mask rank 0 broadcasts each step. Pipeline and data parallelism and
+async scheduling are refused (:func:`~monitor.backends.vllm.check_config`), as is prefix caching while a
+capping config is loaded. Set-up follows :class:`~monitor.settings.Settings` (``AXISWATCH_*``,
+``REDIS_URL``; without it an embedded Redis is started, its address logged) and starts a persistence worker
+in the process of the runner (the engine core, or rank 0's worker) unless
+``AXISWATCH_VLLM_PLUGIN_WORKERS=0``. A step in which a reply ends waits until its records are stored
+(:meth:`RunnerMonitor._stored`): vLLM kills this process a moment after SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from monitor.backends.vllm import check_config, run_mode
 from monitor.errors import InputError
 from monitor.records import new_id
 from monitor.settings import Settings
+from monitor.tracing import attached, extract
 from monitor.turns import ChatRequest, Turn
 from probes.cache import cache_dir
 from probes.generation import Detokenizer, GenerationOptions, cap_plan
@@ -194,6 +196,8 @@ class RunnerMonitor:
         log.info("axiswatch plugin: scoring every token at layer %d (%s, policy %s; %s)", self.engine.layer,
                  model_id, settings.policy, run_mode(vc))
         log.info("axiswatch plugin: publishing to %s, store %s", rt.redis_url, settings.database_url)
+        if rt.tracing is not None:
+            log.info("axiswatch plugin: a trace span per turn to %s", rt.tracing.where)
 
     # ------------------------------------------------------------------ around each step
     def _before(self, so):
@@ -283,12 +287,16 @@ class RunnerMonitor:
         opts = GenerationOptions(max_new_tokens=int(params.max_tokens or 0), temperature=float(params.temperature),
                                  top_p=float(params.top_p), seed=params.seed)
         req = ChatRequest(sid, parse_prompt(prompt), opts, policy=extra.get("policy"))
-        try:
-            turn = self.engine.open_turn(req)
-        except InputError as e:  # a bad policy, or an audit session's id: scored under a session of its own
-            log.warning("axiswatch plugin: request %s: %s; scored in a new session", rid, e)
-            req.session_id, req.policy = new_id("vllm"), None
-            turn = self.engine.open_turn(req)
+        tracer = self.engine.tracer
+        with attached(extract(extra) if tracer is not None else None):  # the caller's trace, from vllm_xargs
+            try:
+                turn = self.engine.open_turn(req)
+            except InputError as e:  # a bad policy, or an audit session's id: scored under a session of its own
+                log.warning("axiswatch plugin: request %s: %s; scored in a new session", rid, e)
+                req.session_id, req.policy = new_id("vllm"), None
+                turn = self.engine.open_turn(req)
+        if tracer is not None:
+            tracer.usage(turn, len(state.prompt_token_ids or []))
         stops = set() if params.ignore_eos else {params.eos_token_id} - {None}
         stops |= set(params.stop_token_ids or ())
         room = self.max_model_len - len(state.prompt_token_ids or [])  # the positions its reply may take

@@ -3,7 +3,8 @@
 A conversation is a session: its id comes from the body's ``session_id`` (``extra_body`` in the
 OpenAI client) or the ``X-Session-Id`` header; without one a new session is created, returned in the
 header and the body. Sampling is greedy unless the request sets ``temperature``. Each response
-carries an ``axiswatch`` object.
+carries an ``axiswatch`` object. Where tracing is on, the turn's span continues the request's W3C
+``traceparent`` (:mod:`monitor.tracing`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import time
 import uuid
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.api.context import ApiContext, Ctx
 from monitor.engine import ChatRequest, ChatResult
 from monitor.errors import AxiswatchError, InputError, NotFoundError, ServerError
+from monitor.tracing import attached, extract
 from probes.generation import GenerationOptions
 from probes.models import content_text
 
@@ -73,13 +75,18 @@ def _usage(ctx: ApiContext, req: ChatRequest, res: ChatResult) -> dict:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: CompletionBody, ctx: Ctx, x_session_id: str | None = Header(default=None)):
+async def chat_completions(body: CompletionBody, ctx: Ctx, request: Request,
+                           x_session_id: str | None = Header(default=None)):
     # off the event loop: continuing a stored session reads it from the database
     req = await asyncio.to_thread(_request, ctx, body, x_session_id)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     headers = {"X-Session-Id": req.session_id}
+    # the caller's trace (W3C traceparent), which the turn's span continues where tracing is on
+    parent = extract(request.headers) if ctx.engine.tracer is not None else None
     if not body.stream:
-        res: ChatResult = await asyncio.wrap_future(await asyncio.to_thread(ctx.engine.submit, req))
+        with attached(parent):  # the engine takes the turn's parent from the context it is submitted in
+            submitted = await asyncio.to_thread(ctx.engine.submit, req)
+        res: ChatResult = await asyncio.wrap_future(submitted)
         ctx.metrics.observe(res, False)
         usage = await asyncio.to_thread(_usage, ctx, req, res)  # tokenising the prompt: off the event loop too
         return JSONResponse({
@@ -93,16 +100,19 @@ async def chat_completions(body: CompletionBody, ctx: Ctx, x_session_id: str | N
                           "reference": res.reference, "detector": res.detector, "statistics": res.statistics,
                           "capped": res.capped, **_events(res)},
         }, headers=headers)
-    return StreamingResponse(_stream(ctx, req, cid, created), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_stream(ctx, req, cid, created, parent), media_type="text/event-stream",
+                             headers=headers)
 
 
-async def _stream(ctx: ApiContext, req: ChatRequest, cid: str, created: int):
+async def _stream(ctx: ApiContext, req: ChatRequest, cid: str, created: int, parent=None):
     """The server-sent events of one streamed reply: a chunk per token, then the turn's summary."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue = asyncio.Queue()
     req.on_token = lambda tok: loop.call_soon_threadsafe(q.put_nowait, tok)
     # submit off the event loop: opening a turn talks to Redis
-    fut = asyncio.wrap_future(await asyncio.to_thread(ctx.engine.submit, req))
+    with attached(parent):
+        submitted = await asyncio.to_thread(ctx.engine.submit, req)
+    fut = asyncio.wrap_future(submitted)
     fut.add_done_callback(lambda _f: q.put_nowait(None))
 
     def chunk(delta: dict, finish: str | None, extra: dict) -> str:
