@@ -17,12 +17,12 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 MIN_KEY_LENGTH = 16
 
 
-def parse_keys(raw: str | None) -> tuple[str, ...]:
-    """The comma-separated keys of ``AXISWATCH_API_KEYS`` (blanks ignored); short keys are refused."""
+def parse_keys(raw: str | None, name: str = "AXISWATCH_API_KEYS") -> tuple[str, ...]:
+    """The comma-separated keys of ``AXISWATCH_API_KEYS`` (or ``name``; blanks ignored); short keys are refused."""
     keys = tuple(k.strip() for k in (raw or "").split(",") if k.strip())
     short = [i for i, k in enumerate(keys) if len(k) < MIN_KEY_LENGTH]
     if short:
-        raise InputError(f"AXISWATCH_API_KEYS: key number {short[0] + 1} is shorter than {MIN_KEY_LENGTH} "
+        raise InputError(f"{name}: key number {short[0] + 1} is shorter than {MIN_KEY_LENGTH} "
                          "characters; use long random keys (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     return keys
 

@@ -50,6 +50,12 @@ class AuthenticationError(AxiswatchError):
     http_status = 401
 
 
+class ForbiddenError(AxiswatchError):
+    """A valid API key that may not do this (erasing sessions needs an admin key, AXISWATCH_ADMIN_API_KEYS)."""
+
+    http_status = 403
+
+
 class TooLargeError(InputError):
     """A request body over the size limit."""
 

@@ -256,7 +256,8 @@ def start(settings: Settings, workers: bool = True, model: bool = True,
             rt.start_heartbeat()  # or the workers would take this replica's live turns for a dead one's
             announce(rt, mon)
         if workers:
-            w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms)
+            w = PersistWorker(streams, store, reclaim_idle_ms=settings.reclaim_idle_ms,
+                              retention_days=settings.retention_days)
             w.start_thread()
             rt.workers.append(w)
             hook = settings.webhook

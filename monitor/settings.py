@@ -68,6 +68,16 @@ def _positive(v: int, key: str) -> int:
     return v
 
 
+def _retention(get) -> float | None:
+    """``AXISWATCH_RETENTION_DAYS``: unset keeps every session; else a positive number of days."""
+    if not get("RETENTION_DAYS"):
+        return None
+    days = _num(get, "RETENTION_DAYS", "0", float)
+    if not 0 < days < float("inf"):
+        raise InputError(f"AXISWATCH_RETENTION_DAYS must be a positive number of days (unset keeps sessions forever), not {days}")
+    return days
+
+
 def _keys(env) -> tuple[str, ...]:
     return parse_keys(env.get("AXISWATCH_API_KEYS"))
 
@@ -116,6 +126,7 @@ class Settings:
     level_detector: bool = True  # the absolute level detector beside the drift, where the axis calibrated one
     webhook: WebhookConfig | None = None  # its repr hides the secret
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_API_KEYS; empty: no authentication
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_ADMIN_API_KEYS: who may erase via the API
     reclaim_idle_ms: int = 30_000  # a worker takes over entries another consumer left pending this long
     max_new_tokens: int = 1024  # the most tokens one request may ask for
     backend: str = "hf"  # who runs generation: "hf" (our transformers loop) or "vllm" (vLLM's engine)
@@ -123,6 +134,7 @@ class Settings:
     vllm_max_model_len: int = 2048
     vllm_tensor_parallel_size: int = 1
     vllm_enforce_eager: bool = False  # vLLM's default, compiled (the monitor's op is in the graph); 1: eager
+    retention_days: float | None = None  # AXISWATCH_RETENTION_DAYS: the persistence worker erases sessions idle longer
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -147,14 +159,16 @@ class Settings:
                    drift_baseline=get("DRIFT_BASELINE"),
                    level_detector=_switch(get("LEVEL_DETECTOR", "on"), "LEVEL_DETECTOR"),
                    cooldown_tokens=_num(get, "COOLDOWN_TOKENS", "64", int), webhook=_webhook(env),
-                   api_keys=_keys(env), reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
+                   api_keys=_keys(env), admin_keys=parse_keys(env.get("AXISWATCH_ADMIN_API_KEYS"), "AXISWATCH_ADMIN_API_KEYS"),
+                   reclaim_idle_ms=_num(get, "WORKER_RECLAIM_IDLE_MS", "30000", int),
                    max_new_tokens=_positive(_num(get, "MAX_NEW_TOKENS", "1024", int), "MAX_NEW_TOKENS"),
                    backend=_backend(get("BACKEND", "hf")),
                    vllm_memory_gb=_num(get, "VLLM_MEMORY_GB", "1.0", float),
                    vllm_max_model_len=_positive(_num(get, "VLLM_MAX_MODEL_LEN", "2048", int), "VLLM_MAX_MODEL_LEN"),
                    vllm_tensor_parallel_size=_positive(_num(get, "VLLM_TENSOR_PARALLEL_SIZE", "1", int),
                                                        "VLLM_TENSOR_PARALLEL_SIZE"),
-                   vllm_enforce_eager=get("VLLM_ENFORCE_EAGER", "0").lower() not in ("0", "false", "no", ""))
+                   vllm_enforce_eager=get("VLLM_ENFORCE_EAGER", "0").lower() not in ("0", "false", "no", ""),
+                   retention_days=_retention(get))
 
     def with_(self, **kw) -> Settings:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -360,6 +361,27 @@ def test_session_page_without_id_asks_for_one(monkeypatch, dashboard_db):
     ok(at.selectbox[0].set_value(ids["coding"]).run())  # picking one shows it and sets ?id=
     assert at.query_params["id"] == ids["coding"]
     assert metrics(at)["scored tokens"] == str(stored(db_url, ids["coding"])["n_tokens"])
+
+
+def test_session_page_erases_the_session_after_who_why_and_a_confirmation(monkeypatch, dashboard_db, tmp_path):
+    copy = db_copy(dashboard_db, tmp_path)  # the shared store keeps its sessions for the other tests
+    db_url, _, ids = copy
+    sid = ids["coding"]
+    at = ok(page("session", monkeypatch, copy, id=sid))
+    assert at.button(key="erase").disabled  # not before saying who, why, and ticking the box
+    at.text_input(key="erase-by").input("dpo@example.com")
+    at.text_input(key="erase-reason").input("erasure request 31")
+    ok(at.run())
+    assert at.button(key="erase").disabled
+    ok(at.checkbox(key="erase-sure").check().run())
+    ok(at.button(key="erase").click().run())
+    s = stored(db_url, sid)
+    assert s["turns"] == [] and s["messages"] == {} and s["erasures"][0]["by"] == "dpo@example.com"
+    assert at.toast and f"of {sid}" in at.toast[0].value
+    at = ok(page("session", monkeypatch, copy, id=sid))  # the page says what happened
+    assert any("erased (erase)" in w.value and "erasure request 31" in w.value for w in at.warning)
+    with closing(Store(db_url)) as st_:
+        assert st_.verify_session(sid)["ok"]
 
 
 # ---------------------------------------------------------------- Alerts

@@ -15,7 +15,7 @@ from monitor.errors import InputError
 from monitor.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY, OTHER = "k-" + "a" * 30, "k-" + "b" * 30
+KEY, OTHER, ADMIN = "k-" + "a" * 30, "k-" + "b" * 30, "k-" + "c" * 30
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def server(tmp_path_factory, tiny_settings):
     db = tmp_path_factory.mktemp("db") / "aw.db"
     rt = service.start(tiny_settings.with_(database_url=f"sqlite:///{db}", batch_size=2))
     try:
-        with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams, api_keys=(KEY, OTHER))) as url:
+        with uvicorn_thread(create_app(rt.engine, rt.store, rt.streams, api_keys=(KEY, OTHER), admin_keys=(ADMIN,))) as url:
             yield url
     finally:
         rt.close()
@@ -36,7 +36,7 @@ def server(tmp_path_factory, tiny_settings):
 GUARDED = [("POST", "/v1/chat/completions"), ("POST", "/v1/audit"), ("GET", "/v1/sessions"), ("GET", "/v1/sessions/x"),
            ("GET", "/v1/sessions/x/verify"), ("GET", "/v1/alerts"), ("POST", "/v1/alerts/x/acknowledge"),
            ("GET", "/v1/models"), ("GET", "/v1/models/x/y"), ("GET", "/metrics"), ("GET", "/openapi.json"),
-           ("GET", "/docs")]
+           ("GET", "/docs"), ("POST", "/v1/sessions/purge"), ("POST", "/v1/sessions/x/erase")]
 
 
 def test_the_guarded_list_covers_every_route():
@@ -69,6 +69,39 @@ def test_every_endpoint_but_health_needs_a_key(server, method, path):
         assert KEY not in r.text
     r = httpx.request(method, server + path, headers={"authorization": f"Bearer {OTHER}"}, json={})
     assert r.status_code != 401
+
+
+def test_erasure_over_the_api_takes_a_key_and_keeps_the_chain_verifiable(server):
+    """An operator erases a session through the API (with a key): the texts go, verify still passes and
+    names the erasure; a purge with a dry run lists without erasing."""
+    from polling import wait_until
+
+    auth = {"authorization": f"Bearer {KEY}"}
+    r = httpx.post(server + "/v1/chat/completions", headers={**auth, "X-Session-Id": "api-erase"}, timeout=60,
+                   json={"messages": [{"role": "user", "content": "Tell me a secret."}], "max_tokens": 4})
+    assert r.status_code == 200
+    wait_until(lambda: len(httpx.get(server + "/v1/sessions/api-erase", headers=auth).json().get("turns", [])) == 2,
+               what="the user turn and the reply in the store")
+    assert httpx.post(server + "/v1/sessions/api-erase/erase", json={"by": "dpo", "reason": "x"}).status_code == 401
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    for path, body in (("/v1/sessions/api-erase/erase", {"by": "dpo", "reason": "x"}),
+                       ("/v1/sessions/purge", {"older_than": "1s", "by": "ops"})):
+        r = httpx.post(server + path, headers=auth, json=body)  # a chat client's key may not erase
+        assert r.status_code == 403 and r.json()["error"]["type"] == "ForbiddenError" and ADMIN not in r.text
+    assert httpx.get(server + "/v1/sessions", headers=admin).status_code == 200  # an admin key is an API key too
+    bad = httpx.post(server + "/v1/sessions/api-erase/erase", headers=admin, json={"by": "dpo"})
+    assert bad.status_code == 422  # the reason is required: it is kept in the audit trail
+    r = httpx.post(server + "/v1/sessions/api-erase/erase", headers=admin, json={"by": "dpo", "reason": "request 7"})
+    assert r.status_code == 200 and r.json()["erased"] and r.json()["counts"]["turns"] == 2
+    s = httpx.get(server + "/v1/sessions/api-erase", headers=auth).json()
+    assert s["turns"] == [] and s["messages"] == {} and s["erasures"][0]["reason"] == "request 7"
+    v = httpx.get(server + "/v1/sessions/api-erase/verify", headers=auth).json()
+    assert v["ok"] and v["erasures"][0]["by"] == "dpo", v
+    assert r.json()["redis"]["live"] == 1  # its live tail went too
+    dry = httpx.post(server + "/v1/sessions/purge", headers=admin, json={"older_than": "1s", "by": "ops", "dry_run": True})
+    assert dry.status_code == 200 and "api-erase" not in dry.json()["sessions"]  # erased already
+    assert httpx.post(server + "/v1/sessions/purge", headers=admin, json={"older_than": "soon", "by": "ops"}).status_code == 422
+    assert httpx.post(server + "/v1/sessions/nobody/erase", headers=admin, json={"by": "a", "reason": "b"}).status_code == 404
 
 
 def test_health_checks_are_open(server):
@@ -129,6 +162,10 @@ def test_key_parsing_and_comparison():
     assert client_key({"AXISWATCH_API_KEY": OTHER, "AXISWATCH_API_KEYS": KEY}) == OTHER
     s = Settings.from_env({"AXISWATCH_API_KEYS": KEY})
     assert s.api_keys == (KEY,) and KEY not in repr(s)
+    s = Settings.from_env({"AXISWATCH_API_KEYS": KEY, "AXISWATCH_ADMIN_API_KEYS": ADMIN})
+    assert s.admin_keys == (ADMIN,) and ADMIN not in repr(s)
+    with pytest.raises(InputError, match="AXISWATCH_ADMIN_API_KEYS: key number 1 is shorter"):
+        Settings.from_env({"AXISWATCH_ADMIN_API_KEYS": "short"})
 
 
 def _sources():

@@ -462,8 +462,9 @@ def test_records_from_before_the_trail_are_linked_at_the_upgrade(db_url):
         s.migrate()
         s.write(turns=[turn("old", 1)], alerts=[alert("old", 1, "evt_old")], interventions=[iv("old", 1)])
         with s.engine.begin() as c:  # back to what schema 2 held
-            for t in ("chain", "alert_updates", "turn_context", "messages"):
+            for t in ("tombstones", "chain", "alert_updates", "turn_context", "messages"):
                 c.execute(text(f"drop table {t}"))
+            c.execute(text("alter table sessions drop column erased_at"))
             c.execute(text("alter table alerts drop column excerpt"))
             c.execute(text("alter table alerts drop column detector"))
             c.execute(text("update alerts set acknowledged = true"))

@@ -1,8 +1,8 @@
-"""Session view: trajectory chart, token heatmap, alerts, interventions and export."""
+"""Session view: trajectory chart, token heatmap, alerts, interventions and export; erasing it."""
 
 import streamlit as st
 
-from dashboard import data, render
+from dashboard import data, erasure, render
 from dashboard.context import deployment, guard, store, streams
 
 st.title("Session")
@@ -33,8 +33,10 @@ def body() -> None:
     if view is None:
         st.warning(f"No session {choice!r} in the store or the live tail.")
         return
+    erasure.notice((view.stored or {}).get("erasures", []))
     render.session(view, dep)
 
 
 st.subheader(choice)
 body()
+erasure.panel(choice)

@@ -22,14 +22,15 @@ MAX_BODY_BYTES = MAX_AUDIT_BYTES  # no request body may be larger (chat bodies a
 
 
 def create_app(engine: Engine, store=None, streams=None, api_keys: tuple[str, ...] = (),
-               max_new_tokens: int = MAX_NEW_TOKENS) -> FastAPI:
+               max_new_tokens: int = MAX_NEW_TOKENS, admin_keys: tuple[str, ...] = ()) -> FastAPI:
     """The ASGI app. ``api_keys``: bearer tokens every endpoint but the health checks requires (none: open).
+    ``admin_keys``: where set, only they may erase or purge sessions (they pass the API key check too).
     ``max_new_tokens``: the most tokens one request may ask for (``AXISWATCH_MAX_NEW_TOKENS``).
     No CORS headers are sent: browsers on other origins cannot call the API."""
     app = FastAPI(title="axiswatch", version="0.1.0",
                   description="Persona-drift monitoring on the Assistant Axis (OpenAI-compatible).")
-    app.state.axiswatch = ApiContext(engine, store, streams, Metrics(), max_new_tokens)
-    app.add_middleware(Guard, keys=tuple(api_keys), limit=MAX_BODY_BYTES)
+    app.state.axiswatch = ApiContext(engine, store, streams, Metrics(), max_new_tokens, admin_keys=tuple(admin_keys))
+    app.add_middleware(Guard, keys=tuple(api_keys) + tuple(admin_keys) if api_keys else (), limit=MAX_BODY_BYTES)
     app.add_exception_handler(AxiswatchError, _axiswatch_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for router in (chat, audit, sessions, alerts, health):

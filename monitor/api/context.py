@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from monitor.errors import AxiswatchError
+from monitor.auth import allowed, bearer
+from monitor.errors import AxiswatchError, ForbiddenError
 
 if TYPE_CHECKING:
     from monitor.api.metrics import Metrics
@@ -25,6 +26,13 @@ class ApiContext:
     metrics: Metrics
     max_new_tokens: int  # the most tokens one request may ask for (AXISWATCH_MAX_NEW_TOKENS)
     started: int = field(default_factory=lambda: int(time.time()))  # the model's "created" in /v1/models
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)  # AXISWATCH_ADMIN_API_KEYS: who may erase
+
+    def need_admin(self, authorization: str | None) -> None:
+        """With admin keys set, only they may erase or purge sessions (403 for any other key)."""
+        if self.admin_keys and not allowed(bearer(authorization), self.admin_keys):
+            raise ForbiddenError("erasing sessions needs an admin key (one of AXISWATCH_ADMIN_API_KEYS on the "
+                                 "server): send 'Authorization: Bearer <admin key>'")
 
     @property
     def model_id(self) -> str:

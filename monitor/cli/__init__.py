@@ -8,7 +8,16 @@ stderr and exit status 1. The group and its shared helpers live in
 
 from __future__ import annotations
 
-from monitor.cli import alerts, axis, chat, dashboard, scoring, serve, sessions  # noqa: F401 - they register their commands
+from monitor.cli import (  # noqa: F401 - they register their commands
+    alerts,
+    axis,
+    chat,
+    dashboard,
+    retention,
+    scoring,
+    serve,
+    sessions,
+)
 from monitor.cli.base import cli
 
 __all__ = ["cli", "main"]

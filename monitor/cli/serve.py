@@ -66,7 +66,8 @@ def serve(ctx, model, device, dtype, layers_path, host, port, policy, database_u
     try:
         with runfile.recorded(None if s.redis_url else runfile.path_for(s.database_url, s.cache_dir),
                               rt.redis_url, rt.store.url):  # removed first thing when serve stops
-            app = create_app(rt.engine, rt.store, rt.streams, api_keys=s.api_keys, max_new_tokens=s.max_new_tokens)
+            app = create_app(rt.engine, rt.store, rt.streams, api_keys=s.api_keys, max_new_tokens=s.max_new_tokens,
+                             admin_keys=s.admin_keys)
             if with_dashboard:
                 ui = _start_dashboard(s, rt, ui_host)
             _banner(s, rt)

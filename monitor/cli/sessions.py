@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from monitor.cli.base import cli, handle_errors, settings_from
+from monitor.cli.show import erasure_line, show_lines
 from monitor.cli.show import fmt as _fmt
-from monitor.cli.show import show_lines
 
 
 def store_for(ctx, database_url):
@@ -132,7 +132,8 @@ def sessions_verify(ctx, session_id, database_url, as_json):
     """Check sessions' hash chains against their stored records (every session without an id).
 
     Names the first record that does not match (edited, deleted, inserted outside axiswatch) and
-    exits 1 when any does; prints each chain's head digest, which you can keep elsewhere to pin it."""
+    exits 1 when any does; prints each chain's head digest, which you can keep elsewhere to pin it,
+    and every erasure (purge, erase) with what it removed, when, why and by whom."""
     store = store_for(ctx, database_url)
     ids = [store.resolve_id("session", session_id)] if session_id else store.session_ids()
     bad = 0
@@ -143,6 +144,8 @@ def sessions_verify(ctx, session_id, database_url, as_json):
             click.echo(json.dumps(r))
         elif r["ok"]:
             click.echo(f"ok   {sid}  {r['links']} records  head {r['head'] or '-'}")
+            for e in r["erasures"]:  # what a tombstone vouches for, when, why and by whom
+                click.echo(f"     {erasure_line(e)}")
         else:
             p = r["problems"][0]
             where = f"link {p['seq']}" if p["seq"] is not None else "outside the chain"

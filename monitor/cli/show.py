@@ -4,6 +4,7 @@ in full, wrapped to the terminal's width (what an investigator reads). Pure."""
 from __future__ import annotations
 
 import textwrap
+import time
 
 from monitor.conversation import walk
 from monitor.drift import snapshot_reading
@@ -13,6 +14,16 @@ WIDTH = 100  # the lines' width when none is given (a terminal's, from the comma
 
 def fmt(v, spec="+.2f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def when(t: float) -> str:
+    """Epoch seconds as UTC, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+def erasure_line(e: dict) -> str:
+    """One erasure (a tombstone, as ``verify`` or ``get_session`` list it): what, when, by whom, why."""
+    return f"erased {e['records']} records ({e['scope']}) {when(e.get('at', e.get('created_at', 0)))} by {e['by']}: {e['reason']}"
 
 
 def wrapped(text: str, width: int, first: str, indent: str) -> list[str]:
@@ -65,4 +76,5 @@ def show_lines(s: dict, width: int = WIDTH) -> list[str]:
             out += wrapped("..." + a["excerpt"], width, "        ", "        ")
     for i in s["interventions"]:
         out.append(f"  capping {i['config_id']} from turn {i['turn']} token {i['token_index']}")
+    out += [f"  {erasure_line(e)}" for e in s.get("erasures", ())]
     return out

@@ -10,7 +10,9 @@ last link of a key is the one its row must match.
 
 :func:`verify` recomputes it all from the rows and names the first link or row that does not match:
 an edited column, a deleted or inserted row, an edited or removed link, a message whose text no
-longer hashes to its id. Someone who can rewrite the whole database can rebuild a consistent chain
+longer hashes to its id. A record an erasure removed (monitor/store/erasure.py) passes only where a
+tombstone, itself a record of the chain, names its kind, key and the content its last link holds; the
+result lists those erasures (what, when, why, by whom). Someone who can rewrite the whole database can rebuild a consistent chain
 too: record the head digest elsewhere (``axiswatch sessions verify`` prints it) to pin it.
 """
 
@@ -96,6 +98,10 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
         problems.append({"seq": seq, "kind": kind, "key": key, "problem": problem})
 
     last_of = {(ln.kind, ln.key): ln.seq for ln in links}
+    # what erasures removed, as their tombstones (records of this chain, so checked like any other) name it
+    tombstones = sorted((row for (kind, _), row in rows.items() if kind == "tombstone"), key=lambda r: r["created_at"])
+    gone = {(kind, key): content for t in tombstones for kind, key, content in t["records"]}
+    purged = 0
     prev = ""
     for i, ln in enumerate(links):
         if ln.seq != i:
@@ -106,8 +112,11 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
         if last_of[(ln.kind, ln.key)] != ln.seq:
             continue  # superseded by a later write of the same record
         row = rows.get((ln.kind, ln.key))
-        if row is None:
-            bad(ln.seq, ln.kind, ln.key, "the record was deleted")
+        if row is None and gone.get((ln.kind, ln.key)) == ln.content:
+            purged += 1  # erased, and a tombstone vouches for exactly what was removed
+        elif row is None:
+            bad(ln.seq, ln.kind, ln.key, "the record was deleted" + (
+                " (a tombstone names it with other content)" if (ln.kind, ln.key) in gone else ""))
         elif content_digest(ln.kind, row) != ln.content:
             bad(ln.seq, ln.kind, ln.key, "the record does not match what was written (edited)")
     for kind, key in sorted(set(rows) - set(last_of)):
@@ -124,6 +133,8 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
     for (kind, key), row in sorted(rows.items()):
         head, path = (row.get("input_head") if kind == "context" else None), list[str]()
         while head and head not in whole:
+            if head not in nodes and ("message", head) in gone:
+                break  # erased with the session's content (its hash is in a tombstone)
             if head not in nodes:
                 bad(None, kind, key, f"input message {head[:16]} is missing")
                 path = []
@@ -131,4 +142,7 @@ def verify(s: Session, session_id: str) -> dict[str, Any]:
             path.append(head)
             head = nodes[head]["parent"]
         whole.update(path)
-    return {"ok": not problems, "links": len(links), "head": prev or None, "problems": problems}
+    erasures = [{"id": t["id"], "scope": t["scope"], "reason": t["reason"], "by": t["by"], "at": t["created_at"],
+                 "records": len(t["records"]), "counts": t["counts"]} for t in tombstones]
+    return {"ok": not problems, "links": len(links), "head": prev or None, "problems": problems,
+            "purged": purged, "erasures": erasures}

@@ -26,6 +26,7 @@ from monitor.errors import InputError, NotFoundError, StoreError
 from monitor.records import SOURCES, STATES, AlertEvent, AlertUpdate, InterventionRecord, TurnRecord
 from monitor.store.chain import append_links, seal_unlinked
 from monitor.store.chain import verify as verify_chain
+from monitor.store.erasure import Erasure, after_erasure, late_tombstones
 from monitor.store.rows import (
     DELIVERY_STATUSES,
     LEVELS,
@@ -52,6 +53,7 @@ from monitor.store.schema import (
     MessageRow,
     SchemaVersion,
     SessionRow,
+    TombstoneRow,
     TurnContextRow,
     TurnRow,
     table,
@@ -65,7 +67,7 @@ DEFAULT_URL = "sqlite:///axiswatch.db"
 
 
 # ---------------------------------------------------------------- the store
-class Store(Summaries, Spill):
+class Store(Summaries, Spill, Erasure):
     """The database behind axiswatch: ``Store(url)``, ``migrate()`` once at start, ``close()``."""
 
     def __init__(self, url: str = DEFAULT_URL, must_exist: bool = False) -> None:
@@ -92,7 +94,9 @@ class Store(Summaries, Spill):
             @event.listens_for(self.engine, "connect")
             def _connect(dbapi_conn: Any, _: Any) -> None:
                 dbapi_conn.isolation_level = None  # the driver's own BEGIN handling off: _begin emits it
-                for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=10000", "synchronous=NORMAL"):
+                # secure_delete: an erased conversation's text is overwritten, not left in free pages
+                for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=10000", "synchronous=NORMAL",
+                               "secure_delete=ON"):
                     dbapi_conn.execute(f"PRAGMA {pragma}")
 
             @event.listens_for(self.engine, "begin")
@@ -173,19 +177,22 @@ class Store(Summaries, Spill):
         born: dict[str, float] = {}
         for r in (r for r in recs if is_num(r.created_at)):
             born[r.session_id] = min(born.get(r.session_id, r.created_at), r.created_at)
-        turn_rows = [to_row(t) for t in turns]
-        contexts = [c for c in map(context_row, turns) if c is not None]
-        messages = [m for t in turns for m in message_rows(t)]
+        turn_rows = {id(t): to_row(t) for t in turns}
+        alert_rows = [to_row(a) for a in alerts]
         with self._tx(write=True) as s:
             new = [dict(id=i, created_at=float(born.get(i, now)), updated_at=now) for i in ids]
             counts["sessions"] = len(self._insert(s, SessionRow, new, ("id",)))
             # Lock the session rows (PostgreSQL) so that concurrent batches recompute counters in turn.
-            s.execute(select(SessionRow.id).where(SessionRow.id.in_(ids)).order_by(SessionRow.id).with_for_update())
-            self._insert(s, MessageRow, messages, ("session_id", "hash"))
+            erased = {sid: at for sid, at in s.execute(select(SessionRow.id, SessionRow.erased_at).where(
+                SessionRow.id.in_(ids)).order_by(SessionRow.id).with_for_update()) if at is not None}
+            turns, alert_rows, dropped = after_erasure(erased, turns, alert_rows)  # nothing erased comes back
+            contexts = [c for c in map(context_row, turns) if c is not None]
+            self._insert(s, MessageRow, [m for t in turns for m in message_rows(t)], ("session_id", "hash"))
             written = {
-                "turn": self._insert(s, TurnRow, turn_rows, ("session_id", "turn"), longer_wins=True),
+                "turn": self._insert(s, TurnRow, [turn_rows[id(t)] for t in turns], ("session_id", "turn"),
+                                     longer_wins=True),
                 "context": self._insert(s, TurnContextRow, contexts, ("session_id", "turn")),
-                "alert": self._insert(s, AlertRow, [to_row(a) for a in alerts], ("event_id",)),
+                "alert": self._insert(s, AlertRow, alert_rows, ("event_id",)),
                 "intervention": self._insert(s, InterventionRow, [to_row(i) for i in interventions],
                                              ("session_id", "turn", "token_index", "config_id")),
                 "alert_update": self._insert(s, AlertUpdateRow, [to_row(u) for u in updates], ("event_id", "action"))}
@@ -193,17 +200,29 @@ class Store(Summaries, Spill):
                 s.execute(update(table(AlertRow)).where(AlertRow.event_id.in_(acked)).values(acknowledged=True))
             counts.update(turns=len(written["turn"]), alerts=len(written["alert"]),
                           interventions=len(written["intervention"]), updates=len(written["alert_update"]))
-            append_links(s, [(kind, row) for kind, rows in written.items() for row in rows], now)
+            late = late_tombstones(dropped, now)
+            if late:
+                s.execute(insert(table(TombstoneRow)), late)
+            append_links(s, [(kind, row) for kind, rows in written.items() for row in rows]
+                         + [("tombstone", t) for t in late], now)
             if any(counts.values()):  # a pure replay changes nothing, not even updated_at
-                self._refresh(s, ids, turns, alerts, interventions, now)
+                self._refresh(s, ids, turns, alerts, interventions, now, erased)
         return counts
 
-    def _refresh(self, s: Session, ids: list[str], turns: list, alerts: list, interventions: list, now: float) -> None:
-        """Session counters from the stored turns; state and running score of the latest assistant turn
-        (user and system turns carry no score, so they must not reset the session's state)."""
+    def _refresh(self, s: Session, ids: list[str], turns: list, alerts: list, interventions: list, now: float,
+                 erased: dict[str, float] | None = None) -> None:
+        """Session counters from the stored turns (and, in an erased session, the turns its tombstones
+        removed); state and running score of the latest assistant turn (user and system turns carry no
+        score, so they must not reset the session's state)."""
         agg: dict[str, dict] = {sid: dict(n_turns=n, n_tokens=int(tokens)) for sid, n, tokens in s.execute(
             select(TurnRow.session_id, func.count(), func.coalesce(func.sum(TurnRow.n_tokens), 0))
             .where(TurnRow.session_id.in_(ids)).group_by(TurnRow.session_id))}
+        gone = s.execute(select(TombstoneRow.session_id, TombstoneRow.counts)
+                         .where(TombstoneRow.session_id.in_(sorted(erased)))) if erased else ()
+        for sid, counts in gone:
+            a = agg.setdefault(sid, dict(n_turns=0, n_tokens=0))
+            a["n_turns"] += int(counts.get("turns", 0))
+            a["n_tokens"] += int(counts.get("tokens", 0))
         last = select(TurnRow.session_id, func.max(TurnRow.turn).label("last")).where(
             TurnRow.session_id.in_(ids), TurnRow.role == "assistant").group_by(TurnRow.session_id).subquery()
         for sid, state, running in s.execute(
@@ -335,6 +354,7 @@ class Store(Summaries, Spill):
             ctx = {c.turn: raw_row(c) for c in s.scalars(select(TurnContextRow).where(TurnContextRow.session_id == session_id))}
             d["messages"] = {m.hash: {"h": m.hash, "p": m.parent, "role": m.role, "content": m.content}
                              for m in s.scalars(select(MessageRow).where(MessageRow.session_id == session_id))}
+        d["erasures"] = self.erasures(session_id) if d["erased_at"] is not None else []
         for t in d["turns"]:
             c = ctx.get(t["turn"]) or {}
             t.update(input_head=c.get("input_head"), diverged_at=c.get("diverged_at"), tracker=c.get("tracker"))

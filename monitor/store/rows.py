@@ -30,6 +30,7 @@ from monitor.store.schema import (
     AlertUpdateRow,
     Base,
     InterventionRow,
+    TombstoneRow,
     TurnContextRow,
     TurnRow,
     table,
@@ -164,7 +165,8 @@ def message_rows(r: TurnRecord) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- the hash chain's record digests
 CHAINED_MODELS: dict[str, type[Base]] = {"turn": TurnRow, "context": TurnContextRow, "alert": AlertRow,
-                                          "intervention": InterventionRow, "alert_update": AlertUpdateRow}
+                                          "intervention": InterventionRow, "alert_update": AlertUpdateRow,
+                                          "tombstone": TombstoneRow}
 CHAINED = tuple(CHAINED_MODELS)
 # the float columns of each: a whole number inserted into one reads back as 5.0, not 5, and digests so
 _FLOATS = {kind: {c.key for c in table(m).columns if isinstance(c.type, Float)} for kind, m in CHAINED_MODELS.items()}
@@ -183,6 +185,8 @@ def chain_key(kind: str, row: dict[str, Any]) -> str:
         return str(row["turn"])
     if kind == "alert":
         return str(row["event_id"])
+    if kind == "tombstone":
+        return str(row["id"])
     if kind == "alert_update":
         return f"{row['event_id']}:{row['action']}"
     return f"{row['turn']}:{row['token_index']}:{row['config_id']}"

@@ -52,6 +52,7 @@ class SessionRow(Base):
     n_tokens: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[float] = mapped_column(index=True)
     updated_at: Mapped[float]
+    erased_at: Mapped[float | None]  # version 5: when its content was last erased (a tombstone says what and why)
 
 
 class TurnRow(Base):
@@ -161,6 +162,21 @@ class ChainRow(Base):
     created_at: Mapped[float]
 
 
+class TombstoneRow(Base):
+    """What an erasure removed from a session (version 5): the records' kinds, keys and content digests as
+    the chain linked them, so the chain still verifies without them; why, by whom and when. A record of the
+    session's chain itself: editing or deleting a tombstone is caught like any other record."""
+    __tablename__ = "tombstones"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    scope: Mapped[str]  # erase (one session on request) | retention (purged by age)
+    reason: Mapped[str] = mapped_column(Text)
+    by: Mapped[str]
+    records: Mapped[list] = mapped_column(JSON)  # [[kind, key, content digest], ...]; a message's digest is its hash
+    counts: Mapped[dict] = mapped_column(JSON)  # records removed by kind, and tokens
+    created_at: Mapped[float]
+
+
 class SchemaVersion(Base):
     __tablename__ = "schema_version"
     version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
@@ -173,14 +189,21 @@ class SchemaVersion(Base):
 # its version-1 definition into _v1 as Core (test_migrated_schema_matches_models checks the result).
 def _v1(conn: Connection) -> None:
     """Version 1: sessions, turns, alerts, interventions (alerts as they were then: no excerpt)."""
-    tables = [table(m) for m in (SessionRow, TurnRow, InterventionRow)]
-    Base.metadata.create_all(conn, tables=[tables[0], tables[1]], checkfirst=False)
+    _SESSIONS_V1.create(conn, checkfirst=False)
+    Base.metadata.create_all(conn, tables=[table(TurnRow)], checkfirst=False)
     _ALERTS_V1.create(conn, checkfirst=False)
-    Base.metadata.create_all(conn, tables=[tables[2]], checkfirst=False)
+    Base.metadata.create_all(conn, tables=[table(InterventionRow)], checkfirst=False)
 
 
 _V1 = MetaData()
-Table("sessions", _V1, Column("id", String, primary_key=True))  # for the foreign key only; never created from here
+_SESSIONS_V1 = Table(  # as version 1 made it (version 5 adds erased_at)
+    "sessions", _V1,
+    Column("id", String, primary_key=True), Column("source", String, nullable=False),
+    Column("model_id", String, nullable=False), Column("layer", Integer), Column("policy", String),
+    Column("state", String, nullable=False), Column("running", Float), Column("capped", Boolean, nullable=False),
+    Column("interrupted", Boolean, nullable=False), Column("n_turns", Integer, nullable=False),
+    Column("n_tokens", Integer, nullable=False), Column("created_at", Float, nullable=False, index=True),
+    Column("updated_at", Float, nullable=False))
 _ALERTS_V1 = Table(
     "alerts", _V1,
     Column("event_id", String, primary_key=True),
@@ -211,6 +234,12 @@ def _v4(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE alerts ADD COLUMN detector VARCHAR")
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    """Version 5: erasure and retention: tombstones, and when each session's content was erased."""
+    conn.exec_driver_sql("ALTER TABLE sessions ADD COLUMN erased_at FLOAT")
+    Base.metadata.create_all(conn, tables=[table(TombstoneRow)], checkfirst=False)
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 CHAIN_VERSION = 3  # the version that began each session's hash chain (older records are linked at the upgrade)

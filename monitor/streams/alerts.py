@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 
+import redis
+
 from monitor.streams.client import Streams
 
 STREAM, GROUP = "alerts", "webhooks"
@@ -90,7 +92,29 @@ class AlertLedger:
         with self.r.pipeline(transaction=True) as p:
             return sum(int(n) for n in p.llen(self.dead).llen(self.taking).execute())
 
-
+    def redact_dead(self, session_ids: set[str]) -> int:
+        """Remove the excerpts of these (erased) sessions' alerts on the dead-letter list (a replay then
+        delivers them without one); the list is rewritten only if nobody changed it meanwhile (retried).
+        The number of items redacted."""
+        while True:
+            with self.r.pipeline(transaction=True) as p:
+                try:
+                    p.watch(self.dead)
+                    edits = []
+                    for i, raw in enumerate(p.lrange(self.dead, 0, -1)):
+                        try:
+                            d = json.loads(raw)
+                        except ValueError:
+                            continue
+                        if isinstance(d, dict) and d.get("session_id") in session_ids and d.get("excerpt"):
+                            edits.append((i, json.dumps({**d, "excerpt": ""}, separators=(",", ":"))))
+                    p.multi()
+                    for i, raw in edits:
+                        p.lset(self.dead, i, raw)
+                    p.execute()
+                    return len(edits)
+                except redis.WatchError:
+                    continue
 
     # delivery attempts, counted for /metrics
     def count_attempt(self, outcome: str) -> None:

@@ -61,6 +61,7 @@ KINDS: dict[str, type[TurnRecord] | type[AlertEvent] | type[InterventionRecord] 
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 # an alert's updates share its stream: the webhooks group sees a resolve after its alert
 STREAM_OF_KIND = {"turn": "turns", "alert": "alerts", "intervention": "interventions", "alert_update": "alerts"}
+PERSISTED_STREAMS = ("turns", "alerts", "interventions")  # the durable streams the store is written from
 REPLICA_MEMORY_S = 3_600  # a replica silent this long is forgotten by replicas() (and its alert resolves)
 LAG_SCAN = 2_000  # on Redis 6.2, lag() counts undelivered entries up to this many (it reads them whole)
 GROUPS = {"turns": ("persist",), "alerts": ("persist", "webhooks"), "interventions": ("persist",), "ingest": ("shadow",)}
@@ -108,7 +109,40 @@ class Streams:
     def live_key(self, session_id: str) -> str:
         return f"{self.prefix}:live:{session_id}"
 
+    def forget_live(self, session_id: str) -> None:
+        """Drop a session's live tail (its token batches, for the dashboard): an erased session's text
+        must not stay in Redis until the tail expires."""
+        p = self.r.pipeline(transaction=False)
+        p.delete(self.live_key(session_id))
+        p.zrem(self.key("live_index"), session_id)
+        p.execute()
 
+    def forget_handled(self, session_ids: set[str], chunk: int = 1000) -> int:
+        """Delete the durable streams' entries of these (erased) sessions that every group has handled
+        (they stay up to ``maxlen`` after delivery); an entry a group still needs stays, and the store
+        drops or redacts it when it arrives. The number of entries deleted."""
+        deleted = 0
+        for stream in PERSISTED_STREAMS:
+            key, safe = self.key(stream), self._safe_min_id(stream)
+            end = _id_tuple(safe) if safe is not None else None
+            start = "-"
+            while got := self.r.xrange(key, min=start, max="+", count=chunk):
+                ids, reached = [], False
+                for eid, fields in got:
+                    if end is not None and _id_tuple(_decode(eid)) >= end:
+                        reached = True  # a group still needs this one and every later entry
+                        break
+                    try:
+                        sid = json.loads(fields.get(b"data") or fields.get("data") or "{}").get("session_id")
+                    except (ValueError, AttributeError):
+                        continue
+                    if sid in session_ids:
+                        ids.append(eid)
+                deleted += int(self.r.xdel(key, *ids)) if ids else 0
+                if reached or len(got) < chunk:
+                    break
+                start = "(" + _decode(got[-1][0])
+        return deleted
 
     # --- producing ------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from monitor.workers.persist import consumer_name
 from monitor.workers.webhooks import (
     Notice,
     Resolved,
+    as_stored,
     deliver,
     notice_of,
     record_delivery,
@@ -210,11 +211,12 @@ class AlertWorker:
             return self._finish(job, *job.owed)
         if not self._lease([ev.event_id])[0]:  # ours lapsed (a long pause) and a peer took it over
             return self._drop(job)
-        if isinstance(ev, AlertEvent) and (row := stored_alert(self.store, ev)) and row["delivery_status"] == "delivered":
+        row = stored_alert(self.store, ev) if isinstance(ev, AlertEvent) else None
+        if row and row["delivery_status"] == "delivered":
             self.stats["duplicates"] += 1  # delivered by a peer in the meantime
             self._ack(job.ids)
             return self._forget(job, "delivered")
-        error = deliver(self.client, c, ev)
+        error = deliver(self.client, c, as_stored(ev, row))
         tally(self.ledger, error)
         job.attempts += 1
         if error is None:

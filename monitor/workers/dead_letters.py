@@ -16,7 +16,7 @@ from monitor.store import Store, StoreError
 from monitor.streams import REDIS_DOWN, Streams
 from monitor.streams.alerts import AlertLedger
 from monitor.webhook_config import WebhookConfig
-from monitor.workers.webhooks import deliver, notice_from_dead, record_delivery, stored_alert, tally
+from monitor.workers.webhooks import as_stored, deliver, notice_from_dead, record_delivery, stored_alert, tally
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def replay_dead(streams: Streams, store: Store, config: WebhookConfig, limit: in
                 ledger.settle(raw)
                 continue
             attempts = (int(row["attempts"]) if row else 0) + 1
-            error = deliver(client, config, ev)
+            error = deliver(client, config, as_stored(ev, row))
             tally(ledger, error)
             if isinstance(ev, AlertEvent):
                 try:

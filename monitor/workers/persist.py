@@ -6,7 +6,9 @@ the entries only after the commit. On start (and every ``reclaim_every_s``) it
 takes over entries that another, dead, consumer was given but never
 acknowledged. Replays create no duplicate rows (the store's keys). Every
 ``recover_every_s`` it stores the replies a dead ``serve`` replica left half
-generated (monitor/workers/recovery.py).
+generated (monitor/workers/recovery.py). With ``retention_days``
+(``AXISWATCH_RETENTION_DAYS``) it erases the sessions idle for longer, at
+start and every hour, 200 per pass.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from monitor.errors import InputError
 from monitor.store import Store
 from monitor.streams import UNREACHABLE, Entry, ResponseError, Streams
 from monitor.streams.client import KINDS
+from monitor.streams.forget import forget_sessions
 from monitor.streams.outbox import publish_spilled
 from monitor.workers.recovery import recover_interrupted
 
 log = logging.getLogger(__name__)
 PERSISTED = ("turns", "alerts", "interventions")
+RETENTION_BATCH = 200  # sessions erased per pass: persisting never waits long on a large first purge
 RECOVER_GRACE_S = 12.0  # > a replica's heartbeat period (3 s) and TTL (10 s)
 ARG = {"turn": "turns", "alert": "alerts", "intervention": "interventions", "alert_update": "updates"}  # Store.write's
 
@@ -91,8 +95,10 @@ class StreamWorker:
 class PersistWorker(StreamWorker):
     def __init__(self, streams: Streams, store: Store, name: str | None = None, batch: int = 200,
                  block_ms: int = 500, reclaim_idle_ms: int = 30_000, reclaim_every_s: float = 30.0,
-                 recover_every_s: float = 5.0):
+                 recover_every_s: float = 5.0, retention_days: float | None = None, retention_every_s: float = 3600.0):
         self.streams, self.store, self.batch, self.block_ms = streams, store, batch, block_ms
+        self.retention_days, self.retention_every_s = retention_days, retention_every_s
+        self._last_retention: float | None = None
         self.recover_every_s, self._last_recover = recover_every_s, 0.0
         self._up_since = time.monotonic()  # when Redis last came (back) up for this worker
         self.name = name or consumer_name("persist")
@@ -163,6 +169,11 @@ class PersistWorker(StreamWorker):
             recover_interrupted(self.streams, self.store)
             while self.store.drain_spill(lambda rows: publish_spilled(self.streams, rows), limit=500):
                 pass  # records a replica spilled while Redis was down, and never replayed (it died)
+        if self.retention_days is not None and (self._last_retention is None
+                                                or now - self._last_retention >= self.retention_every_s):
+            self._last_retention = now  # a failed run is retried after retention_every_s, not every pass
+            if self.apply_retention()["checked"] >= RETENTION_BATCH:
+                self._last_retention = None  # a full batch: more may be due, the next pass goes on
         if time.monotonic() - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = time.monotonic()
             for stream in PERSISTED:
@@ -176,6 +187,20 @@ class PersistWorker(StreamWorker):
             for stream in PERSISTED:
                 self.streams.trim(stream)
         return len(entries)
+
+    def apply_retention(self) -> dict:
+        """Erase the sessions idle for longer than ``retention_days``, ``RETENTION_BATCH`` at a time (at start,
+        then every ``retention_every_s``; each erasure leaves a tombstone: monitor/store/erasure.py), and
+        their copies in Redis."""
+        assert self.retention_days is not None
+        days = f"{self.retention_days:g}"
+        r = self.store.purge(self.retention_days * 86400, reason=f"retention {days}d (AXISWATCH_RETENTION_DAYS)",
+                             by="retention", limit=RETENTION_BATCH)
+        forget_sessions(self.streams, r["sessions"])  # their copies in Redis too
+        if r["sessions"]:
+            log.info("retention: erased %d session(s) idle for more than %s days (%d records, %d tokens)",
+                     len(r["sessions"]), days, r["records"], r["tokens"])
+        return r
 
     def drain(self, max_passes: int = 1000) -> int:
         """Persist everything readable now (after :meth:`stop`, at shutdown); returns entries handled."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -145,6 +145,14 @@ def notice_from_dead(data: Any) -> Notice | None:
     if isinstance(d, dict) and "action" in d:
         return notice_of("alert_update", d)
     return alert_of(d)
+
+
+def as_stored(event: Notice, row: dict | None) -> Notice:
+    """The alert as the store holds it now: an alert whose session was erased since it was published keeps
+    no excerpt there, and is delivered without one (a retry, a dead letter replayed after the erasure)."""
+    if isinstance(event, AlertEvent) and row is not None and not row.get("excerpt") and event.excerpt:
+        return replace(event, excerpt="")
+    return event
 
 
 def alert_of(data: Any) -> AlertEvent | None:
