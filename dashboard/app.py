@@ -19,6 +19,7 @@ pages = [
     st.Page(HERE / "session.py", title="Session", icon="📈", url_path="session"),
     st.Page(HERE / "alerts.py", title="Alerts", icon="🚨", url_path="alerts"),
     st.Page(HERE / "audit.py", title="Audit & compare", icon="🔍", url_path="audit"),
+    st.Page(HERE / "rescore.py", title="Rescore", icon="🔁", url_path="rescore"),
     st.Page(HERE / "axis.py", title="Axis", icon="🧭", url_path="axis"),
 ]
 st.navigation(pages).run()

@@ -164,7 +164,8 @@ def test_imports_inside_functions_have_a_reason():
 
 
 PURE = ("monitor.drift", "monitor.drift_config", "monitor.detectors", "monitor.replay", "monitor.records",
-        "monitor.conversation", "monitor.live",
+        "monitor.conversation", "monitor.live", "monitor.span_attributes", "monitor.durations",
+        "monitor.rescore", "monitor.rescore_report",
         "monitor.errors", "calibrate.thresholds")
 SERVICE_LIBRARIES = ("torch", "sqlalchemy", "redis", "httpx", "standardwebhooks", "fastapi", "transformers")
 

@@ -13,6 +13,7 @@ from monitor.cli import (  # noqa: F401 - they register their commands
     axis,
     chat,
     dashboard,
+    rescore,
     retention,
     scoring,
     serve,
