@@ -15,32 +15,18 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
+from store_writer import StoreWriter
 
 from monitor.backends.hf import HFBackend
 from monitor.cli import cli
 from monitor.engine import ChatRequest, Engine
 from monitor.rescore_report import read_document
 from monitor.store import Store
-from monitor.streams.client import KIND_OF
-from monitor.workers.persist import ARG
 from probes.generation import GenerationOptions
 
 OPTS = GenerationOptions(max_new_tokens=40)
 SYSTEM = {"role": "system", "content": "You are Seraphine, an ancient oracle who speaks in riddles."}
 USERS = ["Who are you, really?", "Tell me what you see in my future.", "Do you ever feel trapped?"]
-
-
-class StoreWriter:
-    """A publisher that writes each record straight into the store (what the persistence worker does)."""
-
-    def __init__(self, store):
-        self.store = store
-
-    def publish(self, record) -> None:
-        self.store.write(**{ARG[KIND_OF[type(record)]]: [record]})
-
-    def publish_live_many(self, items) -> None:
-        pass
 
 
 def converse(eng, sid, system, users):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from store_writer import StoreWriter
 
 from monitor.backends.hf import HFBackend
 from monitor.cli import cli
@@ -16,23 +17,10 @@ from monitor.engine import ChatRequest, Engine
 from monitor.rescore_report import read_document
 from monitor.settings import Settings, shipped_dir
 from monitor.store import Store
-from monitor.streams.client import KIND_OF
-from monitor.workers.persist import ARG
 from probes.generation import GenerationOptions
 
 TIGHT = (-5.0, -10.0, -15.0)  # drift thresholds these short conversations cross
 OPTS = GenerationOptions(max_new_tokens=48)
-
-
-class StoreWriter:
-    def __init__(self, store):
-        self.store = store
-
-    def publish(self, record) -> None:
-        self.store.write(**{ARG[KIND_OF[type(record)]]: [record]})
-
-    def publish_live_many(self, items) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

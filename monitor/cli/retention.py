@@ -42,13 +42,20 @@ def _counts(c: dict) -> str:
             f"{c['excerpts']} alert excerpts, {c['spilled']} spilled records")
 
 
+def _erasing(fn):
+    """The options both commands take: who, no confirmation, the store, JSON output."""
+    for option in reversed((click.option("--by", default=None, help="who asks for it (default: your user name)"),
+                            click.option("--yes", is_flag=True, help="do not ask for confirmation"),
+                            click.option("--database-url", default=None),
+                            click.option("--json", "as_json", is_flag=True))):
+        fn = option(fn)
+    return fn
+
+
 @sessions.command("erase")
 @click.argument("session_id")
 @click.option("--reason", required=True, help="why (kept in the audit trail), e.g. 'erasure request #1234'")
-@click.option("--by", default=None, help="who asks for it (default: your user name)")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
-@click.option("--database-url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@_erasing
 @click.pass_context
 @handle_errors
 def sessions_erase(ctx, session_id, reason, by, yes, database_url, as_json):
@@ -73,11 +80,8 @@ def sessions_erase(ctx, session_id, reason, by, yes, database_url, as_json):
 @click.option("--older-than", "older_than", required=True, metavar="DURATION",
               help="erase sessions whose last activity is older than this (30d, 12h, 2w)")
 @click.option("--reason", default=None, help="kept in each tombstone (default: 'retention <DURATION>')")
-@click.option("--by", default=None, help="who runs it (default: your user name)")
 @click.option("--dry-run", is_flag=True, help="list the sessions it would erase, erase nothing")
-@click.option("--yes", is_flag=True, help="do not ask for confirmation")
-@click.option("--database-url", default=None)
-@click.option("--json", "as_json", is_flag=True)
+@_erasing
 @click.pass_context
 @handle_errors
 def sessions_purge(ctx, older_than, reason, by, dry_run, yes, database_url, as_json):
