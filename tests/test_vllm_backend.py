@@ -97,6 +97,33 @@ def test_the_op_is_compiled_into_the_graph(vb):
     assert used == salted != unsalted
 
 
+def test_the_vllm_backend_traces_its_turns_like_hf(vb):
+    """``serve --backend vllm``: the engine around vLLM's engine traces as it does around hf (a span per turn,
+    the caller's trace continued, an event per alert and capping switch; the SDK's in-memory exporter).
+    Early in the module: a later test loads a folder vLLM refuses, which tears vLLM's process groups down."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from monitor.tracing import TurnTracer, attached, extract
+
+    trace_id, caller = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    msgs = [{"role": "user", "content": "Tell me about the ocean."}]
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    eng = Engine(vb, Thresholds(1e4, 9e3, 8e3), policy="cap", tracer=TurnTracer(provider.get_tracer("t")),
+                 drift=DriftConfig(alpha=0.5, min_tokens=4, cooldown_tokens=1000, baseline="absolute"))
+    with attached(extract({"traceparent": f"00-{trace_id}-{caller}-01"})):
+        res = eng.submit(ChatRequest("vb-trace", msgs, GenerationOptions(max_new_tokens=12))).result(300)
+    provider.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent.span_id == int(caller, 16) and span.context.trace_id == int(trace_id, 16)
+    assert span.attributes["gen_ai.usage.input_tokens"] == vb.prompt_tokens(msgs)
+    assert span.attributes["gen_ai.usage.output_tokens"] == len(res.tokens)
+    assert [e.name for e in span.events] == ["axiswatch.alert", "axiswatch.capping"]
+    assert span.events[1].attributes["axiswatch.capping.token_index"] == res.interventions[0].token_index
+
+
 def _run(backend, prompts, capped, n=32):
     jobs = [Job([{"role": "user", "content": p}], GenerationOptions(max_new_tokens=n), capped) for p in prompts]
     sink = Collect()
